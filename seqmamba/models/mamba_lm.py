@@ -1,0 +1,280 @@
+"""MambaLM: token embedding -> Mamba blocks -> final norm -> tied LM head.
+
+A drop-in for mamba_ssm's ``MambaLMHeadModel``: the same config fields, vocabulary padding, weight
+initialisation and state_dict keys (``backbone.embedding.weight``, ``backbone.layers.{i}.mixer.*``,
+``backbone.layers.{i}.norm.weight``, ``backbone.norm_f.weight``, ``lm_head.weight``), so an official
+checkpoint loads with no key mapping (see :mod:`seqmamba.models.pretrained`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..modules import Block, GatedMLP, InferenceParams, LayerNorm, Mamba, RMSNorm
+from ..registry import BACKBONES
+
+
+@dataclass
+class MambaConfig:
+    """mamba_ssm's MambaConfig fields (``config.json`` of the official checkpoints), plus ``norm_epsilon``."""
+
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    d_intermediate: int = 0
+    ssm_cfg: Dict[str, Any] = field(default_factory=dict)
+    attn_layer_idx: List[int] = field(default_factory=list)
+    attn_cfg: Dict[str, Any] = field(default_factory=dict)
+    rms_norm: bool = True
+    residual_in_fp32: bool = True
+    fused_add_norm: bool = False
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+    norm_epsilon: float = 1e-5
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MambaConfig))
+
+
+def _init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02,
+                  rescale_prenorm_residual: bool = True, n_residuals_per_layer: int = 1) -> None:
+    """mamba_ssm's ``_init_weights``, applied to every submodule.
+
+    Linear biases start at zero (except dt_proj.bias, marked ``_no_reinit``), embeddings N(0, 0.02).
+    The output projections that write into the residual stream are re-drawn and scaled by
+    1/sqrt(n_residuals_per_layer * n_layer) (GPT-2's scheme), so the stream's variance does not grow with depth.
+    """
+    if isinstance(module, nn.Linear):
+        if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=initializer_range)
+    if rescale_prenorm_residual:
+        for name, p in module.named_parameters():
+            if name in ("out_proj.weight", "fc2.weight"):
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                with torch.no_grad():
+                    p /= math.sqrt(n_residuals_per_layer * n_layer)
+
+
+class MambaBackbone(nn.Module):
+    """mamba_ssm's MixerModel: embedding + blocks + norm_f. ``forward(input_ids) -> hidden (batch, L, d_model)``."""
+
+    def __init__(self, d_model: int, n_layer: int, vocab_size: int, d_intermediate: int = 0,
+                 ssm_cfg: Optional[Mapping] = None, norm_epsilon: float = 1e-5, rms_norm: bool = True,
+                 fused_add_norm: bool = False, residual_in_fp32: bool = True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        ssm_cfg = dict(ssm_cfg or {})
+        layer_kind = ssm_cfg.pop("layer", "Mamba1")
+        if layer_kind != "Mamba1":
+            raise ValueError(f"MambaLM: ssm_cfg['layer']={layer_kind!r} is not supported; only 'Mamba1'")
+        self.residual_in_fp32 = residual_in_fp32
+        self.embedding = nn.Embedding(vocab_size, d_model, **factory)
+        norm_cls = partial(RMSNorm if rms_norm else LayerNorm, eps=norm_epsilon, **factory)
+        mlp_cls = partial(GatedMLP, hidden_features=d_intermediate, **factory) if d_intermediate > 0 else None
+        self.layers = nn.ModuleList(
+            Block(d_model, partial(Mamba, layer_idx=i, **ssm_cfg, **factory), mlp_cls=mlp_cls,
+                  norm_cls=norm_cls, fused_add_norm=fused_add_norm, residual_in_fp32=residual_in_fp32)
+            for i in range(n_layer)
+        )
+        self.norm_f = norm_cls(d_model)
+
+    def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
+        hidden_states = self.embedding(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
+                                            **mixer_kwargs)
+        residual = hidden_states if residual is None else hidden_states + residual
+        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
+        return {i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
+                for i, layer in enumerate(self.layers)}
+
+
+@BACKBONES.register("mamba_lm")
+class MambaLM(nn.Module):
+    """Mamba language model, mamba_ssm's MambaLMHeadModel.
+
+    ``MambaLM(d_model=..., n_layer=..., vocab_size=..., ssm_cfg={...})``, ``MambaLM(MambaConfig(...))`` or
+    ``MambaLM.from_config(dict_or_dataclass)``. ``forward(input_ids (batch, L)) -> logits (batch, L,
+    padded_vocab)``; ``backbone(input_ids)`` or ``forward(..., return_hidden=True)`` gives the
+    (batch, L, d_model) features for other heads.
+    """
+
+    def __init__(self, d_model: Union[int, MambaConfig] = 768, n_layer: int = 24, vocab_size: int = 50277,
+                 ssm_cfg: Optional[Mapping] = None, rms_norm: bool = True, residual_in_fp32: bool = True,
+                 fused_add_norm: bool = False, pad_vocab_size_multiple: int = 8, tie_embeddings: bool = True,
+                 initializer_cfg: Optional[Mapping] = None, device=None, dtype=None, d_intermediate: int = 0,
+                 attn_layer_idx: Optional[List[int]] = None, attn_cfg: Optional[Mapping] = None,
+                 norm_epsilon: float = 1e-5):
+        super().__init__()
+        if isinstance(d_model, MambaConfig):  # mamba_ssm style: MambaLMHeadModel(config)
+            config = dataclasses.replace(d_model)
+        else:
+            config = MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, d_intermediate=d_intermediate,
+                                 ssm_cfg=dict(ssm_cfg or {}), attn_layer_idx=list(attn_layer_idx or []),
+                                 attn_cfg=dict(attn_cfg or {}), rms_norm=rms_norm, residual_in_fp32=residual_in_fp32,
+                                 fused_add_norm=fused_add_norm, pad_vocab_size_multiple=pad_vocab_size_multiple,
+                                 tie_embeddings=tie_embeddings, norm_epsilon=norm_epsilon)
+        _validate_config(config)
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.padded_vocab_size = _padded_vocab_size(config.vocab_size, config.pad_vocab_size_multiple)
+        factory = {"device": device, "dtype": dtype}
+        self.backbone = MambaBackbone(config.d_model, config.n_layer, self.padded_vocab_size,
+                                      d_intermediate=config.d_intermediate, ssm_cfg=config.ssm_cfg,
+                                      norm_epsilon=config.norm_epsilon, rms_norm=config.rms_norm,
+                                      fused_add_norm=config.fused_add_norm,
+                                      residual_in_fp32=config.residual_in_fp32, **factory)
+        self.lm_head = nn.Linear(config.d_model, self.padded_vocab_size, bias=False, **factory)
+        init_kwargs = dict(initializer_cfg or {})
+        init_kwargs.setdefault("n_residuals_per_layer", 1 if config.d_intermediate == 0 else 2)
+        self.apply(partial(_init_weights, n_layer=config.n_layer, **init_kwargs))
+        self.tie_weights()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Union[Mapping, MambaConfig, Any], **kwargs) -> "MambaLM":
+        """Build from a dict (or OmegaConf DictConfig) or a dataclass with MambaConfig's field names.
+
+        Extra keyword arguments (``device``, ``dtype``, ``initializer_cfg``) pass to the constructor.
+        Unknown fields fail with the list of them and the accepted ones.
+        """
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        if not isinstance(config, Mapping):
+            raise TypeError(f"MambaLM.from_config: expected a mapping or a dataclass, got {type(config).__name__}")
+        config = {k: _plain(v) for k, v in config.items()}
+        unknown = sorted(set(config) - set(CONFIG_FIELDS) - {"initializer_cfg"})
+        if unknown:
+            raise ValueError(f"MambaLM.from_config: unknown field(s) {unknown}; accepted: {list(CONFIG_FIELDS)}")
+        return cls(**config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype=None, strict: bool = True) -> "MambaLM":
+        """Load a local directory holding config.json + model.safetensors or pytorch_model.bin
+        (mamba_ssm's official layout or the transformers "-hf" layout)."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(cls, path, device=device, dtype=dtype, strict=strict)
+
+    def save_pretrained(self, path, safe_serialization: bool = True) -> None:
+        """Write config.json + model.safetensors (or pytorch_model.bin) in mamba_ssm's official layout."""
+        from .pretrained import save_pretrained
+
+        save_pretrained(self, path, safe_serialization=safe_serialization)
+
+    def set_scan_backend(self, backend: str) -> "MambaLM":
+        """Force the ops backend of every Mamba layer ("auto" | "reference" | "torch" | "triton")."""
+        for module in self.modules():
+            if isinstance(module, Mamba):
+                module.scan_backend = backend
+        return self
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, position_ids=None, inference_params=None, num_last_tokens: int = 0,
+                return_hidden: bool = False, **mixer_kwargs) -> torch.Tensor:
+        """input_ids (batch, L) long -> logits (batch, L, padded_vocab), or the last ``num_last_tokens``
+        positions only; with ``return_hidden`` the final-norm features (batch, L, d_model) instead.
+
+        ``position_ids`` is accepted and ignored (mamba_ssm's signature). With ``inference_params`` the
+        per-layer states are read from and written to its cache (see :class:`InferenceParams`).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"MambaLM: input_ids has shape {tuple(input_ids.shape)}, expected (batch, L)")
+        if inference_params is not None:
+            _check_cache_capacity(inference_params, input_ids.shape)
+        hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
+        if num_last_tokens > 0:
+            hidden_states = hidden_states[:, -num_last_tokens:]
+        if return_hidden:
+            return hidden_states
+        return self.lm_head(hidden_states)
+
+    def features(self, input_ids: torch.Tensor, inference_params=None) -> torch.Tensor:
+        """The backbone's final-norm hidden states (batch, L, d_model), for classification heads."""
+        return self.backbone(input_ids, inference_params=inference_params)
+
+    # ------------------------------------------------------------------ recurrent inference
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> Dict[int, Any]:
+        """{layer_idx: (conv_state, ssm_state)}, as mamba_ssm's ``allocate_inference_cache``."""
+        return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
+
+    def new_inference_params(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceParams:
+        """An :class:`InferenceParams` at offset 0 with every layer's states allocated."""
+        params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
+        params.key_value_memory_dict = self.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
+        return params
+
+    def prefill(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:
+        """Consume a prompt (batch, L) through the parallel scan, leaving the last states in the cache.
+        Returns the last position's logits (batch, padded_vocab). Does not advance ``seqlen_offset``."""
+        return self.forward(input_ids, inference_params=inference_params, num_last_tokens=1)[:, -1]
+
+    def step(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:
+        """One token per row: input_ids (batch,) or (batch, 1) -> logits (batch, padded_vocab).
+        The states advance in place; ``seqlen_offset`` is left to the caller (so the step can be graph-captured)."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids[:, None]
+        if input_ids.shape[1] != 1:
+            raise ValueError(f"MambaLM.step: input_ids has shape {tuple(input_ids.shape)}, expected (batch,) or (batch, 1)")
+        return self.forward(input_ids, inference_params=inference_params, num_last_tokens=1)[:, -1]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Sample a continuation; see :func:`seqmamba.models.generation.generate` for the options."""
+        from .generation import generate
+
+        kwargs.setdefault("vocab_size", self.vocab_size)
+        return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    if multiple is None or multiple <= 1:
+        return vocab_size
+    return (vocab_size + multiple - 1) // multiple * multiple
+
+
+def _validate_config(config: MambaConfig) -> None:
+    for name in ("d_model", "n_layer", "vocab_size"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"MambaLM: {name} must be a positive int, got {value!r}")
+    if config.attn_layer_idx:
+        raise ValueError(f"MambaLM: attention layers (attn_layer_idx={config.attn_layer_idx}) are not supported; "
+                         "use attn_layer_idx=[]")
+    if config.d_intermediate < 0:
+        raise ValueError(f"MambaLM: d_intermediate must be >= 0, got {config.d_intermediate}")
+
+
+def _check_cache_capacity(inference_params, input_shape) -> None:
+    batch, seqlen = input_shape
+    end = inference_params.seqlen_offset + seqlen
+    if end > inference_params.max_seqlen:
+        raise ValueError(f"MambaLM: {seqlen} token(s) at offset {inference_params.seqlen_offset} need a cache of "
+                         f"{end} positions, but it was allocated for max_seqlen={inference_params.max_seqlen}")
+    if batch > inference_params.max_batch_size:
+        raise ValueError(f"MambaLM: input batch {batch} exceeds the cache's max_batch_size="
+                         f"{inference_params.max_batch_size}")
+
+
+def _plain(value):
+    """OmegaConf containers -> plain dict/list without importing OmegaConf."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,186 @@
+"""The Mamba (S6) mixer: mamba_ssm's ``Mamba`` with the same parameter names, shapes and initialisation.
+
+Parallel forward: in_proj -> (x, z); x -> causal depthwise conv + SiLU -> x_proj -> (dt, B, C);
+delta = dt_proj.weight @ dt (the bias goes to the scan as ``delta_bias``, softplus inside the scan);
+y = selective_scan(x, delta, A = -exp(A_log), B, C, D, z) -> out_proj.
+
+Recurrent inference: ``allocate_inference_cache`` gives (conv_state, ssm_state); a forward with
+``inference_params`` at offset 0 is a prefill that leaves the last states in the cache, a one-token
+forward at offset > 0 is ``step()`` (conv update + ``selective_state_update``), and a longer forward at
+offset > 0 continues the sequence from the cached states (chunked prefill).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+
+class Mamba(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: Union[int, str] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,  # accepted for mamba_ssm compatibility; the backend decides here
+        layer_idx: Optional[int] = None,
+        scan_backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"Mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
+        # One backend name for the scan, the conv and the state update ("auto" | "reference" | "torch" | "triton").
+        self.scan_backend = scan_backend
+        self.activation = "silu"
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt_proj.weight keeps the variance of delta independent of dt_rank.
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        # softplus(dt_proj.bias) starts log-uniform in [dt_min, dt_max]: the bias is the inverse softplus.
+        dt = torch.exp(torch.rand(self.d_inner, device=device, dtype=torch.float32)
+                       * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_softplus_dt)
+        self.dt_proj.bias._no_reinit = True  # the LM's _init_weights must not zero it
+
+        # S4D-real initialisation: A = -(1, 2, ..., N) for every channel, stored as log(-A) in fp32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, dtype=torch.float32, device=device))
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    # ------------------------------------------------------------------ parallel (and prefill) path
+    def forward(self, hidden_states: torch.Tensor, inference_params=None) -> torch.Tensor:
+        """hidden_states (batch, L, d_model) -> (batch, L, d_model)."""
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(f"Mamba: hidden_states has shape {tuple(hidden_states.shape)}, "
+                             f"expected (batch, L, {self.d_model})")
+        batch, seqlen, _ = hidden_states.shape
+        conv_state = ssm_state = None
+        continuing = False
+        if inference_params is not None:
+            conv_state, ssm_state = self._states_from_cache(inference_params, batch)
+            continuing = inference_params.seqlen_offset > 0
+            if continuing and seqlen == 1:
+                out, _, _ = self.step(hidden_states, conv_state, ssm_state)
+                return out
+
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, L, d_inner) each
+        x, z = x.transpose(1, 2), z.transpose(1, 2)  # (batch, d_inner, L) views; the ops take any strides
+        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        if continuing:
+            # Prepend the previous d_conv - 1 inputs so the convolution runs on across the chunk boundary.
+            x_ext = torch.cat([conv_state[:, :, 1:].to(x.dtype), x], dim=-1)
+            x_conv = causal_conv1d(x_ext, conv_weight, self.conv1d.bias, self.activation,
+                                   backend=self.scan_backend)[..., self.d_conv - 1:]
+            new_conv_state = x_ext[..., -self.d_conv:]
+        else:
+            x_conv = causal_conv1d(x, conv_weight, self.conv1d.bias, self.activation, backend=self.scan_backend)
+            # The last d_conv inputs, left-zero-padded when the prompt is shorter than the kernel.
+            new_conv_state = F.pad(x, (self.d_conv - seqlen, 0))
+        if conv_state is not None:
+            conv_state.copy_(new_conv_state)
+
+        x_dbl = self.x_proj(x_conv.transpose(1, 2))  # (batch, L, dt_rank + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # (batch, L, d_inner); bias added inside the scan
+        A = -torch.exp(self.A_log.float())
+        result = selective_scan(
+            x_conv, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            return_last_state=ssm_state is not None,
+            initial_state=ssm_state if continuing else None,
+            backend=self.scan_backend,
+        )
+        if ssm_state is not None:
+            y, last_state = result
+            ssm_state.copy_(last_state)
+        else:
+            y = result
+        return self.out_proj(y.transpose(1, 2))
+
+    # ------------------------------------------------------------------ recurrent path
+    def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,
+             ssm_state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token: hidden_states (batch, 1, d_model); the states are updated in place."""
+        if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
+            raise ValueError(f"Mamba.step: hidden_states has shape {tuple(hidden_states.shape)}, "
+                             f"expected (batch, 1, {self.d_model}); decode one token at a time")
+        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 self.activation, backend=self.scan_backend)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(ssm_state, x, dt, A, B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+                                   backend=self.scan_backend)
+        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: Optional[torch.dtype] = None,
+                                 **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(conv_state (batch, d_inner, d_conv) in the conv's dtype, ssm_state (batch, d_inner, d_state) fp32).
+
+        The state size does not depend on max_seqlen: that is the point of an SSM.
+        """
+        device = self.out_proj.weight.device
+        conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def _states_from_cache(self, inference_params, batch_size: int):
+        if self.layer_idx is None:
+            raise ValueError("Mamba: recurrent inference needs layer_idx (the key of this layer's cache)")
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:  # allocated lazily, as mamba_ssm does
+            cache[self.layer_idx] = self.allocate_inference_cache(batch_size, inference_params.max_seqlen)
+        conv_state, ssm_state = cache[self.layer_idx]
+        if conv_state.shape[0] != batch_size:
+            raise ValueError(f"Mamba layer {self.layer_idx}: the cache holds batch {conv_state.shape[0]}, "
+                             f"the input has batch {batch_size}; allocate the cache for the input's batch")
+        return conv_state, ssm_state
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"dt_rank={self.dt_rank}, layer_idx={self.layer_idx}, scan_backend={self.scan_backend!r}")
