@@ -1,4 +1,7 @@
-"""Whole networks built from seqmamba.modules, registered in seqmamba.registry.BACKBONES."""
+"""Whole networks built from seqmamba.modules, registered in seqmamba.registry.BACKBONES / HEADS."""
+from .generation import generate
+from .heads import NextTokenHead, SequenceClassificationHead, pool_sequence
 from .mamba_lm import MambaBackbone, MambaConfig, MambaLM
 
-__all__ = ["MambaLM", "MambaConfig", "MambaBackbone"]
+__all__ = ["MambaLM", "MambaConfig", "MambaBackbone", "generate", "SequenceClassificationHead", "NextTokenHead",
+           "pool_sequence"]

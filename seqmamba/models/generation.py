@@ -1,0 +1,213 @@
+"""Autoregressive sampling for any model with a recurrent cache (MambaLM, SaShiMi, ...).
+
+The loop needs three things from the model:
+
+* ``allocate_inference_cache(batch_size, max_seqlen, dtype=None)``: the per-layer states, stored in an
+  :class:`InferenceParams` as ``key_value_memory_dict``;
+* ``step(input_ids (batch, 1), inference_params) -> logits (batch, vocab)``: one token per row at
+  position ``inference_params.seqlen_offset``, states updated in place, offset left to the caller;
+* optionally ``prefill(input_ids (batch, L), inference_params) -> logits (batch, vocab)`` of the last
+  position (a parallel pass over the prompt); without it the prompt is stepped through token by token.
+
+Sampling follows mamba_ssm / transformers: repetition penalty, then temperature (0 = greedy), top-k,
+top-p (nucleus), min-p, then a draw from a seeded ``torch.Generator`` when one is given.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..modules import InferenceParams
+
+__all__ = ["InferenceParams", "generate", "sample_next_token", "validate_sampling_args", "CUDAGraphStep"]
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def validate_sampling_args(temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, min_p: float = 0.0,
+                           repetition_penalty: float = 1.0) -> None:
+    """Raise ValueError naming the first out-of-range sampling parameter."""
+    if not temperature >= 0:  # also catches NaN
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
+    if not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1] (0 or 1 disables it), got {top_p}")
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, previous_tokens: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: tokens already in the row get their logit divided by ``penalty`` if positive,
+    multiplied if negative (so penalty > 1 always makes them less likely)."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, 1, previous_tokens)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, previous_tokens, seen)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0, min_p: float = 0.0) -> torch.Tensor:
+    """Set to -inf every logit that top-k, top-p or min-p rules out (each disabled at 0; top_p also at 1)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the top token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(dim=-1)
+        threshold = min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    return logits
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
+                      min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits (batch, vocab) -> token ids (batch,). temperature 0 or top_k 1 is greedy (argmax)."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    probs = logits.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # Draw where the generator lives, so a CPU generator reproduces the same samples on any device.
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------- CUDA graph
+class CUDAGraphStep:
+    """``model.step`` for one token, captured once as a CUDA graph and replayed.
+
+    The graph reads the input ids from a static buffer and writes the logits to another; the states in
+    ``inference_params`` are static too (prefill overwrites them in place), so one capture serves every
+    decode step of every sequence with the same batch size.
+    """
+
+    def __init__(self, model, inference_params: InferenceParams, batch_size: int, n_warmup: int = 2):
+        device = next(model.parameters()).device
+        self.model = model
+        self.inference_params = inference_params
+        self.static_input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        saved_offset = inference_params.seqlen_offset
+        inference_params.seqlen_offset = 1  # any offset > 0 selects the one-token recurrent path
+        # Warm up on a side stream (Triton autotuning, cuBLAS handles) before capturing, as PyTorch advises.
+        side_stream = torch.cuda.Stream()
+        side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side_stream):
+            for _ in range(n_warmup):
+                model.step(self.static_input_ids, inference_params)
+        torch.cuda.current_stream().wait_stream(side_stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_logits = model.step(self.static_input_ids, inference_params)
+        inference_params.seqlen_offset = saved_offset
+        # The warm-up and capture advanced the states with garbage; the next prefill overwrites them all.
+
+    def __call__(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:
+        if inference_params is not self.inference_params:
+            raise ValueError("CUDAGraphStep: replay needs the inference_params the graph was captured with")
+        self.static_input_ids.copy_(input_ids.view(-1, 1))
+        self.graph.replay()
+        return self.static_logits
+
+
+def _graph_for(model, batch_size: int, max_seqlen: int, dtype) -> CUDAGraphStep:
+    """One captured step per (batch, max_seqlen, dtype, parameter storage), cached on the model.
+
+    The key holds the parameters' addresses: after ``model.to(...)`` the old graph would read freed memory.
+    """
+    params_key = tuple(p.data_ptr() for p in model.parameters())
+    key = (batch_size, max_seqlen, dtype, params_key)
+    cache = model.__dict__.setdefault("_cuda_graph_steps", {})
+    if key not in cache:
+        cache.clear()  # one live graph per model: each holds its own states and memory pool
+        inference_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
+        inference_params.key_value_memory_dict = model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
+        cache[key] = CUDAGraphStep(model, inference_params, batch_size)
+    return cache[key]
+
+
+# ---------------------------------------------------------------------------------------- the loop
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 0.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+             generator: Optional[torch.Generator] = None, cg: bool = False, max_seqlen: Optional[int] = None,
+             vocab_size: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Continue each row of ``input_ids`` (batch, L >= 1) by up to ``max_new_tokens`` tokens.
+
+    Returns (batch, L + T) with T <= max_new_tokens: generation stops early once every row has produced
+    ``eos_token_id``; a finished row is filled with ``pad_token_id`` (default: the eos id) after its eos.
+    ``vocab_size`` restricts sampling to the real vocabulary when the logits are padded.
+    ``max_seqlen`` is the cache capacity (default L + max_new_tokens); a longer request is refused.
+    ``cg=True`` decodes under a captured CUDA graph (CUDA only).
+    """
+    validate_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected (batch, L) with L >= 1")
+    if input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be torch.long token ids, got {input_ids.dtype}")
+    batch_size, prompt_len = input_ids.shape
+    max_seqlen = prompt_len + max_new_tokens if max_seqlen is None else max_seqlen
+    if prompt_len > max_seqlen:
+        raise ValueError(f"the prompt has {prompt_len} tokens, longer than the cache (max_seqlen={max_seqlen})")
+    if prompt_len + max_new_tokens > max_seqlen:
+        raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) = "
+                         f"{prompt_len + max_new_tokens} exceeds the cache (max_seqlen={max_seqlen})")
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+
+    if cg:
+        if not input_ids.is_cuda:
+            raise ValueError("cg=True (CUDA graph decoding) needs the model and input_ids on a CUDA device")
+        graph_step = _graph_for(model, batch_size, max_seqlen, dtype)
+        inference_params = graph_step.inference_params
+        inference_params.reset(max_seqlen, batch_size)
+        step = graph_step
+    else:
+        inference_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
+        inference_params.key_value_memory_dict = model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
+        step = model.step
+
+    sequences = torch.full((batch_size, prompt_len + max_new_tokens), pad_token_id, dtype=torch.long,
+                           device=input_ids.device)
+    sequences[:, :prompt_len] = input_ids
+    if max_new_tokens == 0:
+        return sequences
+
+    if hasattr(model, "prefill"):
+        logits = model.prefill(input_ids, inference_params)
+    else:
+        for t in range(prompt_len):
+            inference_params.seqlen_offset = t
+            logits = model.step(input_ids[:, t:t + 1], inference_params)
+    inference_params.seqlen_offset = prompt_len
+
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=input_ids.device)
+    length = prompt_len
+    for i in range(max_new_tokens):
+        logits = logits[:, :vocab_size] if vocab_size is not None else logits
+        logits = apply_repetition_penalty(logits.float(), sequences[:, :length], repetition_penalty)
+        next_tokens = sample_next_token(logits, temperature, top_k, top_p, min_p, generator)
+        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+        sequences[:, length] = next_tokens
+        length += 1
+        if eos_token_id is not None:
+            finished |= next_tokens == eos_token_id
+            if bool(finished.all()):
+                break
+        if i == max_new_tokens - 1:
+            break  # no logits needed after the last token
+        logits = step(next_tokens[:, None], inference_params)
+        inference_params.seqlen_offset += 1
+    return sequences[:, :length]
