@@ -1,0 +1,216 @@
+"""Triton depthwise causal conv1d: forward, backward (autograd through a torch.library custom op) and the
+one-step decode update (in place on the conv state).
+
+out[b, d, t] = act(bias[d] + sum_k weight[d, k] x[b, d, t - width + 1 + k]), zero padding on the left.
+Each program takes a (BLOCK_D, BLOCK_L) tile and reads the width shifted copies of x it needs (the
+overlap comes from L1/L2, so x is read from memory about once). Accumulation is fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
+                   WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for k in tl.static_range(WIDTH):
+        src = t_idx - (WIDTH - 1) + k
+        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        xv = tl.load(x_row + src[None, :].to(tl.int64) * s_x_l, mask=m, other=0.0).to(tl.float32)
+        wk = tl.load(w_ptr + d_idx * s_w_d + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * xv
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    return acc
+
+
+@triton.jit
+def _causal_conv1d_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_o_b, s_o_d, s_o_l,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d_idx < dim
+    x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+    acc = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
+                         WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    mask = mask_d[:, None] & (t_idx < L)[None, :]
+    tl.store(out_ptr + pid_b * s_o_b + d_idx[:, None].to(tl.int64) * s_o_d + t_idx[None, :].to(tl.int64) * s_o_l,
+             acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _causal_conv1d_dpre_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, L,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """dpre = dout * act'(pre) (fp32, contiguous), plus the weight and bias gradients (atomics over tiles)."""
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d_idx < dim
+    mask = mask_d[:, None] & (t_idx < L)[None, :]
+    x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+    dout = tl.load(dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
+                   + t_idx[None, :].to(tl.int64) * s_do_l, mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
+                             WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        sig = tl.sigmoid(pre)
+        dpre = dout * sig * (1.0 + pre * (1.0 - sig))
+    else:
+        dpre = dout
+    tl.store(dpre_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dpre, mask=mask)
+    for k in tl.static_range(WIDTH):
+        src = t_idx - (WIDTH - 1) + k
+        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        xv = tl.load(x_row + src[None, :].to(tl.int64) * s_x_l, mask=m, other=0.0).to(tl.float32)
+        tl.atomic_add(dw_ptr + d_idx * WIDTH + k, tl.sum(dpre * xv, axis=1), mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d_idx, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _causal_conv1d_dx_kernel(
+    dpre_ptr, w_ptr, dx_ptr, dim, L, s_w_d, s_w_k,
+    WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """dx[t] = sum_k weight[k] dpre[t + width - 1 - k] (the transposed, anti-causal conv)."""
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d_idx < dim
+    row = (pid_b * dim + d_idx[:, None]) * L
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for k in tl.static_range(WIDTH):
+        src = t_idx + (WIDTH - 1) - k
+        m = mask_d[:, None] & (src < L)[None, :]
+        g = tl.load(dpre_ptr + row + src[None, :], mask=m, other=0.0)
+        wk = tl.load(w_ptr + d_idx * s_w_d + k * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * g
+    tl.store(dx_ptr + row + t_idx[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (t_idx < L)[None, :])
+
+
+@triton.jit
+def _causal_conv1d_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
+    s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
+    WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    k_idx = tl.arange(0, BLOCK_W)
+    mask_d = d_idx < dim
+    state_row = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d
+    # Shift left by one and append x: new[k] = old[k + 1] for k < width - 1, new[width - 1] = x.
+    shifted = tl.load(state_row + (k_idx[None, :] + 1) * s_s_k, mask=mask_d[:, None] & (k_idx[None, :] + 1 < WIDTH),
+                      other=0.0)
+    xv = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0)
+    new_state = tl.where(k_idx[None, :] == WIDTH - 1, xv[:, None].to(shifted.dtype), shifted)
+    mask_dk = mask_d[:, None] & (k_idx[None, :] < WIDTH)
+    tl.store(state_row + k_idx[None, :] * s_s_k, new_state, mask=mask_dk)
+    w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0).to(tl.float32)
+    acc = tl.sum(new_state.to(tl.float32) * w, axis=1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+_BLOCK_D, _BLOCK_L = 16, 128
+
+
+def _grid(batch, dim, L):
+    return (triton.cdiv(L, _BLOCK_L), triton.cdiv(dim, _BLOCK_D), batch)
+
+
+@torch.library.custom_op("seqmamba::causal_conv1d_fwd", mutates_args=())
+def _causal_conv1d_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    batch, dim, L = x.shape
+    out = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+    if L == 0:
+        return out
+    _causal_conv1d_fwd_kernel[_grid(batch, dim, L)](
+        x, weight, bias if bias is not None else weight, out, dim, L,
+        *x.stride(), *weight.stride(), *out.stride(),
+        WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
+    return out
+
+
+@_causal_conv1d_fwd_op.register_fake
+def _(x, weight, bias, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("seqmamba::causal_conv1d_bwd", mutates_args=())
+def _causal_conv1d_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool,
+                          dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, dim, L = x.shape
+    width = weight.shape[1]
+    dpre = torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
+    dw = torch.zeros((dim, width), device=x.device, dtype=torch.float32)
+    dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32)
+    dx = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+    if L > 0:
+        grid = _grid(batch, dim, L)
+        _causal_conv1d_dpre_kernel[grid](
+            x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias, dim, L,
+            *x.stride(), *weight.stride(), *dout.stride(),
+            WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
+        _causal_conv1d_dx_kernel[grid](dpre, weight, dx, dim, L, *weight.stride(),
+                                       WIDTH=width, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
+    return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
+
+
+@_causal_conv1d_bwd_op.register_fake
+def _(x, weight, bias, silu, dout):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight),
+            x.new_empty((x.shape[1],), dtype=bias.dtype if bias is not None else torch.float32))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu = silu
+
+
+def _conv_backward(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, dbias = _causal_conv1d_bwd_op(x, weight, bias, ctx.silu, dout)
+    return dx, dw, dbias if bias is not None else None, None
+
+
+_causal_conv1d_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         activation: Optional[str] = None) -> torch.Tensor:
+    """Same contract as ``causal_conv1d_ref``; any strides of x."""
+    return _causal_conv1d_fwd_op(x, weight, bias, activation in ("silu", "swish"))
+
+
+def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                                bias: Optional[torch.Tensor] = None, activation: Optional[str] = None) -> torch.Tensor:
+    """One decode step; conv_state (batch, dim, width) is updated in place. Returns (batch, dim)."""
+    batch, dim = x.shape
+    width = weight.shape[1]
+    out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    BLOCK_D = 64
+    _causal_conv1d_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
+        x, conv_state, weight, bias if bias is not None else weight, out, dim,
+        *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
+        WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
+        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D)
+    return out

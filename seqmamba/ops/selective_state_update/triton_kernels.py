@@ -1,0 +1,85 @@
+"""Triton kernel for one decode step of the selective SSM, in place on the state.
+
+state[b, d, :] <- exp(dt A[d]) * state + dt B x;  y = C . state + D x;  y *= silu(z).
+One program per (batch, block of channels); B / C are (batch, N) or grouped (batch, G, N). State math is
+fp32 whatever the state's dtype. Designed to be captured in a CUDA graph (no host work besides the launch).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _selective_state_update_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, out_ptr,
+    dim, N, channels_per_group,
+    s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n_idx = tl.arange(0, BLOCK_N)
+    mask_d = d_idx < dim
+    mask_dn = mask_d[:, None] & (n_idx < N)[None, :]
+    group = d_idx // channels_per_group  # per channel: a block may straddle groups
+
+    state_ptrs = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d + n_idx[None, :] * s_s_n
+    state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + d_idx * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + d_idx[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
+    bc_off = group[:, None] * s_B_g + n_idx[None, :] * s_B_n
+    B = tl.load(B_ptr + pid_b * s_B_b + bc_off, mask=mask_dn, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + pid_b * s_C_b + group[:, None] * s_C_g + n_idx[None, :] * s_C_n,
+                mask=mask_dn, other=0.0).to(tl.float32)
+
+    state = state * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * B
+    tl.store(state_ptrs, state.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    y = tl.sum(state * C, axis=1)
+    if HAS_D:
+        y += x * tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + d_idx * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def _bc_strides(X: torch.Tensor):
+    """(batch, N) -> one group; (batch, G, N) as is. Returns (G, (s_batch, s_group, s_n))."""
+    if X.dim() == 2:
+        return 1, (X.stride(0), 0, X.stride(1))
+    return X.shape[1], X.stride()
+
+
+def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                                  B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                                  z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+                                  dt_softplus: bool = False) -> torch.Tensor:
+    """Same contract as ``selective_state_update_ref``: updates ``state`` in place, returns y (batch, dim)."""
+    batch, dim, N = state.shape
+    G_B, sB = _bc_strides(B)
+    G_C, sC = _bc_strides(C)
+    if G_B != G_C:
+        raise ValueError(f"selective_state_update: B has {G_B} groups and C has {G_C}; they must match")
+    out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    BLOCK_N = max(triton.next_power_of_2(N), 2)
+    BLOCK_D = max(1, min(64, 2048 // BLOCK_N))
+    zz = z if z is not None else x
+    _selective_state_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
+        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
+        dim, N, dim // G_B,
+        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *sB, *sC, *zz.stride(), *out.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=4,
+    )
+    return out

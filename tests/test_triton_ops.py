@@ -1,0 +1,211 @@
+"""Every Triton kernel against its plain-PyTorch reference, forward and every gradient.
+
+On a CPU-only machine these run under TRITON_INTERPRET=1 (set in conftest.py) at tiny shapes; on a GPU
+they run compiled. Tolerances: fp32 1e-4 relative, bf16 / fp16 1e-2 relative (outputs are rounded to
+the input dtype; state and accumulation are fp32 in both the kernel and the reference).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from seqmamba.ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from seqmamba.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
+from seqmamba.ops.selective_scan.reference import selective_scan_ref
+from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)", allow_module_level=True)
+
+scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "non-finite values"
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+    """Chunks of 16 steps, so tiny sequences still cross several chunk boundaries."""
+    monkeypatch.setattr(scan_kernels, "FORCE_CHUNK_T", 16)
+
+
+def make_scan_inputs(batch, dim, L, N, bc_layout, dtype, groups=2, time_major=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale)
+
+    def seq(scale=1.0):
+        if time_major:  # the Mamba block's layout: (batch, L, dim) memory viewed as (batch, dim, L)
+            return randn(batch, L, dim, scale=scale).to(dtype).transpose(1, 2)
+        return randn(batch, dim, L, scale=scale).to(dtype)
+
+    u, delta, z = seq(), seq(0.5), seq()
+    A = -(torch.rand(dim, N, generator=g) + 0.3)
+    if bc_layout == "variable":
+        B, C = randn(batch, N, L).to(dtype), randn(batch, N, L).to(dtype)
+    elif bc_layout == "grouped":
+        B, C = randn(batch, groups, N, L).to(dtype), randn(batch, groups, N, L).to(dtype)
+    else:
+        B, C = randn(dim, N), randn(dim, N)
+    D, delta_bias = randn(dim), randn(dim, scale=0.1)
+    initial_state = randn(batch, dim, N)
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+
+
+def run_scan_with_grads(fn, inputs, use, dout, dlast):
+    args = {k: (v.detach().to(DEVICE).requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    for name in ("D", "z", "delta_bias", "initial_state"):
+        if name not in use:
+            args[name] = None
+    out, last = fn(args["u"], args["delta"], args["A"], args["B"], args["C"], args["D"], args["z"],
+                   args["delta_bias"], "delta_bias" in use, True, args["initial_state"])
+    loss = (out.float() * dout.to(DEVICE)).sum() + (last * dlast.to(DEVICE)).sum()
+    names = [k for k, v in args.items() if v is not None]
+    grads = torch.autograd.grad(loss, [args[k] for k in names])
+    return out, last, dict(zip(names, grads))
+
+
+SCAN_CASES = [
+    # (bc_layout, dtype, optional inputs used, time_major)
+    ("variable", torch.float32, ("D", "z", "delta_bias", "initial_state"), False),
+    ("variable", torch.float32, (), True),
+    ("grouped", torch.float32, ("D", "z", "delta_bias", "initial_state"), True),
+    ("constant", torch.float32, ("D", "z", "initial_state"), False),
+    ("variable", torch.bfloat16, ("D", "z", "delta_bias"), True),
+    ("grouped", torch.float16, ("z", "delta_bias", "initial_state"), False),
+]
+
+
+@pytest.mark.parametrize("bc_layout,dtype,use,time_major", SCAN_CASES)
+def test_triton_scan_forward_and_every_gradient_match_reference(short_chunks, bc_layout, dtype, use, time_major):
+    batch, dim, L, N = 2, 4, 37, 4  # 37 = two full chunks of 16 and a partial one
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, dtype, time_major=time_major)
+    # A non-contiguous upstream gradient (every other element of a wider tensor).
+    dout = torch.randn(batch, dim, 2 * L)[:, :, ::2]
+    dlast = torch.randn(batch, dim, N)
+    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    tol = TOL[dtype]
+    assert tri[0].dtype == dtype and tri[1].dtype == torch.float32
+    assert rel_err(tri[0], ref[0]) < tol
+    assert rel_err(tri[1], ref[1]) < tol
+    assert set(tri[2]) == set(ref[2])
+    for name in ref[2]:
+        assert tri[2][name].shape == ref[2][name].shape, name
+        assert rel_err(tri[2][name], ref[2][name]) < tol, f"gradient of {name}"
+
+
+def test_triton_scan_large_state_and_single_step():
+    """N = 256 (the largest supported) with L = 1, and N = 5 (not a power of two) with L = 3."""
+    for (batch, dim, L, N) in ((1, 2, 1, 256), (1, 3, 3, 5)):
+        inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=N)
+        dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+        use = ("D", "z", "delta_bias", "initial_state")
+        ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+        tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+        assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
+        for name in ref[2]:
+            assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+
+
+def test_triton_backend_dispatch_matches_reference():
+    inputs = make_scan_inputs(1, 3, 20, 4, "variable", torch.float32)
+    args = {k: v.to(DEVICE) for k, v in inputs.items()}
+    out = selective_scan(**args, delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(**args, delta_softplus=True)
+    assert rel_err(out, ref) < 1e-4
+
+
+def test_triton_scan_without_grad_returns_state_only_when_asked():
+    inputs = make_scan_inputs(1, 2, 10, 4, "constant", torch.float32)
+    args = {k: v.to(DEVICE) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = scan_kernels.selective_scan_triton(*[args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")],
+                                                 True, False, args["initial_state"])
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 2, 10)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(A=torch.randn(4, 4, dtype=torch.float64)), "A must be float32"),
+    (dict(D=torch.randn(4, dtype=torch.bfloat16)), "D must be float32"),
+    (dict(A=-torch.rand(4, 257), B=torch.randn(2, 257, 8), C=torch.randn(2, 257, 8)), "N=257"),
+    (dict(delta=torch.randn(2, 4, 9)), "delta"),
+    (dict(z=torch.randn(3, 4, 8)), "z"),
+    (dict(B=torch.randn(3, 4, 8)), "B"),
+    (dict(C=torch.randn(4)), "C"),
+    (dict(initial_state=torch.randn(2, 4, 5)), "initial_state"),
+])
+def test_triton_scan_bad_input_raises_value_error_naming_the_argument(bad, match):
+    args = dict(u=torch.randn(2, 4, 8), delta=torch.randn(2, 4, 8), A=-torch.rand(4, 4), B=torch.randn(2, 4, 8),
+                C=torch.randn(2, 4, 8), D=torch.randn(4), z=torch.randn(2, 4, 8))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        selective_scan(**{k: v.to(DEVICE) for k, v in args.items()}, backend="triton")
+
+
+@pytest.mark.parametrize("dtype,activation,width,time_major", [
+    (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
+def test_triton_causal_conv1d_forward_and_gradients_match_reference(dtype, activation, width, time_major):
+    batch, dim, L = 2, 5, 150  # L crosses one 128-step tile boundary
+    g = torch.Generator().manual_seed(1)
+    if time_major:
+        x = torch.randn(batch, L, dim, generator=g).to(dtype).transpose(1, 2)
+    else:
+        x = torch.randn(batch, dim, L, generator=g).to(dtype)
+    weight = torch.randn(dim, width, generator=g).to(dtype)
+    bias = torch.randn(dim, generator=g).to(dtype)
+    dout = torch.randn(batch, dim, 2 * L, generator=g)[:, :, ::2].to(dtype)
+    results = []
+    for fn in (causal_conv1d_ref, lambda *a: causal_conv1d(*a, backend="triton")):
+        xs, ws, bs = (t.detach().to(DEVICE).requires_grad_(True) for t in (x, weight, bias))
+        out = fn(xs, ws, bs, activation)
+        grads = torch.autograd.grad(out, (xs, ws, bs), dout.to(DEVICE))
+        results.append((out, *grads))
+    tol = TOL[dtype]
+    for name, tri, ref in zip(("out", "dx", "dweight", "dbias"), results[1], results[0]):
+        assert tri.dtype == ref.dtype, name
+        assert rel_err(tri, ref) < tol, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_causal_conv1d_update_matches_reference_and_updates_state(dtype):
+    batch, dim, width = 3, 70, 4
+    x = torch.randn(batch, dim).to(dtype).to(DEVICE)
+    state = torch.randn(batch, dim, width).to(dtype).to(DEVICE)
+    weight, bias = torch.randn(dim, width).to(DEVICE), torch.randn(dim).to(DEVICE)
+    state_ref = state.clone()
+    out = causal_conv1d_update(x, state, weight, bias, "silu", backend="triton")
+    ref = causal_conv1d_update_ref(x, state_ref, weight, bias, "silu")
+    assert torch.equal(state, state_ref)
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("grouped,dtype,state_dtype", [
+    (False, torch.float32, torch.float32), (True, torch.float32, torch.float32),
+    (False, torch.bfloat16, torch.float32), (True, torch.bfloat16, torch.bfloat16)])
+def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype, state_dtype):
+    batch, dim, N, G = 3, 12, 8, 3
+    g = torch.Generator().manual_seed(2)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    state = r(batch, dim, N).to(state_dtype).to(DEVICE)
+    x, dt, z = (r(batch, dim).to(dtype).to(DEVICE) for _ in range(3))
+    A = -(torch.rand(dim, N, generator=g) + 0.3).to(DEVICE)
+    shape = (batch, G, N) if grouped else (batch, N)
+    B, C = r(*shape).to(dtype).to(DEVICE), r(*shape).to(dtype).to(DEVICE)
+    D, dt_bias = r(dim).to(DEVICE), r(dim).to(DEVICE)
+    state_ref = state.clone()
+    y = selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend="triton")
+    y_ref = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, dt_bias, True)
+    tol = TOL[dtype] if state_dtype == torch.float32 else 2e-2
+    assert y.dtype == dtype
+    assert rel_err(state, state_ref) < TOL[state_dtype]
+    assert rel_err(y, y_ref) < tol
