@@ -39,7 +39,12 @@ class Task:
 
     # -- data ------------------------------------------------------------------------------
     def train_batches(self, start_step: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        """Infinite iterator of this rank's training batches, beginning at global step ``start_step``."""
+        """Infinite iterator of this rank's training batches, beginning at global step ``start_step``.
+
+        With gradient accumulation it yields ``cfg.trainer.grad_accum_steps`` micro-batches per step.
+        Tasks that support sequence-length warmup (``trainer.seq_len_warmup``) define an optional
+        ``set_seq_len(length)`` method; the trainer calls it at each scheduled step and then reopens
+        this iterator at that step, so batches drawn afterwards have the new length."""
         raise NotImplementedError(f"{type(self).__name__} must implement train_batches()")
 
     def val_sets(self) -> Dict[str, Iterable[Batch]]:

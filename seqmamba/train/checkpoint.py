@@ -1,0 +1,120 @@
+"""Atomic checkpoints that load with ``torch.load(weights_only=True)``.
+
+Write path: ``torch.save`` into a hidden temporary file in the target's directory, flush + fsync,
+then ``os.replace`` onto the target (atomic on POSIX within one file system) and fsync the directory.
+A crash at any moment leaves either the old checkpoint or the new one, never a torn file; a failed
+write removes its temporary file, and temporary names (``.<name>.tmp-<pid>-<random>``) never end in
+``.pt`` so nothing mistakes them for checkpoints.
+
+Contents (only tensors and primitive containers, so the safe loader accepts them):
+``format_version, step, model, optimizer, scheduler, grad_scaler, rng (one entry per rank),
+best_metric, best_step, monitor, world_size, config (resolved YAML text)``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not possible on every platform / file system; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:  # also KeyboardInterrupt: clean up, then let it propagate
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def remove_stale_temp_files(directory: str) -> List[str]:
+    """Delete temporary files a killed writer left behind (a SIGKILL skips the cleanup above)."""
+    removed = []
+    for path in glob.glob(os.path.join(directory, f".*{TMP_MARK}*")):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+# -- whole training state ----------------------------------------------------------------------------
+def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint with the safe unpickler; a clear error if the file is missing or not ours."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torn/foreign files raise many types; name the file in one line
+        raise RuntimeError(f"checkpoint {path!r} could not be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise RuntimeError(f"checkpoint {path!r} is not a seqmamba checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_model_weights(model: nn.Module, path: str, strict: bool = True) -> Dict[str, Any]:
+    """Load only the model weights of a checkpoint into ``model`` (for eval / generate).
+    Returns the checkpoint dict (for its step, config, metrics)."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model.load_state_dict(ckpt["model"], strict=strict)
+    return ckpt
+
+
+def make_checkpoint(
+    *,
+    step: int,
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer],
+    scheduler: Any,
+    grad_scaler: Any,
+    rng_states: List[Dict[str, Any]],
+    best_metric: Optional[float],
+    best_step: Optional[int],
+    monitor: str,
+    config_yaml: str,
+) -> Dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+        "rng": list(rng_states),
+        "world_size": len(rng_states),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "best_step": None if best_step is None else int(best_step),
+        "monitor": str(monitor),
+        "config": config_yaml,
+    }
