@@ -1,0 +1,209 @@
+"""MambaLM: mamba_ssm-compatible construction, init, keys; recurrent decoding equals the parallel forward."""
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from seqmamba.models import MambaConfig, MambaLM
+from seqmamba.registry import BACKBONES
+
+VOCAB = 37  # padded to 40
+
+
+def tiny_lm(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    config = dict(d_model=32, n_layer=2, vocab_size=VOCAB, ssm_cfg={"d_state": 8})
+    config.update(kwargs)
+    return MambaLM(**config).eval()
+
+
+def randomize(model, seed=1):
+    """Random weights with long memory and a strong SSM path (slow decay A, large dt, unit-variance
+    projections), so a 0.1% error in a carried state shows up above the 1e-4 tolerance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.empty(p.shape).uniform_(math.log(0.05), math.log(1.0), generator=g))
+            elif name.endswith("dt_proj.bias"):
+                p.copy_(torch.empty(p.shape).uniform_(-3, 0, generator=g))
+            elif name.endswith("embedding.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            else:  # D, norms, conv bias
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_state_dict_keys_are_mamba_ssm_keys():
+    model = tiny_lm()
+    keys = set(model.state_dict())
+    mixer = {"A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+             "dt_proj.bias", "out_proj.weight"}
+    expected = {"backbone.embedding.weight", "backbone.norm_f.weight", "lm_head.weight"}
+    for i in range(2):
+        expected |= {f"backbone.layers.{i}.norm.weight"} | {f"backbone.layers.{i}.mixer.{k}" for k in mixer}
+    assert keys == expected
+
+
+def test_vocab_is_padded_and_head_is_tied():
+    model = tiny_lm()
+    assert model.padded_vocab_size == 40 and model.backbone.embedding.weight.shape == (40, 32)
+    assert model.lm_head.weight is model.backbone.embedding.weight
+    untied = tiny_lm(tie_embeddings=False, pad_vocab_size_multiple=1)
+    assert untied.padded_vocab_size == VOCAB and untied.lm_head.weight is not untied.backbone.embedding.weight
+
+
+def test_init_follows_mamba_ssm_init_weights():
+    torch.manual_seed(0)
+    n_layer = 4
+    model = MambaLM(d_model=64, n_layer=n_layer, vocab_size=1000, ssm_cfg={"bias": True})
+    emb = model.backbone.embedding.weight
+    assert abs(emb.std().item() - 0.02) < 0.002
+    for layer in model.backbone.layers:
+        mixer = layer.mixer
+        # kaiming_uniform(a=sqrt(5)) bound is 1/sqrt(fan_in), then divided by sqrt(n_layer)
+        bound = 1 / math.sqrt(mixer.d_inner) / math.sqrt(n_layer)
+        w = mixer.out_proj.weight.abs().max().item()
+        assert 0.9 * bound < w <= bound
+        assert torch.all(mixer.in_proj.bias == 0) and torch.all(mixer.out_proj.bias == 0)
+        assert mixer.dt_proj.bias.abs().min() > 0  # _no_reinit: keeps the inverse-softplus dt
+
+
+def test_constructor_from_config_dict_dataclass_and_positional_config():
+    cfg = {"d_model": 16, "n_layer": 1, "vocab_size": 11, "ssm_cfg": {"d_state": 4}, "pad_vocab_size_multiple": 4}
+    a = MambaLM.from_config(cfg)
+    b = MambaLM.from_config(MambaConfig(**cfg))
+    c = MambaLM(MambaConfig(**cfg))
+    for m in (a, b, c):
+        assert m.padded_vocab_size == 12 and m.backbone.layers[0].mixer.d_state == 4
+
+    @dataclass
+    class OtherConfig:
+        d_model: int = 16
+        n_layer: int = 1
+        vocab_size: int = 11
+
+    assert MambaLM.from_config(OtherConfig()).config.d_model == 16
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['d_modle'\]"):
+        MambaLM.from_config({"d_modle": 16, "n_layer": 1, "vocab_size": 11})
+    with pytest.raises(ValueError, match="attn_layer_idx"):
+        MambaLM(d_model=16, n_layer=2, vocab_size=11, attn_layer_idx=[1])
+    with pytest.raises(ValueError, match="Mamba2"):
+        MambaLM(d_model=16, n_layer=1, vocab_size=11, ssm_cfg={"layer": "Mamba2"})
+
+
+def test_registered_as_mamba_lm_backbone():
+    assert BACKBONES.get("mamba_lm") is MambaLM
+
+
+def test_forward_shapes_last_tokens_and_hidden_features():
+    model = tiny_lm()
+    ids = torch.randint(0, VOCAB, (3, 10))
+    logits = model(ids)
+    assert logits.shape == (3, 10, 40)
+    torch.testing.assert_close(model(ids, num_last_tokens=2), logits[:, -2:])
+    hidden = model.backbone(ids)
+    assert hidden.shape == (3, 10, 32)
+    torch.testing.assert_close(model(ids, return_hidden=True), hidden)
+    torch.testing.assert_close(model.lm_head(hidden), logits)
+
+
+def test_bf16_model_keeps_fp32_residual_and_ssm_params():
+    model = MambaLM(d_model=32, n_layer=2, vocab_size=VOCAB, dtype=torch.bfloat16)
+    logits = model(torch.randint(0, VOCAB, (2, 8)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert model.backbone.layers[0].mixer.A_log.dtype == torch.float32
+
+
+@pytest.mark.parametrize("prefill_len,total_len", [(1, 6), (7, 24), (13, 40), (4, 64)])
+def test_token_by_token_decoding_equals_parallel_forward(prefill_len, total_len):
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, total_len))
+    with torch.no_grad():
+        parallel = model(ids)
+        params = model.new_inference_params(2, total_len)
+        decoded = [model.prefill(ids[:, :prefill_len], params)]
+        params.seqlen_offset = prefill_len
+        for t in range(prefill_len, total_len):
+            decoded.append(model.step(ids[:, t], params))
+            params.seqlen_offset += 1
+    decoded = torch.stack(decoded, dim=1)
+    assert rel_err(decoded, parallel[:, prefill_len - 1:]) < 1e-4
+
+
+def test_decoding_check_detects_a_small_state_error():
+    """The tolerance above is meaningful: scaling the carried SSM state by 0.999 breaks it."""
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        parallel = model(ids)
+        params = model.new_inference_params(2, 24)
+        decoded = [model.prefill(ids[:, :7], params)]
+        for _, ssm_state in params.key_value_memory_dict.values():
+            ssm_state.mul_(0.999)
+        params.seqlen_offset = 7
+        for t in range(7, 24):
+            decoded.append(model.step(ids[:, t], params))
+            params.seqlen_offset += 1
+    assert rel_err(torch.stack(decoded, dim=1), parallel[:, 6:]) > 1e-4
+
+
+def test_chunked_prefill_continues_from_cached_states():
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        parallel = model(ids)
+        params = model.new_inference_params(2, 30)
+        pieces = []
+        for start, end in ((0, 3), (3, 4), (4, 17), (17, 30)):  # shorter and longer than d_conv
+            params.seqlen_offset = start
+            pieces.append(model(ids[:, start:end], inference_params=params))
+    assert rel_err(torch.cat(pieces, dim=1), parallel) < 1e-4
+
+
+def test_cache_allocated_lazily_like_mamba_ssm():
+    from seqmamba.modules import InferenceParams
+
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        parallel = model(ids)
+        params = InferenceParams(max_seqlen=9, max_batch_size=2)
+        first = model(ids[:, :5], inference_params=params, num_last_tokens=1)
+        params.seqlen_offset = 5
+        nxt = model(ids[:, 5:6], inference_params=params, num_last_tokens=1)
+    assert set(params.key_value_memory_dict) == {0, 1}
+    assert rel_err(first[:, -1], parallel[:, 4]) < 1e-4 and rel_err(nxt[:, -1], parallel[:, 5]) < 1e-4
+
+
+def test_input_longer_than_cache_or_wrong_batch_is_refused():
+    model = tiny_lm()
+    params = model.new_inference_params(2, 8)
+    with pytest.raises(ValueError, match="max_seqlen=8"):
+        model(torch.zeros(2, 9, dtype=torch.long), inference_params=params)
+    with pytest.raises(ValueError, match="max_batch_size=2"):
+        model(torch.zeros(3, 4, dtype=torch.long), inference_params=params)
+    with pytest.raises(ValueError, match="batch 2"):
+        model(torch.zeros(1, 4, dtype=torch.long), inference_params=params)
+
+
+def test_one_batch_overfits_in_a_few_steps():
+    model = tiny_lm().train()
+    ids = torch.randint(0, VOCAB, (4, 16))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]

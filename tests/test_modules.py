@@ -1,0 +1,146 @@
+"""seqmamba.modules: the Mamba mixer's names, shapes, initialisation and numerics; Block; RMSNorm."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqmamba.modules import Block, GatedMLP, Mamba, RMSNorm
+
+
+def make_mamba(**kwargs):
+    torch.manual_seed(0)
+    return Mamba(d_model=16, d_state=8, d_conv=4, expand=2, layer_idx=0, **kwargs)
+
+
+def test_mamba_parameter_names_and_shapes_match_mamba_ssm():
+    m = make_mamba()
+    d_inner, dt_rank, N = 32, math.ceil(16 / 16), 8
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "A_log": (d_inner, N),
+        "D": (d_inner,),
+        "in_proj.weight": (2 * d_inner, 16),
+        "conv1d.weight": (d_inner, 1, 4),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (dt_rank + 2 * N, d_inner),
+        "dt_proj.weight": (d_inner, dt_rank),
+        "dt_proj.bias": (d_inner,),
+        "out_proj.weight": (16, d_inner),
+    }
+    with_bias = Mamba(d_model=16, bias=True, conv_bias=False)
+    assert with_bias.in_proj.bias is not None and with_bias.out_proj.bias is not None
+    assert with_bias.conv1d.bias is None
+
+
+def test_mamba_init_is_s4d_real_with_unit_D_in_fp32():
+    m = Mamba(d_model=16, d_state=8, dtype=torch.bfloat16)
+    assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+    assert m.in_proj.weight.dtype == torch.bfloat16
+    expected_A = torch.arange(1, 9, dtype=torch.float32).expand(32, 8)
+    torch.testing.assert_close(torch.exp(m.A_log), expected_A)
+    assert torch.equal(m.D, torch.ones(32))
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay and m.dt_proj.bias._no_reinit
+
+
+@pytest.mark.parametrize("dt_min,dt_max,floor", [(0.001, 0.1, 1e-4), (0.01, 0.05, 0.02)])
+def test_mamba_dt_bias_is_inverse_softplus_of_log_uniform_dt(dt_min, dt_max, floor):
+    torch.manual_seed(1)
+    m = Mamba(d_model=64, dt_min=dt_min, dt_max=dt_max, dt_init_floor=floor)
+    dt = F.softplus(m.dt_proj.bias.detach())
+    low = max(dt_min, floor)
+    assert dt.min() >= low * (1 - 1e-4) and dt.max() <= max(dt_max, floor) * (1 + 1e-4)
+    # log-uniform: the log of dt spreads over the range (not all at one end)
+    if floor < dt_min:
+        span = math.log(dt_max) - math.log(dt_min)
+        assert (dt.log().max() - dt.log().min()) > 0.5 * span
+
+
+def test_mamba_dt_proj_weight_init_random_and_constant():
+    bound = 4 ** -0.5 * 2.0  # dt_rank = ceil(64 / 16) = 4, dt_scale = 2
+    m = Mamba(d_model=64, dt_scale=2.0)
+    assert m.dt_proj.weight.abs().max() <= bound and m.dt_proj.weight.abs().max() > 0.5 * bound
+    c = Mamba(d_model=64, dt_scale=2.0, dt_init="constant")
+    assert torch.all(c.dt_proj.weight == bound)
+    with pytest.raises(ValueError, match="dt_init"):
+        Mamba(d_model=64, dt_init="xavier")
+
+
+def test_mamba_output_is_causal():
+    m = make_mamba()
+    x = torch.randn(2, 24, 16)
+    y = m(x)
+    x2 = x.clone()
+    x2[:, 15:] += torch.randn_like(x2[:, 15:])
+    y2 = m(x2)
+    torch.testing.assert_close(y[:, :15], y2[:, :15])
+    assert (y[:, 15:] - y2[:, 15:]).abs().max() > 1e-3
+
+
+def test_mamba_auto_backend_matches_reference_scan_forward_and_grads():
+    m = make_mamba()
+    x = torch.randn(2, 33, 16, requires_grad=True)
+    y_auto = m(x)
+    g_auto = torch.autograd.grad(y_auto.square().sum(), [x] + list(m.parameters()))
+    m.scan_backend = "reference"
+    y_ref = m(x)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x] + list(m.parameters()))
+    torch.testing.assert_close(y_auto, y_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_auto, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert all(g.abs().sum() > 0 for g in g_ref)  # every parameter receives gradient
+
+
+def test_mamba_rejects_wrong_input_width():
+    with pytest.raises(ValueError, match=r"expected \(batch, L, 16\)"):
+        make_mamba()(torch.randn(2, 5, 8))
+
+
+def test_mamba_step_matches_parallel_forward():
+    m = make_mamba()
+    x = torch.randn(2, 11, 16)
+    y = m(x)
+    conv_state, ssm_state = m.allocate_inference_cache(2, 11)
+    assert conv_state.shape == (2, 32, 4) and ssm_state.shape == (2, 32, 8) and ssm_state.dtype == torch.float32
+    steps = [m.step(x[:, t:t + 1], conv_state, ssm_state)[0] for t in range(11)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), y, rtol=1e-4, atol=1e-5)
+
+
+def test_rmsnorm_matches_formula_and_keeps_input_dtype():
+    norm = RMSNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(3, 5, 8) * 3
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    assert norm(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_block_adds_residual_in_fp32_then_norms_then_mixes():
+    torch.manual_seed(0)
+    mixer = torch.nn.Linear(8, 8)
+    block = Block(8, mixer_cls=lambda d: _NoCacheMixer(mixer), residual_in_fp32=True)
+    hidden, residual = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    out, new_residual = block(hidden, residual)
+    torch.testing.assert_close(new_residual, hidden + residual)
+    torch.testing.assert_close(out, mixer(block.norm(hidden + residual)))
+    # first block: no residual yet, the input itself becomes the residual; kept in fp32 from bf16 input
+    out, new_residual = block(hidden.to(torch.bfloat16), None)
+    assert new_residual.dtype == torch.float32
+
+
+def test_block_with_gated_mlp_has_second_norm_and_mlp():
+    block = Block(16, mixer_cls=lambda d: Mamba(d, d_state=4), mlp_cls=lambda d: GatedMLP(d, 32, multiple_of=16))
+    keys = set(block.state_dict())
+    assert {"norm2.weight", "mlp.fc1.weight", "mlp.fc2.weight"} <= keys
+    out, residual = block(torch.randn(1, 6, 16))
+    assert out.shape == residual.shape == (1, 6, 16)
+
+
+class _NoCacheMixer(torch.nn.Module):
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x, inference_params=None):
+        return self.linear(x)
