@@ -209,3 +209,19 @@ def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype
     assert y.dtype == dtype
     assert rel_err(state, state_ref) < TOL[state_dtype]
     assert rel_err(y, y_ref) < tol
+
+
+@pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
+def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
+    """BLOCK_D = 2: B / C shared by the block's channels, dB / dC reduced over them before the atomics."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(tile=128, block_d=2, num_warps=4))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(tile=128, block_d=2, num_warps=4))
+    batch, dim, L, N = 2, 6, 40, 4  # dim 6 with groups of 3 channels exercises the BLOCK_D fallback to 1
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    use = ("D", "z", "delta_bias", "initial_state")
+    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
+    for name in ref[2]:
+        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name

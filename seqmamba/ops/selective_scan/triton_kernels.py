@@ -326,21 +326,24 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
     return True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
 
 
+# Register-tile sizes (elements of the (BLOCK_D, BLOCK_N, T) tile), channels per program and warps;
+# picked by benchmarks/bench_selective_scan.py --sweep on an H100 (notes/triton_scan.md).
+FWD_CONFIG = dict(tile=4096, block_d=1, num_warps=4)
+BWD_CONFIG = dict(tile=2048, block_d=1, num_warps=4)
+
+
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool):
     """(BLOCK_D, BLOCK_N, T, num_warps): a (BLOCK_D, BLOCK_N, T) register tile per chunk."""
+    cfg = BWD_CONFIG if backward else FWD_CONFIG
     BLOCK_N = max(triton.next_power_of_2(N), 2)
-    if backward:
-        tile, BLOCK_D = 2048, 1
-    else:
-        tile, BLOCK_D = 4096, 1
-    T = max(16, tile // (BLOCK_N * BLOCK_D))
+    BLOCK_D = cfg["block_d"]
+    while BLOCK_D > 1 and (channels_per_group % BLOCK_D != 0 or BLOCK_D * BLOCK_N > cfg["tile"] // 16):
+        BLOCK_D //= 2
+    T = max(16, cfg["tile"] // (BLOCK_N * BLOCK_D))
     T = min(T, max(16, triton.next_power_of_2(max(L, 1))))
     if FORCE_CHUNK_T is not None:
         T = FORCE_CHUNK_T
-    while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
-        BLOCK_D //= 2
-    num_warps = 4
-    return BLOCK_D, BLOCK_N, T, num_warps
+    return BLOCK_D, BLOCK_N, T, cfg["num_warps"]
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -354,7 +357,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
+    cpg = _channels_per_group(B, C, dim)
     BLOCK_D, BLOCK_N, T, num_warps = _launch_config(dim, N, L, cpg, backward=False)
     if save_states:  # the backward walks the same chunks
         T = _launch_config(dim, N, L, cpg, backward=True)[2]
@@ -391,7 +394,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
+    cpg = _channels_per_group(B, C, dim)
     BLOCK_D, BLOCK_N, _, num_warps = _launch_config(dim, N, L, cpg, backward=True)
     n_chunks = chunk_states.shape[2]
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -439,10 +442,18 @@ def _selective_scan_fwd_op(
     return out, last_state, chunk_states
 
 
+def _channels_per_group(B, C, dim):
+    B_var, G_B, _ = _bc_as_4d(B, dim)
+    C_var, G_C, _ = _bc_as_4d(C, dim)
+    return math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
+
+
+def _backward_chunk_len(u, A, B, C):
+    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True)[2]
+
+
 def _chunk_count(u, A, B, C):
-    batch, dim, L = u.shape
-    _, _, T, _ = _launch_config(dim, A.shape[1], L, 1, backward=True)
-    return max(-(-L // T), 1)
+    return max(-(-u.shape[2] // _backward_chunk_len(u, A, B, C)), 1)
 
 
 @_selective_scan_fwd_op.register_fake
@@ -467,7 +478,7 @@ def _selective_scan_bwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor]:
     # Absent gradients come back as empty (0,) tensors: custom ops cannot return None.
-    T = _launch_config(u.shape[1], A.shape[1], u.shape[2], 1, backward=True)[2]
+    T = _backward_chunk_len(u, A, B, C)
     grads = scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, T, dout, dlast,
                           want_dh0)
     return tuple(g if g is not None else u.new_empty((0,), dtype=torch.float32) for g in grads)

@@ -1,0 +1,205 @@
+"""Selective scan speed on a CUDA GPU: Triton kernels vs the PyTorch reference and mamba_ssm's CUDA kernel.
+
+bf16 u / delta / z / B / C (variable B, C), fp32 A / D / delta_bias, N = 16, z and softplus on.
+Prints one table: ms (forward, forward+backward), achieved GB/s with issue 3's byte counts
+(forward 2*B*L*(4*dim + 2*N); backward 2*B*L*(7*dim + 4*N), backward time = fwd+bwd - fwd), percent of
+the copy bandwidth measured in the same run, peak memory above inputs and dout, and ratios to the
+PyTorch reference (smallest shape only: it is a Python loop over L) and to mamba_ssm (measured when
+importable, else the anchor table measured on an H100 80GB HBM3). Also times the decode step
+(selective_state_update) under a CUDA graph.
+
+    python benchmarks/bench_selective_scan.py            # the table
+    python benchmarks/bench_selective_scan.py --sweep    # launch-config sweep at (8, 1536, 4096)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import torch
+import triton
+
+from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
+
+scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+
+N_STATE = 16
+SHAPES = [(8, 1536, 1024), (8, 1536, 4096), (8, 1536, 16384), (2, 1536, 65536), (1, 1536, 262144),
+          (1, 1536, 1048576), (16, 2048, 2048)]
+# mamba_ssm 2.3.2 CUDA kernel on an H100 80GB HBM3 (issue 3): (fwd ms, fwd+bwd ms).
+ANCHOR_MS = {(8, 1536, 1024): (0.226, 1.145), (8, 1536, 4096): (0.886, 4.547), (8, 1536, 16384): (4.202, 18.929),
+             (2, 1536, 65536): (4.387, 19.501), (1, 1536, 262144): (8.952, 40.246),
+             (1, 1536, 1048576): (36.019, 163.220), (16, 2048, 2048): (1.170, 5.987)}
+ANCHOR_DECODE_US = {1: 1.52, 64: 4.98}
+
+
+def bench_ms(fn, rep=200):
+    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def copy_bandwidth_gbs() -> float:
+    src = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms / 1e6
+
+
+def make_inputs(batch, dim, L, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    return dict(u=r(batch, dim, L).to(dtype), delta=(0.5 * r(batch, dim, L) - 4.0).to(dtype),
+                A=-torch.rand(dim, N_STATE, device="cuda", generator=g) - 0.5,
+                B=r(batch, N_STATE, L).to(dtype), C=r(batch, N_STATE, L).to(dtype),
+                D=r(dim), z=r(batch, dim, L).to(dtype), delta_bias=0.1 * r(dim))
+
+
+def scan_fns(inputs, impl):
+    if impl == "triton":
+        def run(**kw):
+            return selective_scan(**kw, delta_softplus=True, backend="triton")
+    elif impl == "reference":
+        def run(**kw):
+            return selective_scan_ref(**kw, delta_softplus=True)
+    else:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        def run(**kw):
+            return selective_scan_fn(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
+                                     kw["delta_bias"], delta_softplus=True)
+    grad_inputs = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"])
+    order = list(grad_inputs)
+
+    def fwd():
+        with torch.no_grad():
+            return run(**inputs)
+
+    def fwd_bwd():
+        out = run(**grad_inputs)
+        return torch.autograd.grad(out, [grad_inputs[k] for k in order], dout)
+
+    return fwd, fwd_bwd
+
+
+def peak_memory_gb(fn) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+
+def mamba_ssm_available() -> bool:
+    try:
+        importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        return True
+    except Exception:
+        return False
+
+
+def decode_us(batch, dim=1536, N=N_STATE):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    state = r(batch, dim, N)
+    x, dt, z = (r(batch, dim).to(torch.bfloat16) for _ in range(3))
+    A, B, C, D, dt_bias = -torch.rand(dim, N, device="cuda") - 0.5, r(batch, N), r(batch, N), r(dim), r(dim)
+
+    def step():
+        return selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend="triton")
+
+    step()  # compile
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    replays = 100
+
+    def replay_many():
+        for _ in range(replays):
+            graph.replay()
+
+    return bench_ms(replay_many, rep=300) / replays * 1e3, bench_ms(step) * 1e3
+
+
+def sweep():
+    batch, dim, L = 8, 1536, 4096
+    inputs = make_inputs(batch, dim, L)
+    fwd_cfgs = [dict(tile=t, block_d=bd, num_warps=w) for (t, bd, w) in
+                [(4096, 1, 4), (2048, 1, 4), (8192, 1, 8), (4096, 2, 4), (8192, 4, 8), (2048, 1, 2), (4096, 1, 8)]]
+    bwd_cfgs = [dict(tile=t, block_d=bd, num_warps=w) for (t, bd, w) in
+                [(2048, 1, 4), (1024, 1, 2), (4096, 1, 8), (2048, 2, 4), (4096, 4, 8), (2048, 4, 4), (1024, 1, 4)]]
+    print(f"sweep at {(batch, dim, L)}")
+    default_fwd, default_bwd = dict(scan_kernels.FWD_CONFIG), dict(scan_kernels.BWD_CONFIG)
+    for cfg in fwd_cfgs:
+        scan_kernels.FWD_CONFIG = cfg
+        fwd, _ = scan_fns(inputs, "triton")
+        print(f"  fwd {cfg}: {bench_ms(fwd):.3f} ms", flush=True)
+    scan_kernels.FWD_CONFIG = default_fwd
+    for cfg in bwd_cfgs:
+        scan_kernels.BWD_CONFIG = cfg
+        _, fwd_bwd = scan_fns(inputs, "triton")
+        print(f"  fwd+bwd {cfg}: {bench_ms(fwd_bwd):.3f} ms", flush=True)
+    scan_kernels.BWD_CONFIG = default_bwd
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,1,6")
+    parser.add_argument("--no-reference", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_selective_scan.py needs a CUDA GPU")
+    if args.sweep:
+        sweep()
+        return
+    gpu = torch.cuda.get_device_name()
+    copy_gbs = copy_bandwidth_gbs()
+    have_mamba = mamba_ssm_available()
+    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    rows = []
+    for batch, dim, L in shapes:
+        inputs = make_inputs(batch, dim, L)
+        fwd, fwd_bwd = scan_fns(inputs, "triton")
+        fwd_ms, fb_ms = bench_ms(fwd), bench_ms(fwd_bwd, rep=100)
+        peak = peak_memory_gb(fwd_bwd)
+        fwd_bytes = 2 * batch * L * (4 * dim + 2 * N_STATE)
+        bwd_bytes = 2 * batch * L * (7 * dim + 4 * N_STATE)
+        fwd_gbs = fwd_bytes / fwd_ms / 1e6
+        bwd_gbs = bwd_bytes / max(fb_ms - fwd_ms, 1e-9) / 1e6
+        ref_ratio = "-"
+        if (batch, dim, L) == SHAPES[0] and not args.no_reference:
+            ref_fwd, _ = scan_fns(inputs, "reference")
+            ref_ratio = f"{bench_ms(ref_fwd, rep=500) / fwd_ms:.0f}x fwd"
+        if have_mamba:
+            m_fwd, m_fb = scan_fns(inputs, "mamba_ssm")
+            base, source = (bench_ms(m_fwd), bench_ms(m_fb, rep=100)), "measured"
+        else:
+            base, source = ANCHOR_MS[(batch, dim, L)], "anchor"
+        rows.append((f"{batch},{dim},{L}", fwd_ms, fb_ms, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd_gbs,
+                     100 * bwd_gbs / copy_gbs, peak, ref_ratio, base[0] / fwd_ms, base[1] / fb_ms, source))
+        del inputs, fwd, fwd_bwd
+        torch.cuda.empty_cache()
+        print(rows[-1], flush=True)
+    dec = {b: decode_us(b) for b in (1, 64)}
+
+    print(f"\nGPU: {gpu}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); torch {torch.__version__}, "
+          f"triton {triton.__version__}; mamba_ssm {'measured' if have_mamba else 'not importable: anchor table'}")
+    print("| (batch, dim, L) | fwd ms | fwd+bwd ms | fwd GB/s | fwd % copy | bwd GB/s | bwd % copy | peak GB "
+          "| vs reference | speedup vs mamba_ssm fwd | fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.1f}% | {r[5]:.0f} | {r[6]:.1f}% | {r[7]:.2f} "
+              f"| {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x |")
+    for b, (graph_us, eager_us) in dec.items():
+        print(f"decode step batch {b}, dim 1536, N 16: {graph_us:.2f} us under a CUDA graph "
+              f"(eager {eager_us:.1f} us); mamba_ssm anchor {ANCHOR_DECODE_US[b]} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Triton kernels at real shapes on a CUDA GPU (skipped without one): long sequences, int64 offsets,
+torch.compile without graph breaks, the decode step under a CUDA graph."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
+from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def rel_err(actual, expected):
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "non-finite values"
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, time_major=True, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    seq = (lambda s=1.0, o=0.0: (s * r(batch, L, dim) + o).to(dtype).transpose(1, 2)) if time_major else \
+        (lambda s=1.0, o=0.0: (s * r(batch, dim, L) + o).to(dtype))
+    return dict(u=seq(), delta=seq(0.5, -3.0), A=-torch.rand(dim, N, device="cuda", generator=g) - 0.5,
+                B=r(batch, N, L).to(dtype), C=r(batch, N, L).to(dtype), D=r(dim), z=seq(), delta_bias=0.1 * r(dim))
+
+
+def scan_with_grads(fn, inputs, dout, **kw):
+    args = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+    out = fn(**args, delta_softplus=True, **kw)
+    out_t = out[0] if isinstance(out, tuple) else out
+    grads = torch.autograd.grad(out_t, list(args.values()), dout)
+    return out, dict(zip(args, grads))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_gpu_scan_matches_reference_at_default_chunking(dtype, tol):
+    inputs = scan_inputs(2, 64, 1500, dtype=dtype)
+    dout = torch.randn(2, 1500, 64, device="cuda").to(dtype).transpose(1, 2)  # non-contiguous upstream grad
+    out, grads = scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
+    ref, ref_grads = scan_with_grads(selective_scan_ref, inputs, dout)
+    assert rel_err(out, ref) < tol
+    for name in grads:
+        assert rel_err(grads[name], ref_grads[name]) < tol, name
+
+
+def test_gpu_scan_million_steps_batch_one_equals_two_halves():
+    """L = 2^20 at batch 1 runs forward and backward; scanning the two halves with the state carried
+    across (initial_state) gives the same output and last state as one pass."""
+    L = 2 ** 20
+    inputs = scan_inputs(1, 1536, L)
+    dout = torch.randn(1, 1536, L, device="cuda", dtype=torch.bfloat16)
+    (out, last), grads = scan_with_grads(lambda **k: selective_scan(**k, backend="triton", return_last_state=True),
+                                         inputs, dout)
+    assert all(torch.isfinite(g.float()).all() for g in grads.values())
+    half = L // 2
+    with torch.no_grad():
+        first = {k: (v[..., :half] if v.dim() == 3 else v) for k, v in inputs.items()}
+        second = {k: (v[..., half:] if v.dim() == 3 else v) for k, v in inputs.items()}
+        out1, h1 = selective_scan(**first, delta_softplus=True, return_last_state=True)
+        out2, h2 = selective_scan(**second, delta_softplus=True, return_last_state=True, initial_state=h1)
+    assert rel_err(torch.cat([out1, out2], -1), out) < 1e-2
+    assert rel_err(h2, last) < 1e-4
+
+
+def test_gpu_scan_offsets_past_2_pow_31_match_a_smaller_run():
+    """batch 2 x dim 1536 x L 2^20 = 3.2e9 elements: batch 1's outputs and gradients (offsets > 2^31)
+    equal those of batch 1 run alone (offsets < 2^31)."""
+    L, dim = 2 ** 20, 1536
+    inputs = scan_inputs(2, dim, L, time_major=False)
+    dout = torch.randn(2, dim, L, device="cuda", dtype=torch.bfloat16)
+    out, grads = scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
+    tail = slice(L - 4096, L)
+    big = {"out": out[1, :, tail].clone(), **{k: grads[k][1, :, tail].clone() for k in ("u", "delta", "z")},
+           "B": grads["B"][1, :, tail].clone()}
+    del out, grads
+    single = {k: (v[1:] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
+    out1, grads1 = scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), single, dout[1:])
+    small = {"out": out1[0, :, tail], **{k: grads1[k][0, :, tail] for k in ("u", "delta", "z")},
+             "B": grads1["B"][0, :, tail]}
+    for name in big:
+        # dB is summed over channels with atomics (order varies); the rest must agree to rounding.
+        assert rel_err(big[name], small[name]) < (1e-5 if name != "B" else 1e-3), name
+
+
+class LinearScanLinear(torch.nn.Module):
+    def __init__(self, dim=64, N=16):
+        super().__init__()
+        self.inp = torch.nn.Linear(dim, 3 * dim + 2 * N)
+        self.out = torch.nn.Linear(dim, dim)
+        self.A_log = torch.nn.Parameter(torch.log(torch.arange(1, N + 1).float()).repeat(dim, 1))
+        self.D = torch.nn.Parameter(torch.ones(dim))
+        self.dim, self.N = dim, N
+
+    def forward(self, x):  # x (batch, L, dim)
+        u, delta, z, B, C = self.inp(x).split([self.dim] * 3 + [self.N] * 2, dim=-1)
+        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log), B.transpose(1, 2),
+                           C.transpose(1, 2), self.D, z.transpose(1, 2), delta_softplus=True)
+        return self.out(y.transpose(1, 2))
+
+
+def _compiled_matches_eager(model, x):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_e, out_c = model(xe), compiled(xc)
+    ge = torch.autograd.grad(out_e.sum(), [xe] + list(model.parameters()))
+    gc = torch.autograd.grad(out_c.sum(), [xc] + list(model.parameters()))
+    assert rel_err(out_c, out_e) < 1e-4
+    for a, b in zip(gc, ge):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_gpu_scan_under_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    _compiled_matches_eager(LinearScanLinear().cuda(), torch.randn(2, 300, 64, device="cuda"))
+
+
+def test_gpu_mamba_block_under_torch_compile_fullgraph_matches_eager():
+    try:
+        Mamba = importlib.import_module("seqmamba.modules.mamba").Mamba
+    except ImportError:
+        pytest.skip("seqmamba.modules.mamba not available")
+    torch.manual_seed(0)
+    _compiled_matches_eager(Mamba(64).cuda(), torch.randn(2, 300, 64, device="cuda"))
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_gpu_decode_step_under_cuda_graph_matches_reference(batch):
+    dim, N = 1536, 16
+    r = lambda *s: torch.randn(*s, device="cuda")  # noqa: E731
+    state = r(batch, dim, N)
+    x, dt, z = (r(batch, dim).to(torch.bfloat16) for _ in range(3))
+    A, B, C, D, dt_bias = -torch.rand(dim, N, device="cuda") - 0.5, r(batch, N), r(batch, N), r(dim), r(dim)
+    state_ref = state.clone()
+    selective_state_update(state.clone(), x, dt, A, B, C, D, z, dt_bias, True)  # compile outside the graph
+    graph, out = torch.cuda.CUDAGraph(), None
+    with torch.cuda.graph(graph):
+        out = selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
+    for _ in range(3):
+        graph.replay()
+        y_ref = selective_state_update_ref(state_ref, x, dt, A, B, C, D, z, dt_bias, True)
+    torch.cuda.synchronize()
+    assert rel_err(state, state_ref) < 1e-4
+    assert rel_err(out, y_ref) < 1e-2
