@@ -1,0 +1,162 @@
+"""Sampling and the generation loop: parameter checks, greedy = argmax of the parallel forward,
+seeded reproducibility, top-k/top-p/min-p/repetition penalty, eos handling, cache limits."""
+import pytest
+import torch
+
+from seqmamba.models import MambaLM
+from seqmamba.models.generation import (apply_repetition_penalty, filter_logits, generate, sample_next_token,
+                                        validate_sampling_args)
+
+VOCAB = 37
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    model = MambaLM(d_model=32, n_layer=2, vocab_size=VOCAB, ssm_cfg={"d_state": 8}, tie_embeddings=False).eval()
+    with torch.no_grad():  # inputs that matter more than the 0.02-std init makes them
+        model.backbone.embedding.weight.normal_(0, 1)
+    return model
+
+
+class CountingModel(torch.nn.Module):
+    """Deterministic model for the loop's bookkeeping: after token t it predicts (t + 1) % vocab,
+    except that row 0 predicts eos (0) right after token 3. No ``prefill``: the loop steps the prompt."""
+
+    vocab_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.steps_seen = 0
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None):
+        return {"last": torch.zeros(batch_size, dtype=torch.long)}
+
+    def step(self, input_ids, inference_params):
+        self.steps_seen += 1
+        token = input_ids[:, 0]
+        nxt = (token + 1) % self.vocab_size
+        nxt[0] = 0 if token[0] == 3 else nxt[0]
+        # pad the logits to 10 columns with a huge value the loop must never sample (vocab padding)
+        logits = torch.full((input_ids.shape[0], 10), -10.0)
+        logits[:, 8:] = 100.0
+        logits[torch.arange(len(nxt)), nxt] = 10.0
+        return logits
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"temperature": -0.1}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"),
+    ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"), ({"min_p": 2.0}, "min_p"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty"), ({"temperature": float("nan")}, "temperature"),
+])
+def test_out_of_range_sampling_parameters_are_rejected_by_name(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        validate_sampling_args(**kwargs)
+    with pytest.raises(ValueError, match=name):
+        tiny_lm().generate(torch.zeros(1, 3, dtype=torch.long), 2, **kwargs)
+
+
+def test_greedy_generation_equals_argmax_of_the_parallel_forward():
+    model = tiny_lm()
+    prompt = torch.randint(0, VOCAB, (3, 5))
+    out = model.generate(prompt, 12, temperature=0)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = model(seq)[:, -1, :VOCAB].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+    assert torch.equal(model.generate(prompt, 12, top_k=1), seq)  # top_k=1 is greedy too
+
+
+def test_seeded_sampling_is_reproducible_and_depends_on_the_seed():
+    model = tiny_lm()
+    prompt = torch.randint(0, VOCAB, (4, 3))
+    kw = dict(temperature=1.5, top_k=20, top_p=0.95, min_p=0.01)
+    a = model.generate(prompt, 20, generator=torch.Generator().manual_seed(7), **kw)
+    b = model.generate(prompt, 20, generator=torch.Generator().manual_seed(7), **kw)
+    c = model.generate(prompt, 20, generator=torch.Generator().manual_seed(8), **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (4, 23) and torch.equal(a[:, :3], prompt) and a.max() < VOCAB
+
+
+def test_samples_follow_the_softmax_at_the_given_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40000, 4)
+    draws = sample_next_token(logits, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    expected = torch.softmax(logits[0] / 2.0, dim=-1)
+    # 4 standard errors of a binomial proportion at n = 40000 is at most 0.01
+    assert (freq - expected).abs().max() < 0.01
+
+
+def test_top_k_top_p_min_p_keep_exactly_the_allowed_tokens():
+    probs = torch.tensor([[0.5, 0.25, 0.15, 0.07, 0.03]])
+    logits = probs.log()
+    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [0, 1]
+    assert kept(filter_logits(logits, top_p=0.7)) == [0, 1]  # 0.5 < 0.7 <= 0.75
+    assert kept(filter_logits(logits, top_p=0.75)) == [0, 1]
+    assert kept(filter_logits(logits, top_p=0.76)) == [0, 1, 2]
+    assert kept(filter_logits(logits, top_p=0.1)) == [0]  # the top token always stays
+    assert kept(filter_logits(logits, min_p=0.2)) == [0, 1, 2]  # threshold 0.1
+    assert kept(filter_logits(logits, top_p=1.0)) == [0, 1, 2, 3, 4]
+
+
+def test_repetition_penalty_lowers_seen_tokens_on_both_signs():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0]]))
+    model = tiny_lm()
+    prompt = torch.randint(0, VOCAB, (2, 4))
+    plain = model.generate(prompt, 16, temperature=0)
+    penalised = model.generate(prompt, 16, temperature=0, repetition_penalty=1e4)
+    # with an overwhelming penalty no generated token repeats an earlier one while unseen ones remain
+    for row in penalised:
+        new = row[4:].tolist()
+        assert all(tok not in row[:4 + i].tolist() for i, tok in enumerate(new))
+    assert not torch.equal(plain, penalised)
+
+
+def test_eos_stops_each_row_and_pads_after_it_and_padded_vocab_is_never_sampled():
+    model = CountingModel()
+    prompt = torch.tensor([[1], [4]])
+    out = generate(model, prompt, 6, temperature=0, eos_token_id=0, pad_token_id=9, vocab_size=8)
+    # row 0: 1 -> 2 -> 3 -> eos, then padding; row 1 counts on and wraps 7 -> 0 (= eos) and stops
+    assert out[0].tolist()[:4] == [1, 2, 3, 0] and all(t == 9 for t in out[0].tolist()[4:])
+    assert out[1].tolist()[:5] == [4, 5, 6, 7, 0]
+    assert out.shape[1] == 5  # both rows finished after 4 new tokens: the loop stopped early
+    no_eos = generate(model, prompt, 6, temperature=0, vocab_size=8)
+    assert no_eos.shape == (2, 7) and no_eos.max() < 8
+
+
+def test_model_without_prefill_is_stepped_through_the_prompt():
+    model = CountingModel()
+    generate(model, torch.tensor([[1, 2, 3, 4]]), 3, temperature=0, vocab_size=8)
+    assert model.steps_seen == 4 + 2  # every prompt token, then one step per new token but the last
+
+
+def test_prompt_longer_than_the_cache_is_refused():
+    model = tiny_lm()
+    with pytest.raises(ValueError, match=r"prompt has 10 tokens, longer than the cache \(max_seqlen=8\)"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), 2, max_seqlen=8)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        model.generate(torch.zeros(1, 6, dtype=torch.long), 4, max_seqlen=8)
+    with pytest.raises(ValueError, match="input_ids"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+    assert model.generate(torch.zeros(2, 3, dtype=torch.long), 0).shape == (2, 3)
+
+
+def test_cuda_graph_flag_needs_cuda_tensors():
+    with pytest.raises(ValueError, match="CUDA"):
+        tiny_lm().generate(torch.zeros(1, 3, dtype=torch.long), 2, cg=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decoding_equals_eager_decoding():
+    model = tiny_lm().cuda()
+    prompt = torch.randint(0, VOCAB, (3, 9), device="cuda")
+    eager = model.generate(prompt, 24, temperature=0)
+    graphed = model.generate(prompt, 24, temperature=0, cg=True)
+    graphed_again = model.generate(prompt, 24, temperature=0, cg=True)  # reuses the captured graph
+    assert torch.equal(eager, graphed) and torch.equal(graphed, graphed_again)
