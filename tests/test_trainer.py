@@ -1,0 +1,253 @@
+"""The trainer loop: exact resume, NaN stop, param groups, schedules, run-directory contents."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from seqmamba.train import Trainer, TrainingError, read_metrics
+from seqmamba.train.optim import build_optimizer, split_decay_groups
+from seqmamba.train.schedule import build_scheduler, lr_multiplier
+from seqmamba.train.trainer import resolve_precision
+from trainer_tiny_task import TinyRegressionTask, TinyTokenRegressor
+
+
+def make_cfg(**trainer_overrides):
+    trainer = {
+        "max_steps": 8,
+        "batch_size": 4,
+        "log_every": 1,
+        "eval_every": 0,
+        "ckpt_every": 0,
+        "progress": False,
+        "tensorboard": False,
+        "num_threads": 1,
+    }
+    trainer.update(trainer_overrides)
+    return {
+        "seed": 3,
+        "trainer": trainer,
+        "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1},
+        "scheduler": {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.1},
+        "ckpt": None,
+    }
+
+
+def train_losses(run_dir):
+    return [(r["step"], r["train/loss"]) for r in read_metrics(run_dir) if "train/loss" in r]
+
+
+def assert_same_weights(model_a: nn.Module, model_b: nn.Module):
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), f"weights differ at {key}"
+
+
+# -- exact resume ---------------------------------------------------------------------------------------
+def test_run_resumed_after_crash_matches_uninterrupted_run_bit_for_bit(tmp_path):
+    # cosine + warmup, dropout, grad accumulation and evals that consume the RNG: all must resume exactly.
+    cfg = make_cfg(max_steps=10, grad_accum_steps=2, eval_every=3, ckpt_every=4)
+    full = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "full"))
+    full_result = full.fit()
+
+    crash_dir = str(tmp_path / "crash")
+    # the data stream dies while drawing step 7's batches: last.pt is from step 4, metrics ran to step 6
+    crashing = Trainer(TinyRegressionTask(cfg, crash_at_batch=6 * 2), cfg, crash_dir)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit()
+    assert max(step for step, _ in train_losses(crash_dir)) == 6
+
+    resume_cfg = copy.deepcopy(cfg)
+    resume_cfg["trainer"]["resume"] = "auto"
+    resumed = Trainer(TinyRegressionTask(resume_cfg), resume_cfg, crash_dir)
+    assert resumed.step == 4
+    resumed_result = resumed.fit()
+
+    assert_same_weights(full.model, resumed.model)
+    assert train_losses(crash_dir) == train_losses(str(tmp_path / "full"))  # rows 5..6 of the crash replaced
+    assert resumed_result["val/loss"] == full_result["val/loss"]
+    assert resumed_result["best_step"] == full_result["best_step"]
+    for group_full, group_resumed in zip(full.optimizer.param_groups, resumed.optimizer.param_groups):
+        assert group_full["lr"] == group_resumed["lr"]
+
+
+def test_training_extended_from_last_checkpoint_matches_longer_run(tmp_path):
+    # run N steps, then a new Trainer with ckpt=last.pt continues to 2N (constant schedule: the
+    # schedule of a run to N and a run to 2N agree on the first N steps)
+    n = 5
+    cfg = make_cfg(max_steps=2 * n, eval_every=2)
+    cfg["scheduler"] = {"name": "constant", "warmup_steps": 2}
+    full = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "full"))
+    full.fit()
+
+    first_cfg = copy.deepcopy(cfg)
+    first_cfg["trainer"]["max_steps"] = n
+    first = Trainer(TinyRegressionTask(first_cfg), first_cfg, str(tmp_path / "first"))
+    first.fit()
+    second_cfg = copy.deepcopy(cfg)
+    second_cfg["ckpt"] = str(tmp_path / "first" / "checkpoints" / "last.pt")
+    second = Trainer(TinyRegressionTask(second_cfg), second_cfg, str(tmp_path / "second"))
+    assert second.step == n
+    second.fit()
+
+    assert_same_weights(full.model, second.model)
+    assert train_losses(str(tmp_path / "first")) + train_losses(str(tmp_path / "second")) == train_losses(
+        str(tmp_path / "full")
+    )
+
+
+# -- failure handling -----------------------------------------------------------------------------------
+def test_nan_loss_raises_training_error_naming_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = make_cfg(max_steps=10, ckpt_every=3, eval_every=3)
+    run_dir = tmp_path / "run"
+    trainer = Trainer(TinyRegressionTask(cfg, nan_at_batch=7), cfg, str(run_dir))  # batch 7 = step 8
+    with pytest.raises(TrainingError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert "step 8" in message and "nan" in message and "\n" not in message
+
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert last["step"] == 6 and best["step"] <= 6
+    for state in (last["model"], best["model"]):
+        assert all(torch.isfinite(t).all() for t in state.values())
+    # the in-memory model never took the bad update either
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.step == 7
+
+
+def test_unknown_optimizer_and_precision_fail_with_the_accepted_values():
+    model = TinyTokenRegressor()
+    with pytest.raises(ValueError, match="adamw, adam"):
+        build_optimizer(model, {"name": "sgdd"})
+    with pytest.raises(ValueError, match="auto, fp32, bf16 or fp16"):
+        resolve_precision("half", torch.device("cpu"))
+    with pytest.raises(ValueError, match="cosine, linear, constant"):
+        lr_multiplier("cosinus", 10)
+
+
+# -- optimizer and schedule -----------------------------------------------------------------------------
+def test_weight_decay_skips_A_log_D_norms_biases_and_flagged_params():
+    model = TinyTokenRegressor()
+    model.proj.weight._no_weight_decay = True
+    groups = split_decay_groups(model)
+    assert sorted(groups["decay"]) == ["embedding.weight", "head.weight"]
+    assert {"A_log", "D", "norm.weight", "norm.bias", "proj.bias", "head.bias", "proj.weight"} <= set(
+        groups["no_decay"]
+    )
+    with_flag = split_decay_groups(model, no_decay_embeddings=True)
+    assert with_flag["decay"] == ["head.weight"] and "embedding.weight" in with_flag["no_decay"]
+
+    opt = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.2})
+    decay_by_name = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    assert decay_by_name == {"decay": 0.2, "no_decay": 0.0}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_tied_weights_appear_once_in_the_optimizer():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
+    model[1].weight = model[0].weight
+    opt = build_optimizer(model, {})
+    assert sum(len(g["params"]) for g in opt.param_groups) == 1
+
+
+def test_cosine_warmup_reaches_peak_then_decays_to_min_ratio():
+    f = lr_multiplier("cosine", max_steps=10, warmup_steps=4, min_lr_ratio=0.1)
+    assert [f(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f(4) == pytest.approx(1.0)
+    assert f(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
+    assert f(10) == pytest.approx(0.1) and f(50) == pytest.approx(0.1)
+    linear = lr_multiplier("linear", max_steps=10, warmup_steps=0, min_lr_ratio=0.0)
+    assert [linear(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_multiplier("constant", 10, 2)(9) == 1.0
+
+
+def test_warmup_ratio_sets_warmup_steps_from_max_steps():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, {"name": "constant", "warmup_ratio": 0.25}, max_steps=20)  # 5 warmup steps
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+
+
+def test_gradient_accumulation_matches_one_step_on_the_combined_batch(tmp_path):
+    # 2 micro-batches of 4 see the same samples as 1 batch of 8; without dropout the updates agree.
+    accum_cfg = make_cfg(max_steps=3, batch_size=4, grad_accum_steps=2)
+    big_cfg = make_cfg(max_steps=3, batch_size=8, grad_accum_steps=1)
+    accum = Trainer(TinyRegressionTask(accum_cfg, dropout=0.0), accum_cfg, str(tmp_path / "a"))
+    accum.fit()
+    big = Trainer(TinyRegressionTask(big_cfg, dropout=0.0), big_cfg, str(tmp_path / "b"))
+    big.fit()
+    for (name, p_accum), p_big in zip(accum.model.named_parameters(), big.model.parameters()):
+        torch.testing.assert_close(p_accum, p_big, rtol=1e-5, atol=1e-6, msg=f"parameter {name}")
+    # and the logged loss is the mean over the micro-batches, not their sum
+    accum_losses = [loss for _, loss in train_losses(str(tmp_path / "a"))]
+    big_losses = [loss for _, loss in train_losses(str(tmp_path / "b"))]
+    assert accum_losses == pytest.approx(big_losses, rel=1e-5)
+
+
+# -- loop features --------------------------------------------------------------------------------------
+def test_early_stop_ends_the_run_once_the_metric_reaches_the_threshold(tmp_path):
+    cfg = make_cfg(max_steps=50, eval_every=2, early_stop_metric="val/score", early_stop_threshold=0.0)
+    result = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    assert result["stopped_early"] is True and result["step"] == 2
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_seq_len_warmup_sets_length_and_reopens_batches_at_scheduled_steps(tmp_path):
+    cfg = make_cfg(max_steps=6, seq_len_warmup=[[0, 4], [2, 8], [5, 12]])
+    task = TinyRegressionTask(cfg)
+    Trainer(task, cfg, str(tmp_path)).fit()
+    assert task.seq_len_calls == [4, 8, 12]
+    assert task.opened_at == [0, 2, 5]
+    assert [r["train/seq_len"] for r in read_metrics(str(tmp_path)) if "train/seq_len" in r] == [4, 4, 8, 8, 8, 12]
+
+
+def test_seq_len_warmup_without_task_hook_is_rejected(tmp_path):
+    class NoHookTask(TinyRegressionTask):
+        set_seq_len = None
+
+    cfg = make_cfg(seq_len_warmup=[[0, 4]])
+    with pytest.raises(ValueError, match="set_seq_len"):
+        Trainer(NoHookTask(cfg), cfg, str(tmp_path))
+
+
+def test_run_directory_holds_config_metrics_tensorboard_checkpoints_and_plot(tmp_path):
+    cfg = make_cfg(max_steps=6, eval_every=3, ckpt_every=3, tensorboard=True)
+    result = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    names = set(os.listdir(tmp_path))
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "loss_curve.png", "tensorboard", "checkpoints"} <= names
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["best.pt", "last.pt"]
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tensorboard"))
+    assert "max_steps: 6" in (tmp_path / "config.yaml").read_text()
+
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "train/loss", "train/lr", "train/mae", "val/loss", "val/score"} <= set(header)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(read_metrics(str(tmp_path))) == 6 + 2  # 6 train rows, 2 eval rows
+
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 6 and result["step"] == 6
+    assert last["best_metric"] == pytest.approx(result["best_metric"])
+    assert "max_steps: 6" in last["config"]
+
+
+def test_fresh_run_in_a_used_directory_starts_new_metrics(tmp_path):
+    cfg = make_cfg(max_steps=3)
+    Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()  # no resume: same steps again
+    assert [step for step, _ in train_losses(str(tmp_path))] == [1, 2, 3]
+
+
+def test_bf16_request_on_cpu_trains_in_fp32():
+    assert resolve_precision("bf16", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("fp32", torch.device("cpu")) is None
