@@ -251,3 +251,42 @@ def test_bf16_request_on_cpu_trains_in_fp32():
     assert resolve_precision("bf16", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("fp32", torch.device("cpu")) is None
+
+
+# -- CUDA ----------------------------------------------------------------------------------------------
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_bf16_autocast_run_resumes_exactly(tmp_path):
+    cfg = make_cfg(max_steps=8, device="cuda", precision="auto", grad_accum_steps=2, eval_every=3, ckpt_every=4)
+    full_task = TinyRegressionTask(cfg)
+    full = Trainer(full_task, cfg, str(tmp_path / "full"))
+    full.fit()
+    assert full.autocast_dtype == torch.bfloat16 and full_task.last_pred_dtype == torch.bfloat16
+    assert next(full.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+    crash_dir = str(tmp_path / "crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(TinyRegressionTask(cfg, crash_at_batch=5 * 2), cfg, crash_dir).fit()
+    resume_cfg = copy.deepcopy(cfg)
+    resume_cfg["trainer"]["resume"] = "auto"
+    resumed = Trainer(TinyRegressionTask(resume_cfg), resume_cfg, crash_dir)
+    assert resumed.step == 4
+    resumed.fit()
+    for (name, p_full), p_resumed in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p_resumed, p_full, rtol=0, atol=1e-6, msg=f"parameter {name}")
+    resumed_rows, full_rows = train_losses(crash_dir), train_losses(str(tmp_path / "full"))
+    assert [s for s, _ in resumed_rows] == [s for s, _ in full_rows]
+    assert [v for _, v in resumed_rows] == pytest.approx([v for _, v in full_rows], abs=1e-6)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_compiled_training_saves_checkpoints_with_plain_parameter_names(tmp_path):
+    cfg = make_cfg(max_steps=3, device="cuda", compile=True)
+    result = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    assert math.isfinite(result["train/loss"])
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert set(ckpt["model"]) == set(TinyTokenRegressor().state_dict())

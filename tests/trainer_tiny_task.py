@@ -93,7 +93,8 @@ class TinyRegressionTask(Task):
 
     def training_step(self, model, batch):
         pred = model(batch["tokens"])
-        loss = nn.functional.mse_loss(pred, batch["target"])
+        self.last_pred_dtype = pred.dtype  # lets the GPU test see autocast at work
+        loss = nn.functional.mse_loss(pred.float(), batch["target"])
         if self.nan_at_batch is not None and batch["index"] == self.nan_at_batch:
             loss = loss * float("nan")
         return loss, {"mae": (pred - batch["target"]).abs().mean().detach()}

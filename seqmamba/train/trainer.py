@@ -27,7 +27,8 @@ API::
 - ``trainer.seq_len_warmup`` [null]: list of ``[start_step, length]``; at each start step the
   trainer calls ``task.set_seq_len(length)`` and reopens ``task.train_batches`` there
 - ``trainer.compile`` [false]: torch.compile the training forward
-- ``trainer.resume`` [null]: ``auto`` resumes from ``run_dir/checkpoints/last.pt`` when it exists
+- ``trainer.resume`` [null]: ``auto`` (or ``true``) resumes from ``run_dir/checkpoints/last.pt`` when
+  it exists; null / false starts fresh
 - ``trainer.tensorboard`` [true], ``trainer.ddp_find_unused_parameters`` [false]
 - ``optimizer.{name [adamw] | adam, lr [1e-3], weight_decay [0.01], betas [[0.9, 0.999]], eps [1e-8],
   no_decay_embeddings [false], fused [true on CUDA]}`` (see ``optim.py`` for the groups)
@@ -255,8 +256,8 @@ class Trainer:
         resume = self.tcfg.get("resume")
         if resume in (None, False, "", "never", "none"):
             return None
-        if resume != "auto":
-            raise ValueError(f"trainer.resume={resume!r} is not supported; expected 'auto' or null")
+        if resume not in (True, "auto"):
+            raise ValueError(f"trainer.resume={resume!r} is not supported; expected auto (or true), or null / false")
         last = os.path.join(self.ckpt_dir, LAST_NAME)
         return last if os.path.isfile(last) else None
 
