@@ -160,3 +160,20 @@ def test_cuda_graph_decoding_equals_eager_decoding():
     graphed = model.generate(prompt, 24, temperature=0, cg=True)
     graphed_again = model.generate(prompt, 24, temperature=0, cg=True)  # reuses the captured graph
     assert torch.equal(eager, graphed) and torch.equal(graphed, graphed_again)
+
+
+def test_generation_benchmark_quick_mode_runs_and_prints_ratios(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generation.py"
+    spec = importlib.util.spec_from_file_location("bench_generation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("Mamba/Trans ") == 2  # one ratio row per batch size

@@ -207,3 +207,25 @@ def test_one_batch_overfits_in_a_few_steps():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.slow
+def test_decoding_with_triton_kernels_equals_parallel_forward():
+    """The Triton scan, conv update and state update (interpreted on the CPU) plug into the same paths."""
+    pytest.importorskip("triton")
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        reference = model(ids)
+        model.set_scan_backend("triton")
+        if not ids.is_cuda:
+            assert __import__("os").environ.get("TRITON_INTERPRET") == "1", "conftest sets TRITON_INTERPRET on CPU"
+        parallel = model(ids)
+        params = model.new_inference_params(2, 12)
+        decoded = [model.prefill(ids[:, :5], params)]
+        params.seqlen_offset = 5
+        for t in range(5, 12):
+            decoded.append(model.step(ids[:, t], params))
+            params.seqlen_offset += 1
+    assert rel_err(parallel, reference) < 1e-4
+    assert rel_err(torch.stack(decoded, dim=1), reference[:, 4:]) < 1e-4

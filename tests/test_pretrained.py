@@ -3,6 +3,7 @@ mapping and gives the logits of an independent plain-PyTorch reference of the of
 the transformers "-hf" layout loads too; bad checkpoints fail naming what is wrong."""
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -22,7 +23,9 @@ HF_CONFIG = {"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidd
              "residual_in_fp32": True, "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 0,
              "eos_token_id": 0, "initializer_range": 0.1, "rescale_prenorm_residual": False, "use_cache": True,
              "time_step_init_scheme": "random", "time_step_max": 0.1, "time_step_min": 0.001,
-             "time_step_floor": 1e-4, "time_step_scale": 1.0}
+             "time_step_floor": 1e-4, "time_step_scale": 1.0,
+             # converted -hf configs also keep some official names; transformers' names win
+             "d_model": D_MODEL, "n_layer": N_LAYER, "ssm_cfg": {}, "pad_vocab_size_multiple": 8}
 
 
 # ------------------------------------------------------------------------- independent reference
@@ -137,7 +140,9 @@ def test_hf_layout_loads_and_matches_reference_logits(tmp_path):
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(HF_CONFIG))
     save_file(hf, str(directory / "model.safetensors"))
-    model = MambaLM.from_pretrained(directory).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every field of a real -hf config is understood
+        model = MambaLM.from_pretrained(directory).eval()
     assert model.padded_vocab_size == PADDED_VOCAB and model.backbone.layers[0].mixer.d_state == D_STATE
     ids = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

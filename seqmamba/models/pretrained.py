@@ -100,6 +100,8 @@ def config_from_dict(raw: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _config_from_hf(raw: Dict[str, Any]) -> Dict[str, Any]:
+    from .mamba_lm import CONFIG_FIELDS
+
     if raw.get("hidden_act", "silu") not in ("silu", "swish"):
         raise ValueError(f"config.json: hidden_act={raw['hidden_act']!r} is not supported; Mamba uses 'silu'")
     config: Dict[str, Any] = {"ssm_cfg": {}, "rms_norm": True, "fused_add_norm": False,
@@ -110,7 +112,9 @@ def _config_from_hf(raw: Dict[str, Any]) -> Dict[str, Any]:
             config[_HF_TOP_LEVEL[key]] = value
         elif key in _HF_SSM:
             config["ssm_cfg"][_HF_SSM[key]] = value
-        elif key not in _HF_IGNORED:
+        elif key not in _HF_IGNORED and key not in CONFIG_FIELDS:
+            # Converted "-hf" configs also carry the official names (d_model, ssm_cfg, ...); the
+            # transformers names above are the ones transformers reads, so they win.
             warnings.warn(f"config.json (transformers layout): ignoring unknown field {key!r}")
     if "intermediate_size" in raw and "hidden_size" in raw:
         expected = int(config["ssm_cfg"].get("expand", 2) * raw["hidden_size"])
