@@ -31,6 +31,8 @@ from seqmamba.models import MambaLM
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int):
         super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"--n-head {n_head} must divide --d-model {d_model}")
         self.n_head, self.head_dim = n_head, d_model // n_head
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
