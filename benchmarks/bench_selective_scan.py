@@ -9,7 +9,7 @@ importable, else the anchor table measured on an H100 80GB HBM3). Also times the
 (selective_state_update) under a CUDA graph.
 
     python benchmarks/bench_selective_scan.py            # the table
-    python benchmarks/bench_selective_scan.py --sweep    # launch-config sweep at (8, 1536, 4096)
+    python benchmarks/bench_selective_scan.py --sweep    # pick launch configs at (8, 1536, 4096), then the table
 """
 from __future__ import annotations
 
@@ -127,37 +127,42 @@ def decode_us(batch, dim=1536, N=N_STATE):
 
 
 def sweep():
+    """Times launch configs at (8, 1536, 4096); returns the fastest (forward, backward) configs."""
     batch, dim, L = 8, 1536, 4096
     inputs = make_inputs(batch, dim, L)
-    fwd_cfgs = [dict(tile=t, block_d=bd, num_warps=w) for (t, bd, w) in
-                [(4096, 1, 4), (2048, 1, 4), (8192, 1, 8), (4096, 2, 4), (8192, 4, 8), (2048, 1, 2), (4096, 1, 8)]]
-    bwd_cfgs = [dict(tile=t, block_d=bd, num_warps=w) for (t, bd, w) in
-                [(2048, 1, 4), (1024, 1, 2), (4096, 1, 8), (2048, 2, 4), (4096, 4, 8), (2048, 4, 4), (1024, 1, 4)]]
+    configs = [dict(block_d=bd, T=t, num_warps=w) for (bd, t, w) in
+               [(4, 256, 4), (2, 256, 2), (1, 256, 1), (8, 256, 8), (4, 512, 4), (8, 128, 4), (2, 512, 4),
+                (4, 128, 4), (1, 512, 2)]]
     print(f"sweep at {(batch, dim, L)}")
-    default_fwd, default_bwd = dict(scan_kernels.FWD_CONFIG), dict(scan_kernels.BWD_CONFIG)
-    for cfg in fwd_cfgs:
+    results = {"fwd": [], "bwd": []}
+    for cfg in configs:
         scan_kernels.FWD_CONFIG = cfg
         fwd, _ = scan_fns(inputs, "triton")
-        print(f"  fwd {cfg}: {bench_ms(fwd):.3f} ms", flush=True)
-    scan_kernels.FWD_CONFIG = default_fwd
-    for cfg in bwd_cfgs:
+        results["fwd"].append((bench_ms(fwd), cfg))
+        print(f"  fwd {cfg}: {results['fwd'][-1][0]:.3f} ms", flush=True)
+    scan_kernels.FWD_CONFIG = min(results["fwd"], key=lambda r: r[0])[1]
+    for cfg in configs:
         scan_kernels.BWD_CONFIG = cfg
         _, fwd_bwd = scan_fns(inputs, "triton")
-        print(f"  fwd+bwd {cfg}: {bench_ms(fwd_bwd):.3f} ms", flush=True)
-    scan_kernels.BWD_CONFIG = default_bwd
+        results["bwd"].append((bench_ms(fwd_bwd), cfg))
+        print(f"  fwd+bwd {cfg}: {results['bwd'][-1][0]:.3f} ms", flush=True)
+    scan_kernels.BWD_CONFIG = min(results["bwd"], key=lambda r: r[0])[1]
+    print(f"best: FWD_CONFIG = {scan_kernels.FWD_CONFIG}, BWD_CONFIG = {scan_kernels.BWD_CONFIG}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="pick the launch configs first, then the table")
+    parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,1,6")
     parser.add_argument("--no-reference", action="store_true")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_selective_scan.py needs a CUDA GPU")
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         sweep()
-        return
+        if args.sweep_only:
+            return
     gpu = torch.cuda.get_device_name()
     copy_gbs = copy_bandwidth_gbs()
     have_mamba = mamba_ssm_available()

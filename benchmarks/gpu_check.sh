@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call: Triton kernel tests compiled on the GPU, then the launch-config sweep and the benchmark
-# table. Logs go to $OUT (or ./gpu_logs). Usage: bash benchmarks/gpu_check.sh [tests|sweep|table ...]
+# table. Logs go to $OUT (or ./gpu_logs). Usage: bash benchmarks/gpu_check.sh [sweep|tests|table ...]; sweep = config sweep + table
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-steps=${*:-tests sweep table}
+steps=${*:-sweep tests}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 for step in $steps; do
   case $step in

@@ -64,8 +64,8 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 
 @triton.jit
 def _selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, h0_ptr,
-    out_ptr, last_state_ptr, chunk_states_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr,
+    out_ptr, state_ptr, chunk_states_ptr,
     dim, L, N, channels_per_group, n_chunks,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -74,24 +74,18 @@ def _selective_scan_fwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l,
     s_C_b, s_C_g, s_C_n, s_C_l,
     s_o_b, s_o_d, s_o_l,
-    s_h0_b, s_h0_d, s_h0_n,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-    SAVE_STATES: tl.constexpr, WRITE_LAST: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
 ):
+    """state_ptr: (batch, dim, N) fp32 holding the initial state; it carries the state between chunks
+    and holds the last state at the end."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n_idx = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, T)
     mask_d = d_idx < dim
-    mask_n = n_idx < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     d64 = d_idx.to(tl.int64)
-
-    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn, other=0.0) * 1.4426950408889634
-    A3 = A2[:, :, None]
     if HAS_D:
         Dv = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0)
     if HAS_DBIAS:
@@ -99,66 +93,63 @@ def _selective_scan_fwd_kernel(
     else:
         dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
     # All channels of the block share one group of time-varying B / C (the wrapper picks BLOCK_D so).
-    group = (pid_d * BLOCK_D) // channels_per_group
-    if B_VAR:
-        B_base = B_ptr + pid_b * s_B_b + group.to(tl.int64) * s_B_g + n_idx[:, None] * s_B_n
-    else:  # (dim, N): constant in time, one row per channel
-        B3 = tl.load(B_ptr + d64[:, None] * s_B_g + n_idx[None, :] * s_B_n, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-    if C_VAR:
-        C_base = C_ptr + pid_b * s_C_b + group.to(tl.int64) * s_C_g + n_idx[:, None] * s_C_n
-    else:
-        C3 = tl.load(C_ptr + d64[:, None] * s_C_g + n_idx[None, :] * s_C_n, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * s_h0_b + d64[:, None] * s_h0_d + n_idx[None, :] * s_h0_n,
-                    mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    B_base = B_ptr + pid_b * s_B_b + group * s_B_g
+    C_base = C_ptr + pid_b * s_C_b + group * s_C_g
 
     u_row = u_ptr + pid_b * s_u_b + d64[:, None] * s_u_d
     dt_row = delta_ptr + pid_b * s_dt_b + d64[:, None] * s_dt_d
     z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
     o_row = out_ptr + pid_b * s_o_b + d64[:, None] * s_o_d
-    states_base = chunk_states_ptr + ((pid_b * dim + d64[:, None]) * n_chunks) * N + n_idx[None, :]
-    is_first = (t_loc == 0)[None, None, :]
-    is_last = (t_loc == T - 1)[None, None, :]
+    state_row = state_ptr + (pid_b * dim + d64) * N
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
+    is_first = (t_loc == 0)[None, :]
+    is_last = (t_loc == T - 1)[None, :]
 
     for c in range(0, n_chunks):
-        if SAVE_STATES:
-            tl.store(states_base + c * N, h, mask=mask_dn)
         t_idx = c * T + t_loc
         mask_t = t_idx < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
         t64 = t_idx.to(tl.int64)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         delta, _ = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
-        mask_nt = mask_n[:, None] & mask_t[None, :]
-        if B_VAR:
-            B3 = tl.load(B_base + t64[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)[None, :, :]
-        if C_VAR:
-            C3 = tl.load(C_base + t64[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)[None, :, :]
-        a = tl.exp2(delta[:, None, :] * A3)
-        b = (delta * u)[:, None, :] * B3
-        b = tl.where(is_first, b + a * h[:, :, None], b)
-        _, hs = tl.associative_scan((a, b), axis=2, combine_fn=_first_order_combine)
-        h = tl.sum(tl.where(is_last, hs, 0.0), axis=2)
-        y = tl.sum(hs * C3, axis=1)
+        delta_u = delta * u
+        y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+        # One state component at a time: (BLOCK_D, T) tiles keep every reduction inside a thread.
+        for n in range(0, N):
+            A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
+            if B_VAR:
+                Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:  # (dim, N): constant in time, one row per channel
+                Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            if C_VAR:
+                Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:
+                Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            h_prev = tl.load(state_row + n, mask=mask_d, other=0.0)
+            if SAVE_STATES:
+                tl.store(chunk_row + c * N + n, h_prev, mask=mask_d)
+            a = tl.exp2(delta * A2[:, None])
+            b = delta_u * Bn
+            b = tl.where(is_first, b + a * h_prev[:, None], b)
+            _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
+            y += h * Cn
+            tl.store(state_row + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
             y *= zv * tl.sigmoid(zv)
         tl.store(o_row + t64[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
-
-    if WRITE_LAST:
-        tl.store(last_state_ptr + (pid_b * dim + d64[:, None]) * N + n_idx[None, :], h, mask=mask_dn)
+        # The state written above is read by other threads in the next chunk.
+        tl.debug_barrier()
 
 
 @triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, chunk_states_ptr,
-    dout_ptr, dlast_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddbias_ptr, dh0_ptr,
+    dout_ptr, dstate_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddbias_ptr,
     dim, L, N, channels_per_group, n_chunks, G_B, G_C,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -167,117 +158,111 @@ def _selective_scan_bwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l,
     s_C_b, s_C_g, s_C_n, s_C_l,
     s_do_b, s_do_d, s_do_l,
-    s_dl_b, s_dl_d, s_dl_n,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, WANT_DH0: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr,
 ):
+    """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
+    first step into the previous chunk and ends holding dL/d(initial state)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n_idx = tl.arange(0, BLOCK_N)
     t_loc = tl.arange(0, T)
     mask_d = d_idx < dim
-    mask_n = n_idx < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     d64 = d_idx.to(tl.int64)
-
-    A = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A3 = A[:, :, None]
-    A2_3 = A3 * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0)
     if HAS_DBIAS:
         dbias = tl.load(dbias_ptr + d_idx, mask=mask_d, other=0.0)
     else:
         dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    group = (pid_d * BLOCK_D) // channels_per_group
-    if B_VAR:
-        B_base = B_ptr + pid_b * s_B_b + group.to(tl.int64) * s_B_g + n_idx[:, None] * s_B_n
-        dB_base = dB_ptr + ((pid_b * G_B + group) * N + n_idx[:, None]) * L
-    else:
-        B3 = tl.load(B_ptr + d64[:, None] * s_B_g + n_idx[None, :] * s_B_n, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-        dB_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if C_VAR:
-        C_base = C_ptr + pid_b * s_C_b + group.to(tl.int64) * s_C_g + n_idx[:, None] * s_C_n
-        dC_base = dC_ptr + ((pid_b * G_C + group) * N + n_idx[:, None]) * L
-    else:
-        C3 = tl.load(C_ptr + d64[:, None] * s_C_g + n_idx[None, :] * s_C_n, mask=mask_dn, other=0.0).to(tl.float32)[:, :, None]
-        dC_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    B_base = B_ptr + pid_b * s_B_b + group * s_B_g
+    C_base = C_ptr + pid_b * s_C_b + group * s_C_g
+    dB_base = dB_ptr + (pid_b * G_B + group) * N * L
+    dC_base = dC_ptr + (pid_b * G_C + group) * N * L
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     ddbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-
-    # carry = a_{t0} dh_{t0} of the chunk after the current one (t0 its first step): the gradient that
-    # reaches the current chunk's last state through the recurrence. At the sequence end it is dlast.
-    if HAS_DLAST:
-        carry = tl.load(dlast_ptr + pid_b * s_dl_b + d64[:, None] * s_dl_d + n_idx[None, :] * s_dl_n,
-                        mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
 
     u_row = u_ptr + pid_b * s_u_b + d64[:, None] * s_u_d
     dt_row = delta_ptr + pid_b * s_dt_b + d64[:, None] * s_dt_d
     z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
     do_row = dout_ptr + pid_b * s_do_b + d64[:, None] * s_do_d
-    # Gradients of u / delta / z are written contiguous (batch, dim, L).
-    g_row = (pid_b * dim + d64[:, None]) * L
-    states_base = chunk_states_ptr + ((pid_b * dim + d64[:, None]) * n_chunks) * N + n_idx[None, :]
-    is_first = (t_loc == 0)[None, None, :]
-    is_last = (t_loc == T - 1)[None, None, :]
+    g_row = (pid_b * dim + d64[:, None]) * L  # du / ddelta / dz are written contiguous (batch, dim, L)
+    dstate_row = dstate_ptr + (pid_b * dim + d64) * N
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
+    is_first = (t_loc == 0)[None, :]
+    is_last = (t_loc == T - 1)[None, :]
 
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t_idx = c * T + t_loc
         mask_t = t_idx < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]
         t64 = t_idx.to(tl.int64)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
-        # delta one step ahead, for a_{t+1}; zero past the end makes a_{L} = 1 (dh_L is the carry).
+        # delta one step ahead, for a_{t+1}; zero past the end makes a_L = 1 (dh_L is the carry).
         mask_next = mask_d[:, None] & ((t_idx + 1) < L)[None, :]
         delta_next, _ = _load_delta(dt_row, dbias, t_idx + 1, s_dt_l, mask_next, HAS_DBIAS, SOFTPLUS)
         dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
-        if B_VAR:
-            B3 = tl.load(B_base + t64[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)[None, :, :]
-        if C_VAR:
-            C3 = tl.load(C_base + t64[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)[None, :, :]
-
-        # Recompute the chunk's states from the saved boundary state.
-        h_start = tl.load(states_base + c * N, mask=mask_dn, other=0.0)
-        a = tl.exp2(delta[:, None, :] * A2_3)
-        b = (delta * u)[:, None, :] * B3
-        x = tl.where(is_first, b + a * h_start[:, :, None], b)
-        _, h = tl.associative_scan((a, x), axis=2, combine_fn=_first_order_combine)
-
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
             sig_z = tl.sigmoid(zv)
-            y = tl.sum(h * C3, axis=1)
-            if HAS_D:
-                y += Dv[:, None] * u
-            dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
-            tl.store(dz_ptr + g_row + t64[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
             dy = dout * zv * sig_z
         else:
             dy = dout
+        delta_u = delta * u
+        sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
+        sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
+        y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
+        for n in range(0, N):
+            A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
+            A2 = A * 1.4426950408889634
+            if B_VAR:
+                Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:
+                Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            if C_VAR:
+                Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:
+                Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            # Recompute the chunk's states from the saved boundary state.
+            h_start = tl.load(chunk_row + c * N + n, mask=mask_d, other=0.0)
+            a = tl.exp2(delta * A2[:, None])
+            b = delta_u * Bn
+            x = tl.where(is_first, b + a * h_start[:, None], b)
+            _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
+            y += h * Cn
+            # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
+            carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
+            a_next = tl.exp2(delta_next * A2[:, None])
+            g = Cn * dy
+            g = tl.where(is_last, g + carry[:, None], g)
+            _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
+            tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
+            sum_dh_B += dh * Bn
+            w = dh * (h - b)                                      # dh_t a_t h_{t-1}
+            sum_w_A += w * A[:, None]
+            tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
+            if B_VAR:
+                tl.atomic_add(dB_base + n * L + t64, tl.sum(dh * delta_u, axis=0), mask=mask_t, sem="relaxed")
+            else:
+                tl.atomic_add(dB_ptr + d64 * N + n, tl.sum(dh * delta_u, axis=1), mask=mask_d, sem="relaxed")
+            if C_VAR:
+                tl.atomic_add(dC_base + n * L + t64, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
+            else:
+                tl.atomic_add(dC_ptr + d64 * N + n, tl.sum(h * dy, axis=1), mask=mask_d, sem="relaxed")
 
-        # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-        a_next = tl.exp2(delta_next[:, None, :] * A2_3)
-        g = C3 * dy[:, None, :]
-        g = tl.where(is_last, g + carry[:, :, None], g)
-        _, dh = tl.associative_scan((a_next, g), axis=2, combine_fn=_first_order_combine, reverse=True)
-        carry = tl.sum(tl.where(is_first, a * dh, 0.0), axis=2)
-
-        dh_B = tl.sum(dh * B3, axis=1)                      # sum_n dh B       (BLOCK_D, T)
-        w = dh * (h - b)                                     # dh_t a_t h_{t-1} (BLOCK_D, N, T)
-        du = dh_B * delta
-        ddelta = dh_B * u + tl.sum(w * A3, axis=1)
-        dA_acc += tl.sum(w * delta[:, None, :], axis=2)
+        du = sum_dh_B * delta
+        ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:
+            y += Dv[:, None] * u
             du += Dv[:, None] * dy
             dD_acc += tl.sum(dy * u, axis=1)
+        if HAS_Z:
+            dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
+            tl.store(dz_ptr + g_row + t64[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
         if SOFTPLUS:
             ddelta = ddelta * tl.sigmoid(delta_pre)
         ddelta = tl.where(mask_dt, ddelta, 0.0)
@@ -285,29 +270,12 @@ def _selective_scan_bwd_kernel(
             ddbias_acc += tl.sum(ddelta, axis=1)
         tl.store(du_ptr + g_row + t64[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
         tl.store(ddelta_ptr + g_row + t64[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
+        tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk
 
-        delta_u = delta * u
-        if B_VAR:
-            tl.atomic_add(dB_base + t64[None, :], tl.sum(dh * delta_u[:, None, :], axis=0), mask=mask_nt, sem="relaxed")
-        else:
-            dB_acc += tl.sum(dh * delta_u[:, None, :], axis=2)
-        if C_VAR:
-            tl.atomic_add(dC_base + t64[None, :], tl.sum(h * dy[:, None, :], axis=0), mask=mask_nt, sem="relaxed")
-        else:
-            dC_acc += tl.sum(h * dy[:, None, :], axis=2)
-
-    dn_off = d64[:, None] * N + n_idx[None, :]
-    tl.atomic_add(dA_ptr + dn_off, dA_acc, mask=mask_dn, sem="relaxed")
-    if not B_VAR:
-        tl.atomic_add(dB_ptr + dn_off, dB_acc, mask=mask_dn, sem="relaxed")
-    if not C_VAR:
-        tl.atomic_add(dC_ptr + dn_off, dC_acc, mask=mask_dn, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + d_idx, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_DBIAS:
         tl.atomic_add(ddbias_ptr + d_idx, ddbias_acc, mask=mask_d, sem="relaxed")
-    if WANT_DH0:
-        tl.store(dh0_ptr + (pid_b * dim + d64[:, None]) * N + n_idx[None, :], carry, mask=mask_dn)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,77 +294,73 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
     return True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
 
 
-# Register-tile sizes (elements of the (BLOCK_D, BLOCK_N, T) tile), channels per program and warps;
-# picked by benchmarks/bench_selective_scan.py --sweep on an H100 (notes/triton_scan.md).
-FWD_CONFIG = dict(tile=4096, block_d=1, num_warps=4)
-BWD_CONFIG = dict(tile=2048, block_d=1, num_warps=4)
+# Channels per program, chunk length and warps; picked by benchmarks/bench_selective_scan.py --sweep on an
+# H100 (notes/triton_scan.md). Each program holds (block_d, T) tiles; with bf16 inputs a warp covers 256
+# consecutive steps of one channel (8 per thread), so the scans and reductions stay inside a warp.
+FWD_CONFIG = dict(block_d=4, T=256, num_warps=4)
+BWD_CONFIG = dict(block_d=4, T=256, num_warps=4)
 
 
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool):
-    """(BLOCK_D, BLOCK_N, T, num_warps): a (BLOCK_D, BLOCK_N, T) register tile per chunk."""
+    """(BLOCK_D, T, num_warps) for one launch."""
     cfg = BWD_CONFIG if backward else FWD_CONFIG
-    BLOCK_N = max(triton.next_power_of_2(N), 2)
     BLOCK_D = cfg["block_d"]
-    while BLOCK_D > 1 and (channels_per_group % BLOCK_D != 0 or BLOCK_D * BLOCK_N > cfg["tile"] // 16):
-        BLOCK_D //= 2
-    T = max(16, cfg["tile"] // (BLOCK_N * BLOCK_D))
-    T = min(T, max(16, triton.next_power_of_2(max(L, 1))))
+    while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
+        BLOCK_D //= 2  # a block must not straddle two groups of B / C
+    T = min(cfg["T"], max(16, triton.next_power_of_2(max(L, 1))))
     if FORCE_CHUNK_T is not None:
         T = FORCE_CHUNK_T
-    return BLOCK_D, BLOCK_N, T, cfg["num_warps"]
+    return BLOCK_D, T, cfg["num_warps"]
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return ref.new_empty(1, dtype=torch.float32)
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states,
-                 chunk_T: Optional[int] = None):
-    """Runs the forward kernel. Returns (out, last_state, chunk_states, T)."""
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
+    """Runs the forward kernel. Returns (out, last_state, chunk_states); chunk_states holds the state
+    entering each of the backward's chunks when save_states, else a placeholder."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
-    BLOCK_D, BLOCK_N, T, num_warps = _launch_config(dim, N, L, cpg, backward=False)
+    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=False)
     if save_states:  # the backward walks the same chunks
-        T = _launch_config(dim, N, L, cpg, backward=True)[2]
-    if chunk_T is not None:
-        T = chunk_T
+        T = _launch_config(dim, N, L, cpg, backward=True)[1]
     n_chunks = max(triton.cdiv(L, T), 1)
     out = torch.empty((batch, dim, L), device=u.device, dtype=u.dtype)
-    last_state = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+    # Carries the state between chunks inside the kernel and ends as the last state.
+    state = (initial_state.to(torch.float32, copy=True).contiguous() if initial_state is not None
+             else torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32))
     chunk_states = (torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
-    h0 = initial_state if initial_state is not None else dummy
-    h0_strides = initial_state.stride() if initial_state is not None else (0, 0, 0)
     grid = (triton.cdiv(dim, BLOCK_D), batch)
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
-        delta_bias if delta_bias is not None else dummy, h0,
-        out, last_state, chunk_states,
+        delta_bias if delta_bias is not None else dummy,
+        out, state, chunk_states,
         dim, L, N, cpg, n_chunks,
-        *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(), *h0_strides,
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T,
+        *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
+        BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=initial_state is not None, B_VAR=B_var, C_VAR=C_var,
-        SAVE_STATES=bool(save_states), WRITE_LAST=True, num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), num_warps=num_warps,
     )
-    return out, last_state, chunk_states, T
+    return out, state, chunk_states
 
 
-def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, T, dout, dlast,
-                  want_dh0: bool):
-    """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0)."""
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast):
+    """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
-    BLOCK_D, BLOCK_N, _, num_warps = _launch_config(dim, N, L, cpg, backward=True)
+    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True)
     n_chunks = chunk_states.shape[2]
+    assert n_chunks == max(triton.cdiv(L, T), 1), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty((batch, dim, L), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, L), device=u.device, dtype=delta.dtype)
@@ -406,26 +370,26 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     dC = torch.zeros((batch, G_C, N, L) if C_var else (dim, N), **f32)
     dD = torch.zeros((dim,), **f32) if D is not None else _dummy(u)
     ddbias = torch.zeros((dim,), **f32) if delta_bias is not None else _dummy(u)
-    dh0 = torch.empty((batch, dim, N), **f32) if want_dh0 else _dummy(u)
+    # Carries the state gradient between chunks and ends as the initial state's gradient.
+    dstate = (dlast.to(torch.float32, copy=True).contiguous() if dlast is not None
+              else torch.zeros((batch, dim, N), **f32))
     dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, BLOCK_D), batch)
     _selective_scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy, chunk_states,
-        dout, dlast if dlast is not None else dummy,
-        du, ddelta, dz, dA, dB, dC, dD, ddbias, dh0,
+        dout, dstate,
+        du, ddelta, dz, dA, dB, dC, dD, ddbias,
         dim, L, N, cpg, n_chunks, G_B, G_C,
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
-        *(dlast.stride() if dlast is not None else (0, 0, 0)),
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, T=T,
+        BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_DLAST=dlast is not None, WANT_DH0=want_dh0, B_VAR=B_var, C_VAR=C_var, num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, num_warps=num_warps,
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
-    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-            ddbias if delta_bias is not None else None, dh0 if want_dh0 else None)
+    return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -437,9 +401,7 @@ def _selective_scan_fwd_op(
     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
     delta_softplus: bool, initial_state: Optional[torch.Tensor], save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, last_state, chunk_states, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                     initial_state, save_states)
-    return out, last_state, chunk_states
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states)
 
 
 def _channels_per_group(B, C, dim):
@@ -449,7 +411,7 @@ def _channels_per_group(B, C, dim):
 
 
 def _backward_chunk_len(u, A, B, C):
-    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True)[2]
+    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True)[1]
 
 
 def _chunk_count(u, A, B, C):
@@ -477,11 +439,12 @@ def _selective_scan_bwd_op(
     want_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor]:
+    du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate = scan_backward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast)
     # Absent gradients come back as empty (0,) tensors: custom ops cannot return None.
-    T = _backward_chunk_len(u, A, B, C)
-    grads = scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, T, dout, dlast,
-                          want_dh0)
-    return tuple(g if g is not None else u.new_empty((0,), dtype=torch.float32) for g in grads)
+    empty = u.new_empty((0,), dtype=torch.float32)
+    return (du, ddelta, dA, dB, dC, dD if D is not None else empty, dz if z is not None else empty.clone(),
+            ddbias if delta_bias is not None else empty.clone(), dstate)
 
 
 @_selective_scan_bwd_op.register_fake
@@ -497,7 +460,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, d
         D.new_empty(D.shape, dtype=f32) if D is not None else empty,
         torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else empty.clone(),
         delta_bias.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else empty.clone(),
-        u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=f32) if want_dh0 else empty.clone(),
+        u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=f32),
     )
 
 
