@@ -8,8 +8,8 @@ steps=${*:-sweep tests}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 for step in $steps; do
   case $step in
-    tests) timeout 240 python -m pytest -q -x tests/test_triton_ops.py tests/test_gpu_ops.py 2>&1 | tail -25 | tee "$OUT/tests.log" ;;
-    sweep) timeout 150 python benchmarks/bench_selective_scan.py --sweep 2>&1 | tee "$OUT/sweep.log" ;;
+    tests) timeout 220 python -m pytest -q -x tests/test_triton_ops.py tests/test_gpu_ops.py 2>&1 | tail -25 | tee "$OUT/tests.log" ;;
+    sweep) timeout 330 python benchmarks/bench_selective_scan.py --sweep 2>&1 | tee "$OUT/bench.log" ;;
     table) timeout 300 python benchmarks/bench_selective_scan.py 2>&1 | tee "$OUT/table.log" ;;
   esac
 done
