@@ -229,3 +229,19 @@ def test_decoding_with_triton_kernels_equals_parallel_forward():
             params.seqlen_offset += 1
     assert rel_err(parallel, reference) < 1e-4
     assert rel_err(torch.stack(decoded, dim=1), reference[:, 4:]) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decoding_on_cuda_equals_parallel_forward():
+    model = randomize(tiny_lm(tie_embeddings=False)).cuda()
+    ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
+    with torch.no_grad():
+        parallel = model(ids)
+        params = model.new_inference_params(2, 40)
+        decoded = [model.prefill(ids[:, :11], params)]
+        params.seqlen_offset = 11
+        for t in range(11, 40):
+            decoded.append(model.step(ids[:, t], params))
+            params.seqlen_offset += 1
+    assert rel_err(torch.stack(decoded, dim=1), parallel[:, 10:]) < 1e-4

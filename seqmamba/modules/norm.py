@@ -18,9 +18,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        rstd = torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)
-        return (x32 * rstd * self.weight.float()).to(x.dtype)
+        # F.rms_norm is one fused kernel where PyTorch has one (fewer launches per decode step).
+        out = nn.functional.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
