@@ -167,9 +167,15 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
 
+    if cg and not input_ids.is_cuda:
+        raise ValueError("cg=True (CUDA graph decoding) needs the model and input_ids on a CUDA device")
+    sequences = torch.full((batch_size, prompt_len + max_new_tokens), pad_token_id, dtype=torch.long,
+                           device=input_ids.device)
+    sequences[:, :prompt_len] = input_ids
+    if max_new_tokens == 0:
+        return sequences
+
     if cg:
-        if not input_ids.is_cuda:
-            raise ValueError("cg=True (CUDA graph decoding) needs the model and input_ids on a CUDA device")
         graph_step = _graph_for(model, batch_size, max_seqlen, dtype)
         inference_params = graph_step.inference_params
         inference_params.reset(max_seqlen, batch_size)
@@ -178,12 +184,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         inference_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
         inference_params.key_value_memory_dict = model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
         step = model.step
-
-    sequences = torch.full((batch_size, prompt_len + max_new_tokens), pad_token_id, dtype=torch.long,
-                           device=input_ids.device)
-    sequences[:, :prompt_len] = input_ids
-    if max_new_tokens == 0:
-        return sequences
 
     if hasattr(model, "prefill"):
         logits = model.prefill(input_ids, inference_params)
