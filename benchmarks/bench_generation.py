@@ -16,7 +16,6 @@ and the ratios Mamba / Transformer. Run on the GPU:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Callable, Dict, List
 
