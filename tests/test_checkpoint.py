@@ -40,8 +40,8 @@ def test_crash_during_write_keeps_previous_checkpoint_and_leaves_no_temp_file(tm
 
 
 def test_interrupted_write_inside_trainer_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = {"seed": 0, "trainer": {"max_steps": 4, "ckpt_every": 2, "progress": False, "tensorboard": False,
-                                  "log_every": 1}}
+    cfg = {"seed": 0, "trainer": {"max_steps": 4, "ckpt_every": 2, "log_every": 1, "device": "cpu",
+                                  "progress": False, "tensorboard": False}}
     trainer = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path))
     calls = {"n": 0}
     real_save = torch.save
@@ -71,7 +71,7 @@ def test_stale_temp_files_from_a_killed_writer_are_removed_and_never_end_in_pt(t
 
 
 def test_trainer_checkpoint_loads_with_weights_only_and_restores_model(tmp_path):
-    cfg = {"seed": 0, "trainer": {"max_steps": 2, "progress": False, "tensorboard": False}}
+    cfg = {"seed": 0, "trainer": {"max_steps": 2, "progress": False, "tensorboard": False, "device": "cpu"}}
     trainer = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path))
     trainer.fit()
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

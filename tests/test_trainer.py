@@ -26,6 +26,7 @@ def make_cfg(**trainer_overrides):
         "progress": False,
         "tensorboard": False,
         "num_threads": 1,
+        "device": "cpu",  # the CPU tests pin the device, so a GPU machine runs the same numbers
     }
     trainer.update(trainer_overrides)
     return {

@@ -151,8 +151,9 @@ def plot_curves(run_dir: str, out_name: str = PLOT_NAME) -> Optional[str]:
             ax.plot(steps, values, label=key, marker="." if len(points) < 30 else None)
         ax.set_xlabel("step")
         ax.set_ylabel("loss" if panel is losses else "metric")
-        if panel is losses and all(v > 0 for pts in losses.values() for _, v in pts):
-            ax.set_yscale("log")
+        loss_values = [v for pts in losses.values() for _, v in pts]
+        if panel is losses and min(loss_values) > 0 and max(loss_values) / min(loss_values) > 20:
+            ax.set_yscale("log")  # only when losses span orders of magnitude; else ticks get unreadable
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

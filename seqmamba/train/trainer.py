@@ -503,7 +503,6 @@ class Trainer:
 
             if last_eval_step != self.step:
                 eval_metrics = self._evaluate_and_track(logger, say)
-                stopped_early = stopped_early or self._reached_early_stop(eval_metrics)
             self.save(LAST_NAME)
         finally:
             if pbar is not None:
