@@ -116,30 +116,65 @@ class _BCLayout:
         return grad.to(self.input_dtype).contiguous()
 
 
-def _time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(batch, dim, L) with any strides -> contiguous (L, batch, dim) in the compute dtype."""
-    return x.to(dtype).permute(2, 0, 1).contiguous()
+def _steps(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(batch, dim, L) -> time-major view (T, batch, dim) of steps [start, stop), no copy.
 
-
-def _from_time_major(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(L, batch, dim) -> contiguous (batch, dim, L) in `dtype`."""
-    return x.permute(1, 2, 0).to(dtype).contiguous()
-
-
-def _fill_decay(dA: torch.Tensor, delta_chunk: torch.Tensor, A: torch.Tensor) -> None:
-    """dA[t, b, d, n] = exp(delta[t, b, d] * A[d, n]), written into the preallocated buffer."""
-    torch.mul(delta_chunk.unsqueeze(-1), A, out=dA)
-    dA.exp_()
-
-
-def _run_states(H: torch.Tensor, dA: torch.Tensor, T: int) -> None:
-    """H[t+1] += dA[t] * H[t] for t < T, in place: one op per step (see module docstring).
-
-    H holds the carried state in H[0] and delta_t u_t B_t in H[1:] on entry, the states after.
+    Whole-length per-channel tensors stay in the caller's (batch, dim, L) layout: transposing all of
+    them up front costs more than reading each chunk through a strided view.
     """
-    states, decays = H.unbind(0), dA.unbind(0)
-    for t in range(T):
-        states[t + 1].addcmul_(decays[t], states[t])
+    return x[:, :, start:stop].permute(2, 0, 1)
+
+
+def _compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+class _ChunkWorkspace:
+    """Per-chunk buffers, allocated once and reused by every chunk.
+
+    The per-step views are made once here: `unbind` costs ~0.5 us a row, as much as the step itself.
+    """
+
+    def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool):
+        self.decay = torch.empty(T, batch, dim, N, dtype=dtype)  # exp(delta_t A)
+        self.state = torch.empty(T + 1, batch, dim, N, dtype=dtype)  # [0]: carried in; [t+1]: after step t
+        self.per_channel = torch.empty(T, batch, dim, dtype=dtype)  # one contraction over N
+        self._decays = self.decay.unbind(0)
+        self._states = self.state.unbind(0)
+        if adjoint:
+            self.adjoint = torch.empty(T, batch, dim, N, dtype=dtype)  # dLoss/dh_t
+            self.work = torch.empty(T, batch, dim, N, dtype=dtype)
+            self._adjoints = self.adjoint.unbind(0)
+
+    def run_states(self, T, h0, delta_steps, delta_u_steps, A, B_layout, B_chunk):
+        """States of one chunk of T steps starting from h0: returns (decay[:T], state[:T+1])."""
+        decay, state = self.decay[:T], self.state[: T + 1]
+        torch.mul(delta_steps.unsqueeze(-1), A, out=decay)
+        decay.exp_()
+        state[0].copy_(h0)
+        torch.mul(
+            B_layout.vector_view(delta_u_steps), B_layout.broadcast(B_chunk), out=B_layout.state_view(state[1:])
+        )
+        states, decays = self._states, self._decays
+        for t in range(T):  # the only per-step work: one op on a (batch, dim, N) state
+            states[t + 1].addcmul_(decays[t], states[t])
+        return decay, state
+
+    def run_adjoint(self, T, carry, dy_steps, C_layout, C_chunk):
+        """g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}, with g_{T-1} also receiving `carry`.
+
+        Needs `run_states` of the same chunk first (reads its decays).
+        """
+        adjoint = self.adjoint[:T]
+        torch.mul(C_layout.vector_view(dy_steps), C_layout.broadcast(C_chunk), out=C_layout.state_view(adjoint))
+        if carry is not None:
+            adjoint[T - 1].add_(carry)
+        adjoints, decays = self._adjoints, self._decays
+        for t in range(T - 2, -1, -1):
+            adjoints[t].addcmul_(decays[t + 1], adjoints[t + 1])
+        return adjoint
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
@@ -148,171 +183,140 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         batch, dim, L = u.shape
         N = A.shape[1]
-        floats = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
-        dtype = torch.float64 if any(t.dtype == torch.float64 for t in floats) else torch.float32
+        dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
         T_max = chunk_size or default_chunk_size(batch, dim, N, L, torch.finfo(dtype).bits // 8)
+        num_chunks = -(-L // T_max)
 
-        u_tm = _time_major(u, dtype)  # (L, batch, dim)
-        delta_pre = _time_major(delta, dtype)
+        u32 = u.to(dtype)
+        delta_pre = delta.to(dtype)
         if delta_bias is not None:
-            delta_pre = delta_pre + delta_bias.to(dtype)
-        delta_tm = F.softplus(delta_pre) if delta_softplus else delta_pre
-        delta_u = delta_tm * u_tm
-        A_c = A.to(dtype).contiguous()
-        B_l = _BCLayout(B, batch, dim, dtype)
-        C_l = _BCLayout(C, batch, dim, dtype)
+            delta_pre = delta_pre + delta_bias.to(dtype)[:, None]
+        delta32 = F.softplus(delta_pre) if delta_softplus else delta_pre
+        delta_u = delta32 * u32
+        A32 = A.to(dtype).contiguous()
+        D32 = D.to(dtype) if D is not None else None
+        B_layout = _BCLayout(B, batch, dim, dtype)
+        C_layout = _BCLayout(C, batch, dim, dtype)
 
-        y_tm = torch.empty(L, batch, dim, dtype=dtype)
-        h = (initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype))
-        boundaries = [h]  # state entering each chunk, then the last state
-        T_buf = min(T_max, L)
-        dA_buf = torch.empty(T_buf, batch, dim, N, dtype=dtype)
-        H_buf = torch.empty(T_buf + 1, batch, dim, N, dtype=dtype)
-        for start in range(0, L, T_max):
-            stop = min(start + T_max, L)
+        h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype)
+        y = torch.empty(batch, dim, L, dtype=dtype)
+        boundaries = torch.empty(num_chunks, batch, dim, N, dtype=dtype)  # state entering each chunk
+        if L > 0:
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False)
+        for index in range(num_chunks):
+            start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
-            dA, H = dA_buf[:T], H_buf[: T + 1]
-            _fill_decay(dA, delta_tm[start:stop], A_c)
-            H[0].copy_(h)
-            torch.mul(B_l.vector_view(delta_u[start:stop]), B_l.broadcast(B_l.chunk(start, stop)), out=B_l.state_view(H[1:]))
-            _run_states(H, dA, T)
-            C_l.contract_state(H[1:], C_l.chunk(start, stop), out=y_tm[start:stop])
-            h = H[T].clone()
-            boundaries.append(h)
-        last_state = h
+            boundaries[index].copy_(h)
+            _, state = ws.run_states(
+                T, h, _steps(delta32, start, stop), _steps(delta_u, start, stop),
+                A32, B_layout, B_layout.chunk(start, stop),
+            )
+            y_steps = C_layout.contract_state(state[1:], C_layout.chunk(start, stop), out=ws.per_channel[:T])
+            y[:, :, start:stop].copy_(y_steps.permute(1, 2, 0))
+            h = state[T]
+        last_state = h.clone()  # h is a view into the workspace (or the caller's initial_state)
 
-        if D is not None:
-            y_tm.addcmul_(u_tm, D.to(dtype))
-        if z is not None:
-            z_tm = _time_major(z, dtype)
-            out_tm = y_tm * F.silu(z_tm)
-        else:
-            z_tm, out_tm = None, y_tm
+        if D32 is not None:
+            y.addcmul_(u32, D32[:, None])
+        z32 = z.to(dtype) if z is not None else None
+        out = y * F.silu(z32) if z is not None else y
 
         ctx.delta_softplus = delta_softplus
         ctx.T_max = T_max
-        ctx.B_l, ctx.C_l = B_l, C_l
-        ctx.input_dtypes = {
-            "u": u.dtype, "delta": delta.dtype, "A": A.dtype,
-            "D": None if D is None else D.dtype, "z": None if z is None else z.dtype,
-            "delta_bias": None if delta_bias is None else delta_bias.dtype,
-            "initial_state": None if initial_state is None else initial_state.dtype,
-        }
-        ctx.has = (D is not None, z is not None, delta_bias is not None)
+        ctx.layouts = (B_layout, C_layout)
+        ctx.input_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
         ctx.save_for_backward(
-            u_tm, delta_pre, delta_tm, delta_u, A_c, B_l.data, C_l.data,
-            D.to(dtype) if D is not None else None, z_tm, y_tm if z is not None else None,
-            torch.stack(boundaries[:-1]) if L > 0 else None,
+            u32, delta_pre if delta_softplus else None, delta32, delta_u, A32, D32, z32,
+            y if z is not None else None, boundaries,
         )
-        out = _from_time_major(out_tm, u.dtype)
-        return out, last_state
+        return out.to(u.dtype), last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_last_state):
-        (u_tm, delta_pre, delta_tm, delta_u, A_c, _, _, D_c, z_tm, y_tm, boundaries) = ctx.saved_tensors
-        B_l, C_l = ctx.B_l, ctx.C_l
-        L, batch, dim = u_tm.shape
-        N = A_c.shape[1]
-        dtype = u_tm.dtype
+        u32, delta_pre, delta32, delta_u, A32, D32, z32, y, boundaries = ctx.saved_tensors
+        B_layout, C_layout = ctx.layouts
+        batch, dim, L = u32.shape
+        N = A32.shape[1]
+        dtype = delta32.dtype
         T_max = ctx.T_max
-        has_D, has_z, has_bias = ctx.has
-        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, ...
+        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, -, -
+        input_dtypes = ctx.input_dtypes
 
-        # dy: gradient w.r.t. y + D u (before the silu(z) gate), time-major.
-        if grad_out is not None:
-            grad_out_tm = _time_major(grad_out, dtype)
-        else:
-            grad_out_tm = torch.zeros(L, batch, dim, dtype=dtype)
+        grad_out = grad_out.to(dtype) if grad_out is not None else torch.zeros(batch, dim, L, dtype=dtype)
+        # dy: gradient w.r.t. y + D u, i.e. before the silu(z) gate.
         grad_z = None
-        if has_z:
-            z_sigmoid = torch.sigmoid(z_tm)
-            dy = grad_out_tm * z_tm * z_sigmoid
+        if z32 is not None:
+            z_sigmoid = torch.sigmoid(z32)
+            dy = grad_out * z32 * z_sigmoid
             if needs[6]:
-                # d silu(z)/dz = sigmoid(z) (1 + z (1 - sigmoid(z)))
-                dsilu = z_sigmoid * (1 + z_tm * (1 - z_sigmoid))
-                grad_z = _from_time_major(grad_out_tm * y_tm * dsilu, ctx.input_dtypes["z"])
+                silu_slope = z_sigmoid * (1 + z32 * (1 - z_sigmoid))
+                grad_z = (grad_out * y * silu_slope).to(input_dtypes[6])
         else:
-            dy = grad_out_tm
+            dy = grad_out
 
-        grad_delta_tm = torch.zeros(L, batch, dim, dtype=dtype)  # w.r.t. delta after softplus
-        grad_u_tm = dy * D_c if has_D else torch.zeros(L, batch, dim, dtype=dtype)
-        grad_A = torch.zeros_like(A_c)
-        grad_B = torch.zeros_like(B_l.data)
-        grad_C = torch.zeros_like(C_l.data)
+        grad_delta = torch.zeros(batch, dim, L, dtype=dtype)  # w.r.t. delta after bias and softplus
+        grad_u = dy * D32[:, None] if D32 is not None else torch.zeros(batch, dim, L, dtype=dtype)
+        grad_A = torch.zeros_like(A32)
+        grad_B = torch.zeros_like(B_layout.data)
+        grad_C = torch.zeros_like(C_layout.data)
 
-        # Gradient w.r.t. the state after step t, carried backward across chunks.
+        # dLoss/dh after the current chunk's last step, from the later chunks (or from last_state).
         carry = grad_last_state.to(dtype) if grad_last_state is not None else None
-        T_buf = min(T_max, L)
         if L > 0:
-            dA_buf = torch.empty(T_buf, batch, dim, N, dtype=dtype)
-            H_buf = torch.empty(T_buf + 1, batch, dim, N, dtype=dtype)
-            G_buf = torch.empty(T_buf, batch, dim, N, dtype=dtype)
-            W_buf = torch.empty(T_buf, batch, dim, N, dtype=dtype)
-            contract_tmp = torch.empty(T_buf, batch, dim, dtype=dtype)
-        starts = list(range(0, L, T_max))
-        for chunk_index in reversed(range(len(starts))):
-            start = starts[chunk_index]
-            stop = min(start + T_max, L)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True)
+        for index in reversed(range(boundaries.shape[0])):
+            start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
-            dA, H, G, W = dA_buf[:T], H_buf[: T + 1], G_buf[:T], W_buf[:T]
-            B_chunk, C_chunk = B_l.chunk(start, stop), C_l.chunk(start, stop)
-            delta_chunk, dy_chunk = delta_tm[start:stop], dy[start:stop]
+            delta_steps, delta_u_steps, dy_steps = (_steps(x, start, stop) for x in (delta32, delta_u, dy))
+            B_chunk, C_chunk = B_layout.chunk(start, stop), C_layout.chunk(start, stop)
+            decay, state = ws.run_states(T, boundaries[index], delta_steps, delta_u_steps, A32, B_layout, B_chunk)
+            adjoint = ws.run_adjoint(T, carry, dy_steps, C_layout, C_chunk)
+            carry = decay[0] * adjoint[0]
 
-            # Recompute this chunk's states from its saved boundary state.
-            _fill_decay(dA, delta_chunk, A_c)
-            H[0].copy_(boundaries[chunk_index])
-            torch.mul(B_l.vector_view(delta_u[start:stop]), B_l.broadcast(B_chunk), out=B_l.state_view(H[1:]))
-            _run_states(H, dA, T)
-
-            # Adjoint recurrence: G[t] = C_t dy_t + dA[t+1] G[t+1], one op per step.
-            torch.mul(C_l.vector_view(dy_chunk), C_l.broadcast(C_chunk), out=C_l.state_view(G))
-            if carry is not None:
-                G[T - 1].add_(carry)
-            adjoints, decays = G.unbind(0), dA.unbind(0)
-            for t in range(T - 2, -1, -1):
-                adjoints[t].addcmul_(decays[t + 1], adjoints[t + 1])
-            carry = dA[0] * G[0]
-
-            # y_t = C_t . h_t  ->  dC
-            grad_C_chunk = C_l.grad_from(H[1:], dy_chunk)
-            # h_t gets delta_t u_t B_t  ->  d(delta u) and dB
-            grad_delta_u = B_l.contract_state(G, B_chunk, out=contract_tmp[:T])
-            grad_B_chunk = B_l.grad_from(G, delta_u[start:stop])
-            if B_l.constant:
+            # y_t = C_t . h_t
+            grad_C_chunk = C_layout.grad_from(state[1:], dy_steps)
+            # h_t receives (delta_t u_t) B_t
+            grad_B_chunk = B_layout.grad_from(adjoint, delta_u_steps)
+            if B_layout.constant:
                 grad_B += grad_B_chunk
             else:
                 grad_B[start:stop] = grad_B_chunk
-            if C_l.constant:
+            if C_layout.constant:
                 grad_C += grad_C_chunk
             else:
                 grad_C[start:stop] = grad_C_chunk
-            grad_delta_tm[start:stop].addcmul_(grad_delta_u, u_tm[start:stop])
-            grad_u_tm[start:stop].addcmul_(grad_delta_u, delta_chunk)
-            # h_t gets exp(delta_t A) h_{t-1}  ->  d(delta_t A) = G_t h_{t-1} dA_t
-            torch.mul(G, H[:T], out=W)
-            W.mul_(dA)
-            grad_A += (W * delta_chunk.unsqueeze(-1)).sum(dim=(0, 1))
-            W.mul_(A_c)
-            grad_delta_tm[start:stop] += W.sum(dim=-1)
+            grad_delta_u = B_layout.contract_state(adjoint, B_chunk, out=ws.per_channel[:T]).permute(1, 2, 0)
+            grad_delta[:, :, start:stop].addcmul_(grad_delta_u, u32[:, :, start:stop])
+            grad_u[:, :, start:stop].addcmul_(grad_delta_u, delta32[:, :, start:stop])
+            # h_t receives exp(delta_t A) h_{t-1}: dLoss/d(delta_t A) = g_t h_{t-1} exp(delta_t A)
+            # (the adjoint and per_channel buffers are consumed by now and serve as scratch)
+            grad_delta_A = ws.work[:T]
+            torch.mul(adjoint, state[:T], out=grad_delta_A)
+            grad_delta_A.mul_(decay)
+            grad_A += torch.mul(grad_delta_A, delta_steps.unsqueeze(-1), out=adjoint).sum(dim=(0, 1))
+            grad_delta_A.mul_(A32)
+            grad_delta[:, :, start:stop] += torch.sum(grad_delta_A, dim=-1, out=ws.per_channel[:T]).permute(1, 2, 0)
 
-        grad_initial_state = carry if (needs[8] and carry is not None) else None
-        if needs[8] and grad_initial_state is None:
-            grad_initial_state = torch.zeros(batch, dim, N, dtype=dtype)
-
+        grad_initial_state = None
+        if needs[8]:
+            grad_initial_state = carry if carry is not None else torch.zeros(batch, dim, N, dtype=dtype)
+            grad_initial_state = grad_initial_state.to(input_dtypes[8])
         if ctx.delta_softplus:
-            grad_delta_tm = grad_delta_tm * torch.sigmoid(delta_pre)
-        dt = ctx.input_dtypes
-        grad_u = _from_time_major(grad_u_tm, dt["u"]) if needs[0] else None
-        grad_delta = _from_time_major(grad_delta_tm, dt["delta"]) if needs[1] else None
-        grad_A = grad_A.to(dt["A"]) if needs[2] else None
-        grad_B = B_l.to_input_layout(grad_B) if needs[3] else None
-        grad_C = C_l.to_input_layout(grad_C) if needs[4] else None
-        grad_D = (dy * u_tm).sum(dim=(0, 1)).to(dt["D"]) if (has_D and needs[5]) else None
-        grad_bias = grad_delta_tm.sum(dim=(0, 1)).to(dt["delta_bias"]) if (has_bias and needs[7]) else None
-        if grad_initial_state is not None:
-            grad_initial_state = grad_initial_state.to(dt["initial_state"])
-        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, grad_initial_state, None, None
+            grad_delta.mul_(torch.sigmoid(delta_pre))
+        return (
+            grad_u.to(input_dtypes[0]) if needs[0] else None,
+            grad_delta.to(input_dtypes[1]) if needs[1] else None,
+            grad_A.to(input_dtypes[2]) if needs[2] else None,
+            B_layout.to_input_layout(grad_B) if needs[3] else None,
+            C_layout.to_input_layout(grad_C) if needs[4] else None,
+            (dy * u32).sum(dim=(0, 2)).to(input_dtypes[5]) if needs[5] else None,
+            grad_z,
+            grad_delta.sum(dim=(0, 2)).to(input_dtypes[7]) if needs[7] else None,
+            grad_initial_state,
+            None,
+            None,
+        )
 
 
 def selective_scan_torch(
