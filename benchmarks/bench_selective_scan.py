@@ -130,9 +130,9 @@ def sweep():
     """Times launch configs at (8, 1536, 4096); returns the fastest (forward, backward) configs."""
     batch, dim, L = 8, 1536, 4096
     inputs = make_inputs(batch, dim, L)
+    # The first sweep (notes/triton_scan.md) tried block_d 1-8 and 1-8 warps; one warp per channel won.
     configs = [dict(block_d=bd, T=t, num_warps=w) for (bd, t, w) in
-               [(4, 256, 4), (2, 256, 2), (1, 256, 1), (8, 256, 8), (4, 512, 4), (8, 128, 4), (2, 512, 4),
-                (4, 128, 4), (1, 512, 2)]]
+               [(1, 256, 1), (1, 128, 1), (1, 512, 1), (1, 1024, 2), (2, 256, 1)]]
     print(f"sweep at {(batch, dim, L)}")
     results = {"fwd": [], "bwd": []}
     for cfg in configs:
@@ -191,6 +191,11 @@ def main():
         del inputs, fwd, fwd_bwd
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
+    decode_kernels = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
+    for block_d in (8, 16, 32, 64):
+        decode_kernels.DECODE_BLOCK_D = block_d
+        print(f"decode BLOCK_D={block_d}: " + ", ".join(f"batch {b}: {decode_us(b)[0]:.2f} us" for b in (1, 64)))
+    decode_kernels.DECODE_BLOCK_D = None
     dec = {b: decode_us(b) for b in (1, 64)}
 
     print(f"\nGPU: {gpu}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); torch {torch.__version__}, "

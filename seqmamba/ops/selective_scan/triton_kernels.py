@@ -295,10 +295,10 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 
 
 # Channels per program, chunk length and warps; picked by benchmarks/bench_selective_scan.py --sweep on an
-# H100 (notes/triton_scan.md). Each program holds (block_d, T) tiles; with bf16 inputs a warp covers 256
-# consecutive steps of one channel (8 per thread), so the scans and reductions stay inside a warp.
-FWD_CONFIG = dict(block_d=4, T=256, num_warps=4)
-BWD_CONFIG = dict(block_d=4, T=256, num_warps=4)
+# H100 (notes/triton_scan.md): one warp per channel, 256 steps per chunk (8 consecutive steps per thread),
+# so every scan and reduction stays inside the warp and many small programs keep the SMs full.
+FWD_CONFIG = dict(block_d=1, T=256, num_warps=1)
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1)
 
 
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool):

@@ -54,6 +54,10 @@ def _selective_state_update_kernel(
     tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+# Channels per program; None picks by size (benchmarks/bench_selective_scan.py times the choices).
+DECODE_BLOCK_D: Optional[int] = None
+
+
 def _bc_strides(X: torch.Tensor):
     """(batch, N) -> one group; (batch, G, N) as is. Returns (G, (s_batch, s_group, s_n))."""
     if X.dim() == 2:
@@ -73,7 +77,11 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         raise ValueError(f"selective_state_update: B has {G_B} groups and C has {G_C}; they must match")
     out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BLOCK_N = max(triton.next_power_of_2(N), 2)
-    BLOCK_D = max(1, min(64, 2048 // BLOCK_N))
+    BLOCK_D = DECODE_BLOCK_D
+    if BLOCK_D is None:
+        # Small batches are latency-bound: more, smaller programs; large ones want fewer launches' worth.
+        BLOCK_D = 16 if batch * dim <= 16384 else 64
+    BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
     zz = z if z is not None else x
     _selective_state_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
         state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
