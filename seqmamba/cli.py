@@ -215,48 +215,70 @@ def _save_resolved_config(cfg, run_dir: str) -> None:
         OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
 
 
+def _apply_threads(cfg) -> None:
+    import torch
+
+    threads = int(cfg.trainer.get("num_threads") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def run_job(cfg) -> Any:
     """What one Hydra job does for ``cfg.verb``; returns the verb's results."""
     from hydra.core.hydra_config import HydraConfig
 
-    from seqmamba.train.distributed import is_rank0
-
     verb = str(cfg.verb)
     run_dir = HydraConfig.get().runtime.output_dir
     task = _build_task(cfg)
-    _save_resolved_config(cfg, run_dir)
-
     if verb == "run":
-        from seqmamba.train import Trainer
+        return _train_then_evaluate(task, cfg, run_dir)
+    if verb not in ("eval", "generate"):
+        raise CliError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
 
-        trainer = Trainer(task, cfg, run_dir)
-        trainer.fit()
-        results = trainer.evaluate()
-        if is_rank0():
-            _write_json(os.path.join(run_dir, "eval_results.json"), results)
-            print(f"run dir: {run_dir}")
-        return results
-
+    _save_resolved_config(cfg, run_dir)
+    _apply_threads(cfg)
+    model = _model_from_checkpoint(task, cfg)
     if verb == "eval":
-        model = _model_from_checkpoint(task, cfg)
         results = task.eval_checkpoint(model, run_dir)
         _write_json(os.path.join(run_dir, "eval_results.json"), results)
         print(_summarise(results))
         print(f"results written to {run_dir}")
         return results
 
-    if verb == "generate":
-        model = _model_from_checkpoint(task, cfg)
-        out_dir = str(cfg.get("out_dir") or os.path.join(run_dir, "samples"))
-        os.makedirs(out_dir, exist_ok=True)
-        try:
-            result = task.generate(model, out_dir)
-        except NotImplementedError as err:
-            raise CliError(str(err)) from None
-        print(f"samples written to {out_dir}")
-        return result
+    out_dir = str(cfg.get("out_dir") or os.path.join(run_dir, "samples"))
+    try:
+        result = task.generate(model, out_dir)
+    except NotImplementedError as err:
+        raise CliError(str(err)) from None
+    print(f"samples written to {out_dir}")
+    return result
 
-    raise CliError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
+
+def _train_then_evaluate(task, cfg, run_dir: str) -> Any:
+    """``seqmamba run``: fit, then the task's evaluation (``eval_checkpoint``) of the best weights
+    on rank 0, e.g. the length-extrapolation table of induction heads."""
+    import torch
+
+    from seqmamba.train import Trainer
+    from seqmamba.train.checkpoint import load_model_weights
+    from seqmamba.train.distributed import barrier, is_rank0
+
+    trainer = Trainer(task, cfg, run_dir)
+    final = trainer.fit()
+    results: Any = {"train": {k: v for k, v in final.items() if isinstance(v, (int, float, bool, str))}}
+    if is_rank0():
+        best = os.path.join(run_dir, "checkpoints", "best.pt")
+        model = trainer.model
+        if os.path.isfile(best):
+            load_model_weights(model, best)
+        model.eval()
+        with torch.no_grad():
+            results["eval"] = task.eval_checkpoint(model, run_dir)
+        _write_json(os.path.join(run_dir, "eval_results.json"), results)
+        print(_summarise(results["eval"]))
+        print(f"run dir: {run_dir}")
+    barrier()
+    return results
 
 
 def _summarise(results: Any) -> str:
@@ -330,12 +352,37 @@ def _fold_option_lists(lines: List[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
+# Hydra's flags that take a value (``--info`` takes one only from its list of choices)
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_hydra_flags(args: Sequence[str]):
+    """Separate Hydra's command-line flags (with their values) from the overrides, keeping order."""
+    flags: List[str] = []
+    overrides: List[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("-"):  # overrides never start with "-" (they start with a key, +, ++ or ~)
+            flags.append(arg)
+            takes_value = arg in _FLAGS_WITH_VALUE or (arg in ("--info", "-i") and i + 1 < len(args)
+                                                       and args[i + 1] in _INFO_CHOICES)
+            if takes_value and i + 1 < len(args):
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return flags, overrides
+
+
 def _run_hydra(verb: str, args: List[str], debug: bool) -> int:
     import hydra
 
     config_path = configs_dir()
-    overrides = [a for a in args if not a.startswith("-")]
-    extra = _agree_on_launch_time(overrides)
+    extra = _agree_on_launch_time(split_hydra_flags(args)[1])
 
     job_errors: List[BaseException] = []
 
@@ -356,8 +403,9 @@ def _run_hydra(verb: str, args: List[str], debug: bool) -> int:
     # Hydra prints its own multi-line report unless HYDRA_FULL_ERROR is set; with it set, the
     # exception comes back here and we print one line (or the traceback under --debug).
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    # the verb and the rank's extras go first: argparse takes overrides only before flags like --cfg
-    sys.argv = [PROG, f"verb={verb}"] + extra + args
+    flags, user_overrides = split_hydra_flags(args)
+    # Hydra's argparse wants all overrides in one run, so flags go first, then the verb, then the rest
+    sys.argv = [PROG] + flags + [f"verb={verb}"] + extra + user_overrides
     try:
         app()
         if job_errors:

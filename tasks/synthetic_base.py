@@ -6,6 +6,7 @@ the final position of induction heads. Loss and accuracy ignore every other posi
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
@@ -43,9 +44,25 @@ def config_get(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def model_logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Backbones return logits or an object with ``.logits`` (mamba_ssm's CausalLMOutput style)."""
-    out = model(input_ids)
+def _accepts_num_last_tokens(model: nn.Module) -> bool:
+    inner = model
+    while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):  # DDP / torch.compile wrappers
+        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod")
+    try:
+        return "num_last_tokens" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def model_logits(model: nn.Module, input_ids: torch.Tensor, n_scored: int = 0) -> torch.Tensor:
+    """Logits of ``model`` on ``input_ids``; backbones return logits or an object with ``.logits``.
+
+    With ``n_scored`` > 0 and a backbone that takes mamba_ssm's ``num_last_tokens``, only the last
+    ``n_scored`` positions go through the LM head (what long extrapolation sequences need)."""
+    if n_scored > 0 and _accepts_num_last_tokens(model):
+        out = model(input_ids, num_last_tokens=n_scored)
+    else:
+        out = model(input_ids)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -97,6 +114,7 @@ class SyntheticLMTask(Task):
         self.val_batch_size = int(config_get(cfg, "task.val_batch_size", 256))
         # the validation sets come from their own seed, so changing the training seed keeps them
         self.val_seed = int(config_get(cfg, "task.val_seed", 1234))
+        self._val_sets = None
 
     # -- model ------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -114,12 +132,16 @@ class SyntheticLMTask(Task):
         )
 
     def val_sets(self) -> Dict[str, Iterable]:
-        return {"val": synthetic.fixed_batches(self.data, self.val_seed, self.val_samples, self.val_batch_size)}
+        if self._val_sets is None:  # generated once; the trainer asks at every evaluation
+            self._val_sets = {
+                "val": synthetic.fixed_batches(self.data, self.val_seed, self.val_samples, self.val_batch_size)
+            }
+        return self._val_sets
 
     # -- loss and metrics --------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
         inputs, targets = batch
-        loss, correct = scored_loss_and_correct(model_logits(model, inputs), targets, self.vocab_size)
+        loss, correct = scored_loss_and_correct(model_logits(model, inputs, targets.shape[1]), targets, self.vocab_size)
         return loss, {"loss": float(loss.detach()), "acc": float(correct.float().mean())}
 
     @torch.no_grad()
@@ -131,7 +153,7 @@ class SyntheticLMTask(Task):
         try:
             for batch in batches:
                 inputs, targets = self.move_to(batch, device)
-                loss, correct = scored_loss_and_correct(model_logits(model, inputs), targets, self.vocab_size)
+                loss, correct = scored_loss_and_correct(model_logits(model, inputs, targets.shape[1]), targets, self.vocab_size)
                 loss_sum += float(loss) * correct.numel()
                 hits += int(correct.sum())
                 count += correct.numel()
