@@ -131,8 +131,8 @@ def sweep():
     batch, dim, L = 8, 1536, 4096
     inputs = make_inputs(batch, dim, L)
     # The first sweep (notes/triton_scan.md) tried block_d 1-8 and 1-8 warps; one warp per channel won.
-    configs = [dict(block_d=bd, T=t, num_warps=w) for (bd, t, w) in
-               [(1, 256, 1), (1, 128, 1), (1, 512, 1), (1, 1024, 2), (2, 256, 1)]]
+    configs = [dict(block_d=bd, T=t, num_warps=w, unroll_n=un) for (bd, t, w, un) in
+               [(1, 256, 1, 0), (1, 256, 1, 16), (1, 512, 1, 0), (1, 512, 1, 16), (1, 128, 1, 16), (1, 1024, 2, 0)]]
     print(f"sweep at {(batch, dim, L)}")
     results = {"fwd": [], "bwd": []}
     for cfg in configs:

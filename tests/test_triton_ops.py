@@ -213,9 +213,9 @@ def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype
 
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
-    """BLOCK_D = 2: B / C shared by the block's channels, dB / dC reduced over them before the atomics."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
+    """BLOCK_D = 2 and the loop over N unrolled: B / C shared by the block's channels, dB / dC reduced over them."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4, unroll_n=8))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4, unroll_n=8))
     batch, dim, L, N = 2, 6, 40, 4  # dim 6 with groups of 3 channels exercises the BLOCK_D fallback to 1
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)

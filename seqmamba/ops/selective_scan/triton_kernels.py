@@ -63,6 +63,33 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 
 
 @triton.jit
+def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
+                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                         state_row, chunk_row, N, is_first, is_last,
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr):
+    """Scans state component n over one chunk; returns y + C_n h_n."""
+    A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
+    if B_VAR:
+        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+    else:  # (dim, N): constant in time, one row per channel
+        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    if C_VAR:
+        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+    else:
+        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    h_prev = tl.load(state_row + n, mask=mask_d, other=0.0)
+    if SAVE_STATES:
+        tl.store(chunk_row + c * N + n, h_prev, mask=mask_d)
+    a = tl.exp2(delta * A2[:, None])
+    b = delta_u * Bn
+    b = tl.where(is_first, b + a * h_prev[:, None], b)
+    _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
+    y += h * Cn
+    tl.store(state_row + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
+    return y
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr,
     out_ptr, state_ptr, chunk_states_ptr,
@@ -76,7 +103,7 @@ def _selective_scan_fwd_kernel(
     s_o_b, s_o_d, s_o_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
 ):
     """state_ptr: (batch, dim, N) fp32 holding the initial state; it carries the state between chunks
     and holds the last state at the end."""
@@ -116,25 +143,16 @@ def _selective_scan_fwd_kernel(
         delta_u = delta * u
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
         # One state component at a time: (BLOCK_D, T) tiles keep every reduction inside a thread.
-        for n in range(0, N):
-            A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
-            if B_VAR:
-                Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-            else:  # (dim, N): constant in time, one row per channel
-                Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-            if C_VAR:
-                Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-            else:
-                Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-            h_prev = tl.load(state_row + n, mask=mask_d, other=0.0)
-            if SAVE_STATES:
-                tl.store(chunk_row + c * N + n, h_prev, mask=mask_d)
-            a = tl.exp2(delta * A2[:, None])
-            b = delta_u * Bn
-            b = tl.where(is_first, b + a * h_prev[:, None], b)
-            _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
-            y += h * Cn
-            tl.store(state_row + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
+        if UNROLL_N > 0:  # unrolled: the compiler can issue the B / C row loads of all components early
+            for n in tl.static_range(UNROLL_N):
+                y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
+                                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                                         state_row, chunk_row, N, is_first, is_last, B_VAR, C_VAR, SAVE_STATES)
+        else:
+            for n in range(0, N):
+                y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
+                                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                                         state_row, chunk_row, N, is_first, is_last, B_VAR, C_VAR, SAVE_STATES)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
@@ -143,6 +161,52 @@ def _selective_scan_fwd_kernel(
         tl.store(o_row + t64[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
         # The state written above is read by other threads in the next chunk.
         tl.debug_barrier()
+
+
+@triton.jit
+def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
+                         A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                         chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
+    A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
+    A2 = A * 1.4426950408889634
+    if B_VAR:
+        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+    else:
+        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    if C_VAR:
+        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+    else:
+        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    # Recompute the chunk's states from the saved boundary state.
+    h_start = tl.load(chunk_row + c * N + n, mask=mask_d, other=0.0)
+    a = tl.exp2(delta * A2[:, None])
+    b = delta_u * Bn
+    x = tl.where(is_first, b + a * h_start[:, None], b)
+    _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
+    y += h * Cn
+    # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
+    carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
+    a_next = tl.exp2(delta_next * A2[:, None])
+    g = Cn * dy
+    g = tl.where(is_last, g + carry[:, None], g)
+    _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
+    tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
+    sum_dh_B += dh * Bn
+    w = dh * (h - b)                                      # dh_t a_t h_{t-1}
+    sum_w_A += w * A[:, None]
+    tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
+    if B_VAR:
+        tl.atomic_add(dB_base + n * L + t64, tl.sum(dh * delta_u, axis=0), mask=mask_t, sem="relaxed")
+    else:
+        tl.atomic_add(dB_ptr + d64 * N + n, tl.sum(dh * delta_u, axis=1), mask=mask_d, sem="relaxed")
+    if C_VAR:
+        tl.atomic_add(dC_base + n * L + t64, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
+    else:
+        tl.atomic_add(dC_ptr + d64 * N + n, tl.sum(h * dy, axis=1), mask=mask_d, sem="relaxed")
+
+    return y, sum_dh_B, sum_w_A
 
 
 @triton.jit
@@ -160,7 +224,7 @@ def _selective_scan_bwd_kernel(
     s_do_b, s_do_d, s_do_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -216,44 +280,20 @@ def _selective_scan_bwd_kernel(
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
-        for n in range(0, N):
-            A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
-            A2 = A * 1.4426950408889634
-            if B_VAR:
-                Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-            else:
-                Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-            if C_VAR:
-                Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-            else:
-                Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-            # Recompute the chunk's states from the saved boundary state.
-            h_start = tl.load(chunk_row + c * N + n, mask=mask_d, other=0.0)
-            a = tl.exp2(delta * A2[:, None])
-            b = delta_u * Bn
-            x = tl.where(is_first, b + a * h_start[:, None], b)
-            _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
-            y += h * Cn
-            # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-            carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
-            a_next = tl.exp2(delta_next * A2[:, None])
-            g = Cn * dy
-            g = tl.where(is_last, g + carry[:, None], g)
-            _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
-            tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
-            sum_dh_B += dh * Bn
-            w = dh * (h - b)                                      # dh_t a_t h_{t-1}
-            sum_w_A += w * A[:, None]
-            tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
-            if B_VAR:
-                tl.atomic_add(dB_base + n * L + t64, tl.sum(dh * delta_u, axis=0), mask=mask_t, sem="relaxed")
-            else:
-                tl.atomic_add(dB_ptr + d64 * N + n, tl.sum(dh * delta_u, axis=1), mask=mask_d, sem="relaxed")
-            if C_VAR:
-                tl.atomic_add(dC_base + n * L + t64, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
-            else:
-                tl.atomic_add(dC_ptr + d64 * N + n, tl.sum(h * dy, axis=1), mask=mask_d, sem="relaxed")
-
+        if UNROLL_N > 0:
+            for n in tl.static_range(UNROLL_N):
+                y, sum_dh_B, sum_w_A = _bwd_state_component(
+                    n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
+                    A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                    chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                    B_VAR, C_VAR)
+        else:
+            for n in range(0, N):
+                y, sum_dh_B, sum_w_A = _bwd_state_component(
+                    n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
+                    A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
+                    chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                    B_VAR, C_VAR)
         du = sum_dh_B * delta
         ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:
@@ -297,8 +337,14 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # Channels per program, chunk length and warps; picked by benchmarks/bench_selective_scan.py --sweep on an
 # H100 (notes/triton_scan.md): one warp per channel, 256 steps per chunk (8 consecutive steps per thread),
 # so every scan and reduction stays inside the warp and many small programs keep the SMs full.
-FWD_CONFIG = dict(block_d=1, T=256, num_warps=1)
-BWD_CONFIG = dict(block_d=1, T=256, num_warps=1)
+# unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
+FWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0)
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0)
+
+
+def _unroll(N: int, backward: bool) -> int:
+    limit = (BWD_CONFIG if backward else FWD_CONFIG).get("unroll_n", 0)
+    return N if N <= limit else 0
 
 
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool):
@@ -346,7 +392,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False), num_warps=num_warps,
     )
     return out, state, chunk_states
 
@@ -385,7 +431,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True), num_warps=num_warps,
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
