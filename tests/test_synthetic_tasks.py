@@ -242,3 +242,18 @@ def _cfg(task_name, seed=0, dataset=None, trainer=None, eval=None):
         for name, value in (values or {}).items():
             OmegaConf.update(cfg, f"{key}.{name}", value)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the acceptance target (slow: a few minutes on a 2-core CPU)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_induction_heads_default_run_reaches_99_percent_and_extrapolates_to_16x(tmp_path):
+    from seqmamba.cli import main
+
+    assert main(["run", "task=induction_heads", "trainer.progress=false", f"hydra.run.dir={tmp_path}"]) == 0
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["eval"]["val"]["acc"] >= 0.99
+    by_length = {row["length"]: row["acc"] for row in results["eval"]["extrapolation"]}
+    train_len = json.loads((tmp_path / "extrapolation.json").read_text())["train_length"]
+    assert by_length[train_len] >= 0.99 and by_length[16 * train_len] >= 0.99
