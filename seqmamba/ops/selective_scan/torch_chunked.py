@@ -6,16 +6,19 @@ whole (batch, dim, L, N) state are memory-bound and barely beat the loop on a CP
 keeps the loop (the recurrence is cheap: one multiply-add per state element) but gives it exactly
 ONE op per step, and moves everything else into a few bulk ops per chunk of T steps:
 
-  per chunk, time-major buffers of shape (T, batch, dim, N), a few MB each:
-    dA[t]   = exp(delta_t * A)                      one mul + one exp_ for the whole chunk
-    H[t+1]  = delta_t u_t B_t                        one mul for the whole chunk
-    H[t+1] += dA[t] * H[t]   (t = 0 .. T-1)          one addcmul_ per step (H[0] = carried state)
-    y       = sum_N H[1:] * C                        one bmm for the whole chunk
+  per chunk, time-major buffers of shape (T, batch, dim, N), a few MB each, reused by every chunk:
+    decay[t]    = exp(delta_t A)                         one mul + one exp_ for the whole chunk
+    state[t+1]  = delta_t u_t B_t                        one mul for the whole chunk
+    state[t+1] += decay[t] * state[t]   (t = 0 .. T-1)   one addcmul_ per step (state[0]: carried in)
+    y           = sum_N state[1:] * C                    one bmm for the whole chunk
 
 Only the chunk-boundary states are kept for the backward; the backward recomputes each chunk's
 states and runs the adjoint recurrence in reverse, again one addcmul_ per step:
-    g_t = C_t dy_t + dA_{t+1} g_{t+1}          (g_t = dLoss/dh_t)
+    g_t = C_t dy_t + decay_{t+1} g_{t+1}          (g_t = dLoss/dh_t)
 then every parameter gradient is a bulk contraction over the chunk.
+
+Whole-length per-channel tensors (u, delta, y, their gradients) stay (batch, dim, L) and are read
+per chunk through strided time-major views: transposing them whole costs more than that.
 
 B and C come in three layouts. "shared" (batch, N, L) is treated as "grouped" (batch, G, N, L)
 with G = 1, so there are two code paths: varying (grouped) and constant (dim, N).
@@ -225,17 +228,21 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         ctx.T_max = T_max
         ctx.layouts = (B_layout, C_layout)
         ctx.input_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
+        # B, C (in compute layout) go through save_for_backward like every other tensor, so autograd
+        # checks them for in-place modification; the layout objects keep only their metadata.
         ctx.save_for_backward(
             u32, delta_pre if delta_softplus else None, delta32, delta_u, A32, D32, z32,
-            y if z is not None else None, boundaries,
+            y if z is not None else None, boundaries, B_layout.data, C_layout.data,
         )
+        B_layout.data = C_layout.data = None
         return out.to(u.dtype), last_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_last_state):
-        u32, delta_pre, delta32, delta_u, A32, D32, z32, y, boundaries = ctx.saved_tensors
+        u32, delta_pre, delta32, delta_u, A32, D32, z32, y, boundaries, B_data, C_data = ctx.saved_tensors
         B_layout, C_layout = ctx.layouts
+        B_layout.data, C_layout.data = B_data, C_data
         batch, dim, L = u32.shape
         N = A32.shape[1]
         dtype = delta32.dtype
