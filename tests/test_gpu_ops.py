@@ -37,12 +37,12 @@ def scan_with_grads(fn, inputs, dout, **kw):
     return out, dict(zip(args, grads))
 
 
-@pytest.mark.parametrize("unroll_n", [0, 16])
+@pytest.mark.parametrize("config", [{}, {"unroll_n": 16}, {"block_d": 2}], ids=["default", "unrolled", "2ch"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
-def test_gpu_scan_matches_reference_at_default_chunking(monkeypatch, dtype, tol, unroll_n):
+def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, config):
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
     for name in ("FWD_CONFIG", "BWD_CONFIG"):
-        monkeypatch.setattr(kernels, name, {**getattr(kernels, name), "unroll_n": unroll_n})
+        monkeypatch.setattr(kernels, name, {**getattr(kernels, name), **config})
     inputs = scan_inputs(2, 64, 1500, dtype=dtype)
     dout = torch.randn(2, 1500, 64, device="cuda").to(dtype).transpose(1, 2)  # non-contiguous upstream grad
     out, grads = scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
