@@ -335,11 +335,12 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 
 
 # Channels per program, chunk length and warps; picked by benchmarks/bench_selective_scan.py --sweep on an
-# H100 (notes/triton_scan.md): one warp per channel, 512 (forward) / 256 (backward) steps per chunk,
+# H100 (notes/triton_scan.md): one warp per program; forward one channel and 512 steps per chunk, backward
+# two channels (half the dB / dC atomics) and 256 steps,
 # so every scan and reduction stays inside the warp and many small programs keep the SMs full.
 # unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
-BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0)
+BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0)
 
 
 def _unroll(N: int, backward: bool) -> int:
