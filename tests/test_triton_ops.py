@@ -225,3 +225,18 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
     for name in ref[2]:
         assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+
+
+def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
+    """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1, unroll_n=0))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0))
+    batch, dim, L, N = 1, 3, 37, 4  # 37 = 32 + 5: the last forward chunk holds one partial backward chunk
+    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=3)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    use = ("D", "z", "delta_bias", "initial_state")
+    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
+    for name in ref[2]:
+        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name

@@ -65,8 +65,9 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 @triton.jit
 def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                         state_row, chunk_row, N, is_first, is_last,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr):
+                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last,
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
+                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
     A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
     if B_VAR:
@@ -79,13 +80,19 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
         Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     h_prev = tl.load(state_row + n, mask=mask_d, other=0.0)
     if SAVE_STATES:
-        tl.store(chunk_row + c * N + n, h_prev, mask=mask_d)
+        tl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev, mask=mask_d)
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
     b = tl.where(is_first, b + a * h_prev[:, None], b)
     _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
     tl.store(state_row + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
+    if SAVE_STATES:
+        # The backward may walk shorter chunks than this forward: save the states entering those too.
+        for k in tl.static_range(1, SAVES_PER_CHUNK):
+            saved = c * SAVES_PER_CHUNK + k
+            h_k = tl.sum(tl.where(t_loc2 == k * T_SAVE - 1, h, 0.0), axis=1)
+            tl.store(chunk_row + saved * N + n, h_k, mask=mask_d & (saved < n_saved))
     return y
 
 
@@ -93,7 +100,7 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr,
     out_ptr, state_ptr, chunk_states_ptr,
-    dim, L, N, channels_per_group, n_chunks,
+    dim, L, N, channels_per_group, n_chunks, n_saved,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -104,9 +111,11 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
+    SAVES_PER_CHUNK: tl.constexpr,
 ):
     """state_ptr: (batch, dim, N) fp32 holding the initial state; it carries the state between chunks
-    and holds the last state at the end."""
+    and holds the last state at the end. With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK
+    steps goes to chunk_states (batch, dim, n_saved, N)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -129,7 +138,8 @@ def _selective_scan_fwd_kernel(
     z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
     o_row = out_ptr + pid_b * s_o_b + d64[:, None] * s_o_d
     state_row = state_ptr + (pid_b * dim + d64) * N
-    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
+    t_loc2 = t_loc[None, :]
     is_first = (t_loc == 0)[None, :]
     is_last = (t_loc == T - 1)[None, :]
 
@@ -147,12 +157,14 @@ def _selective_scan_fwd_kernel(
             for n in tl.static_range(UNROLL_N):
                 y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_row, chunk_row, N, is_first, is_last, B_VAR, C_VAR, SAVE_STATES)
+                                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last, B_VAR, C_VAR,
+                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
         else:
             for n in range(0, N):
                 y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_row, chunk_row, N, is_first, is_last, B_VAR, C_VAR, SAVE_STATES)
+                                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last, B_VAR, C_VAR,
+                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
         if HAS_D:
             y += Dv[:, None] * u
         if HAS_Z:
@@ -373,14 +385,18 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=False)
-    if save_states:  # the backward walks the same chunks
-        T = _launch_config(dim, N, L, cpg, backward=True)[1]
+    saves_per_chunk, n_saved = 1, 1
+    if save_states:  # save the state entering each of the backward's chunks
+        T_bwd = _launch_config(dim, N, L, cpg, backward=True)[1]
+        if T < T_bwd or T % T_bwd != 0:
+            T = T_bwd
+        saves_per_chunk, n_saved = T // T_bwd, max(triton.cdiv(L, T_bwd), 1)
     n_chunks = max(triton.cdiv(L, T), 1)
     out = torch.empty((batch, dim, L), device=u.device, dtype=u.dtype)
     # Carries the state between chunks inside the kernel and ends as the last state.
     state = (initial_state.to(torch.float32, copy=True).contiguous() if initial_state is not None
              else torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32))
-    chunk_states = (torch.empty((batch, dim, n_chunks, N), device=u.device, dtype=torch.float32)
+    chunk_states = (torch.empty((batch, dim, n_saved, N), device=u.device, dtype=torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
@@ -389,11 +405,12 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy,
         out, state, chunk_states,
-        dim, L, N, cpg, n_chunks,
+        dim, L, N, cpg, n_chunks, n_saved,
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False), num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False),
+        SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps,
     )
     return out, state, chunk_states
 
