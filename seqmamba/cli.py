@@ -208,11 +208,8 @@ def _write_json(path: str, payload: Any) -> None:
 def _save_resolved_config(cfg, run_dir: str) -> None:
     from omegaconf import OmegaConf
 
-    from seqmamba.train.distributed import is_rank0
-
-    if is_rank0():
-        os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+    os.makedirs(run_dir, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
 
 
 def _apply_threads(cfg) -> None:
@@ -235,6 +232,10 @@ def run_job(cfg) -> Any:
     if verb not in ("eval", "generate"):
         raise CliError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
 
+    from seqmamba.train.distributed import is_rank0
+
+    if not is_rank0():  # eval and generate are single-process work; extra torchrun ranks idle
+        return None
     _save_resolved_config(cfg, run_dir)
     _apply_threads(cfg)
     model = _model_from_checkpoint(task, cfg)
@@ -448,6 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
+    except BrokenPipeError:  # e.g. `seqmamba list | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except Exception as err:  # noqa: BLE001 - the CLI's job is to turn any failure into one line
         if debug:
             raise
