@@ -1,23 +1,25 @@
 """Triton forward and backward kernels of the selective scan.
 
-Design (see notes/triton_scan.md for the measurements behind it):
+Design (measurements behind each choice: notes/triton_scan.md):
 
-* One program per (batch, block of BLOCK_D channels). It walks the sequence in chunks of T time steps.
-  Each chunk loads whole (BLOCK_D, T) tiles of u / delta / z and (N, T) tiles of B / C at once, so many
-  loads are in flight, builds the (BLOCK_D, N, T) tile of decays a = exp(delta A) and inputs
-  b = delta B u in registers, and scans it along T with ``tl.associative_scan`` using the combine
-  (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2). The state entering the chunk is folded into the first
-  element, so the scan yields h_t directly; the state leaving it is the chunk's last column.
-* The expanded state (batch, dim, L, N) never reaches memory. With autograd on, the forward saves only
-  the state entering every chunk, (batch, dim, L / T, N) fp32.
-* The backward walks the chunks in reverse: it recomputes h inside the chunk from the saved boundary
-  state, then runs a reverse scan for dh_t = C_t dy_t + a_{t+1} dh_{t+1}, carrying a_t dh_t of the
-  chunk's first step into the previous chunk. a_t h_{t-1} is h_t - b_t, so no shifted tiles are needed
-  for the state; a_{t+1} comes from a second (shifted) load of delta.
-* Time-varying B / C shared by the channels of a block are reduced over the block's channels and
-  added to an fp32 buffer with atomics; time-invariant (dim, N) B / C and A, D, delta_bias gradients
-  are reduced over time in registers and added once per program.
-* exp is exp2 with A pre-scaled by log2(e). Offsets are int64, strides arbitrary (the Mamba block
+* One program (one warp by default) per (batch, block of BLOCK_D channels). It walks the sequence in
+  chunks of T time steps. Each chunk loads whole (BLOCK_D, T) tiles of u / delta / z at once, then loops
+  over the N state components: per component it loads the (T,) rows of B and C, builds the decays
+  a = exp(delta A_n) and inputs b = delta B_n u in registers, and scans them along T with
+  ``tl.associative_scan`` and the combine (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2). The state entering
+  the chunk is folded into the first element, so the scan yields h_t directly; y accumulates C_n h_n in
+  registers. A warp holds 256-512 consecutive steps of a channel, so scans and reductions stay in the warp.
+* The state leaving a chunk (one fp32 per channel and component) is carried through a (batch, dim, N)
+  buffer that also returns the last state. The expanded state (batch, dim, L, N) never reaches memory:
+  with autograd on, the forward saves only the state entering each backward chunk.
+* The backward walks the chunks in reverse: it recomputes h inside the chunk from the saved state, then
+  runs a reverse scan for dh_t = C_t dy_t + a_{t+1} dh_{t+1}, carrying a_t dh_t of the chunk's first step
+  into the previous chunk (it ends as the initial state's gradient). a_t h_{t-1} is h_t - b_t, so no shifted
+  state is needed; a_{t+1} comes from a second, shifted load of delta.
+* Time-varying B / C shared by the block's channels: dB / dC are summed over the block's channels and
+  added to an fp32 (batch, G, N, L) buffer with atomics. dA, dD, ddelta_bias and time-invariant (dim, N)
+  dB / dC are summed over time and added with atomics once per chunk or program.
+* exp is exp2 with A pre-scaled by log2(e). Offsets are int64 and strides arbitrary (the Mamba block
   passes transposed views of (batch, L, dim) tensors; no copies are made).
 """
 from __future__ import annotations
@@ -28,8 +30,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-
-LOG2E = 1.4426950408889634
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
