@@ -102,15 +102,20 @@ class GPTGenerator:
         self.arange = torch.arange(model.max_len, device=device)
         self.graph = None
         if use_cuda_graph:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._step()
+            self._capture()
+
+    @torch.no_grad()  # the KV cache views are written in place: no autograd history may be recorded
+    def _capture(self):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
 
     def _step(self):
         mask = (self.arange <= self.position).view(1, 1, 1, -1)
@@ -177,6 +182,10 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--n-layer", type=int, default=24)
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--n-head", type=int, default=12)
+    parser.add_argument("--gpt-n-layer", type=int, default=None,
+                        help="Transformer depth; default n_layer // 2, so both models have ~the same parameters "
+                             "(a Mamba block holds about half the parameters of an attention + MLP block, "
+                             "as mamba-130m's 24 layers vs GPT-3 Small's 12)")
     parser.add_argument("--vocab-size", type=int, default=50280)
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -201,14 +210,15 @@ def main(argv: List[str] = None) -> None:
 
     mamba = MambaLM(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab_size, device=device,
                     dtype=dtype).eval().set_scan_backend(args.scan_backend)
-    gpt = GPT(args.vocab_size, args.d_model, args.n_layer, args.n_head,
+    gpt_n_layer = args.gpt_n_layer or max(1, args.n_layer // 2)
+    gpt = GPT(args.vocab_size, args.d_model, gpt_n_layer, args.n_head,
               max_len=args.prompt_len + args.gen_len).to(device=device, dtype=dtype).eval()
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; dtype {args.dtype}; CUDA graphs: {use_cg}; "
           f"prompt {args.prompt_len}, generate {args.gen_len}, greedy")
     print(f"Mamba: {args.n_layer} layers, d_model {args.d_model}, {count_params(mamba) / 1e6:.1f}M params; "
-          f"Transformer: {args.n_layer} layers, d_model {args.d_model}, {args.n_head} heads, "
+          f"Transformer: {gpt_n_layer} layers, d_model {args.d_model}, {args.n_head} heads, "
           f"{count_params(gpt) / 1e6:.1f}M params")
 
     rows = []
