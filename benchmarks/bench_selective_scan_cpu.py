@@ -63,15 +63,22 @@ def mambapy_scan():
     return block.selective_scan  # (x, delta, A, B, C, D) with x, delta (B, L, ED); B, C (B, L, N)
 
 
-def median_ms(fn, repeats: int, warmup: bool) -> float:
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def time_round_robin(calls: dict, repeats: dict) -> dict:
+    """Median ms per named call; one timed run of each call per round, so load that comes and goes
+    on a shared machine hits every path alike. Calls with more than 3 repeats get an untimed warm-up.
+    Returns {name: (median_ms, last_result)}."""
+    times = {name: [] for name in calls}
+    results = {}
+    for name, fn in calls.items():
+        if repeats[name] > 3:
+            fn()
+    for round_index in range(max(repeats.values())):
+        for name, fn in calls.items():
+            if round_index < repeats[name]:
+                start = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]) * 1e3, results[name]) for name in calls}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -86,41 +93,35 @@ def bench_length(L, args, mambapy_fn):
     grad_y = torch.randn(args.batch, args.dim, L, generator=torch.Generator().manual_seed(1))
     grad_y_m = grad_y.transpose(1, 2).contiguous()
 
-    paths = {
-        "reference": lambda *t: selective_scan_ref(*t),
-        "torch": lambda *t: selective_scan_torch(*t),
-    }
     ref_repeats = args.ref_repeats if L > 4096 else args.repeats
-    row = {"L": L}
-    outputs = {}
     with torch.no_grad():
-        for name, fn in paths.items():
-            reps = ref_repeats if name == "reference" else args.repeats
-            row[f"{name} fwd"] = median_ms(lambda: fn(u, delta, A, B, C, D), reps, warmup=name != "reference")
-            outputs[name] = fn(u, delta, A, B, C, D)
-        row["mambapy fwd"] = median_ms(lambda: mambapy_fn(x_m, delta_m, A, B_m, C_m, D), args.repeats, warmup=True)
-        outputs["mambapy"] = mambapy_fn(x_m, delta_m, A, B_m, C_m, D).transpose(1, 2)
+        forward = time_round_robin(
+            {
+                "reference": lambda: selective_scan_ref(u, delta, A, B, C, D),
+                "torch": lambda: selective_scan_torch(u, delta, A, B, C, D),
+                "mambapy": lambda: mambapy_fn(x_m, delta_m, A, B_m, C_m, D).transpose(1, 2),
+            },
+            {"reference": ref_repeats, "torch": args.repeats, "mambapy": args.repeats},
+        )
 
-    grads = {}
     leaves = [t.clone().requires_grad_() for t in (u, delta, A, B, C, D)]
     leaves_m = [t.clone().requires_grad_() for t in (x_m, delta_m, A, B_m, C_m, D)]
-    for name, fn in paths.items():
-        if name == "reference" and L > args.ref_backward_max_length:
-            row[f"{name} fwd+bwd"] = float("nan")
-            continue
-        reps = args.ref_repeats if name == "reference" else args.repeats
+    backward_calls = {
+        "reference": lambda: torch.autograd.grad(selective_scan_ref(*leaves), leaves, grad_y),
+        "torch": lambda: torch.autograd.grad(selective_scan_torch(*leaves), leaves, grad_y),
+        "mambapy": lambda: torch.autograd.grad(mambapy_fn(*leaves_m), leaves_m, grad_y_m),
+    }
+    backward_repeats = {"reference": args.ref_repeats, "torch": args.repeats, "mambapy": args.repeats}
+    if L > args.ref_backward_max_length:
+        del backward_calls["reference"]
+    backward = time_round_robin(backward_calls, backward_repeats)
 
-        def step():
-            return torch.autograd.grad(fn(*leaves), leaves, grad_y)
-
-        row[f"{name} fwd+bwd"] = median_ms(step, reps, warmup=name != "reference")
-        grads[name] = step()
-
-    def step_m():
-        return torch.autograd.grad(mambapy_fn(*leaves_m), leaves_m, grad_y_m)
-
-    row["mambapy fwd+bwd"] = median_ms(step_m, args.repeats, warmup=True)
-
+    row = {"L": L}
+    for name in ("reference", "torch", "mambapy"):
+        row[f"{name} fwd"] = forward[name][0]
+        row[f"{name} fwd+bwd"] = backward[name][0] if name in backward else float("nan")
+    outputs = {name: result for name, (_, result) in forward.items()}
+    grads = {name: result for name, (_, result) in backward.items()}
     errors = [rel_err(outputs["torch"], outputs["reference"])]
     if "reference" in grads:
         errors += [rel_err(a, b) for a, b in zip(grads["torch"], grads["reference"])]
@@ -136,7 +137,7 @@ def main():
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
-    parser.add_argument("--ref-repeats", type=int, default=3, help="timed runs of the reference for L > 4096")
+    parser.add_argument("--ref-repeats", type=int, default=3, help="timed runs of the reference where it is slow: forward at L > 4096, and its backward")
     parser.add_argument(
         "--ref-backward-max-length", type=int, default=1024,
         help="time the reference's backward only up to this L: autograd through its loop costs O(L^2) "
