@@ -14,7 +14,7 @@ timing. Every path runs with the same torch thread count (--threads, default: to
 A correctness check runs in the same process: forward outputs of the torch path and of mambapy,
 and the torch path's gradients (where the reference's backward is timed), against the reference,
 as ||a - b|| / ||b||. The reference's backward is timed only up to --ref-backward-max-length:
-autograd through its loop is O(L^2) (see the option's help); beyond it the column reads nan.
+autograd through its loop is O(L^2) (see the option's help); beyond it the column reads -.
 
     python benchmarks/bench_selective_scan_cpu.py                 # L = 1024 4096 16384
     python benchmarks/bench_selective_scan_cpu.py --lengths 1024 --repeats 3
@@ -22,6 +22,7 @@ autograd through its loop is O(L^2) (see the option's help); beyond it the colum
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import subprocess
@@ -163,11 +164,19 @@ def main():
         f_ref, f_t, f_m = r["reference fwd"], r["torch fwd"], r["mambapy fwd"]
         b_ref, b_t, b_m = r["reference fwd+bwd"], r["torch fwd+bwd"], r["mambapy fwd+bwd"]
         print(
-            f"| {L:>6} | {f_ref:>9.1f} | {f_t:>9.1f} | {f_m:>11.1f} | {f_ref / f_t:>8.1f}x | {f_m / f_t:>12.1f}x "
-            f"| {b_ref:>9.1f} | {b_t:>9.1f} | {b_m:>11.1f} | {b_ref / b_t:>8.1f}x | {b_m / b_t:>12.1f}x "
+            f"| {L:>6} | {f_ref:>9.1f} | {f_t:>9.1f} | {f_m:>11.1f} | {ratio(f_ref, f_t):>9} | {ratio(f_m, f_t):>13} "
+            f"| {ms(b_ref):>9} | {b_t:>9.1f} | {b_m:>11.1f} | {ratio(b_ref, b_t):>9} | {ratio(b_m, b_t):>13} "
             f"| {r['err torch']:>17.1e} | {r['err mambapy']:>19.1e} |",
             flush=True,
         )
+
+
+def ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def ratio(slower: float, faster: float) -> str:
+    return "-" if math.isnan(slower) else f"{slower / faster:.1f}x"
 
 
 if __name__ == "__main__":
