@@ -10,6 +10,7 @@ importable, else the anchor table measured on an H100 80GB HBM3). Also times the
 
     python benchmarks/bench_selective_scan.py            # the table
     python benchmarks/bench_selective_scan.py --sweep    # pick launch configs at (8, 1536, 4096), then the table
+    python benchmarks/bench_selective_scan.py --layout block   # the Mamba block's layouts: check, sweep, table
 """
 from __future__ import annotations
 
@@ -151,8 +152,130 @@ def sweep():
     print(f"best: FWD_CONFIG = {scan_kernels.FWD_CONFIG}, BWD_CONFIG = {scan_kernels.BWD_CONFIG}", flush=True)
 
 
+# ---------------------------------------------------------------------------------- the Mamba block's layouts
+BLOCK_SHAPES = [(64, 1536, 2048), (8, 1536, 4096)]
+DT_RANK = 48
+
+
+def make_block_inputs(batch, dim, L, dtype=torch.bfloat16, seed=0):
+    """u / delta / z: transposed views of (batch, L, dim) tensors; B / C: transposed slices of one
+    (batch, L, dt_rank + 2N) x_proj output. These are what seqmamba.modules.Mamba passes to the scan."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    time_major = lambda s=1.0, o=0.0: (s * r(batch, L, dim) + o).to(dtype).transpose(1, 2)  # noqa: E731
+    x_dbl = r(batch, L, DT_RANK + 2 * N_STATE).to(dtype)
+    return dict(u=time_major(), delta=time_major(0.5, -4.0), A=-torch.rand(dim, N_STATE, device="cuda", generator=g) - 0.5,
+                B=x_dbl[..., DT_RANK:DT_RANK + N_STATE].transpose(1, 2), C=x_dbl[..., DT_RANK + N_STATE:].transpose(1, 2),
+                D=r(dim), z=time_major(), delta_bias=0.1 * r(dim))
+
+
+def contiguous_copy(inputs):
+    return {k: v.contiguous() for k, v in inputs.items()}
+
+
+def copy_fallback_fns(inputs):
+    """What a copying wrapper would cost: u / delta / z / B / C to (batch, dim, L) contiguous, the fast
+    contiguous scan, out back to (batch, L, dim) storage."""
+    fwd_c, fwd_bwd_c = scan_fns(inputs, "triton")
+
+    def run(**kw):
+        kw = {k: (v.contiguous() if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
+        out = selective_scan(**kw, delta_softplus=True, backend="triton")
+        return out.transpose(1, 2).contiguous()
+
+    grad_inputs = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"]).transpose(1, 2).contiguous()
+
+    def fwd():
+        with torch.no_grad():
+            return run(**inputs)
+
+    def fwd_bwd():
+        return torch.autograd.grad(run(**grad_inputs), list(grad_inputs.values()), dout)
+
+    return fwd, fwd_bwd
+
+
+def check_block_layout(batch=2, dim=256, L=700):
+    """bf16 forward and every gradient of the block layout against the fp32 reference (tolerance 1e-2)."""
+    inputs = make_block_inputs(batch, dim, L)
+    dout = torch.randn(batch, L, dim, device="cuda").to(torch.bfloat16).transpose(1, 2)
+
+    def with_grads(fn):
+        args = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+        out = fn(**args, delta_softplus=True)
+        return out, dict(zip(args, torch.autograd.grad(out, list(args.values()), dout)))
+
+    ref, ref_grads = with_grads(selective_scan_ref)
+    out, grads = with_grads(lambda **k: selective_scan(**k, backend="triton"))
+    errs = {"out": (out.double() - ref.double()).norm().item() / ref.double().norm().item()}
+    for name in grads:
+        errs["d" + name] = ((grads[name].double() - ref_grads[name].double()).norm()
+                            / ref_grads[name].double().norm()).item()
+    worst = max(errs.values())
+    print(f"block layout check at {(batch, dim, L)} bf16 (cfg fwd {scan_kernels.FWD_CONFIG_CHANNEL_LAST}, "
+          f"bwd {scan_kernels.BWD_CONFIG_CHANNEL_LAST}): out stride {tuple(out.stride())}; rel errors "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f" -> {'PASS' if worst < 1e-2 else 'FAIL'}",
+          flush=True)
+    return worst < 1e-2
+
+
+def sweep_block_layout(batch, dim, L):
+    """Channel-tile configs for the block layout at one shape; keeps the fastest correct ones."""
+    inputs = make_block_inputs(batch, dim, L)
+    fwd_candidates = [(16, 32, 1), (16, 64, 1), (8, 64, 1), (32, 32, 1)]
+    bwd_candidates = [(16, 32, 1), (8, 64, 1), (16, 64, 2)]
+    results = {"fwd": [], "bwd": []}
+    print(f"block-layout sweep at {(batch, dim, L)}", flush=True)
+    for key, attr in (("fwd", "FWD_CONFIG_CHANNEL_LAST"), ("bwd", "BWD_CONFIG_CHANNEL_LAST")):
+        for bd, t, w in fwd_candidates if key == "fwd" else bwd_candidates:
+            cfg = dict(block_d=bd, T=t, num_warps=w, unroll_n=0)
+            setattr(scan_kernels, attr, cfg)
+            try:
+                ok = check_block_layout(2, 64, 300)
+                fwd, fwd_bwd = scan_fns(inputs, "triton")
+                ms = bench_ms(fwd if key == "fwd" else fwd_bwd, rep=100)
+            except Exception as err:  # a config the compiler rejects (registers, shared memory) just drops out
+                print(f"  {key} {cfg}: failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+                continue
+            print(f"  {key} {cfg}: {ms:.3f} ms{'' if ok else ' (WRONG: not kept)'}", flush=True)
+            if ok:
+                results[key].append((ms, cfg))
+        if results[key]:
+            setattr(scan_kernels, attr, min(results[key], key=lambda r: r[0])[1])
+    print(f"best: FWD_CONFIG_CHANNEL_LAST = {scan_kernels.FWD_CONFIG_CHANNEL_LAST}, "
+          f"BWD_CONFIG_CHANNEL_LAST = {scan_kernels.BWD_CONFIG_CHANNEL_LAST}", flush=True)
+
+
+def block_layout_table(sweep_first: bool):
+    ok = check_block_layout()
+    if sweep_first:
+        sweep_block_layout(*BLOCK_SHAPES[0])
+        ok = check_block_layout() and ok
+    rows = []
+    for batch, dim, L in BLOCK_SHAPES:
+        block = make_block_inputs(batch, dim, L)
+        for name, fns in (("block (time-major u/delta/z, strided B/C)", lambda: scan_fns(block, "triton")),
+                          ("block via copies to contiguous", lambda: copy_fallback_fns(block)),
+                          ("contiguous (batch, dim, L)", lambda: scan_fns(contiguous_copy(block), "triton"))):
+            fwd, fwd_bwd = fns()
+            rows.append((f"{batch}, {dim}, {L}", name, bench_ms(fwd, rep=100), bench_ms(fwd_bwd, rep=100)))
+            print(rows[-1], flush=True)
+            del fwd, fwd_bwd
+        del block
+        torch.cuda.empty_cache()
+    print(f"\nGPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}; "
+          f"block-layout check {'PASS' if ok else 'FAIL'}")
+    print("| (batch, dim, L) | layout | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--layout", choices=["contiguous", "block"], default="contiguous",
+                        help="block: the Mamba block's layouts (correctness check, then block vs contiguous times)")
     parser.add_argument("--sweep", action="store_true", help="pick the launch configs first, then the table")
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,1,6")
@@ -160,6 +283,9 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_selective_scan.py needs a CUDA GPU")
+    if args.layout == "block":
+        block_layout_table(sweep_first=args.sweep)
+        return
     if args.sweep or args.sweep_only:
         sweep()
         if args.sweep_only:

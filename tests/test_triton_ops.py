@@ -240,3 +240,29 @@ def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
     for name in ref[2]:
         assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+
+
+def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout():
+    """The Mamba block's layouts: delta / z time-major views of (batch, L, dim), u contiguous (the conv's
+    output), B / C transposed slices of one (batch, L, dt_rank + 2N) tensor. dim 20 = a full block of 16
+    channels and a partial one. out and the gradients of delta / z come back stored time-major."""
+    batch, dim, L, N, dt_rank = 2, 20, 37, 4, 3
+    g = torch.Generator().manual_seed(5)
+    time_major = lambda scale=1.0: (torch.randn(batch, L, dim, generator=g) * scale).transpose(1, 2)  # noqa: E731
+    x_dbl = torch.randn(batch, L, dt_rank + 2 * N, generator=g)
+    inputs = dict(u=torch.randn(batch, dim, L, generator=g), delta=time_major(0.5),
+                  A=-(torch.rand(dim, N, generator=g) + 0.3),
+                  B=x_dbl[..., dt_rank:dt_rank + N].transpose(1, 2), C=x_dbl[..., dt_rank + N:].transpose(1, 2),
+                  D=torch.randn(dim, generator=g), z=time_major(), delta_bias=0.1 * torch.randn(dim, generator=g),
+                  initial_state=torch.randn(batch, dim, N, generator=g))
+    assert scan_kernels.is_block_layout(inputs["u"], inputs["delta"], inputs["z"])
+    dout = torch.randn(batch, L, dim).transpose(1, 2)  # what out_proj's backward hands back
+    dlast = torch.randn(batch, dim, N)
+    use = ("D", "z", "delta_bias", "initial_state")
+    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    assert tri[0].stride(1) == 1, f"out strides {tri[0].stride()}: expected time-major storage"
+    assert tri[2]["delta"].stride(1) == 1 and tri[2]["z"].stride(1) == 1 and tri[2]["u"].stride(2) == 1
+    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
+    for name in ref[2]:
+        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, f"gradient of {name}"

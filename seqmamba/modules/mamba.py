@@ -21,6 +21,20 @@ from torch import nn
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear of x (batch, L, in) that never copies x.
+
+    F.linear / matmul fold (batch, L) into one matrix dimension; for a transposed view such as
+    (batch, in, L).transpose(1, 2) that fold is a full strided copy of x (746 us per call at
+    (64, 2048, 1536) bf16 on an H100). A batched matmul reads each (L, in) matrix through its strides instead.
+    """
+    batch, L, _ = x.shape
+    if x.stride(0) == x.stride(1) * L or batch == 1 or L == 1:
+        return F.linear(x, weight, bias)
+    out = torch.bmm(x, weight.t().expand(batch, -1, -1))
+    return out + bias if bias is not None else out
+
+
 class Mamba(nn.Module):
     def __init__(
         self,
@@ -121,7 +135,7 @@ class Mamba(nn.Module):
         if conv_state is not None:
             conv_state.copy_(new_conv_state)
 
-        x_dbl = self.x_proj(x_conv.transpose(1, 2))  # (batch, L, dt_rank + 2N)
+        x_dbl = _linear(x_conv.transpose(1, 2), self.x_proj.weight)  # (batch, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # (batch, L, d_inner); bias added inside the scan
         A = -torch.exp(self.A_log.float())
@@ -137,7 +151,8 @@ class Mamba(nn.Module):
             ssm_state.copy_(last_state)
         else:
             y = result
-        return self.out_proj(y.transpose(1, 2))
+        # The Triton scan returns y stored (batch, L, d_inner) for this layout, so this transpose is contiguous.
+        return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 
     # ------------------------------------------------------------------ recurrent path
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,

@@ -234,6 +234,9 @@ def _selective_scan_bwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l,
     s_C_b, s_C_g, s_C_n, s_C_l,
     s_do_b, s_do_d, s_do_l,
+    s_du_b, s_du_d, s_du_l,
+    s_ddt_b, s_ddt_d, s_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr,
@@ -264,7 +267,10 @@ def _selective_scan_bwd_kernel(
     dt_row = delta_ptr + pid_b * s_dt_b + d64[:, None] * s_dt_d
     z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
     do_row = dout_ptr + pid_b * s_do_b + d64[:, None] * s_do_d
-    g_row = (pid_b * dim + d64[:, None]) * L  # du / ddelta / dz are written contiguous (batch, dim, L)
+    # du / ddelta / dz are written in the layout of u / delta / z (the wrapper allocates them so).
+    du_row = du_ptr + pid_b * s_du_b + d64[:, None] * s_du_d
+    ddt_row = ddelta_ptr + pid_b * s_ddt_b + d64[:, None] * s_ddt_d
+    dz_row = dz_ptr + pid_b * s_dz_b + d64[:, None] * s_dz_d
     dstate_row = dstate_ptr + (pid_b * dim + d64) * N
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first = (t_loc == 0)[None, :]
@@ -314,14 +320,14 @@ def _selective_scan_bwd_kernel(
             dD_acc += tl.sum(dy * u, axis=1)
         if HAS_Z:
             dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
-            tl.store(dz_ptr + g_row + t64[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            tl.store(dz_row + t64[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
         if SOFTPLUS:
             ddelta = ddelta * tl.sigmoid(delta_pre)
         ddelta = tl.where(mask_dt, ddelta, 0.0)
         if HAS_DBIAS:
             ddbias_acc += tl.sum(ddelta, axis=1)
-        tl.store(du_ptr + g_row + t64[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
-        tl.store(ddelta_ptr + g_row + t64[None, :], ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(du_row + t64[None, :] * s_du_l, du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(ddt_row + t64[None, :] * s_ddt_l, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
         tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk
 
     if HAS_D:
@@ -353,16 +359,39 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
 BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0)
+# The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
+# steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
+# sector it loads (16x the DRAM traffic at bf16). A program of 16 neighbouring channels reads whole
+# sectors (16 x 2 bytes per step); the chunk shrinks to keep the (BLOCK_D, T) tile at the same register cost.
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0)
 
 
-def _unroll(N: int, backward: bool) -> int:
-    limit = (BWD_CONFIG if backward else FWD_CONFIG).get("unroll_n", 0)
+def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
+    """(batch, dim, L) with the channels adjacent in memory and the steps not: a (batch, L, dim) layout."""
+    return t is not None and t.shape[2] > 1 and t.stride(1) == 1 and t.stride(2) != 1
+
+
+def is_block_layout(u, delta, z) -> bool:
+    """True when the sequence inputs are (mostly) laid out time-major, as the Mamba block passes them."""
+    tensors = [t for t in (u, delta, z) if t is not None]
+    return 2 * sum(_is_channel_last(t) for t in tensors) >= len(tensors)
+
+
+def _config(backward: bool, block_layout: bool) -> dict:
+    if block_layout:
+        return BWD_CONFIG_CHANNEL_LAST if backward else FWD_CONFIG_CHANNEL_LAST
+    return BWD_CONFIG if backward else FWD_CONFIG
+
+
+def _unroll(N: int, backward: bool, block_layout: bool = False) -> int:
+    limit = _config(backward, block_layout).get("unroll_n", 0)
     return N if N <= limit else 0
 
 
-def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool):
+def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False):
     """(BLOCK_D, T, num_warps) for one launch."""
-    cfg = BWD_CONFIG if backward else FWD_CONFIG
+    cfg = _config(backward, block_layout)
     BLOCK_D = cfg["block_d"]
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
@@ -370,6 +399,16 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     if FORCE_CHUNK_T is not None:
         T = FORCE_CHUNK_T
     return BLOCK_D, T, cfg["num_warps"]
+
+
+def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
+    """A new (batch, dim, L) tensor, stored (batch, L, dim) when channel_last (so .transpose(1, 2) of it is
+    contiguous: the Mamba block's out_proj and the autograd transposes then need no copy)."""
+    batch, dim, L = ref.shape
+    dtype = ref.dtype if dtype is None else dtype
+    if channel_last:
+        return torch.empty((batch, L, dim), device=ref.device, dtype=dtype).transpose(1, 2)
+    return torch.empty((batch, dim, L), device=ref.device, dtype=dtype)
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -384,15 +423,16 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
-    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=False)
+    block_layout = is_block_layout(u, delta, z)
+    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout)
     saves_per_chunk, n_saved = 1, 1
     if save_states:  # save the state entering each of the backward's chunks
-        T_bwd = _launch_config(dim, N, L, cpg, backward=True)[1]
+        T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
         if T < T_bwd or T % T_bwd != 0:
             T = T_bwd
         saves_per_chunk, n_saved = T // T_bwd, max(triton.cdiv(L, T_bwd), 1)
     n_chunks = max(triton.cdiv(L, T), 1)
-    out = torch.empty((batch, dim, L), device=u.device, dtype=u.dtype)
+    out = _empty_like_layout(u, block_layout)
     # Carries the state between chunks inside the kernel and ends as the last state.
     state = (initial_state.to(torch.float32, copy=True).contiguous() if initial_state is not None
              else torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32))
@@ -409,10 +449,17 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False),
+        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps,
     )
     return out, state, chunk_states
+
+
+def _input_grads_like(u, delta, z):
+    """Empty du, ddelta, dz (None without z), each stored like its input when that input is time-major, so
+    the gradient flowing back through the block's transposes is already in (batch, L, dim) order."""
+    return (_empty_like_layout(u, _is_channel_last(u)), _empty_like_layout(delta, _is_channel_last(delta)),
+            _empty_like_layout(z, _is_channel_last(z)) if z is not None else None)
 
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast):
@@ -422,13 +469,13 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
-    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True)
+    block_layout = is_block_layout(u, delta, z)
+    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)
     n_chunks = chunk_states.shape[2]
     assert n_chunks == max(triton.cdiv(L, T), 1), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
-    du = torch.empty((batch, dim, L), device=u.device, dtype=u.dtype)
-    ddelta = torch.empty((batch, dim, L), device=u.device, dtype=delta.dtype)
-    dz = torch.empty((batch, dim, L), device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
+    du, ddelta, dz = _input_grads_like(u, delta, z)
+    dz = dz if z is not None else _dummy(u)
     dA = torch.zeros((dim, N), **f32)
     dB = torch.zeros((batch, G_B, N, L) if B_var else (dim, N), **f32)
     dC = torch.zeros((batch, G_C, N, L) if C_var else (dim, N), **f32)
@@ -447,9 +494,10 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         du, ddelta, dz, dA, dB, dC, dD, ddbias,
         dim, L, N, cpg, n_chunks, G_B, G_C,
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
+        *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True), num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout), num_warps=num_warps,
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
@@ -474,22 +522,23 @@ def _channels_per_group(B, C, dim):
     return math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
 
 
-def _backward_chunk_len(u, A, B, C):
-    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True)[1]
+def _backward_chunk_len(u, delta, z, A, B, C):
+    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True,
+                          block_layout=is_block_layout(u, delta, z))[1]
 
 
-def _chunk_count(u, A, B, C):
-    return max(-(-u.shape[2] // _backward_chunk_len(u, A, B, C)), 1)
+def _chunk_count(u, delta, z, A, B, C):
+    return max(-(-u.shape[2] // _backward_chunk_len(u, delta, z, A, B, C)), 1)
 
 
 @_selective_scan_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
     batch, dim, L = u.shape
     N = A.shape[1]
-    out = u.new_empty((batch, dim, L))
+    out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last_state = u.new_empty((batch, dim, N), dtype=torch.float32)
     if save_states:
-        chunk_states = u.new_empty((batch, dim, _chunk_count(u, A, B, C), N), dtype=torch.float32)
+        chunk_states = u.new_empty((batch, dim, _chunk_count(u, delta, z, A, B, C), N), dtype=torch.float32)
     else:
         chunk_states = u.new_empty((1,), dtype=torch.float32)
     return out, last_state, chunk_states
@@ -515,14 +564,15 @@ def _selective_scan_bwd_op(
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast, want_dh0):
     f32 = torch.float32
     empty = u.new_empty((0,), dtype=f32)
+    du, ddelta, dz = _input_grads_like(u, delta, z)
     return (
-        torch.empty_like(u, memory_format=torch.contiguous_format),
-        torch.empty_like(delta, memory_format=torch.contiguous_format),
+        du,
+        ddelta,
         A.new_empty(A.shape, dtype=f32),
         B.new_empty(B.shape),
         C.new_empty(C.shape),
         D.new_empty(D.shape, dtype=f32) if D is not None else empty,
-        torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else empty.clone(),
+        dz if z is not None else empty.clone(),
         delta_bias.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else empty.clone(),
         u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=f32),
     )
