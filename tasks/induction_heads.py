@@ -12,6 +12,7 @@ and ``extrapolation.png`` (accuracy against log2 length, training length marked)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -29,6 +30,11 @@ from .synthetic_base import SyntheticLMTask, config_get
 @TASKS.register("induction_heads")
 class InductionHeadsTask(SyntheticLMTask):
     default_dataset = "induction_heads"
+
+    def set_seq_len(self, length: int) -> None:
+        """Sequence-length warmup (``trainer.seq_len_warmup``): training batches drawn after this
+        call have ``length`` tokens; validation stays at ``dataset.seq_len``."""
+        self.train_data = dataclasses.replace(self.data, seq_len=int(length))
 
     def extrapolation_plan(self) -> List[Dict[str, int]]:
         """(length, n_samples, batch_size) per test length, from the ``eval`` config section.

@@ -106,6 +106,8 @@ class SyntheticLMTask(Task):
         dataset_cfg = as_plain_dict(config_get(cfg, "dataset", {}) or {})
         dataset_name = dataset_cfg.pop("name", self.default_dataset)
         self.data = DATASETS.get(dataset_name)(**dataset_cfg)
+        # what training batches are drawn from; tasks with sequence-length warmup swap it
+        self.train_data = self.data
         self.vocab_size = self.data.vocab_size
         self.seed = int(config_get(cfg, "seed", 0))
         self.batch_size = int(config_get(cfg, "trainer.batch_size", 32))
@@ -128,7 +130,7 @@ class SyntheticLMTask(Task):
     # -- data -------------------------------------------------------------------------------
     def train_batches(self, start_step: int, rank: int = 0, world_size: int = 1):
         return synthetic.training_stream(
-            self.data, self.seed, start_step, rank, self.batch_size, micro_batches=self.micro_batches
+            self.train_data, self.seed, start_step, rank, self.batch_size, micro_batches=self.micro_batches
         )
 
     def val_sets(self) -> Dict[str, Iterable]:

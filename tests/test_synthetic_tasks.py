@@ -180,6 +180,13 @@ def test_training_step_of_a_real_backbone_backpropagates_through_the_scored_posi
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
+def test_induction_heads_length_warmup_changes_the_training_length_only():
+    task = TASKS.get("induction_heads")(_cfg("induction_heads", dataset={"seq_len": 32}))
+    task.set_seq_len(12)
+    assert next(task.train_batches(0))[0].shape[1] == 12
+    assert task.val_sets()["val"][0][0].shape[1] == 32
+
+
 def test_synthetic_tasks_have_no_generate_verb():
     task = TASKS.get("induction_heads")(_cfg("induction_heads"))
     with pytest.raises(NotImplementedError, match="no generate verb"):
