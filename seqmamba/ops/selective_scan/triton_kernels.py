@@ -361,9 +361,11 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
 BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
-# sector it loads (16x the DRAM traffic at bf16). A program of 16 neighbouring channels reads whole
-# sectors (16 x 2 bytes per step); the chunk shrinks to keep the (BLOCK_D, T) tile at the same register cost.
-FWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0)
+# sector it loads (16x the DRAM traffic at bf16). A program of 16-32 neighbouring channels reads whole
+# sectors (16 x 2 bytes per step); the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers.
+# H100 sweep at (64, 1536, 2048) (notes/triton_scan.md): forward 32 x 32 5.20 ms (16 x 32 6.60, 16 x 64 6.70,
+# 8 x 64 7.61); backward 16 x 32 27.4 ms fwd+bwd (8 x 64 32.9, 16 x 64 on 2 warps 39.6).
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0)
 BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0)
 
 
