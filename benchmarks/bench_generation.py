@@ -169,6 +169,35 @@ def measure(generate: Callable[[torch.Tensor, int], torch.Tensor], prefill: Call
             "decode_tokens_per_s": batch / ms_per_token * 1e3, "total_ms": t_all}
 
 
+def count_step_kernels(step: Callable[[], object]) -> str:
+    """Number of CUDA kernels one eager decode step launches (what a captured graph replays), via the profiler."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.no_grad():
+            step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+        return str(sum(1 for e in prof.events() if e.device_type.name == "CUDA"))
+    except Exception as error:  # a diagnostic only: never lose the table over it
+        return f"? ({type(error).__name__}: {error})"
+
+
+def mamba_step_fn(mamba: MambaLM, device) -> Callable[[], object]:
+    params = mamba.new_inference_params(1, 8)
+    params.seqlen_offset = 1
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    return lambda: mamba.step(ids, params)
+
+
+def gpt_step_fn(gpt: "GPT", device) -> Callable[[], object]:
+    generator = GPTGenerator(gpt, 1, use_cuda_graph=False)
+    generator.position.fill_(1)
+    return lambda: generator._step()
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
@@ -191,6 +220,8 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly on CUDA too")
+    parser.add_argument("--no-fused-add-norm", action="store_true",
+                        help="Mamba blocks use the unfused residual add + RMSNorm (several kernels per block)")
     parser.add_argument("--scan-backend", default="auto", help="seqmamba ops backend: auto | torch | triton")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
@@ -208,7 +239,9 @@ def main(argv: List[str] = None) -> None:
     use_cg = device.type == "cuda" and not args.no_cuda_graph
     torch.manual_seed(0)
 
-    mamba = MambaLM(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab_size, device=device,
+    # fused_add_norm as in the official mamba-130m config: one Triton kernel per add + RMSNorm on CUDA.
+    mamba = MambaLM(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab_size,
+                    fused_add_norm=not args.no_fused_add_norm, device=device,
                     dtype=dtype).eval().set_scan_backend(args.scan_backend)
     gpt_n_layer = args.gpt_n_layer or max(1, args.n_layer // 2)
     gpt = GPT(args.vocab_size, args.d_model, gpt_n_layer, args.n_head,
@@ -216,6 +249,7 @@ def main(argv: List[str] = None) -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; dtype {args.dtype}; CUDA graphs: {use_cg}; "
+          f"Mamba fused add+norm: {not args.no_fused_add_norm}; "
           f"prompt {args.prompt_len}, generate {args.gen_len}, greedy")
     print(f"Mamba: {args.n_layer} layers, d_model {args.d_model}, {count_params(mamba) / 1e6:.1f}M params; "
           f"Transformer: {gpt_n_layer} layers, d_model {args.d_model}, {args.n_head} heads, "
@@ -258,6 +292,9 @@ def main(argv: List[str] = None) -> None:
         print(f"{batch:>5} {'Mamba/Trans':<12} {m['prefill_ms'] / t['prefill_ms']:>10.2f}x "
               f"{m['ms_per_token'] / t['ms_per_token']:>8.2f}x {m['tokens_per_s'] / t['tokens_per_s']:>9.2f}x "
               f"{m['decode_tokens_per_s'] / t['decode_tokens_per_s']:>12.2f}x")
+    if device.type == "cuda":
+        print(f"CUDA kernels in one decode step at batch 1: Mamba {count_step_kernels(mamba_step_fn(mamba, device))}, "
+              f"Transformer {count_step_kernels(gpt_step_fn(gpt, device))}")
     print("ratios: time columns Mamba/Transformer (lower is better for Mamba), throughput columns Mamba/Transformer "
           "(higher is better for Mamba)")
 

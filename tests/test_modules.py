@@ -144,3 +144,34 @@ class _NoCacheMixer(torch.nn.Module):
 
     def forward(self, x, inference_params=None):
         return self.linear(x)
+
+
+def test_cached_ssm_constants_follow_in_place_parameter_updates():
+    """The decode step caches A = -exp(A_log), D, dt_bias under no_grad; an in-place update must refresh them."""
+    m = make_mamba()
+    x = torch.randn(2, 1, 16)
+    with torch.no_grad():
+        first = m.step(x, *m.allocate_inference_cache(2, 1))[0]
+        assert m._ssm_constants()[0] is m._ssm_constants()[0]  # cached between calls
+        m.A_log.add_(0.5)
+        m.dt_proj.bias.add_(1.0)
+        m.D.mul_(-1.0)
+        cached = m.step(x, *m.allocate_inference_cache(2, 1))[0]
+    fresh = m.step(x, *m.allocate_inference_cache(2, 1))[0]  # grad enabled: computed afresh, no cache
+    torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
+    assert not torch.allclose(first, cached)
+
+
+def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
+    from seqmamba.modules.norm import LayerNorm, fused_add_norm
+
+    torch.manual_seed(0)
+    hidden, residual = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    for norm in (RMSNorm(8), LayerNorm(8)):
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+        block = Block(8, mixer_cls=lambda d: torch.nn.Identity(), norm_cls=lambda d: norm, residual_in_fp32=True)
+        expected_out, expected_residual = block._add_norm(hidden, residual, norm)
+        out, new_residual = fused_add_norm(hidden, residual, norm, prenorm=True, residual_in_fp32=True)
+        torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(new_residual, expected_residual)

@@ -123,7 +123,9 @@ def _graph_for(model, batch_size: int, max_seqlen: int, dtype) -> CUDAGraphStep:
 
     The key holds the parameters' addresses: after ``model.to(...)`` the old graph would read freed memory.
     """
-    params_key = tuple(p.data_ptr() for p in model.parameters())
+    # Versions too: an in-place update (optimizer step, load_state_dict) must recapture, since the step
+    # caches values derived from parameters (Mamba._ssm_constants) that a replay would not recompute.
+    params_key = tuple((p.data_ptr(), p._version) for p in model.parameters())
     key = (batch_size, max_seqlen, dtype, params_key)
     cache = model.__dict__.setdefault("_cuda_graph_steps", {})
     if key not in cache:
@@ -196,9 +198,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     length = prompt_len
     for i in range(max_new_tokens):
         logits = logits[:, :vocab_size] if vocab_size is not None else logits
-        logits = apply_repetition_penalty(logits.float(), sequences[:, :length], repetition_penalty)
+        if repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits.float(), sequences[:, :length], repetition_penalty)
         next_tokens = sample_next_token(logits, temperature, top_k, top_p, min_p, generator)
-        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+        if eos_token_id is not None:  # only then can a row be finished
+            next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
         sequences[:, length] = next_tokens
         length += 1
         if eos_token_id is not None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..modules import Block, GatedMLP, InferenceParams, LayerNorm, Mamba, RMSNorm
+from ..modules.norm import fused_add_norm
 from ..registry import BACKBONES
 
 
@@ -76,6 +77,7 @@ class MambaBackbone(nn.Module):
         if layer_kind != "Mamba1":
             raise ValueError(f"MambaLM: ssm_cfg['layer']={layer_kind!r} is not supported; only 'Mamba1'")
         self.residual_in_fp32 = residual_in_fp32
+        self.fused_add_norm = fused_add_norm
         self.embedding = nn.Embedding(vocab_size, d_model, **factory)
         norm_cls = partial(RMSNorm if rms_norm else LayerNorm, eps=norm_epsilon, **factory)
         mlp_cls = partial(GatedMLP, hidden_features=d_intermediate, **factory) if d_intermediate > 0 else None
@@ -92,6 +94,9 @@ class MambaBackbone(nn.Module):
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
                                             **mixer_kwargs)
+        if self.fused_add_norm and hidden_states.is_cuda:
+            return fused_add_norm(hidden_states, residual, self.norm_f, prenorm=False,
+                                  residual_in_fp32=self.residual_in_fp32)
         residual = hidden_states if residual is None else hidden_states + residual
         return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
 

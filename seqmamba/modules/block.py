@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .norm import RMSNorm
+from .norm import RMSNorm, fused_add_norm
 
 
 class Block(nn.Module):
@@ -20,7 +20,7 @@ class Block(nn.Module):
                  norm_cls: Callable[[int], nn.Module] = RMSNorm, fused_add_norm: bool = False,
                  residual_in_fp32: bool = False):
         super().__init__()
-        # fused_add_norm is accepted for config compatibility; the unfused math below is the same.
+        # fused_add_norm: on CUDA the add + norm is one Triton kernel (the unfused path stays for the CPU).
         self.fused_add_norm = fused_add_norm
         self.residual_in_fp32 = residual_in_fp32
         self.norm = norm_cls(dim)
@@ -32,6 +32,11 @@ class Block(nn.Module):
             self.mlp = None
 
     def _add_norm(self, hidden_states, residual, norm):
+        if self.fused_add_norm and hidden_states.is_cuda:
+            # Same math in one launch: a decode step is bound by the number of kernels, not by bytes.
+            # (In a bf16 model the kernel normalises the fp32 residual itself, as mamba_ssm's fused path does,
+            # where the unfused path normalises its bf16 rounding.)
+            return fused_add_norm(hidden_states, residual, norm, prenorm=True, residual_in_fp32=self.residual_in_fp32)
         residual = hidden_states if residual is None else hidden_states + residual
         hidden_states = norm(residual.to(dtype=norm.weight.dtype))
         if self.residual_in_fp32:

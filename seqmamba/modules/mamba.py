@@ -138,10 +138,10 @@ class Mamba(nn.Module):
         x_dbl = _linear(x_conv.transpose(1, 2), self.x_proj.weight)  # (batch, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # (batch, L, d_inner); bias added inside the scan
-        A = -torch.exp(self.A_log.float())
+        A, D, dt_bias = self._ssm_constants()
         result = selective_scan(
-            x_conv, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            x_conv, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
+            z=z, delta_bias=dt_bias, delta_softplus=True,
             return_last_state=ssm_state is not None,
             initial_state=ssm_state if continuing else None,
             backend=self.scan_backend,
@@ -161,16 +161,42 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
             raise ValueError(f"Mamba.step: hidden_states has shape {tuple(hidden_states.shape)}, "
                              f"expected (batch, 1, {self.d_model}); decode one token at a time")
-        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)  # (batch, d_inner) each
+        # Kernels per step: in_proj, conv update, x_proj, dt_proj, state update, out_proj. x / z and dt / B / C
+        # are strided views of the projections (no copies: the kernels and cuBLAS take the strides), the
+        # dt_proj bias and softplus run inside the state update, and A / D / the bias in fp32 are cached.
+        xz = self.in_proj(hidden_states.squeeze(1))  # (batch, 2 d_inner)
+        x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  self.activation, backend=self.scan_backend)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(ssm_state, x, dt, A, B, C, self.D.float(), z=z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+        x_dbl = self.x_proj(x)  # (batch, dt_rank + 2N)
+        dt = F.linear(x_dbl[:, :self.dt_rank], self.dt_proj.weight)
+        B = x_dbl[:, self.dt_rank:self.dt_rank + self.d_state]
+        C = x_dbl[:, self.dt_rank + self.d_state:]
+        A, D, dt_bias = self._ssm_constants()
+        y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                    backend=self.scan_backend)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+
+    def _ssm_constants(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A = -exp(A_log), D, dt_proj.bias), all fp32, as the scan and the state update take them.
+
+        Under autograd they are computed afresh (gradients flow to the parameters). Without it (decoding,
+        prefill under no_grad) they are cached on the module and recomputed only when a parameter's storage
+        or version counter changes (an optimizer step, load_state_dict, .to()), so a decode step does not
+        relaunch the exp and casts every token. A CUDA graph replays whatever it captured: generation's
+        graph cache is keyed on the parameters' versions too, so it is recaptured after such a change.
+        """
+        params = (self.A_log, self.D, self.dt_proj.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_ssm_constants_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                values = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
+            cached = (key, values)
+            self.__dict__["_ssm_constants_cache"] = cached  # not a buffer: state_dict keys stay mamba_ssm's
+        return cached[1]
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: Optional[torch.dtype] = None,
                                  **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:

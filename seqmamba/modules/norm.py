@@ -1,8 +1,12 @@
 """Normalisation layers, with mamba_ssm's parameter names so checkpoints load unchanged."""
 from __future__ import annotations
 
+from typing import Optional, Tuple, Union
+
 import torch
 from torch import nn
+
+from ..ops import layer_norm_fn
 
 
 class RMSNorm(nn.Module):
@@ -34,3 +38,13 @@ class LayerNorm(nn.LayerNorm):
         bias = None if self.bias is None else self.bias.float()
         out = nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
         return out.to(x.dtype)
+
+
+def fused_add_norm(hidden_states: torch.Tensor, residual: Optional[torch.Tensor], norm: nn.Module,
+                   prenorm: bool, residual_in_fp32: bool) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """``norm(hidden_states + residual)`` in one kernel (:func:`seqmamba.ops.layer_norm_fn`) with ``norm``'s
+    parameters; with ``prenorm`` also the new residual. ``norm`` is an :class:`RMSNorm` or :class:`LayerNorm`."""
+    if not isinstance(norm, (RMSNorm, nn.LayerNorm)) or norm.weight is None:
+        raise TypeError(f"fused_add_norm: needs an RMSNorm or an affine LayerNorm, got {norm!r}")
+    return layer_norm_fn(hidden_states, norm.weight, getattr(norm, "bias", None), residual=residual, eps=norm.eps,
+                         prenorm=prenorm, residual_in_fp32=residual_in_fp32, is_rms_norm=isinstance(norm, RMSNorm))

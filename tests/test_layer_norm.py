@@ -1,0 +1,123 @@
+"""Fused residual-add + RMSNorm / LayerNorm: the Triton kernels against the plain-PyTorch reference.
+
+On the CPU the kernels run under TRITON_INTERPRET=1 (conftest.py) at tiny shapes. Tolerances: fp32 1e-4
+relative, bf16 1e-2 relative (outputs rounded to bf16; sums and statistics are fp32 in both paths).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from seqmamba.ops import layer_norm_fn, rms_norm_fn
+from seqmamba.ops.layer_norm import layer_norm_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+needs_triton = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+                                  reason="no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)")
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "non-finite values"
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(shape, dtype, with_residual, residual_dtype, with_bias, device=DEVICE, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N = shape[-1]
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(device=device, dtype=dtype).requires_grad_()
+    weight = (1 + 0.3 * torch.randn(N, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    bias = (0.1 * torch.randn(N, generator=g)).to(device=device, dtype=dtype).requires_grad_() if with_bias else None
+    residual = None
+    if with_residual:
+        residual = torch.randn(shape, generator=g).to(device=device, dtype=residual_dtype).requires_grad_()
+    return x, weight, bias, residual
+
+
+def run_both(fn_kwargs, inputs, seed=1):
+    """Forward both backends, backprop the same random cotangents, return outputs and grads of each."""
+    results = []
+    for backend in ("reference", "triton"):
+        leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+        x, weight, bias, residual = leaves
+        out = layer_norm_fn(x, weight, bias, residual, backend=backend, **fn_kwargs)
+        outs = out if isinstance(out, tuple) else (out,)
+        g = torch.Generator().manual_seed(seed)
+        loss = sum((o.float() * torch.randn(o.shape, generator=g).to(o.device)).sum() for o in outs)
+        loss.backward()
+        grads = [t.grad for t in leaves if t is not None]
+        results.append((outs, grads))
+    return results
+
+
+@needs_triton
+@pytest.mark.parametrize("is_rms_norm", [True, False], ids=["rms", "layernorm"])
+@pytest.mark.parametrize("dtype,residual_dtype,residual_in_fp32", [
+    (torch.float32, torch.float32, False),
+    (torch.bfloat16, torch.float32, True),
+    (torch.bfloat16, torch.bfloat16, False),
+])
+@pytest.mark.parametrize("with_residual,prenorm", [(True, True), (True, False), (False, True), (False, False)])
+def test_triton_add_norm_matches_reference_forward_and_grads(is_rms_norm, dtype, residual_dtype, residual_in_fp32,
+                                                             with_residual, prenorm):
+    inputs = make_inputs((2, 5, 40), dtype, with_residual, residual_dtype, with_bias=not is_rms_norm)
+    kwargs = dict(eps=1e-5, prenorm=prenorm, residual_in_fp32=residual_in_fp32, is_rms_norm=is_rms_norm)
+    (ref_outs, ref_grads), (tri_outs, tri_grads) = run_both(kwargs, inputs)
+    tol = TOL[dtype]
+    for ref, tri in zip(ref_outs, tri_outs):
+        assert tri.dtype == ref.dtype and tri.shape == ref.shape
+        assert rel_err(tri, ref) < tol
+    assert len(ref_grads) == len(tri_grads)
+    for ref, tri in zip(ref_grads, tri_grads):
+        assert tri.dtype == ref.dtype
+        assert rel_err(tri, ref) < tol
+
+
+def test_prenorm_residual_dtype_follows_mamba_ssm_rule():
+    x, weight, _, _ = make_inputs((3, 8), torch.bfloat16, False, None, False, device="cpu")
+    _, residual = rms_norm_fn(x, weight, prenorm=True, residual_in_fp32=True)
+    assert residual.dtype == torch.float32
+    _, residual = rms_norm_fn(x, weight, prenorm=True, residual_in_fp32=False)
+    assert residual.dtype == torch.bfloat16
+    given = torch.randn(3, 8, dtype=torch.float32)
+    _, residual = rms_norm_fn(x, weight, residual=given, prenorm=True)
+    assert residual.dtype == torch.float32
+    assert torch.allclose(residual, x.float() + given)
+
+
+def test_reference_rms_norm_is_the_formula():
+    x = torch.randn(4, 16, dtype=torch.float64)
+    weight = torch.randn(16, dtype=torch.float64)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+    assert torch.allclose(rms_norm_fn(x, weight), expected)
+    assert torch.allclose(layer_norm_ref(x, weight), torch.nn.functional.layer_norm(x, (16,), weight, eps=1e-5))
+
+
+def test_bad_shapes_and_backend_are_named():
+    x, weight = torch.randn(2, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r"weight has shape \(7,\)"):
+        rms_norm_fn(x, torch.ones(7))
+    with pytest.raises(ValueError, match="residual has shape"):
+        rms_norm_fn(x, weight, residual=torch.randn(2, 4))
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        rms_norm_fn(x, weight, backend="cuda")
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        rms_norm_fn(x, weight, eps=0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("is_rms_norm", [True, False], ids=["rms", "layernorm"])
+def test_triton_add_norm_on_cuda_at_model_width_matches_reference(is_rms_norm):
+    # 130M width, a non-power-of-two row count and a strided (non-contiguous rows) x.
+    inputs = make_inputs((3, 37, 768), torch.bfloat16, True, torch.float32, with_bias=not is_rms_norm)
+    kwargs = dict(eps=1e-5, prenorm=True, residual_in_fp32=True, is_rms_norm=is_rms_norm)
+    (ref_outs, ref_grads), (tri_outs, tri_grads) = run_both(kwargs, inputs)
+    for ref, tri in list(zip(ref_outs, tri_outs)) + list(zip(ref_grads, tri_grads)):
+        assert rel_err(tri, ref) < 1e-2
+    x = torch.randn(4, 768 * 2, device="cuda", dtype=torch.bfloat16)[:, :768]  # row stride 1536
+    weight = torch.randn(768, device="cuda", dtype=torch.bfloat16)
+    assert rel_err(rms_norm_fn(x, weight), rms_norm_fn(x, weight, backend="reference")) < 1e-2
