@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 # Target size of one per-chunk (T, batch, dim, N) buffer (the workspace holds 2 in the forward, 4 in
-# the backward). Bigger chunks amortise the ~10 bulk ops each chunk costs; 1-8 MB measured within
-# noise of each other at (2, 256, 16), where 2 MB is 64 steps. Tests shrink it to force many chunks.
-CHUNK_BYTES = 2 * 1024 * 1024
+# the backward). Bigger chunks amortise the ~10 bulk ops each chunk costs (and their thread fork/join);
+# at (2, 256, 16), L = 4096, 1 and 2 threads, 1 MB was 20-35% slower than 4 MB (= 128 steps), 8 MB
+# ~5% faster, 16 MB slower again. Tests shrink it to force many chunks.
+CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def default_chunk_size(batch: int, dim: int, d_state: int, L: int, element_size: int = 4) -> int:
