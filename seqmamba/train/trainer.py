@@ -63,6 +63,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -443,7 +444,11 @@ class Trainer:
         if self.is_rank0 and self.progress:
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=self.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+            # Redirected to a file (CI, nohup, sbatch), a bar redrawn ten times a second floods the log:
+            # redraw every 30 s there instead.
+            interactive = sys.stderr.isatty()
+            pbar = tqdm(total=self.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                        mininterval=0.1 if interactive else 30.0)
 
         def say(message: str) -> None:
             if not self.is_rank0:
