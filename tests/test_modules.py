@@ -175,3 +175,22 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
         out, new_residual = fused_add_norm(hidden, residual, norm, prenorm=True, residual_in_fp32=True)
         torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(new_residual, expected_residual)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(bias):
+    # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
+    torch.manual_seed(0)
+    layer = Mamba(24, d_state=8, bias=bias).double()
+    h = torch.randn(2, 13, 24, dtype=torch.double, requires_grad=True)
+    results = []
+    for flag in (True, False):
+        layer.channels_first = flag
+        out = layer(h)
+        grads = torch.autograd.grad(out.square().sum(), [h, *layer.parameters()])
+        results.append((out, grads))
+    layer.channels_first = None
+    (out_cf, grads_cf), (out_tm, grads_tm) = results
+    torch.testing.assert_close(out_cf, out_tm, rtol=1e-10, atol=1e-12)
+    for g_cf, g_tm in zip(grads_cf, grads_tm):
+        torch.testing.assert_close(g_cf, g_tm, rtol=1e-9, atol=1e-12)

@@ -36,6 +36,10 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
 
 
 class Mamba(nn.Module):
+    #: layout handed to the scan: True = (batch, d_inner, L) L-contiguous (in_proj as W @ h^T), False =
+    #: time-major views of (batch, L, d_inner); None = channels-first on CUDA, time-major on the CPU
+    channels_first: Optional[bool] = None
+
     def __init__(
         self,
         d_model: int,
@@ -119,7 +123,7 @@ class Mamba(nn.Module):
                 out, _, _ = self.step(hidden_states, conv_state, ssm_state)
                 return out
 
-        channels_first = hidden_states.is_cuda
+        channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
         if channels_first:
             # As mamba_ssm does: in_proj as W @ h^T gives (batch, 2 * d_inner, L) with L contiguous, the layout
             # the Triton scan reads fastest (H100, (64, 1536, 2048) bf16: fwd 2.8 ms vs 5.2 ms time-major,

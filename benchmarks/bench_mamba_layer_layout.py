@@ -1,0 +1,48 @@
+"""One Mamba layer, forward and forward+backward, with the scan fed channels-first vs time-major.
+
+`Mamba.channels_first` picks the layout the block hands the selective scan (see seqmamba/modules/mamba.py).
+Both variants share weights and inputs and are timed in the same run; the script also prints how far their
+outputs differ. GPU (bf16, do_bench medians):
+
+    python benchmarks/bench_mamba_layer_layout.py
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from seqmamba.modules import Mamba
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--shapes", default="64x2048,8x4096", help="comma-separated batch x L")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_mamba_layer_layout.py needs a CUDA GPU")
+    import triton.testing as tt
+
+    torch.manual_seed(0)
+    layer = Mamba(args.d_model).cuda().to(torch.bfloat16)
+    print(f"device: {torch.cuda.get_device_name()}; Mamba d_model {args.d_model}, bf16")
+    for shape in args.shapes.split(","):
+        batch, L = (int(v) for v in shape.split("x"))
+        h = torch.randn(batch, L, args.d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        g = torch.randn_like(h)
+        outs = {}
+        for name, flag in (("channels-first", True), ("time-major", False)):
+            layer.channels_first = flag
+            outs[name] = layer(h).float()
+            with torch.no_grad():
+                fwd = tt.do_bench(lambda: layer(h), warmup=25, rep=100)
+            fwd_bwd = tt.do_bench(lambda: layer(h).backward(g), warmup=25, rep=100)
+            print(f"({batch}, {L}) {name:15s} fwd {fwd:8.3f} ms   fwd+bwd {fwd_bwd:8.3f} ms")
+        a, b = outs["channels-first"], outs["time-major"]
+        print(f"({batch}, {L}) relative difference of the outputs: {((a - b).norm() / b.norm()).item():.2e}")
+    layer.channels_first = None
+
+
+if __name__ == "__main__":
+    main()
