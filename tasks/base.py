@@ -11,7 +11,9 @@ from (seed, step, rank); dataset tasks use a seeded permutation and skip ahead.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, Mapping, Tuple
+import os
+
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,6 +78,67 @@ class Task:
         """``seqmamba eval``: default is every val set; tasks override (e.g. length extrapolation)."""
         return {name: self.evaluate(model, batches) for name, batches in self.val_sets().items()}
 
-    def generate(self, model: nn.Module, out_dir: str) -> Any:
-        """``seqmamba generate``; only generative tasks implement it."""
-        raise NotImplementedError(f"task {type(self).__name__} has no generate verb")
+    # -- generation (``seqmamba generate``) ------------------------------------------------------
+    # The default works for any task whose model has ``generate`` (MambaLM and every model with a
+    # recurrent cache): it samples ``n_samples`` continuations of ``generate.prompt`` with the
+    # ``generate.*`` settings and writes them through ``write_samples``. A token-level LM task only
+    # supplies ``encode_prompt`` / ``decode_tokens`` (and e.g. a FASTA ``write_samples``); tasks that
+    # are scored rather than sampled override ``generate`` to refuse.
+
+    def encode_prompt(self, prompt: str) -> List[int]:
+        """Prompt text -> token ids. Default: whitespace-separated integers."""
+        ids = []
+        for word in prompt.split():
+            try:
+                ids.append(int(word))
+            except ValueError:
+                raise ValueError(f"generate.prompt: {word!r} is not a token id; task {type(self).__name__} "
+                                 f"takes whitespace-separated integers") from None
+        return ids
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def write_samples(self, samples: List[str], out_dir: str) -> List[str]:
+        """Write the decoded samples (one per line of ``samples.txt``); return the paths written."""
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "samples.txt")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(sample + "\n" for sample in samples)
+        os.replace(tmp, path)
+        return [path]
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, out_dir: str) -> Dict[str, Any]:
+        if not callable(getattr(model, "generate", None)):
+            raise NotImplementedError(f"task {type(self).__name__}: its model ({type(model).__name__}) "
+                                      f"cannot generate")
+        gen = dict(self.cfg.get("generate") or {})
+        n_samples = int(self.cfg.get("n_samples", 16))
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        prompt = self.encode_prompt(str(gen.pop("prompt", "") or ""))
+        if not prompt:
+            bos = getattr(self, "bos_token_id", None)
+            if bos is None:
+                raise ValueError(f"generate.prompt is empty and task {type(self).__name__} has no start token; "
+                                 f"give a prompt, e.g. generate.prompt='1 2 3'")
+            prompt = [bos]
+        vocab = getattr(model, "vocab_size", None)
+        bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
+        if bad:
+            raise ValueError(f"generate.prompt: token ids {bad} outside the vocabulary [0, {vocab})")
+        batch_size = int(gen.pop("batch_size", None) or n_samples)
+        max_new_tokens = int(gen.pop("max_new_tokens", 256))
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(int(self.cfg.get("seed", 0)))
+        samples: List[str] = []
+        for start in range(0, n_samples, batch_size):
+            rows = min(batch_size, n_samples - start)
+            ids = torch.tensor([prompt] * rows, dtype=torch.long, device=device)
+            out = model.generate(ids, max_new_tokens, generator=generator, **gen)
+            samples.extend(self.decode_tokens(row.tolist()) for row in out)
+        paths = self.write_samples(samples, out_dir)
+        return {"n_samples": len(samples), "prompt_tokens": len(prompt), "max_new_tokens": max_new_tokens,
+                "files": paths}
