@@ -132,6 +132,7 @@ class Task:
         batch_size = int(gen.pop("batch_size", None) or n_samples)
         max_new_tokens = int(gen.pop("max_new_tokens", 256))
         device = next(model.parameters()).device
+        gen.setdefault("cg", device.type == "cuda")  # decode under a captured CUDA graph on the GPU
         generator = torch.Generator(device=device).manual_seed(int(self.cfg.get("seed", 0)))
         samples: List[str] = []
         for start in range(0, n_samples, batch_size):
