@@ -74,6 +74,20 @@ def run_scan_with_grads(fn, inputs, use, dout, dlast):
     return out, last, dict(zip(names, grads))
 
 
+def triton_and_reference_scans(inputs, use, dout, dlast, tol):
+    """Run the Triton scan and the reference with gradients; assert out, last state and every gradient
+    agree to ``tol`` (norm-wise relative). Returns the Triton results for further checks."""
+    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    assert rel_err(tri[0], ref[0]) < tol, "out"
+    assert rel_err(tri[1], ref[1]) < tol, "last_state"
+    assert set(tri[2]) == set(ref[2])
+    for name in ref[2]:
+        assert tri[2][name].shape == ref[2][name].shape, name
+        assert rel_err(tri[2][name], ref[2][name]) < tol, f"gradient of {name}"
+    return tri
+
+
 SCAN_CASES = [
     # (bc_layout, dtype, optional inputs used, time_major)
     ("variable", torch.float32, ("D", "z", "delta_bias", "initial_state"), False),
@@ -92,16 +106,8 @@ def test_triton_scan_forward_and_every_gradient_match_reference(short_chunks, bc
     # A non-contiguous upstream gradient (every other element of a wider tensor).
     dout = torch.randn(batch, dim, 2 * L)[:, :, ::2]
     dlast = torch.randn(batch, dim, N)
-    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
-    tol = TOL[dtype]
+    tri = triton_and_reference_scans(inputs, use, dout, dlast, TOL[dtype])
     assert tri[0].dtype == dtype and tri[1].dtype == torch.float32
-    assert rel_err(tri[0], ref[0]) < tol
-    assert rel_err(tri[1], ref[1]) < tol
-    assert set(tri[2]) == set(ref[2])
-    for name in ref[2]:
-        assert tri[2][name].shape == ref[2][name].shape, name
-        assert rel_err(tri[2][name], ref[2][name]) < tol, f"gradient of {name}"
 
 
 def test_triton_scan_large_state_and_single_step():
@@ -110,11 +116,7 @@ def test_triton_scan_large_state_and_single_step():
         inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=N)
         dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
         use = ("D", "z", "delta_bias", "initial_state")
-        ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-        tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
-        assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
-        for name in ref[2]:
-            assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+        triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
 
 
 def test_triton_backend_dispatch_matches_reference():
@@ -220,11 +222,7 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
     use = ("D", "z", "delta_bias", "initial_state")
-    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
-    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
-    for name in ref[2]:
-        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+    triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
 
 
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
@@ -235,11 +233,7 @@ def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=3)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
     use = ("D", "z", "delta_bias", "initial_state")
-    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
-    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
-    for name in ref[2]:
-        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, name
+    triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
 
 
 def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout():
@@ -259,10 +253,6 @@ def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout()
     dout = torch.randn(batch, L, dim).transpose(1, 2)  # what out_proj's backward hands back
     dlast = torch.randn(batch, dim, N)
     use = ("D", "z", "delta_bias", "initial_state")
-    ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    tri = triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
     assert tri[0].stride(1) == 1, f"out strides {tri[0].stride()}: expected time-major storage"
     assert tri[2]["delta"].stride(1) == 1 and tri[2]["z"].stride(1) == 1 and tri[2]["u"].stride(2) == 1
-    assert rel_err(tri[0], ref[0]) < 1e-4 and rel_err(tri[1], ref[1]) < 1e-4
-    for name in ref[2]:
-        assert rel_err(tri[2][name], ref[2][name]) < 1e-4, f"gradient of {name}"
