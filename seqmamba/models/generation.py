@@ -130,9 +130,8 @@ def _graph_for(model, batch_size: int, max_seqlen: int, dtype) -> CUDAGraphStep:
     cache = model.__dict__.setdefault("_cuda_graph_steps", {})
     if key not in cache:
         cache.clear()  # one live graph per model: each holds its own states and memory pool
-        inference_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
-        inference_params.key_value_memory_dict = model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
-        cache[key] = CUDAGraphStep(model, inference_params, batch_size)
+        cache[key] = CUDAGraphStep(model, InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype),
+                                   batch_size)
     return cache[key]
 
 
@@ -182,8 +181,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
         inference_params.reset(max_seqlen, batch_size)
         step = graph_step
     else:
-        inference_params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
-        inference_params.key_value_memory_dict = model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
+        inference_params = InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype)
         step = model.step
 
     if hasattr(model, "prefill"):

@@ -220,9 +220,7 @@ class MambaLM(nn.Module):
 
     def new_inference_params(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceParams:
         """An :class:`InferenceParams` at offset 0 with every layer's states allocated."""
-        params = InferenceParams(max_seqlen=max_seqlen, max_batch_size=batch_size)
-        params.key_value_memory_dict = self.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)
-        return params
+        return InferenceParams.allocated_for(self, batch_size, max_seqlen, dtype)
 
     def prefill(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:
         """Consume a prompt (batch, L) through the parallel scan, leaving the last states in the cache.

@@ -22,6 +22,12 @@ class InferenceParams:
     key_value_memory_dict: Dict[Any, Any] = field(default_factory=dict)
     lengths_per_sample: Any = None
 
+    @classmethod
+    def allocated_for(cls, model, batch_size: int, max_seqlen: int, dtype=None) -> "InferenceParams":
+        """At offset 0 with every layer's states from ``model.allocate_inference_cache``."""
+        return cls(max_seqlen=max_seqlen, max_batch_size=batch_size,
+                   key_value_memory_dict=model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype))
+
     def reset(self, max_seqlen: int, max_batch_size: int) -> None:
         """Start a new sequence on the same (already allocated) states."""
         self.max_seqlen = max_seqlen
