@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..modules import Block, GatedMLP, InferenceParams, LayerNorm, Mamba, RMSNorm
-from ..modules.norm import fused_add_norm
+from ..modules.norm import add_norm
 from ..registry import BACKBONES
 
 
@@ -94,11 +94,8 @@ class MambaBackbone(nn.Module):
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
                                             **mixer_kwargs)
-        if self.fused_add_norm and hidden_states.is_cuda:
-            return fused_add_norm(hidden_states, residual, self.norm_f, prenorm=False,
-                                  residual_in_fp32=self.residual_in_fp32)
-        residual = hidden_states if residual is None else hidden_states + residual
-        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+        return add_norm(hidden_states, residual, self.norm_f, prenorm=False, residual_in_fp32=self.residual_in_fp32,
+                        fused=self.fused_add_norm)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
         return {i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)

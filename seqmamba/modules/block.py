@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import nn
 
-from .norm import RMSNorm, fused_add_norm
+from .norm import RMSNorm, add_norm
 
 
 class Block(nn.Module):
@@ -32,16 +32,8 @@ class Block(nn.Module):
             self.mlp = None
 
     def _add_norm(self, hidden_states, residual, norm):
-        if self.fused_add_norm and hidden_states.is_cuda:
-            # Same math in one launch: a decode step is bound by the number of kernels, not by bytes.
-            # (In a bf16 model the kernel normalises the fp32 residual itself, as mamba_ssm's fused path does,
-            # where the unfused path normalises its bf16 rounding.)
-            return fused_add_norm(hidden_states, residual, norm, prenorm=True, residual_in_fp32=self.residual_in_fp32)
-        residual = hidden_states if residual is None else hidden_states + residual
-        hidden_states = norm(residual.to(dtype=norm.weight.dtype))
-        if self.residual_in_fp32:
-            residual = residual.to(torch.float32)
-        return hidden_states, residual
+        return add_norm(hidden_states, residual, norm, prenorm=True, residual_in_fp32=self.residual_in_fp32,
+                        fused=self.fused_add_norm)
 
     def forward(self, hidden_states: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 inference_params=None, **mixer_kwargs) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -48,3 +48,21 @@ def fused_add_norm(hidden_states: torch.Tensor, residual: Optional[torch.Tensor]
         raise TypeError(f"fused_add_norm: needs an RMSNorm or an affine LayerNorm, got {norm!r}")
     return layer_norm_fn(hidden_states, norm.weight, getattr(norm, "bias", None), residual=residual, eps=norm.eps,
                          prenorm=prenorm, residual_in_fp32=residual_in_fp32, is_rms_norm=isinstance(norm, RMSNorm))
+
+
+def add_norm(hidden_states: torch.Tensor, residual: Optional[torch.Tensor], norm: nn.Module, prenorm: bool,
+             residual_in_fp32: bool, fused: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """``norm(hidden_states + residual)`` (of ``hidden_states`` alone when ``residual`` is None); with ``prenorm``
+    also the new residual, in fp32 when ``residual_in_fp32``. The pre-norm step of every block and the final norm.
+
+    ``fused`` on CUDA: :func:`fused_add_norm`, the same math in one launch (a decode step is bound by the number
+    of kernels, not by bytes). In a bf16 model that kernel normalises the fp32 residual itself, as mamba_ssm's
+    fused path does, where the unfused path normalises its rounding to the norm's dtype.
+    """
+    if fused and hidden_states.is_cuda:
+        return fused_add_norm(hidden_states, residual, norm, prenorm=prenorm, residual_in_fp32=residual_in_fp32)
+    residual = hidden_states if residual is None else hidden_states + residual
+    out = norm(residual.to(dtype=norm.weight.dtype))
+    if not prenorm:
+        return out
+    return out, residual.to(torch.float32) if residual_in_fp32 else residual
