@@ -35,6 +35,19 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
     return out + bias if bias is not None else out
 
 
+def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      channels_first: bool) -> torch.Tensor:
+    """x (batch, L, in) -> (batch, out, L), the layout the scan takes.
+
+    ``channels_first``: computed as W @ x^T, so L is contiguous, as mamba_ssm does; otherwise a transposed
+    view of the time-major (batch, L, out) product (the ops take any strides). Neither copies.
+    """
+    if channels_first:
+        out = torch.matmul(weight, x.transpose(1, 2))
+        return out if bias is None else out + bias[:, None]
+    return F.linear(x, weight, bias).transpose(1, 2)
+
+
 class Mamba(nn.Module):
     #: layout handed to the scan: True = (batch, d_inner, L) L-contiguous (in_proj as W @ h^T), False =
     #: time-major views of (batch, L, d_inner); None = channels-first on CUDA, time-major on the CPU
@@ -123,18 +136,11 @@ class Mamba(nn.Module):
                 out, _, _ = self.step(hidden_states, conv_state, ssm_state)
                 return out
 
+        # Channels-first (L contiguous) is the layout the Triton scan reads fastest (H100, (64, 1536, 2048)
+        # bf16: fwd 2.8 ms vs 5.2 ms time-major, fwd+bwd 18.7 vs 27.4 ms; BENCHMARKS.md), at no extra copy.
         channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
-        if channels_first:
-            # As mamba_ssm does: in_proj as W @ h^T gives (batch, 2 * d_inner, L) with L contiguous, the layout
-            # the Triton scan reads fastest (H100, (64, 1536, 2048) bf16: fwd 2.8 ms vs 5.2 ms time-major,
-            # fwd+bwd 18.7 vs 27.4 ms; BENCHMARKS.md), at no extra copy.
-            xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))
-            if self.in_proj.bias is not None:
-                xz = xz + self.in_proj.bias[:, None]
-            x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
-        else:
-            x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, L, d_inner) each
-            x, z = x.transpose(1, 2), z.transpose(1, 2)  # (batch, d_inner, L) views; the ops take any strides
+        xz = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first)
+        x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         if continuing:
             # Prepend the previous d_conv - 1 inputs so the convolution runs on across the chunk boundary.
@@ -152,12 +158,10 @@ class Mamba(nn.Module):
         x_dbl = _linear(x_conv.transpose(1, 2), self.x_proj.weight)  # (batch, L, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (batch, N, L)
-        if channels_first:
-            delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (batch, d_inner, L), L contiguous
-            B, C = B.contiguous(), C.contiguous()  # small (N rows); contiguous time rows read faster
-        else:
-            delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         # dt_proj's bias is added inside the scan (delta_bias), as mamba_ssm does
+        delta = _project_channels(dt, self.dt_proj.weight, None, channels_first)  # (batch, d_inner, L)
+        if channels_first:
+            B, C = B.contiguous(), C.contiguous()  # small (N rows); contiguous time rows read faster
         A, D, dt_bias = self._ssm_constants()
         result = selective_scan(
             x_conv, delta, A, B, C, D,
