@@ -201,7 +201,9 @@ def _model_from_checkpoint(task, cfg):
 
 
 def _write_json(path: str, payload: Any) -> None:
-    with open(path, "w") as f:
+    from seqmamba.data.atomic_write import atomic_open
+
+    with atomic_open(path) as f:
         json.dump(payload, f, indent=2, default=str)
 
 

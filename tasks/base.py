@@ -12,11 +12,12 @@ from (seed, step, rank); dataset tasks use a seeded permutation and skip ahead.
 from __future__ import annotations
 
 import os
-
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from seqmamba.data.atomic_write import atomic_open
 
 Batch = Any
 
@@ -101,12 +102,9 @@ class Task:
 
     def write_samples(self, samples: List[str], out_dir: str) -> List[str]:
         """Write the decoded samples (one per line of ``samples.txt``); return the paths written."""
-        os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, "samples.txt")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_open(path) as f:
             f.writelines(sample + "\n" for sample in samples)
-        os.replace(tmp, path)
         return [path]
 
     @torch.no_grad()

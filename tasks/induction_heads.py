@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from seqmamba.data import synthetic
+from seqmamba.data.atomic_write import atomic_open
 from seqmamba.registry import TASKS
 
 from .synthetic_base import SyntheticLMTask, config_get
@@ -99,11 +100,11 @@ def write_extrapolation_report(rows: List[Dict[str, Any]], train_len: int, out_d
     """extrapolation.csv / .json and a plot of accuracy against length (log2 axis)."""
     os.makedirs(out_dir, exist_ok=True)
     fields = ["length", "log2_length", "acc", "loss", "n_samples", "seconds"]
-    with open(os.path.join(out_dir, "extrapolation.csv"), "w", newline="") as f:
+    with atomic_open(os.path.join(out_dir, "extrapolation.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(out_dir, "extrapolation.json"), "w") as f:
+    with atomic_open(os.path.join(out_dir, "extrapolation.json")) as f:
         json.dump({"train_length": train_len, "results": rows}, f, indent=2)
 
     import matplotlib

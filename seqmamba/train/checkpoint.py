@@ -1,10 +1,9 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
-Write path: ``torch.save`` into a hidden temporary file in the target's directory, flush + fsync,
-then ``os.replace`` onto the target (atomic on POSIX within one file system) and fsync the directory.
-A crash at any moment leaves either the old checkpoint or the new one, never a torn file; a failed
-write removes its temporary file, and temporary names (``.<name>.tmp-<pid>-<random>``) never end in
-``.pt`` so nothing mistakes them for checkpoints.
+Write path: ``torch.save`` through ``seqmamba.data.atomic_write.atomic_open`` (temporary file,
+fsync, ``os.replace``). A crash at any moment leaves either the old checkpoint or the new one, never
+a torn file; a failed write removes its temporary file, and temporary names
+(``.<name>.tmp-<pid>-<random>``) never end in ``.pt`` so nothing mistakes them for checkpoints.
 
 Contents (only tensors and primitive containers, so the safe loader accepts them):
 ``format_version, step, model, optimizer, scheduler, grad_scaler, rng (one entry per rank),
@@ -12,61 +11,21 @@ best_metric, best_step, monitor, world_size, config (resolved YAML text)``.
 """
 from __future__ import annotations
 
-import glob
 import os
-import tempfile
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
+from seqmamba.data.atomic_write import atomic_open, remove_stale_temp_files  # noqa: F401  (re-exported)
+
 FORMAT_VERSION = 1
-TMP_MARK = ".tmp-"
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform / file system; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:  # also KeyboardInterrupt: clean up, then let it propagate
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def remove_stale_temp_files(directory: str) -> List[str]:
-    """Delete temporary files a killed writer left behind (a SIGKILL skips the cleanup above)."""
-    removed = []
-    for path in glob.glob(os.path.join(directory, f".*{TMP_MARK}*")):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError:
-            pass
-    return removed
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # -- whole training state ----------------------------------------------------------------------------

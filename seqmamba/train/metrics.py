@@ -2,8 +2,7 @@
 
 Every ``log(step, values)`` call is one JSON line ``{"step": s, **values}`` and one CSV row. The CSV is
 wide (one column per metric name); when a row brings a new name, the file is rewritten from the
-JSONL with the grown header (atomically, via a temporary file and rename), otherwise the row is
-appended. On resume, rows logged after the checkpoint's step (by the run that crashed) are dropped,
+JSONL with the grown header (atomically, through ``atomic_open``), otherwise the row is appended. On resume, rows logged after the checkpoint's step (by the run that crashed) are dropped,
 so a resumed run's files read as if the run had never stopped.
 
 ``plot_curves(run_dir)`` draws ``loss_curve.png`` from the JSONL (matplotlib's Agg canvas, no display).
@@ -15,6 +14,8 @@ import json
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional
+
+from seqmamba.data.atomic_write import atomic_open, atomic_write_text
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
@@ -83,20 +84,11 @@ class MetricsLogger:
         for row in rows:
             columns += [k for k in row if k not in columns]
         self._columns = columns
-        self._atomic_write(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
-        tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+        with atomic_open(self.csv_path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.csv_path)
-
-    @staticmethod
-    def _atomic_write(path: str, text: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
 
     def log(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:

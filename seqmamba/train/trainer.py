@@ -72,7 +72,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed as dist_utils
-from .checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint, remove_stale_temp_files
+from seqmamba.data.atomic_write import atomic_write_text, remove_stale_temp_files
+
+from .checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from .metrics import MetricsLogger, plot_curves
 from .optim import build_optimizer
 from .schedule import build_scheduler
@@ -431,9 +433,9 @@ class Trainer:
         """Train to ``trainer.max_steps`` (or the early-stop target); returns the final metrics."""
         if self.is_rank0:
             os.makedirs(self.ckpt_dir, exist_ok=True)
-            remove_stale_temp_files(self.ckpt_dir)
-            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
-                f.write(self.config_yaml)
+            for directory in (self.ckpt_dir, self.run_dir):  # checkpoints; metrics files
+                remove_stale_temp_files(directory)
+            atomic_write_text(os.path.join(self.run_dir, "config.yaml"), self.config_yaml)
         logger = MetricsLogger(
             self.run_dir,
             enabled=self.is_rank0,
