@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..backend import resolve_backend
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref
 
 
@@ -22,15 +23,11 @@ def _check(x, weight, bias, activation):
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                   activation: Optional[str] = None, backend: str = "auto") -> torch.Tensor:
     _check(x, weight, bias, activation)
-    if backend == "auto":
-        backend = "triton" if x.is_cuda else "torch"
-    if backend in ("torch", "reference"):
-        return causal_conv1d_ref(x, weight, bias, activation)
-    if backend == "triton":
+    if resolve_backend("causal_conv1d", backend, x.is_cuda) == "triton":
         from .triton_kernels import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, activation)
-    raise ValueError(f"causal_conv1d: unknown backend {backend!r}; expected auto, reference, torch or triton")
+    return causal_conv1d_ref(x, weight, bias, activation)
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -39,12 +36,8 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     if x.dim() != 2 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
         raise ValueError(f"causal_conv1d_update: x {tuple(x.shape)}, conv_state {tuple(conv_state.shape)}, "
                          f"weight {tuple(weight.shape)}; expected (batch, dim), (batch, dim, width), (dim, width)")
-    if backend == "auto":
-        backend = "triton" if x.is_cuda else "torch"
-    if backend in ("torch", "reference"):
-        return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
-    if backend == "triton":
+    if resolve_backend("causal_conv1d_update", backend, x.is_cuda) == "triton":
         from .triton_kernels import causal_conv1d_update_triton
 
         return causal_conv1d_update_triton(x, conv_state, weight, bias, activation)
-    raise ValueError(f"causal_conv1d_update: unknown backend {backend!r}")
+    return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)

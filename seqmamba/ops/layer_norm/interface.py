@@ -11,6 +11,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ..backend import resolve_backend
 from .reference import layer_norm_ref, residual_dtype_for
 
 Output = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -74,14 +75,10 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   residual_in_fp32: bool = False, is_rms_norm: bool = False, backend: str = "auto") -> Output:
     """LayerNorm (or RMSNorm with ``is_rms_norm``) of ``x + residual`` over the last dim; see the module doc."""
     _check(x, weight, bias, residual, eps)
-    if backend == "auto":
-        backend = "triton" if x.is_cuda else "reference"
-    if backend in ("reference", "torch"):
-        return layer_norm_ref(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
-    if backend == "triton":
+    if resolve_backend("layer_norm", backend, x.is_cuda) == "triton":
         return _AddNormFunction.apply(x, weight, bias, residual, float(eps), bool(prenorm), bool(residual_in_fp32),
                                       bool(is_rms_norm))
-    raise ValueError(f"layer_norm: unknown backend {backend!r}; expected auto, reference, torch or triton")
+    return layer_norm_ref(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
 
 
 def rms_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-BACKENDS = ("auto", "reference", "torch", "triton")
+from ..backend import resolve_backend
 
 
 def _shape_error(name: str, t: torch.Tensor, expected: str) -> ValueError:
@@ -83,11 +83,8 @@ def selective_scan(
     (batch, G, N, L). D, delta_bias: (dim,) fp32. initial_state: (batch, dim, N).
     Returns ``out`` (u's dtype) or ``(out, last_state)`` with last_state (batch, dim, N) fp32.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"selective_scan: unknown backend {backend!r}; expected one of {BACKENDS}")
+    backend = resolve_backend("selective_scan", backend, u.is_cuda)
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if backend == "auto":
-        backend = "triton" if u.is_cuda else "torch"
     args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state), initial_state)
     if backend == "reference":
         from .reference import selective_scan_ref

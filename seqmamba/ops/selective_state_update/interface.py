@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..backend import resolve_backend
 from .reference import selective_state_update_ref
 
 
@@ -25,12 +26,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                                           and dim % t.shape[1] == 0)):
             raise ValueError(f"selective_state_update: {name} has shape {tuple(t.shape)}, "
                              f"expected ({batch}, {N}) or ({batch}, G, {N})")
-    if backend == "auto":
-        backend = "triton" if state.is_cuda else "torch"
-    if backend in ("torch", "reference"):
-        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    if backend == "triton":
+    if resolve_backend("selective_state_update", backend, state.is_cuda) == "triton":
         from .triton_kernels import selective_state_update_triton
 
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    raise ValueError(f"selective_state_update: unknown backend {backend!r}")
+    return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
