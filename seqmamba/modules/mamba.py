@@ -211,15 +211,14 @@ class Mamba(nn.Module):
         relaunch the exp and casts every token. A CUDA graph replays whatever it captured: generation's
         graph cache is keyed on the parameters' versions too, so it is recaptured after such a change.
         """
-        params = (self.A_log, self.D, self.dt_proj.bias)
+        A_log, D, dt_bias = params = (self.A_log, self.D, self.dt_proj.bias)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+            return -torch.exp(A_log.float()), D.float(), dt_bias.float()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self.__dict__.get("_ssm_constants_cache")
         if cached is None or cached[0] != key:
-            with torch.no_grad():
-                values = (-torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float())
-            cached = (key, values)
+            # No autograd history here: grad is off or no parameter requires it.
+            cached = (key, (-torch.exp(A_log.float()), D.float(), dt_bias.float()))
             self.__dict__["_ssm_constants_cache"] = cached  # not a buffer: state_dict keys stay mamba_ssm's
         return cached[1]
 
