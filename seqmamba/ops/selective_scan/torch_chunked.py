@@ -109,6 +109,14 @@ class _BCLayout:
         out = torch.bmm(v.reshape(rows, 1, self.per_group), S.view(rows, self.per_group, N))
         return out.view(T, self.batch, self.groups, N)
 
+    def add_chunk_grad(self, grad: torch.Tensor, chunk_grad: torch.Tensor, start: int, stop: int) -> None:
+        """Adds one chunk's `grad_from` to the whole gradient (compute layout): constant X sums over
+        chunks, varying X owns steps [start, stop)."""
+        if self.constant:
+            grad += chunk_grad
+        else:
+            grad[start:stop] = chunk_grad
+
     def to_input_layout(self, grad_time_major: torch.Tensor) -> torch.Tensor:
         """Gradient in compute layout -> the caller's shape and dtype."""
         if self.constant:
@@ -286,14 +294,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             grad_C_chunk = C_layout.grad_from(state[1:], dy_steps)
             # h_t receives (delta_t u_t) B_t
             grad_B_chunk = B_layout.grad_from(adjoint, delta_u_steps)
-            if B_layout.constant:
-                grad_B += grad_B_chunk
-            else:
-                grad_B[start:stop] = grad_B_chunk
-            if C_layout.constant:
-                grad_C += grad_C_chunk
-            else:
-                grad_C[start:stop] = grad_C_chunk
+            B_layout.add_chunk_grad(grad_B, grad_B_chunk, start, stop)
+            C_layout.add_chunk_grad(grad_C, grad_C_chunk, start, stop)
             grad_delta_u = B_layout.contract_state(adjoint, B_chunk, out=ws.per_channel[:T]).permute(1, 2, 0)
             grad_delta[:, :, start:stop].addcmul_(grad_delta_u, u32[:, :, start:stop])
             grad_u[:, :, start:stop].addcmul_(grad_delta_u, delta32[:, :, start:stop])
