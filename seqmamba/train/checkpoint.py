@@ -30,9 +30,11 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 # -- whole training state ----------------------------------------------------------------------------
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with the safe unpickler; a clear error if the file is missing or not ours."""
+    """Load a checkpoint with the safe unpickler; a clear error if the file is missing or not ours.
+    Every loader (resume, ``seqmamba eval`` / ``generate``) comes through here."""
+    path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torn/foreign files raise many types; name the file in one line

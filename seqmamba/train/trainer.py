@@ -74,7 +74,7 @@ from torch import nn
 from . import distributed as dist_utils
 from seqmamba.data.atomic_write import atomic_write_text, remove_stale_temp_files
 
-from .checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from .checkpoint import atomic_torch_save, load_model_weights, make_checkpoint
 from .metrics import MetricsLogger, plot_curves
 from .optim import build_optimizer
 from .schedule import build_scheduler
@@ -251,11 +251,8 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
     def _resume_path(self) -> Optional[str]:
         explicit = OmegaConf.select(self.cfg, "ckpt", default=None)
-        if explicit:
-            path = os.path.abspath(os.path.expanduser(str(explicit)))
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"ckpt={explicit!r}: no such checkpoint file")
-            return path
+        if explicit:  # a missing file is reported by load_checkpoint
+            return os.path.abspath(os.path.expanduser(str(explicit)))
         resume = self.tcfg.get("resume")
         if resume in (None, False, "", "never", "none"):
             return None
@@ -266,8 +263,7 @@ class Trainer:
 
     def load(self, path: str) -> None:
         """Restore the full training state from ``path`` (every rank reads the same file)."""
-        ckpt = load_checkpoint(path, map_location="cpu")
-        self.model.load_state_dict(ckpt["model"])
+        ckpt = load_model_weights(self.model, path)
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") is not None:
