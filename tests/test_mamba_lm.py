@@ -41,6 +41,21 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@torch.no_grad()
+def prefill_then_step(model, ids, prefill_len, after_prefill=None):
+    """Logits (batch, L - prefill_len + 1, vocab) of positions prefill_len - 1 .. L - 1: the first prefill_len
+    tokens through ``prefill``, then one ``step`` per token. ``after_prefill(params)`` may touch the cache."""
+    params = model.new_inference_params(ids.shape[0], ids.shape[1])
+    decoded = [model.prefill(ids[:, :prefill_len], params)]
+    if after_prefill is not None:
+        after_prefill(params)
+    params.seqlen_offset = prefill_len
+    for t in range(prefill_len, ids.shape[1]):
+        decoded.append(model.step(ids[:, t], params))
+        params.seqlen_offset += 1
+    return torch.stack(decoded, dim=1)
+
+
 def test_state_dict_keys_are_mamba_ssm_keys():
     model = tiny_lm()
     keys = set(model.state_dict())
@@ -128,13 +143,7 @@ def test_token_by_token_decoding_equals_parallel_forward(prefill_len, total_len)
     ids = torch.randint(0, VOCAB, (2, total_len))
     with torch.no_grad():
         parallel = model(ids)
-        params = model.new_inference_params(2, total_len)
-        decoded = [model.prefill(ids[:, :prefill_len], params)]
-        params.seqlen_offset = prefill_len
-        for t in range(prefill_len, total_len):
-            decoded.append(model.step(ids[:, t], params))
-            params.seqlen_offset += 1
-    decoded = torch.stack(decoded, dim=1)
+    decoded = prefill_then_step(model, ids, prefill_len)
     assert rel_err(decoded, parallel[:, prefill_len - 1:]) < 1e-4
 
 
@@ -144,15 +153,13 @@ def test_decoding_check_detects_a_small_state_error():
     ids = torch.randint(0, VOCAB, (2, 24))
     with torch.no_grad():
         parallel = model(ids)
-        params = model.new_inference_params(2, 24)
-        decoded = [model.prefill(ids[:, :7], params)]
+
+    def perturb_ssm_states(params):
         for _, ssm_state in params.key_value_memory_dict.values():
             ssm_state.mul_(0.999)
-        params.seqlen_offset = 7
-        for t in range(7, 24):
-            decoded.append(model.step(ids[:, t], params))
-            params.seqlen_offset += 1
-    assert rel_err(torch.stack(decoded, dim=1), parallel[:, 6:]) > 1e-4
+
+    decoded = prefill_then_step(model, ids, 7, after_prefill=perturb_ssm_states)
+    assert rel_err(decoded, parallel[:, 6:]) > 1e-4
 
 
 def test_chunked_prefill_continues_from_cached_states():
@@ -221,14 +228,9 @@ def test_decoding_with_triton_kernels_equals_parallel_forward():
         if not ids.is_cuda:
             assert __import__("os").environ.get("TRITON_INTERPRET") == "1", "conftest sets TRITON_INTERPRET on CPU"
         parallel = model(ids)
-        params = model.new_inference_params(2, 12)
-        decoded = [model.prefill(ids[:, :5], params)]
-        params.seqlen_offset = 5
-        for t in range(5, 12):
-            decoded.append(model.step(ids[:, t], params))
-            params.seqlen_offset += 1
+        decoded = prefill_then_step(model, ids, 5)
     assert rel_err(parallel, reference) < 1e-4
-    assert rel_err(torch.stack(decoded, dim=1), reference[:, 4:]) < 1e-4
+    assert rel_err(decoded, reference[:, 4:]) < 1e-4
 
 
 @pytest.mark.gpu
@@ -238,13 +240,7 @@ def test_decoding_on_cuda_equals_parallel_forward():
     ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
     with torch.no_grad():
         parallel = model(ids)
-        params = model.new_inference_params(2, 40)
-        decoded = [model.prefill(ids[:, :11], params)]
-        params.seqlen_offset = 11
-        for t in range(11, 40):
-            decoded.append(model.step(ids[:, t], params))
-            params.seqlen_offset += 1
-    assert rel_err(torch.stack(decoded, dim=1), parallel[:, 10:]) < 1e-4
+    assert rel_err(prefill_then_step(model, ids, 11), parallel[:, 10:]) < 1e-4
 
 
 @pytest.mark.gpu
@@ -258,13 +254,7 @@ def test_fused_add_norm_on_cuda_gives_the_unfused_logits_and_keys():
     with torch.no_grad():
         expected = unfused(ids)
         assert rel_err(fused(ids), expected) < 1e-5
-        params = fused.new_inference_params(2, 30)
-        decoded = [fused.prefill(ids[:, :7], params)]
-        params.seqlen_offset = 7
-        for t in range(7, 30):
-            decoded.append(fused.step(ids[:, t], params))
-            params.seqlen_offset += 1
-    assert rel_err(torch.stack(decoded, dim=1), expected[:, 6:]) < 1e-4
+    assert rel_err(prefill_then_step(fused, ids, 7), expected[:, 6:]) < 1e-4
     # the fused path is differentiable (Triton backward) and gives the unfused gradients
     for model in (fused, unfused):
         model.zero_grad()
