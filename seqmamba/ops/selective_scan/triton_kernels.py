@@ -403,6 +403,11 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     return BLOCK_D, T, cfg["num_warps"]
 
 
+def _n_chunks(L: int, T: int) -> int:
+    """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
+    return max(triton.cdiv(L, T), 1)
+
+
 def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
     """A new (batch, dim, L) tensor, stored (batch, L, dim) when channel_last (so .transpose(1, 2) of it is
     contiguous: the Mamba block's out_proj and the autograd transposes then need no copy)."""
@@ -432,8 +437,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
         if T < T_bwd or T % T_bwd != 0:
             T = T_bwd
-        saves_per_chunk, n_saved = T // T_bwd, max(triton.cdiv(L, T_bwd), 1)
-    n_chunks = max(triton.cdiv(L, T), 1)
+        saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
+    n_chunks = _n_chunks(L, T)
     out = _empty_like_layout(u, block_layout)
     # Carries the state between chunks inside the kernel and ends as the last state.
     state = (initial_state.to(torch.float32, copy=True).contiguous() if initial_state is not None
@@ -474,7 +479,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)
     n_chunks = chunk_states.shape[2]
-    assert n_chunks == max(triton.cdiv(L, T), 1), "forward and backward chunking disagree"
+    assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddelta, dz = _input_grads_like(u, delta, z)
     dz = dz if z is not None else _dummy(u)
@@ -529,10 +534,6 @@ def _backward_chunk_len(u, delta, z, A, B, C):
                           block_layout=is_block_layout(u, delta, z))[1]
 
 
-def _chunk_count(u, delta, z, A, B, C):
-    return max(-(-u.shape[2] // _backward_chunk_len(u, delta, z, A, B, C)), 1)
-
-
 @_selective_scan_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
     batch, dim, L = u.shape
@@ -540,7 +541,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_s
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last_state = u.new_empty((batch, dim, N), dtype=torch.float32)
     if save_states:
-        chunk_states = u.new_empty((batch, dim, _chunk_count(u, delta, z, A, B, C), N), dtype=torch.float32)
+        n_saved = _n_chunks(L, _backward_chunk_len(u, delta, z, A, B, C))
+        chunk_states = u.new_empty((batch, dim, n_saved, N), dtype=torch.float32)
     else:
         chunk_states = u.new_empty((1,), dtype=torch.float32)
     return out, last_state, chunk_states
