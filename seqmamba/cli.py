@@ -161,19 +161,6 @@ def _agree_on_launch_time(overrides: Sequence[str]) -> List[str]:
 # --------------------------------------------------------------------------------------------
 # the verbs, inside the Hydra job
 # --------------------------------------------------------------------------------------------
-def _resolve_device(cfg) -> "Any":
-    import torch
-
-    wanted = str(cfg.trainer.get("device", "auto") or "auto")
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted not in ("cpu", "cuda") and not wanted.startswith("cuda:"):
-        raise CliError(f"trainer.device={wanted!r} is not supported; expected auto, cpu or cuda")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError(f"trainer.device={wanted} but no CUDA device is available; use trainer.device=cpu")
-    return torch.device(wanted)
-
-
 def _build_task(cfg):
     import_registered_modules()
     from seqmamba.registry import TASKS
@@ -183,13 +170,14 @@ def _build_task(cfg):
 
 def _model_from_checkpoint(task, cfg):
     from seqmamba.train.checkpoint import load_model_weights
+    from seqmamba.train.trainer import resolve_device
 
     path = cfg.get("ckpt")
     if not path:
         raise CliError(f"'{PROG} {cfg.verb}' needs a checkpoint: add ckpt=<path to best.pt or last.pt>")
     model = task.build_model()
     load_model_weights(model, str(path))  # a missing or foreign file fails there, naming the path
-    return model.to(_resolve_device(cfg)).eval()
+    return model.to(resolve_device(cfg.trainer.get("device"))).eval()
 
 
 def _write_json(path: str, payload: Any) -> None:
@@ -206,14 +194,6 @@ def _save_resolved_config(cfg, run_dir: str) -> None:
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
 
 
-def _apply_threads(cfg) -> None:
-    import torch
-
-    threads = int(cfg.trainer.get("num_threads") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 def run_job(cfg) -> Any:
     """What one Hydra job does for ``cfg.verb``; returns the verb's results."""
     from hydra.core.hydra_config import HydraConfig
@@ -227,11 +207,12 @@ def run_job(cfg) -> Any:
         raise CliError(f"unknown verb {verb!r}; expected one of {', '.join(VERBS)}")
 
     from seqmamba.train.distributed import is_rank0
+    from seqmamba.train.trainer import apply_num_threads
 
     if not is_rank0():  # eval and generate are single-process work; extra torchrun ranks idle
         return None
     _save_resolved_config(cfg, run_dir)
-    _apply_threads(cfg)
+    apply_num_threads(cfg.trainer.get("num_threads"))  # for run, the Trainer applies it
     model = _model_from_checkpoint(task, cfg)
     if verb == "eval":
         results = task.eval_checkpoint(model, run_dir)

@@ -133,6 +133,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"trainer.device={name!r} is not supported; expected auto, cpu or cuda")
 
 
+def apply_num_threads(num_threads: Any) -> None:
+    """``trainer.num_threads``: torch's CPU thread count; 0 or null keeps torch's default."""
+    threads = int(num_threads or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype, or None for plain fp32."""
     name = str(name or "auto").lower()
@@ -220,8 +227,7 @@ class Trainer:
         self.rank, self.world_size = self.dist_env.rank, self.dist_env.world_size
         self.is_rank0 = self.dist_env.is_rank0
         self.device = resolve_device(requested, self.dist_env.local_rank)
-        if int(tc.get("num_threads") or 0) > 0:
-            torch.set_num_threads(int(tc["num_threads"]))
+        apply_num_threads(tc.get("num_threads"))
         self.autocast_dtype = resolve_precision(tc.get("precision", "auto"), self.device)
 
         # -- model, optimizer, schedule ------------------------------------------------------------
