@@ -20,6 +20,8 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
+from .mamba_lm import CONFIG_FIELDS
+
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 BIN_NAME = "pytorch_model.bin"
@@ -89,8 +91,6 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], Dict
 
 def config_from_dict(raw: Dict[str, Any]) -> Dict[str, Any]:
     """An official or transformers config.json -> MambaLM constructor kwargs (unknown fields warn and are dropped)."""
-    from .mamba_lm import CONFIG_FIELDS
-
     if "hidden_size" in raw or raw.get("model_type") == "mamba":
         return _config_from_hf(raw)
     unknown = sorted(set(raw) - set(CONFIG_FIELDS))
@@ -100,8 +100,6 @@ def config_from_dict(raw: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _config_from_hf(raw: Dict[str, Any]) -> Dict[str, Any]:
-    from .mamba_lm import CONFIG_FIELDS
-
     if raw.get("hidden_act", "silu") not in ("silu", "swish"):
         raise ValueError(f"config.json: hidden_act={raw['hidden_act']!r} is not supported; Mamba uses 'silu'")
     config: Dict[str, Any] = {"ssm_cfg": {}, "rms_norm": True, "fused_add_norm": False,
