@@ -153,9 +153,8 @@ def load_into(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], stric
         problems.append(f"unexpected keys: {unexpected}")
     if problems:
         raise ValueError("checkpoint does not match the model; " + "; ".join(problems))
+    # load_state_dict copies into the existing parameters, so a tied head stays tied.
     model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
-    if tied:
-        model.tie_weights()
 
 
 def load_pretrained(cls, path, device=None, dtype=None, strict: bool = True):
