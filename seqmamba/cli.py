@@ -358,7 +358,8 @@ def _run_hydra(verb: str, args: List[str], debug: bool) -> int:
     import hydra
 
     config_path = configs_dir()
-    extra = _agree_on_launch_time(split_hydra_flags(args)[1])
+    flags, user_overrides = split_hydra_flags(args)
+    extra = _agree_on_launch_time(user_overrides)
 
     job_errors: List[BaseException] = []
 
@@ -379,7 +380,6 @@ def _run_hydra(verb: str, args: List[str], debug: bool) -> int:
     # Hydra prints its own multi-line report unless HYDRA_FULL_ERROR is set; with it set, the
     # exception comes back here and we print one line (or the traceback under --debug).
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    flags, user_overrides = split_hydra_flags(args)
     # Hydra's argparse wants all overrides in one run, so flags go first, then the verb, then the rest
     sys.argv = [PROG] + flags + [f"verb={verb}"] + extra + user_overrides
     try:
