@@ -68,17 +68,19 @@ def scan_fns(inputs, impl):
         def run(**kw):
             return selective_scan_fn(kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
                                      kw["delta_bias"], delta_softplus=True)
+    return timed_pair(run, inputs, torch.randn_like(inputs["u"]))
+
+
+def timed_pair(run, inputs, dout):
+    """(forward under no_grad, forward + gradients of every input) of ``run(**inputs)``."""
     grad_inputs = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
-    dout = torch.randn_like(inputs["u"])
-    order = list(grad_inputs)
 
     def fwd():
         with torch.no_grad():
             return run(**inputs)
 
     def fwd_bwd():
-        out = run(**grad_inputs)
-        return torch.autograd.grad(out, [grad_inputs[k] for k in order], dout)
+        return torch.autograd.grad(run(**grad_inputs), list(grad_inputs.values()), dout)
 
     return fwd, fwd_bwd
 
@@ -136,19 +138,14 @@ def sweep():
     configs = [dict(block_d=bd, T=t, num_warps=w, unroll_n=0) for (bd, t, w) in
                [(1, 512, 1), (1, 256, 1), (2, 256, 1), (2, 128, 1)]]
     print(f"sweep at {(batch, dim, L)}")
-    results = {"fwd": [], "bwd": []}
-    for cfg in configs:
-        scan_kernels.FWD_CONFIG = cfg
-        fwd, _ = scan_fns(inputs, "triton")
-        results["fwd"].append((bench_ms(fwd), cfg))
-        print(f"  fwd {cfg}: {results['fwd'][-1][0]:.3f} ms", flush=True)
-    scan_kernels.FWD_CONFIG = min(results["fwd"], key=lambda r: r[0])[1]
-    for cfg in configs:
-        scan_kernels.BWD_CONFIG = cfg
-        _, fwd_bwd = scan_fns(inputs, "triton")
-        results["bwd"].append((bench_ms(fwd_bwd), cfg))
-        print(f"  fwd+bwd {cfg}: {results['bwd'][-1][0]:.3f} ms", flush=True)
-    scan_kernels.BWD_CONFIG = min(results["bwd"], key=lambda r: r[0])[1]
+    # The forward's best config is kept before the backward's sweep, which times forward + backward.
+    for label, attr, timed in (("fwd", "FWD_CONFIG", 0), ("fwd+bwd", "BWD_CONFIG", 1)):
+        results = []
+        for cfg in configs:
+            setattr(scan_kernels, attr, cfg)
+            results.append((bench_ms(scan_fns(inputs, "triton")[timed]), cfg))
+            print(f"  {label} {cfg}: {results[-1][0]:.3f} ms", flush=True)
+        setattr(scan_kernels, attr, min(results, key=lambda r: r[0])[1])
     print(f"best: FWD_CONFIG = {scan_kernels.FWD_CONFIG}, BWD_CONFIG = {scan_kernels.BWD_CONFIG}", flush=True)
 
 
@@ -176,24 +173,16 @@ def contiguous_copy(inputs):
 def copy_fallback_fns(inputs):
     """What a copying wrapper would cost: u / delta / z / B / C to (batch, dim, L) contiguous, the fast
     contiguous scan, out back to (batch, L, dim) storage."""
-    fwd_c, fwd_bwd_c = scan_fns(inputs, "triton")
-
     def run(**kw):
         kw = {k: (v.contiguous() if k in ("u", "delta", "z", "B", "C") else v) for k, v in kw.items()}
         out = selective_scan(**kw, delta_softplus=True, backend="triton")
         return out.transpose(1, 2).contiguous()
 
-    grad_inputs = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
-    dout = torch.randn_like(inputs["u"]).transpose(1, 2).contiguous()
+    return timed_pair(run, inputs, torch.randn_like(inputs["u"]).transpose(1, 2).contiguous())
 
-    def fwd():
-        with torch.no_grad():
-            return run(**inputs)
 
-    def fwd_bwd():
-        return torch.autograd.grad(run(**grad_inputs), list(grad_inputs.values()), dout)
-
-    return fwd, fwd_bwd
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def check_block_layout(batch=2, dim=256, L=700):
@@ -208,10 +197,7 @@ def check_block_layout(batch=2, dim=256, L=700):
 
     ref, ref_grads = with_grads(selective_scan_ref)
     out, grads = with_grads(lambda **k: selective_scan(**k, backend="triton"))
-    errs = {"out": (out.double() - ref.double()).norm().item() / ref.double().norm().item()}
-    for name in grads:
-        errs["d" + name] = ((grads[name].double() - ref_grads[name].double()).norm()
-                            / ref_grads[name].double().norm()).item()
+    errs = {"out": rel_err(out, ref), **{"d" + name: rel_err(grads[name], ref_grads[name]) for name in grads}}
     worst = max(errs.values())
     print(f"block layout check at {(batch, dim, L)} bf16 (cfg fwd {scan_kernels.FWD_CONFIG_CHANNEL_LAST}, "
           f"bwd {scan_kernels.BWD_CONFIG_CHANNEL_LAST}): out stride {tuple(out.stride())}; rel errors "
