@@ -194,9 +194,8 @@ class Mamba(nn.Module):
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  self.activation, backend=self.scan_backend)
         x_dbl = self.x_proj(x)  # (batch, dt_rank + 2N)
-        dt = F.linear(x_dbl[:, :self.dt_rank], self.dt_proj.weight)
-        B = x_dbl[:, self.dt_rank:self.dt_rank + self.d_state]
-        C = x_dbl[:, self.dt_rank + self.d_state:]
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
         A, D, dt_bias = self._ssm_constants()
         y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                    backend=self.scan_backend)
