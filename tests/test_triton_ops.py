@@ -88,11 +88,12 @@ def triton_and_reference_scans(inputs, use, dout, dlast, tol):
     return tri
 
 
+ALL_OPTIONAL = ("D", "z", "delta_bias", "initial_state")
 SCAN_CASES = [
     # (bc_layout, dtype, optional inputs used, time_major)
-    ("variable", torch.float32, ("D", "z", "delta_bias", "initial_state"), False),
+    ("variable", torch.float32, ALL_OPTIONAL, False),
     ("variable", torch.float32, (), True),
-    ("grouped", torch.float32, ("D", "z", "delta_bias", "initial_state"), True),
+    ("grouped", torch.float32, ALL_OPTIONAL, True),
     ("constant", torch.float32, ("D", "z", "initial_state"), False),
     ("variable", torch.bfloat16, ("D", "z", "delta_bias"), True),
     ("grouped", torch.float16, ("z", "delta_bias", "initial_state"), False),
@@ -115,8 +116,7 @@ def test_triton_scan_large_state_and_single_step():
     for (batch, dim, L, N) in ((1, 2, 1, 256), (1, 3, 3, 5)):
         inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=N)
         dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-        use = ("D", "z", "delta_bias", "initial_state")
-        triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
+        triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
 def test_triton_backend_dispatch_matches_reference():
@@ -221,8 +221,7 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     batch, dim, L, N = 2, 6, 40, 4  # dim 6 with groups of 3 channels exercises the BLOCK_D fallback to 1
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    use = ("D", "z", "delta_bias", "initial_state")
-    triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
@@ -232,8 +231,7 @@ def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     batch, dim, L, N = 1, 3, 37, 4  # 37 = 32 + 5: the last forward chunk holds one partial backward chunk
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=3)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    use = ("D", "z", "delta_bias", "initial_state")
-    triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
 def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout():
@@ -252,7 +250,6 @@ def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout()
     assert scan_kernels.is_block_layout(inputs["u"], inputs["delta"], inputs["z"])
     dout = torch.randn(batch, L, dim).transpose(1, 2)  # what out_proj's backward hands back
     dlast = torch.randn(batch, dim, N)
-    use = ("D", "z", "delta_bias", "initial_state")
-    tri = triton_and_reference_scans(inputs, use, dout, dlast, 1e-4)
+    tri = triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
     assert tri[0].stride(1) == 1, f"out strides {tri[0].stride()}: expected time-major storage"
     assert tri[2]["delta"].stride(1) == 1 and tri[2]["z"].stride(1) == 1 and tri[2]["u"].stride(2) == 1
