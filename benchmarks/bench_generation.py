@@ -116,7 +116,6 @@ class GPTGenerator:
         with torch.cuda.graph(self.graph):
             self.logits = self._step()
 
-
     def _step(self):
         mask = (self.arange <= self.position).view(1, 1, 1, -1)
         return self.model(self.token, self.kv_cache, self.position, mask)
@@ -199,7 +198,7 @@ def gpt_step_fn(gpt: "GPT", device) -> Callable[[], object]:
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return sum(p.numel() for p in model.parameters())  # a tied head is listed once
 
 
 def main(argv: List[str] = None) -> None:
