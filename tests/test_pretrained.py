@@ -208,8 +208,9 @@ def test_save_pretrained_round_trips_in_the_official_layout(tmp_path, safe):
     if not safe:  # the official .bin holds every key, the tied head included
         assert set(load_state_dict_file(weights)) == set(model.state_dict())
     loaded = MambaLM.from_pretrained(tmp_path).eval()
+    loaded_state = loaded.state_dict()
     for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(loaded_state[key], value), key
     loaded.set_scan_backend("reference")  # scan_backend is not saved: it is a run-time choice
     ids = torch.randint(0, VOCAB, (2, 9))
     with torch.no_grad():
