@@ -154,6 +154,16 @@ def test_triton_scan_bad_input_raises_value_error_naming_the_argument(bad, match
         selective_scan(**{k: v.to(DEVICE) for k, v in args.items()}, backend="triton")
 
 
+def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
+    from seqmamba.ops import causal_conv1d, causal_conv1d_update
+
+    x, weight = torch.randn(1, 3, 6), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="causal_conv1d: activation .* got 'relu'"):
+        causal_conv1d(x, weight, activation="relu")
+    with pytest.raises(ValueError, match="causal_conv1d_update: activation .* got 'relu'"):
+        causal_conv1d_update(x[:, :, 0], torch.zeros(1, 3, 4), weight, activation="relu")
+
+
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
     (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
 def test_triton_causal_conv1d_forward_and_gradients_match_reference(dtype, activation, width, time_major):

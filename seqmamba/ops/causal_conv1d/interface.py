@@ -9,6 +9,11 @@ from ..backend import resolve_backend
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref
 
 
+def _check_activation(op: str, activation) -> None:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"{op}: activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
 def _check(x, weight, bias, activation):
     if x.dim() != 3:
         raise ValueError(f"causal_conv1d: x has shape {tuple(x.shape)}, expected (batch, dim, L)")
@@ -16,8 +21,7 @@ def _check(x, weight, bias, activation):
         raise ValueError(f"causal_conv1d: weight has shape {tuple(weight.shape)}, expected ({x.shape[1]}, width)")
     if bias is not None and bias.shape != (x.shape[1],):
         raise ValueError(f"causal_conv1d: bias has shape {tuple(bias.shape)}, expected ({x.shape[1]},)")
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}")
+    _check_activation("causal_conv1d", activation)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -36,6 +40,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     if x.dim() != 2 or conv_state.shape[:2] != x.shape or conv_state.shape[2] != weight.shape[1]:
         raise ValueError(f"causal_conv1d_update: x {tuple(x.shape)}, conv_state {tuple(conv_state.shape)}, "
                          f"weight {tuple(weight.shape)}; expected (batch, dim), (batch, dim, width), (dim, width)")
+    _check_activation("causal_conv1d_update", activation)
     if resolve_backend("causal_conv1d_update", backend, x.is_cuda) == "triton":
         from .triton_kernels import causal_conv1d_update_triton
 
