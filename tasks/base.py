@@ -22,6 +22,13 @@ from seqmamba.data.atomic_write import atomic_open
 Batch = Any
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 class Task:
     """Base class; subclasses are registered with ``@TASKS.register("name")``.
 
@@ -129,7 +136,7 @@ class Task:
             raise ValueError(f"generate.prompt: token ids {bad} outside the vocabulary [0, {vocab})")
         batch_size = int(gen.pop("batch_size", None) or n_samples)
         max_new_tokens = int(gen.pop("max_new_tokens", 256))
-        device = next(model.parameters()).device
+        device = model_device(model)
         gen.setdefault("cg", device.type == "cuda")  # decode under a captured CUDA graph on the GPU
         generator = torch.Generator(device=device).manual_seed(int(self.cfg.get("seed", 0)))
         samples: List[str] = []

@@ -58,7 +58,7 @@ class InductionHeadsTask(SyntheticLMTask):
 
     @torch.no_grad()
     def eval_checkpoint(self, model: nn.Module, out_dir: str) -> Dict[str, Any]:
-        results: Dict[str, Any] = {"val": self.evaluate(model, self.val_sets()["val"])}
+        results = super().eval_checkpoint(model, out_dir)  # the val set at the training length
         rows = []
         for item in self.extrapolation_plan():
             start = time.perf_counter()

@@ -16,7 +16,7 @@ from torch import nn
 from seqmamba.data import synthetic
 from seqmamba.registry import BACKBONES, DATASETS
 
-from .base import Task
+from .base import Task, model_device
 
 
 def as_plain_dict(section: Any) -> Dict[str, Any]:
@@ -148,7 +148,7 @@ class SyntheticLMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable) -> Dict[str, float]:
-        device = _model_device(model)
+        device = model_device(model)
         loss_sum, hits, count = 0.0, 0, 0
         was_training = model.training
         model.eval()
@@ -173,9 +173,3 @@ class SyntheticLMTask(Task):
     @property
     def name(self) -> str:
         return str(config_get(self.cfg, "task.name", self.default_dataset))
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
