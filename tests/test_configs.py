@@ -18,6 +18,8 @@ from seqmamba.registry import BACKBONES, DATASETS, TASKS
 
 TASK_OPTIONS = config_group_options("task")
 EXPERIMENT_OPTIONS = config_group_options("experiment")
+# what a user starts from: each task, each experiment
+ENTRY_OVERRIDES = [[f"task={t}"] for t in TASK_OPTIONS] + [[f"experiment={e}"] for e in EXPERIMENT_OPTIONS]
 
 # Shrinks any composed config to a few CPU steps; lengths stay as configured (the paper's 4112-token
 # selective copying included) so the real shapes are exercised, batches become tiny.
@@ -37,9 +39,9 @@ SHRINK = [
 ]
 
 
-def _compose(overrides):
+def _compose(overrides, return_hydra_config=False):
     with initialize_config_dir(config_dir=configs_dir(), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def test_config_groups_have_the_expected_options():
@@ -68,6 +70,14 @@ def test_every_option_of_the_shared_groups_composes_with_every_task(group):
         for task_name in TASK_OPTIONS:
             cfg = _compose([f"task={task_name}", f"{group}={option}"])
             assert cfg[group] is not None
+
+
+def test_every_dataset_config_is_chosen_by_a_task_or_experiment():
+    # dataset/ files are composed (and trained, below) only through the task and experiment configs
+    # that pick them; a dataset file none of them picks would go untested
+    chosen = {_compose(o, return_hydra_config=True).hydra.runtime.choices.dataset for o in ENTRY_OVERRIDES}
+    unused = set(config_group_options("dataset")) - chosen
+    assert not unused, f"dataset configs no task or experiment composes: {sorted(unused)}"
 
 
 def _train_few_steps(cfg, run_dir):
@@ -124,6 +134,6 @@ def test_default_synthetic_sizes_meet_the_issue_minimums():
 
 
 def test_composed_configs_resolve_without_missing_values():
-    for overrides in [[f"task={t}"] for t in TASK_OPTIONS] + [[f"experiment={e}"] for e in EXPERIMENT_OPTIONS]:
+    for overrides in ENTRY_OVERRIDES:
         cfg = _compose(overrides)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
