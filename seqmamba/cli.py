@@ -181,7 +181,7 @@ def _model_from_checkpoint(task, cfg):
 
 
 def _write_json(path: str, payload: Any) -> None:
-    from seqmamba.data.atomic_write import atomic_open
+    from seqmamba.atomic_write import atomic_open
 
     with atomic_open(path) as f:
         json.dump(payload, f, indent=2, default=str)

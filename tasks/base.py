@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from seqmamba.data.atomic_write import atomic_open
+from seqmamba.atomic_write import atomic_open
 
 Batch = Any
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from seqmamba.data import synthetic
-from seqmamba.data.atomic_write import atomic_open
+from seqmamba.atomic_write import atomic_open
 from seqmamba.registry import TASKS
 
 from .synthetic_base import SyntheticLMTask, config_get

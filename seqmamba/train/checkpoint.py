@@ -1,6 +1,6 @@
 """Atomic checkpoints that load with ``torch.load(weights_only=True)``.
 
-Write path: ``torch.save`` through ``seqmamba.data.atomic_write.atomic_open`` (temporary file,
+Write path: ``torch.save`` through ``seqmamba.atomic_write.atomic_open`` (temporary file,
 fsync, ``os.replace``). A crash at any moment leaves either the old checkpoint or the new one, never
 a torn file; a failed write removes its temporary file, and temporary names
 (``.<name>.tmp-<pid>-<random>``) never end in ``.pt`` so nothing mistakes them for checkpoints.
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from seqmamba.data.atomic_write import atomic_open, remove_stale_temp_files  # noqa: F401  (re-exported)
+from seqmamba.atomic_write import atomic_open, remove_stale_temp_files  # noqa: F401  (re-exported)
 
 FORMAT_VERSION = 1
 

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
-from seqmamba.data.atomic_write import atomic_open, atomic_write_text
+from seqmamba.atomic_write import atomic_open, atomic_write_text
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"

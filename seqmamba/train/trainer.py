@@ -72,7 +72,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed as dist_utils
-from seqmamba.data.atomic_write import atomic_write_text, remove_stale_temp_files
+from seqmamba.atomic_write import atomic_write_text, remove_stale_temp_files
 
 from .checkpoint import atomic_torch_save, load_model_weights, make_checkpoint
 from .metrics import MetricsLogger, plot_curves
