@@ -7,6 +7,7 @@ and runs the CLI from an unrelated working directory with only that folder on th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,14 +18,30 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def copy_of_the_source_tree(dest: Path) -> Path:
+    """The files git tracks (or, outside a git checkout, the package folders): setuptools builds in the
+    source folder, so building a copy keeps build/ and *.egg-info out of the checkout, and stale files
+    from an earlier build out of the wheel."""
+    proc = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                          capture_output=True, text=True)
+    names = proc.stdout.split() if proc.returncode == 0 else [
+        str(p.relative_to(REPO)) for top in ("seqmamba", "tasks", "configs") for p in (REPO / top).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts] + ["pyproject.toml", "setup.py", "README.md"]
+    for name in names:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build_dir = tmp_path_factory.mktemp("build")  # keep build/ and *.egg-info out of the checkout
+    source = copy_of_the_source_tree(tmp_path_factory.mktemp("source"))
     env = {**os.environ, "PIP_NO_INPUT": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        capture_output=True, text=True, env=env, cwd=build_dir, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
+        capture_output=True, text=True, env=env, cwd=source, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheels = list(out.glob("seqmamba-*.whl"))
