@@ -2,7 +2,8 @@
 
 ``out = norm(x + residual) * weight (+ bias)``, computed in fp32. The sum is rounded to the dtype the new
 residual is stored in before it is normalised, so the normalised value is exactly the residual handed to
-the next block (and the unfused ``Block`` path, which normalises the stored residual, gives the same numbers).
+the next block. The unfused ``Block`` path matches it in fp32; in a bf16 model with ``residual_in_fp32`` it
+normalises the residual rounded to bf16 (as mamba_ssm's unfused path does), so the two differ by that rounding.
 """
 from __future__ import annotations
 
