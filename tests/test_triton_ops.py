@@ -234,6 +234,18 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
+@pytest.mark.parametrize("rev3", [False, True])
+@pytest.mark.parametrize("block_d", [1, 2])
+def test_triton_scan_backward_reverse_scan_variants_match_reference(monkeypatch, rev3, block_d):
+    """Both reverse scans of the backward: a_{t+1} from a shifted delta load, or folded into a 3-tuple
+    combine (rev3). L = 37 with 16-step chunks: carries across two chunk boundaries and a padded last chunk."""
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3))
+    batch, dim, L, N = 2, 4, 37, 4
+    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=7)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+
+
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
     monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1, unroll_n=0))

@@ -42,6 +42,15 @@ def _first_order_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _shifted_reverse_combine(f_later, g_later, p_later, f_earlier, g_earlier, p_earlier):
+    # Reverse scan of dh_t = g_t + a_{t+1} dh_{t+1} without a_{t+1} at step t: a segment [s..e] is
+    # (F = a_s, G, P = a_{s+1} ... a_e) with dh_s = G + P a_{e+1} dh_{e+1}; joining the earlier segment
+    # to the later one multiplies the later one's G and P by P_earlier F_later.
+    k = p_earlier * f_later
+    return f_earlier, g_earlier + k * g_later, k * p_later
+
+
+@triton.jit
 def _softplus(x):
     # log(1 + exp(x)), exact to fp32 for large x (mamba_ssm uses the same threshold of 20).
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
@@ -179,7 +188,7 @@ def _selective_scan_fwd_kernel(
 def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                          A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                          chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr):
     """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
     A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
     A2 = A * 1.4426950408889634
@@ -200,10 +209,14 @@ def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u,
     y += h * Cn
     # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
     carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
-    a_next = tl.exp2(delta_next * A2[:, None])
     g = Cn * dy
     g = tl.where(is_last, g + carry[:, None], g)
-    _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
+    if REV3:  # a_{t+1} enters through the combine: no second exp, no shifted delta
+        _, dh, _ = tl.associative_scan((a, g, tl.full(a.shape, 1.0, tl.float32)), axis=1,
+                                       combine_fn=_shifted_reverse_combine, reverse=True)
+    else:
+        a_next = tl.exp2(delta_next * A2[:, None])
+        _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
     tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
     sum_dh_B += dh * Bn
     w = dh * (h - b)                                      # dh_t a_t h_{t-1}
@@ -239,7 +252,7 @@ def _selective_scan_bwd_kernel(
     s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -286,7 +299,10 @@ def _selective_scan_bwd_kernel(
         delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         # delta one step ahead, for a_{t+1}; zero past the end makes a_L = 1 (dh_L is the carry).
         mask_next = mask_d[:, None] & ((t_idx + 1) < L)[None, :]
-        delta_next, _ = _load_delta(dt_row, dbias, t_idx + 1, s_dt_l, mask_next, HAS_DBIAS, SOFTPLUS)
+        if REV3:
+            delta_next = delta
+        else:
+            delta_next, _ = _load_delta(dt_row, dbias, t_idx + 1, s_dt_l, mask_next, HAS_DBIAS, SOFTPLUS)
         dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
@@ -304,14 +320,14 @@ def _selective_scan_bwd_kernel(
                     n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                     A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                     chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR)
+                    B_VAR, C_VAR, REV3)
         else:
             for n in range(0, N):
                 y, sum_dh_B, sum_w_A = _bwd_state_component(
                     n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                     A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                     chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR)
+                    B_VAR, C_VAR, REV3)
         du = sum_dh_B * delta
         ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:
@@ -504,7 +520,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout), num_warps=num_warps,
+        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
+        REV3=bool(_config(True, block_layout).get("rev3", False)), num_warps=num_warps,
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)

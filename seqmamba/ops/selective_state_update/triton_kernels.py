@@ -56,6 +56,7 @@ def _selective_state_update_kernel(
 
 # Channels per program; None picks by size (benchmarks/bench_selective_scan.py times the choices).
 DECODE_BLOCK_D: Optional[int] = None
+DECODE_NUM_WARPS: int = 4
 
 
 def _bc_strides(X: torch.Tensor):
@@ -88,6 +89,6 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         dim, N, dim // G_B,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *sB, *sC, *zz.stride(), *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=4,
+        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=DECODE_NUM_WARPS,
     )
     return out
