@@ -102,7 +102,10 @@ def mamba_ssm_available() -> bool:
         return False
 
 
-def decode_us(batch, dim=1536, N=N_STATE):
+def decode_us(batch, dim=1536, N=N_STATE, steps_per_graph=(1, 100)):
+    """Decode-step latency in us: {steps per captured graph: per-step time} plus "eager". One step per graph
+    includes the graph launch; many steps per graph give the GPU's per-step time (consecutive decode steps
+    of a model run in one graph, as mamba_ssm's and seqmamba's generate capture them)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     state = r(batch, dim, N)
@@ -117,16 +120,20 @@ def decode_us(batch, dim=1536, N=N_STATE):
     with torch.cuda.stream(side):
         step()
     torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    replays = 100
+    result = {"eager": bench_ms(step) * 1e3}
+    for steps in steps_per_graph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(steps):
+                step()
+        replays = max(1, 100 // steps)
 
-    def replay_many():
-        for _ in range(replays):
-            graph.replay()
+        def replay_many():
+            for _ in range(replays):
+                graph.replay()
 
-    return bench_ms(replay_many, rep=300) / replays * 1e3, bench_ms(step) * 1e3
+        result[steps] = bench_ms(replay_many, rep=300) / (replays * steps) * 1e3
+    return result
 
 
 def sweep():
@@ -135,7 +142,7 @@ def sweep():
     inputs = make_inputs(batch, dim, L)
     # Earlier sweeps (notes/triton_scan.md) tried block_d 1-8, 1-8 warps, T 128-1024 and an unrolled loop
     # over N; one warp per channel with a rolled loop won. Several channels per warp halve the dB / dC atomics.
-    configs = [dict(block_d=bd, T=t, num_warps=w, unroll_n=0) for (bd, t, w) in
+    configs = [dict(block_d=bd, T=t, num_warps=w, unroll_n=0, rev3=True) for (bd, t, w) in
                [(1, 512, 1), (1, 256, 1), (2, 256, 1), (2, 128, 1)]]
     print(f"sweep at {(batch, dim, L)}")
     # The forward's best config is kept before the backward's sweep, which times forward + backward.
@@ -304,11 +311,6 @@ def main():
         del inputs, fwd, fwd_bwd
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
-    decode_kernels = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
-    for block_d in (8, 16, 32, 64):
-        decode_kernels.DECODE_BLOCK_D = block_d
-        print(f"decode BLOCK_D={block_d}: " + ", ".join(f"batch {b}: {decode_us(b)[0]:.2f} us" for b in (1, 64)))
-    decode_kernels.DECODE_BLOCK_D = None
     dec = {b: decode_us(b) for b in (1, 64)}
 
     print(f"\nGPU: {gpu}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); torch {torch.__version__}, "
@@ -319,9 +321,10 @@ def main():
     for r in rows:
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.1f}% | {r[5]:.0f} | {r[6]:.1f}% | {r[7]:.2f} "
               f"| {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x |")
-    for b, (graph_us, eager_us) in dec.items():
-        print(f"decode step batch {b}, dim 1536, N 16: {graph_us:.2f} us under a CUDA graph "
-              f"(eager {eager_us:.1f} us); mamba_ssm anchor {ANCHOR_DECODE_US[b]} us")
+    for b, d in dec.items():
+        print(f"decode step batch {b}, dim 1536, N 16, CUDA graph: {d[100]:.2f} us per step with 100 steps per graph, "
+              f"{d[1]:.2f} us with one (graph launch included); eager {d['eager']:.1f} us; "
+              f"mamba_ssm anchor {ANCHOR_DECODE_US[b]} us")
 
 
 if __name__ == "__main__":

@@ -374,7 +374,7 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # so every scan and reduction stays inside the warp and many small programs keep the SMs full.
 # unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
-BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0)
+BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
 # sector it loads (16x the DRAM traffic at bf16). A program of 16-32 neighbouring channels reads whole
@@ -382,7 +382,7 @@ BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0)
 # H100 sweep at (64, 1536, 2048) (notes/triton_scan.md): forward 32 x 32 5.20 ms (16 x 32 6.60, 16 x 64 6.70,
 # 8 x 64 7.61); backward 16 x 32 27.4 ms fwd+bwd (8 x 64 32.9, 16 x 64 on 2 warps 39.6).
 FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0)
-BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0, rev3=True)
 
 
 def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
