@@ -1,7 +1,8 @@
 """One Mamba layer, forward and forward+backward, with the scan fed channels-first vs time-major.
 
-`Mamba.channels_first` picks the layout the block hands the selective scan (see seqmamba/modules/mamba.py).
-Both variants share weights and inputs and are timed in the same run; the script also prints how far their
+`Mamba.channels_first` picks the layout the block hands the selective scan (see seqmamba/modules/mamba.py),
+`PROJECT_CHANNELS` how the channels-first projections are formed (one folded GEMM or a batched one).
+All variants share weights and inputs and are timed in the same run; the script also prints how far their
 outputs differ. GPU (bf16, do_bench medians):
 
     python benchmarks/bench_mamba_layer_layout.py
@@ -12,6 +13,7 @@ import argparse
 
 import torch
 
+import seqmamba.modules.mamba as mamba_module
 from seqmamba.modules import Mamba
 
 
@@ -32,16 +34,19 @@ def main() -> None:
         h = torch.randn(batch, L, args.d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         g = torch.randn_like(h)
         outs = {}
-        for name, flag in (("channels-first", True), ("time-major", False)):
+        for name, flag, project in (("channels-first mm", True, "mm"), ("channels-first bmm", True, "bmm"),
+                                    ("time-major", False, "mm")):
             layer.channels_first = flag
+            mamba_module.PROJECT_CHANNELS = project
             outs[name] = layer(h).float()
             with torch.no_grad():
                 fwd = tt.do_bench(lambda: layer(h), warmup=25, rep=100)
             fwd_bwd = tt.do_bench(lambda: layer(h).backward(g), warmup=25, rep=100)
-            print(f"({batch}, {L}) {name:15s} fwd {fwd:8.3f} ms   fwd+bwd {fwd_bwd:8.3f} ms")
-        a, b = outs["channels-first"], outs["time-major"]
+            print(f"({batch}, {L}) {name:18s} fwd {fwd:8.3f} ms   fwd+bwd {fwd_bwd:8.3f} ms")
+        a, b = outs["channels-first mm"], outs["time-major"]
         print(f"({batch}, {L}) relative difference of the outputs: {((a - b).norm() / b.norm()).item():.2e}")
     layer.channels_first = None
+    mamba_module.PROJECT_CHANNELS = "mm"
 
 
 if __name__ == "__main__":

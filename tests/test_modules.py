@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+
+import seqmamba.modules.mamba as mamba_module
 import torch.nn.functional as F
 
 from seqmamba.modules import Block, GatedMLP, Mamba, RMSNorm
@@ -177,9 +179,11 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
         torch.testing.assert_close(new_residual, expected_residual)
 
 
+@pytest.mark.parametrize("project", ["mm", "bmm"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(bias):
+def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project):
     # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project)
     torch.manual_seed(0)
     layer = Mamba(24, d_state=8, bias=bias).double()
     h = torch.randn(2, 13, 24, dtype=torch.double, requires_grad=True)
@@ -194,3 +198,31 @@ def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_g
     torch.testing.assert_close(out_cf, out_tm, rtol=1e-10, atol=1e-12)
     for g_cf, g_tm in zip(grads_cf, grads_tm):
         torch.testing.assert_close(g_cf, g_tm, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("project", ["mm", "bmm"])
+def test_mamba_channels_first_forward_copies_no_sequence_sized_tensor(monkeypatch, project):
+    """W @ h^T must not go through torch.matmul's fold, which ends in a transposed copy of the whole
+    projection (~0.9 ms per call at (64, 3072, 2048) on an H100); only B / C (N rows) are made contiguous.
+    Copies made inside the ops (the CPU scan's own workspace) are not the block's and are not counted."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project)
+    batch, L, d_model = 3, 40, 16
+    layer = Mamba(d_model, d_state=4).eval()
+    layer.channels_first = True
+    copied = []
+
+    class CopyLog(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default):
+                frames = [f.filename for f in traceback.extract_stack() if "seqmamba" in f.filename]
+                if frames and frames[-1] == mamba_module.__file__:
+                    copied.append(args[0].numel())
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), CopyLog():
+        layer(torch.randn(batch, L, d_model))
+    assert copied and max(copied) <= batch * layer.d_state * L, copied
