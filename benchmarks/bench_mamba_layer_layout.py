@@ -46,7 +46,7 @@ def main() -> None:
         a, b = outs["channels-first mm"], outs["time-major"]
         print(f"({batch}, {L}) relative difference of the outputs: {((a - b).norm() / b.norm()).item():.2e}")
     layer.channels_first = None
-    mamba_module.PROJECT_CHANNELS = "mm"
+    mamba_module.PROJECT_CHANNELS = "bmm"
 
 
 if __name__ == "__main__":

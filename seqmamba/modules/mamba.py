@@ -37,8 +37,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
 
 #: how ``_project_channels`` forms W @ x^T: "mm" = one GEMM over the folded (batch * L) columns, as mamba_ssm
 #: does (the result is a (batch, out, L) view with L contiguous); "bmm" = a batched GEMM writing
-#: (batch, out, L) contiguous. benchmarks/bench_mamba_layer_layout.py times both.
-PROJECT_CHANNELS = "mm"
+#: (batch, out, L) contiguous. benchmarks/bench_mamba_layer_layout.py times both: on an H100, one layer
+#: (d_model 768, bf16) fwd+bwd 28.8 (bmm) vs 29.5 ms (mm) at (64, 2048), 7.53 vs 7.67 ms at (8, 4096).
+PROJECT_CHANNELS = "bmm"
 
 
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
