@@ -74,7 +74,7 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 @triton.jit
 def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last,
+                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
                          B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
                          SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
@@ -87,7 +87,7 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
         Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
     else:
         Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    h_prev = tl.load(state_row + n, mask=mask_d, other=0.0)
+    h_prev = tl.load(state_in + n, mask=mask_d, other=0.0)
     if SAVE_STATES:
         tl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev, mask=mask_d)
     a = tl.exp2(delta * A2[:, None])
@@ -95,13 +95,16 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
     b = tl.where(is_first, b + a * h_prev[:, None], b)
     _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
-    tl.store(state_row + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
+    # The chunk's last state, stored by the thread that holds it (a masked store of the whole tile to one
+    # address per channel: no cross-lane reduction; H100 forward 4-5% faster at batch 1-2 than a where-sum).
+    zero_t = t_loc2.to(tl.int64) * 0
+    tl.store(state_out[:, None] + n + zero_t, h, mask=mask_d[:, None] & is_last)
     if SAVE_STATES:
         # The backward may walk shorter chunks than this forward: save the states entering those too.
         for k in tl.static_range(1, SAVES_PER_CHUNK):
             saved = c * SAVES_PER_CHUNK + k
-            h_k = tl.sum(tl.where(t_loc2 == k * T_SAVE - 1, h, 0.0), axis=1)
-            tl.store(chunk_row + saved * N + n, h_k, mask=mask_d & (saved < n_saved))
+            tl.store(chunk_row[:, None] + saved * N + n + zero_t, h,
+                     mask=mask_d[:, None] & (saved < n_saved) & (t_loc2 == k * T_SAVE - 1))
     return y
 
 
@@ -109,7 +112,7 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr,
     out_ptr, state_ptr, chunk_states_ptr,
-    dim, L, N, channels_per_group, n_chunks, n_saved,
+    dim, L, N, channels_per_group, n_chunks, n_saved, state_slot,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -122,8 +125,9 @@ def _selective_scan_fwd_kernel(
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr,
 ):
-    """state_ptr: (batch, dim, N) fp32 holding the initial state; it carries the state between chunks
-    and holds the last state at the end. With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK
+    """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
+    Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
+    overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2. With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK
     steps goes to chunk_states (batch, dim, n_saved, N)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -153,6 +157,8 @@ def _selective_scan_fwd_kernel(
     is_last = (t_loc == T - 1)[None, :]
 
     for c in range(0, n_chunks):
+        state_in = state_row + (c % 2) * state_slot
+        state_out = state_row + ((c + 1) % 2) * state_slot
         t_idx = c * T + t_loc
         mask_t = t_idx < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
@@ -166,13 +172,15 @@ def _selective_scan_fwd_kernel(
             for n in tl.static_range(UNROLL_N):
                 y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last, B_VAR, C_VAR,
+                                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
+                                         B_VAR, C_VAR,
                                          SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
         else:
             for n in range(0, N):
                 y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_row, chunk_row, N, n_saved, t_loc2, is_first, is_last, B_VAR, C_VAR,
+                                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
+                                         B_VAR, C_VAR,
                                          SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
         if HAS_D:
             y += Dv[:, None] * u
@@ -456,9 +464,11 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
     n_chunks = _n_chunks(L, T)
     out = _empty_like_layout(u, block_layout)
-    # Carries the state between chunks inside the kernel and ends as the last state.
-    state = (initial_state.to(torch.float32, copy=True).contiguous() if initial_state is not None
-             else torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32))
+    # Two slots that carry the state between chunks inside the kernel (slot 0 starts as the initial state);
+    # the last state ends in slot n_chunks % 2.
+    state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
+    if initial_state is not None:
+        state[0].copy_(initial_state)
     chunk_states = (torch.empty((batch, dim, n_saved, N), device=u.device, dtype=torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
@@ -468,14 +478,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy,
         out, state, chunk_states,
-        dim, L, N, cpg, n_chunks, n_saved,
+        dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps,
     )
-    return out, state, chunk_states
+    return out, state[n_chunks % 2], chunk_states
 
 
 def _input_grads_like(u, delta, z):
