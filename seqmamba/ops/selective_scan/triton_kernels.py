@@ -427,6 +427,13 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     return BLOCK_D, T, cfg["num_warps"]
 
 
+def _compiler_options(backward: bool, block_layout: bool) -> dict:
+    """Optional Triton launch options of a config: num_stages (software pipelining of the chunk loop) and
+    maxnreg (a register cap: more resident warps per SM, at the risk of spills)."""
+    cfg = _config(backward, block_layout)
+    return {k: cfg[k] for k in ("num_stages", "maxnreg") if cfg.get(k) is not None}
+
+
 def _n_chunks(L: int, T: int) -> int:
     """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
     return max(triton.cdiv(L, T), 1)
@@ -483,7 +490,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
-        SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps,
+        SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps, **_compiler_options(False, block_layout),
     )
     return out, state[n_chunks % 2], chunk_states
 
@@ -532,6 +539,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
         REV3=bool(_config(True, block_layout).get("rev3", False)), num_warps=num_warps,
+        **_compiler_options(True, block_layout),
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
