@@ -234,14 +234,25 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("rev3", [False, True])
+@pytest.mark.parametrize("rev3,reload", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("block_d", [1, 2])
-def test_triton_scan_backward_reverse_scan_variants_match_reference(monkeypatch, rev3, block_d):
-    """Both reverse scans of the backward: a_{t+1} from a shifted delta load, or folded into a 3-tuple
-    combine (rev3). L = 37 with 16-step chunks: carries across two chunk boundaries and a padded last chunk."""
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3))
+def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload, block_d):
+    """The backward's variants: a_{t+1} from a shifted delta load, or folded into a 3-tuple combine (rev3);
+    u / z / dout kept live across the loop over N or read again after it (reload). L = 37 with 16-step
+    chunks: carries across two chunk boundaries and a padded last chunk."""
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG",
+                        dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3, reload=reload))
     batch, dim, L, N = 2, 4, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=7)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+
+
+def test_triton_scan_forward_reading_u_again_matches_reference(monkeypatch):
+    """Forward config option reload: u read a second time for the D term instead of kept in registers."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0, reload=True))
+    batch, dim, L, N = 2, 3, 37, 4
+    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=11)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 

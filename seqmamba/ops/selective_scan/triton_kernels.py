@@ -123,7 +123,7 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
-    SAVES_PER_CHUNK: tl.constexpr,
+    SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -183,6 +183,8 @@ def _selective_scan_fwd_kernel(
                                          B_VAR, C_VAR,
                                          SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
         if HAS_D:
+            if RELOAD:  # read u again rather than keep it live across the loop over N (registers)
+                u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
             y += Dv[:, None] * u
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
@@ -260,7 +262,7 @@ def _selective_scan_bwd_kernel(
     s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr, RELOAD: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -336,6 +338,16 @@ def _selective_scan_bwd_kernel(
                     A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                     chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
                     B_VAR, C_VAR, REV3)
+        if RELOAD:
+            # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over
+            # N: the backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
+            u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+            dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+                sig_z = tl.sigmoid(zv)
+            if SOFTPLUS:
+                _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
         ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:
@@ -490,7 +502,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
-        SAVES_PER_CHUNK=saves_per_chunk, num_warps=num_warps, **_compiler_options(False, block_layout),
+        SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
+        num_warps=num_warps, **_compiler_options(False, block_layout),
     )
     return out, state[n_chunks % 2], chunk_states
 
@@ -538,7 +551,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
-        REV3=bool(_config(True, block_layout).get("rev3", False)), num_warps=num_warps,
+        REV3=bool(_config(True, block_layout).get("rev3", False)),
+        RELOAD=bool(_config(True, block_layout).get("reload", False)), num_warps=num_warps,
         **_compiler_options(True, block_layout),
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
