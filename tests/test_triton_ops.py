@@ -286,3 +286,23 @@ def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout()
     tri = triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
     assert tri[0].stride(1) == 1, f"out strides {tri[0].stride()}: expected time-major storage"
     assert tri[2]["delta"].stride(1) == 1 and tri[2]["z"].stride(1) == 1 and tri[2]["u"].stride(2) == 1
+
+
+def test_backward_launch_rules_follow_occupancy(monkeypatch):
+    """BWD_CONFIG's occupancy rules (H100 measurements in notes/triton_scan.md): one channel per program when
+    two-channel programs would not fill the SMs; the register cap only with enough programs and L >= 2048;
+    no CUDA options at all off CUDA."""
+    monkeypatch.setattr(scan_kernels, "_sm_count", lambda index: 132)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    cfg = scan_kernels.BWD_CONFIG
+    launch = lambda batch, L, device: scan_kernels._launch_config(  # noqa: E731
+        1536, 16, L, 1536, backward=True, batch=batch, device=device)
+    assert launch(1, 262144, cuda)[0] == 1  # 768 two-channel programs < 8 per SM
+    assert launch(8, 4096, cuda)[0] == cfg["block_d"] == 2
+    assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
+    options = lambda batch, L, block_d, device=cuda: scan_kernels._compiler_options(  # noqa: E731
+        True, False, device, batch, 1536, L, block_d)
+    assert options(8, 4096, 2) == {"maxnreg": cfg["maxnreg"]}
+    assert options(8, 1024, 2) == {}  # short sequences: the cap costs more than it gains
+    assert options(1, 262144, 2) == {}  # 5.8 programs per SM fit in one wave without the cap
+    assert options(8, 4096, 2, cpu) == {}

@@ -24,6 +24,7 @@ Design (measurements behind each choice: notes/triton_scan.md):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -393,8 +394,17 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # two channels (half the dB / dC atomics) and 256 steps,
 # so every scan and reduction stays inside the warp and many small programs keep the SMs full.
 # unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
+# Backward (H100, notes/triton_scan.md "Registers"): rev3 = the 3-tuple reverse scan (no second exp);
+# reload = read u / z / dout again after the loop over N (without it the kernel needs > 255 registers and
+# spills). Occupancy rules, applied on CUDA only:
+# - min_programs_per_sm: fewer programs than this many per SM (batch 1 at dim 1536) -> one channel per
+#   program, twice the programs (latency-bound there; fwd+bwd 0.94x -> 0.97x mamba_ssm at (1, 1536, 262144));
+# - maxnreg: cap registers at this many when there are more programs than min_programs_per_sm per SM and
+#   L >= maxnreg_min_L: 12 instead of 8 resident warps per SM (fwd+bwd +5-22% at (8, 1536, 4096),
+#   (16, 2048, 2048), (2, 1536, 65536); slower at (8, 1536, 1024) and when the programs fit in one wave anyway).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
-BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True)
+BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True,
+                  min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
 # sector it loads (16x the DRAM traffic at bf16). A program of 16-32 neighbouring channels reads whole
@@ -402,7 +412,7 @@ BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True)
 # H100 sweep at (64, 1536, 2048) (notes/triton_scan.md): forward 32 x 32 5.20 ms (16 x 32 6.60, 16 x 64 6.70,
 # 8 x 64 7.61); backward 16 x 32 27.4 ms fwd+bwd (8 x 64 32.9, 16 x 64 on 2 warps 39.6).
 FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0)
-BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0, rev3=True)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0, rev3=True, reload=True)
 
 
 def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
@@ -427,10 +437,29 @@ def _unroll(N: int, backward: bool, block_layout: bool = False) -> int:
     return N if N <= limit else 0
 
 
-def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False):
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _programs_per_sm(device: torch.device, batch: int, dim: int, block_d: int) -> Optional[float]:
+    """Programs of one launch per SM on a CUDA device; None elsewhere (the interpreter)."""
+    if device.type != "cuda":
+        return None
+    return batch * triton.cdiv(dim, block_d) / _sm_count(device.index if device.index is not None
+                                                          else torch.cuda.current_device())
+
+
+def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
+                   batch: Optional[int] = None, device: Optional[torch.device] = None):
     """(BLOCK_D, T, num_warps) for one launch."""
     cfg = _config(backward, block_layout)
     BLOCK_D = cfg["block_d"]
+    min_per_sm = cfg.get("min_programs_per_sm")
+    if min_per_sm and batch is not None and device is not None:
+        per_sm = _programs_per_sm(device, batch, dim, BLOCK_D)
+        if per_sm is not None and per_sm < min_per_sm:
+            BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
     T = min(cfg["T"], max(16, triton.next_power_of_2(max(L, 1))))
@@ -439,11 +468,20 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     return BLOCK_D, T, cfg["num_warps"]
 
 
-def _compiler_options(backward: bool, block_layout: bool) -> dict:
-    """Optional Triton launch options of a config: num_stages (software pipelining of the chunk loop) and
-    maxnreg (a register cap: more resident warps per SM, at the risk of spills)."""
+def _compiler_options(backward: bool, block_layout: bool, device: torch.device, batch: int, dim: int, L: int,
+                      block_d: int) -> dict:
+    """Optional Triton launch options of a config on CUDA: num_stages (software pipelining of the chunk loop)
+    and maxnreg (a register cap: more resident warps per SM, at the risk of spills), the latter only where
+    the config's occupancy rule says it pays (see BWD_CONFIG)."""
     cfg = _config(backward, block_layout)
-    return {k: cfg[k] for k in ("num_stages", "maxnreg") if cfg.get(k) is not None}
+    if device.type != "cuda":
+        return {}
+    options = {"num_stages": cfg["num_stages"]} if cfg.get("num_stages") is not None else {}
+    if cfg.get("maxnreg") is not None:
+        per_sm = _programs_per_sm(device, batch, dim, block_d)
+        if per_sm >= cfg.get("min_programs_per_sm", 0) and L >= cfg.get("maxnreg_min_L", 0):
+            options["maxnreg"] = cfg["maxnreg"]
+    return options
 
 
 def _n_chunks(L: int, T: int) -> int:
@@ -503,7 +541,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
-        num_warps=num_warps, **_compiler_options(False, block_layout),
+        num_warps=num_warps, **_compiler_options(False, block_layout, u.device, batch, dim, L, BLOCK_D),
     )
     return out, state[n_chunks % 2], chunk_states
 
@@ -523,7 +561,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
-    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)
+    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout,
+                                           batch=batch, device=u.device)
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -553,7 +592,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
         REV3=bool(_config(True, block_layout).get("rev3", False)),
         RELOAD=bool(_config(True, block_layout).get("reload", False)), num_warps=num_warps,
-        **_compiler_options(True, block_layout),
+        **_compiler_options(True, block_layout, u.device, batch, dim, L, BLOCK_D),
     )
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
