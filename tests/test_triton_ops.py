@@ -248,9 +248,12 @@ def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-def test_triton_scan_forward_reading_u_again_matches_reference(monkeypatch):
-    """Forward config option reload: u read a second time for the D term instead of kept in registers."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0, reload=True))
+@pytest.mark.parametrize("masked_last", [False, True])
+def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_last):
+    """Forward config options: reload (u read a second time for the D term instead of kept in registers) and
+    masked_last (the chunk's last state stored by the thread holding it, or extracted by a where-sum)."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG",
+                        dict(block_d=1, T=16, num_warps=1, unroll_n=0, reload=True, masked_last=masked_last))
     batch, dim, L, N = 2, 3, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=11)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)

@@ -77,7 +77,7 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                          state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
                          B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
-                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr):
+                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
     A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
     if B_VAR:
@@ -96,16 +96,23 @@ def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_pt
     b = tl.where(is_first, b + a * h_prev[:, None], b)
     _, h = tl.associative_scan((a, b), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
-    # The chunk's last state, stored by the thread that holds it (a masked store of the whole tile to one
-    # address per channel: no cross-lane reduction; H100 forward 4-5% faster at batch 1-2 than a where-sum).
-    zero_t = t_loc2.to(tl.int64) * 0
-    tl.store(state_out[:, None] + n + zero_t, h, mask=mask_d[:, None] & is_last)
+    if MASKED_LAST:
+        # The chunk's last state, stored by the thread that holds it (a masked store of the whole tile to one
+        # address per channel: no cross-lane reduction; H100 forward 4-5% faster at batch 1-2 than a where-sum).
+        zero_t = t_loc2.to(tl.int64) * 0
+        tl.store(state_out[:, None] + n + zero_t, h, mask=mask_d[:, None] & is_last)
+    else:
+        tl.store(state_out + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
     if SAVE_STATES:
         # The backward may walk shorter chunks than this forward: save the states entering those too.
         for k in tl.static_range(1, SAVES_PER_CHUNK):
             saved = c * SAVES_PER_CHUNK + k
-            tl.store(chunk_row[:, None] + saved * N + n + zero_t, h,
-                     mask=mask_d[:, None] & (saved < n_saved) & (t_loc2 == k * T_SAVE - 1))
+            if MASKED_LAST:
+                tl.store(chunk_row[:, None] + saved * N + n + zero_t, h,
+                         mask=mask_d[:, None] & (saved < n_saved) & (t_loc2 == k * T_SAVE - 1))
+            else:
+                h_k = tl.sum(tl.where(t_loc2 == k * T_SAVE - 1, h, 0.0), axis=1)
+                tl.store(chunk_row + saved * N + n, h_k, mask=mask_d & (saved < n_saved))
     return y
 
 
@@ -124,7 +131,7 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
-    SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr,
+    SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr, MASKED_LAST: tl.constexpr,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -175,14 +182,14 @@ def _selective_scan_fwd_kernel(
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                                          state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
                                          B_VAR, C_VAR,
-                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
+                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK, MASKED_LAST)
         else:
             for n in range(0, N):
                 y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
                                          B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                                          state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
                                          B_VAR, C_VAR,
-                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK)
+                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK, MASKED_LAST)
         if HAS_D:
             if RELOAD:  # read u again rather than keep it live across the loop over N (registers)
                 u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
@@ -402,7 +409,7 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # - maxnreg: cap registers at this many when there are more programs than min_programs_per_sm per SM and
 #   L >= maxnreg_min_L: 12 instead of 8 resident warps per SM (fwd+bwd +5-22% at (8, 1536, 4096),
 #   (16, 2048, 2048), (2, 1536, 65536); slower at (8, 1536, 1024) and when the programs fit in one wave anyway).
-FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0)
+FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True)
 BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True,
                   min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
@@ -541,6 +548,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
+        MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
         num_warps=num_warps, **_compiler_options(False, block_layout, u.device, batch, dim, L, BLOCK_D),
     )
     return out, state[n_chunks % 2], chunk_states
