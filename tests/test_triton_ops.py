@@ -223,6 +223,38 @@ def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype
     assert rel_err(y, y_ref) < tol
 
 
+@pytest.mark.parametrize("block_d", [None, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_state_update_with_the_dt_projection_inside_matches_projecting_first(monkeypatch, dtype, block_d):
+    """dt_proj_weight (dim, R): the kernel forms dt = W @ dt_low itself (rank R = 5, padded to 8; dt_low a
+    strided slice as in Mamba.step). Same state and y as projecting first and passing the full dt, both
+    against the reference given the projection, and the reference against itself."""
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels"),
+                        "DECODE_BLOCK_D", block_d)
+    batch, dim, N, R = 3, 12, 8, 5
+    g = torch.Generator().manual_seed(4)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    state = r(batch, dim, N).to(DEVICE)
+    x, z = (r(batch, dim).to(dtype).to(DEVICE) for _ in range(2))
+    x_dbl = r(batch, R + 2 * N).to(dtype).to(DEVICE)
+    dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=-1)
+    W = (0.5 * r(dim, R)).to(dtype).to(DEVICE)
+    A = -(torch.rand(dim, N, generator=g) + 0.3).to(DEVICE)
+    D, dt_bias = r(dim).to(DEVICE), r(dim).to(DEVICE)
+    dt_full = dt_low.float() @ W.float().t()
+    states = [state.clone() for _ in range(3)]
+    y = selective_state_update(states[0], x, dt_low, A, B, C, D, z, dt_bias, True, backend="triton",
+                               dt_proj_weight=W)
+    y_ref = selective_state_update_ref(states[1], x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
+    y_full = selective_state_update_ref(states[2], x, dt_full, A, B, C, D, z, dt_bias, True)
+    assert rel_err(y_ref, y_full) < 1e-6 and rel_err(states[1], states[2]) < 1e-6
+    assert rel_err(states[0], states[1]) < 1e-5 and rel_err(y, y_ref) < TOL[dtype]
+    with pytest.raises(ValueError, match="dt_proj_weight"):
+        selective_state_update(state, x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W[:4])
+    with pytest.raises(ValueError, match="dt has shape"):
+        selective_state_update(state, x, dt_full, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
+
+
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
     """BLOCK_D = 2 and the loop over N unrolled: B / C shared by the block's channels, dB / dC reduced over them."""

@@ -201,19 +201,18 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
             raise ValueError(f"Mamba.step: hidden_states has shape {tuple(hidden_states.shape)}, "
                              f"expected (batch, 1, {self.d_model}); decode one token at a time")
-        # Kernels per step: in_proj, conv update, x_proj, dt_proj, state update, out_proj. x / z and dt / B / C
-        # are strided views of the projections (no copies: the kernels and cuBLAS take the strides), the
-        # dt_proj bias and softplus run inside the state update, and A / D / the bias in fp32 are cached.
+        # Kernels per step: in_proj, conv update, x_proj, state update, out_proj. x / z and dt / B / C are
+        # strided views of the projections (no copies: the kernels and cuBLAS take the strides); dt_proj (rank
+        # dt_rank), its bias and the softplus run inside the state update; A / D / the bias in fp32 are cached.
         xz = self.in_proj(hidden_states.squeeze(1))  # (batch, 2 d_inner)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  self.activation, backend=self.scan_backend)
         x_dbl = self.x_proj(x)  # (batch, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)
         A, D, dt_bias = self._ssm_constants()
         y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
-                                   backend=self.scan_backend)
+                                   backend=self.scan_backend, dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def _ssm_constants(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

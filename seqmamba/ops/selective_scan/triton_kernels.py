@@ -135,8 +135,9 @@ def _selective_scan_fwd_kernel(
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
-    overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2. With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK
-    steps goes to chunk_states (batch, dim, n_saved, N)."""
+    overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2.
+    With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK steps goes to chunk_states
+    (batch, dim, n_saved, N)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)

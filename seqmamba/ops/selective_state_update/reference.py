@@ -10,11 +10,14 @@ import torch.nn.functional as F
 def selective_state_update_ref(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                                B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                                z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
-                               dt_softplus: bool = False) -> torch.Tensor:
+                               dt_softplus: bool = False,
+                               dt_proj_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """state (batch, dim, N) updated in place; x, dt, z (batch, dim); A (dim, N); B, C (batch, N) or
-    (batch, G, N); D, dt_bias (dim,). Returns y (batch, dim) in x's dtype."""
+    (batch, G, N); D, dt_bias (dim,). With ``dt_proj_weight`` (dim, R), dt is the low-rank (batch, R) input
+    of the dt projection and dt = dt @ dt_proj_weight^T is formed here, in fp32.
+    Returns y (batch, dim) in x's dtype."""
     batch, dim, N = state.shape
-    dt32 = dt.float()
+    dt32 = dt.float() if dt_proj_weight is None else dt.float() @ dt_proj_weight.float().t()
     if dt_bias is not None:
         dt32 = dt32 + dt_bias.float()
     if dt_softplus:

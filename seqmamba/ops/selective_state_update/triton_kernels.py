@@ -1,6 +1,8 @@
 """Triton kernel for one decode step of the selective SSM, in place on the state.
 
 state[b, d, :] <- exp(dt A[d]) * state + dt B x;  y = C . state + D x;  y *= silu(z).
+Optionally dt = dt_proj_weight @ dt_low is formed in the kernel (Mamba's rank-R dt projection), which saves
+the decode step one kernel per layer.
 One program per (batch, block of channels); B / C are (batch, N) or grouped (batch, G, N). State math is
 fp32 whatever the state's dtype. Designed to be captured in a CUDA graph (no host work besides the launch).
 """
@@ -15,12 +17,12 @@ import triton.language as tl
 
 @triton.jit
 def _selective_state_update_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, out_ptr,
-    dim, N, channels_per_group,
-    s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, W_ptr, out_ptr,
+    dim, N, channels_per_group, R,
+    s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_W_d, s_W_r, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -32,7 +34,15 @@ def _selective_state_update_kernel(
     state_ptrs = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d + n_idx[None, :] * s_s_n
     state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * s_dt_b + d_idx * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_PROJ:  # dt = W @ dt_low: the (BLOCK_D, R) rows of the dt projection times the (R,) low-rank input
+        r_idx = tl.arange(0, BLOCK_R)
+        mask_r = r_idx < R
+        dt_low = tl.load(dt_ptr + pid_b * s_dt_b + r_idx * s_dt_d, mask=mask_r, other=0.0).to(tl.float32)
+        W = tl.load(W_ptr + d_idx[:, None] * s_W_d + r_idx[None, :] * s_W_r,
+                    mask=mask_d[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
+        dt = tl.sum(W * dt_low[None, :], axis=1)
+    else:
+        dt = tl.load(dt_ptr + pid_b * s_dt_b + d_idx * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dt_bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -70,7 +80,8 @@ def _bc_strides(X: torch.Tensor):
 def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                                   B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                                   z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
-                                  dt_softplus: bool = False) -> torch.Tensor:
+                                  dt_softplus: bool = False,
+                                  dt_proj_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Same contract as ``selective_state_update_ref``: updates ``state`` in place, returns y (batch, dim)."""
     batch, dim, N = state.shape
     G_B, sB = _bc_strides(B)
@@ -87,11 +98,15 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         BLOCK_D, num_warps = (4, 1) if batch * dim <= 16384 else (64, 4)
     BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
     zz = z if z is not None else x
+    W = dt_proj_weight if dt_proj_weight is not None else A
+    R = dt_proj_weight.shape[1] if dt_proj_weight is not None else 1
     _selective_state_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
-        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
-        dim, N, dim // G_B,
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *sB, *sC, *zz.stride(), *out.stride(),
+        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, W, out,
+        dim, N, dim // G_B, R,
+        *state.stride(), *x.stride(), *dt.stride(), *W.stride(), *A.stride(), *sB, *sC, *zz.stride(),
+        *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, num_warps=num_warps,
+        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
+        BLOCK_R=max(triton.next_power_of_2(R), 2), num_warps=num_warps,
     )
     return out
