@@ -166,6 +166,15 @@ def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: boo
 
 
 def destroy_distributed() -> None:
-    """Tear the default process group down (safe to call when none exists)."""
+    """Tear the default process group down (safe to call when none exists).
+
+    All ranks meet at a barrier first: a rank that tears gloo down while a peer is still finishing its last
+    collective can make that peer abort at exit ("terminate called without an active exception", seen in
+    about one 2-process run in six here). Under torchrun a rank that died takes the others down with it, so
+    the barrier cannot wait forever; if it fails (a peer already gone), the group is still destroyed."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - tearing down anyway
+            pass
         dist.destroy_process_group()
