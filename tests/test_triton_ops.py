@@ -266,14 +266,16 @@ def test_triton_scan_with_several_channels_per_program_matches_reference(monkeyp
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("rev3,reload", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("rev3,reload,da_slots", [(False, False, False), (True, False, False), (True, True, False),
+                                                   (True, True, True)])
 @pytest.mark.parametrize("block_d", [1, 2])
-def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload, block_d):
+def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload, da_slots, block_d):
     """The backward's variants: a_{t+1} from a shifted delta load, or folded into a 3-tuple combine (rev3);
-    u / z / dout kept live across the loop over N or read again after it (reload). L = 37 with 16-step
-    chunks: carries across two chunk boundaries and a padded last chunk."""
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG",
-                        dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3, reload=reload))
+    u / z / dout kept live across the loop over N or read again after it (reload); dA reduced per chunk or
+    accumulated in per-slot partial sums (da_slots). L = 37 with 16-step chunks: carries across two chunk
+    boundaries and a padded last chunk."""
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3,
+                                                         reload=reload, da_slots=da_slots))
     batch, dim, L, N = 2, 4, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=7)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)

@@ -207,7 +207,7 @@ def _selective_scan_fwd_kernel(
 def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                          A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                          chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr):
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr, DA_SLOTS: tl.constexpr):
     """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
     A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
     A2 = A * 1.4426950408889634
@@ -240,7 +240,18 @@ def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u,
     sum_dh_B += dh * Bn
     w = dh * (h - b)                                      # dh_t a_t h_{t-1}
     sum_w_A += w * A[:, None]
-    tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
+    if DA_SLOTS > 1:
+        # dA: partial sums over groups of T / DA_SLOTS steps (any grouping: can_reorder lets the compiler keep
+        # each group inside one thread), added to DA_SLOTS slots per (channel, n) and summed by the wrapper:
+        # no cross-lane reduction per (chunk, n).
+        wd = w * delta
+        part = tl.sum(tl.reshape(wd, (wd.shape[0], DA_SLOTS, wd.shape[1] // DA_SLOTS), can_reorder=True), axis=2)
+        slot = tl.arange(0, DA_SLOTS)
+        # (the mask spelled out at the pointers' full shape: the interpreter's atomic_add does not broadcast it)
+        tl.atomic_add(dA_ptr + (d64[:, None] * N + n) * DA_SLOTS + slot[None, :], part,
+                      mask=mask_d[:, None] & (slot[None, :] < DA_SLOTS), sem="relaxed")
+    else:
+        tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
     if B_VAR:
         tl.atomic_add(dB_base + n * L + t64, tl.sum(dh * delta_u, axis=0), mask=mask_t, sem="relaxed")
     else:
@@ -272,6 +283,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr, RELOAD: tl.constexpr,
+    DA_SLOTS: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -339,14 +351,14 @@ def _selective_scan_bwd_kernel(
                     n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                     A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                     chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR, REV3)
+                    B_VAR, C_VAR, REV3, DA_SLOTS)
         else:
             for n in range(0, N):
                 y, sum_dh_B, sum_w_A = _bwd_state_component(
                     n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
                     A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
                     chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR, REV3)
+                    B_VAR, C_VAR, REV3, DA_SLOTS)
         if RELOAD:
             # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over
             # N: the backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
@@ -577,7 +589,9 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddelta, dz = _input_grads_like(u, delta, z)
     dz = dz if z is not None else _dummy(u)
-    dA = torch.zeros((dim, N), **f32)
+    # dA in DA_SLOTS partial sums per (channel, n) when the config asks for it (summed below).
+    da_slots = min(32, T) if _config(True, block_layout).get("da_slots", False) else 1
+    dA = torch.zeros((dim, N, da_slots) if da_slots > 1 else (dim, N), **f32)
     dB = torch.zeros((batch, G_B, N, L) if B_var else (dim, N), **f32)
     dC = torch.zeros((batch, G_C, N, L) if C_var else (dim, N), **f32)
     dD = torch.zeros((dim,), **f32) if D is not None else _dummy(u)
@@ -600,9 +614,11 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
         REV3=bool(_config(True, block_layout).get("rev3", False)),
-        RELOAD=bool(_config(True, block_layout).get("reload", False)), num_warps=num_warps,
+        RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots, num_warps=num_warps,
         **_compiler_options(True, block_layout, u.device, batch, dim, L, BLOCK_D),
     )
+    if da_slots > 1:
+        dA = dA.sum(-1)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
