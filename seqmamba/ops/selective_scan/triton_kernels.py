@@ -422,6 +422,8 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # - maxnreg: cap registers at this many when there are more programs than min_programs_per_sm per SM and
 #   L >= maxnreg_min_L: 12 instead of 8 resident warps per SM (fwd+bwd +5-22% at (8, 1536, 4096),
 #   (16, 2048, 2048), (2, 1536, 65536); slower at (8, 1536, 1024) and when the programs fit in one wave anyway).
+# da_slots (off): dA as per-slot partial sums instead of a cross-lane reduction per chunk; within run-to-run
+# spread on the H100.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True)
 BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True,
                   min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048)
