@@ -9,15 +9,10 @@ import torch
 
 from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
+from helpers import rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-def rel_err(actual, expected):
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "non-finite values"
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, time_major=True, seed=0):

@@ -12,17 +12,12 @@ import torch
 
 from seqmamba.ops import layer_norm_fn, rms_norm_fn
 from seqmamba.ops.layer_norm import layer_norm_ref
+from helpers import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 needs_triton = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
                                   reason="no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)")
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "non-finite values"
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(shape, dtype, with_residual, residual_dtype, with_bias, device=DEVICE, seed=0):

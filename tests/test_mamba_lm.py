@@ -7,6 +7,7 @@ import torch
 
 from seqmamba.models import MambaConfig, MambaLM
 from seqmamba.registry import BACKBONES
+from helpers import max_rel_err as rel_err
 
 VOCAB = 37  # padded to 40
 
@@ -35,10 +36,6 @@ def randomize(model, seed=1):
             else:  # D, norms, conv bias
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
     return model
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from seqmamba.models import MambaLM
 from seqmamba.models.pretrained import load_state_dict_file
+from helpers import max_rel_err as rel_err
 
 D_MODEL, N_LAYER, VOCAB, PADDED_VOCAB, D_STATE, D_CONV, EXPAND = 32, 2, 37, 40, 8, 4, 2
 D_INNER, DT_RANK = EXPAND * D_MODEL, math.ceil(D_MODEL / 16)
@@ -100,10 +101,6 @@ def write_official(directory, sd, config=OFFICIAL_CONFIG):
     (directory / "config.json").write_text(json.dumps(config))
     torch.save(sd, directory / "pytorch_model.bin")
     return directory
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 # ------------------------------------------------------------------------- loading

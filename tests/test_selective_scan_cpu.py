@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from seqmamba.ops import selective_scan, selective_scan_ref
+from helpers import rel_err
 
 # `seqmamba.ops.selective_scan` is the function; import the module by its full dotted name.
 torch_chunked = importlib.import_module("seqmamba.ops.selective_scan.torch_chunked")
@@ -20,11 +21,6 @@ selective_scan_torch = torch_chunked.selective_scan_torch
 
 RTOL_FP32 = 1e-5
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(batch=2, dim=4, N=3, L=10, layout="shared", D=True, z=True, delta_bias=True,

@@ -16,6 +16,7 @@ from seqmamba.ops import causal_conv1d, causal_conv1d_update, selective_scan, se
 from seqmamba.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
 from seqmamba.ops.selective_scan.reference import selective_scan_ref
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
+from helpers import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -23,12 +24,6 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    assert torch.isfinite(actual).all(), "non-finite values"
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture
