@@ -23,17 +23,13 @@ def _selective_state_update_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr,
-    ONE_GROUP: tl.constexpr,
 ):
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_idx = tl.arange(0, BLOCK_N)
     mask_d = d_idx < dim
     mask_dn = mask_d[:, None] & (n_idx < N)[None, :]
-    if ONE_GROUP:  # B / C shared by every channel (Mamba's decode): no per-channel division before their loads
-        group = d_idx * 0
-    else:
-        group = d_idx // channels_per_group  # per channel: a block may straddle groups
+    group = d_idx // channels_per_group  # per channel: a block may straddle groups
 
     state_ptrs = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d + n_idx[None, :] * s_s_n
     state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
@@ -111,6 +107,6 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
-        BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1, num_warps=num_warps,
+        BLOCK_R=max(triton.next_power_of_2(R), 2), num_warps=num_warps,
     )
     return out
