@@ -327,14 +327,14 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     monkeypatch.setattr(scan_kernels, "_sm_count", lambda index: 132)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     cfg = scan_kernels.BWD_CONFIG
-    launch = lambda batch, L, device: scan_kernels._launch_config(  # noqa: E731
-        1536, 16, L, 1536, backward=True, batch=batch, device=device)
-    assert launch(1, 262144, cuda)[0] == 1  # 768 two-channel programs < 8 per SM
-    assert launch(8, 4096, cuda)[0] == cfg["block_d"] == 2
+    launch = lambda batch, L, device=cuda, dim=1536: scan_kernels._launch_config(  # noqa: E731
+        dim, 16, L, dim, backward=True, batch=batch, device=device)
+    assert launch(1, 262144)[0] == 1  # 768 two-channel programs < 8 per SM
+    assert launch(8, 4096)[0] == cfg["block_d"] == 2
     assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
-    options = lambda batch, L, block_d, device=cuda: scan_kernels._compiler_options(  # noqa: E731
-        True, False, device, batch, 1536, L, block_d)
-    assert options(8, 4096, 2) == {"maxnreg": cfg["maxnreg"]}
-    assert options(8, 1024, 2) == {}  # short sequences: the cap costs more than it gains
-    assert options(1, 262144, 2) == {}  # 5.8 programs per SM fit in one wave without the cap
-    assert options(8, 4096, 2, cpu) == {}
+    options = lambda *args, **kwargs: launch(*args, **kwargs)[3]  # noqa: E731
+    assert options(8, 4096) == {"maxnreg": cfg["maxnreg"]}
+    assert options(8, 1024) == {}  # short sequences: the cap costs more than it gains
+    assert options(1, 262144, dim=512) == {}  # 3.9 one-channel programs per SM fit in one wave without the cap
+    assert options(1, 262144) == {"maxnreg": cfg["maxnreg"]}  # batch 1 at dim 1536: 11.6 per SM once split
+    assert options(8, 4096, cpu) == {}

@@ -464,46 +464,34 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _programs_per_sm(device: torch.device, batch: int, dim: int, block_d: int) -> Optional[float]:
-    """Programs of one launch per SM on a CUDA device; None elsewhere (the interpreter)."""
-    if device.type != "cuda":
-        return None
-    return batch * triton.cdiv(dim, block_d) / _sm_count(device.index if device.index is not None
-                                                          else torch.cuda.current_device())
-
-
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
                    batch: Optional[int] = None, device: Optional[torch.device] = None):
-    """(BLOCK_D, T, num_warps) for one launch."""
+    """(BLOCK_D, T, num_warps, compiler options) for one launch.
+
+    With ``batch`` and a CUDA ``device``, the config's occupancy rules apply (see BWD_CONFIG): one channel
+    per program below min_programs_per_sm programs per SM, and the Triton options num_stages / maxnreg (the
+    register cap only on NVIDIA, with enough programs and L >= maxnreg_min_L). Elsewhere (the interpreter,
+    or only T wanted) the options are empty."""
     cfg = _config(backward, block_layout)
     BLOCK_D = cfg["block_d"]
-    min_per_sm = cfg.get("min_programs_per_sm")
-    if min_per_sm and batch is not None and device is not None:
-        per_sm = _programs_per_sm(device, batch, dim, BLOCK_D)
-        if per_sm is not None and per_sm < min_per_sm:
-            BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
+    on_cuda = batch is not None and device is not None and device.type == "cuda"
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else 0
+    min_per_sm = cfg.get("min_programs_per_sm", 0)
+    if on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms:
+        BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
     T = min(cfg["T"], max(16, triton.next_power_of_2(max(L, 1))))
     if FORCE_CHUNK_T is not None:
         T = FORCE_CHUNK_T
-    return BLOCK_D, T, cfg["num_warps"]
-
-
-def _compiler_options(backward: bool, block_layout: bool, device: torch.device, batch: int, dim: int, L: int,
-                      block_d: int) -> dict:
-    """Optional Triton launch options of a config on CUDA: num_stages (software pipelining of the chunk loop)
-    and maxnreg (a register cap: more resident warps per SM, at the risk of spills), the latter only where
-    the config's occupancy rule says it pays (see BWD_CONFIG)."""
-    cfg = _config(backward, block_layout)
-    if device.type != "cuda":
-        return {}
-    options = {"num_stages": cfg["num_stages"]} if cfg.get("num_stages") is not None else {}
-    if cfg.get("maxnreg") is not None and torch.version.hip is None:  # an NVIDIA register cap (measured on H100)
-        per_sm = _programs_per_sm(device, batch, dim, block_d)
-        if per_sm >= cfg.get("min_programs_per_sm", 0) and L >= cfg.get("maxnreg_min_L", 0):
+    options = {}
+    if on_cuda:
+        if cfg.get("num_stages") is not None:
+            options["num_stages"] = cfg["num_stages"]
+        if (cfg.get("maxnreg") is not None and torch.version.hip is None
+                and batch * triton.cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
-    return options
+    return BLOCK_D, T, cfg["num_warps"], options
 
 
 def _n_chunks(L: int, T: int) -> int:
@@ -534,7 +522,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
-    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout)
+    BLOCK_D, T, num_warps, options = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout,
+                                                    batch=batch, device=u.device)
     saves_per_chunk, n_saved = 1, 1
     if save_states:  # save the state entering each of the backward's chunks
         T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
@@ -564,7 +553,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
         MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-        num_warps=num_warps, **_compiler_options(False, block_layout, u.device, batch, dim, L, BLOCK_D),
+        num_warps=num_warps, **options,
     )
     return out, state[n_chunks % 2], chunk_states
 
@@ -584,8 +573,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
-    BLOCK_D, T, num_warps = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout,
-                                           batch=batch, device=u.device)
+    BLOCK_D, T, num_warps, options = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout,
+                                                    batch=batch, device=u.device)
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -617,7 +606,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
         REV3=bool(_config(True, block_layout).get("rev3", False)),
         RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots, num_warps=num_warps,
-        **_compiler_options(True, block_layout, u.device, batch, dim, L, BLOCK_D),
+        **options,
     )
     if da_slots > 1:
         dA = dA.sum(-1)
