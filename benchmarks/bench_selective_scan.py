@@ -102,10 +102,19 @@ def mamba_ssm_available() -> bool:
         return False
 
 
-def decode_us(batch, dim=1536, N=N_STATE, steps_per_graph=(1, 100)):
+def mamba_decode_fn():
+    """mamba_ssm's Triton selective_state_update when importable, else None."""
+    try:
+        return importlib.import_module("mamba_ssm.ops.triton.selective_state_update").selective_state_update
+    except Exception:
+        return None
+
+
+def decode_us(batch, dim=1536, N=N_STATE, steps_per_graph=(1, 100), impl=None):
     """Decode-step latency in us: {steps per captured graph: per-step time} plus "eager". One step per graph
     includes the graph launch; many steps per graph give the GPU's per-step time (consecutive decode steps
-    of a model run in one graph, as mamba_ssm's and seqmamba's generate capture them)."""
+    of a model run in one graph, as mamba_ssm's and seqmamba's generate capture them). ``impl``: another
+    function with selective_state_update's arguments (mamba_ssm's), timed the same way."""
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     state = r(batch, dim, N)
@@ -113,6 +122,8 @@ def decode_us(batch, dim=1536, N=N_STATE, steps_per_graph=(1, 100)):
     A, B, C, D, dt_bias = -torch.rand(dim, N, device="cuda") - 0.5, r(batch, N), r(batch, N), r(dim), r(dim)
 
     def step():
+        if impl is not None:
+            return impl(state, x, dt, A, B, C, D, z, dt_bias, True)
         return selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend="triton")
 
     step()  # compile
@@ -132,7 +143,8 @@ def decode_us(batch, dim=1536, N=N_STATE, steps_per_graph=(1, 100)):
             for _ in range(replays):
                 graph.replay()
 
-        result[steps] = bench_ms(replay_many, rep=300) / (replays * steps) * 1e3
+        # the median of several do_bench medians: one graph of 100 decode steps is ~0.2 ms of GPU time
+        result[steps] = sorted(bench_ms(replay_many, rep=100) for _ in range(5))[2] / (replays * steps) * 1e3
     return result
 
 
@@ -307,27 +319,34 @@ def main():
         if have_mamba:
             m_fwd, m_fb = scan_fns(inputs, "mamba_ssm")
             base, source = (bench_ms(m_fwd), bench_ms(m_fb, rep=100)), "measured"
+            m_peak = f"{peak_memory_gb(m_fb):.2f}"
+            del m_fwd, m_fb
         else:
-            base, source = ANCHOR_MS[(batch, dim, L)], "anchor"
+            base, source, m_peak = ANCHOR_MS[(batch, dim, L)], "anchor", "-"
         rows.append((f"{batch},{dim},{L}", fwd_ms, fb_ms, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd_gbs,
-                     100 * bwd_gbs / copy_gbs, peak, ref_ratio, base[0] / fwd_ms, base[1] / fb_ms, source))
+                     100 * bwd_gbs / copy_gbs, peak, ref_ratio, base[0] / fwd_ms, base[1] / fb_ms, source, m_peak,
+                     base[0], base[1]))
         del inputs, fwd, fwd_bwd
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
     dec = {b: decode_us(b) for b in (1, 64)}
+    mamba_decode = mamba_decode_fn()
+    dec_mamba = {b: decode_us(b, impl=mamba_decode) for b in (1, 64)} if mamba_decode is not None else {}
 
     print(f"\nGPU: {gpu}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); torch {torch.__version__}, "
           f"triton {triton.__version__}; mamba_ssm {'measured' if have_mamba else 'not importable: anchor table'}")
     print("| (batch, dim, L) | fwd ms | fwd+bwd ms | fwd GB/s | fwd % copy | bwd GB/s | bwd % copy | peak GB "
-          "| vs reference | speedup vs mamba_ssm fwd | fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| mamba_ssm fwd / fwd+bwd ms, peak GB | vs reference | speedup vs mamba_ssm fwd | fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.1f}% | {r[5]:.0f} | {r[6]:.1f}% | {r[7]:.2f} "
-              f"| {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x |")
+              f"| {r[13]:.3f} / {r[14]:.3f}, {r[12]} ({r[11]}) | {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x |")
     for b, d in dec.items():
+        base = (f"mamba_ssm measured {dec_mamba[b][100]:.2f} us ({dec_mamba[b][100] / d[100]:.2f}x), "
+                f"{dec_mamba[b][1]:.2f} us with one" if b in dec_mamba else "mamba_ssm not importable")
         print(f"decode step batch {b}, dim 1536, N 16, CUDA graph: {d[100]:.2f} us per step with 100 steps per graph, "
-              f"{d[1]:.2f} us with one (graph launch included); eager {d['eager']:.1f} us; "
-              f"mamba_ssm anchor {ANCHOR_DECODE_US[b]} us")
+              f"{d[1]:.2f} us with one (graph launch included); eager {d['eager']:.1f} us; {base}; "
+              f"anchor table {ANCHOR_DECODE_US[b]} us")
 
 
 if __name__ == "__main__":

@@ -471,19 +471,26 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     With ``batch`` and a CUDA ``device``, the config's occupancy rules apply (see BWD_CONFIG): one channel
     per program below min_programs_per_sm programs per SM, and the Triton options num_stages / maxnreg (the
     register cap only on NVIDIA, with enough programs and L >= maxnreg_min_L). Elsewhere (the interpreter,
-    or only T wanted) the options are empty."""
-    cfg = _config(backward, block_layout)
-    BLOCK_D = cfg["block_d"]
+    or only T wanted) the options are empty. Cached per shape and config (host time matters at small shapes)."""
     on_cuda = batch is not None and device is not None and device.type == "cuda"
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else 0
+    cfg = tuple(sorted(_config(backward, block_layout).items()))
+    return _launch_config_cached(cfg, dim, L, channels_per_group, batch if on_cuda else None, sms, FORCE_CHUNK_T)
+
+
+@functools.lru_cache(maxsize=4096)
+def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, force_chunk_t):
+    cfg = dict(cfg_items)
+    BLOCK_D = cfg["block_d"]
+    on_cuda = batch is not None
     min_per_sm = cfg.get("min_programs_per_sm", 0)
     if on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms:
         BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
     T = min(cfg["T"], max(16, triton.next_power_of_2(max(L, 1))))
-    if FORCE_CHUNK_T is not None:
-        T = FORCE_CHUNK_T
+    if force_chunk_t is not None:
+        T = force_chunk_t
     options = {}
     if on_cuda:
         if cfg.get("num_stages") is not None:
@@ -695,13 +702,13 @@ def _setup_context(ctx, inputs, output):
     ctx.initial_state_dtype = initial_state.dtype if initial_state is not None else None
 
 
-def _backward(ctx, dout, dlast, _dchunk_states):
+def _gradients(ctx, dout, dlast, backward_fn):
+    """The autograd backward of the scan, shared by the custom op (torch.compile) and the eager Function."""
     u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
     if chunk_states.dim() != 4:
         raise RuntimeError("selective_scan: backward needs the chunk states; the forward ran without grad")
-    du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0 = _selective_scan_bwd_op(
-        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states, dout, dlast,
-        ctx.has_initial_state)
+    du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0 = backward_fn(
+        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states, dout, dlast)
     dD = dD if D is not None else None
     dz = dz if z is not None else None
     ddbias = ddbias if delta_bias is not None else None
@@ -709,14 +716,49 @@ def _backward(ctx, dout, dlast, _dchunk_states):
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, None, dh0, None
 
 
+def _backward(ctx, dout, dlast, _dchunk_states):
+    return _gradients(ctx, dout, dlast, lambda *args: _selective_scan_bwd_op(*args, ctx.has_initial_state))
+
+
 _selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SelectiveScanEager(torch.autograd.Function):
+    """The same forward / backward as the custom ops, without the dispatcher round trips of torch.library in
+    eager mode (host time is most of a small scan's cost: H100, (8, 1536, 1024) fwd+bwd took 1.04-1.37 ms of
+    host time for 1.07 ms of GPU time through the custom ops; notes/triton_scan.md "Session 3")."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
+        out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                     initial_state, save_states)
+        _setup_context(ctx, (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states),
+                       (out, last_state, chunk_states))
+        ctx.set_materialize_grads(False)
+        return out, last_state
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        if dout is None:  # only the last state was used
+            dout = torch.zeros_like(ctx.saved_tensors[0])
+        return _gradients(ctx, dout, dlast, scan_backward)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, initial_state=None):
-    """Triton selective scan with the contract of ``selective_scan_ref`` (arguments already validated)."""
+    """Triton selective scan with the contract of ``selective_scan_ref`` (arguments already validated).
+
+    Under torch.compile it runs as the custom ops ``seqmamba::selective_scan_fwd`` / ``_bwd`` (traced without
+    graph breaks); in eager mode the same kernels run through a plain autograd.Function."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    out, last_state, _ = _selective_scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                                initial_state, needs_grad)
+    if torch.compiler.is_compiling():
+        out, last_state, _ = _selective_scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                    initial_state, needs_grad)
+    elif needs_grad:
+        out, last_state = _SelectiveScanEager.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                    initial_state, True)
+    else:
+        out, last_state, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                          initial_state, False)
     return (out, last_state) if return_last_state else out

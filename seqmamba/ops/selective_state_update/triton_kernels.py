@@ -23,13 +23,13 @@ def _selective_state_update_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr,
+    ONE_GROUP: tl.constexpr,
 ):
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_idx = tl.arange(0, BLOCK_N)
     mask_d = d_idx < dim
     mask_dn = mask_d[:, None] & (n_idx < N)[None, :]
-    group = d_idx // channels_per_group  # per channel: a block may straddle groups
 
     state_ptrs = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d + n_idx[None, :] * s_s_n
     state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
@@ -48,10 +48,16 @@ def _selective_state_update_kernel(
     if SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
     A = tl.load(A_ptr + d_idx[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    bc_off = group[:, None] * s_B_g + n_idx[None, :] * s_B_n
-    B = tl.load(B_ptr + pid_b * s_B_b + bc_off, mask=mask_dn, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + pid_b * s_C_b + group[:, None] * s_C_g + n_idx[None, :] * s_C_n,
-                mask=mask_dn, other=0.0).to(tl.float32)
+    if ONE_GROUP:  # B / C shared by every channel (Mamba's decode): one (N,) row each, no per-channel division
+        mask_n = n_idx < N
+        B = tl.load(B_ptr + pid_b * s_B_b + n_idx * s_B_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        C = tl.load(C_ptr + pid_b * s_C_b + n_idx * s_C_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    else:
+        group = d_idx // channels_per_group  # per channel: a block may straddle groups
+        B = tl.load(B_ptr + pid_b * s_B_b + group[:, None] * s_B_g + n_idx[None, :] * s_B_n,
+                    mask=mask_dn, other=0.0).to(tl.float32)
+        C = tl.load(C_ptr + pid_b * s_C_b + group[:, None] * s_C_g + n_idx[None, :] * s_C_n,
+                    mask=mask_dn, other=0.0).to(tl.float32)
 
     state = state * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * B
     tl.store(state_ptrs, state.to(state_ptr.dtype.element_ty), mask=mask_dn)
@@ -92,10 +98,10 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
     BLOCK_N = max(triton.next_power_of_2(N), 2)
     BLOCK_D, num_warps = DECODE_BLOCK_D, DECODE_NUM_WARPS
     if BLOCK_D is None:
-        # H100 sweep (notes/triton_scan.md, dim 1536, N 16, 100 steps per CUDA graph): small batches are
-        # latency-bound and want many one-warp programs (batch 1: 4 channels x 1 warp 1.64 us, 16 x 4 1.92);
-        # large ones want fewer, fuller programs (batch 64: 64 x 4 warps 4.72 us, 16 x 1 5.78).
-        BLOCK_D, num_warps = (4, 1) if batch * dim <= 16384 else (64, 4)
+        # H100 sweep (notes/triton_scan.md "Session 3", dim 1536, N 16, 100 steps per CUDA graph, B / C in one
+        # group): batch 1: 32 x 4 warps 1.86 us, 16 x 4 1.89, 8 x 1 1.91, 4 x 1 1.94; batch 64: 64 x 4 4.33 us,
+        # 32 x 2 4.70, 32 x 4 4.89, 16 x 1 5.92.
+        BLOCK_D, num_warps = (32, 4) if batch * dim <= 16384 else (64, 4)
     BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
     zz = z if z is not None else x
     W = dt_proj_weight if dt_proj_weight is not None else A
@@ -107,6 +113,6 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
-        BLOCK_R=max(triton.next_power_of_2(R), 2), num_warps=num_warps,
+        BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1, num_warps=num_warps,
     )
     return out
