@@ -289,6 +289,20 @@ def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
+@pytest.mark.parametrize("bc_layout", ["variable", "constant"])
+def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypatch, bc_layout):
+    """prefetch: component n + 1's A / B / C / saved-state / carry loads issued before component n's scans, in
+    the forward and the backward; the prefetch past the last component is masked."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0, prefetch=True,
+                                                         masked_last=True))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=1, unroll_n=0, rev3=True,
+                                                         reload=True, prefetch=True))
+    batch, dim, L, N = 2, 4, 37, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=5)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+
+
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
     monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1, unroll_n=0))
@@ -338,3 +352,10 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     assert options(1, 262144, dim=512) == {}  # 3.9 one-channel programs per SM fit in one wave without the cap
     assert options(1, 262144) == {"maxnreg": cfg["maxnreg"]}  # batch 1 at dim 1536: 11.6 per SM once split
     assert options(8, 4096, cpu) == {}
+    prefetch = lambda *args, **kwargs: launch(*args, **kwargs)[4]  # noqa: E731
+    assert prefetch(1, 262144) and not prefetch(8, 4096)  # backward: only the split one-channel programs
+    assert not prefetch(1, 262144, cpu)
+    fwd = lambda batch, save_states=False: scan_kernels._launch_config(  # noqa: E731
+        1536, 16, 65536, 1536, backward=False, batch=batch, device=cuda, save_states=save_states)[4]
+    assert fwd(1) and fwd(2) and not fwd(8)  # forward: 11.6 and 23 programs per SM, not 93
+    assert not fwd(1, save_states=True)

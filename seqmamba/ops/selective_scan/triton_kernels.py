@@ -73,22 +73,30 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 
 
 @triton.jit
-def _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
-                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
+def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                         C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """State component n's inputs: A_n log2(e), the B / C rows and the state entering the chunk (zeros for
+    n >= N, so a prefetch one past the last component is harmless)."""
+    ok = n < N
+    md = mask_d & ok
+    A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=md, other=0.0) * 1.4426950408889634
+    if B_VAR:
+        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t & ok, other=0.0).to(tl.float32)[None, :]
+    else:  # (dim, N): constant in time, one row per channel
+        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=md, other=0.0).to(tl.float32)[:, None]
+    if C_VAR:
+        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t & ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=md, other=0.0).to(tl.float32)[:, None]
+    h_prev = tl.load(state_in + n, mask=md, other=0.0)
+    return A2, Bn, Cn, h_prev
+
+
+@triton.jit
+def _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d,
+                         state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last, SAVE_STATES: tl.constexpr,
                          SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
-    A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
-    if B_VAR:
-        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-    else:  # (dim, N): constant in time, one row per channel
-        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    if C_VAR:
-        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
-    else:
-        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    h_prev = tl.load(state_in + n, mask=mask_d, other=0.0)
     if SAVE_STATES:
         tl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev, mask=mask_d)
     a = tl.exp2(delta * A2[:, None])
@@ -131,7 +139,7 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
-    SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr, MASKED_LAST: tl.constexpr,
+    SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -179,18 +187,32 @@ def _selective_scan_fwd_kernel(
         # One state component at a time: (BLOCK_D, T) tiles keep every reduction inside a thread.
         if UNROLL_N > 0:  # unrolled: the compiler can issue the B / C row loads of all components early
             for n in tl.static_range(UNROLL_N):
-                y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
-                                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
-                                         B_VAR, C_VAR,
-                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK, MASKED_LAST)
+                A2, Bn, Cn, h_prev = _fwd_component_loads(
+                    n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
+                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
+                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
+                                         T // SAVES_PER_CHUNK, MASKED_LAST)
+        elif PREFETCH:  # component n + 1's loads are issued before component n's scan (their latency hides)
+            A2, Bn, Cn, h_prev = _fwd_component_loads(
+                0, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
+            for n in range(0, N):
+                A2_next, B_next, C_next, h_next = _fwd_component_loads(
+                    n + 1, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
+                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
+                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
+                                         T // SAVES_PER_CHUNK, MASKED_LAST)
+                A2, Bn, Cn, h_prev = A2_next, B_next, C_next, h_next
         else:
             for n in range(0, N):
-                y = _fwd_state_component(n, c, y, delta, delta_u, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
-                                         B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                                         state_in, state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last,
-                                         B_VAR, C_VAR,
-                                         SAVE_STATES, SAVES_PER_CHUNK, T // SAVES_PER_CHUNK, MASKED_LAST)
+                A2, Bn, Cn, h_prev = _fwd_component_loads(
+                    n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
+                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
+                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
+                                         T // SAVES_PER_CHUNK, MASKED_LAST)
         if HAS_D:
             if RELOAD:  # read u again rather than keep it live across the loop over N (registers)
                 u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
@@ -204,30 +226,41 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
-def _bwd_state_component(n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
-                         A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                         chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr, DA_SLOTS: tl.constexpr):
-    """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
-    A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0)
-    A2 = A * 1.4426950408889634
+def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n,
+                         s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row,
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """State component n's inputs to the backward of chunk c: A_n, the B / C rows, the saved state entering
+    the chunk and the state gradient carried in from the next chunk (zeros for n >= N)."""
+    ok = n < N
+    md = mask_d & ok
+    A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=md, other=0.0)
     if B_VAR:
-        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+        Bn = tl.load(B_base + n * s_B_n + t64 * s_B_l, mask=mask_t & ok, other=0.0).to(tl.float32)[None, :]
     else:
-        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        Bn = tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=md, other=0.0).to(tl.float32)[:, None]
     if C_VAR:
-        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+        Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t & ok, other=0.0).to(tl.float32)[None, :]
     else:
-        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=md, other=0.0).to(tl.float32)[:, None]
+    h_start = tl.load(chunk_row + c * N + n, mask=md, other=0.0)
+    carry = tl.load(dstate_row + n, mask=md, other=0.0)
+    return A, Bn, Cn, h_start, carry
+
+
+@triton.jit
+def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy,
+                         t64, mask_t, mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L,
+                         is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr,
+                         DA_SLOTS: tl.constexpr):
+    """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
+    A2 = A * 1.4426950408889634
     # Recompute the chunk's states from the saved boundary state.
-    h_start = tl.load(chunk_row + c * N + n, mask=mask_d, other=0.0)
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
     x = tl.where(is_first, b + a * h_start[:, None], b)
     _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
     # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
-    carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
     g = Cn * dy
     g = tl.where(is_last, g + carry[:, None], g)
     if REV3:  # a_{t+1} enters through the combine: no second exp, no shifted delta
@@ -283,7 +316,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr, RELOAD: tl.constexpr,
-    DA_SLOTS: tl.constexpr,
+    DA_SLOTS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -347,17 +380,34 @@ def _selective_scan_bwd_kernel(
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
         if UNROLL_N > 0:
             for n in tl.static_range(UNROLL_N):
+                A, Bn, Cn, h_start, carry = _bwd_component_loads(
+                    n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
                 y, sum_dh_B, sum_w_A = _bwd_state_component(
-                    n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
-                    A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                    chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
+                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
                     B_VAR, C_VAR, REV3, DA_SLOTS)
+        elif PREFETCH:  # component n + 1's loads are issued before component n's scans (their latency hides)
+            A, Bn, Cn, h_start, carry = _bwd_component_loads(
+                0, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
+            for n in range(0, N):
+                A_nx, B_nx, C_nx, h_nx, carry_nx = _bwd_component_loads(
+                    n + 1, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
+                y, sum_dh_B, sum_w_A = _bwd_state_component(
+                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
+                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                    B_VAR, C_VAR, REV3, DA_SLOTS)
+                A, Bn, Cn, h_start, carry = A_nx, B_nx, C_nx, h_nx, carry_nx
         else:
             for n in range(0, N):
+                A, Bn, Cn, h_start, carry = _bwd_component_loads(
+                    n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
+                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
                 y, sum_dh_B, sum_w_A = _bwd_state_component(
-                    n, c, y, sum_dh_B, sum_w_A, delta, delta_next, delta_u, dy, t64, mask_t, mask_d, d64,
-                    A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l,
-                    chunk_row, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
+                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
                     B_VAR, C_VAR, REV3, DA_SLOTS)
         if RELOAD:
             # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over
@@ -424,9 +474,16 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 #   (16, 2048, 2048), (2, 1536, 65536); slower at (8, 1536, 1024) and when the programs fit in one wave anyway).
 # da_slots (off): dA as per-slot partial sums instead of a cross-lane reduction per chunk; within run-to-run
 # spread on the H100.
-FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True)
+# prefetch: component n + 1's loads issued before component n's scans (latency hidden, registers spent). H100
+# (notes/triton_scan.md "Session 3"): backward "split" = only for the one-channel programs of the occupancy rule
+# (fwd+bwd 40.0 -> 33.2 ms at (1, 1536, 262144); 4-10% slower with two-channel programs, which then spill);
+# forward "latency" = with fewer than prefetch_max_programs_per_sm programs per SM and no states to save
+# (forward 8.70 -> 8.22 ms at batch 1, 4.37 -> 4.10 at (2, 1536, 65536); 4-9% slower with many programs, and
+# slower when the forward saves the backward's states).
+FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True, prefetch="latency",
+                  prefetch_max_programs_per_sm=32)
 BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True,
-                  min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048)
+                  min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048, prefetch="split")
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
 # sector it loads (16x the DRAM traffic at bf16). A program of 16-32 neighbouring channels reads whole
@@ -465,26 +522,29 @@ def _sm_count(device_index: int) -> int:
 
 
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
-                   batch: Optional[int] = None, device: Optional[torch.device] = None):
-    """(BLOCK_D, T, num_warps, compiler options) for one launch.
+                   batch: Optional[int] = None, device: Optional[torch.device] = None, save_states: bool = False):
+    """(BLOCK_D, T, num_warps, compiler options, prefetch) for one launch.
 
     With ``batch`` and a CUDA ``device``, the config's occupancy rules apply (see BWD_CONFIG): one channel
-    per program below min_programs_per_sm programs per SM, and the Triton options num_stages / maxnreg (the
-    register cap only on NVIDIA, with enough programs and L >= maxnreg_min_L). Elsewhere (the interpreter,
-    or only T wanted) the options are empty. Cached per shape and config (host time matters at small shapes)."""
+    per program below min_programs_per_sm programs per SM, the Triton options num_stages / maxnreg (the
+    register cap only on NVIDIA, with enough programs and L >= maxnreg_min_L), and the prefetch rule.
+    Elsewhere (the interpreter, or only T wanted) the options are empty and prefetch is on only when the
+    config says True. Cached per shape and config (host time matters at small shapes)."""
     on_cuda = batch is not None and device is not None and device.type == "cuda"
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else 0
     cfg = tuple(sorted(_config(backward, block_layout).items()))
-    return _launch_config_cached(cfg, dim, L, channels_per_group, batch if on_cuda else None, sms, FORCE_CHUNK_T)
+    return _launch_config_cached(cfg, dim, L, channels_per_group, batch if on_cuda else None, sms, FORCE_CHUNK_T,
+                                 save_states)
 
 
 @functools.lru_cache(maxsize=4096)
-def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, force_chunk_t):
+def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, force_chunk_t, save_states):
     cfg = dict(cfg_items)
     BLOCK_D = cfg["block_d"]
     on_cuda = batch is not None
     min_per_sm = cfg.get("min_programs_per_sm", 0)
-    if on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms:
+    split = on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms
+    if split:
         BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
@@ -498,7 +558,15 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
         if (cfg.get("maxnreg") is not None and torch.version.hip is None
                 and batch * triton.cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
-    return BLOCK_D, T, cfg["num_warps"], options
+    rule = cfg.get("prefetch", False)
+    if rule == "split":  # latency-bound one-channel programs (batch 1)
+        prefetch = split
+    elif rule == "latency":  # few programs per SM and no states to save
+        prefetch = (on_cuda and not save_states
+                    and batch * triton.cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
+    else:
+        prefetch = bool(rule)
+    return BLOCK_D, T, cfg["num_warps"], options, prefetch
 
 
 def _n_chunks(L: int, T: int) -> int:
@@ -516,6 +584,16 @@ def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> tor
     return torch.empty((batch, dim, L), device=ref.device, dtype=dtype)
 
 
+def _zeroed_views(device, shapes):
+    """Contiguous fp32 zero tensors of the given shapes, carved from one zeroed buffer (each 128-byte aligned)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + -(-size // 32) * 32)
+    buffer = torch.zeros(starts[-1], device=device, dtype=torch.float32)
+    return [buffer[start:start + size].view(shape) for start, size, shape in zip(starts, sizes, shapes)]
+
+
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return ref.new_empty(1, dtype=torch.float32)
 
@@ -529,8 +607,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
-    BLOCK_D, T, num_warps, options = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout,
-                                                    batch=batch, device=u.device)
+    BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=False,
+                                                              block_layout=block_layout, batch=batch, device=u.device,
+                                                              save_states=bool(save_states))
     saves_per_chunk, n_saved = 1, 1
     if save_states:  # save the state entering each of the backward's chunks
         T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
@@ -560,7 +639,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
         SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
         MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-        num_warps=num_warps, **options,
+        PREFETCH=prefetch, num_warps=num_warps, **options,
     )
     return out, state[n_chunks % 2], chunk_states
 
@@ -580,8 +659,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     C_var, G_C, sC = _bc_as_4d(C, dim)
     cpg = _channels_per_group(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
-    BLOCK_D, T, num_warps, options = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout,
-                                                    batch=batch, device=u.device)
+    BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
+                                                              block_layout=block_layout, batch=batch, device=u.device)
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -589,14 +668,17 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     dz = dz if z is not None else _dummy(u)
     # dA in DA_SLOTS partial sums per (channel, n) when the config asks for it (summed below).
     da_slots = min(32, T) if _config(True, block_layout).get("da_slots", False) else 1
-    dA = torch.zeros((dim, N, da_slots) if da_slots > 1 else (dim, N), **f32)
-    dB = torch.zeros((batch, G_B, N, L) if B_var else (dim, N), **f32)
-    dC = torch.zeros((batch, G_C, N, L) if C_var else (dim, N), **f32)
-    dD = torch.zeros((dim,), **f32) if D is not None else _dummy(u)
-    ddbias = torch.zeros((dim,), **f32) if delta_bias is not None else _dummy(u)
-    # Carries the state gradient between chunks and ends as the initial state's gradient.
-    dstate = (dlast.to(torch.float32, copy=True).contiguous() if dlast is not None
-              else torch.zeros((batch, dim, N), **f32))
+    # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
+    # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
+    # does not hold the fp32 dB / dC alive once they are converted to B / C's dtype.
+    dB, dC = _zeroed_views(u.device, [(batch, G_B, N, L) if B_var else (dim, N),
+                                      (batch, G_C, N, L) if C_var else (dim, N)])
+    dA, dD, ddbias, dstate = _zeroed_views(u.device, [
+        (dim, N, da_slots) if da_slots > 1 else (dim, N), (dim,) if D is not None else (1,),
+        (dim,) if delta_bias is not None else (1,), (batch, dim, N)])
+    # dstate carries the state gradient between chunks and ends as the initial state's gradient.
+    if dlast is not None:
+        dstate.copy_(dlast)
     dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (triton.cdiv(dim, BLOCK_D), batch)
@@ -612,8 +694,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
         REV3=bool(_config(True, block_layout).get("rev3", False)),
-        RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots, num_warps=num_warps,
-        **options,
+        RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots,
+        PREFETCH=prefetch, num_warps=num_warps, **options,
     )
     if da_slots > 1:
         dA = dA.sum(-1)
@@ -669,6 +751,11 @@ def _selective_scan_bwd_op(
            torch.Tensor, torch.Tensor, torch.Tensor]:
     du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate = scan_backward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast)
+    # A custom op's outputs must not share storage; scan_backward carves the small gradients (and fp32 dB / dC)
+    # from shared zeroed buffers.
+    dA, dD, ddbias, dstate = (t.clone() for t in (dA, dD, ddbias, dstate))
+    if dB.untyped_storage().data_ptr() == dC.untyped_storage().data_ptr():
+        dC = dC.clone()
     # Absent gradients come back as empty (0,) tensors: custom ops cannot return None.
     empty = u.new_empty((0,), dtype=torch.float32)
     return (du, ddelta, dA, dB, dC, dD if D is not None else empty, dz if z is not None else empty.clone(),
