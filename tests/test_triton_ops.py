@@ -335,26 +335,24 @@ def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout()
 
 
 def test_backward_launch_rules_follow_occupancy(monkeypatch):
-    """BWD_CONFIG's occupancy rules (H100 measurements in notes/triton_scan.md): one channel per program when
-    two-channel programs would not fill the SMs; the register cap only with enough programs and L >= 2048;
-    no CUDA options at all off CUDA."""
+    """The launch rules (H100 measurements in notes/triton_scan.md): one channel per program when a config's
+    multi-channel programs would not fill the SMs; the register cap only with enough programs; the forward's
+    prefetch only with few programs and no states to save; no CUDA options at all off CUDA."""
     monkeypatch.setattr(scan_kernels, "_sm_count", lambda index: 132)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     cfg = scan_kernels.BWD_CONFIG
     launch = lambda batch, L, device=cuda, dim=1536: scan_kernels._launch_config(  # noqa: E731
         dim, 16, L, dim, backward=True, batch=batch, device=device)
-    assert launch(1, 262144)[0] == 1  # 768 two-channel programs < 8 per SM
-    assert launch(8, 4096)[0] == cfg["block_d"] == 2
-    assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
     options = lambda *args, **kwargs: launch(*args, **kwargs)[3]  # noqa: E731
-    assert options(8, 4096) == {"maxnreg": cfg["maxnreg"]}
-    assert options(8, 1024) == {}  # short sequences: the cap costs more than it gains
-    assert options(1, 262144, dim=512) == {}  # 3.9 one-channel programs per SM fit in one wave without the cap
-    assert options(1, 262144) == {"maxnreg": cfg["maxnreg"]}  # batch 1 at dim 1536: 11.6 per SM once split
+    assert options(8, 4096) == options(8, 1024) == options(1, 262144) == {"maxnreg": cfg["maxnreg"]}
+    assert options(1, 262144, dim=512) == {}  # 3.9 programs per SM fit in one wave without the cap
     assert options(8, 4096, cpu) == {}
-    prefetch = lambda *args, **kwargs: launch(*args, **kwargs)[4]  # noqa: E731
-    assert prefetch(1, 262144) and not prefetch(8, 4096)  # backward: only the split one-channel programs
-    assert not prefetch(1, 262144, cpu)
+    assert launch(1, 262144)[4] and launch(8, 4096)[4] == bool(cfg["prefetch"])
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", {**cfg, "block_d": 2, "maxnreg_min_L": 2048})
+    assert launch(1, 262144)[0] == 1  # 768 two-channel programs < 8 per SM
+    assert launch(8, 4096)[0] == 2
+    assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
+    assert options(8, 1024) == {}  # below maxnreg_min_L
     fwd = lambda batch, save_states=False: scan_kernels._launch_config(  # noqa: E731
         1536, 16, 65536, 1536, backward=False, batch=batch, device=cuda, save_states=save_states)[4]
     assert fwd(1) and fwd(2) and not fwd(8)  # forward: 11.6 and 23 programs per SM, not 93

@@ -459,31 +459,31 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
     return True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
 
 
-# Channels per program, chunk length and warps; picked by benchmarks/bench_selective_scan.py --sweep on an
-# H100 (notes/triton_scan.md): one warp per program; forward one channel and 512 steps per chunk, backward
-# two channels (half the dB / dC atomics) and 256 steps,
-# so every scan and reduction stays inside the warp and many small programs keep the SMs full.
+# Channels per program, chunk length and warps; picked on an H100 (notes/triton_scan.md): one warp and one
+# channel per program, forward 512 steps per chunk, backward 256, so every scan and reduction stays inside
+# the warp and many small programs keep the SMs full.
 # unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
 # Backward (H100, notes/triton_scan.md "Registers"): rev3 = the 3-tuple reverse scan (no second exp);
 # reload = read u / z / dout again after the loop over N (without it the kernel needs > 255 registers and
 # spills). Occupancy rules, applied on CUDA only:
-# - min_programs_per_sm: fewer programs than this many per SM (batch 1 at dim 1536) -> one channel per
-#   program, twice the programs (latency-bound there; fwd+bwd 0.94x -> 0.97x mamba_ssm at (1, 1536, 262144));
-# - maxnreg: cap registers at this many when there are more programs than min_programs_per_sm per SM and
-#   L >= maxnreg_min_L: 12 instead of 8 resident warps per SM (fwd+bwd +5-22% at (8, 1536, 4096),
-#   (16, 2048, 2048), (2, 1536, 65536); slower at (8, 1536, 1024) and when the programs fit in one wave anyway).
+# - min_programs_per_sm: fewer programs than this many per SM -> one channel per program (for configs with
+#   block_d > 1; the two-channel backward of session 2 used it at batch 1);
+# - maxnreg: cap registers at this many when there are at least min_programs_per_sm programs per SM and
+#   L >= maxnreg_min_L: 12 instead of 8 resident warps per SM (without it the programs take two waves).
 # da_slots (off): dA as per-slot partial sums instead of a cross-lane reduction per chunk; within run-to-run
 # spread on the H100.
-# prefetch: component n + 1's loads issued before component n's scans (latency hidden, registers spent). H100
-# (notes/triton_scan.md "Session 3"): backward "split" = only for the one-channel programs of the occupancy rule
-# (fwd+bwd 40.0 -> 33.2 ms at (1, 1536, 262144); 4-10% slower with two-channel programs, which then spill);
-# forward "latency" = with fewer than prefetch_max_programs_per_sm programs per SM and no states to save
-# (forward 8.70 -> 8.22 ms at batch 1, 4.37 -> 4.10 at (2, 1536, 65536); 4-9% slower with many programs, and
-# slower when the forward saves the backward's states).
+# prefetch: component n + 1's loads issued before component n's scans (their latency hidden, registers spent).
+# H100 (notes/triton_scan.md "Session 3"), backward with one-channel programs, register cap and prefetch against
+# the two-channel backward without it: fwd+bwd 40.0 -> 33.4 ms at (1, 1536, 262144), 17.5 -> 16.7 at
+# (2, 1536, 65536), 5.37 -> 5.14 at (16, 2048, 2048), 4.25 -> 4.18 at (8, 1536, 4096), 1.07 -> 1.04 at
+# (8, 1536, 1024) (two-channel programs with prefetch spill: 4-22% slower). Forward "latency" = prefetch with
+# fewer than prefetch_max_programs_per_sm programs per SM and no states to save (forward 8.70 -> 8.22 ms at
+# batch 1, 4.37 -> 4.10 at (2, 1536, 65536); 4-9% slower with many programs, and slower when the forward saves
+# the backward's states).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32)
-BWD_CONFIG = dict(block_d=2, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True,
-                  min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=2048, prefetch="split")
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True, prefetch=True,
+                  min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
 # sector it loads (16x the DRAM traffic at bf16). A program of 16-32 neighbouring channels reads whole
@@ -543,8 +543,7 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     BLOCK_D = cfg["block_d"]
     on_cuda = batch is not None
     min_per_sm = cfg.get("min_programs_per_sm", 0)
-    split = on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms
-    if split:
+    if on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms:
         BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
@@ -559,9 +558,7 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
                 and batch * triton.cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
     rule = cfg.get("prefetch", False)
-    if rule == "split":  # latency-bound one-channel programs (batch 1)
-        prefetch = split
-    elif rule == "latency":  # few programs per SM and no states to save
+    if rule == "latency":  # few programs per SM and no states to save
         prefetch = (on_cuda and not save_states
                     and batch * triton.cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
     else:
