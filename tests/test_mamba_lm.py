@@ -215,10 +215,12 @@ def test_one_batch_overfits_in_a_few_steps():
 
 @pytest.mark.slow
 def test_decoding_with_triton_kernels_equals_parallel_forward():
-    """The Triton scan, conv update and state update (interpreted on the CPU) plug into the same paths."""
+    """The Triton scan, conv update and state update (interpreted on the CPU, compiled on a GPU) plug into the
+    same paths."""
     pytest.importorskip("triton")
-    model = randomize(tiny_lm(tie_embeddings=False))
-    ids = torch.randint(0, VOCAB, (2, 12))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = randomize(tiny_lm(tie_embeddings=False)).to(device)
+    ids = torch.randint(0, VOCAB, (2, 12), device=device)
     with torch.no_grad():
         reference = model(ids)
         model.set_scan_backend("triton")

@@ -490,7 +490,9 @@ BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0, rev3=True, reload=T
 # sectors (16 x 2 bytes per step); the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers.
 # H100 sweep at (64, 1536, 2048) (notes/triton_scan.md): forward 32 x 32 5.20 ms (16 x 32 6.60, 16 x 64 6.70,
 # 8 x 64 7.61); backward 16 x 32 27.4 ms fwd+bwd (8 x 64 32.9, 16 x 64 on 2 warps 39.6).
-FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0)
+# prefetch (notes/triton_scan.md "Session 3"): forward 2.49 -> 2.29 ms at (8, 1536, 4096), 5.21 -> 5.14 at
+# (64, 1536, 2048); the backward's prefetch was 3-4% slower in this layout.
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0, prefetch=True)
 BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0, rev3=True, reload=True)
 
 
@@ -543,7 +545,7 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     BLOCK_D = cfg["block_d"]
     on_cuda = batch is not None
     min_per_sm = cfg.get("min_programs_per_sm", 0)
-    if on_cuda and batch * triton.cdiv(dim, BLOCK_D) < min_per_sm * sms:
+    if on_cuda and batch * _cdiv(dim, BLOCK_D) < min_per_sm * sms:
         BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
@@ -555,20 +557,25 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
         if cfg.get("num_stages") is not None:
             options["num_stages"] = cfg["num_stages"]
         if (cfg.get("maxnreg") is not None and torch.version.hip is None
-                and batch * triton.cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
+                and batch * _cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
     rule = cfg.get("prefetch", False)
     if rule == "latency":  # few programs per SM and no states to save
         prefetch = (on_cuda and not save_states
-                    and batch * triton.cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
+                    and batch * _cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
     else:
         prefetch = bool(rule)
     return BLOCK_D, T, cfg["num_warps"], options, prefetch
 
 
+def _cdiv(a: int, b: int) -> int:
+    # plain integer math: triton.cdiv goes through Triton's JIT-function call machinery on the host (~4 us).
+    return -(-a // b)
+
+
 def _n_chunks(L: int, T: int) -> int:
     """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
-    return max(triton.cdiv(L, T), 1)
+    return max(_cdiv(L, T), 1)
 
 
 def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
@@ -602,7 +609,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = _channels_per_group(B, C, dim)
+    cpg = _group_size(B_var, G_B, C_var, G_C, dim)
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=False,
                                                               block_layout=block_layout, batch=batch, device=u.device,
@@ -624,7 +631,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
-    grid = (triton.cdiv(dim, BLOCK_D), batch)
+    grid = (_cdiv(dim, BLOCK_D), batch)
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy,
@@ -654,7 +661,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     N = A.shape[1]
     B_var, G_B, sB = _bc_as_4d(B, dim)
     C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = _channels_per_group(B, C, dim)
+    cpg = _group_size(B_var, G_B, C_var, G_C, dim)
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
                                                               block_layout=block_layout, batch=batch, device=u.device)
@@ -678,7 +685,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         dstate.copy_(dlast)
     dummy = _dummy(u)
     zz = z if z is not None else u
-    grid = (triton.cdiv(dim, BLOCK_D), batch)
+    grid = (_cdiv(dim, BLOCK_D), batch)
     _selective_scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy, chunk_states,
@@ -716,6 +723,11 @@ def _selective_scan_fwd_op(
 def _channels_per_group(B, C, dim):
     B_var, G_B, _ = _bc_as_4d(B, dim)
     C_var, G_C, _ = _bc_as_4d(C, dim)
+    return _group_size(B_var, G_B, C_var, G_C, dim)
+
+
+def _group_size(B_var, G_B, C_var, G_C, dim):
+    """Channels that share one group of both B and C (a program's channels must lie in one)."""
     return math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
 
 
