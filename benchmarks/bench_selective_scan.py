@@ -256,7 +256,7 @@ def sweep_block_layout(batch, dim, L):
     print(f"block-layout sweep at {(batch, dim, L)}", flush=True)
     for key, attr in (("fwd", "FWD_CONFIG_CHANNEL_LAST"), ("bwd", "BWD_CONFIG_CHANNEL_LAST")):
         for bd, t, w in fwd_candidates if key == "fwd" else bwd_candidates:
-            cfg = dict(block_d=bd, T=t, num_warps=w, unroll_n=0)
+            cfg = dict(block_d=bd, T=t, num_warps=w)
             setattr(scan_kernels, attr, cfg)
             try:
                 ok = check_block_layout(2, 64, 300)

@@ -32,7 +32,8 @@ def scan_with_grads(fn, inputs, dout, **kw):
     return out, dict(zip(args, grads))
 
 
-@pytest.mark.parametrize("config", [{}, {"unroll_n": 16}, {"block_d": 2}], ids=["default", "unrolled", "2ch"])
+@pytest.mark.parametrize("config", [{}, {"prefetch": False}, {"block_d": 2, "prefetch": False}],
+                         ids=["default", "no-prefetch", "2ch"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, config):
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")

@@ -252,9 +252,9 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
 
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
-    """BLOCK_D = 2 and the loop over N unrolled: B / C shared by the block's channels, dB / dC reduced over them."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4, unroll_n=8))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4, unroll_n=8))
+    """BLOCK_D = 2 on 4 warps: B / C shared by the block's channels, dB / dC reduced over them."""
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
     batch, dim, L, N = 2, 6, 40, 4  # dim 6 with groups of 3 channels exercises the BLOCK_D fallback to 1
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -269,7 +269,7 @@ def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload
     u / z / dout kept live across the loop over N or read again after it (reload); dA reduced per chunk or
     accumulated in per-slot partial sums (da_slots). L = 37 with 16-step chunks: carries across two chunk
     boundaries and a padded last chunk."""
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, unroll_n=0, rev3=rev3,
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, rev3=rev3,
                                                          reload=reload, da_slots=da_slots))
     batch, dim, L, N = 2, 4, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=7)
@@ -282,7 +282,7 @@ def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_
     """Forward config options: reload (u read a second time for the D term instead of kept in registers) and
     masked_last (the chunk's last state stored by the thread holding it, or extracted by a where-sum)."""
     monkeypatch.setattr(scan_kernels, "FWD_CONFIG",
-                        dict(block_d=1, T=16, num_warps=1, unroll_n=0, reload=True, masked_last=masked_last))
+                        dict(block_d=1, T=16, num_warps=1, reload=True, masked_last=masked_last))
     batch, dim, L, N = 2, 3, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=11)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -293,9 +293,9 @@ def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_
 def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypatch, bc_layout):
     """prefetch: component n + 1's A / B / C / saved-state / carry loads issued before component n's scans, in
     the forward and the backward; the prefetch past the last component is masked."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0, prefetch=True,
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, prefetch=True,
                                                          masked_last=True))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=1, unroll_n=0, rev3=True,
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=1, rev3=True,
                                                          reload=True, prefetch=True))
     batch, dim, L, N = 2, 4, 37, 3
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=5)
@@ -305,8 +305,8 @@ def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypat
 
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1, unroll_n=0))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1, unroll_n=0))
+    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1))
+    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1))
     batch, dim, L, N = 1, 3, 37, 4  # 37 = 32 + 5: the last forward chunk holds one partial backward chunk
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=3)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)

@@ -73,6 +73,33 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 
 
 @triton.jit
+def _program_channels(dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
+                      BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr):
+    """A program's batch row and block of channels, as both kernels start: (batch index, channels (int64),
+    channel mask, D, delta_bias (zeros when absent), the B / C group, B / C of that batch row and group)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d64, mask=mask_d, other=0.0)
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0)
+    # All channels of the block share one group of time-varying B / C (the wrapper picks BLOCK_D so).
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    return (pid_b, d64, mask_d, Dv, dbias, group, B_ptr + pid_b * s_B_b + group * s_B_g,
+            C_ptr + pid_b * s_C_b + group * s_C_g)
+
+
+@triton.jit
+def _rows(ptr, pid_b, d64, s_b, s_d):
+    """Pointers to the program's (BLOCK_D, 1) channel rows of a (batch, dim, L) tensor at step 0."""
+    return ptr + pid_b * s_b + d64[:, None] * s_d
+
+
+@triton.jit
 def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
                          C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """State component n's inputs: A_n log2(e), the B / C rows and the state entering the chunk (zeros for
@@ -138,7 +165,7 @@ def _selective_scan_fwd_kernel(
     s_o_b, s_o_d, s_o_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr, UNROLL_N: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, RELOAD: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
@@ -146,27 +173,14 @@ def _selective_scan_fwd_kernel(
     overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2.
     With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK steps goes to chunk_states
     (batch, dim, n_saved, N)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
+        dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
+        BLOCK_D, HAS_D, HAS_DBIAS)
     t_loc = tl.arange(0, T)
-    mask_d = d_idx < dim
-    d64 = d_idx.to(tl.int64)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0)
-    if HAS_DBIAS:
-        dbias = tl.load(dbias_ptr + d_idx, mask=mask_d, other=0.0)
-    else:
-        dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # All channels of the block share one group of time-varying B / C (the wrapper picks BLOCK_D so).
-    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
-    B_base = B_ptr + pid_b * s_B_b + group * s_B_g
-    C_base = C_ptr + pid_b * s_C_b + group * s_C_g
-
-    u_row = u_ptr + pid_b * s_u_b + d64[:, None] * s_u_d
-    dt_row = delta_ptr + pid_b * s_dt_b + d64[:, None] * s_dt_d
-    z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
-    o_row = out_ptr + pid_b * s_o_b + d64[:, None] * s_o_d
+    u_row = _rows(u_ptr, pid_b, d64, s_u_b, s_u_d)
+    dt_row = _rows(delta_ptr, pid_b, d64, s_dt_b, s_dt_d)
+    z_row = _rows(z_ptr, pid_b, d64, s_z_b, s_z_d)
+    o_row = _rows(out_ptr, pid_b, d64, s_o_b, s_o_d)
     state_row = state_ptr + (pid_b * dim + d64) * N
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
     t_loc2 = t_loc[None, :]
@@ -185,34 +199,21 @@ def _selective_scan_fwd_kernel(
         delta_u = delta * u
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
         # One state component at a time: (BLOCK_D, T) tiles keep every reduction inside a thread.
-        if UNROLL_N > 0:  # unrolled: the compiler can issue the B / C row loads of all components early
-            for n in tl.static_range(UNROLL_N):
-                A2, Bn, Cn, h_prev = _fwd_component_loads(
-                    n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
-                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
-                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
-                                         T // SAVES_PER_CHUNK, MASKED_LAST)
-        elif PREFETCH:  # component n + 1's loads are issued before component n's scan (their latency hides)
+        if PREFETCH:  # component n + 1's loads are issued before component n's scan (their latency hides)
             A2, Bn, Cn, h_prev = _fwd_component_loads(
                 0, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
                 C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
-            for n in range(0, N):
-                A2_next, B_next, C_next, h_next = _fwd_component_loads(
-                    n + 1, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
-                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
-                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
-                                         T // SAVES_PER_CHUNK, MASKED_LAST)
-                A2, Bn, Cn, h_prev = A2_next, B_next, C_next, h_next
-        else:
-            for n in range(0, N):
-                A2, Bn, Cn, h_prev = _fwd_component_loads(
-                    n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
-                y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
-                                         N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
-                                         T // SAVES_PER_CHUNK, MASKED_LAST)
+        for n in range(0, N):
+            loaded = _fwd_component_loads(
+                n + 1 if PREFETCH else n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g,
+                s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR, C_VAR)
+            if not PREFETCH:
+                A2, Bn, Cn, h_prev = loaded
+            y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
+                                     N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
+                                     T // SAVES_PER_CHUNK, MASKED_LAST)
+            if PREFETCH:
+                A2, Bn, Cn, h_prev = loaded
         if HAS_D:
             if RELOAD:  # read u again rather than keep it live across the loop over N (registers)
                 u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
@@ -315,39 +316,28 @@ def _selective_scan_bwd_kernel(
     s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, UNROLL_N: tl.constexpr, REV3: tl.constexpr, RELOAD: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, REV3: tl.constexpr, RELOAD: tl.constexpr,
     DA_SLOTS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
+        dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
+        BLOCK_D, HAS_D, HAS_DBIAS)
     t_loc = tl.arange(0, T)
-    mask_d = d_idx < dim
-    d64 = d_idx.to(tl.int64)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d_idx, mask=mask_d, other=0.0)
-    if HAS_DBIAS:
-        dbias = tl.load(dbias_ptr + d_idx, mask=mask_d, other=0.0)
-    else:
-        dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
-    B_base = B_ptr + pid_b * s_B_b + group * s_B_g
-    C_base = C_ptr + pid_b * s_C_b + group * s_C_g
     dB_base = dB_ptr + (pid_b * G_B + group) * N * L
     dC_base = dC_ptr + (pid_b * G_C + group) * N * L
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     ddbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    u_row = u_ptr + pid_b * s_u_b + d64[:, None] * s_u_d
-    dt_row = delta_ptr + pid_b * s_dt_b + d64[:, None] * s_dt_d
-    z_row = z_ptr + pid_b * s_z_b + d64[:, None] * s_z_d
-    do_row = dout_ptr + pid_b * s_do_b + d64[:, None] * s_do_d
+    u_row = _rows(u_ptr, pid_b, d64, s_u_b, s_u_d)
+    dt_row = _rows(delta_ptr, pid_b, d64, s_dt_b, s_dt_d)
+    z_row = _rows(z_ptr, pid_b, d64, s_z_b, s_z_d)
+    do_row = _rows(dout_ptr, pid_b, d64, s_do_b, s_do_d)
     # du / ddelta / dz are written in the layout of u / delta / z (the wrapper allocates them so).
-    du_row = du_ptr + pid_b * s_du_b + d64[:, None] * s_du_d
-    ddt_row = ddelta_ptr + pid_b * s_ddt_b + d64[:, None] * s_ddt_d
-    dz_row = dz_ptr + pid_b * s_dz_b + d64[:, None] * s_dz_d
+    du_row = _rows(du_ptr, pid_b, d64, s_du_b, s_du_d)
+    ddt_row = _rows(ddelta_ptr, pid_b, d64, s_ddt_b, s_ddt_d)
+    dz_row = _rows(dz_ptr, pid_b, d64, s_dz_b, s_dz_d)
     dstate_row = dstate_ptr + (pid_b * dim + d64) * N
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first = (t_loc == 0)[None, :]
@@ -378,37 +368,22 @@ def _selective_scan_bwd_kernel(
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
         y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
-        if UNROLL_N > 0:
-            for n in tl.static_range(UNROLL_N):
-                A, Bn, Cn, h_start, carry = _bwd_component_loads(
-                    n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
-                y, sum_dh_B, sum_w_A = _bwd_state_component(
-                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
-                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR, REV3, DA_SLOTS)
-        elif PREFETCH:  # component n + 1's loads are issued before component n's scans (their latency hides)
+        if PREFETCH:  # component n + 1's loads are issued before component n's scans (their latency hides)
             A, Bn, Cn, h_start, carry = _bwd_component_loads(
                 0, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
                 C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
-            for n in range(0, N):
-                A_nx, B_nx, C_nx, h_nx, carry_nx = _bwd_component_loads(
-                    n + 1, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
-                y, sum_dh_B, sum_w_A = _bwd_state_component(
-                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
-                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR, REV3, DA_SLOTS)
-                A, Bn, Cn, h_start, carry = A_nx, B_nx, C_nx, h_nx, carry_nx
-        else:
-            for n in range(0, N):
-                A, Bn, Cn, h_start, carry = _bwd_component_loads(
-                    n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                    C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
-                y, sum_dh_B, sum_w_A = _bwd_state_component(
-                    n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
-                    mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                    B_VAR, C_VAR, REV3, DA_SLOTS)
+        for n in range(0, N):
+            loaded = _bwd_component_loads(
+                n + 1 if PREFETCH else n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base,
+                s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
+            if not PREFETCH:
+                A, Bn, Cn, h_start, carry = loaded
+            y, sum_dh_B, sum_w_A = _bwd_state_component(
+                n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_next, delta_u, dy, t64, mask_t,
+                mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
+                B_VAR, C_VAR, REV3, DA_SLOTS)
+            if PREFETCH:
+                A, Bn, Cn, h_start, carry = loaded
         if RELOAD:
             # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over
             # N: the backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
@@ -438,9 +413,9 @@ def _selective_scan_bwd_kernel(
         tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk
 
     if HAS_D:
-        tl.atomic_add(dD_ptr + d_idx, dD_acc, mask=mask_d, sem="relaxed")
+        tl.atomic_add(dD_ptr + d64, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_DBIAS:
-        tl.atomic_add(ddbias_ptr + d_idx, ddbias_acc, mask=mask_d, sem="relaxed")
+        tl.atomic_add(ddbias_ptr + d64, ddbias_acc, mask=mask_d, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,7 +437,6 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # Channels per program, chunk length and warps; picked on an H100 (notes/triton_scan.md): one warp and one
 # channel per program, forward 512 steps per chunk, backward 256, so every scan and reduction stays inside
 # the warp and many small programs keep the SMs full.
-# unroll_n: fully unroll the loop over the N state components when N <= unroll_n (0: never).
 # Backward (H100, notes/triton_scan.md "Registers"): rev3 = the 3-tuple reverse scan (no second exp);
 # reload = read u / z / dout again after the loop over N (without it the kernel needs > 255 registers and
 # spills). Occupancy rules, applied on CUDA only:
@@ -480,9 +454,9 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # fewer than prefetch_max_programs_per_sm programs per SM and no states to save (forward 8.70 -> 8.22 ms at
 # batch 1, 4.37 -> 4.10 at (2, 1536, 65536); 4-9% slower with many programs, and slower when the forward saves
 # the backward's states).
-FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, unroll_n=0, masked_last=True, prefetch="latency",
+FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32)
-BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0, rev3=True, reload=True, prefetch=True,
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, rev3=True, reload=True, prefetch=True,
                   min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
 # steps of one channel are dim elements apart and a one-channel program would use 2 bytes of every 32-byte
@@ -492,8 +466,8 @@ BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, unroll_n=0, rev3=True, reload=T
 # 8 x 64 7.61); backward 16 x 32 27.4 ms fwd+bwd (8 x 64 32.9, 16 x 64 on 2 warps 39.6).
 # prefetch (notes/triton_scan.md "Session 3"): forward 2.49 -> 2.29 ms at (8, 1536, 4096), 5.21 -> 5.14 at
 # (64, 1536, 2048); the backward's prefetch was 3-4% slower in this layout.
-FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, unroll_n=0, prefetch=True)
-BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, unroll_n=0, rev3=True, reload=True)
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, prefetch=True)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1, rev3=True, reload=True)
 
 
 def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
@@ -511,11 +485,6 @@ def _config(backward: bool, block_layout: bool) -> dict:
     if block_layout:
         return BWD_CONFIG_CHANNEL_LAST if backward else FWD_CONFIG_CHANNEL_LAST
     return BWD_CONFIG if backward else FWD_CONFIG
-
-
-def _unroll(N: int, backward: bool, block_layout: bool = False) -> int:
-    limit = _config(backward, block_layout).get("unroll_n", 0)
-    return N if N <= limit else 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -640,7 +609,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states), UNROLL_N=_unroll(N, False, block_layout),
+        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
         SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
         MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
         PREFETCH=prefetch, num_warps=num_warps, **options,
@@ -696,7 +665,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()),
         BLOCK_D=BLOCK_D, T=T,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, UNROLL_N=_unroll(N, True, block_layout),
+        B_VAR=B_var, C_VAR=C_var,
         REV3=bool(_config(True, block_layout).get("rev3", False)),
         RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots,
         PREFETCH=prefetch, num_warps=num_warps, **options,
