@@ -48,6 +48,22 @@ def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, co
         assert rel_err(grads[name], ref_grads[name]) < tol, name
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_gpu_scan_inference_forward_matches_reference(dtype, tol):
+    """Forward without autograd on contiguous inputs: at batch 1 the latency-bound launch (prefetch, its own
+    chunk length and warps), at batch 8 the default one; several chunks and a padded last one."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+    dim, L = 768, 3000
+    for batch, latency_bound in ((1, True), (8, False)):
+        assert kernels._launch_config(dim, 16, L, dim, backward=False, batch=batch,
+                                      device=torch.device("cuda"))[4] == latency_bound
+        inputs = scan_inputs(batch, dim, L, dtype=dtype, time_major=False)
+        with torch.no_grad():
+            out, last = selective_scan(**inputs, delta_softplus=True, backend="triton", return_last_state=True)
+            ref, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+        assert rel_err(out, ref) < tol and rel_err(last, ref_last) < tol, batch
+
+
 def test_gpu_scan_million_steps_batch_one_equals_two_halves():
     """L = 2^20 at batch 1 runs forward and backward; scanning the two halves with the state carried
     across (initial_state) gives the same output and last state as one pass."""

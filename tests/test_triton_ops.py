@@ -354,6 +354,9 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
     assert options(8, 1024) == {}  # below maxnreg_min_L
     fwd = lambda batch, save_states=False: scan_kernels._launch_config(  # noqa: E731
-        1536, 16, 65536, 1536, backward=False, batch=batch, device=cuda, save_states=save_states)[4]
-    assert fwd(1) and fwd(2) and not fwd(8)  # forward: 11.6 and 23 programs per SM, not 93
-    assert not fwd(1, save_states=True)
+        1536, 16, 65536, 1536, backward=False, batch=batch, device=cuda, save_states=save_states)
+    fcfg = scan_kernels.FWD_CONFIG
+    assert fwd(1)[4] and fwd(2)[4] and not fwd(8)[4]  # forward prefetch: 11.6 and 23 programs per SM, not 93
+    assert fwd(1)[1:3] == (fcfg["latency_T"], fcfg["latency_num_warps"])  # and its own chunk and warps
+    assert fwd(8)[1:3] == fwd(1, save_states=True)[1:3] == (fcfg["T"], fcfg["num_warps"])
+    assert not fwd(1, save_states=True)[4]

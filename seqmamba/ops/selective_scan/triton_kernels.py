@@ -453,9 +453,10 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
 # (8, 1536, 1024) (two-channel programs with prefetch spill: 4-22% slower). Forward "latency" = prefetch with
 # fewer than prefetch_max_programs_per_sm programs per SM and no states to save (forward 8.70 -> 8.22 ms at
 # batch 1, 4.37 -> 4.10 at (2, 1536, 65536); 4-9% slower with many programs, and slower when the forward saves
-# the backward's states).
+# the backward's states), there with chunks of latency_T steps on latency_num_warps warps (7.96 -> 7.25 ms at
+# batch 1, 3.96 -> 3.64 at (2, 1536, 65536)).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
-                  prefetch_max_programs_per_sm=32)
+                  prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, rev3=True, reload=True, prefetch=True,
                   min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so consecutive
@@ -528,13 +529,17 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
         if (cfg.get("maxnreg") is not None and torch.version.hip is None
                 and batch * _cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
+    num_warps = cfg["num_warps"]
     rule = cfg.get("prefetch", False)
     if rule == "latency":  # few programs per SM and no states to save
         prefetch = (on_cuda and not save_states
                     and batch * _cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
+        if prefetch and force_chunk_t is None:  # the latency-bound launch's own chunk and warps, if the config has them
+            T = min(cfg.get("latency_T", T), max(16, triton.next_power_of_2(max(L, 1))))
+            num_warps = cfg.get("latency_num_warps", num_warps)
     else:
         prefetch = bool(rule)
-    return BLOCK_D, T, cfg["num_warps"], options, prefetch
+    return BLOCK_D, T, num_warps, options, prefetch
 
 
 def _cdiv(a: int, b: int) -> int:
