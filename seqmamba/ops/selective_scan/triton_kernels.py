@@ -427,6 +427,54 @@ def _selective_scan_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 # Host side
 
+# Set False to launch every time through Triton's JITFunction (the cached launcher is skipped).
+FAST_LAUNCH = True
+
+
+def _no_launch_hooks() -> bool:
+    runtime = triton.knobs.runtime
+    return all(hook is None or not getattr(hook, "calls", (hook,))
+               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+class _CachedLaunch:
+    """Launches one @triton.jit kernel. Once Triton has compiled and launched a specialization, later launches
+    of the same one call the compiled kernel's launcher directly, skipping JITFunction.run's argument binding,
+    cache key, global-value checks and launch metadata (host time: a launch took ~120 us of the H100 machine's
+    CPU through JITFunction.run; notes/triton_scan.md "Session 3"). The key is finer than Triton's
+    specialization: every integer argument's value, every tensor's dtype and 16-byte alignment, the constexprs,
+    num_warps, the compile options and the device. CUDA only, and only while no launch hooks (profilers) are
+    registered; otherwise, and under the interpreter, every launch goes through Triton."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
+        self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
+        self.compiled = {}
+
+    def __call__(self, grid, tensors, ints, constexprs, num_warps, options):
+        """tensors, ints: the kernel's leading tensor and integer arguments, in signature order (the kernels
+        take all tensors first, then all integers, then the constexprs); constexprs: every constexpr by name."""
+        device = tensors[0].device
+        key = None
+        if FAST_LAUNCH and device.type == "cuda" and self.constexpr_names and _no_launch_hooks():
+            values = tuple(constexprs[name] for name in self.constexpr_names)
+            key = (device.index, ints, values, num_warps, tuple(sorted(options.items())),
+                   tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors))
+            kernel = self.compiled.get(key)
+            if kernel is not None:
+                kernel.run(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device.index), kernel.function,
+                           kernel.packed_metadata, None, None, None, *tensors, *ints, *values)
+                return
+        kernel = self.fn[grid](*tensors, *ints, **constexprs, num_warps=num_warps, **options)
+        if key is not None and all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata")):
+            self.compiled[key] = kernel
+
+
+_launch_fwd = _CachedLaunch(_selective_scan_fwd_kernel)
+_launch_bwd = _CachedLaunch(_selective_scan_bwd_kernel)
+
+
 def _bc_as_4d(X: torch.Tensor, dim: int):
     """B or C -> (is_time_varying, G, strides (batch, group, n, l)) without copying.
 
@@ -612,19 +660,17 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (_cdiv(dim, BLOCK_D), batch)
-    _selective_scan_fwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, zz,
-        delta_bias if delta_bias is not None else dummy,
-        out, state, chunk_states,
-        dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
-        *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride(),
-        BLOCK_D=BLOCK_D, T=T,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
-        SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
-        MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-        PREFETCH=prefetch, num_warps=num_warps, **options,
-    )
+    _launch_fwd(
+        grid,
+        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+         out, state, chunk_states),
+        (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
+         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride()),
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
+             SAVES_PER_CHUNK=saves_per_chunk, RELOAD=bool(_config(False, block_layout).get("reload", False)),
+             MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)), PREFETCH=prefetch),
+        num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
 
@@ -666,21 +712,18 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (_cdiv(dim, BLOCK_D), batch)
-    _selective_scan_bwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, zz,
-        delta_bias if delta_bias is not None else dummy, chunk_states,
-        dout, dstate,
-        du, ddelta, dz, dA, dB, dC, dD, ddbias,
-        dim, L, N, cpg, n_chunks, G_B, G_C,
-        *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
-        *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()),
-        BLOCK_D=BLOCK_D, T=T,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        B_VAR=B_var, C_VAR=C_var,
-        REV3=bool(_config(True, block_layout).get("rev3", False)),
-        RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots,
-        PREFETCH=prefetch, num_warps=num_warps, **options,
-    )
+    _launch_bwd(
+        grid,
+        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+         chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias),
+        (dim, L, N, cpg, n_chunks, G_B, G_C,
+         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
+         *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride())),
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var,
+             REV3=bool(_config(True, block_layout).get("rev3", False)),
+             RELOAD=bool(_config(True, block_layout).get("reload", False)), DA_SLOTS=da_slots, PREFETCH=prefetch),
+        num_warps, options)
     if da_slots > 1:
         dA = dA.sum(-1)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
