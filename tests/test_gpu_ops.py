@@ -66,29 +66,29 @@ def test_gpu_scan_inference_forward_matches_reference(dtype, tol):
 
 def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):
     """Repeat launches of one specialization take the cached launcher (Triton's JITFunction.run skipped): same
-    outputs and gradients as launching through Triton every time; a B / C whose data is not 16-byte aligned (same
-    strides) gets its own cache entry and is still right."""
+    outputs and gradients as launching through Triton every time (fp32, so that the atomics' order of addition
+    stays below 1e-5); a B whose data is not 16-byte aligned (same strides) gets its own cache entry and is still
+    right."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
     batch, dim, L, N = 2, 128, 700, 16
-    inputs = scan_inputs(batch, dim, L, N, time_major=False)
-    dout = torch.randn(batch, dim, L, device="cuda", dtype=torch.bfloat16)
+    inputs = scan_inputs(batch, dim, L, N, dtype=torch.float32, time_major=False)
+    dout = torch.randn(batch, dim, L, device="cuda")
     scan = lambda inp: scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inp, dout)  # noqa: E731
     monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
     slow_out, slow_grads = scan(inputs)
     monkeypatch.setattr(kernels, "FAST_LAUNCH", True)
-    for _ in range(3):  # the first run fills the cache, the others launch from it
+    for run in range(3):  # the first run fills the cache, the others launch from it
         out, grads = scan(inputs)
-        assert rel_err(out, slow_out) < 1e-6
-        for name in grads:  # dB / dC are summed with atomics: equal up to the order of the additions
-            assert rel_err(grads[name], slow_grads[name]) < 1e-5, name
+        errors = {"out": rel_err(out, slow_out), **{n: rel_err(grads[n], slow_grads[n]) for n in grads}}
+        assert max(errors.values()) < 1e-5, (run, errors)
     entries = len(kernels._launch_fwd.compiled)
-    flat = torch.empty(1 + batch * N * L, device="cuda", dtype=torch.bfloat16)
-    shifted = {**inputs, "B": flat[1:].view(batch, N, L).copy_(inputs["B"])}  # 2 bytes past an aligned address
+    flat = torch.empty(1 + batch * N * L, device="cuda")
+    shifted = {**inputs, "B": flat[1:].view(batch, N, L).copy_(inputs["B"])}  # 4 bytes past an aligned address
     assert shifted["B"].stride() == inputs["B"].stride() and shifted["B"].data_ptr() % 16 != 0
-    for _ in range(2):
+    for run in range(2):
         out, grads = scan(shifted)
-        assert rel_err(out, slow_out) < 1e-6
-        assert rel_err(grads["B"], slow_grads["B"]) < 1e-5
+        errors = {"out": rel_err(out, slow_out), **{n: rel_err(grads[n], slow_grads[n]) for n in grads}}
+        assert max(errors.values()) < 1e-5, ("misaligned B", run, errors)
     assert len(kernels._launch_fwd.compiled) > entries
 
 
