@@ -70,13 +70,14 @@ def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):
     stays below 1e-5); a B whose data is not 16-byte aligned (same strides) gets its own cache entry and is still
     right."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+    launch = importlib.import_module("seqmamba.ops.launch")
     batch, dim, L, N = 2, 128, 700, 16
     inputs = scan_inputs(batch, dim, L, N, dtype=torch.float32, time_major=False)
     dout = torch.randn(batch, dim, L, device="cuda")
     scan = lambda inp: scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inp, dout)  # noqa: E731
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", False)
+    monkeypatch.setattr(launch, "FAST_LAUNCH", False)
     slow_out, slow_grads = scan(inputs)
-    monkeypatch.setattr(kernels, "FAST_LAUNCH", True)
+    monkeypatch.setattr(launch, "FAST_LAUNCH", True)
     for run in range(3):  # the first run fills the cache, the others launch from it
         out, grads = scan(inputs)
         errors = {"out": rel_err(out, slow_out), **{n: rel_err(grads[n], slow_grads[n]) for n in grads}}
@@ -90,6 +91,36 @@ def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):
         errors = {"out": rel_err(out, slow_out), **{n: rel_err(grads[n], slow_grads[n]) for n in grads}}
         assert max(errors.values()) < 1e-5, ("misaligned B", run, errors)
     assert len(kernels._launch_fwd.compiled) > entries
+
+
+def test_gpu_cached_launches_of_conv_norm_and_decode_match_launches_through_triton(monkeypatch):
+    """The causal conv (forward and backward), the residual-add + RMSNorm (forward and backward) and the decode
+    step give the same results from the cached launcher as from Triton's own launch path (fp32)."""
+    from seqmamba.ops import causal_conv1d, rms_norm_fn
+
+    launch = importlib.import_module("seqmamba.ops.launch")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x, w, b = r(2, 96, 300).transpose(1, 2).contiguous().transpose(1, 2), r(96, 4), r(96)  # time-major x
+    h, res, nw = r(2, 300, 96), r(2, 300, 96), r(96)
+    state0, xs, dt, A, B, C = r(3, 96, 16), r(3, 96), r(3, 96), -torch.rand(96, 16, device="cuda"), r(3, 16), r(3, 16)
+
+    def run():
+        leaves = [t.detach().requires_grad_(True) for t in (x, w, b, h, res, nw)]
+        conv = causal_conv1d(*leaves[:3], activation="silu")
+        normed, residual = rms_norm_fn(leaves[3], leaves[5], residual=leaves[4], prenorm=True)
+        loss = (conv * conv).sum() + (normed * normed).sum() + residual.sum()
+        state = state0.clone()
+        y = selective_state_update(state, xs, dt, A, B, C, dt_softplus=True)
+        return [conv, normed, y, state, *torch.autograd.grad(loss, leaves)]
+
+    monkeypatch.setattr(launch, "FAST_LAUNCH", False)
+    slow = run()
+    monkeypatch.setattr(launch, "FAST_LAUNCH", True)
+    for attempt in range(3):  # the first run fills the caches, the others launch from them
+        fast = run()
+        errors = [rel_err(a, b) for a, b in zip(fast, slow)]
+        assert max(errors) < 1e-5, (attempt, errors)
 
 
 def test_gpu_scan_million_steps_batch_one_equals_two_halves():

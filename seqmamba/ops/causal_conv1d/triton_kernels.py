@@ -1,5 +1,6 @@
-"""Triton depthwise causal conv1d: forward, backward (autograd through a torch.library custom op) and the
-one-step decode update (in place on the conv state).
+"""Triton depthwise causal conv1d: forward, backward and the one-step decode update (in place on the conv
+state). Autograd: a plain autograd.Function in eager mode, torch.library custom ops under torch.compile (the
+custom ops' dispatcher round trips cost host time; notes/triton_scan.md "Session 3").
 
 out[b, d, t] = act(bias[d] + sum_k weight[d, k] x[b, d, t - width + 1 + k]), zero padding on the left.
 Each program takes a (BLOCK_D, BLOCK_L) tile and reads the width shifted copies of x it needs (the
@@ -12,6 +13,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
+from ..launch import CachedLaunch, cdiv
 
 
 @triton.jit
@@ -130,23 +133,47 @@ def _causal_conv1d_update_kernel(
 
 
 _BLOCK_D, _BLOCK_L = 16, 128
+_launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
+_launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
+_launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
+_launch_update = CachedLaunch(_causal_conv1d_update_kernel)
 
 
 def _grid(batch, dim, L):
-    return (triton.cdiv(L, _BLOCK_L), triton.cdiv(dim, _BLOCK_D), batch)
+    return (cdiv(L, _BLOCK_L), cdiv(dim, _BLOCK_D), batch)
 
 
-@torch.library.custom_op("seqmamba::causal_conv1d_fwd", mutates_args=())
-def _causal_conv1d_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+def _conv_forward(x, weight, bias, silu):
     batch, dim, L = x.shape
     out = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
     if L == 0:
         return out
-    _causal_conv1d_fwd_kernel[_grid(batch, dim, L)](
-        x, weight, bias if bias is not None else weight, out, dim, L,
-        *x.stride(), *weight.stride(), *out.stride(),
-        WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
+    _launch_fwd(_grid(batch, dim, L), (x, weight, bias if bias is not None else weight, out),
+                (dim, L, *x.stride(), *weight.stride(), *out.stride()),
+                dict(WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
     return out
+
+
+def _conv_gradients(x, weight, bias, silu, dout):
+    batch, dim, L = x.shape
+    width = weight.shape[1]
+    dpre = torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
+    dw_dbias = torch.zeros((dim * (width + 1),), device=x.device, dtype=torch.float32)  # one fill for both
+    dw, dbias = dw_dbias[:dim * width].view(dim, width), dw_dbias[dim * width:]
+    dx = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+    if L > 0:
+        grid = _grid(batch, dim, L)
+        _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
+                     (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
+                     dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
+        _launch_dx(grid, (dpre, weight, dx), (dim, L, *weight.stride()),
+                   dict(WIDTH=width, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
+    return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
+
+
+@torch.library.custom_op("seqmamba::causal_conv1d_fwd", mutates_args=())
+def _causal_conv1d_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    return _conv_forward(x, weight, bias, silu)
 
 
 @_causal_conv1d_fwd_op.register_fake
@@ -157,21 +184,9 @@ def _(x, weight, bias, silu):
 @torch.library.custom_op("seqmamba::causal_conv1d_bwd", mutates_args=())
 def _causal_conv1d_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool,
                           dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    batch, dim, L = x.shape
-    width = weight.shape[1]
-    dpre = torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
-    dw = torch.zeros((dim, width), device=x.device, dtype=torch.float32)
-    dbias = torch.zeros((dim,), device=x.device, dtype=torch.float32)
-    dx = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
-    if L > 0:
-        grid = _grid(batch, dim, L)
-        _causal_conv1d_dpre_kernel[grid](
-            x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias, dim, L,
-            *x.stride(), *weight.stride(), *dout.stride(),
-            WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
-        _causal_conv1d_dx_kernel[grid](dpre, weight, dx, dim, L, *weight.stride(),
-                                       WIDTH=width, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L)
-    return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
+    dx, dw, dbias = _conv_gradients(x, weight, bias, silu, dout)
+    # a custom op's outputs must not share storage (fp32 weights: dw and dbias are views of one buffer)
+    return dx, dw.clone(), dbias.clone()
 
 
 @_causal_conv1d_bwd_op.register_fake
@@ -195,10 +210,30 @@ def _conv_backward(ctx, dout):
 _causal_conv1d_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
+class _CausalConv1dEager(torch.autograd.Function):
+    """The custom ops' forward and backward without the dispatcher, for eager mode."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        _conv_setup_context(ctx, (x, weight, bias, silu), None)
+        return _conv_forward(x, weight, bias, silu)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, dbias = _conv_gradients(x, weight, bias, ctx.silu, dout)
+        return dx, dw, dbias if bias is not None else None, None
+
+
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                          activation: Optional[str] = None) -> torch.Tensor:
     """Same contract as ``causal_conv1d_ref``; any strides of x."""
-    return _causal_conv1d_fwd_op(x, weight, bias, activation in ("silu", "swish"))
+    silu = activation in ("silu", "swish")
+    if torch.compiler.is_compiling():
+        return _causal_conv1d_fwd_op(x, weight, bias, silu)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _CausalConv1dEager.apply(x, weight, bias, silu)
+    return _conv_forward(x, weight, bias, silu)
 
 
 def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -208,9 +243,8 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
     width = weight.shape[1]
     out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BLOCK_D = 64
-    _causal_conv1d_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
-        x, conv_state, weight, bias if bias is not None else weight, out, dim,
-        *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
-        WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
-        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D)
+    _launch_update((cdiv(dim, BLOCK_D), batch), (x, conv_state, weight, bias if bias is not None else weight, out),
+                   (dim, *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride()),
+                   dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
+                        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D))
     return out

@@ -9,11 +9,15 @@ partials are summed in PyTorch.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from ..launch import CachedLaunch, cdiv
 
 
 @triton.jit
@@ -94,6 +98,15 @@ def _add_norm_bwd_kernel(
         tl.store(DB_PART + pid * N + cols, db, mask=col_mask)
 
 
+_launch_fwd = CachedLaunch(_add_norm_fwd_kernel)
+_launch_bwd = CachedLaunch(_add_norm_bwd_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _block_and_warps(N: int) -> Tuple[int, int]:
     BLOCK_N = triton.next_power_of_2(N)
     if BLOCK_N > 65536 // 4:  # one row must fit a program's registers / shared memory
@@ -112,14 +125,15 @@ def add_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     mean = None if is_rms_norm else torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x.device, dtype=torch.float32)
     BLOCK_N, num_warps = _block_and_warps(N)
-    _add_norm_fwd_kernel[(M,)](
-        x, residual if residual is not None else x, weight, bias if bias is not None else weight, out,
-        residual_out if residual_out is not None else out, mean if mean is not None else rstd, rstd,
-        x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
-        residual_out.stride(0) if residual_out is not None else 0, N, eps,
-        HAS_RESIDUAL=residual is not None, STORE_RESIDUAL_OUT=residual_out is not None, HAS_BIAS=bias is not None,
-        IS_RMS_NORM=is_rms_norm, BLOCK_N=BLOCK_N, num_warps=num_warps,
-    )
+    _launch_fwd(
+        (M,),
+        (x, residual if residual is not None else x, weight, bias if bias is not None else weight, out,
+         residual_out if residual_out is not None else out, mean if mean is not None else rstd, rstd),
+        (x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
+         residual_out.stride(0) if residual_out is not None else 0, N, eps),
+        dict(HAS_RESIDUAL=residual is not None, STORE_RESIDUAL_OUT=residual_out is not None, HAS_BIAS=bias is not None,
+             IS_RMS_NORM=is_rms_norm, BLOCK_N=BLOCK_N),
+        num_warps)
     return out, residual_out, mean, rstd
 
 
@@ -131,24 +145,25 @@ def add_norm_bwd(dy: torch.Tensor, normed_input: torch.Tensor, weight: torch.Ten
     dx = torch.empty((M, N), device=dy.device, dtype=x_dtype)
     dresidual = None if residual_dtype is None else torch.empty((M, N), device=dy.device, dtype=residual_dtype)
     if dy.is_cuda:
-        n_programs = torch.cuda.get_device_properties(dy.device).multi_processor_count * 2
+        n_programs = _sm_count(dy.device.index) * 2
     else:
         n_programs = 4  # the interpreter: a few programs still exercise the row ranges
     n_programs = max(1, min(n_programs, M))
-    rows_per_program = triton.cdiv(M, n_programs)
+    rows_per_program = cdiv(M, n_programs)
     dw_part = torch.empty((n_programs, N), device=dy.device, dtype=torch.float32)
     db_part = torch.empty((n_programs, N), device=dy.device, dtype=torch.float32) if has_bias else None
     BLOCK_N, num_warps = _block_and_warps(N)
-    _add_norm_bwd_kernel[(n_programs,)](
-        normed_input, weight, dy, dx, dresidual_out if dresidual_out is not None else dy,
-        dresidual if dresidual is not None else dx, dw_part, db_part if db_part is not None else dw_part,
-        mean if mean is not None else rstd, rstd,
-        normed_input.stride(0), dy.stride(0), dx.stride(0),
-        dresidual_out.stride(0) if dresidual_out is not None else 0,
-        dresidual.stride(0) if dresidual is not None else 0, M, N, rows_per_program,
-        HAS_DRESIDUAL_OUT=dresidual_out is not None, STORE_DRESIDUAL_IN=dresidual is not None, HAS_BIAS=has_bias,
-        IS_RMS_NORM=is_rms_norm, BLOCK_N=BLOCK_N, num_warps=num_warps,
-    )
+    _launch_bwd(
+        (n_programs,),
+        (normed_input, weight, dy, dx, dresidual_out if dresidual_out is not None else dy,
+         dresidual if dresidual is not None else dx, dw_part, db_part if db_part is not None else dw_part,
+         mean if mean is not None else rstd, rstd),
+        (normed_input.stride(0), dy.stride(0), dx.stride(0),
+         dresidual_out.stride(0) if dresidual_out is not None else 0,
+         dresidual.stride(0) if dresidual is not None else 0, M, N, rows_per_program),
+        dict(HAS_DRESIDUAL_OUT=dresidual_out is not None, STORE_DRESIDUAL_IN=dresidual is not None, HAS_BIAS=has_bias,
+             IS_RMS_NORM=is_rms_norm, BLOCK_N=BLOCK_N),
+        num_warps)
     dweight = dw_part.sum(0).to(weight.dtype)
     dbias = db_part.sum(0).to(weight.dtype) if has_bias else None
     return dx, dresidual, dweight, dbias

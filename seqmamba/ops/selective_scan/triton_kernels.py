@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch import CachedLaunch, cdiv
+
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
 
@@ -427,52 +429,9 @@ def _selective_scan_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 # Host side
 
-# Set False to launch every time through Triton's JITFunction (the cached launcher is skipped).
-FAST_LAUNCH = True
-
-
-def _no_launch_hooks() -> bool:
-    runtime = triton.knobs.runtime
-    return all(hook is None or not getattr(hook, "calls", (hook,))
-               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
-
-
-class _CachedLaunch:
-    """Launches one @triton.jit kernel. Once Triton has compiled and launched a specialization, later launches
-    of the same one call the compiled kernel's launcher directly, skipping JITFunction.run's argument binding,
-    cache key, global-value checks and launch metadata (host time: a launch took ~120 us of the H100 machine's
-    CPU through JITFunction.run; notes/triton_scan.md "Session 3"). The key is finer than Triton's
-    specialization: every integer argument's value, every tensor's dtype and 16-byte alignment, the constexprs,
-    num_warps, the compile options and the device. CUDA only, and only while no launch hooks (profilers) are
-    registered; otherwise, and under the interpreter, every launch goes through Triton."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
-        self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
-        self.compiled = {}
-
-    def __call__(self, grid, tensors, ints, constexprs, num_warps, options):
-        """tensors, ints: the kernel's leading tensor and integer arguments, in signature order (the kernels
-        take all tensors first, then all integers, then the constexprs); constexprs: every constexpr by name."""
-        device = tensors[0].device
-        key = None
-        if FAST_LAUNCH and device.type == "cuda" and self.constexpr_names and _no_launch_hooks():
-            values = tuple(constexprs[name] for name in self.constexpr_names)
-            key = (device.index, ints, values, num_warps, tuple(sorted(options.items())),
-                   tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors))
-            kernel = self.compiled.get(key)
-            if kernel is not None:
-                kernel.run(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device.index), kernel.function,
-                           kernel.packed_metadata, None, None, None, *tensors, *ints, *values)
-                return
-        kernel = self.fn[grid](*tensors, *ints, **constexprs, num_warps=num_warps, **options)
-        if key is not None and all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata")):
-            self.compiled[key] = kernel
-
-
-_launch_fwd = _CachedLaunch(_selective_scan_fwd_kernel)
-_launch_bwd = _CachedLaunch(_selective_scan_bwd_kernel)
+# Repeat launches skip Triton's JITFunction.run (seqmamba/ops/launch.py).
+_launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
+_launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
 
 
 def _bc_as_4d(X: torch.Tensor, dim: int):
@@ -569,7 +528,7 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     BLOCK_D = cfg["block_d"]
     on_cuda = batch is not None
     min_per_sm = cfg.get("min_programs_per_sm", 0)
-    if on_cuda and batch * _cdiv(dim, BLOCK_D) < min_per_sm * sms:
+    if on_cuda and batch * cdiv(dim, BLOCK_D) < min_per_sm * sms:
         BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
     while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
         BLOCK_D //= 2  # a block must not straddle two groups of B / C
@@ -581,13 +540,13 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
         if cfg.get("num_stages") is not None:
             options["num_stages"] = cfg["num_stages"]
         if (cfg.get("maxnreg") is not None and torch.version.hip is None
-                and batch * _cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
+                and batch * cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
             options["maxnreg"] = cfg["maxnreg"]
     num_warps = cfg["num_warps"]
     rule = cfg.get("prefetch", False)
     if rule == "latency":  # few programs per SM and no states to save
         prefetch = (on_cuda and not save_states
-                    and batch * _cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
+                    and batch * cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
         if prefetch and force_chunk_t is None:  # the latency-bound launch's own chunk and warps, if the config has them
             T = min(cfg.get("latency_T", T), max(16, triton.next_power_of_2(max(L, 1))))
             num_warps = cfg.get("latency_num_warps", num_warps)
@@ -596,14 +555,9 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     return BLOCK_D, T, num_warps, options, prefetch
 
 
-def _cdiv(a: int, b: int) -> int:
-    # plain integer math: triton.cdiv goes through Triton's JIT-function call machinery on the host (~4 us).
-    return -(-a // b)
-
-
 def _n_chunks(L: int, T: int) -> int:
     """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
-    return max(_cdiv(L, T), 1)
+    return max(cdiv(L, T), 1)
 
 
 def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
@@ -659,7 +613,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
-    grid = (_cdiv(dim, BLOCK_D), batch)
+    grid = (cdiv(dim, BLOCK_D), batch)
     _launch_fwd(
         grid,
         (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
@@ -711,7 +665,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         dstate.copy_(dlast)
     dummy = _dummy(u)
     zz = z if z is not None else u
-    grid = (_cdiv(dim, BLOCK_D), batch)
+    grid = (cdiv(dim, BLOCK_D), batch)
     _launch_bwd(
         grid,
         (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..launch import CachedLaunch, cdiv
+
 
 @triton.jit
 def _selective_state_update_kernel(
@@ -76,6 +78,9 @@ DECODE_BLOCK_D: Optional[int] = None
 DECODE_NUM_WARPS: int = 4
 
 
+_launch = CachedLaunch(_selective_state_update_kernel)
+
+
 def _bc_strides(X: torch.Tensor):
     """(batch, N) -> one group; (batch, G, N) as is. Returns (G, (s_batch, s_group, s_n))."""
     if X.dim() == 2:
@@ -106,13 +111,14 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
     zz = z if z is not None else x
     W = dt_proj_weight if dt_proj_weight is not None else A
     R = dt_proj_weight.shape[1] if dt_proj_weight is not None else 1
-    _selective_state_update_kernel[(triton.cdiv(dim, BLOCK_D), batch)](
-        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, W, out,
-        dim, N, dim // G_B, R,
-        *state.stride(), *x.stride(), *dt.stride(), *W.stride(), *A.stride(), *sB, *sC, *zz.stride(),
-        *out.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
-        BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1, num_warps=num_warps,
-    )
+    _launch(
+        (cdiv(dim, BLOCK_D), batch),
+        (state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, W, out),
+        (dim, N, dim // G_B, R,
+         *state.stride(), *x.stride(), *dt.stride(), *W.stride(), *A.stride(), *sB, *sC, *zz.stride(),
+         *out.stride()),
+        dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
+             BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1),
+        num_warps)
     return out

@@ -1,0 +1,70 @@
+"""Launching Triton kernels with less host time.
+
+``triton.JITFunction.run`` binds and specializes every argument, builds a cache key, checks the kernel's global
+values and builds launch metadata on every call: on the H100 machine's CPU a launch of the selective-scan
+kernels took ~120 us of host time (notes/triton_scan.md "Session 3"), as much as a small kernel's GPU time.
+``CachedLaunch`` launches through Triton once per specialization and afterwards calls the compiled kernel's
+launcher directly. Eager training of small models, where the host issues kernels no faster than the GPU runs
+them, is where this shows.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import triton
+
+# Set False to launch every time through Triton's JITFunction (the cached launcher is skipped).
+FAST_LAUNCH = True
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceil division on the host (triton.cdiv goes through Triton's JIT-function call machinery: ~4 us)."""
+    return -(-a // b)
+
+
+def _no_launch_hooks() -> bool:
+    runtime = triton.knobs.runtime
+    return all(hook is None or not getattr(hook, "calls", (hook,))
+               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+class CachedLaunch:
+    """Launches one @triton.jit kernel whose parameters are its tensors, then its scalars, then its constexprs.
+
+    After Triton has compiled and launched a specialization, later launches of the same one call the compiled
+    kernel's launcher directly. The key is finer than Triton's specialization: every scalar's value, every
+    tensor's dtype and 16-byte alignment, the constexprs, num_warps, the compile options and the device. Used
+    on CUDA only and only while no launch hooks (profilers) are registered; under the interpreter, and if the
+    compiled kernel's launcher ever rejects the call (another Triton version), every launch goes through Triton.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
+        self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
+        self.compiled = {}
+        self.usable = bool(self.constexpr_names)
+
+    def __call__(self, grid: Sequence[int], tensors: Sequence[torch.Tensor], scalars: tuple, constexprs: dict,
+                 num_warps: int = 4, options: dict | None = None) -> None:
+        options = options or {}
+        device = tensors[0].device
+        key = None
+        if FAST_LAUNCH and self.usable and device.type == "cuda" and _no_launch_hooks():
+            values = tuple(constexprs[name] for name in self.constexpr_names)
+            key = (device.index, scalars, values, num_warps, tuple(sorted(options.items())),
+                   tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors))
+            kernel = self.compiled.get(key)
+            if kernel is not None:
+                grid = tuple(grid) + (1,) * (3 - len(grid))
+                try:
+                    kernel.run(grid[0], grid[1], grid[2], torch._C._cuda_getCurrentRawStream(device.index),
+                               kernel.function, kernel.packed_metadata, None, None, None, *tensors, *scalars, *values)
+                    return
+                except (TypeError, AttributeError):  # a launcher with another calling convention: stop using it
+                    self.usable, self.compiled = False, {}
+                    key = None
+        kernel = self.fn[tuple(grid)](*tensors, *scalars, **constexprs, num_warps=num_warps, **options)
+        if key is not None and all(hasattr(kernel, name) for name in ("run", "function", "packed_metadata")):
+            self.compiled[key] = kernel
