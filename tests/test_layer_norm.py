@@ -83,12 +83,17 @@ def test_prenorm_residual_dtype_follows_mamba_ssm_rule():
     assert torch.allclose(residual, x.float() + given)
 
 
-def test_reference_rms_norm_is_the_formula():
-    x = torch.randn(4, 16, dtype=torch.float64)
-    weight = torch.randn(16, dtype=torch.float64)
+@pytest.mark.parametrize("seed", range(5))
+def test_reference_rms_norm_is_the_formula(seed):
+    """The reference computes in fp32 (its contract), so float64 formulas agree to fp32 rounding: an absolute
+    1e-6 on outputs of order 1 (the default atol of 1e-8 failed for ~2% of unseeded draws, on outputs near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 16, dtype=torch.float64, generator=g)
+    weight = torch.randn(16, dtype=torch.float64, generator=g)
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
-    assert torch.allclose(rms_norm_fn(x, weight), expected)
-    assert torch.allclose(layer_norm_ref(x, weight), torch.nn.functional.layer_norm(x, (16,), weight, eps=1e-5))
+    assert torch.allclose(rms_norm_fn(x, weight), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(layer_norm_ref(x, weight), torch.nn.functional.layer_norm(x, (16,), weight, eps=1e-5),
+                          rtol=1e-5, atol=1e-6)
 
 
 def test_bad_shapes_and_backend_are_named():
