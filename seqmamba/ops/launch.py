@@ -9,7 +9,9 @@ them, is where this shows.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+import math
+from typing import List, Sequence
 
 import torch
 import triton
@@ -21,6 +23,23 @@ FAST_LAUNCH = True
 def cdiv(a: int, b: int) -> int:
     """Ceil division on the host (triton.cdiv goes through Triton's JIT-function call machinery: ~4 us)."""
     return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: the property query costs host time)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def zeroed_views(device, shapes: Sequence[Sequence[int]]) -> List[torch.Tensor]:
+    """Contiguous fp32 zero tensors of the given shapes carved from one zeroed buffer (one fill launch instead of
+    one per tensor; each view starts 128-byte aligned). The views keep the whole buffer alive."""
+    sizes = [math.prod(shape) for shape in shapes]
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + cdiv(size, 32) * 32)
+    buffer = torch.zeros(starts[-1], device=device, dtype=torch.float32)
+    return [buffer[start:start + size].view(*shape) for start, size, shape in zip(starts, sizes, shapes)]
 
 
 def _no_launch_hooks() -> bool:
@@ -38,6 +57,10 @@ class CachedLaunch:
     on CUDA only and only while no launch hooks (profilers) are registered; under the interpreter, and if the
     compiled kernel's launcher ever rejects the call (another Triton version), every launch goes through Triton.
     """
+
+    # Entries past this many (one per specialization and set of scalar values, e.g. per sequence length) clear the
+    # cache rather than let it grow without bound; the next launch of each goes through Triton once more.
+    MAX_ENTRIES = 4096
 
     def __init__(self, fn):
         self.fn = fn
@@ -67,4 +90,6 @@ class CachedLaunch:
                     key = None
         kernel = self.fn[tuple(grid)](*tensors, *scalars, **constexprs, num_warps=num_warps, **options)
         if key is not None and all(hasattr(kernel, name) for name in ("run", "function", "packed_metadata")):
+            if len(self.compiled) >= self.MAX_ENTRIES:
+                self.compiled.clear()
             self.compiled[key] = kernel

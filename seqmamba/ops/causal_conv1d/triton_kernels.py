@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import CachedLaunch, cdiv
+from ..launch import CachedLaunch, cdiv, zeroed_views
 
 
 @triton.jit
@@ -158,8 +158,7 @@ def _conv_gradients(x, weight, bias, silu, dout):
     batch, dim, L = x.shape
     width = weight.shape[1]
     dpre = torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
-    dw_dbias = torch.zeros((dim * (width + 1),), device=x.device, dtype=torch.float32)  # one fill for both
-    dw, dbias = dw_dbias[:dim * width].view(dim, width), dw_dbias[dim * width:]
+    dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
     dx = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
     if L > 0:
         grid = _grid(batch, dim, L)

@@ -9,15 +9,13 @@ partials are summed in PyTorch.
 """
 from __future__ import annotations
 
-import functools
-
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..launch import CachedLaunch, cdiv
+from ..launch import CachedLaunch, cdiv, sm_count
 
 
 @triton.jit
@@ -102,11 +100,6 @@ _launch_fwd = CachedLaunch(_add_norm_fwd_kernel)
 _launch_bwd = CachedLaunch(_add_norm_bwd_kernel)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _block_and_warps(N: int) -> Tuple[int, int]:
     BLOCK_N = triton.next_power_of_2(N)
     if BLOCK_N > 65536 // 4:  # one row must fit a program's registers / shared memory
@@ -145,7 +138,7 @@ def add_norm_bwd(dy: torch.Tensor, normed_input: torch.Tensor, weight: torch.Ten
     dx = torch.empty((M, N), device=dy.device, dtype=x_dtype)
     dresidual = None if residual_dtype is None else torch.empty((M, N), device=dy.device, dtype=residual_dtype)
     if dy.is_cuda:
-        n_programs = _sm_count(dy.device.index) * 2
+        n_programs = sm_count(dy.device.index) * 2
     else:
         n_programs = 4  # the interpreter: a few programs still exercise the row ranges
     n_programs = max(1, min(n_programs, M))

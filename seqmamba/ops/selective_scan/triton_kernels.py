@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..launch import CachedLaunch, cdiv
+from ..launch import CachedLaunch, cdiv, zeroed_views
+from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
@@ -501,11 +502,6 @@ def _config(backward: bool, block_layout: bool) -> dict:
     return BWD_CONFIG if backward else FWD_CONFIG
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
                    batch: Optional[int] = None, device: Optional[torch.device] = None, save_states: bool = False):
     """(BLOCK_D, T, num_warps, compiler options, prefetch) for one launch.
@@ -568,16 +564,6 @@ def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> tor
     if channel_last:
         return torch.empty((batch, L, dim), device=ref.device, dtype=dtype).transpose(1, 2)
     return torch.empty((batch, dim, L), device=ref.device, dtype=dtype)
-
-
-def _zeroed_views(device, shapes):
-    """Contiguous fp32 zero tensors of the given shapes, carved from one zeroed buffer (each 128-byte aligned)."""
-    sizes = [math.prod(shape) for shape in shapes]
-    starts = [0]
-    for size in sizes:
-        starts.append(starts[-1] + -(-size // 32) * 32)
-    buffer = torch.zeros(starts[-1], device=device, dtype=torch.float32)
-    return [buffer[start:start + size].view(shape) for start, size, shape in zip(starts, sizes, shapes)]
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -655,9 +641,9 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
     # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
     # does not hold the fp32 dB / dC alive once they are converted to B / C's dtype.
-    dB, dC = _zeroed_views(u.device, [(batch, G_B, N, L) if B_var else (dim, N),
+    dB, dC = zeroed_views(u.device, [(batch, G_B, N, L) if B_var else (dim, N),
                                       (batch, G_C, N, L) if C_var else (dim, N)])
-    dA, dD, ddbias, dstate = _zeroed_views(u.device, [
+    dA, dD, ddbias, dstate = zeroed_views(u.device, [
         (dim, N, da_slots) if da_slots > 1 else (dim, N), (dim,) if D is not None else (1,),
         (dim,) if delta_bias is not None else (1,), (batch, dim, N)])
     # dstate carries the state gradient between chunks and ends as the initial state's gradient.
