@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from seqmamba.atomic_write import remove_stale_temp_files
 from seqmamba.train import Trainer
-from seqmamba.train.checkpoint import (
-    atomic_torch_save,
-    load_checkpoint,
-    load_model_weights,
-    remove_stale_temp_files,
-)
+from seqmamba.train.checkpoint import atomic_torch_save, load_checkpoint, load_model_weights
 from seqmamba.train.seeding import capture_rng_state, restore_rng_state
 from trainer_tiny_task import TinyRegressionTask, TinyTokenRegressor
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..ops.backend import records_autograd
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -225,7 +226,7 @@ class Mamba(nn.Module):
         graph cache is keyed on the parameters' versions too, so it is recaptured after such a change.
         """
         A_log, D, dt_bias = params = (self.A_log, self.D, self.dt_proj.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        if records_autograd(*params):
             return -torch.exp(A_log.float()), D.float(), dt_bias.float()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         cached = self.__dict__.get("_ssm_constants_cache")

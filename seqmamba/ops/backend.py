@@ -1,6 +1,10 @@
 """The ``backend`` argument every op takes: one vocabulary, one rule for "auto"."""
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
 BACKENDS = ("auto", "reference", "torch", "triton")
 
 
@@ -14,3 +18,9 @@ def resolve_backend(op: str, backend: str, on_cuda: bool) -> str:
     if backend == "auto":
         return "triton" if on_cuda else "torch"
     return backend
+
+
+def records_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether an op on ``tensors`` (None entries skipped) is recorded by autograd: grad mode is on and one
+    of them requires grad. The Triton wrappers take their no-autograd path otherwise."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from seqmamba.atomic_write import atomic_open, remove_stale_temp_files  # noqa: F401  (re-exported)
+from seqmamba.atomic_write import atomic_open
 
 FORMAT_VERSION = 1
 

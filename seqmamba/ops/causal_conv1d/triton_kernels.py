@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import records_autograd
 from ..launch import CachedLaunch, cdiv, zeroed_views
 
 
@@ -230,7 +231,7 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     silu = activation in ("silu", "swish")
     if torch.compiler.is_compiling():
         return _causal_conv1d_fwd_op(x, weight, bias, silu)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if records_autograd(x, weight, bias):
         return _CausalConv1dEager.apply(x, weight, bias, silu)
     return _conv_forward(x, weight, bias, silu)
 

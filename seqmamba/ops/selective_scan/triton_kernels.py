@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import records_autograd
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 
@@ -448,6 +449,14 @@ def _bc_as_4d(X: torch.Tensor, dim: int):
     return True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
 
 
+def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
+    """(B_var, G_B, B strides, C_var, G_C, C strides, channels per group) for a launch: ``_bc_as_4d`` of both,
+    and how many neighbouring channels share one group of both B and C (a program's channels must lie in one)."""
+    B_var, G_B, sB = _bc_as_4d(B, dim)
+    C_var, G_C, sC = _bc_as_4d(C, dim)
+    return B_var, G_B, sB, C_var, G_C, sC, math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
+
+
 # Channels per program, chunk length and warps; picked on an H100 (notes/triton_scan.md): one warp and one
 # channel per program, forward 512 steps per chunk, backward 256, so every scan and reduction stays inside
 # the warp and many small programs keep the SMs full.
@@ -575,9 +584,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     entering each of the backward's chunks when save_states, else a placeholder."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    B_var, G_B, sB = _bc_as_4d(B, dim)
-    C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = _group_size(B_var, G_B, C_var, G_C, dim)
+    B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=False,
                                                               block_layout=block_layout, batch=batch, device=u.device,
@@ -625,17 +632,15 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    B_var, G_B, sB = _bc_as_4d(B, dim)
-    C_var, G_C, sC = _bc_as_4d(C, dim)
-    cpg = _group_size(B_var, G_B, C_var, G_C, dim)
+    B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
                                                               block_layout=block_layout, batch=batch, device=u.device)
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
-    f32 = dict(device=u.device, dtype=torch.float32)
+    dummy = _dummy(u)
     du, ddelta, dz = _input_grads_like(u, delta, z)
-    dz = dz if z is not None else _dummy(u)
+    dz = dz if z is not None else dummy
     # dA in DA_SLOTS partial sums per (channel, n) when the config asks for it (summed below).
     da_slots = min(32, T) if _config(True, block_layout).get("da_slots", False) else 1
     # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
@@ -649,7 +654,6 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     # dstate carries the state gradient between chunks and ends as the initial state's gradient.
     if dlast is not None:
         dstate.copy_(dlast)
-    dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (cdiv(dim, BLOCK_D), batch)
     _launch_bwd(
@@ -683,19 +687,8 @@ def _selective_scan_fwd_op(
     return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states)
 
 
-def _channels_per_group(B, C, dim):
-    B_var, G_B, _ = _bc_as_4d(B, dim)
-    C_var, G_C, _ = _bc_as_4d(C, dim)
-    return _group_size(B_var, G_B, C_var, G_C, dim)
-
-
-def _group_size(B_var, G_B, C_var, G_C, dim):
-    """Channels that share one group of both B and C (a program's channels must lie in one)."""
-    return math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
-
-
 def _backward_chunk_len(u, delta, z, A, B, C):
-    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _channels_per_group(B, C, u.shape[1]), backward=True,
+    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _bc_layout(B, C, u.shape[1])[-1], backward=True,
                           block_layout=is_block_layout(u, delta, z))[1]
 
 
@@ -809,8 +802,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
 
     Under torch.compile it runs as the custom ops ``seqmamba::selective_scan_fwd`` / ``_bwd`` (traced without
     graph breaks); in eager mode the same kernels run through a plain autograd.Function."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    needs_grad = records_autograd(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if torch.compiler.is_compiling():
         out, last_state, _ = _selective_scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                     initial_state, needs_grad)
