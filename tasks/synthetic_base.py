@@ -15,6 +15,7 @@ from torch import nn
 
 from seqmamba.data import synthetic
 from seqmamba.registry import BACKBONES, DATASETS
+from seqmamba.train.distributed import unwrap_model
 
 from .base import Task, model_device
 
@@ -45,11 +46,8 @@ def config_get(cfg: Any, dotted: str, default: Any = None) -> Any:
 
 
 def _accepts_num_last_tokens(model: nn.Module) -> bool:
-    inner = model
-    while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):  # DDP / torch.compile wrappers
-        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod")
     try:
-        return "num_last_tokens" in inspect.signature(inner.forward).parameters
+        return "num_last_tokens" in inspect.signature(unwrap_model(model).forward).parameters
     except (TypeError, ValueError):
         return False
 

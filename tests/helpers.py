@@ -1,5 +1,11 @@
-"""Error measures shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+"""Error measures and markers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+import pytest
 import torch
+
+
+def cuda_only(test):
+    """Marks a GPU test (``-m gpu`` selects them) and skips it where no CUDA device is present."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -6,6 +6,7 @@ import torch
 from seqmamba.models import MambaLM
 from seqmamba.models.generation import (apply_repetition_penalty, filter_logits, generate, sample_next_token,
                                         validate_sampling_args)
+from helpers import cuda_only
 
 VOCAB = 37
 
@@ -151,8 +152,7 @@ def test_cuda_graph_flag_needs_cuda_tensors():
         tiny_lm().generate(torch.zeros(1, 3, dtype=torch.long), 2, cg=True)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda_only
 def test_cuda_graph_decoding_equals_eager_decoding():
     model = tiny_lm().cuda()
     prompt = torch.randint(0, VOCAB, (3, 9), device="cuda")

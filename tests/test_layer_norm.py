@@ -12,7 +12,7 @@ import torch
 
 from seqmamba.ops import layer_norm_fn, rms_norm_fn
 from seqmamba.ops.layer_norm import layer_norm_ref
-from helpers import rel_err
+from helpers import cuda_only, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -108,8 +108,7 @@ def test_bad_shapes_and_backend_are_named():
         rms_norm_fn(x, weight, eps=0.0)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda_only
 @pytest.mark.parametrize("is_rms_norm", [True, False], ids=["rms", "layernorm"])
 def test_triton_add_norm_on_cuda_at_model_width_matches_reference(is_rms_norm):
     # 130M width, a non-power-of-two row count and a strided (non-contiguous rows) x.

@@ -7,7 +7,7 @@ import torch
 
 from seqmamba.models import MambaConfig, MambaLM
 from seqmamba.registry import BACKBONES
-from helpers import max_rel_err as rel_err
+from helpers import cuda_only, max_rel_err as rel_err
 
 VOCAB = 37  # padded to 40
 
@@ -232,8 +232,7 @@ def test_decoding_with_triton_kernels_equals_parallel_forward():
     assert rel_err(decoded, reference[:, 4:]) < 1e-4
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda_only
 def test_decoding_on_cuda_equals_parallel_forward():
     model = randomize(tiny_lm(tie_embeddings=False)).cuda()
     ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
@@ -242,8 +241,7 @@ def test_decoding_on_cuda_equals_parallel_forward():
     assert rel_err(prefill_then_step(model, ids, 11), parallel[:, 10:]) < 1e-4
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda_only
 def test_fused_add_norm_on_cuda_gives_the_unfused_logits_and_keys():
     unfused = randomize(tiny_lm(tie_embeddings=False)).cuda()
     fused = tiny_lm(tie_embeddings=False, fused_add_norm=True).cuda()
@@ -262,8 +260,7 @@ def test_fused_add_norm_on_cuda_gives_the_unfused_logits_and_keys():
         assert rel_err(p_fused.grad, p_unfused.grad) < 1e-4, name
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@cuda_only
 def test_cuda_graph_is_recaptured_after_an_in_place_weight_update():
     model = randomize(tiny_lm(tie_embeddings=False, fused_add_norm=True)).cuda()
     prompt = torch.randint(0, VOCAB, (2, 5), device="cuda")

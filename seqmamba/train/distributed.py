@@ -165,6 +165,17 @@ def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: boo
     )
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def destroy_distributed() -> None:
     """Tear the default process group down (safe to call when none exists).
 

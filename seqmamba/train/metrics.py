@@ -2,8 +2,9 @@
 
 Every ``log(step, values)`` call is one JSON line ``{"step": s, **values}`` and one CSV row. The CSV is
 wide (one column per metric name); when a row brings a new name, the file is rewritten from the
-JSONL with the grown header (atomically, through ``atomic_open``), otherwise the row is appended. On resume, rows logged after the checkpoint's step (by the run that crashed) are dropped,
-so a resumed run's files read as if the run had never stopped.
+JSONL with the grown header (atomically, through ``atomic_open``), otherwise the row is appended. On
+resume, rows logged after the checkpoint's step (by the run that crashed) are dropped, so a resumed
+run's files read as if the run had never stopped.
 
 ``plot_curves(run_dir)`` draws ``loss_curve.png`` from the JSONL (matplotlib's Agg canvas, no display).
 """

@@ -133,7 +133,8 @@ def add_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 def add_norm_bwd(dy: torch.Tensor, normed_input: torch.Tensor, weight: torch.Tensor, has_bias: bool,
                  mean: Optional[torch.Tensor], rstd: torch.Tensor, dresidual_out: Optional[torch.Tensor],
                  x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], is_rms_norm: bool):
-    """Returns (dx (M, N) in x_dtype, dresidual (M, N) in residual_dtype or None, dweight, dbias or None)."""
+    """Returns (dx (M, N) in x_dtype, dresidual (M, N) in residual_dtype or None, dweight in weight's dtype,
+    dbias (fp32) or None: the caller casts it to the bias's dtype."""
     M, N = normed_input.shape
     dx = torch.empty((M, N), device=dy.device, dtype=x_dtype)
     dresidual = None if residual_dtype is None else torch.empty((M, N), device=dy.device, dtype=residual_dtype)
@@ -158,5 +159,5 @@ def add_norm_bwd(dy: torch.Tensor, normed_input: torch.Tensor, weight: torch.Ten
              IS_RMS_NORM=is_rms_norm, BLOCK_N=BLOCK_N),
         num_warps)
     dweight = dw_part.sum(0).to(weight.dtype)
-    dbias = db_part.sum(0).to(weight.dtype) if has_bias else None
+    dbias = db_part.sum(0) if has_bias else None
     return dx, dresidual, dweight, dbias

@@ -72,8 +72,7 @@ def _selective_state_update_kernel(
     tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-# Channels per program; None picks by size (benchmarks/bench_selective_scan.py times the choices).
-# Channels per program and warps; None picks both by size.
+# Channels per program and warps; None picks both by size (benchmarks/bench_selective_scan.py times the choices).
 DECODE_BLOCK_D: Optional[int] = None
 DECODE_NUM_WARPS: int = 4
 
