@@ -84,7 +84,6 @@ def import_registered_modules() -> List[str]:
 
     Returns notes about optional parts that could not be imported (they never stop the CLI)."""
     notes = []
-    import seqmamba.data.synthetic  # noqa: F401
     import seqmamba.tasks as tasks_package
 
     for module, reason in getattr(tasks_package, "UNAVAILABLE", {}).items():
@@ -163,9 +162,9 @@ def _agree_on_launch_time(overrides: Sequence[str]) -> List[str]:
 # --------------------------------------------------------------------------------------------
 def _build_task(cfg):
     import_registered_modules()
-    from seqmamba.registry import TASKS
+    from seqmamba.tasks import get_task
 
-    return TASKS.get(str(cfg.task.name))(cfg)
+    return get_task(str(cfg.task.name))(cfg)
 
 
 def _model_from_checkpoint(task, cfg):

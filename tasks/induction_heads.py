@@ -24,13 +24,28 @@ from torch import nn
 from seqmamba.data import synthetic
 from seqmamba.atomic_write import atomic_open
 from seqmamba.registry import TASKS
+from seqmamba.train.distributed import is_rank0
 
-from .synthetic_base import SyntheticLMTask, config_get
+from seqmamba.config_checks import ConfigValueError, config_get
+
+from .synthetic_base import SyntheticLMTask
+
+#: shortest sequence the task accepts: the trigger then has L - 2 >= 14 possible positions, so copying
+#: the token at a fixed offset before the last one scores no better than guessing among 15 tokens
+MIN_SEQ_LEN = 16
 
 
 @TASKS.register("induction_heads")
 class InductionHeadsTask(SyntheticLMTask):
     default_dataset = "induction_heads"
+    supports_seq_len_warmup = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if self.data.seq_len < MIN_SEQ_LEN:
+            raise ConfigValueError(
+                f"dataset.seq_len={self.data.seq_len} is too short for induction heads; expected an integer "
+                f">= {MIN_SEQ_LEN} (shorter sequences can be solved by copying from a fixed offset)")
 
     def set_seq_len(self, length: int) -> None:
         """Sequence-length warmup (``trainer.seq_len_warmup``): training batches drawn after this
@@ -82,9 +97,11 @@ class InductionHeadsTask(SyntheticLMTask):
                     "seconds": round(time.perf_counter() - start, 3),
                 }
             )
-            print(_format_row(rows[-1], self.data.seq_len), flush=True)
+            if is_rank0():
+                print(_format_row(rows[-1], self.data.seq_len), flush=True)
         results["extrapolation"] = rows
-        write_extrapolation_report(rows, self.data.seq_len, out_dir)
+        if is_rank0():  # evaluation is collective; the files are written once
+            write_extrapolation_report(rows, self.data.seq_len, out_dir)
         return results
 
 

@@ -154,6 +154,32 @@ def all_reduce_sums(values: Mapping[str, float]) -> Dict[str, float]:
     return dict(zip(keys, packed.tolist()))
 
 
+def all_reduce_tensor_sums(values: Mapping[str, torch.Tensor], device: Optional[torch.device] = None
+                           ) -> Dict[str, torch.Tensor]:
+    """Sum named tensors (scalars or vectors) over ranks, in float64, with one all_reduce.
+
+    A rank may lack keys (it got no batch of a small set): the key names and shapes are agreed first
+    (one small object gather), missing entries count as zeros. Returns tensors on ``device`` (or the
+    values' device); single process: the values unchanged."""
+    if not is_distributed():
+        return dict(values)
+    shapes = {k: tuple(torch.as_tensor(v).shape) for k, v in values.items()}
+    agreed: Dict[str, tuple] = {}
+    for theirs in all_gather_object(shapes):
+        for key, shape in theirs.items():
+            if agreed.setdefault(key, shape) != shape:
+                raise ValueError(f"eval sums {key!r} differ in shape across ranks: {agreed[key]} and {shape}")
+    keys = sorted(agreed)
+    out_device = device or next((torch.as_tensor(v).device for v in values.values()), torch.device("cpu"))
+    comm = _collective_device()
+    flat = [torch.as_tensor(values[k]).to(comm, torch.float64).reshape(-1) if k in values
+            else torch.zeros(int(torch.Size(agreed[k]).numel()), dtype=torch.float64, device=comm) for k in keys]
+    sizes = [t.numel() for t in flat]
+    packed = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64, device=comm)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return {k: part.reshape(agreed[k]).to(out_device) for k, part in zip(keys, packed.split(sizes))}
+
+
 def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel around ``model`` when there is more than one process, else ``model``."""
     if not is_distributed():
