@@ -23,6 +23,7 @@ from torch import nn
 
 from seqmamba.atomic_write import atomic_open
 from seqmamba.config_checks import as_plain_dict, check_int, config_get
+from seqmamba.train.evaluation import add_sums
 
 Batch = Any
 
@@ -43,15 +44,6 @@ def move_to(batch: Batch, device: torch.device) -> Batch:
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}
     return batch
-
-
-def add_sums(total: Dict[str, torch.Tensor], step: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """``total += step`` key by key, in float64 on the step's device (no host sync)."""
-    for key, value in step.items():
-        value = torch.as_tensor(value).detach()
-        value = value.to(torch.float64) if value.device.type != "mps" else value.float()
-        total[key] = value if key not in total else total[key] + value
-    return total
 
 
 class Task:

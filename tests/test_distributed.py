@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from seqmamba.train import distributed as dist_utils
-from seqmamba.train.metrics import read_metrics
+from seqmamba.train.run_log import read_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -214,7 +214,7 @@ def test_seq_len_warmup_sets_length_and_reopens_batches_at_scheduled_steps(tmp_p
 
 def test_seq_len_warmup_without_task_hook_is_rejected(tmp_path):
     class NoHookTask(TinyRegressionTask):
-        set_seq_len = None
+        supports_seq_len_warmup = False
 
     cfg = make_cfg(seq_len_warmup=[[0, 4]])
     with pytest.raises(ValueError, match="set_seq_len"):

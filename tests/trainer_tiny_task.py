@@ -36,6 +36,7 @@ class TinyTokenRegressor(nn.Module):
 
 
 class TinyRegressionTask(Task):
+    supports_seq_len_warmup = True
     monitor = "val/loss"
     monitor_mode = "min"
 
@@ -99,13 +100,11 @@ class TinyRegressionTask(Task):
             loss = loss * float("nan")
         return loss, {"mae": (pred - batch["target"]).abs().mean().detach()}
 
-    @torch.no_grad()
-    def evaluate(self, model, batches):
+    def eval_step(self, model, batch):
         torch.rand(3)  # consumes the global RNG on purpose: evaluation must not shift training
-        total, count = 0.0, 0
-        for batch in batches:
-            pred = model(batch["tokens"])
-            total += float(((pred - batch["target"]) ** 2).sum())
-            count += batch["target"].numel()
-        loss = total / count
+        pred = model(batch["tokens"])
+        return {"sq_sum": ((pred.float() - batch["target"]) ** 2).sum(), "count": batch["target"].numel()}
+
+    def reduce_metrics(self, sums):
+        loss = float(sums["sq_sum"]) / float(sums["count"])
         return {"loss": loss, "score": 1.0 / (1.0 + loss)}

@@ -5,11 +5,13 @@
 - ``schedule.py``    cosine / linear / constant with linear warmup
 - ``checkpoint.py``  atomic checkpoints that load with ``weights_only=True``
 - ``seeding.py``     seeds and RNG-state capture / restore
-- ``metrics.py``     metrics.jsonl / metrics.csv / TensorBoard, and ``plot_curves``
+- ``run_log.py``     the run's log: metrics.jsonl / metrics.csv / TensorBoard, and ``plot_curves``
+- ``settings.py``    TrainerSettings: every trainer.* default and its check
+- ``evaluation.py``  evaluation at the run's precision (the trainer and ``seqmamba eval``)
 - ``distributed.py`` torchrun process groups, rank-0 helpers, DDP wrapping
 """
 from .checkpoint import atomic_torch_save, load_checkpoint, load_model_weights
-from .metrics import MetricsLogger, plot_curves, read_metrics
+from .run_log import MetricsLogger, plot_curves, read_metrics
 from .optim import build_optimizer, split_decay_groups
 from .schedule import build_scheduler, lr_multiplier
 from .seeding import seed_everything

@@ -6,34 +6,11 @@ API::
     final = trainer.fit()                    # -> dict of final metrics
     metrics = trainer.evaluate()             # -> {"<val set>/<metric>": float}
 
-``cfg`` is an OmegaConf DictConfig or a plain dict; every key is optional (defaults in brackets):
-
-- ``seed`` [0]
-- ``trainer.max_steps`` [1000]: optimizer steps
-- ``trainer.grad_accum_steps`` [1]: micro-batches per optimizer step (the task sizes each
-  micro-batch from ``trainer.batch_size``; the trainer divides the loss by this number)
-- ``trainer.device`` [auto]: auto | cpu | cuda (under torchrun, CUDA means ``cuda:LOCAL_RANK``)
-- ``trainer.precision`` [auto]: auto | fp32 | bf16 | fp16. Autocast runs on CUDA only; auto = bf16
-  on CUDA (fp32 if the GPU lacks it), fp32 on the CPU; bf16/fp16 asked for on a CPU fall back to
-  fp32 with a warning. fp16 uses a GradScaler.
-- ``trainer.grad_clip`` [1.0]: max global grad norm; 0 or null disables clipping (the norm is still logged)
-- ``trainer.log_every`` [10], ``trainer.eval_every`` [0 = only at the end],
-  ``trainer.ckpt_every`` [1000; 0 = only at the end]: in optimizer steps
-- ``trainer.num_threads`` [0 = torch's default]
-- ``trainer.progress`` [true]: tqdm bar on rank 0 (loss, lr, it/s)
-- ``trainer.early_stop_metric`` [null], ``trainer.early_stop_threshold`` [null],
-  ``trainer.early_stop_mode`` [task.monitor_mode if the metric is task.monitor, else max]: stop
-  once an evaluated metric reaches the threshold (e.g. ``val/accuracy`` >= 0.99)
-- ``trainer.seq_len_warmup`` [null]: list of ``[start_step, length]``; at each start step the
-  trainer calls ``task.set_seq_len(length)`` and reopens ``task.train_batches`` there
-- ``trainer.compile`` [false]: torch.compile the training forward
-- ``trainer.resume`` [null]: ``auto`` (or ``true``) resumes from ``run_dir/checkpoints/last.pt`` when
-  it exists; null / false starts fresh
-- ``trainer.tensorboard`` [true], ``trainer.ddp_find_unused_parameters`` [false]
-- ``optimizer.{name [adamw] | adam, lr [1e-3], weight_decay [0.01], betas [[0.9, 0.999]], eps [1e-8],
-  no_decay_embeddings [false], fused [true on CUDA]}`` (see ``optim.py`` for the groups)
-- ``scheduler.{name [cosine] | linear | constant, warmup_steps [0] or warmup_ratio, min_lr_ratio [0.0]}``
-- ``ckpt`` [null]: checkpoint to resume from (model, optimizer, schedule, scaler, step, RNG, best)
+``cfg`` is an OmegaConf DictConfig or a plain dict; every key is optional. ``trainer.*`` keys, their
+defaults and what each accepts are in :mod:`seqmamba.train.settings` (``TrainerSettings``, the one
+place the defaults live; ``configs/trainer/default.yaml`` mirrors it). Also read: ``seed`` [0],
+``ckpt`` [null: a checkpoint to resume from], ``optimizer.*`` (through ``task.configure_optimizer``,
+default :func:`seqmamba.train.optim.build_optimizer`) and ``scheduler.*`` (``schedule.py``).
 
 Run directory (written by rank 0 only): ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt`` (every ckpt_every steps and at the end),
@@ -73,12 +50,14 @@ from torch import nn
 
 from . import distributed as dist_utils
 from seqmamba.atomic_write import atomic_write_text, remove_stale_temp_files
+from seqmamba.config_checks import config_get, section
 
 from .checkpoint import atomic_torch_save, load_model_weights, make_checkpoint
-from .metrics import MetricsLogger, plot_curves
-from .optim import build_optimizer
+from .evaluation import add_sums, autocast, autocast_dtype, evaluate_sets
+from .run_log import MetricsLogger, plot_curves
 from .schedule import build_scheduler
-from .seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
+from .seeding import capture_rng_state, restore_rng_state, seed_everything
+from .settings import TrainerSettings, parse_seq_len_warmup  # noqa: F401  (parse_seq_len_warmup re-exported)
 
 log = logging.getLogger("seqmamba.train")
 
@@ -91,27 +70,7 @@ class TrainingError(RuntimeError):
     """Training cannot continue (non-finite loss, exhausted data). ``str()`` is one line for the CLI."""
 
 
-# -- small config helpers --------------------------------------------------------------------------------
-def _as_config(cfg: Any) -> DictConfig:
-    if isinstance(cfg, DictConfig):
-        return cfg
-    if cfg is None:
-        return OmegaConf.create({})
-    if isinstance(cfg, Mapping):
-        return OmegaConf.create(dict(cfg))
-    raise TypeError(f"cfg must be an OmegaConf DictConfig or a dict, got {type(cfg).__name__}")
-
-
-def _section(cfg: DictConfig, key: str) -> Dict[str, Any]:
-    """A config section as a plain dict ({} when absent)."""
-    node = OmegaConf.select(cfg, key, default=None)
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    raise TypeError(f"config section {key!r} must be a mapping, got {node!r}")
-
-
+# -- small helpers -------------------------------------------------------------------------------------
 def _config_yaml(cfg: DictConfig) -> str:
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)
@@ -140,40 +99,8 @@ def apply_num_threads(num_threads: Any) -> None:
         torch.set_num_threads(threads)
 
 
-def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain fp32."""
-    name = str(name or "auto").lower()
-    if name not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"trainer.precision={name!r} is not supported; expected auto, fp32, bf16 or fp16")
-    if name == "fp32":
-        return None
-    if device.type != "cuda":
-        if name != "auto":
-            log.warning("trainer.precision=%s needs CUDA; training in fp32 on %s", name, device)
-        return None
-    if name == "fp16":
-        return torch.float16
-    if name == "auto" and not torch.cuda.is_bf16_supported():
-        return None
-    return torch.bfloat16
-
-
-def parse_seq_len_warmup(schedule: Any) -> List[Tuple[int, int]]:
-    """``[[start_step, length], ...]`` -> sorted list of int pairs, validated."""
-    if not schedule:
-        return []
-    pairs = []
-    for entry in schedule:
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-            raise ValueError(f"trainer.seq_len_warmup entry {entry!r} must be [start_step, length]")
-        start, length = int(entry[0]), int(entry[1])
-        if start < 0 or length <= 0:
-            raise ValueError(f"trainer.seq_len_warmup entry {list(entry)} needs start_step >= 0 and length > 0")
-        pairs.append((start, length))
-    starts = [s for s, _ in pairs]
-    if starts != sorted(starts) or len(set(starts)) != len(starts):
-        raise ValueError(f"trainer.seq_len_warmup start steps {starts} must strictly increase")
-    return pairs
+#: kept for callers of the old name
+resolve_precision = autocast_dtype
 
 
 class Trainer:
@@ -181,69 +108,61 @@ class Trainer:
 
     def __init__(self, task: Any, cfg: Any, run_dir: str):
         self.task = task
-        self.cfg = _as_config(cfg)
+        if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(dict(cfg))
+        if not isinstance(cfg, DictConfig):
+            raise TypeError(f"cfg must be an OmegaConf DictConfig or a dict, got {type(cfg).__name__}")
+        self.cfg = cfg
         self.run_dir = os.path.abspath(str(run_dir))
         self.ckpt_dir = os.path.join(self.run_dir, CHECKPOINT_DIR)
         self.config_yaml = _config_yaml(self.cfg)
 
-        tc = _section(self.cfg, "trainer")
-        self.tcfg = tc
-        self.seed = int(OmegaConf.select(self.cfg, "seed", default=0) or 0)
-        self.max_steps = int(tc.get("max_steps") or 1000)
-        self.grad_accum_steps = int(tc.get("grad_accum_steps") or 1)
-        if self.grad_accum_steps < 1:
-            raise ValueError(f"trainer.grad_accum_steps={self.grad_accum_steps} must be >= 1")
-        self.grad_clip = float(tc.get("grad_clip", 1.0) or 0.0)
-        self.log_every = max(1, int(tc.get("log_every") or 10))
-        self.eval_every = int(tc.get("eval_every") or 0)
-        self.ckpt_every = int(tc.get("ckpt_every", 1000) or 0)
-        self.progress = bool(tc.get("progress", True))
-        self.use_tensorboard = bool(tc.get("tensorboard", True))
-        self.seq_len_schedule = parse_seq_len_warmup(tc.get("seq_len_warmup"))
-        if self.seq_len_schedule and not callable(getattr(task, "set_seq_len", None)):
-            raise ValueError(
-                f"trainer.seq_len_warmup is set but task {type(task).__name__} has no set_seq_len(length) method"
-            )
-        self.monitor = str(getattr(task, "monitor", "val/loss"))
-        self.monitor_mode = str(getattr(task, "monitor_mode", "min"))
+        # every trainer.* value is checked here, before anything is built (see settings.py)
+        self.settings = s = TrainerSettings.from_config(self.cfg)
+        self.seed = int(config_get(self.cfg, "seed", 0))
+        self.max_steps, self.grad_accum_steps, self.grad_clip = s.max_steps, s.grad_accum_steps, s.grad_clip
+        self.log_every, self.eval_every, self.ckpt_every = s.log_every, s.eval_every, s.ckpt_every
+        self.progress, self.use_tensorboard = s.progress, s.tensorboard
+        self.seq_len_schedule = s.seq_len_warmup
+        if self.seq_len_schedule and not getattr(task, "supports_seq_len_warmup", False):
+            raise ValueError(f"trainer.seq_len_warmup is set but task {type(task).__name__} does not support it "
+                             f"(no set_seq_len; supports_seq_len_warmup is false)")
+        self.monitor = str(task.monitor)
+        self.monitor_mode = str(task.monitor_mode)
         if self.monitor_mode not in ("min", "max"):
             raise ValueError(f"task.monitor_mode={self.monitor_mode!r} must be 'min' or 'max'")
-        self.early_stop_metric = tc.get("early_stop_metric")
-        self.early_stop_threshold = tc.get("early_stop_threshold")
-        if (self.early_stop_metric is None) != (self.early_stop_threshold is None):
-            raise ValueError(
-                "trainer.early_stop_metric and trainer.early_stop_threshold must be set together "
-                f"(got {self.early_stop_metric!r} and {self.early_stop_threshold!r})"
-            )
+        self.early_stop_metric, self.early_stop_threshold = s.early_stop_metric, s.early_stop_threshold
         default_mode = self.monitor_mode if self.early_stop_metric == self.monitor else "max"
-        self.early_stop_mode = str(tc.get("early_stop_mode") or default_mode)
-        if self.early_stop_mode not in ("min", "max"):
-            raise ValueError(f"trainer.early_stop_mode={self.early_stop_mode!r} must be 'min' or 'max'")
+        self.early_stop_mode = s.early_stop_mode or default_mode
 
         # -- processes and device ------------------------------------------------------------------
-        requested = str(tc.get("device") or "auto").lower()
+        requested = s.device
         device_type = "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist_env = dist_utils.init_distributed(device_type)
         self.rank, self.world_size = self.dist_env.rank, self.dist_env.world_size
         self.is_rank0 = self.dist_env.is_rank0
         self.device = resolve_device(requested, self.dist_env.local_rank)
-        apply_num_threads(tc.get("num_threads"))
-        self.autocast_dtype = resolve_precision(tc.get("precision", "auto"), self.device)
+        apply_num_threads(s.num_threads)
+        self.autocast_dtype = autocast_dtype(s.precision, self.device)
 
         # -- model, optimizer, schedule ------------------------------------------------------------
         seed_everything(self.seed)  # identical initial weights on every rank
         self.model: nn.Module = task.build_model().to(self.device)
+        if s.activation_checkpointing:
+            hook = getattr(self.model, "set_activation_checkpointing", None)
+            if not callable(hook):
+                raise ValueError(f"trainer.activation_checkpointing=true is not supported by model "
+                                 f"{type(self.model).__name__} (it has no set_activation_checkpointing); set it false")
+            hook(True)
         if self.dist_env.is_distributed:
             # distinct dropout/sampling streams per rank (rank 0 keeps the plain seed)
             seed_everything(self.seed + 1_000_003 * self.rank)
         train_model = self.model
-        if bool(tc.get("compile", False)):
+        if s.compile:
             train_model = torch.compile(train_model)
-        self.train_model = dist_utils.wrap_ddp(
-            train_model, self.device, bool(tc.get("ddp_find_unused_parameters", False))
-        )
-        self.optimizer = build_optimizer(self.model, _section(self.cfg, "optimizer"), self.device.type)
-        self.scheduler = build_scheduler(self.optimizer, _section(self.cfg, "scheduler"), self.max_steps)
+        self.train_model = dist_utils.wrap_ddp(train_model, self.device, s.ddp_find_unused_parameters)
+        self.optimizer = task.configure_optimizer(self.model, self.device.type)
+        self.scheduler = build_scheduler(self.optimizer, section(self.cfg, "scheduler"), self.max_steps)
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
         self.step = 0
@@ -259,11 +178,8 @@ class Trainer:
         explicit = OmegaConf.select(self.cfg, "ckpt", default=None)
         if explicit:  # a missing file is reported by load_checkpoint
             return os.path.abspath(os.path.expanduser(str(explicit)))
-        resume = self.tcfg.get("resume")
-        if resume in (None, False, "", "never", "none"):
+        if not self.settings.resume:
             return None
-        if resume not in (True, "auto"):
-            raise ValueError(f"trainer.resume={resume!r} is not supported; expected auto (or true), or null / false")
         last = os.path.join(self.ckpt_dir, LAST_NAME)
         return last if os.path.isfile(last) else None
 
@@ -315,27 +231,12 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def evaluate(self) -> Dict[str, float]:
         """Every ``task.val_sets()`` entry through ``task.evaluate``; ``{"<set>/<metric>": value}``.
-        Collective under DDP: rank 0 evaluates, all ranks get the result."""
-        results: Dict[str, float] = {}
-        if self.is_rank0:
-            model = self.model
-            was_training = model.training
-            model.eval()
-            try:
-                with preserved_rng_state(), torch.no_grad(), self._autocast():
-                    for set_name, batches in self.task.val_sets().items():
-                        on_device = (self.task.move_to(b, self.device) for b in batches)
-                        for metric, value in self.task.evaluate(model, on_device).items():
-                            results[f"{set_name}/{metric}"] = float(value)
-            finally:
-                model.train(was_training)
-        return dist_utils.broadcast_object(results)
+        Collective under DDP: each rank evaluates its share of every set, all get the totals."""
+        return evaluate_sets(self.task, self.model, self.autocast_dtype)
 
     def _is_better(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -366,13 +267,15 @@ class Trainer:
     def _open_batches(self) -> Iterator[Any]:
         return iter(self.task.train_batches(self.step, self.rank, self.world_size))
 
-    def _train_step(self, batches: Iterator[Any], sums: Dict[str, float]) -> Dict[str, float]:
+    def _train_step(self, batches: Iterator[Any], sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches. Adds this rank's metric sums
-        to ``sums`` (and the micro-batch count under ``"_count"``); returns lr and grad norm."""
+        to ``sums`` as device tensors (the micro-batch count under ``"_count"``), so nothing waits
+        for the device per micro-batch; one host sync per step checks the losses and the grad norm.
+        Returns lr and grad norm."""
         step_number = self.step + 1
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        losses: List[float] = []
+        losses: List[torch.Tensor] = []
         for micro in range(self.grad_accum_steps):
             try:
                 batch = next(batches)
@@ -386,37 +289,29 @@ class Trainer:
             with (self.train_model.no_sync() if no_sync else contextlib.nullcontext()):
                 with self._autocast():
                     loss, metrics = self.task.training_step(self.train_model, batch)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value) and not self.dist_env.is_distributed:
-                    # raise before backward: nothing of the bad batch reaches weights or checkpoints
-                    raise TrainingError(
-                        f"non-finite training loss {loss_value} at step {step_number} "
-                        f"(micro-batch {micro}); stopped, the last good checkpoint is kept"
-                    )
                 self.grad_scaler.scale(loss / self.grad_accum_steps).backward()
-            losses.append(loss_value)
-            sums["loss"] = sums.get("loss", 0.0) + loss_value
-            for key, value in metrics.items():
-                if key != "loss":  # already counted from the returned loss
-                    sums[key] = sums.get(key, 0.0) + float(value)
-            sums["_count"] = sums.get("_count", 0.0) + 1.0
+            losses.append(loss.detach().float())
+            add_sums(sums, {"loss": losses[-1], "_count": 1.0})
+            add_sums(sums, {k: v for k, v in metrics.items() if k != "loss"})  # loss counted from the returned one
 
+        # Non-finite losses stop the run before the optimizer applies anything; every rank must
+        # agree to stop, or the others would hang in the next collective.
+        nonfinite = (~torch.isfinite(torch.stack(losses))).sum().to(torch.float64)
         if self.dist_env.is_distributed:
-            # every rank must agree to stop, or the others would hang in the next collective
-            bad = dist_utils.all_reduce_sums({"nonfinite": float(sum(not math.isfinite(v) for v in losses))})
-            if bad["nonfinite"] > 0:
-                raise TrainingError(
-                    f"non-finite training loss at step {step_number} on {int(bad['nonfinite'])} micro-batch(es) "
-                    f"across ranks (this rank's losses: {losses}); stopped, the last good checkpoint is kept"
-                )
-
+            nonfinite = dist_utils.all_reduce_tensor_sums({"n": nonfinite})["n"]
         if self.grad_scaler.is_enabled():
             self.grad_scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm_t = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        n_bad, grad_norm = torch.stack([nonfinite.to(grad_norm_t.device), grad_norm_t.double()]).tolist()
+        if n_bad > 0:
+            values = [float(v) for v in losses]
+            raise TrainingError(
+                f"non-finite training loss at step {step_number} on {int(n_bad)} micro-batch(es) "
+                f"(this rank's losses: {values}); stopped, the last good checkpoint is kept")
         if not math.isfinite(grad_norm) and not self.grad_scaler.is_enabled():
             raise TrainingError(
-                f"non-finite gradient norm {grad_norm} at step {step_number} (loss {losses}); "
+                f"non-finite gradient norm {grad_norm} at step {step_number} (loss {[float(v) for v in losses]}); "
                 "stopped before the update, the last good checkpoint is kept"
             )
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -426,10 +321,10 @@ class Trainer:
         self.step = step_number
         return {"lr": lr, "grad_norm": grad_norm}
 
-    def _reduce_window(self, sums: Dict[str, float]) -> Dict[str, float]:
-        totals = dist_utils.all_reduce_sums(sums)
-        count = max(totals.pop("_count", 1.0), 1.0)
-        return {f"train/{k}": v / count for k, v in totals.items()}
+    def _reduce_window(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        totals = dist_utils.all_reduce_tensor_sums(sums)
+        count = max(float(totals.pop("_count", 1.0)), 1.0)
+        return {f"train/{k}": float(v) / count for k, v in totals.items()}
 
     def fit(self) -> Dict[str, Any]:
         """Train to ``trainer.max_steps`` (or the early-stop target); returns the final metrics."""
@@ -466,7 +361,7 @@ class Trainer:
         stopped_early = False
         last_eval_step: Optional[int] = None
         eval_metrics: Dict[str, float] = {}
-        window: Dict[str, float] = {}
+        window: Dict[str, torch.Tensor] = {}
         window_start, window_step0 = time.perf_counter(), self.step
         started = time.perf_counter()
         current_len: Optional[int] = None
