@@ -21,10 +21,8 @@ import sys
 import traceback
 from typing import Dict, List, Type
 
+from seqmamba.plugins import TASK_PATH_ENV, external_task_dirs  # noqa: F401  (re-exported)
 from seqmamba.registry import TASKS, RegistryError
-
-#: environment variable naming directories of task modules outside the package
-TASK_PATH_ENV = "SEQMAMBA_TASK_PATH"
 
 #: module name (= task name by convention) -> why it could not be imported, one line
 UNAVAILABLE: Dict[str, str] = {}
@@ -64,19 +62,6 @@ def _load_file(module_name: str, path: str) -> None:
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
-
-
-def external_task_dirs() -> List[str]:
-    """Directories named by ``$SEQMAMBA_TASK_PATH`` (missing ones fail in one line)."""
-    dirs = []
-    for entry in os.environ.get(TASK_PATH_ENV, "").split(os.pathsep):
-        if not entry:
-            continue
-        path = os.path.abspath(os.path.expanduser(entry))
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{TASK_PATH_ENV} names {entry!r}, which is not a directory")
-        dirs.append(path)
-    return dirs
 
 
 def _discover() -> None:
