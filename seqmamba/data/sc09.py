@@ -211,7 +211,9 @@ class SC09Dataset:
             files = [files[i] for i in sorted(order.tolist())]
         self.files = files
         # smallest integer type holding 2**bits classes (uint8 for the usual 8 bits: SC09 train is ~500 MB)
-        store = torch.uint8 if self.bits == 8 else torch.int16 if self.bits <= 15 else torch.int32
+        # (16 bits are stored shifted by -32768 to fit int16)
+        store = torch.uint8 if self.bits == 8 else torch.int16
+        self._offset = 2 ** 15 if self.bits == 16 else 0
         self.tokens = torch.empty(len(files), self.clip_length, dtype=store)
         self.lengths = torch.empty(len(files), dtype=torch.long)
         self.labels = torch.tensor([DIGITS.index(f.split("/")[0]) for f in files], dtype=torch.long)
@@ -224,7 +226,7 @@ class SC09Dataset:
             trimmed += cut
             q = quantize(wave, self.bits, quantization)
             q[n:] = self.silence
-            self.tokens[i] = q.to(store)
+            self.tokens[i] = (q - self._offset).to(store)
             self.lengths[i] = n
         self.n_trimmed = trimmed
         self.n_padded = int((self.lengths < self.clip_length).sum())
@@ -238,12 +240,16 @@ class SC09Dataset:
     def waveforms(self, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
         """(n, clip_length) float waveforms of the quantised clips (padding = silence)."""
         idx = torch.arange(len(self)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
-        return dequantize(self.tokens[idx].long(), self.bits, self.quantization)
+        return dequantize(self.classes(idx), self.bits, self.quantization)
+
+    def classes(self, indices) -> torch.Tensor:
+        """(n, clip_length) LongTensor of the quantised classes of clips ``indices``."""
+        return self.tokens[torch.as_tensor(indices, dtype=torch.long)].long() + self._offset
 
     def batch(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) LongTensors (B, clip_length): inputs = [silence] + q[:-1]; padding targets = -100."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        q = self.tokens[idx].long()
+        q = self.classes(idx)
         targets = q.clone()
         positions = torch.arange(self.clip_length)
         targets[positions[None, :] >= self.lengths[idx][:, None]] = IGNORE_INDEX
