@@ -5,6 +5,7 @@ New task and experiment files are picked up automatically (they are listed from 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -15,15 +16,19 @@ from omegaconf import OmegaConf
 import seqmamba.tasks  # noqa: F401  (registers the tasks)
 from seqmamba.cli import config_group_options, configs_dir
 from seqmamba.registry import BACKBONES, DATASETS, TASKS
+from seqmamba.tasks import get_task
+from seqmamba.train.settings import TrainerSettings
 
 TASK_OPTIONS = config_group_options("task")
 EXPERIMENT_OPTIONS = config_group_options("experiment")
 # what a user starts from: each task, each experiment
 ENTRY_OVERRIDES = [[f"task={t}"] for t in TASK_OPTIONS] + [[f"experiment={e}"] for e in EXPERIMENT_OPTIONS]
 
-# Shrinks any composed config to a few CPU steps; lengths stay as configured (the paper's 4112-token
-# selective copying included) so the real shapes are exercised, batches become tiny.
-SHRINK = [
+# Shrinks any composed config to a few CPU steps: the trainer's own keys here, the task's through the
+# `task.tiny` override list each task config declares (notes/task_contract.md), so a DNA or audio
+# task shrinks through its own keys. Lengths stay as configured where a task keeps them (the paper's
+# 4112-token selective copying included), so the real shapes are exercised; batches become tiny.
+TRAINER_SHRINK = [
     "trainer.max_steps=2",
     "trainer.batch_size=2",
     "trainer.grad_accum_steps=1",
@@ -34,9 +39,13 @@ SHRINK = [
     "trainer.progress=false",
     "trainer.early_stop_metric=null",
     "trainer.early_stop_threshold=null",
-    "task.val_samples=4",
-    "task.val_batch_size=4",
 ]
+
+
+def _compose_tiny(entry):
+    """``entry`` overrides, shrunk: the trainer's keys plus the composed task's own ``task.tiny``."""
+    tiny = list(_compose(entry).task.get("tiny") or [])
+    return _compose(list(entry) + TRAINER_SHRINK + tiny)
 
 
 def _compose(overrides, return_hydra_config=False):
@@ -83,7 +92,7 @@ def test_every_dataset_config_is_chosen_by_a_task_or_experiment():
 def _train_few_steps(cfg, run_dir):
     from seqmamba.train import Trainer
 
-    task = TASKS.get(cfg.task.name)(cfg)
+    task = get_task(cfg.task.name)(cfg)
     trainer = Trainer(task, cfg, str(run_dir))
     final = trainer.fit()
     assert final["step"] == 2
@@ -93,14 +102,14 @@ def _train_few_steps(cfg, run_dir):
 
 @pytest.mark.parametrize("task_name", TASK_OPTIONS)
 def test_task_config_trains_two_steps_on_cpu(task_name, tmp_path):
-    cfg = _compose([f"task={task_name}"] + SHRINK)
+    cfg = _compose_tiny([f"task={task_name}"])
     final = _train_few_steps(cfg, tmp_path)
     assert torch.isfinite(torch.tensor(final["val/loss"]))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENT_OPTIONS)
 def test_experiment_config_trains_two_steps_on_cpu(experiment, tmp_path):
-    cfg = _compose([f"experiment={experiment}"] + SHRINK)
+    cfg = _compose_tiny([f"experiment={experiment}"])
     final = _train_few_steps(cfg, tmp_path)
     assert torch.isfinite(torch.tensor(final["val/loss"]))
 
@@ -137,3 +146,33 @@ def test_composed_configs_resolve_without_missing_values():
     for overrides in ENTRY_OVERRIDES:
         cfg = _compose(overrides)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# layout rules (notes/task_contract.md)
+# ---------------------------------------------------------------------------------------------
+#: what a task file may set at the top level: its defaults list, its own section, and sections of
+#: its own extra verbs
+TASK_FILE_KEYS = {"defaults", "task", "eval", "generate", "embed"}
+
+
+@pytest.mark.parametrize("task_name", TASK_OPTIONS)
+def test_task_files_set_only_what_the_task_owns(task_name):
+    raw = OmegaConf.load(os.path.join(configs_dir(), "task", f"{task_name}.yaml"))
+    extra = set(raw.keys()) - TASK_FILE_KEYS
+    assert not extra, f"task/{task_name}.yaml sets {sorted(extra)}; choose options of those groups in its defaults list"
+    assert raw.task.name == task_name
+    tiny = raw.task.get("tiny") or []
+    assert all(isinstance(o, str) and "=" in o and not o.startswith("trainer.") for o in tiny), tiny
+
+
+def test_trainer_defaults_agree_between_settings_yaml_and_docstring():
+    import seqmamba.train.settings as settings
+
+    yaml = OmegaConf.to_container(OmegaConf.load(os.path.join(configs_dir(), "trainer", "default.yaml")))
+    code = dataclasses.asdict(TrainerSettings())
+    assert yaml == code
+    for key, value in code.items():
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        assert f"``{key}`` [{shown}]" in settings.__doc__, f"settings docstring lacks ``{key}`` [{shown}]"
+
