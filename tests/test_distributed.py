@@ -76,3 +76,32 @@ def test_two_process_gloo_run_writes_one_run_dir_equal_weights_and_stops_all_ran
         assert "non-finite" in message and "step 5" in message, f"rank {rank}: {message}"
     nan_last = torch.load(out_dir / "nan_run" / "checkpoints" / "last.pt", weights_only=True)
     assert nan_last["step"] == 3
+
+
+def test_evaluation_over_two_gloo_processes_equals_one_process(tmp_path):
+    """Sums over ranks: 2 processes (batch i on rank i % 2, one set of a single batch, so rank 1
+    has nothing to add there) give the metrics of 1 process, counts exactly, losses to rounding."""
+    sys.path.insert(0, HERE)
+    from eval_contract_tasks import all_metrics
+
+    single = all_metrics()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=env.get("GLOO_SOCKET_IFNAME", "lo"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           os.path.join(HERE, "ddp_eval_script.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    import json
+
+    for rank in (0, 1):
+        double = json.loads((tmp_path / f"eval_rank{rank}.json").read_text())
+        assert double.keys() == single.keys()
+        for task_name, sets in single.items():
+            assert double[task_name].keys() == sets.keys()
+            for set_name, metrics in sets.items():
+                got = double[task_name][set_name]
+                assert got.keys() == metrics.keys(), (task_name, set_name)
+                for key, value in metrics.items():
+                    # acc / recall are ratios of integer counts: equal; losses are float64 sums in another order
+                    assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (task_name, set_name, key)
+    assert 0.0 < single["parity"]["val"]["acc"] < 1.0 and "recall/two" in single["parity"]["val"]
