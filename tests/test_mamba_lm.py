@@ -106,7 +106,7 @@ def test_constructor_from_config_dict_dataclass_and_positional_config():
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['d_modle'\]"):
         MambaLM.from_config({"d_modle": 16, "n_layer": 1, "vocab_size": 11})
     with pytest.raises(ValueError, match="attn_layer_idx"):
-        MambaLM(d_model=16, n_layer=2, vocab_size=11, attn_layer_idx=[1])
+        MambaLM(d_model=16, n_layer=2, vocab_size=11, attn_layer_idx=[2])
     with pytest.raises(ValueError, match="Mamba2"):
         MambaLM(d_model=16, n_layer=1, vocab_size=11, ssm_cfg={"layer": "Mamba2"})
 
@@ -121,9 +121,9 @@ def test_forward_shapes_last_tokens_and_hidden_features():
     logits = model(ids)
     assert logits.shape == (3, 10, 40)
     torch.testing.assert_close(model(ids, num_last_tokens=2), logits[:, -2:])
-    hidden = model.backbone(ids)
+    hidden = model.features(ids)
     assert hidden.shape == (3, 10, 32)
-    torch.testing.assert_close(model(ids, return_hidden=True), hidden)
+    torch.testing.assert_close(model.backbone(ids), hidden)
     torch.testing.assert_close(model.lm_head(hidden), logits)
 
 

@@ -1,7 +1,8 @@
 """Whole networks built from seqmamba.modules, registered in seqmamba.registry.BACKBONES / HEADS."""
 from .generation import generate
 from .heads import NextTokenHead, SequenceClassificationHead, pool_sequence
-from .mamba_lm import MambaBackbone, MambaConfig, MambaLM
+from .config import MambaConfig
+from .mamba_lm import MambaBackbone, MambaLM
 
 __all__ = ["MambaLM", "MambaConfig", "MambaBackbone", "generate", "SequenceClassificationHead", "NextTokenHead",
            "pool_sequence"]

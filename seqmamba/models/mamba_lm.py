@@ -9,38 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ..modules import Block, GatedMLP, InferenceParams, LayerNorm, Mamba, RMSNorm
+from ..modules import InferenceParams, LayerNorm, RMSNorm
+from ..modules.block import build_block, mixer_name
 from ..modules.norm import add_norm
 from ..registry import BACKBONES
-
-
-@dataclass
-class MambaConfig:
-    """mamba_ssm's MambaConfig fields (``config.json`` of the official checkpoints), plus ``norm_epsilon``."""
-
-    d_model: int = 768
-    n_layer: int = 24
-    vocab_size: int = 50277
-    d_intermediate: int = 0
-    ssm_cfg: Dict[str, Any] = field(default_factory=dict)
-    attn_layer_idx: List[int] = field(default_factory=list)
-    attn_cfg: Dict[str, Any] = field(default_factory=dict)
-    rms_norm: bool = True
-    residual_in_fp32: bool = True
-    fused_add_norm: bool = False
-    pad_vocab_size_multiple: int = 8
-    tie_embeddings: bool = True
-    norm_epsilon: float = 1e-5
-
-
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MambaConfig))
+from . import pretrained
+from .config import CONFIG_FIELDS, MambaConfig
 
 
 def _init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02,
@@ -64,36 +45,71 @@ def _init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.
                     p /= math.sqrt(n_residuals_per_layer * n_layer)
 
 
+def layer_mixer_cfgs(n_layer: int, ssm_cfg: Optional[Mapping] = None, attn_layer_idx=(),
+                     attn_cfg: Optional[Mapping] = None) -> List[Dict[str, Any]]:
+    """One mixer config ``{"layer": MIXERS name, **kwargs}`` per layer (rules in :mod:`.config`)."""
+    shared = dict(ssm_cfg or {})
+    layer = shared.pop("layer", "mamba")
+    if isinstance(layer, (list, tuple)):
+        if len(layer) != n_layer:
+            raise ValueError(f"MambaLM: ssm_cfg['layer'] lists {len(layer)} mixers but n_layer={n_layer}")
+        entries = list(layer)
+    else:
+        entries = [layer] * n_layer
+    cfgs = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"layer": entry}
+        elif not isinstance(entry, Mapping):
+            raise ValueError(f"MambaLM: ssm_cfg['layer'][{i}] must be a mixer name or a mapping, got {entry!r}")
+        entry = dict(entry)
+        cfgs.append({**shared, **entry, "layer": mixer_name(str(entry.get("layer", "mamba")))})
+    for i in attn_layer_idx or ():
+        if not isinstance(i, int) or not 0 <= i < n_layer:
+            raise ValueError(f"MambaLM: attn_layer_idx has {i!r}; expected layer indices in [0, {n_layer})")
+        cfgs[i] = {"layer": "attention", **dict(attn_cfg or {})}
+    return cfgs
+
+
 class MambaBackbone(nn.Module):
-    """mamba_ssm's MixerModel: embedding + blocks + norm_f. ``forward(input_ids) -> hidden (batch, L, d_model)``."""
+    """mamba_ssm's MixerModel: embedding + blocks + norm_f. ``forward(input_ids) -> hidden (batch, L, d_model)``.
+
+    Each layer's mixer is built from ``seqmamba.registry.MIXERS`` (:func:`layer_mixer_cfgs`). Use
+    :meth:`MambaLM.features` from outside; this module's forward is its implementation.
+    """
 
     def __init__(self, d_model: int, n_layer: int, vocab_size: int, d_intermediate: int = 0,
                  ssm_cfg: Optional[Mapping] = None, norm_epsilon: float = 1e-5, rms_norm: bool = True,
-                 fused_add_norm: bool = False, residual_in_fp32: bool = True, device=None, dtype=None):
+                 fused_add_norm: bool = False, residual_in_fp32: bool = True, attn_layer_idx=(),
+                 attn_cfg: Optional[Mapping] = None, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        ssm_cfg = dict(ssm_cfg or {})
-        layer_kind = ssm_cfg.pop("layer", "Mamba1")
-        if layer_kind != "Mamba1":
-            raise ValueError(f"MambaLM: ssm_cfg['layer']={layer_kind!r} is not supported; only 'Mamba1'")
         self.residual_in_fp32 = residual_in_fp32
         self.fused_add_norm = fused_add_norm
+        self.activation_checkpointing = False
         self.embedding = nn.Embedding(vocab_size, d_model, **factory)
         norm_cls = partial(RMSNorm if rms_norm else LayerNorm, eps=norm_epsilon, **factory)
-        mlp_cls = partial(GatedMLP, hidden_features=d_intermediate, **factory) if d_intermediate > 0 else None
+        self.mixer_cfgs = layer_mixer_cfgs(n_layer, ssm_cfg, attn_layer_idx, attn_cfg)
         self.layers = nn.ModuleList(
-            Block(d_model, partial(Mamba, layer_idx=i, **ssm_cfg, **factory), mlp_cls=mlp_cls,
-                  norm_cls=norm_cls, fused_add_norm=fused_add_norm, residual_in_fp32=residual_in_fp32)
-            for i in range(n_layer)
+            build_block(d_model, cfg, layer_idx=i, d_intermediate=d_intermediate, norm_cls=norm_cls,
+                        fused_add_norm=fused_add_norm, residual_in_fp32=residual_in_fp32, **factory)
+            for i, cfg in enumerate(self.mixer_cfgs)
         )
         self.norm_f = norm_cls(d_model)
 
     def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
         hidden_states = self.embedding(input_ids)
         residual = None
+        recompute = self.activation_checkpointing and inference_params is None and torch.is_grad_enabled()
         for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
-                                            **mixer_kwargs)
+            if recompute:
+                # Non-reentrant: works with residual=None at the first block, keyword arguments and
+                # inputs that do not require grad; each block's activations are recomputed in backward.
+                hidden_states, residual = checkpoint(layer, hidden_states, residual, use_reentrant=False,
+                                                     **mixer_kwargs)
+            else:
+                hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
+                                                **mixer_kwargs)
         return add_norm(hidden_states, residual, self.norm_f, prenorm=False, residual_in_fp32=self.residual_in_fp32,
                         fused=self.fused_add_norm)
 
@@ -108,8 +124,9 @@ class MambaLM(nn.Module):
 
     ``MambaLM(d_model=..., n_layer=..., vocab_size=..., ssm_cfg={...})``, ``MambaLM(MambaConfig(...))`` or
     ``MambaLM.from_config(dict_or_dataclass)``. ``forward(input_ids (batch, L)) -> logits (batch, L,
-    padded_vocab)``; ``backbone(input_ids)`` or ``forward(..., return_hidden=True)`` gives the
-    (batch, L, d_model) features for other heads.
+    padded_vocab)``; ``features(input_ids)`` gives the (batch, L, d_model) hidden states for other heads.
+    Each layer's mixer comes from MIXERS (``ssm_cfg["layer"]``, a name or a per-layer list; see
+    :mod:`seqmamba.models.config`).
     """
 
     def __init__(self, d_model: Union[int, MambaConfig] = 768, n_layer: int = 24, vocab_size: int = 50277,
@@ -136,7 +153,8 @@ class MambaLM(nn.Module):
                                       d_intermediate=config.d_intermediate, ssm_cfg=config.ssm_cfg,
                                       norm_epsilon=config.norm_epsilon, rms_norm=config.rms_norm,
                                       fused_add_norm=config.fused_add_norm,
-                                      residual_in_fp32=config.residual_in_fp32, **factory)
+                                      residual_in_fp32=config.residual_in_fp32,
+                                      attn_layer_idx=config.attn_layer_idx, attn_cfg=config.attn_cfg, **factory)
         self.lm_head = nn.Linear(config.d_model, self.padded_vocab_size, bias=False, **factory)
         init_kwargs = dict(initializer_cfg or {})
         init_kwargs.setdefault("n_residuals_per_layer", 1 if config.d_intermediate == 0 else 2)
@@ -165,21 +183,24 @@ class MambaLM(nn.Module):
     def from_pretrained(cls, path, device=None, dtype=None, strict: bool = True) -> "MambaLM":
         """Load a local directory holding config.json + model.safetensors or pytorch_model.bin
         (mamba_ssm's official layout or the transformers "-hf" layout)."""
-        from .pretrained import load_pretrained
-
-        return load_pretrained(cls, path, device=device, dtype=dtype, strict=strict)
+        return pretrained.load_pretrained(cls, path, device=device, dtype=dtype, strict=strict)
 
     def save_pretrained(self, path, safe_serialization: bool = True) -> None:
         """Write config.json + model.safetensors (or pytorch_model.bin) in mamba_ssm's official layout."""
-        from .pretrained import save_pretrained
-
-        save_pretrained(self, path, safe_serialization=safe_serialization)
+        pretrained.save_pretrained(self, path, safe_serialization=safe_serialization)
 
     def set_scan_backend(self, backend: str) -> "MambaLM":
-        """Force the ops backend of every Mamba layer ("auto" | "reference" | "torch" | "triton")."""
+        """Force the ops backend of every layer that uses seqmamba.ops ("auto" | "reference" | "torch" | "triton")."""
         for module in self.modules():
-            if isinstance(module, Mamba):
+            if hasattr(module, "scan_backend"):
                 module.scan_backend = backend
+        return self
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> "MambaLM":
+        """Recompute each block's activations in backward (torch.utils.checkpoint, non-reentrant) instead of
+        storing them: memory per block drops to its input, at the cost of a second forward per block.
+        Only in training passes (no inference cache, grad enabled); gradients equal the plain model's."""
+        self.backbone.activation_checkpointing = bool(enabled)
         return self
 
     def tie_weights(self) -> None:
@@ -188,27 +209,29 @@ class MambaLM(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, position_ids=None, inference_params=None, num_last_tokens: int = 0,
-                return_hidden: bool = False, **mixer_kwargs) -> torch.Tensor:
+                **mixer_kwargs) -> torch.Tensor:
         """input_ids (batch, L) long -> logits (batch, L, padded_vocab), or the last ``num_last_tokens``
-        positions only; with ``return_hidden`` the final-norm features (batch, L, d_model) instead.
+        positions only. Hidden states: :meth:`features`.
 
         ``position_ids`` is accepted and ignored (mamba_ssm's signature). With ``inference_params`` the
         per-layer states are read from and written to its cache (see :class:`InferenceParams`).
+        """
+        hidden_states = self.features(input_ids, inference_params=inference_params, **mixer_kwargs)
+        if num_last_tokens > 0:
+            hidden_states = hidden_states[:, -num_last_tokens:]
+        return self.lm_head(hidden_states)
+
+    def features(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
+        """The one way to get hidden states: the final-norm features (batch, L, d_model).
+
+        With ``inference_params`` the layers continue from (and update) the cached states, so
+        consecutive chunks give the same features as one pass (:mod:`seqmamba.models.chunked`).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"MambaLM: input_ids has shape {tuple(input_ids.shape)}, expected (batch, L)")
         if inference_params is not None:
             _check_cache_capacity(inference_params, input_ids.shape)
-        hidden_states = self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
-        if num_last_tokens > 0:
-            hidden_states = hidden_states[:, -num_last_tokens:]
-        if return_hidden:
-            return hidden_states
-        return self.lm_head(hidden_states)
-
-    def features(self, input_ids: torch.Tensor, inference_params=None) -> torch.Tensor:
-        """The backbone's final-norm hidden states (batch, L, d_model), for classification heads."""
-        return self.backbone(input_ids, inference_params=inference_params)
+        return self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
 
     # ------------------------------------------------------------------ recurrent inference
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> Dict[int, Any]:
@@ -253,9 +276,6 @@ def _validate_config(config: MambaConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"MambaLM: {name} must be a positive int, got {value!r}")
-    if config.attn_layer_idx:
-        raise ValueError(f"MambaLM: attention layers (attn_layer_idx={config.attn_layer_idx}) are not supported; "
-                         "use attn_layer_idx=[]")
     if config.d_intermediate < 0:
         raise ValueError(f"MambaLM: d_intermediate must be >= 0, got {config.d_intermediate}")
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-from .mamba_lm import CONFIG_FIELDS
+from .config import CONFIG_FIELDS
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from ..ops.backend import records_autograd
+from ..registry import MIXERS
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -64,6 +65,7 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return out if bias is None else out + bias[:, None]
 
 
+@MIXERS.register("mamba")
 class Mamba(nn.Module):
     #: layout handed to the scan: True = (batch, d_inner, L) L-contiguous (in_proj as W @ h^T), False =
     #: time-major views of (batch, L, d_inner); None = channels-first on CUDA, time-major on the CPU
