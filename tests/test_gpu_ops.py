@@ -15,6 +15,15 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+@pytest.fixture(autouse=True)
+def nan_filled_buffers():
+    """Every buffer the op wrappers allocate starts as NaN (seqmamba/ops/buffers.py): unwritten reads show up."""
+    buffers = importlib.import_module("seqmamba.ops.buffers")
+    previous = buffers.set_debug_nan_fill(True)
+    yield
+    buffers.set_debug_nan_fill(previous)
+
+
 def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, time_major=True, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
@@ -222,3 +231,61 @@ def test_gpu_decode_step_under_cuda_graph_matches_reference(batch):
     torch.cuda.synchronize()
     assert rel_err(state, state_ref) < 1e-4
     assert rel_err(out, y_ref) < 1e-2
+
+
+def _float64_comparison(inputs, dout, dlast, use_state, fn):
+    """(errors per output / gradient, Triton gradients) of ``fn`` against selective_scan_ref in float64."""
+    names = [k for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+             if k != "initial_state" or use_state]
+
+    def run(scan, cast):
+        args = {k: cast(inputs[k]).detach().requires_grad_(True) for k in names}
+        out, last = scan(**args, delta_softplus=True, return_last_state=True)
+        loss = (out.double() * dout.double()).sum() + (last.double() * dlast.double()).sum()
+        return out, last, dict(zip(names, torch.autograd.grad(loss, [args[k] for k in names])))
+
+    ref = run(selective_scan_ref, lambda t: t.double())
+    tri = run(fn, lambda t: t)
+    errors = {"out": rel_err(tri[0], ref[0]), "last_state": rel_err(tri[1], ref[1]),
+              **{f"d{k}": rel_err(tri[2][k], ref[2][k]) for k in names}}
+    return errors, tri[2]
+
+
+# 1-3 steps and one past each chunk length the GPU launches use: 32 (the Mamba block layout's chunks), 256 (the
+# backward's), 512 (the forward's), 1024 (the latency-bound forward's).
+@pytest.mark.parametrize("L", [1, 2, 3, 33, 257, 513, 1025])
+@pytest.mark.parametrize("time_major", [False, True], ids=["contiguous", "time-major"])
+@pytest.mark.parametrize("use_state", [False, True], ids=["no-state", "state"])
+def test_gpu_scan_edge_lengths_every_output_and_gradient_match_float64_reference(L, time_major, use_state):
+    """fp32 inputs, every optional input, NaN-filled buffers: out, last state and the gradients of u, delta, A, B,
+    C, D, z, delta_bias (and initial_state) within 1e-4 of the float64 reference. Issue 9: at L = 1 without an
+    initial state dA is exactly 0; the kernel used to return the rounding error of delta u B there (h_0 - b_0
+    contracted into one FMA), relative error ~1e20."""
+    batch, dim = 2, 64
+    inputs = scan_inputs(batch, dim, L, dtype=torch.float32, time_major=time_major, seed=L)
+    inputs["initial_state"] = torch.randn(batch, dim, 16, device="cuda")
+    dout, dlast = torch.randn(batch, dim, L, device="cuda"), torch.randn(batch, dim, 16, device="cuda")
+    errors, grads = _float64_comparison(inputs, dout, dlast, use_state,
+                                        lambda **k: selective_scan(**k, backend="triton"))
+    assert max(errors.values()) < 1e-4, errors
+    if L == 1 and not use_state:
+        assert torch.count_nonzero(grads["A"]) == 0
+
+
+@pytest.mark.parametrize("batch,L", [(8, 1), (1, 1), (8, 2), (1, 1025), (8, 513)])
+def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L):
+    """Real width (1536 channels; at batch 1 the forward takes its latency-bound launch when no states are saved),
+    bf16 time-major inputs as the Mamba block passes them: 1e-2 against float64 (bf16 rounding of out / du)."""
+    dim = 1536
+    inputs = scan_inputs(batch, dim, L, seed=L)
+    dout = torch.randn(batch, L, dim, device="cuda").to(torch.bfloat16).transpose(1, 2)
+    dlast = torch.randn(batch, dim, 16, device="cuda")
+    errors, grads = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
+    assert max(errors.values()) < 1e-2, errors
+    if L == 1:
+        assert torch.count_nonzero(grads["A"]) == 0
+    with torch.no_grad():  # the inference forward (latency-bound launch at batch 1)
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
+                                           return_last_state=True)
+    assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4

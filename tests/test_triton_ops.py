@@ -23,7 +23,17 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)", allow_module_level=True)
 
 scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+buffers = importlib.import_module("seqmamba.ops.buffers")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_buffers():
+    """Every buffer the op wrappers allocate starts as NaN (integers: a sentinel; seqmamba/ops/buffers.py), so an
+    element a kernel reads without having written it shows up (the interpreter's fresh memory is zeros)."""
+    previous = buffers.set_debug_nan_fill(True)
+    yield
+    buffers.set_debug_nan_fill(previous)
 
 
 @pytest.fixture
@@ -360,3 +370,67 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     assert fwd(1)[1:3] == (fcfg["latency_T"], fcfg["latency_num_warps"])  # and its own chunk and warps
     assert fwd(8)[1:3] == fwd(1, save_states=True)[1:3] == (fcfg["T"], fcfg["num_warps"])
     assert not fwd(1, save_states=True)[4]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Edge lengths against the float64 reference (every buffer the wrappers allocate NaN-filled, as in every test here).
+
+def float64_and_triton_scans(inputs, use, dout, dlast, tol, softplus=True):
+    """The Triton scan (inputs as given) against selective_scan_ref in float64: out, last state and the gradient
+    of every input in ``use`` plus u / delta / A / B / C, each to ``tol`` norm-wise relative."""
+    def run(fn, cast):
+        args = {k: (cast(v).detach().to(DEVICE).requires_grad_(True) if v is not None and (k in use or k in
+                "u delta A B C".split()) else None) for k, v in inputs.items()}
+        out, last = fn(args["u"], args["delta"], args["A"], args["B"], args["C"], args["D"], args["z"],
+                       args["delta_bias"], softplus, True, args["initial_state"])
+        loss = (out.double() * dout.to(DEVICE).double()).sum() + (last.double() * dlast.to(DEVICE).double()).sum()
+        names = [k for k, v in args.items() if v is not None]
+        return out, last, dict(zip(names, torch.autograd.grad(loss, [args[k] for k in names])))
+
+    ref = run(selective_scan_ref, lambda t: t.double())
+    tri = run(scan_kernels.selective_scan_triton, lambda t: t)
+    errors = {"out": rel_err(tri[0], ref[0]), "last_state": rel_err(tri[1], ref[1]),
+              **{f"d{name}": rel_err(tri[2][name], ref[2][name]) for name in ref[2]}}
+    assert max(errors.values()) < tol, errors
+    return tri, ref
+
+
+# One past each chunk boundary the kernels use here: 16-step chunks (short_chunks), and the default configs'
+# chunks under the interpreter (backward 256, forward 512; the Mamba block layout's 32).
+EDGE_LENGTHS_SHORT = (1, 2, 3, 17, 33)
+
+
+@pytest.mark.parametrize("L", EDGE_LENGTHS_SHORT)
+@pytest.mark.parametrize("bc_layout,use", [("variable", ALL_OPTIONAL), ("constant", ("D", "z", "delta_bias")),
+                                           ("grouped", ("initial_state",))])
+def test_triton_scan_edge_lengths_match_float64_reference_with_nan_filled_buffers(short_chunks, L, bc_layout, use):
+    batch, dim, N = 2, 4, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+
+
+@pytest.mark.parametrize("L,time_major", [(257, False), (513, False), (33, True)])
+def test_triton_scan_one_past_the_default_chunks_matches_float64_reference_with_nan_filled_buffers(L, time_major):
+    batch, dim, N = 1, 2, 2
+    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=L, time_major=time_major)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+
+
+def test_triton_scan_dA_at_one_step_is_exact_zero_without_state_and_carries_a_tiny_one():
+    """At L = 1, dA = dh_0 delta_0 a_0 h_{-1}: exactly 0 without an initial state, and proportional to a state far
+    below the step's input (1e-12 of it) with one. Recovering a_0 h_{-1} as h_0 - b_0 gives 0 for the tiny state
+    (fp32 absorbs it into h_0) and, with the GPU compiler's FMA contraction, b_0's rounding error instead of 0
+    (the issue-9 bug: relative error ~1e20 on the H200)."""
+    batch, dim, N = 2, 3, 4
+    for scale in (None, 1e-12):
+        inputs = make_scan_inputs(batch, dim, 1, N, "variable", torch.float32, seed=3)
+        use = ("D", "z", "delta_bias")
+        if scale is not None:
+            inputs["initial_state"] = inputs["initial_state"] * scale
+            use = use + ("initial_state",)
+        dout, dlast = torch.randn(batch, dim, 1), torch.randn(batch, dim, N)
+        tri, ref = float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+        if scale is None:
+            assert torch.count_nonzero(tri[2]["A"]) == 0 and torch.count_nonzero(ref[2]["A"]) == 0

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ..backend import records_autograd
+from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 
 
@@ -146,7 +147,7 @@ def _grid(batch, dim, L):
 
 def _conv_forward(x, weight, bias, silu):
     batch, dim, L = x.shape
-    out = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+    out = empty((batch, dim, L), x.device, x.dtype)
     if L == 0:
         return out
     _launch_fwd(_grid(batch, dim, L), (x, weight, bias if bias is not None else weight, out),
@@ -158,9 +159,9 @@ def _conv_forward(x, weight, bias, silu):
 def _conv_gradients(x, weight, bias, silu, dout):
     batch, dim, L = x.shape
     width = weight.shape[1]
-    dpre = torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
+    dpre = empty((batch, dim, L), x.device, torch.float32)
     dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
-    dx = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+    dx = empty((batch, dim, L), x.device, x.dtype)
     if L > 0:
         grid = _grid(batch, dim, L)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
@@ -241,7 +242,7 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
     """One decode step; conv_state (batch, dim, width) is updated in place. Returns (batch, dim)."""
     batch, dim = x.shape
     width = weight.shape[1]
-    out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    out = empty((batch, dim), x.device, x.dtype)
     BLOCK_D = 64
     _launch_update((cdiv(dim, BLOCK_D), batch), (x, conv_state, weight, bias if bias is not None else weight, out),
                    (dim, *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride()),

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..buffers import empty, empty_like
 from ..launch import CachedLaunch, cdiv, sm_count
 
 
@@ -113,10 +114,10 @@ def add_norm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     """x, residual (M, N) with unit column stride. Returns (out (M, N) in x's dtype, residual_out or None,
     mean (M,) or None, rstd (M,)). ``residual_out_dtype`` None: the sum is not stored."""
     M, N = x.shape
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    residual_out = None if residual_out_dtype is None else torch.empty((M, N), device=x.device, dtype=residual_out_dtype)
-    mean = None if is_rms_norm else torch.empty(M, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(M, device=x.device, dtype=torch.float32)
+    out = empty_like(x, memory_format=torch.contiguous_format)
+    residual_out = None if residual_out_dtype is None else empty((M, N), x.device, residual_out_dtype)
+    mean = None if is_rms_norm else empty((M,), x.device, torch.float32)
+    rstd = empty((M,), x.device, torch.float32)
     BLOCK_N, num_warps = _block_and_warps(N)
     _launch_fwd(
         (M,),
@@ -136,16 +137,16 @@ def add_norm_bwd(dy: torch.Tensor, normed_input: torch.Tensor, weight: torch.Ten
     """Returns (dx (M, N) in x_dtype, dresidual (M, N) in residual_dtype or None, dweight in weight's dtype,
     dbias (fp32) or None: the caller casts it to the bias's dtype."""
     M, N = normed_input.shape
-    dx = torch.empty((M, N), device=dy.device, dtype=x_dtype)
-    dresidual = None if residual_dtype is None else torch.empty((M, N), device=dy.device, dtype=residual_dtype)
+    dx = empty((M, N), dy.device, x_dtype)
+    dresidual = None if residual_dtype is None else empty((M, N), dy.device, residual_dtype)
     if dy.is_cuda:
         n_programs = sm_count(dy.device.index) * 2
     else:
         n_programs = 4  # the interpreter: a few programs still exercise the row ranges
     n_programs = max(1, min(n_programs, M))
     rows_per_program = cdiv(M, n_programs)
-    dw_part = torch.empty((n_programs, N), device=dy.device, dtype=torch.float32)
-    db_part = torch.empty((n_programs, N), device=dy.device, dtype=torch.float32) if has_bias else None
+    dw_part = empty((n_programs, N), dy.device, torch.float32)
+    db_part = empty((n_programs, N), dy.device, torch.float32) if has_bias else None
     BLOCK_N, num_warps = _block_and_warps(N)
     _launch_bwd(
         (n_programs,),

@@ -31,6 +31,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..buffers import empty
+
 # Target size of one per-chunk (T, batch, dim, N) buffer (the workspace holds 2 in the forward, 4 in
 # the backward). Bigger chunks amortise the ~10 bulk ops each chunk costs (and their thread fork/join);
 # at (2, 256, 16), L = 4096, 1 and 2 threads, 1 MB was 20-35% slower than 4 MB (= 128 steps), 8 MB
@@ -150,14 +152,14 @@ class _ChunkWorkspace:
     """
 
     def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool):
-        self.decay = torch.empty(T, batch, dim, N, dtype=dtype)  # exp(delta_t A)
-        self.state = torch.empty(T + 1, batch, dim, N, dtype=dtype)  # [0]: carried in; [t+1]: after step t
-        self.per_channel = torch.empty(T, batch, dim, dtype=dtype)  # one contraction over N
+        self.decay = empty((T, batch, dim, N), "cpu", dtype)  # exp(delta_t A)
+        self.state = empty((T + 1, batch, dim, N), "cpu", dtype)  # [0]: carried in; [t+1]: after step t
+        self.per_channel = empty((T, batch, dim), "cpu", dtype)  # one contraction over N
         self._decays = self.decay.unbind(0)
         self._states = self.state.unbind(0)
         if adjoint:
-            self.adjoint = torch.empty(T, batch, dim, N, dtype=dtype)  # dLoss/dh_t
-            self.work = torch.empty(T, batch, dim, N, dtype=dtype)
+            self.adjoint = empty((T, batch, dim, N), "cpu", dtype)  # dLoss/dh_t
+            self.work = empty((T, batch, dim, N), "cpu", dtype)
             self._adjoints = self.adjoint.unbind(0)
 
     def run_states(self, T, h0, delta_steps, delta_u_steps, A, B_layout, B_chunk):
@@ -211,8 +213,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         C_layout = _BCLayout(C, batch, dim, dtype)
 
         h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype)
-        y = torch.empty(batch, dim, L, dtype=dtype)
-        boundaries = torch.empty(num_chunks, batch, dim, N, dtype=dtype)  # state entering each chunk
+        y = empty((batch, dim, L), "cpu", dtype)
+        boundaries = empty((num_chunks, batch, dim, N), "cpu", dtype)  # state entering each chunk
         if L > 0:
             ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False)
         for index in range(num_chunks):

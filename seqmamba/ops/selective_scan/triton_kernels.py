@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ..backend import records_autograd
+from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 
@@ -268,7 +269,8 @@ def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, del
     # Recompute the chunk's states from the saved boundary state.
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
-    x = tl.where(is_first, b + a * h_start[:, None], b)
+    ah_first = a * h_start[:, None]
+    x = tl.where(is_first, b + ah_first, b)
     _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
     # Reverse scan: dh_t = C_t dy_t + a_{t+1} dh_{t+1}.
@@ -282,7 +284,12 @@ def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, del
         _, dh = tl.associative_scan((a_next, g), axis=1, combine_fn=_first_order_combine, reverse=True)
     tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
     sum_dh_B += dh * Bn
-    w = dh * (h - b)                                      # dh_t a_t h_{t-1}
+    # dh_t a_t h_{t-1}, with a_t h_{t-1} = h_t - b_t inside the chunk (no shifted state needed) but a_0 h_start at
+    # its first step: there h_t - b_t is pure cancellation, and the GPU compiler contracts it into
+    # fma(-delta_u, B, h) = the rounding error of delta_u B rather than 0 when h_start = 0. That made dA at L = 1
+    # (where its true value is exactly 0 without an initial state) rounding noise: relative error ~1e20 on the
+    # H200 (issue 9); the interpreter does not contract and got 0.
+    w = dh * tl.where(is_first, ah_first, h - b)
     sum_w_A += w * A[:, None]
     if DA_SLOTS > 1:
         # dA: partial sums over groups of T / DA_SLOTS steps (any grouping: can_reorder lets the compiler keep
@@ -571,12 +578,12 @@ def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> tor
     batch, dim, L = ref.shape
     dtype = ref.dtype if dtype is None else dtype
     if channel_last:
-        return torch.empty((batch, L, dim), device=ref.device, dtype=dtype).transpose(1, 2)
-    return torch.empty((batch, dim, L), device=ref.device, dtype=dtype)
+        return empty((batch, L, dim), ref.device, dtype).transpose(1, 2)
+    return empty((batch, dim, L), ref.device, dtype)
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
-    return ref.new_empty(1, dtype=torch.float32)
+    return empty((1,), ref.device, torch.float32)
 
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
@@ -602,7 +609,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
     if initial_state is not None:
         state[0].copy_(initial_state)
-    chunk_states = (torch.empty((batch, dim, n_saved, N), device=u.device, dtype=torch.float32)
+    chunk_states = (empty((batch, dim, n_saved, N), u.device, torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u

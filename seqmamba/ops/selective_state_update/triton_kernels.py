@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..buffers import empty
 from ..launch import CachedLaunch, cdiv
 
 
@@ -98,7 +99,7 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
     G_C, sC = _bc_strides(C)
     if G_B != G_C:
         raise ValueError(f"selective_state_update: B has {G_B} groups and C has {G_C}; they must match")
-    out = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    out = empty((batch, dim), x.device, x.dtype)
     BLOCK_N = max(triton.next_power_of_2(N), 2)
     BLOCK_D, num_warps = DECODE_BLOCK_D, DECODE_NUM_WARPS
     if BLOCK_D is None:
