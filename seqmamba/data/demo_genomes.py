@@ -4,7 +4,8 @@ embeddings) runs on them with no download.
 What is made (seeded, numpy only; the defaults take a few seconds on one CPU core):
 
 * an ancestral genome of ``--n-chroms`` autosomes plus chrX and chrY, each ``--chrom-length``
-  bases: isochores of varying GC content (35-60%), CpG depletion, interspersed repeat families
+  bases: an order-3 Markov chain (k-mer biases) tilted by isochores of varying GC content (35-60%),
+  CpG depletion, interspersed repeat families
   (diverged copies, soft-masked lowercase), microsatellites (lowercase) and an N gap at each
   chromosome's start (a telomere stand-in);
 * five descendant species along the great-ape tree, with branch lengths (in % substitutions) chosen
@@ -62,11 +63,27 @@ def mutate_copy(rng: np.random.Generator, seq: np.ndarray, rate: float) -> np.nd
     return out
 
 
-def ancestral_chromosome(rng: np.random.Generator, length: int, families: List[np.ndarray]) -> np.ndarray:
+def markov_bases(rng: np.random.Generator, n: int, gc: float, transitions: np.ndarray) -> np.ndarray:
+    """``n`` bases from the order-3 Markov chain ``transitions`` (64 contexts x 4), tilted to ``gc``."""
+    probs = transitions * np.array([1 - gc, gc, gc, 1 - gc])
+    cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1).tolist()
+    draws = rng.random(n).tolist()
+    out = bytearray(n)
+    ctx, letters = 0, b"ACGT"
+    for i, u in enumerate(draws):
+        row = cum[ctx]
+        b = 0 if u < row[0] else 1 if u < row[1] else 2 if u < row[2] else 3
+        out[i] = letters[b]
+        ctx = ((ctx << 2) | b) & 63
+    return np.frombuffer(bytes(out), dtype=np.uint8).copy()
+
+
+def ancestral_chromosome(rng: np.random.Generator, length: int, families: List[np.ndarray],
+                         transitions: np.ndarray) -> np.ndarray:
     parts, total = [], 0
     while total < length:  # isochores of 2-16 kb with their own GC content
         n = int(rng.integers(2048, 16384))
-        parts.append(random_bases(rng, n, float(rng.uniform(0.35, 0.60))))
+        parts.append(markov_bases(rng, n, float(rng.uniform(0.35, 0.60)), transitions))
         total += n
     seq = np.concatenate(parts)[:length]
     # CpG depletion: most CG dinucleotides become TG or CA (methylation-driven deamination)
@@ -161,13 +178,15 @@ def make(out: str, n_chroms: int = 16, chrom_length: int = 65536, seed: int = 0,
         raise ValueError(f"--chrom-length={chrom_length}: need at least 4096 bases")
     rng = np.random.default_rng(seed)
     families = [random_bases(rng, int(rng.integers(200, 2000)), 0.5) for _ in range(6)]
+    # short-range structure (k-mer biases, as real genomes have): an order-3 Markov chain
+    transitions = rng.dirichlet([1.0] * 4, size=64)
     elements = {child: random_bases(rng, 300, 0.55) for _, child, _ in TREE}
     names = [str(i) for i in range(1, n_chroms + 1)] + ["X", "Y"]
     genomes: Dict[str, Dict[str, np.ndarray]] = {sp: {} for sp in SPECIES}
     started = time.time()
     for name in tqdm(names, desc="demo chromosomes", disable=quiet):
         length = chrom_length if name != "Y" else chrom_length // 2
-        nodes = {"root": ancestral_chromosome(rng, length, families)}
+        nodes = {"root": ancestral_chromosome(rng, length, families, transitions)}
         for parent, child, pct in TREE:
             nodes[child] = evolve(rng, nodes[parent], pct, elements[child], element_rate, indel_ratio)
         for sp in SPECIES:
