@@ -164,3 +164,31 @@ def test_two_process_gloo_run_under_torchrun_writes_one_run_directory(tmp_path):
     assert os.path.isfile(run_dir / "checkpoints" / "last.pt")
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["world_size"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# config values checked before training (issue 10)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_steps=-3", "trainer.max_steps=-3 is not accepted; expected an integer >= 1"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is not accepted; expected an integer >= 1"),
+    ("dataset.seq_len=3", "dataset.seq_len=3 is too short for induction heads; expected an integer >= 16"),
+    ("trainer.max_stepz=5", "unknown config key trainer.max_stepz; did you mean trainer.max_steps?"),
+    ("+trainer.max_stepz=5", "unknown config key trainer.max_stepz; did you mean trainer.max_steps?"),
+    ("trainer.precision=fp8", "trainer.precision='fp8' is not accepted; expected one of auto, fp32, bf16, fp16"),
+])
+def test_bad_config_values_fail_before_training_in_one_line(tmp_path, capsys, override, expected):
+    run_dir = tmp_path / "run"
+    code = main(["run", "task=induction_heads", "trainer.device=cpu", "trainer.progress=false",
+                 f"hydra.run.dir={run_dir}", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert expected in err[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_embed_is_a_verb_and_a_task_without_it_says_so_in_one_line(trained_run, tmp_path, capsys):
+    ckpt = trained_run / "checkpoints" / "last.pt"
+    code = main(["embed", "task=induction_heads", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'e'}"] + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "has no embed verb" in err[0], err
