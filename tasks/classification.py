@@ -153,7 +153,7 @@ class SequenceClassificationTask(Task):
                 if params:
                     groups.append({**options, "params": params, "name": f"{group.get('name', 'group')}/{part}",
                                    "lr": group["lr"] * factor})
-        return type(optimizer)(groups, **optimizer.defaults)
+        return type(optimizer)(groups, lr=optimizer.defaults["lr"])  # every other option rides in the groups
 
     # -- loss and metrics ----------------------------------------------------------------------
     def logits_and_labels(self, model: nn.Module, batch) -> Tuple[torch.Tensor, torch.Tensor]:
