@@ -23,7 +23,7 @@ import triton
 
 from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
 
-scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+scan_launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")  # launch configs
 
 N_STATE = 16
 SHAPES = [(8, 1536, 1024), (8, 1536, 4096), (8, 1536, 16384), (2, 1536, 65536), (1, 1536, 262144),
@@ -173,21 +173,21 @@ def sweep():
     inputs = make_inputs(batch, dim, L)
     # Earlier sweeps (notes/triton_scan.md) tried block_d 1-8, 1-8 warps, T 128-1024 and an unrolled loop
     # over N; one warp per channel with a rolled loop won. Several channels per warp halve the dB / dC atomics.
-    # Only the tile shape is swept; the other options of the current config (rev3, reload, occupancy rules,
-    # masked_last; notes/triton_scan.md "Session 2") are kept.
+    # Only the tile shape is swept; the other options of the current config (occupancy rules, prefetch,
+    # masked_last; notes/triton_scan.md "Launch tables") are kept.
     shapes = [dict(block_d=bd, T=t, num_warps=w) for (bd, t, w) in [(1, 512, 1), (1, 256, 1), (2, 256, 1), (2, 128, 1)]]
     print(f"sweep at {(batch, dim, L)}")
     # The forward's best config is kept before the backward's sweep, which times forward + backward.
     for label, attr, timed in (("fwd", "FWD_CONFIG", 0), ("fwd+bwd", "BWD_CONFIG", 1)):
         results = []
-        base = dict(getattr(scan_kernels, attr))
+        base = dict(getattr(scan_launch, attr))
         for shape in shapes:
             cfg = {**base, **shape}
-            setattr(scan_kernels, attr, cfg)
+            setattr(scan_launch, attr, cfg)
             results.append((bench_ms(scan_fns(inputs, "triton")[timed]), cfg))
             print(f"  {label} {cfg}: {results[-1][0]:.3f} ms", flush=True)
-        setattr(scan_kernels, attr, min(results, key=lambda r: r[0])[1])
-    print(f"best: FWD_CONFIG = {scan_kernels.FWD_CONFIG}, BWD_CONFIG = {scan_kernels.BWD_CONFIG}", flush=True)
+        setattr(scan_launch, attr, min(results, key=lambda r: r[0])[1])
+    print(f"best: FWD_CONFIG = {scan_launch.FWD_CONFIG}, BWD_CONFIG = {scan_launch.BWD_CONFIG}", flush=True)
 
 
 # ---------------------------------------------------------------------------------- the Mamba block's layouts
@@ -240,8 +240,8 @@ def check_block_layout(batch=2, dim=256, L=700):
     out, grads = with_grads(lambda **k: selective_scan(**k, backend="triton"))
     errs = {"out": rel_err(out, ref), **{"d" + name: rel_err(grads[name], ref_grads[name]) for name in grads}}
     worst = max(errs.values())
-    print(f"block layout check at {(batch, dim, L)} bf16 (cfg fwd {scan_kernels.FWD_CONFIG_CHANNEL_LAST}, "
-          f"bwd {scan_kernels.BWD_CONFIG_CHANNEL_LAST}): out stride {tuple(out.stride())}; rel errors "
+    print(f"block layout check at {(batch, dim, L)} bf16 (cfg fwd {scan_launch.FWD_CONFIG_CHANNEL_LAST}, "
+          f"bwd {scan_launch.BWD_CONFIG_CHANNEL_LAST}): out stride {tuple(out.stride())}; rel errors "
           + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + f" -> {'PASS' if worst < 1e-2 else 'FAIL'}",
           flush=True)
     return worst < 1e-2
@@ -257,7 +257,7 @@ def sweep_block_layout(batch, dim, L):
     for key, attr in (("fwd", "FWD_CONFIG_CHANNEL_LAST"), ("bwd", "BWD_CONFIG_CHANNEL_LAST")):
         for bd, t, w in fwd_candidates if key == "fwd" else bwd_candidates:
             cfg = dict(block_d=bd, T=t, num_warps=w)
-            setattr(scan_kernels, attr, cfg)
+            setattr(scan_launch, attr, cfg)
             try:
                 ok = check_block_layout(2, 64, 300)
                 fwd, fwd_bwd = scan_fns(inputs, "triton")
@@ -269,9 +269,9 @@ def sweep_block_layout(batch, dim, L):
             if ok:
                 results[key].append((ms, cfg))
         if results[key]:
-            setattr(scan_kernels, attr, min(results[key], key=lambda r: r[0])[1])
-    print(f"best: FWD_CONFIG_CHANNEL_LAST = {scan_kernels.FWD_CONFIG_CHANNEL_LAST}, "
-          f"BWD_CONFIG_CHANNEL_LAST = {scan_kernels.BWD_CONFIG_CHANNEL_LAST}", flush=True)
+            setattr(scan_launch, attr, min(results[key], key=lambda r: r[0])[1])
+    print(f"best: FWD_CONFIG_CHANNEL_LAST = {scan_launch.FWD_CONFIG_CHANNEL_LAST}, "
+          f"BWD_CONFIG_CHANNEL_LAST = {scan_launch.BWD_CONFIG_CHANNEL_LAST}", flush=True)
 
 
 def block_layout_table(sweep_first: bool):

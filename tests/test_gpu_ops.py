@@ -45,7 +45,7 @@ def scan_with_grads(fn, inputs, dout, **kw):
                          ids=["default", "no-prefetch", "2ch"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, config):
-    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     for name in ("FWD_CONFIG", "BWD_CONFIG"):
         monkeypatch.setattr(kernels, name, {**getattr(kernels, name), **config})
     inputs = scan_inputs(2, 64, 1500, dtype=dtype)
@@ -61,7 +61,7 @@ def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, co
 def test_gpu_scan_inference_forward_matches_reference(dtype, tol):
     """Forward without autograd on contiguous inputs: at batch 1 the latency-bound launch (prefetch, its own
     chunk length and warps), at batch 8 the default one; several chunks and a padded last one."""
-    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     dim, L = 768, 3000
     for batch, latency_bound in ((1, True), (8, False)):
         assert kernels._launch_config(dim, 16, L, dim, backward=False, batch=batch,
@@ -78,7 +78,7 @@ def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):
     outputs and gradients as launching through Triton every time (fp32, so that the atomics' order of addition
     stays below 1e-5); a B whose data is not 16-byte aligned (same strides) gets its own cache entry and is still
     right."""
-    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     launch = importlib.import_module("seqmamba.ops.launch")
     batch, dim, L, N = 2, 128, 700, 16
     inputs = scan_inputs(batch, dim, L, N, dtype=torch.float32, time_major=False)

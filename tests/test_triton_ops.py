@@ -22,7 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)", allow_module_level=True)
 
-scan_kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_kernels")
+scan_launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")  # configs and launch rules
+scan_autograd = importlib.import_module("seqmamba.ops.selective_scan.triton_autograd")
 buffers = importlib.import_module("seqmamba.ops.buffers")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -39,7 +40,7 @@ def nan_filled_buffers():
 @pytest.fixture
 def short_chunks(monkeypatch):
     """Chunks of 16 steps, so tiny sequences still cross several chunk boundaries."""
-    monkeypatch.setattr(scan_kernels, "FORCE_CHUNK_T", 16)
+    monkeypatch.setattr(scan_launch, "FORCE_CHUNK_T", 16)
 
 
 def make_scan_inputs(batch, dim, L, N, bc_layout, dtype, groups=2, time_major=False, seed=0):
@@ -83,7 +84,7 @@ def triton_and_reference_scans(inputs, use, dout, dlast, tol):
     """Run the Triton scan and the reference with gradients; assert out, last state and every gradient
     agree to ``tol`` (norm-wise relative). Returns the Triton results for further checks."""
     ref = run_scan_with_grads(selective_scan_ref, inputs, use, dout, dlast)
-    tri = run_scan_with_grads(scan_kernels.selective_scan_triton, inputs, use, dout, dlast)
+    tri = run_scan_with_grads(scan_autograd.selective_scan_triton, inputs, use, dout, dlast)
     assert rel_err(tri[0], ref[0]) < tol, "out"
     assert rel_err(tri[1], ref[1]) < tol, "last_state"
     assert set(tri[2]) == set(ref[2])
@@ -136,7 +137,7 @@ def test_triton_scan_without_grad_returns_state_only_when_asked():
     inputs = make_scan_inputs(1, 2, 10, 4, "constant", torch.float32)
     args = {k: v.to(DEVICE) for k, v in inputs.items()}
     with torch.no_grad():
-        out = scan_kernels.selective_scan_triton(*[args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")],
+        out = scan_autograd.selective_scan_triton(*[args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")],
                                                  True, False, args["initial_state"])
     assert isinstance(out, torch.Tensor) and out.shape == (1, 2, 10)
 
@@ -263,24 +264,19 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
     """BLOCK_D = 2 on 4 warps: B / C shared by the block's channels, dB / dC reduced over them."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=4))
     batch, dim, L, N = 2, 6, 40, 4  # dim 6 with groups of 3 channels exercises the BLOCK_D fallback to 1
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, groups=3 if bc_layout == "grouped" else 2)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("rev3,reload,da_slots", [(False, False, False), (True, False, False), (True, True, False),
-                                                   (True, True, True)])
 @pytest.mark.parametrize("block_d", [1, 2])
-def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload, da_slots, block_d):
-    """The backward's variants: a_{t+1} from a shifted delta load, or folded into a 3-tuple combine (rev3);
-    u / z / dout kept live across the loop over N or read again after it (reload); dA reduced per chunk or
-    accumulated in per-slot partial sums (da_slots). L = 37 with 16-step chunks: carries across two chunk
-    boundaries and a padded last chunk."""
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, rev3=rev3,
-                                                         reload=reload, da_slots=da_slots))
+def test_triton_scan_backward_with_one_or_two_channels_per_program_matches_reference(monkeypatch, block_d):
+    """L = 37 with 16-step chunks: carries across two chunk boundaries and a padded last chunk; with two channels
+    per program dB / dC are reduced over the program's channels before the atomics."""
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1))
     batch, dim, L, N = 2, 4, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=7)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -289,10 +285,9 @@ def test_triton_scan_backward_variants_match_reference(monkeypatch, rev3, reload
 
 @pytest.mark.parametrize("masked_last", [False, True])
 def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_last):
-    """Forward config options: reload (u read a second time for the D term instead of kept in registers) and
-    masked_last (the chunk's last state stored by the thread holding it, or extracted by a where-sum)."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG",
-                        dict(block_d=1, T=16, num_warps=1, reload=True, masked_last=masked_last))
+    """masked_last: the chunk's last state stored by the thread holding it, or extracted by a where-sum."""
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG",
+                        dict(block_d=1, T=16, num_warps=1, masked_last=masked_last))
     batch, dim, L, N = 2, 3, 37, 4
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=11)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -303,10 +298,9 @@ def test_triton_scan_forward_config_options_match_reference(monkeypatch, masked_
 def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypatch, bc_layout):
     """prefetch: component n + 1's A / B / C / saved-state / carry loads issued before component n's scans, in
     the forward and the backward; the prefetch past the last component is masked."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, prefetch=True,
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=1, T=16, num_warps=1, prefetch=True,
                                                          masked_last=True))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=1, rev3=True,
-                                                         reload=True, prefetch=True))
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=2, T=16, num_warps=1, prefetch=True))
     batch, dim, L, N = 2, 4, 37, 3
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=5)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -315,8 +309,8 @@ def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypat
 
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
-    monkeypatch.setattr(scan_kernels, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1))
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1))
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1))
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1))
     batch, dim, L, N = 1, 3, 37, 4  # 37 = 32 + 5: the last forward chunk holds one partial backward chunk
     inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=3)
     dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
@@ -336,7 +330,7 @@ def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout()
                   B=x_dbl[..., dt_rank:dt_rank + N].transpose(1, 2), C=x_dbl[..., dt_rank + N:].transpose(1, 2),
                   D=torch.randn(dim, generator=g), z=time_major(), delta_bias=0.1 * torch.randn(dim, generator=g),
                   initial_state=torch.randn(batch, dim, N, generator=g))
-    assert scan_kernels.is_block_layout(inputs["u"], inputs["delta"], inputs["z"])
+    assert scan_launch.is_block_layout(inputs["u"], inputs["delta"], inputs["z"])
     dout = torch.randn(batch, L, dim).transpose(1, 2)  # what out_proj's backward hands back
     dlast = torch.randn(batch, dim, N)
     tri = triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
@@ -348,24 +342,24 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     """The launch rules (H100 measurements in notes/triton_scan.md): one channel per program when a config's
     multi-channel programs would not fill the SMs; the register cap only with enough programs; the forward's
     prefetch only with few programs and no states to save; no CUDA options at all off CUDA."""
-    monkeypatch.setattr(scan_kernels, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    cfg = scan_kernels.BWD_CONFIG
-    launch = lambda batch, L, device=cuda, dim=1536: scan_kernels._launch_config(  # noqa: E731
+    cfg = scan_launch.BWD_CONFIG
+    launch = lambda batch, L, device=cuda, dim=1536: scan_launch._launch_config(  # noqa: E731
         dim, 16, L, dim, backward=True, batch=batch, device=device)
     options = lambda *args, **kwargs: launch(*args, **kwargs)[3]  # noqa: E731
     assert options(8, 4096) == options(8, 1024) == options(1, 262144) == {"maxnreg": cfg["maxnreg"]}
     assert options(1, 262144, dim=512) == {}  # 3.9 programs per SM fit in one wave without the cap
     assert options(8, 4096, cpu) == {}
     assert launch(1, 262144)[4] and launch(8, 4096)[4] == bool(cfg["prefetch"])
-    monkeypatch.setattr(scan_kernels, "BWD_CONFIG", {**cfg, "block_d": 2, "maxnreg_min_L": 2048})
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", {**cfg, "block_d": 2, "maxnreg_min_L": 2048})
     assert launch(1, 262144)[0] == 1  # 768 two-channel programs < 8 per SM
     assert launch(8, 4096)[0] == 2
     assert launch(1, 262144, cpu)[0] == 2  # no occupancy rule off CUDA
     assert options(8, 1024) == {}  # below maxnreg_min_L
-    fwd = lambda batch, save_states=False: scan_kernels._launch_config(  # noqa: E731
+    fwd = lambda batch, save_states=False: scan_launch._launch_config(  # noqa: E731
         1536, 16, 65536, 1536, backward=False, batch=batch, device=cuda, save_states=save_states)
-    fcfg = scan_kernels.FWD_CONFIG
+    fcfg = scan_launch.FWD_CONFIG
     assert fwd(1)[4] and fwd(2)[4] and not fwd(8)[4]  # forward prefetch: 11.6 and 23 programs per SM, not 93
     assert fwd(1)[1:3] == (fcfg["latency_T"], fcfg["latency_num_warps"])  # and its own chunk and warps
     assert fwd(8)[1:3] == fwd(1, save_states=True)[1:3] == (fcfg["T"], fcfg["num_warps"])
@@ -388,7 +382,7 @@ def float64_and_triton_scans(inputs, use, dout, dlast, tol, softplus=True):
         return out, last, dict(zip(names, torch.autograd.grad(loss, [args[k] for k in names])))
 
     ref = run(selective_scan_ref, lambda t: t.double())
-    tri = run(scan_kernels.selective_scan_triton, lambda t: t)
+    tri = run(scan_autograd.selective_scan_triton, lambda t: t)
     errors = {"out": rel_err(tri[0], ref[0]), "last_state": rel_err(tri[1], ref[1]),
               **{f"d{name}": rel_err(tri[2][name], ref[2][name]) for name in ref[2]}}
     assert max(errors.values()) < tol, errors

@@ -3,7 +3,8 @@
 Backends:
   "reference"  sequential fp32 loop (seqmamba.ops.selective_scan.reference), autograd by PyTorch.
   "torch"      fast pure-PyTorch CPU path (seqmamba.ops.selective_scan.torch_chunked).
-  "triton"     Triton kernels (seqmamba.ops.selective_scan.triton_kernels); CPU tensors only under
+  "triton"     Triton kernels (seqmamba.ops.selective_scan.triton_kernels, launched by triton_launch, autograd in
+               triton_autograd); CPU tensors only under
                TRITON_INTERPRET=1.
   "auto"       CUDA tensors -> "triton", everything else -> "torch".
 """
@@ -94,6 +95,6 @@ def selective_scan(
         from .torch_chunked import selective_scan_torch
 
         return selective_scan_torch(*args)
-    from .triton_kernels import selective_scan_triton
+    from .triton_autograd import selective_scan_triton
 
     return selective_scan_triton(*args)

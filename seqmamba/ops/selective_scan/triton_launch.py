@@ -1,0 +1,238 @@
+"""Host side of the Triton selective scan: launch configs and their rules, and the launches of the forward and
+backward kernels (``scan_forward`` / ``scan_backward``) with the buffers they fill. Kernels: triton_kernels.py;
+autograd and torch.compile: triton_autograd.py."""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+import triton
+
+from ..buffers import empty
+from ..launch import CachedLaunch, cdiv, zeroed_views
+from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
+from .triton_kernels import _selective_scan_bwd_kernel, _selective_scan_fwd_kernel
+
+# Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
+FORCE_CHUNK_T: Optional[int] = None
+
+# Repeat launches skip Triton's JITFunction.run (seqmamba/ops/launch.py).
+_launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
+_launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
+
+
+def _bc_as_4d(X: torch.Tensor, dim: int):
+    """B or C -> (is_time_varying, G, strides (batch, group, n, l)) without copying.
+
+    (dim, N) is time-invariant with one row per channel (group = channel); (batch, N, L) is one group;
+    (batch, G, N, L) is G groups of dim // G channels.
+    """
+    if X.dim() == 2:
+        return False, dim, (0, X.stride(0), X.stride(1), 0)
+    if X.dim() == 3:
+        return True, 1, (X.stride(0), 0, X.stride(1), X.stride(2))
+    return True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
+
+
+def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
+    """(B_var, G_B, B strides, C_var, G_C, C strides, channels per group) for a launch: ``_bc_as_4d`` of both,
+    and how many neighbouring channels share one group of both B and C (a program's channels must lie in one)."""
+    B_var, G_B, sB = _bc_as_4d(B, dim)
+    C_var, G_C, sC = _bc_as_4d(C, dim)
+    return B_var, G_B, sB, C_var, G_C, sC, math.gcd(dim // G_B if B_var else dim, dim // G_C if C_var else dim)
+
+
+# Launch configs: channels per program (block_d), chunk length (T), warps, and the rules below. Picked on an H100
+# (the measurements, config by config: notes/triton_scan.md "Launch tables"): one warp and one channel per
+# program, forward 512 steps per chunk, backward 256, so every scan and reduction stays inside the warp and many
+# small programs keep the SMs full. Rules, applied on CUDA only:
+# - min_programs_per_sm: fewer programs than this many per SM -> one channel per program;
+# - maxnreg: cap registers at this many when there are at least min_programs_per_sm programs per SM and
+#   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward);
+# - prefetch: True, or "latency" = only with fewer than prefetch_max_programs_per_sm programs per SM and no states
+#   to save, there with chunks of latency_T steps on latency_num_warps warps;
+# - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum).
+FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
+                  prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2)
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0)
+# The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
+# program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
+# whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
+# was 3-4% slower in this layout.
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, prefetch=True)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1)
+
+
+def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
+    """(batch, dim, L) with the channels adjacent in memory and the steps not: a (batch, L, dim) layout."""
+    return t is not None and t.shape[2] > 1 and t.stride(1) == 1 and t.stride(2) != 1
+
+
+def is_block_layout(u, delta, z) -> bool:
+    """True when the sequence inputs are (mostly) laid out time-major, as the Mamba block passes them."""
+    tensors = [t for t in (u, delta, z) if t is not None]
+    return 2 * sum(_is_channel_last(t) for t in tensors) >= len(tensors)
+
+
+def _config(backward: bool, block_layout: bool) -> dict:
+    if block_layout:
+        return BWD_CONFIG_CHANNEL_LAST if backward else FWD_CONFIG_CHANNEL_LAST
+    return BWD_CONFIG if backward else FWD_CONFIG
+
+
+def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
+                   batch: Optional[int] = None, device: Optional[torch.device] = None, save_states: bool = False):
+    """(BLOCK_D, T, num_warps, compiler options, prefetch) for one launch.
+
+    With ``batch`` and a CUDA ``device``, the config's occupancy rules apply (see BWD_CONFIG): one channel
+    per program below min_programs_per_sm programs per SM, the Triton option maxnreg (the
+    register cap only on NVIDIA, with enough programs and L >= maxnreg_min_L), and the prefetch rule.
+    Elsewhere (the interpreter, or only T wanted) the options are empty and prefetch is on only when the
+    config says True. Cached per shape and config (host time matters at small shapes)."""
+    on_cuda = batch is not None and device is not None and device.type == "cuda"
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else 0
+    cfg = tuple(sorted(_config(backward, block_layout).items()))
+    return _launch_config_cached(cfg, dim, L, channels_per_group, batch if on_cuda else None, sms, FORCE_CHUNK_T,
+                                 save_states)
+
+
+@functools.lru_cache(maxsize=4096)
+def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, force_chunk_t, save_states):
+    cfg = dict(cfg_items)
+    BLOCK_D = cfg["block_d"]
+    on_cuda = batch is not None
+    min_per_sm = cfg.get("min_programs_per_sm", 0)
+    if on_cuda and batch * cdiv(dim, BLOCK_D) < min_per_sm * sms:
+        BLOCK_D = 1  # too few programs to fill the SMs: more, smaller ones
+    while BLOCK_D > 1 and channels_per_group % BLOCK_D != 0:
+        BLOCK_D //= 2  # a block must not straddle two groups of B / C
+    T = min(cfg["T"], max(16, triton.next_power_of_2(max(L, 1))))
+    if force_chunk_t is not None:
+        T = force_chunk_t
+    options = {}
+    if on_cuda:
+        if (cfg.get("maxnreg") is not None and torch.version.hip is None
+                and batch * cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
+            options["maxnreg"] = cfg["maxnreg"]
+    num_warps = cfg["num_warps"]
+    rule = cfg.get("prefetch", False)
+    if rule == "latency":  # few programs per SM and no states to save
+        prefetch = (on_cuda and not save_states
+                    and batch * cdiv(dim, BLOCK_D) < cfg.get("prefetch_max_programs_per_sm", 0) * sms)
+        if prefetch and force_chunk_t is None:  # the latency-bound launch's own chunk and warps, if the config has them
+            T = min(cfg.get("latency_T", T), max(16, triton.next_power_of_2(max(L, 1))))
+            num_warps = cfg.get("latency_num_warps", num_warps)
+    else:
+        prefetch = bool(rule)
+    return BLOCK_D, T, num_warps, options, prefetch
+
+
+def _n_chunks(L: int, T: int) -> int:
+    """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
+    return max(cdiv(L, T), 1)
+
+
+def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> torch.Tensor:
+    """A new (batch, dim, L) tensor, stored (batch, L, dim) when channel_last (so .transpose(1, 2) of it is
+    contiguous: the Mamba block's out_proj and the autograd transposes then need no copy)."""
+    batch, dim, L = ref.shape
+    dtype = ref.dtype if dtype is None else dtype
+    if channel_last:
+        return empty((batch, L, dim), ref.device, dtype).transpose(1, 2)
+    return empty((batch, dim, L), ref.device, dtype)
+
+
+def _dummy(ref: torch.Tensor) -> torch.Tensor:
+    return empty((1,), ref.device, torch.float32)
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
+    """Runs the forward kernel. Returns (out, last_state, chunk_states); chunk_states holds the state
+    entering each of the backward's chunks when save_states, else a placeholder."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
+    block_layout = is_block_layout(u, delta, z)
+    BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=False,
+                                                              block_layout=block_layout, batch=batch, device=u.device,
+                                                              save_states=bool(save_states))
+    saves_per_chunk, n_saved = 1, 1
+    if save_states:  # save the state entering each of the backward's chunks
+        T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
+        if T < T_bwd or T % T_bwd != 0:
+            T = T_bwd
+        saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
+    n_chunks = _n_chunks(L, T)
+    out = _empty_like_layout(u, block_layout)
+    # Two slots that carry the state between chunks inside the kernel (slot 0 starts as the initial state);
+    # the last state ends in slot n_chunks % 2.
+    state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
+    if initial_state is not None:
+        state[0].copy_(initial_state)
+    chunk_states = (empty((batch, dim, n_saved, N), u.device, torch.float32)
+                    if save_states else _dummy(u))
+    dummy = _dummy(u)
+    zz = z if z is not None else u
+    grid = (cdiv(dim, BLOCK_D), batch)
+    _launch_fwd(
+        grid,
+        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+         out, state, chunk_states),
+        (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
+         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride()),
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
+             SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
+             PREFETCH=prefetch),
+        num_warps, options)
+    return out, state[n_chunks % 2], chunk_states
+
+
+def _input_grads_like(u, delta, z):
+    """Empty du, ddelta, dz (None without z), each stored like its input when that input is time-major, so
+    the gradient flowing back through the block's transposes is already in (batch, L, dim) order."""
+    return (_empty_like_layout(u, _is_channel_last(u)), _empty_like_layout(delta, _is_channel_last(delta)),
+            _empty_like_layout(z, _is_channel_last(z)) if z is not None else None)
+
+
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast):
+    """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
+    block_layout = is_block_layout(u, delta, z)
+    BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
+                                                              block_layout=block_layout, batch=batch, device=u.device)
+    n_chunks = chunk_states.shape[2]
+    assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
+    dummy = _dummy(u)
+    du, ddelta, dz = _input_grads_like(u, delta, z)
+    dz = dz if z is not None else dummy
+    # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
+    # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
+    # does not hold the fp32 dB / dC alive once they are converted to B / C's dtype.
+    dB, dC = zeroed_views(u.device, [(batch, G_B, N, L) if B_var else (dim, N),
+                                      (batch, G_C, N, L) if C_var else (dim, N)])
+    dA, dD, ddbias, dstate = zeroed_views(u.device, [
+        (dim, N), (dim,) if D is not None else (1,),
+        (dim,) if delta_bias is not None else (1,), (batch, dim, N)])
+    # dstate carries the state gradient between chunks and ends as the initial state's gradient.
+    if dlast is not None:
+        dstate.copy_(dlast)
+    zz = z if z is not None else u
+    grid = (cdiv(dim, BLOCK_D), batch)
+    _launch_bwd(
+        grid,
+        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+         chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias),
+        (dim, L, N, cpg, n_chunks, G_B, G_C,
+         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
+         *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride())),
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch),
+        num_warps, options)
+    dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
+    dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
+    return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
