@@ -124,7 +124,7 @@ class Trainer:
         self.log_every, self.eval_every, self.ckpt_every = s.log_every, s.eval_every, s.ckpt_every
         self.progress, self.use_tensorboard = s.progress, s.tensorboard
         self.seq_len_schedule = s.seq_len_warmup
-        if self.seq_len_schedule and not getattr(task, "supports_seq_len_warmup", False):
+        if self.seq_len_schedule and not task.supports_seq_len_warmup:
             raise ValueError(f"trainer.seq_len_warmup is set but task {type(task).__name__} does not support it "
                              f"(no set_seq_len; supports_seq_len_warmup is false)")
         self.monitor = str(task.monitor)
@@ -175,7 +175,7 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _resume_path(self) -> Optional[str]:
-        explicit = OmegaConf.select(self.cfg, "ckpt", default=None)
+        explicit = config_get(self.cfg, "ckpt", None)
         if explicit:  # a missing file is reported by load_checkpoint
             return os.path.abspath(os.path.expanduser(str(explicit)))
         if not self.settings.resume:
