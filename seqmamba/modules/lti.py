@@ -141,6 +141,8 @@ class S4DInner(nn.Module):
                 key: str = "ssm") -> torch.Tensor:
         """u (B, E, L) -> y (B, E, L) in u's dtype (computed in fp32 / complex64)."""
         L = u.shape[-1]
+        if cache is not None and offset > 0 and L == 1:  # recurrent inference: O(M) per step
+            return self.step(u[..., 0], cache[key])[..., None]
         y = fft_causal_conv(u, self.kernel(L)) + self.D.float()[:, None] * u.float()
         if cache is not None:
             dA, dB, C, factor = self.discrete()

@@ -1,0 +1,110 @@
+"""Every registered mixer: causal, chunked / stepped inference equal to the parallel pass, gradients;
+Table 1's mamba_s6 equals the Mamba mixer; attention equals an explicit softmax; MambaLM builds a
+per-layer list of mixers from the registry."""
+import math
+
+import pytest
+import torch
+
+from seqmamba.models import MambaLM
+from seqmamba.modules import InferenceParams, Mamba, build_block
+from seqmamba.modules.baselines import ARCHS, INNERS
+from seqmamba.registry import MIXERS
+
+D = 8
+SMALL = {"s4d": {"d_state": 8}, "hyena": {"l_max": 16, "filter_order": 8, "bands": 2},
+         "attention": {"num_heads": 2}}
+for _arch in ARCHS:
+    SMALL[f"{_arch}_s4d"] = {"d_state": 8}
+    SMALL[f"{_arch}_hyena"] = {"l_max": 16, "filter_order": 8, "bands": 2}
+ALL = ["mamba", "attention", "s4d", "hyena"] + [f"{a}_{i}" for a in ARCHS for i in INNERS]
+
+
+def make(name, layer_idx=0):
+    torch.manual_seed(0)
+    return MIXERS.get(name)(D, layer_idx=layer_idx, **SMALL.get(name, {}))
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+
+
+def test_registry_names():
+    assert set(ALL) <= set(MIXERS.names())
+    assert MIXERS.get("mamba") is Mamba
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_causal_chunked_and_trainable(name):
+    mixer = make(name)
+    x = torch.randn(2, 14, D)
+    y = mixer(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    missing = [n for n, p in mixer.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    with torch.no_grad():
+        x2 = x.clone()
+        x2[:, 9] += 2.0
+        y2 = mixer(x2)
+        assert (y2[:, :9] - y[:, :9]).abs().max() < 1e-5, "output before t changed when input t did"
+        assert (y2[:, 9:] - y[:, 9:]).abs().max() > 1e-4
+        params = InferenceParams(max_seqlen=14, max_batch_size=2)
+        outs = []
+        for a, b in [(0, 3), (3, 4), (4, 5), (5, 11), (11, 14)]:  # chunks and single steps
+            outs.append(mixer(x[:, a:b], inference_params=params))
+            params.seqlen_offset = b
+        assert rel_err(torch.cat(outs, dim=1), y) < 1e-4
+
+
+def test_mamba_s6_equals_the_mamba_mixer():
+    ref = Mamba(D, d_state=4)
+    ours = MIXERS.get("mamba_s6")(D, d_state=4)
+    renames = {"in_proj.weight": "in_proj.weight", "conv.conv1d.weight": "conv1d.weight",
+               "conv.conv1d.bias": "conv1d.bias", "inner.x_proj.weight": "x_proj.weight",
+               "inner.dt_proj.weight": "dt_proj.weight", "inner.dt_proj.bias": "dt_proj.bias",
+               "inner.A_log": "A_log", "inner.D": "D", "out_proj.weight": "out_proj.weight"}
+    assert set(renames) == set(ours.state_dict())
+    ours.load_state_dict({k: ref.state_dict()[v] for k, v in renames.items()})
+    x = torch.randn(2, 11, D)
+    with torch.no_grad():
+        assert rel_err(ours(x), ref(x)) < 1e-5
+
+
+def test_attention_equals_explicit_softmax():
+    attn = make("attention")
+    x = torch.randn(2, 7, D)
+    q, k, v = attn.in_proj(x).split(D, dim=-1)
+    q, k, v = (t.view(2, 7, 2, 4).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(4)
+    scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    ref = attn.out_proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-6)
+    gqa = MIXERS.get("attention")(D, num_heads=4, num_heads_kv=2)
+    assert gqa(x).shape == x.shape
+    with pytest.raises(ValueError, match="rotary_emb_dim"):
+        MIXERS.get("attention")(D, num_heads=2, rotary_emb_dim=4)
+
+
+def test_mamba_lm_per_layer_mixers_and_errors():
+    cfg = {"layer": ["mamba", {"layer": "h3_s4d", "d_state": 8}, "Mamba1"], "d_state": 4}
+    model = MambaLM(d_model=D, n_layer=3, vocab_size=11, ssm_cfg=cfg)
+    kinds = [type(layer.mixer).__name__ for layer in model.backbone.layers]
+    assert kinds == ["Mamba", "H3S4DMixer", "Mamba"]
+    assert model.backbone.layers[0].mixer.d_state == 4 and model.backbone.layers[1].mixer.inner.d_state == 8
+    model = MambaLM(d_model=D, n_layer=2, vocab_size=11, attn_layer_idx=[1], attn_cfg={"num_heads": 2})
+    assert type(model.backbone.layers[1].mixer).__name__ == "CausalSelfAttention"
+    assert model(torch.randint(0, 11, (2, 5))).shape == (2, 5, 16)
+    with pytest.raises(ValueError, match="did you mean 'hyena'"):
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "hyenna"})
+    with pytest.raises(ValueError, match="lists 1 mixers but n_layer=2"):
+        MambaLM(d_model=D, n_layer=2, vocab_size=11, ssm_cfg={"layer": ["mamba"]})
+    with pytest.raises(ValueError, match="mixer 's4d'.*bogus"):
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "s4d", "bogus": 1})
+
+
+def test_build_block_for_other_backbones():
+    block = build_block(D, {"layer": "nogate_s6", "d_state": 4}, layer_idx=0, d_intermediate=16)
+    h, residual = block(torch.randn(2, 6, D))
+    assert h.shape == residual.shape == (2, 6, D)
+    assert type(block.mixer).__name__ == "NogateS6Mixer" and block.mlp is not None
