@@ -177,3 +177,18 @@ def test_generation_benchmark_quick_mode_runs_and_prints_ratios(capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert out.count("Mamba/Trans ") == 2  # one ratio row per batch size
+
+
+def test_greedy_generation_with_every_kind_of_mixer_equals_the_parallel_argmax():
+    torch.manual_seed(0)
+    layers = ["mamba", "attention", {"layer": "s4d", "d_state": 8},
+              {"layer": "hyena", "l_max": 16, "filter_order": 8, "bands": 2}, "h3_s6", "mamba_s4d"]
+    model = MambaLM(d_model=16, n_layer=len(layers), vocab_size=13, ssm_cfg={"layer": layers},
+                    attn_cfg={"num_heads": 2}).eval()
+    prompt = torch.randint(0, 13, (2, 5))
+    out = model.generate(prompt, max_new_tokens=6, temperature=0)
+    with torch.no_grad():
+        logits = model(out[:, :-1])[..., :13]
+    assert torch.equal(logits[:, 4:].argmax(-1), out[:, 5:])
+    with pytest.raises(ValueError, match="CausalSelfAttention, HyenaInner index their cache by position"):
+        model.generate(prompt, max_new_tokens=2, cg=True)

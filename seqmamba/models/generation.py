@@ -167,6 +167,11 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
 
+    if cg:
+        by_position = sorted({type(m).__name__ for m in model.modules() if getattr(m, "step_reads_offset", False)})
+        if by_position:
+            raise ValueError(f"cg=True: {', '.join(by_position)} index their cache by position, which a captured "
+                             "CUDA graph would freeze at the capture step; decode these models with cg=False")
     if cg and not input_ids.is_cuda:
         raise ValueError("cg=True (CUDA graph decoding) needs the model and input_ids on a CUDA device")
     sequences = torch.full((batch_size, prompt_len + max_new_tokens), pad_token_id, dtype=torch.long,

@@ -22,6 +22,9 @@ from ..registry import MIXERS
 
 @MIXERS.register("attention")
 class CausalSelfAttention(nn.Module):
+    #: a step writes and reads the KV cache at ``seqlen_offset`` (no CUDA-graph decoding)
+    step_reads_offset = True
+
     def __init__(self, d_model: int, num_heads: int = 8, num_heads_kv: Optional[int] = None,
                  head_dim: Optional[int] = None, qkv_proj_bias: bool = True, out_proj_bias: bool = True,
                  softmax_scale: Optional[float] = None, causal: bool = True, rotary_emb_dim: int = 0,

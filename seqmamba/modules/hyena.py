@@ -73,6 +73,9 @@ class ImplicitFilter(nn.Module):
 class HyenaInner(nn.Module):
     """Implicit long convolution over E channels plus a per-channel skip (``bias``)."""
 
+    #: a step writes and reads the input history at ``seqlen_offset`` (no CUDA-graph decoding)
+    step_reads_offset = True
+
     def __init__(self, channels: int, l_max: int = 1024, filter_order: int = 64, bands: int = 4,
                  n_hidden: int = 2, w: float = 1.0, device=None, dtype=None):
         super().__init__()
