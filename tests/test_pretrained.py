@@ -222,3 +222,30 @@ def test_from_pretrained_casts_to_the_requested_dtype_keeping_ssm_params_fp32(tm
     assert mixer.in_proj.weight.dtype == torch.bfloat16 and mixer.A_log.dtype == torch.float32
     ids = torch.randint(0, VOCAB, (1, 12))
     assert rel_err(model(ids).float(), ref_logits(sd, ids)) < 5e-2
+
+
+def test_mamba1_layer_spelling_loads_and_round_trips(tmp_path):
+    """mamba_ssm's ``ssm_cfg={"layer": "Mamba1"}`` builds the "mamba" mixer with the official keys."""
+    sd = official_state_dict()
+    directory = write_official(tmp_path / "official", sd)
+    config = json.loads((directory / "config.json").read_text())
+    config["ssm_cfg"]["layer"] = "Mamba1"
+    (directory / "config.json").write_text(json.dumps(config))
+    model = MambaLM.from_pretrained(directory).eval()
+    plain = MambaLM.from_pretrained(write_official(tmp_path / "plain", sd)).eval()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), plain(ids))
+    model.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["ssm_cfg"]["layer"] == "Mamba1"
+
+
+def test_baseline_mixers_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = MambaLM(d_model=16, n_layer=2, vocab_size=VOCAB,
+                    ssm_cfg={"layer": ["mamba", {"layer": "h3_s4d", "d_state": 8}]}).eval()
+    model.save_pretrained(tmp_path)
+    loaded = MambaLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids))
