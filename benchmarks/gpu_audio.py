@@ -73,11 +73,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--n-gen", type=int, default=64)
     parser.add_argument("--clip", type=int, default=16000)
+    parser.add_argument("--device", default="cuda", help="cpu: a shrunk smoke run of the script itself")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    results = {"device": torch.cuda.get_device_name(0), "args": vars(args)}
+    dev = args.device
+    if dev == "cuda":
+        assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --device cpu for a smoke run)"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    results = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "args": vars(args)}
 
     # 1. demo speech ---------------------------------------------------------------------------------
     data = os.path.join(out, "sc09_demo")
@@ -86,19 +90,19 @@ def main() -> int:
                     "--speakers", str(args.speakers), "--quiet"], check=True)
     results["demo_seconds"] = time.time() - t0
     log(f"demo speech: {args.speakers * 10} clips in {results['demo_seconds']:.1f} s")
-    common = [f"dataset.root={data}", "trainer.device=cuda", "trainer.progress=false", "trainer.num_threads=null"]
+    common = [f"dataset.root={data}", f"trainer.device={dev}", "trainer.progress=false", "trainer.num_threads=null"]
 
     # 2. classifier -------------------------------------------------------------------------------------
     clf_dir = os.path.join(out, "run_classifier")
     ctask, clf, clf_s = train(["task=sc09_classifier", *common, f"trainer.max_steps={args.classifier_steps}",
-                               "trainer.batch_size=64", "trainer.eval_every=100", "trainer.ckpt_every=1000000"],
+                               f"trainer.batch_size={min(64, args.speakers * 8)}", "trainer.eval_every=100", "trainer.ckpt_every=1000000"],
                               clf_dir)
     clf_eval = ctask.eval_checkpoint(clf, clf_dir)
     results["classifier"] = {"seconds": clf_s, "val_acc": clf_eval["val"]["acc"], "test_acc": clf_eval["test"]["acc"]}
     log(f"classifier: val acc {clf_eval['val']['acc']:.4f}, test acc {clf_eval['test']['acc']:.4f} ({clf_s:.0f} s)")
     from seqmamba.models.sc09_classifier import load_sc09_classifier
 
-    classifier = load_sc09_classifier(clf_eval["exported"], "cuda")
+    classifier = load_sc09_classifier(clf_eval["exported"], dev)
 
     # 3. SaShiMi on SC09 ------------------------------------------------------------------------------
     sc_dir = os.path.join(out, "run_sc09")
@@ -107,7 +111,7 @@ def main() -> int:
                                f"trainer.max_steps={args.sc09_steps}", f"trainer.batch_size={args.batch_size}",
                                "trainer.eval_every=200", "trainer.ckpt_every=1000000",
                                f"dataset.clip_length={args.clip}"], sc_dir)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
         val = task.evaluate(model, task.val_sets()["val"])
     n_params = sum(p.numel() for p in model.parameters())
     results["sc09"] = {"seconds": sc_s, "params": n_params, "val_bits_per_sample": val["bits_per_sample"],
@@ -117,17 +121,17 @@ def main() -> int:
 
     # 4. recurrent generation ---------------------------------------------------------------------------
     model.float()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.time()
     gen = task.generate_waves(model, args.n_gen, args.clip, args.n_gen, seed=0)
-    torch.cuda.synchronize()
+    sync()
     gen_s = time.time() - t0
     results["generation"] = {"clips": args.n_gen, "samples_per_clip": args.clip, "seconds": gen_s,
                              "samples_per_s": args.n_gen * args.clip / gen_s, "steps_per_s": args.clip / gen_s}
     log(f"generation: {args.n_gen} x {args.clip} samples in {gen_s:.1f} s = {args.n_gen * args.clip / gen_s:,.0f} samples/s")
     # correctness on the GPU: recurrent logits = parallel logits on a generated prefix (fp32)
     with torch.no_grad():
-        ids = torch.randint(0, task.vocab_size, (2, 256), device="cuda")
+        ids = torch.randint(0, task.vocab_size, (2, 256), device=dev)
         cache = model.allocate_inference_cache(2)
         rec = torch.stack([model.step(ids[:, t], cache) for t in range(256)], 1)
         par = model(ids)
@@ -160,11 +164,11 @@ def main() -> int:
     # 6. generation speed of the paper's 6M model (untrained weights; speed does not depend on them) -----
     from seqmamba.models.sashimi import SaShiMi
 
-    big = SaShiMi(vocab_size=256, d_model=64, n_layers=8).cuda().eval()
-    torch.cuda.synchronize()
+    big = SaShiMi(vocab_size=256, d_model=64, n_layers=8).to(dev).eval()
+    sync()
     t0 = time.time()
-    big.generate(torch.full((args.n_gen, 1), 128, device="cuda"), args.clip, generator=torch.Generator("cuda").manual_seed(0))
-    torch.cuda.synchronize()
+    big.generate(torch.full((args.n_gen, 1), 128, device=dev), args.clip, generator=torch.Generator(dev).manual_seed(0))
+    sync()
     big_s = time.time() - t0
     results["generation_6m"] = {"params": sum(p.numel() for p in big.parameters()), "seconds": big_s,
                                 "samples_per_s": args.n_gen * args.clip / big_s}
