@@ -100,7 +100,20 @@ def test_mamba_lm_per_layer_mixers_and_errors():
     with pytest.raises(ValueError, match="lists 1 mixers but n_layer=2"):
         MambaLM(d_model=D, n_layer=2, vocab_size=11, ssm_cfg={"layer": ["mamba"]})
     with pytest.raises(ValueError, match="mixer 's4d'.*bogus"):
-        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "s4d", "bogus": 1})
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": [{"layer": "s4d", "bogus": 1}]})
+    with pytest.raises(ValueError, match="'d_stat' \\(did you mean 'd_state'\\?\\) are taken by no mixer"):
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "s4d", "d_stat": 8})
+
+
+def test_shared_ssm_cfg_goes_to_the_mixers_that_take_it():
+    """The model config's d_state / d_conv / expand must not break a switch to another mixer."""
+    shared = {"d_state": 8, "d_conv": 3, "expand": 2}
+    model = MambaLM(d_model=D, n_layer=3, vocab_size=11, ssm_cfg={"layer": ["mamba", "attention", "h3_s4d"],
+                                                                  "num_heads": 2, **shared})
+    mamba, attn, h3 = (layer.mixer for layer in model.backbone.layers)
+    assert mamba.d_conv == 3 and attn.num_heads == 2 and h3.inner.d_state == 8 and h3.conv.kernel_size == 3
+    with pytest.warns(UserWarning, match=r"\['d_conv', 'd_state', 'expand'\] are taken by none"):
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "hyena", **shared})
 
 
 def test_build_block_for_other_backbones():

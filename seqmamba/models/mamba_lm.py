@@ -8,7 +8,9 @@ checkpoint loads with no key mapping (see :mod:`seqmamba.models.pretrained`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import warnings
 from functools import partial
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -17,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..modules import InferenceParams, LayerNorm, RMSNorm
-from ..modules.block import build_block, mixer_name
+from ..modules.block import build_block, mixer_kwargs, mixer_name
 from ..modules.norm import add_norm
 from ..registry import BACKBONES
 from . import pretrained
@@ -47,7 +49,15 @@ def _init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.
 
 def layer_mixer_cfgs(n_layer: int, ssm_cfg: Optional[Mapping] = None, attn_layer_idx=(),
                      attn_cfg: Optional[Mapping] = None) -> List[Dict[str, Any]]:
-    """One mixer config ``{"layer": MIXERS name, **kwargs}`` per layer (rules in :mod:`.config`)."""
+    """One mixer config ``{"layer": MIXERS name, **kwargs}`` per layer (rules in :mod:`.config`).
+
+    Keys of a per-layer entry go to that layer and must be ones its mixer takes. Shared ``ssm_cfg`` keys
+    go to every layer whose mixer takes them (so ``d_conv`` / ``expand`` from the model config do not
+    break an "s4d" layer); a shared key no registered mixer takes is an error (a typo), one that no
+    layer of this model takes is dropped with a warning.
+    """
+    from ..registry import MIXERS
+
     shared = dict(ssm_cfg or {})
     layer = shared.pop("layer", "mamba")
     if isinstance(layer, (list, tuple)):
@@ -56,18 +66,39 @@ def layer_mixer_cfgs(n_layer: int, ssm_cfg: Optional[Mapping] = None, attn_layer
         entries = list(layer)
     else:
         entries = [layer] * n_layer
-    cfgs = []
+    cfgs, used = [], set()
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             entry = {"layer": entry}
         elif not isinstance(entry, Mapping):
             raise ValueError(f"MambaLM: ssm_cfg['layer'][{i}] must be a mixer name or a mapping, got {entry!r}")
         entry = dict(entry)
-        cfgs.append({**shared, **entry, "layer": mixer_name(str(entry.get("layer", "mamba")))})
+        name = mixer_name(str(entry.pop("layer", "mamba")))
+        if name not in MIXERS:
+            try:
+                MIXERS.get(name)
+            except KeyError as err:  # unknown: the known names and the closest one
+                raise ValueError(f"MambaLM layer {i}: {err}") from None
+        accepted = mixer_kwargs(name)
+        take = {k: v for k, v in shared.items() if accepted is None or k in accepted}
+        used |= set(take)
+        cfgs.append({**take, **entry, "layer": name})
     for i in attn_layer_idx or ():
         if not isinstance(i, int) or not 0 <= i < n_layer:
             raise ValueError(f"MambaLM: attn_layer_idx has {i!r}; expected layer indices in [0, {n_layer})")
         cfgs[i] = {"layer": "attention", **dict(attn_cfg or {})}
+    unused = sorted(set(shared) - used)
+    if unused:
+        known = set()
+        for name in MIXERS.names():
+            known |= mixer_kwargs(name) or set()
+        typos = [k for k in unused if k not in known]
+        if typos:
+            close = {k: difflib.get_close_matches(k, sorted(known), n=1) for k in typos}
+            hints = "; ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+            raise ValueError(f"MambaLM: ssm_cfg key(s) {hints} are taken by no mixer")
+        warnings.warn(f"MambaLM: ssm_cfg key(s) {unused} are taken by none of this model's mixers "
+                      f"({sorted({c['layer'] for c in cfgs})}); ignored")
     return cfgs
 
 

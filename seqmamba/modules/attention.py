@@ -25,11 +25,17 @@ class CausalSelfAttention(nn.Module):
     #: a step writes and reads the KV cache at ``seqlen_offset`` (no CUDA-graph decoding)
     step_reads_offset = True
 
+    @classmethod
+    def accepted_kwargs(cls):
+        """Keys taken from a shared ``ssm_cfg`` (mamba_ssm's MHA conv / MLP options only when given explicitly)."""
+        return {"num_heads", "num_heads_kv", "head_dim", "qkv_proj_bias", "out_proj_bias", "softmax_scale", "causal",
+                "rotary_emb_dim", "rotary_emb_base", "rotary_emb_interleaved"}
+
     def __init__(self, d_model: int, num_heads: int = 8, num_heads_kv: Optional[int] = None,
                  head_dim: Optional[int] = None, qkv_proj_bias: bool = True, out_proj_bias: bool = True,
                  softmax_scale: Optional[float] = None, causal: bool = True, rotary_emb_dim: int = 0,
-                 d_conv: int = 0, mlp_dim: int = 0, layer_idx: Optional[int] = None, device=None, dtype=None,
-                 **ignored_mamba_ssm_keys):
+                 d_conv: int = 0, mlp_dim: int = 0, rotary_emb_base: float = 10000.0,
+                 rotary_emb_interleaved: bool = False, layer_idx: Optional[int] = None, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         if not causal:
@@ -45,10 +51,6 @@ class CausalSelfAttention(nn.Module):
                 raise ValueError(f"attention mixer: d_model={d_model} is not divisible by num_heads={num_heads}; "
                                  "set head_dim")
             head_dim = d_model // num_heads
-        if ignored_mamba_ssm_keys:
-            unknown = sorted(set(ignored_mamba_ssm_keys) - {"rotary_emb_base", "rotary_emb_interleaved"})
-            if unknown:
-                raise TypeError(f"unexpected argument(s) {unknown}")
         self.d_model, self.num_heads, self.num_heads_kv, self.head_dim = d_model, num_heads, num_heads_kv, head_dim
         self.softmax_scale = softmax_scale
         self.layer_idx = layer_idx

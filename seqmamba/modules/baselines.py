@@ -130,6 +130,14 @@ class GatedMixer(nn.Module):
         self.inner = build_inner(self.inner_kind, E, **factory, **inner_kwargs)
         self.out_proj = nn.Linear(E, d_model, bias=False, **factory)
 
+    @classmethod
+    def accepted_kwargs(cls):
+        import inspect
+
+        inner_cls = {"s4d": S4DInner, "hyena": HyenaInner, "s6": S6Inner}[cls.inner_kind]
+        inner = set(inspect.signature(inner_cls.__init__).parameters) - {"self", "channels", "device", "dtype"}
+        return inner | {"expand", "d_conv"}
+
     def forward(self, hidden_states: torch.Tensor, inference_params=None, **kwargs) -> torch.Tensor:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise ValueError(f"{type(self).__name__}: hidden_states has shape {tuple(hidden_states.shape)}, "

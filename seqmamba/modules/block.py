@@ -60,6 +60,23 @@ def mixer_name(name: str) -> str:
     return MIXER_ALIASES.get(name, name)
 
 
+def mixer_kwargs(name: str) -> Optional[set]:
+    """The constructor keywords the mixer ``name`` takes (None: any). A mixer class may define
+    ``accepted_kwargs()`` when its signature forwards ``**kwargs`` (Table 1's mixers pass them to the inner layer)."""
+    import inspect
+
+    from .. import modules as _modules  # noqa: F401
+    from ..registry import MIXERS
+
+    cls = MIXERS.get(mixer_name(name))
+    if hasattr(cls, "accepted_kwargs"):
+        return set(cls.accepted_kwargs())
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != "self"} - {"d_model", "layer_idx", "device", "dtype"}
+
+
 def mixer_factory(mixer_cfg: Union[str, Mapping, None], layer_idx: Optional[int] = None,
                   device=None, dtype=None) -> Callable[[int], nn.Module]:
     """``d_model -> mixer module`` for a mixer config: a MIXERS name or ``{"layer": name, **kwargs}``.
