@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 S4D_INITS = ("lin", "inv", "real")
 
@@ -125,12 +126,31 @@ class S4DInner(nn.Module):
         dB = (dA - 1) / A
         return dA, dB, C, factor
 
+    #: lags per block of the kernel's Vandermonde product: a block holds (E, M, kernel_block) complex
+    #: powers, and under autograd each block is recomputed in backward (torch.utils.checkpoint), so the
+    #: kernel of a 2^20 sequence never holds (E, M, L) at once
+    kernel_block: int = 4096
+
     def kernel(self, L: int) -> torch.Tensor:
         """K (E, L) fp32: ``K_l = f Re(sum_m C_m dB_m dA_m^l)``, through exp(l * dt A) (Vandermonde)."""
         dA, dB, C, factor = self.discrete()
         dtA = torch.exp(self.log_dt.float())[:, None] * self._A()  # log dA, without a complex log's branch cut
-        powers = torch.exp(dtA[..., None] * torch.arange(L, device=dtA.device, dtype=torch.float32))  # (E, M, L)
-        return factor * torch.einsum("em,eml->el", C * dB, powers).real
+        CdB = C * dB
+
+        def block(CdB: torch.Tensor, dtA: torch.Tensor, start: int, n: int) -> torch.Tensor:
+            lags = torch.arange(n, device=dtA.device, dtype=torch.float32)
+            powers = torch.exp(dtA[..., None] * lags)  # (E, M, n)
+            return factor * torch.einsum("em,eml->el", CdB * torch.exp(dtA * start), powers).real
+
+        if L <= self.kernel_block:
+            return block(CdB, dtA, 0, L)
+        grad = torch.is_grad_enabled() and (CdB.requires_grad or dtA.requires_grad)
+        parts = []
+        for start in range(0, L, self.kernel_block):
+            n = min(self.kernel_block, L - start)
+            parts.append(checkpoint(block, CdB, dtA, start, n, use_reentrant=False) if grad
+                         else block(CdB, dtA, start, n))
+        return torch.cat(parts, dim=-1)
 
     def _A(self) -> torch.Tensor:
         A_re = -torch.exp(self.A_real_log.float())
