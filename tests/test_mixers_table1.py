@@ -121,3 +121,13 @@ def test_build_block_for_other_backbones():
     h, residual = block(torch.randn(2, 6, D))
     assert h.shape == residual.shape == (2, 6, D)
     assert type(block.mixer).__name__ == "NogateS6Mixer" and block.mlp is not None
+
+
+def test_mamba_lm_weight_init_keeps_the_inner_layers_own_biases():
+    """MambaLM's _init_weights zeroes Linear biases; dt_proj's inverse-softplus bias and the Hyena filter's
+    MLP biases must survive it (a zero dt bias would start every S6 channel at dt = softplus(0))."""
+    model = MambaLM(d_model=D, n_layer=2, vocab_size=11, ssm_cfg={"layer": ["mamba_s6", "hyena"]})
+    s6, hyena = model.backbone.layers[0].mixer, model.backbone.layers[1].mixer
+    dt = torch.nn.functional.softplus(s6.inner.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.std() > 0
+    assert hyena.inner.filter.mlp[0].bias.abs().sum() > 0
