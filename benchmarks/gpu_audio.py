@@ -139,7 +139,7 @@ def main() -> int:
     results["recurrent_vs_parallel_max_rel_err"] = rel
     log(f"recurrent vs parallel logits (fp32, 256 steps): max rel err {rel:.2e}")
 
-    from tasks.sc09 import classifier_outputs, spectrogram_grid, write_wavs
+    from seqmamba.tasks.sc09 import classifier_outputs, spectrogram_grid, write_wavs
     from seqmamba.data.sc09 import dequantize
     from seqmamba.metrics import score_samples
 

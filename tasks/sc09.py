@@ -29,7 +29,7 @@ import torch
 
 from seqmamba.atomic_write import atomic_open
 from seqmamba.config_checks import check_choice, check_int, config_get
-from seqmamba.data.sc09 import SC09Dataset, dequantize, silence_token
+from seqmamba.data.sc09 import SC09Dataset, dequantize, ensure_demo_folder, silence_token
 from seqmamba.models import sashimi as _sashimi  # noqa: F401  (registers BACKBONES "sashimi")
 from seqmamba.registry import TASKS
 
@@ -44,8 +44,11 @@ def dataset_from_cfg(cfg: Mapping, split: str, max_clips: Optional[int] = None, 
     if not root:
         raise ValueError("dataset.root is not set: give the SC09 folder, e.g. dataset.root=data/sc09 "
                          "(make one offline with: python data_scripts/make_demo_speech.py --out data/sc09_demo)")
+    root = os.path.expanduser(str(root))
+    if config_get(cfg, "dataset.make_demo", False):
+        root = ensure_demo_folder(root)
     return SC09Dataset(
-        os.path.expanduser(str(root)), split,
+        root, split,
         bits=int(bits if bits is not None else config_get(cfg, "dataset.bits", 8)),
         quantization=str(quantization or config_get(cfg, "dataset.quantization", "mu-law")),
         sample_rate=int(config_get(cfg, "dataset.sample_rate", 16000)),

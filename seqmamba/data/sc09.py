@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..registry import DATASETS
+
 IGNORE_INDEX = -100
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "val", "test")
@@ -185,6 +187,7 @@ class SC09Config:
     resample: bool = False
 
 
+@DATASETS.register("sc09")
 class SC09Dataset:
     """One split of an SC09 folder, loaded into memory as quantised clips.
 
@@ -255,3 +258,24 @@ class SC09Dataset:
         targets[positions[None, :] >= self.lengths[idx][:, None]] = IGNORE_INDEX
         inputs = torch.cat([torch.full((len(idx), 1), self.silence, dtype=torch.long), q[:, :-1]], dim=1)
         return inputs, targets
+
+
+def ensure_demo_folder(root: str, speakers: int = 3, seed: int = 0) -> str:
+    """``root`` if it exists, else a demo-speech folder written there (built under a temporary name and
+    renamed, so concurrent callers never see half a folder). For tests and zero-setup trials."""
+    if os.path.isdir(root):
+        return root
+    import shutil
+    import tempfile
+
+    from .demo_speech import write_demo_speech
+
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".sc09_demo_", dir=parent)
+    write_demo_speech(tmp, speakers=speakers, engine="formant", seed=seed, progress=False)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import BACKBONES
+
 KIND = "sc09_mel_cnn"
 
 
+@BACKBONES.register("sc09_mel_cnn")
 class MelCNNClassifier(nn.Module):
     def __init__(self, n_classes: int = 10, sample_rate: int = 16000, n_mels: int = 64, n_fft: int = 480,
                  hop_length: int = 160, channels: Sequence[int] = (32, 64, 128, 128), feature_dim: int = 128,
