@@ -139,3 +139,14 @@ def test_blocked_kernel_equals_one_block_with_gradients():
     assert rel_err(y_blk, y_one) < 1e-5
     for a, b in zip(g_blk, g_one):
         assert rel_err(a, b) < 1e-4
+
+
+def test_chunks_longer_than_a_kernel_block_carry_the_state():
+    layer = S4DInner(3, d_state=8)
+    layer.kernel_block = 8
+    u = torch.randn(2, 3, 45)
+    with torch.no_grad():
+        y = layer(u)
+        cache = layer.allocate(2)
+        chunks = torch.cat([layer(u[..., a:b], cache, a) for a, b in [(0, 19), (19, 20), (20, 45)]], dim=-1)
+    assert rel_err(chunks, y) < RTOL

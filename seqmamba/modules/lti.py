@@ -165,20 +165,30 @@ class S4DInner(nn.Module):
             return self.step(u[..., 0], cache[key])[..., None]
         y = fft_causal_conv(u, self.kernel(L)) + self.D.float()[:, None] * u.float()
         if cache is not None:
-            dA, dB, C, factor = self.discrete()
-            state = cache[key] if offset > 0 else None
-            t = torch.arange(L, device=u.device, dtype=torch.float32)
-            log_dA = self._A() * torch.exp(self.log_dt.float())[:, None]  # dt A = log dA
-            if state is not None:  # y_k += f Re(sum_m C_m dA_m^(k+1) s_m)
-                decay = torch.exp(log_dA[..., None] * (t + 1))  # (E, M, L)
-                y = y + factor * torch.einsum("em,bem,eml->bel", C, state, decay).real
-            # s_L = dA^L s + sum_j dA^(L-1-j) dB u_j
-            weights = dB[..., None] * torch.exp(log_dA[..., None] * (L - 1 - t))  # (E, M, L)
-            new_state = torch.einsum("eml,bel->bem", weights, u.float().to(weights.dtype))
-            if state is not None:
-                new_state = new_state + torch.exp(log_dA * L) * state
-            cache[key].copy_(new_state)
+            y = y + self._carry(u, cache, key, offset)
         return y.to(u.dtype)
+
+    def _carry(self, u: torch.Tensor, cache: Dict[str, torch.Tensor], key: str, offset: int) -> torch.Tensor:
+        """The carried state's contribution to this chunk's outputs (0 at offset 0), and the state after
+        the chunk written into ``cache[key]``; in blocks of ``kernel_block`` lags (no (E, M, L) tensor)."""
+        _, dB, C, factor = self.discrete()
+        state = cache[key] if offset > 0 else None
+        L = u.shape[-1]
+        log_dA = self._A() * torch.exp(self.log_dt.float())[:, None]  # dt A = log dA
+        u_c = u.float().to(torch.complex64)
+        carried, new_state = [], torch.zeros_like(cache[key])
+        for start in range(0, L, self.kernel_block):
+            t = torch.arange(start, min(start + self.kernel_block, L), device=u.device, dtype=torch.float32)
+            if state is not None:  # y_k += f Re(sum_m C_m dA_m^(k+1) s_m)
+                decay = torch.exp(log_dA[..., None] * (t + 1))  # (E, M, block)
+                carried.append(factor * torch.einsum("em,bem,eml->bel", C, state, decay).real)
+            # s_L = dA^L s + sum_j dA^(L-1-j) dB u_j
+            weights = dB[..., None] * torch.exp(log_dA[..., None] * (L - 1 - t))
+            new_state = new_state + torch.einsum("eml,bel->bem", weights, u_c[..., start:start + t.numel()])
+        if state is not None:
+            new_state = new_state + torch.exp(log_dA * L) * state
+        cache[key].copy_(new_state)
+        return torch.cat(carried, dim=-1) if carried else torch.zeros((), device=u.device)
 
     def step(self, u: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """One step: u (B, E) -> y (B, E); ``state`` (B, E, M) complex64 updated in place."""
