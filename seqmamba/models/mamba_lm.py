@@ -1,4 +1,6 @@
-"""MambaLM: token embedding -> Mamba blocks -> final norm -> tied LM head.
+"""MambaLM: token embedding -> residual blocks (each layer's mixer from MIXERS, Mamba by default) ->
+final norm -> tied LM head. Hidden states: ``features()``; per-block activation checkpointing:
+``set_activation_checkpointing()``; chunked inference: :mod:`seqmamba.models.chunked`.
 
 A drop-in for mamba_ssm's ``MambaLMHeadModel``: the same config fields, vocabulary padding, weight
 initialisation and state_dict keys (``backbone.embedding.weight``, ``backbone.layers.{i}.mixer.*``,
