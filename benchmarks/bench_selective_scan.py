@@ -11,11 +11,18 @@ importable, else the anchor table measured on an H100 80GB HBM3). Also times the
     python benchmarks/bench_selective_scan.py            # the table
     python benchmarks/bench_selective_scan.py --sweep    # pick launch configs at (8, 1536, 4096), then the table
     python benchmarks/bench_selective_scan.py --layout block   # the Mamba block's layouts: check, sweep, table
+    python benchmarks/bench_selective_scan.py --attention      # also: scan vs SDPA flash attention, same run
+
+Every row also shows the forward's share of its exp floor: one exp2 per state element (batch*dim*L*N of them) on
+the special-function units, 16 per clock per SM on sm_80 / sm_90 (CUDA C programming guide, arithmetic
+instruction throughput), at the SM clock nvidia-smi reports as the maximum. H200 / H100 SXM: 132 SMs x 1980 MHz
+x 16 = 4.18e12 exp2/s, so (8, 1536, 4096) has a floor of 0.193 ms.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 
 import torch
@@ -33,6 +40,26 @@ ANCHOR_MS = {(8, 1536, 1024): (0.226, 1.145), (8, 1536, 4096): (0.886, 4.547), (
              (2, 1536, 65536): (4.387, 19.501), (1, 1536, 262144): (8.952, 40.246),
              (1, 1536, 1048576): (36.019, 163.220), (16, 2048, 2048): (1.170, 5.987)}
 ANCHOR_DECODE_US = {1: 1.52, 64: 4.98}
+
+
+SFU_EXP2_PER_CLOCK_PER_SM = 16  # sm_80 / sm_90: MUFU.EX2 throughput per SM per clock
+
+
+def sm_clock_mhz() -> float:
+    """The GPU's maximum SM clock (nvidia-smi), or 1980 MHz (H100 / H200 SXM boost) if it cannot be read."""
+    try:
+        text = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20).stdout
+        return float(text.split()[0])
+    except Exception:
+        return 1980.0
+
+
+def exp_floor_ms(batch, dim, L, N=None) -> float:
+    """Time for batch*dim*L*N exp2 on the special-function units of the current GPU."""
+    N = N_STATE if N is None else N
+    rate = SFU_EXP2_PER_CLOCK_PER_SM * torch.cuda.get_device_properties(0).multi_processor_count * sm_clock_mhz() * 1e6
+    return batch * dim * L * N / rate * 1e3
 
 
 def bench_ms(fn, rep=200):
@@ -299,6 +326,83 @@ def block_layout_table(sweep_first: bool):
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} |")
 
 
+def split_l_table(batch=1, dim=256, L=2 ** 20, segment_counts=(1, 8, 16, 32, 64, 128)):
+    """Issue 9: the inference forward with L split across programs (scan_forward_split) against one pass over L,
+    at a shape where batch x channels cannot fill the GPU (256 programs on 132 SMs): ms per forward, and the
+    largest relative difference to the one-pass output."""
+    inputs = make_inputs(batch, dim, L)
+    rows = []
+    ref = None
+    for segments in segment_counts:
+        scan_launch.FORCE_SEGMENTS = segments
+        fwd, _ = scan_fns(inputs, "triton")
+        out = fwd()
+        ref = out if ref is None else ref
+        rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float())))
+        print(rows[-1], flush=True)
+    scan_launch.FORCE_SEGMENTS = None
+    rule = scan_launch.split_segments(batch, dim, L, torch.device("cuda"), False)
+    print(f"\nsplit L across programs, forward (no grad), ({batch}, {dim}, {L}) bf16; GPU {torch.cuda.get_device_name()}; "
+          f"the current rule picks {rule} segment(s) (FWD_CONFIG split_programs_per_sm="
+          f"{scan_launch.FWD_CONFIG.get('split_programs_per_sm', 0)}); exp floor (one pass) "
+          f"{exp_floor_ms(batch, dim, L):.3f} ms")
+    print("| segments | fwd ms | vs one pass | rel. diff to one pass |")
+    print("|---|---|---|---|")
+    for segments, ms, diff in rows:
+        print(f"| {segments} | {ms:.3f} | {rows[0][1] / ms:.2f}x | {diff:.1e} |")
+    return rows
+
+
+ATTENTION_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+
+
+def attention_fns(batch, heads, L, head_dim=64, dtype=torch.bfloat16):
+    """(forward under no_grad, forward + backward) of PyTorch SDPA, causal, restricted to the flash backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, L, head_dim, device="cuda", generator=g, dtype=dtype) for _ in range(3))
+    dout = torch.randn_like(q)
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+
+    def fwd():
+        with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def fwd_bwd():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = torch.nn.functional.scaled_dot_product_attention(*leaves, is_causal=True)
+        return torch.autograd.grad(out, leaves, dout)
+
+    return fwd, fwd_bwd
+
+
+def attention_table(batch=8, dim=1536, heads=12, lengths=ATTENTION_LENGTHS):
+    """The scan at (batch, dim, L) against SDPA flash attention at (batch, heads, L, 64), causal, bf16, same run:
+    issue 9's comparison (the paper's claim: the scan beats attention from 2K tokens)."""
+    rows = []
+    for L in lengths:
+        inputs = make_inputs(batch, dim, L)
+        s_fwd, s_fb = scan_fns(inputs, "triton")
+        scan = (bench_ms(s_fwd), bench_ms(s_fb, rep=100))
+        del inputs, s_fwd, s_fb
+        a_fwd, a_fb = attention_fns(batch, heads, L)
+        attn = (bench_ms(a_fwd), bench_ms(a_fb, rep=100))
+        del a_fwd, a_fb
+        torch.cuda.empty_cache()
+        rows.append((L, *scan, *attn, exp_floor_ms(batch, dim, L)))
+        print(rows[-1], flush=True)
+    print(f"\nscan ({batch}, {dim}, L) vs SDPA flash attention ({batch}, {heads} heads, L, 64) causal, bf16; "
+          f"GPU {torch.cuda.get_device_name()}")
+    print("| L | scan fwd ms | attention fwd ms | scan / attention fwd | scan fwd+bwd ms | attention fwd+bwd ms "
+          "| scan / attention fwd+bwd | scan fwd % of exp floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for L, sf, sfb, af, afb, floor in rows:
+        print(f"| {L} | {sf:.3f} | {af:.3f} | {sf / af:.2f} | {sfb:.3f} | {afb:.3f} | {sfb / afb:.2f} "
+              f"| {100 * floor / sf:.0f}% |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--layout", choices=["contiguous", "block"], default="contiguous",
@@ -307,6 +411,11 @@ def main():
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,1,6")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--attention", action="store_true",
+                        help="also time SDPA flash attention at (8, 12 heads, L, 64) causal beside the scan")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode-step timings")
+    parser.add_argument("--split-l", action="store_true",
+                        help="also time the forward with L split across programs at (1, 256, 2^20)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_selective_scan.py needs a CUDA GPU")
@@ -347,31 +456,38 @@ def main():
             base, source, m_peak, m_queued = ANCHOR_MS[(batch, dim, L)], "anchor", "-", None
         rows.append((f"{batch},{dim},{L}", fwd_ms, fb_ms, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd_gbs,
                      100 * bwd_gbs / copy_gbs, peak, ref_ratio, base[0] / fwd_ms, base[1] / fb_ms, source, m_peak,
-                     base[0], base[1], fb_queued, m_queued))
+                     base[0], base[1], fb_queued, m_queued, 100 * exp_floor_ms(batch, dim, L) / fwd_ms))
         del inputs, fwd, fwd_bwd
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
-    dec = {b: decode_us(b) for b in (1, 64)}
-    mamba_decode = mamba_decode_fn()
+    dec = {b: decode_us(b) for b in (1, 64)} if not args.no_decode else {}
+    mamba_decode = mamba_decode_fn() if not args.no_decode else None
     dec_mamba = {b: decode_us(b, impl=mamba_decode) for b in (1, 64)} if mamba_decode is not None else {}
 
     print(f"\nGPU: {gpu}; copy bandwidth {copy_gbs:.0f} GB/s (read+write); torch {torch.__version__}, "
-          f"triton {triton.__version__}; mamba_ssm {'measured' if have_mamba else 'not importable: anchor table'}")
+          f"triton {triton.__version__}; mamba_ssm {'measured' if have_mamba else 'not importable: anchor table'}; "
+          f"exp floor at {sm_clock_mhz():.0f} MHz x {torch.cuda.get_device_properties(0).multi_processor_count} SMs x "
+          f"{SFU_EXP2_PER_CLOCK_PER_SM} exp2/clock")
     print("| (batch, dim, L) | fwd ms | fwd+bwd ms | fwd GB/s | fwd % copy | bwd GB/s | bwd % copy | peak GB "
           "| mamba_ssm fwd / fwd+bwd ms, peak GB | vs reference | speedup vs mamba_ssm fwd | fwd+bwd "
-          "| fwd+bwd GPU time, host ahead (ours / mamba_ssm ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fwd+bwd GPU time, host ahead (ours / mamba_ssm ms) | fwd % of exp floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         queued = (f"{r[15]:.3f} / " + (f"{r[16]:.3f} ({r[16] / r[15]:.2f}x)" if r[16] is not None else "-")
                   if r[15] is not None else "-")
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.0f} | {r[4]:.1f}% | {r[5]:.0f} | {r[6]:.1f}% | {r[7]:.2f} "
-              f"| {r[13]:.3f} / {r[14]:.3f}, {r[12]} ({r[11]}) | {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x | {queued} |")
+              f"| {r[13]:.3f} / {r[14]:.3f}, {r[12]} ({r[11]}) | {r[8]} | {r[9]:.2f}x | {r[10]:.2f}x | {queued} "
+              f"| {r[17]:.0f}% |")
     for b, d in dec.items():
         base = (f"mamba_ssm measured {dec_mamba[b][100]:.2f} us ({dec_mamba[b][100] / d[100]:.2f}x), "
                 f"{dec_mamba[b][1]:.2f} us with one" if b in dec_mamba else "mamba_ssm not importable")
         print(f"decode step batch {b}, dim 1536, N 16, CUDA graph: {d[100]:.2f} us per step with 100 steps per graph, "
               f"{d[1]:.2f} us with one (graph launch included); eager {d['eager']:.1f} us; {base}; "
               f"anchor table {ANCHOR_DECODE_US[b]} us")
+    if args.split_l:
+        split_l_table()
+    if args.attention:
+        attention_table()
 
 
 if __name__ == "__main__":

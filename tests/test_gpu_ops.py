@@ -289,3 +289,27 @@ def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L):
         ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
                                            return_last_state=True)
     assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4
+
+
+@pytest.mark.parametrize("segments", [8, 64])
+def test_gpu_scan_forward_with_L_split_across_programs_matches_one_pass_and_reference(monkeypatch, segments):
+    """Issue 9's split of L across programs (inference forward): at (1, 256, 2^20) the same out / last state as one
+    pass over L, and at (2, 256, 20011) (a tail after the segments; initial state given) within 1e-4 of float64,
+    with delta small enough (softplus(-9 + ...)) that a segment's decay is near 1 and the carried states matter."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    inputs = scan_inputs(1, 256, 2 ** 20, dtype=torch.float32, time_major=False)
+    with torch.no_grad():
+        monkeypatch.setattr(kernels, "FORCE_SEGMENTS", 1)
+        out1, last1 = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+        monkeypatch.setattr(kernels, "FORCE_SEGMENTS", segments)
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+    assert rel_err(out, out1) < 1e-4 and rel_err(last, last1) < 1e-4
+    del inputs, out1, out
+    inputs = scan_inputs(2, 256, 20011, dtype=torch.float32, time_major=True, seed=1)
+    inputs["initial_state"] = torch.randn(2, 256, 16, device="cuda")
+    inputs["delta"] = inputs["delta"] - 6.0
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
+                                           return_last_state=True)
+    assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4

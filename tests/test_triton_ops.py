@@ -428,3 +428,26 @@ def test_triton_scan_dA_at_one_step_is_exact_zero_without_state_and_carries_a_ti
         tri, ref = float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
         if scale is None:
             assert torch.count_nonzero(tri[2]["A"]) == 0 and torch.count_nonzero(ref[2]["A"]) == 0
+
+
+@pytest.mark.parametrize("L,bc_layout,time_major,delta_shift", [(64, "variable", False, 0.0),
+                                                                (87, "grouped", True, -6.0),
+                                                                (87, "constant", False, -6.0)])
+def test_triton_scan_forward_with_L_split_across_programs_matches_float64_reference(monkeypatch, short_chunks, L,
+                                                                                    bc_layout, time_major,
+                                                                                    delta_shift):
+    """The inference forward cut into 4 segments (16-step chunks inside each), end states from zero, carried
+    across segments, scanned again; L = 87 leaves a 3-step tail after 4 x 21 steps. Initial state given. With
+    delta shifted by -6 before the softplus a segment's decay is ~0.95, so the carried states matter."""
+    monkeypatch.setattr(scan_launch, "FORCE_SEGMENTS", 4)
+    batch, dim, N = 2, 4, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L, time_major=time_major)
+    inputs["delta"] = inputs["delta"] + delta_shift
+    args = {k: v.to(DEVICE) for k, v in inputs.items()}
+    assert scan_launch.split_segments(batch, dim, L, args["u"].device, save_states=False) == 4
+    with torch.no_grad():
+        out, last = scan_autograd.selective_scan_triton(**args, delta_softplus=True, return_last_state=True)
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in args.items()}, delta_softplus=True,
+                                           return_last_state=True)
+    assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
+    assert scan_launch.split_segments(batch, dim, L, args["u"].device, save_states=True) == 1

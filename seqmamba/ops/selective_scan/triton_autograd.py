@@ -9,7 +9,7 @@ import torch
 
 from ..backend import records_autograd
 from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
-                            is_block_layout, scan_backward, scan_forward)
+                            is_block_layout, scan_backward, scan_forward, scan_forward_split, split_segments)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -145,6 +145,11 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         out, last_state = _SelectiveScanEager.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                     initial_state, True)
     else:
-        out, last_state, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                          initial_state, False)
+        segments = split_segments(u.shape[0], u.shape[1], u.shape[2], u.device, False)
+        if segments > 1:  # few programs for the GPU: L split across programs
+            out, last_state = scan_forward_split(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                                 initial_state, segments)
+        else:
+            out, last_state, _ = scan_forward(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                              initial_state, False)
     return (out, last_state) if return_last_state else out

@@ -148,9 +148,10 @@ def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return empty((1,), ref.device, torch.float32)
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states, out=None):
     """Runs the forward kernel. Returns (out, last_state, chunk_states); chunk_states holds the state
-    entering each of the backward's chunks when save_states, else a placeholder."""
+    entering each of the backward's chunks when save_states, else a placeholder. ``out``: a (batch, dim, L)
+    tensor (any strides) to write into instead of a new one."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
@@ -165,7 +166,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
             T = T_bwd
         saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
     n_chunks = _n_chunks(L, T)
-    out = _empty_like_layout(u, block_layout)
+    if out is None:
+        out = _empty_like_layout(u, block_layout)
     # Two slots that carry the state between chunks inside the kernel (slot 0 starts as the initial state);
     # the last state ends in slot n_chunks % 2.
     state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
@@ -188,6 +190,79 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
              PREFETCH=prefetch),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
+
+
+def split_segments(batch: int, dim: int, L: int, device: torch.device, save_states: bool) -> int:
+    """How many segments ``scan_forward_split`` cuts each sequence into (1: don't split), by FWD_CONFIG's
+    ``split_programs_per_sm`` (absent or 0: never): with fewer programs than that many per SM, the smallest power
+    of two of segments that reaches it, each at least ``split_min_len`` steps long. Only without saved states
+    (the inference forward) and on CUDA."""
+    if save_states:
+        return 1
+    if FORCE_SEGMENTS is not None:
+        return FORCE_SEGMENTS
+    target = FWD_CONFIG.get("split_programs_per_sm", 0)
+    if not target or device.type != "cuda":
+        return 1
+    programs = batch * dim
+    want = target * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    segments = 1
+    while programs * segments < want and L // (2 * segments) >= FWD_CONFIG.get("split_min_len", 4096):
+        segments *= 2
+    return segments
+
+
+# Tests and benchmarks set this to force a number of segments (None: the rule above).
+FORCE_SEGMENTS: Optional[int] = None
+
+
+def _segment_view(t: torch.Tensor, row: int, segments: int, seg_len: int) -> torch.Tensor:
+    """Batch row ``row`` of a (batch, ..., L) tensor as (segments, ..., seg_len): segment s holds steps
+    [s seg_len, (s + 1) seg_len) (a strided view, no copy)."""
+    size = (segments, *t.shape[1:-1], seg_len)
+    stride = (seg_len * t.stride(-1), *t.stride()[1:])
+    return t.as_strided(size, stride, t.storage_offset() + row * t.stride(0))
+
+
+def scan_forward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments):
+    """The inference forward with L split across programs, for when batch x channels cannot fill the GPU.
+
+    Each sequence is cut into ``segments`` equal segments (a shorter tail runs last, on its own), scanned as a
+    batch of independent sequences: (1) from a zero state, for each segment's end state h0_s; (2) the states
+    entering the segments follow by h_{s+1} = P_s h_s + h0_s with P_s = exp(A sum_{t in s} delta_t) (a short
+    loop over segments on (dim, N) tensors); (3) scanned again from those states, writing out. Twice the forward's
+    arithmetic, on segments times as many programs. Returns (out, last_state) like ``scan_forward``."""
+    batch, dim, L = u.shape
+    seg_len = L // segments
+    main = segments * seg_len
+    out = _empty_like_layout(u, is_block_layout(u, delta, z))
+    last = empty((batch, dim, A.shape[1]), u.device, torch.float32)
+    A32 = A.float()
+    for row in range(batch):
+        view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
+        args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus]
+        seg_out = view(out)
+        _, h0, _ = scan_forward(*args, None, False, out=seg_out)                     # (1) end states from zero
+        d = delta[row, :, :main].float()
+        if delta_bias is not None:
+            d = d + delta_bias.float()[:, None]
+        if delta_softplus:
+            d = torch.nn.functional.softplus(d)
+        decay = torch.exp(d.reshape(dim, segments, seg_len).sum(-1).t()[:, :, None] * A32)  # (segments, dim, N)
+        h_in = empty(h0.shape, u.device, torch.float32)                                 # (2) carry across
+        h = initial_state[row].float() if initial_state is not None else torch.zeros_like(h0[0])
+        for s in range(segments):
+            h_in[s] = h
+            h = torch.addcmul(h0[s], decay[s], h)
+        _, h_seg, _ = scan_forward(*args, h_in, False, out=seg_out)                  # (3) out from the true states
+        h_last = h_seg[segments - 1]
+        if main < L:  # the tail
+            tail = lambda t: t[row:row + 1, ..., main:] if t is not None and t.dim() >= 3 else t  # noqa: E731
+            _, h_tail, _ = scan_forward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias,
+                                        delta_softplus, h_last[None], False, out=tail(out))
+            h_last = h_tail[0]
+        last[row] = h_last
+    return out, last
 
 
 def _input_grads_like(u, delta, z):
