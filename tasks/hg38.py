@@ -207,7 +207,7 @@ def write_embeddings(out_path: str, names: List[str], vectors: np.ndarray, fmt: 
 def embed_verb(task, model: nn.Module, cfg: Mapping, out_path: str) -> Dict[str, Any]:
     """``seqmamba embed`` for the DNA tasks (settings under ``task.embed``)."""
     settings = as_plain_dict(config_get(cfg, "task.embed", {}))
-    input_path = settings.get("input") or config_get(cfg, "input", None)
+    input_path = settings.get("input")
     fasta = settings.get("fasta") or config_get(cfg, "dataset.fasta", None)
     pooling = check_choice("task.embed.pooling", settings.get("pooling", "mean"), ("mean", "last"))
     fmt = check_choice("task.embed.format", settings.get("format", "npy"), ("npy", "safetensors"))
@@ -218,8 +218,8 @@ def embed_verb(task, model: nn.Module, cfg: Mapping, out_path: str) -> Dict[str,
         raise ValueError(f"task.embed.input={input_path!r}: no sequences to embed")
     vectors = embed_sequences(model, sequences, pooling, bool(settings.get("rc_average", False)), batch_size,
                               chunk_len)
-    if not out_path.endswith((".npy", ".safetensors")):
-        out_path = out_path + (".npy" if fmt == "npy" else ".safetensors")
+    if not out_path.endswith((".npy", ".safetensors")):  # a folder (the CLI's out_dir / <run dir>/embeddings)
+        out_path = os.path.join(out_path, "embeddings.npy" if fmt == "npy" else "embeddings.safetensors")
     files = write_embeddings(out_path, [n for n, _ in sequences], vectors, "npy" if out_path.endswith(".npy")
                              else "safetensors")
     return {"n_sequences": len(sequences), "dim": int(vectors.shape[1]), "pooling": pooling, "files": files}
