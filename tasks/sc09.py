@@ -96,7 +96,10 @@ def spectrogram_grid(waves: Sequence[np.ndarray], path: str, sample_rate: int, t
     waves = list(waves)[:max_panels]
     cols = min(4, len(waves))
     rows = math.ceil(len(waves) / cols)
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=512, hop_length=128, n_mels=64)
+    shortest = min(len(w) for w in waves)
+    n_fft = min(512, 2 ** int(math.log2(max(4, shortest - 1))))  # short clips: a shorter window (stft pads n_fft/2)
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=n_fft // 4,
+                                               n_mels=min(64, n_fft // 4))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")

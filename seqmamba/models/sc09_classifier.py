@@ -52,6 +52,12 @@ class MelCNNClassifier(nn.Module):
         """(B, samples) -> (B, 1, n_mels, frames) log-mel, normalised per clip (loudness-invariant)."""
         if wave.dim() != 2:
             raise ValueError(f"classifier: wave has shape {tuple(wave.shape)}, expected (batch, samples)")
+        need = 2 ** len(self.config["channels"])  # frames and mel bands halve at every conv block
+        frames = wave.shape[-1] // self.config["hop_length"] + 1
+        if frames < need or self.config["n_mels"] < need:
+            raise ValueError(f"classifier: clips of {wave.shape[-1]} samples give {frames} frames; this network's "
+                             f"{len(self.config['channels'])} pooling blocks need >= {need} frames and mel bands "
+                             f"(>= {(need - 1) * self.config['hop_length']} samples)")
         spec = torch.log(self.mel(wave.float()) + 1e-6)
         spec = (spec - spec.mean(dim=(1, 2), keepdim=True)) / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)
         return spec[:, None]
