@@ -146,3 +146,28 @@ def test_read_wav_returns_mono_float(tmp_path):
     sf.write(path, np.full(800, 0.5), 16000, subtype="PCM_16")
     wave = read_wav(path)
     assert wave.dtype == torch.float32 and wave.shape == (800,) and abs(float(wave.mean()) - 0.5) < 1e-3
+
+
+def test_download_script_extracts_digits_and_lists_from_a_speech_commands_archive(tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "speech_commands_v0.02.tar.gz"
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(1600), 16000, format="WAV", subtype="PCM_16")
+    wav = buf.getvalue()
+    with tarfile.open(archive, "w:gz") as tar:
+        names = [f"./{d}/a_nohash_0.wav" for d in DIGITS] + ["./backward/b_nohash_0.wav", "./_background_noise_/n.wav"]
+        lists = {"./validation_list.txt": b"zero/a_nohash_0.wav\nbackward/b_nohash_0.wav\n",
+                 "./testing_list.txt": b"one/a_nohash_0.wav\n"}
+        for name, data in [(n, wav) for n in names] + list(lists.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "sc09"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "data_scripts", "download_sc09.py"), "--out", str(out),
+                             "--archive", str(archive), "--keep-archive"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == sorted(list(DIGITS) + ["testing_list.txt", "validation_list.txt"])
+    assert len(SC09Dataset(str(out), "train", progress=False)) == 8  # other words ignored, lists respected
+    assert (tmp_path / "speech_commands_v0.02.tar.gz.sha256").is_file()
