@@ -416,11 +416,19 @@ def main():
     parser.add_argument("--no-decode", action="store_true", help="skip the decode-step timings")
     parser.add_argument("--split-l", action="store_true",
                         help="also time the forward with L split across programs at (1, 256, 2^20)")
+    parser.add_argument("--extras-only", action="store_true",
+                        help="only the --attention / --split-l tables (not the main table)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_selective_scan.py needs a CUDA GPU")
     if args.layout == "block":
         block_layout_table(sweep_first=args.sweep)
+        return
+    if args.extras_only:
+        if args.split_l:
+            split_l_table()
+        if args.attention:
+            attention_table()
         return
     if args.sweep or args.sweep_only:
         sweep()
