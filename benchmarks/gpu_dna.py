@@ -63,6 +63,7 @@ def train_and_eval(overrides, run_dir):
 MODEL = ["model.d_model=128", "model.n_layer=12"]
 DEVICE = ["trainer.device=cuda"]
 BATCH = {"pretrain": 64}
+EXTRA = {"hg38": [], "great_apes": []}  # --cpu-smoke shrinks the validation sets here
 
 
 def pretrain(demo, out, steps):
@@ -70,7 +71,7 @@ def pretrain(demo, out, steps):
     overrides = ["task=hg38", f"dataset.fasta={demo['fasta']}", f"dataset.bed={demo['bed']}", "dataset.seq_len=1024",
                  *MODEL, f"trainer.max_steps={steps}", f"trainer.batch_size={BATCH['pretrain']}", *DEVICE,
                  f"trainer.eval_every={max(1, steps // 4)}", f"trainer.ckpt_every={steps}", "trainer.progress=false",
-                 "trainer.num_threads=null", "optimizer.lr=4e-3", "task.val_windows=512", "task.val_batch_size=64"]
+                 "trainer.num_threads=null", "optimizer.lr=4e-3", "task.val_windows=512", "task.val_batch_size=64", *EXTRA["hg38"]]
     metrics, seconds, _ = train_and_eval(overrides, run_dir)
     log(f"hg38 pretraining: {steps} steps in {seconds:.0f} s; val ppl {metrics['ppl']:.4f} vs base-frequency "
         f"{metrics['base_freq_ppl']:.4f}")
@@ -83,7 +84,7 @@ def great_apes(demo, out, ckpt, length, steps, batch):
                  f"task.pretrained={ckpt}", f"trainer.max_steps={steps}", f"trainer.batch_size={batch}",
                  *DEVICE, f"trainer.eval_every={steps}", f"trainer.ckpt_every={steps}",
                  "trainer.progress=false", "trainer.num_threads=null", "optimizer.lr=1e-3", "scheduler.warmup_ratio=0.1",
-                 "task.val_samples=1000", "task.val_batch_size=50"]
+                 "task.val_samples=1000", "task.val_batch_size=50", *EXTRA["great_apes"]]
     metrics, seconds, _ = train_and_eval(overrides, run_dir)
     log(f"great_apes L={length}: acc {metrics['acc']:.4f} in {seconds:.0f} s")
     return metrics, seconds
@@ -199,6 +200,8 @@ def main() -> None:
         MODEL[:] = ["model.d_model=32", "model.n_layer=2"]
         DEVICE[:] = ["trainer.device=cpu"]
         BATCH["pretrain"] = 4
+        EXTRA["hg38"] = ["task.val_windows=8"]
+        EXTRA["great_apes"] = ["task.val_samples=10"]
         args.skip += ",chunked,throughput"
     elif not torch.cuda.is_available():
         raise SystemExit("gpu_dna.py needs a CUDA GPU (or --cpu-smoke)")

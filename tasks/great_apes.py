@@ -87,6 +87,10 @@ class GreatApesTask(SequenceClassificationTask):
         from seqmamba.train.distributed import is_rank0
 
         results: Dict[str, Any] = {}
+        for (split, length), data in sorted(self._datasets.items()):
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(data.counts.items()) if v) or "nothing skipped"
+            print(f"great_apes data, {split} at L={length}: {sum(len(c) for c in data.chroms.values())} "
+                  f"chromosomes of {len(data.species)} species; {counts}")
         for name, batches in self.val_sets().items():
             results[name] = self.evaluate(model, batches)
             if is_rank0():

@@ -6,7 +6,7 @@ null = tile the FASTA, split by chromosome), ``seq_len`` (the context L), ``max_
 ``val_chroms`` / ``test_chroms`` / ``val_fraction`` (BED-less splits). See seqmamba/data/fasta.py.
 
 Batch: ``inputs = [BOS] + window[:-1]``, ``targets = window``: every one of the L bases is scored,
-each from the bases before it. Targets at N bases are -100 (ignored; counted as ``n_masked``);
+each from the bases before it. Targets at N bases are -100 (ignored; counted as ``n_bases_masked``);
 windows with more than ``max_n_fraction`` N are redrawn (training) or left out (validation), counted.
 
 Config the task owns (``task.*``): ``rc_prob`` [0.0: reverse-complement probability per training
@@ -252,7 +252,6 @@ class HG38Task(NextTokenTask):
         self.train_data = self.dataset("train", self.seq_len)
         self._val_sets: Optional[Dict[str, List]] = None
         self._baselines: Dict[int, float] = {}
-        self.n_masked = 0
 
     def dataset(self, split: str, seq_len: int) -> FastaIntervalDataset:
         key = (split, seq_len)
@@ -280,10 +279,14 @@ class HG38Task(NextTokenTask):
                 ids = data.tokens(i, rc)
                 if not data.too_many_n(ids):
                     break
+                if not data.counts["n_windows_redrawn"]:
+                    warnings.warn(f"{data.fasta_path}: training windows with more than max_n_fraction="
+                                  f"{data.max_n_fraction} N are redrawn; counted in the final summary")
                 data.counts["n_windows_redrawn"] += 1
             else:
                 raise ValueError(f"{data.fasta_path}: {MAX_REDRAWS} windows in a row had more than max_n_fraction="
                                  f"{data.max_n_fraction} N")
+            data.counts["n_bases_masked"] += int((ids == N).sum())
             windows.append(ids)
         return window_batch(windows)
 
@@ -330,6 +333,8 @@ class HG38Task(NextTokenTask):
 
     def eval_checkpoint(self, model: nn.Module, out_dir: str) -> Dict[str, Any]:
         results = super().eval_checkpoint(model, out_dir)
+        for (split, length), data in sorted(self._datasets.items()):
+            print(f"hg38 data, {split} at L={length}: {data.summary()}")
         for name, m in results.items():
             if "base_freq_ppl" in m:
                 verdict = "below" if m["ppl"] < m["base_freq_ppl"] else "NOT below"

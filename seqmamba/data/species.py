@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -166,6 +167,9 @@ class SpeciesDataset:
                 seq = reverse_complement(seq)
             ids = self.tokenizer.encode(seq, where=f"{path} {chrom}:{start}")
             if float((ids == N).mean()) > self.max_n_fraction:
+                if not self.counts["n_windows_redrawn"]:
+                    warnings.warn(f"{self.species_dir}: {self.split} windows with more than max_n_fraction="
+                                  f"{self.max_n_fraction} N are redrawn (counted in SpeciesDataset.counts)")
                 self.counts["n_windows_redrawn"] += 1
                 continue
             return ids, label, (sp, chrom, start)
