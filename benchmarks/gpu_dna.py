@@ -225,12 +225,21 @@ def main() -> None:
             apes[length] = {k: v for k, v in metrics.items() if not isinstance(v, list)} | {"seconds": seconds}
         results["great_apes"] = {str(k): v for k, v in apes.items()}
     if "chunked" not in skip:
-        results["chunked_rel_err"] = chunked_check()
+        try:
+            results["chunked_rel_err"] = chunked_check()
+        except Exception as err:  # keep going: the throughput rows are still wanted
+            log(f"chunked check FAILED: {type(err).__name__}: {err}")
+            results["chunked_error"] = f"{type(err).__name__}: {err}"
     rows = []
     if "throughput" not in skip:
         for batch, length in ((1, 2 ** 20), (1024, 2 ** 10)):
             for ckpt in (False, True):
-                rows.append(throughput(batch, length, ckpt))
+                try:
+                    rows.append(throughput(batch, length, ckpt))
+                except Exception as err:
+                    log(f"throughput {batch} x {length} ckpt={ckpt} FAILED: {type(err).__name__}: {err}")
+                    results.setdefault("throughput_errors", []).append(f"{batch}x{length} ckpt={ckpt}: {err}")
+                    torch.cuda.empty_cache()
         results["throughput"] = rows
     with open(os.path.join(out, "dna_results.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
@@ -249,6 +258,9 @@ def main() -> None:
                   f"{m['seconds']:.0f}")
         print("  chance 20%; rises with context:", all(apes[a]["acc"] < apes[b]["acc"] for a, b in
                                                        zip(sorted(apes), sorted(apes)[1:])))
+    for key in ("chunked_error", "throughput_errors"):
+        if key in results:
+            print(f"{key}: {results[key]}")
     if "chunked_rel_err" in results:
         print(f"chunked inference (2^16 in 2^13 chunks) vs full pass, fp32: rel. max err {results['chunked_rel_err']:.2e}")
     if rows:
