@@ -91,4 +91,13 @@ def get_task(name: str) -> Type:
     return TASKS.get(name)  # unknown: the registry names the closest match
 
 
-_discover()
+if __name__ == "seqmamba.tasks":
+    _discover()
+else:
+    # Imported from a checkout as the top-level package ``tasks`` (e.g. ``from tasks.hg38 import ...`` in
+    # a test): be the installed package instead, so every task module exists once and registers once.
+    _package = importlib.import_module("seqmamba.tasks")
+    for _name, _module in list(sys.modules.items()):
+        if _name.startswith("seqmamba.tasks."):
+            sys.modules[__name__ + _name[len("seqmamba.tasks"):]] = _module
+    sys.modules[__name__] = _package
