@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from seqmamba.data.demo_genomes import make
+from seqmamba.data.dna_tokenizer import DNATokenizer
 from seqmamba.models.mamba_lm import MambaLM
 from tasks.great_apes import GreatApesTask
 from tasks.hg38 import HG38Task, chunked_features, embed_sequences, read_embedding_inputs, write_embeddings
@@ -134,3 +135,24 @@ def test_batched_embeddings_equal_one_at_a_time(demo, tmp_path):
         np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
     files = write_embeddings(str(tmp_path / "emb.npy"), [n for n, _ in seqs], batched, "npy")
     assert np.load(files[0]).shape == (4, 16) and open(files[1]).read().split() == [n for n, _ in seqs]
+
+
+@pytest.mark.parametrize("with_bed", [True, False])
+def test_hg38_takes_any_fasta_with_a_basenji_bed_or_none(tmp_path, with_bed):
+    rng = np.random.default_rng(0)
+    seqs = {name: "".join(rng.choice(list("ACGTacgt"), size=n)) for name, n in (("seqA", 3000), ("seqB", 2100))}
+    fasta = tmp_path / "any.fa"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    bed = tmp_path / "any.bed"
+    bed.write_text("seqA\t0\t2048\ttrain\nseqB\t0\t1024\tvalid\n")
+    dataset = {"name": "fasta_intervals", "fasta": str(fasta), "bed": str(bed) if with_bed else None,
+               "seq_len": 256, "val_chroms": None if with_bed else ["seqB"]}
+    cfg = _cfg({"fasta": "unused", "bed": None}, "hg38", dataset=dataset)
+    task = HG38Task(cfg)
+    (inputs, targets), = task.val_sets()["val"][:1]
+    assert inputs.shape == (4, 256)
+    window = DNATokenizer().decode(targets[0])
+    assert window == seqs["seqB"][:256].upper()  # the first validation window, read directly
+    inputs, targets = next(iter(task.train_batches(0)))
+    assert inputs.shape == (4, 256) and torch.equal(inputs[:, 1:], targets[:, :-1])
+
