@@ -19,7 +19,7 @@ import os
 import pkgutil
 import sys
 import traceback
-from typing import Dict, List, Type
+from typing import Dict, Type
 
 from seqmamba.plugins import TASK_PATH_ENV, external_task_dirs  # noqa: F401  (re-exported)
 from seqmamba.registry import TASKS, RegistryError

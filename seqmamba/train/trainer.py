@@ -42,7 +42,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
