@@ -22,7 +22,6 @@ context-free model can do there). A model that learned context sits below it.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -33,7 +32,7 @@ from torch import nn
 
 from seqmamba.atomic_write import atomic_open
 from seqmamba.config_checks import as_plain_dict, check_choice, check_float, check_int, config_get
-from seqmamba.data.dna_tokenizer import BOS, EOS, N, PAD, VOCAB_SIZE, A, DNATokenizer, reverse_complement_ids
+from seqmamba.data.dna_tokenizer import BOS, EOS, N, VOCAB_SIZE, A, DNATokenizer, reverse_complement_ids
 from seqmamba.data.fasta import FastaIntervalDataset
 from seqmamba.data.streams import TRAIN_STREAM, seeded_generator
 from seqmamba.registry import DATASETS, TASKS

@@ -4,7 +4,6 @@ Every test makes its own tiny FASTA / BED files in a temporary directory and com
 direct Python read of the sequence it wrote."""
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np

@@ -3,7 +3,6 @@ FASTA samples), chunked inference and embeddings."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
