@@ -78,30 +78,37 @@ def base_frequency_ppl(batches: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> 
 
 
 # -- embeddings (`seqmamba embed`) -----------------------------------------------------------------
+def _feature_model(model: nn.Module) -> nn.Module:
+    """The module whose ``features(ids, inference_params=...)`` runs recurrently (a classifier's backbone)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if hasattr(model, "head") and backbone is not None else model
+
+
 @torch.no_grad()
 def chunked_features(model: nn.Module, input_ids: torch.Tensor, chunk_len: int) -> torch.Tensor:
     """``model.features(input_ids)`` computed ``chunk_len`` tokens at a time, the SSM and conv states
-    carried across chunks through the model's inference cache: equal to one full pass (up to
-    float rounding) at the memory of one chunk."""
-    length = input_ids.shape[1]
-    if length <= chunk_len:
+    carried across chunks (``seqmamba.models.chunked``): equal to one full pass up to float rounding."""
+    if input_ids.shape[1] <= chunk_len:
         return model.features(input_ids)
-    backbone = model.backbone if hasattr(model, "head") and hasattr(model, "backbone") else model
-    try:
-        from seqmamba.models.chunked import chunked_features as backbone_chunked  # the backbone helper's API
-    except ImportError:
-        backbone_chunked = None
-    if backbone_chunked is not None:
-        return backbone_chunked(backbone, input_ids, chunk_len)
-    from seqmamba.modules.inference_params import InferenceParams
+    from seqmamba.models.chunked import chunked_features as backbone_chunked
 
-    params = InferenceParams.allocated_for(backbone, input_ids.shape[0], length)
-    outs = []
-    for start in range(0, length, chunk_len):
-        chunk = input_ids[:, start:start + chunk_len]
-        outs.append(backbone.features(chunk, inference_params=params))  # a 1-token tail takes the recurrent step
-        params.seqlen_offset += chunk.shape[1]
-    return torch.cat(outs, dim=1)
+    return backbone_chunked(_feature_model(model), input_ids, chunk_len)
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, input_ids: torch.Tensor, chunk_len: int, pooling: str) -> torch.Tensor:
+    """(batch, d_model) mean- or last-pooled features; sequences longer than ``chunk_len`` are pooled
+    chunk by chunk, so only one chunk's features are ever in memory."""
+    if input_ids.shape[1] <= chunk_len:
+        return _pool(model.features(input_ids), pooling)
+    from seqmamba.models.chunked import iter_chunked_features
+
+    total = last = None
+    for _, out in iter_chunked_features(_feature_model(model), input_ids, chunk_len):
+        part = out.float().sum(dim=1)
+        total = part if total is None else total + part
+        last = out[:, -1]
+    return total / input_ids.shape[1] if pooling == "mean" else last
 
 
 def read_embedding_inputs(input_path: str, bed: Optional[str], fasta: Optional[str]) -> List[Tuple[str, str]]:
@@ -168,9 +175,9 @@ def embed_sequences(model: nn.Module, sequences: List[Tuple[str, str]], pooling:
     try:
         for group in tqdm(groups, desc="embed", disable=not progress):
             ids = torch.stack([tokenizer.encode_tensor(sequences[i][1], where=sequences[i][0]) for i in group]).to(device)
-            pooled = _pool(chunked_features(model, ids, chunk_len), pooling)
+            pooled = pooled_features(model, ids, chunk_len, pooling).float()
             if rc_average:
-                pooled = (pooled + _pool(chunked_features(model, reverse_complement_ids(ids), chunk_len), pooling)) / 2
+                pooled = (pooled + pooled_features(model, reverse_complement_ids(ids), chunk_len, pooling).float()) / 2
             for row, i in enumerate(group):
                 result[i] = pooled[row].float().cpu().numpy()
     finally:
@@ -179,7 +186,7 @@ def embed_sequences(model: nn.Module, sequences: List[Tuple[str, str]], pooling:
 
 
 def _pool(hidden: torch.Tensor, pooling: str) -> torch.Tensor:
-    return hidden.mean(dim=1) if pooling == "mean" else hidden[:, -1]
+    return hidden.float().mean(dim=1) if pooling == "mean" else hidden[:, -1]
 
 
 def write_embeddings(out_path: str, names: List[str], vectors: np.ndarray, fmt: str) -> List[str]:
