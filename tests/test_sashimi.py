@@ -77,7 +77,7 @@ def test_state_size_is_independent_of_sequence_length():
 
 def test_registered_and_mixer_errors():
     assert BACKBONES.get("sashimi") is SaShiMi
-    with pytest.raises(KeyError, match="unknown mixer 'attn'"):
+    with pytest.raises((KeyError, ValueError), match="unknown mixer 'attn'"):
         SaShiMi(d_model=8, n_layers=1, mixer="attn")
     with pytest.raises(ValueError, match="pooling factors"):
         SaShiMi(d_model=8, n_layers=1, pool=[0])
@@ -94,3 +94,17 @@ def test_step_rejects_mismatched_batch():
     cache = model.allocate_inference_cache(2)
     with pytest.raises(ValueError, match="batch 3"):
         model.step(torch.zeros(3, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("center", ["attention", "s4d"])
+def test_other_center_mixers_keep_recurrent_equal_to_parallel(center):
+    # Table 5 varies the center blocks: attention (a key/value cache per level) and S4D
+    torch.manual_seed(0)
+    model = SaShiMi(vocab_size=256, d_model=16, n_layers=1, pool=(2, 2), center_mixer=center,
+                    center_mixer_cfg={"num_heads": 4} if center == "attention" else {}).eval()
+    x = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        parallel = model(x)
+        cache = model.allocate_inference_cache(2, 20)
+        recurrent = torch.stack([model.step(x[:, t], cache) for t in range(20)], dim=1)
+    assert max_rel_err(recurrent, parallel) < 1e-4

@@ -13,9 +13,9 @@ Levels, for pooling factors [4, 4] and width D (doubled by every pooling, ``expa
 - UpPool: a projection to p * H, reshaped back to p samples, and shifted right by one coarse step (p
   samples, zeros in front). The coarse step j summarises samples j*p .. j*p+p-1; after the shift it
   feeds samples (j+1)*p .. (j+2)*p-1, all later than its inputs, so the whole network stays causal.
-- A stage is ``n`` residual blocks (pre-norm, mamba_ssm's Block) and a final norm; its mixer comes from
-  ``mixer`` (``center_mixer`` for the center stage): "mamba" now, any name in MIXERS later (S4,
-  attention for Table 5).
+- A stage is ``n`` residual blocks (pre-norm, mamba_ssm's Block via ``build_block``) and a final norm;
+  its mixer is the MIXERS name ``mixer`` (``center_mixer`` for the center stage): "mamba" by default,
+  "attention", "s4d", "hyena", ... for Table 5's outer / center variants.
 
 Recurrent inference (``step``): one sample per call. The finest level runs every sample; level k runs
 once every prod(pool[:k]) samples, when its input block is complete, and then refills the up-pool
@@ -34,33 +34,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modules import Block, GatedMLP, InferenceParams, Mamba, RMSNorm
+from ..modules import InferenceParams, RMSNorm
 from ..modules.norm import add_norm
-from ..registry import BACKBONES, MIXERS
-
-
-def mixer_class(name: str):
-    """The mixer registered as ``name`` in MIXERS; "mamba" is the built-in Mamba until the registry has it."""
-    if name in MIXERS:
-        return MIXERS.get(name)
-    if name.lower() == "mamba":
-        return Mamba
-    return MIXERS.get(name)  # raises with the known names and a close match
+from ..registry import BACKBONES
 
 
 class Stage(nn.Module):
-    """``n_layers`` residual blocks at width ``d`` and a final norm; ``n_layers = 0`` is the identity."""
+    """``n_layers`` residual blocks at width ``d`` and a final norm; ``n_layers = 0`` is the identity.
+
+    Blocks come from :func:`seqmamba.modules.block.build_block`: the mixer is a MIXERS name ("mamba",
+    "attention", "s4d", "hyena", ...) with its constructor arguments ``mixer_cfg``.
+    """
 
     def __init__(self, d: int, n_layers: int, mixer: str = "mamba", mixer_cfg: Optional[Mapping] = None,
                  mlp_expand: float = 0, residual_in_fp32: bool = True, fused_add_norm: bool = False):
         super().__init__()
-        cls = mixer_class(mixer)
-        mixer_cfg = dict(mixer_cfg or {})
-        mlp_cls = partial(GatedMLP, hidden_features=int(mlp_expand * d)) if mlp_expand > 0 else None
+        from ..modules.block import build_block
+
+        layer_cfg = {"layer": mixer, **dict(mixer_cfg or {})}
         self.residual_in_fp32, self.fused_add_norm = residual_in_fp32, fused_add_norm
         self.layers = nn.ModuleList(
-            Block(d, partial(cls, layer_idx=i, **mixer_cfg), mlp_cls=mlp_cls, norm_cls=RMSNorm,
-                  fused_add_norm=fused_add_norm, residual_in_fp32=residual_in_fp32)
+            build_block(d, layer_cfg, layer_idx=i, d_intermediate=int(mlp_expand * d), fused_add_norm=fused_add_norm,
+                        residual_in_fp32=residual_in_fp32)
             for i in range(n_layers))
         self.norm_f = RMSNorm(d) if n_layers else None
 
@@ -73,11 +68,18 @@ class Stage(nn.Module):
         return add_norm(x, residual, self.norm_f, prenorm=False, residual_in_fp32=self.residual_in_fp32,
                         fused=self.fused_add_norm)
 
-    def new_step_state(self, batch_size: int, dtype=None) -> InferenceParams:
-        """States for one-sample steps (offset 1: every forward of length 1 is a recurrent step)."""
-        return InferenceParams(max_seqlen=1, max_batch_size=batch_size, seqlen_offset=1,
-                               key_value_memory_dict={i: layer.allocate_inference_cache(batch_size, 1, dtype=dtype)
+    def new_step_state(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceParams:
+        """States for this stage's steps: ``max_seqlen`` steps at this stage's rate (attention caches need it)."""
+        return InferenceParams(max_seqlen=max(1, max_seqlen), max_batch_size=batch_size,
+                               key_value_memory_dict={i: layer.allocate_inference_cache(batch_size, max(1, max_seqlen),
+                                                                                       dtype=dtype)
                                                       for i, layer in enumerate(self.layers)})
+
+    def step(self, x: torch.Tensor, state: InferenceParams) -> torch.Tensor:
+        """One step: x (B, d) -> (B, d); the first call is a one-token prefill, later ones recurrent steps."""
+        out = self(x[:, None], inference_params=state)[:, 0]
+        state.seqlen_offset += 1
+        return out
 
 
 class DownPool(nn.Module):
@@ -135,6 +137,7 @@ class SaShiMi(nn.Module):
     def __init__(self, vocab_size: int = 256, d_model: int = 64, n_layers: int = 8,
                  pool: Sequence[int] = (4, 4), expand: int = 2, mixer: str = "mamba",
                  center_mixer: Optional[str] = None, mixer_cfg: Optional[Mapping] = None,
+                 center_mixer_cfg: Optional[Mapping] = None,
                  mlp_expand: float = 0, residual_in_fp32: bool = True, fused_add_norm: bool = False,
                  center_layers: Optional[int] = None):
         super().__init__()
@@ -153,8 +156,10 @@ class SaShiMi(nn.Module):
         self.down = nn.ModuleList(stage(widths[k]) for k in range(len(pool)))
         self.down_pool = nn.ModuleList(DownPool(widths[k], widths[k + 1], p) for k, p in enumerate(pool))
         center_kwargs = {"n_layers": n_layers if center_layers is None else center_layers}
-        if center_mixer:
-            center_kwargs["mixer"] = center_mixer
+        if center_mixer and center_mixer != mixer:  # another mixer takes its own constructor arguments
+            center_kwargs.update(mixer=center_mixer, mixer_cfg=center_mixer_cfg or {})
+        elif center_mixer_cfg is not None:
+            center_kwargs["mixer_cfg"] = center_mixer_cfg
         self.center = stage(widths[-1], **center_kwargs)
         self.up_pool = nn.ModuleList(UpPool(widths[k + 1], widths[k], p) for k, p in enumerate(pool))
         self.up = nn.ModuleList(stage(widths[k]) for k in range(len(pool)))
@@ -185,25 +190,27 @@ class SaShiMi(nn.Module):
         return self.lm_head(hidden)
 
     # ------------------------------------------------------------------ recurrent
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 0, dtype=None, **kwargs) -> SaShiMiCache:
-        """A fresh recurrent state; its size does not depend on ``max_seqlen``."""
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int = 16000, dtype=None, **kwargs) -> SaShiMiCache:
+        """A fresh recurrent state. With Mamba (or other recurrent) mixers its size does not depend on
+        ``max_seqlen``; attention mixers keep a key/value cache of ``max_seqlen`` / rate entries per level."""
         weight = self.lm_head.weight
         dtype = dtype or weight.dtype
         widths = [self.d_model * self.expand ** k for k in range(len(self.pool))]
+        rates = [math.prod(self.pool[:k]) for k in range(len(self.pool) + 1)]  # samples per step of level k
         return SaShiMiCache(
             batch_size=batch_size,
-            down=[s.new_step_state(batch_size) for s in self.down],
-            up=[s.new_step_state(batch_size) for s in self.up],
-            center=self.center.new_step_state(batch_size),
+            down=[s.new_step_state(batch_size, -(-max_seqlen // rates[k])) for k, s in enumerate(self.down)],
+            up=[s.new_step_state(batch_size, -(-max_seqlen // rates[k])) for k, s in enumerate(self.up)],
+            center=self.center.new_step_state(batch_size, -(-max_seqlen // rates[-1])),
             pool_in=[torch.zeros(batch_size, p, w, device=weight.device, dtype=dtype) for p, w in zip(self.pool, widths)],
             pool_out=[torch.zeros(batch_size, p, w, device=weight.device, dtype=dtype) for p, w in zip(self.pool, widths)])
 
     def _step_level(self, level: int, x: torch.Tensor, cache: SaShiMiCache, t: int) -> torch.Tensor:
         """Level ``level``'s up-path output at its time ``t`` for input ``x`` (B, H_level)."""
         if level == len(self.pool):
-            return self.center(x[:, None], inference_params=cache.center)[:, 0]
+            return self.center.step(x, cache.center)
         p = self.pool[level]
-        s = self.down[level](x[:, None], inference_params=cache.down[level])[:, 0]
+        s = self.down[level].step(x, cache.down[level])
         phase = t % p
         upsampled = cache.pool_out[level][:, phase]  # from the previous coarse step (zeros in the first block)
         cache.pool_in[level][:, phase] = s
@@ -211,7 +218,7 @@ class SaShiMi(nn.Module):
             coarse = self.down_pool[level].linear(cache.pool_in[level].flatten(1))
             y = self._step_level(level + 1, coarse, cache, t // p)
             cache.pool_out[level] = self.up_pool[level].expand(y[:, None])[:, 0]
-        return self.up[level]((upsampled + s)[:, None], inference_params=cache.up[level])[:, 0]
+        return self.up[level].step(upsampled + s, cache.up[level])
 
     def step(self, input_ids: torch.Tensor, inference_params) -> torch.Tensor:
         """One sample per row: input_ids (B,) or (B, 1) -> logits (B, vocab_size) for the next sample.
