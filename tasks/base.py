@@ -102,6 +102,16 @@ class Task:
     def move_to(self, batch: Batch, device: torch.device) -> Batch:
         return move_to(batch, device)
 
+    def batch_tokens(self, batch: Batch) -> int:
+        """Input tokens (or samples) in a training batch, for the logged ``perf/tokens_per_s``.
+        Default: the element count of the batch's first tensor (inputs of ``(inputs, targets)``)."""
+        first = batch
+        while isinstance(first, (tuple, list)) and first:
+            first = first[0]
+        if isinstance(first, dict) and first:
+            first = next(iter(first.values()))
+        return int(first.numel()) if isinstance(first, torch.Tensor) else 0
+
     # -- loss and metrics ----------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(scalar loss to backpropagate, detached scalar metric tensors for logging; no .item())."""

@@ -77,6 +77,38 @@ def test_run_resumed_after_crash_matches_uninterrupted_run_bit_for_bit(tmp_path)
         assert group_full["lr"] == group_resumed["lr"]
 
 
+def test_paused_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    # trainer.stop_at_step: pause (last.pt, no final eval, schedule still to max_steps), then resume=auto
+    cfg = make_cfg(max_steps=9, grad_accum_steps=2, eval_every=4, ckpt_every=0)
+    full = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "full"))
+    full_result = full.fit()
+
+    paused_cfg = copy.deepcopy(cfg)
+    paused_cfg["trainer"]["stop_at_step"] = 5
+    first = Trainer(TinyRegressionTask(paused_cfg), paused_cfg, str(tmp_path / "split"))
+    first_result = first.fit()
+    assert first_result["paused"] and first_result["step"] == 5
+    assert torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+    assert "val/loss" not in {k for r in read_metrics(str(tmp_path / "split")) if r["step"] == 5 for k in r}
+
+    resume_cfg = copy.deepcopy(cfg)
+    resume_cfg["trainer"]["resume"] = "auto"
+    second = Trainer(TinyRegressionTask(resume_cfg), resume_cfg, str(tmp_path / "split"))
+    assert second.step == 5
+    second_result = second.fit()
+    assert not second_result["paused"] and second_result["step"] == 9
+    assert_same_weights(full.model, second.model)
+    assert second_result["val/loss"] == full_result["val/loss"]
+
+
+def test_time_limit_pauses_after_the_first_step_past_it(tmp_path):
+    cfg = make_cfg(max_steps=50, time_limit_s=0)
+    result = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    assert result["paused"] and result["step"] == 1
+    with pytest.raises(ValueError, match="trainer.stop_at_step=0"):
+        Trainer(TinyRegressionTask(make_cfg(stop_at_step=0)), make_cfg(stop_at_step=0), str(tmp_path / "x"))
+
+
 def test_training_extended_from_last_checkpoint_matches_longer_run(tmp_path):
     # run N steps, then a new Trainer with ckpt=last.pt continues to 2N (constant schedule: the
     # schedule of a run to N and a run to 2N agree on the first N steps)

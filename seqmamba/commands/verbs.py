@@ -95,6 +95,13 @@ def run_verb(cfg, task, run_dir: str) -> Any:
     trainer = Trainer(task, cfg, run_dir)
     final = trainer.fit()
     results: Any = {"train": {k: v for k, v in final.items() if isinstance(v, (int, float, bool, str))}}
+    if final.get("paused"):
+        if is_rank0():
+            write_json(os.path.join(run_dir, "train_results.json"), results)
+            print(f"paused at step {final['step']}; resume: the same command with trainer.resume=auto "
+                  f"hydra.run.dir={run_dir}")
+        barrier()
+        return results
     best = os.path.join(run_dir, "checkpoints", "best.pt")
     model = trainer.model
     if os.path.isfile(best):

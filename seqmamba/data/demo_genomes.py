@@ -227,10 +227,22 @@ def ensure_demo_genomes(out: str, **kwargs) -> Dict[str, str]:
     paths = {"fasta": os.path.join(root, "hg38", "demo_hg38.fa"),
              "bed": os.path.join(root, "hg38", "demo_sequences_human.bed"),
              "species_dir": os.path.join(root, "great_apes")}
-    if all(os.path.exists(p) for p in paths.values()) and os.path.exists(os.path.join(root, "great_apes", "manifest.tsv")):
+    def complete() -> bool:
+        return all(os.path.exists(p) for p in paths.values()) and \
+            os.path.exists(os.path.join(root, "great_apes", "manifest.tsv"))
+
+    if complete():
         return paths
-    print(f"making the demo genomes in {root} (data_scripts/make_demo_genomes.py; no download)")
-    return make(root, **kwargs)
+    import fcntl
+
+    os.makedirs(root, exist_ok=True)
+    # one maker at a time: torchrun's ranks (or parallel runs) wait here, then find the files made
+    with open(os.path.join(root, ".make.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete():
+            return paths
+        print(f"making the demo genomes in {root} (data_scripts/make_demo_genomes.py; no download)")
+        return make(root, **kwargs)
 
 
 def main(argv=None) -> None:

@@ -31,6 +31,11 @@ Keys (defaults in brackets):
   (``model.set_activation_checkpointing(True)``; a model without it fails in one line)
 - ``resume`` [false]: auto / true resumes from ``<run dir>/checkpoints/last.pt`` when it exists
 - ``ddp_find_unused_parameters`` [false]: passed to DistributedDataParallel
+- ``stop_at_step`` [null]: pause after this step: write ``last.pt`` and return without the final
+  evaluation (the schedule still runs to ``max_steps``; ``resume=auto`` continues). For jobs split
+  over several commands or batch allocations.
+- ``time_limit_s`` [null]: pause the same way once this many seconds of training have passed in this
+  process (rank 0's clock decides for every rank)
 """
 from __future__ import annotations
 
@@ -70,6 +75,8 @@ class TrainerSettings:
     activation_checkpointing: bool = False
     resume: Any = False
     ddp_find_unused_parameters: bool = False
+    stop_at_step: Optional[int] = None
+    time_limit_s: Optional[float] = None
 
     @classmethod
     def keys(cls) -> List[str]:
@@ -111,6 +118,12 @@ class TrainerSettings:
             s.early_stop_threshold = check_float("trainer.early_stop_threshold", s.early_stop_threshold)
         if s.early_stop_mode is not None:
             s.early_stop_mode = check_choice("trainer.early_stop_mode", s.early_stop_mode, ("min", "max"))
+        if s.stop_at_step is not None:
+            s.stop_at_step = check_int("trainer.stop_at_step", s.stop_at_step, minimum=1,
+                                       accepted="an integer >= 1 or null")
+        if s.time_limit_s is not None:
+            s.time_limit_s = check_float("trainer.time_limit_s", s.time_limit_s, minimum=0.0,
+                                         accepted="seconds >= 0 or null")
         s.seq_len_warmup = parse_seq_len_warmup(s.seq_len_warmup)
         if s.resume in (None, False, "", "never", "none"):
             s.resume = False

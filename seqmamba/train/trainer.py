@@ -291,7 +291,7 @@ class Trainer:
                     loss, metrics = self.task.training_step(self.train_model, batch)
                 self.grad_scaler.scale(loss / self.grad_accum_steps).backward()
             losses.append(loss.detach().float())
-            add_sums(sums, {"loss": losses[-1], "_count": 1.0})
+            add_sums(sums, {"loss": losses[-1], "_count": 1.0, "_tokens": float(self.task.batch_tokens(batch))})
             add_sums(sums, {k: v for k, v in metrics.items() if k != "loss"})  # loss counted from the returned one
 
         # Non-finite losses stop the run before the optimizer applies anything; every rank must
@@ -322,9 +322,14 @@ class Trainer:
         return {"lr": lr, "grad_norm": grad_norm}
 
     def _reduce_window(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Mean training metrics over the window and ranks; ``_tokens`` (summed over ranks) is returned
+        as ``perf/tokens`` for the throughput."""
         totals = dist_utils.all_reduce_tensor_sums(sums)
         count = max(float(totals.pop("_count", 1.0)), 1.0)
-        return {f"train/{k}": float(v) / count for k, v in totals.items()}
+        tokens = float(totals.pop("_tokens", 0.0))
+        row = {f"train/{k}": float(v) / count for k, v in totals.items()}
+        row["perf/tokens"] = tokens
+        return row
 
     def fit(self) -> Dict[str, Any]:
         """Train to ``trainer.max_steps`` (or the early-stop target); returns the final metrics."""
@@ -366,6 +371,7 @@ class Trainer:
         started = time.perf_counter()
         current_len: Optional[int] = None
         batches: Optional[Iterator[Any]] = None
+        paused = False
         try:
             while self.step < self.max_steps and not stopped_early:
                 wanted_len = self._seq_len_at(self.step)
@@ -383,7 +389,11 @@ class Trainer:
                     row["train/grad_norm"] = info["grad_norm"]
                     if current_len is not None:
                         row["train/seq_len"] = current_len
-                    row["perf/steps_per_s"] = (self.step - window_step0) / max(now - window_start, 1e-9)
+                    elapsed = max(now - window_start, 1e-9)
+                    row["perf/steps_per_s"] = (self.step - window_step0) / elapsed
+                    row["perf/tokens_per_s"] = row.pop("perf/tokens") / elapsed  # all ranks together
+                    if self.device.type == "cuda":  # this rank's peak since the start (rank 0's is logged)
+                        row["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
                     row["time/elapsed_s"] = now - started
                     logger.log(self.step, row)
                     final.update(row)
@@ -404,8 +414,14 @@ class Trainer:
                             f"{eval_metrics[self.early_stop_metric]:.4g} reached {self.early_stop_threshold}")
                 if self.ckpt_every > 0 and self.step % self.ckpt_every == 0 and not stopped_early:
                     self.save(LAST_NAME)
+                if self.step < self.max_steps and not stopped_early and self._pause_now(started):
+                    paused = True
+                    break
 
-            if last_eval_step != self.step:
+            if paused:
+                say(f"paused at step {self.step} of {self.max_steps} ({self._pause_reason}); last.pt written, "
+                    f"no final evaluation; continue with trainer.resume=auto and the same run dir")
+            elif last_eval_step != self.step:
                 eval_metrics = self._evaluate_and_track(logger, say)
             self.save(LAST_NAME)
         finally:
@@ -420,8 +436,25 @@ class Trainer:
                 log.warning("could not draw the loss curve: %s", exc)
         dist_utils.barrier()
         final.update(eval_metrics)
-        final.update(step=self.step, stopped_early=stopped_early, best_metric=self.best_metric, best_step=self.best_step)
+        final.update(step=self.step, stopped_early=stopped_early, paused=paused, best_metric=self.best_metric,
+                     best_step=self.best_step)
         return final
+
+    def _pause_now(self, started: float) -> bool:
+        """``trainer.stop_at_step`` reached, or ``trainer.time_limit_s`` passed on rank 0's clock (the
+        decision is broadcast so every rank stops after the same step)."""
+        s = self.settings
+        if s.stop_at_step is not None and self.step >= s.stop_at_step:
+            self._pause_reason = f"trainer.stop_at_step={s.stop_at_step}"
+            return True
+        if s.time_limit_s is None:
+            return False
+        over = float(time.perf_counter() - started >= s.time_limit_s)
+        if self.dist_env.is_distributed:
+            over = dist_utils.broadcast_object(over)
+        if over:
+            self._pause_reason = f"trainer.time_limit_s={s.time_limit_s:g}"
+        return bool(over)
 
     def _evaluate_and_track(self, logger: MetricsLogger, say) -> Dict[str, float]:
         metrics = self.evaluate()
