@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--batch-14", type=int, default=8, help="per-GPU micro-batch at 2^14")
     parser.add_argument("--ih-steps", type=int, default=400, help="induction heads steps (K = 2)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds; later parts are skipped past it")
+    parser.add_argument("--parts", default="ih,hg38,resume",
+                        help="ih: induction heads K=2 + resume with Triton; hg38: throughput and loss curves; "
+                             "resume: run-to-run spread with Triton, and resume with trainer.deterministic=true")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="check this script on a CPU (gloo, a tiny model, short lengths): no numbers")
     args = parser.parse_args()
@@ -131,10 +134,13 @@ def main() -> None:
     def left() -> float:
         return args.budget - (time.time() - t0)
 
+    parts = set(args.parts.split(","))
     # 1. induction heads on two GPUs, uninterrupted and paused + resumed
     ih = ["task=induction_heads", f"trainer.device={device}", f"trainer.max_steps={args.ih_steps}",
           "trainer.eval_every=0", f"trainer.ckpt_every={args.ih_steps // 4}", "trainer.log_every=20", "seed=0"]
     try:
+        if "ih" not in parts:
+            raise KeyError("not asked for (--parts)")
         full_dir, split_dir = os.path.join(args.work, "ih_full"), os.path.join(args.work, "ih_split")
         secs = torchrun(2, ih, full_dir, logfile, timeout=max(30, left()))
         with open(os.path.join(full_dir, "eval_results.json")) as f:
@@ -153,6 +159,32 @@ def main() -> None:
         results["induction_heads_k2"] = {"error": str(exc)}
         log(f"induction heads K=2 FAILED: {exc}")
 
+    # 1b. the Triton backward sums some gradients with float atomics: two uninterrupted runs already differ.
+    # With trainer.deterministic=true (PyTorch scan path) a paused + resumed run must equal the uninterrupted one.
+    if "resume" in parts:
+        try:
+            spread = {}
+            for tag in ("a", "b"):
+                torchrun(2, ih, os.path.join(args.work, f"ih_triton_{tag}"), logfile, timeout=max(30, left()))
+            spread["triton_run_to_run"] = compare_weights(*(os.path.join(args.work, f"ih_triton_{t}", "checkpoints",
+                                                                          "last.pt") for t in ("a", "b")))
+            det = ih + ["trainer.deterministic=true"]
+            det_full, det_split = os.path.join(args.work, "ih_det_full"), os.path.join(args.work, "ih_det_split")
+            torchrun(2, det, det_full, logfile, timeout=max(30, left()))
+            torchrun(2, det + [f"trainer.stop_at_step={args.ih_steps // 2}"], det_split, logfile,
+                     timeout=max(30, left()))
+            torchrun(2, det + ["trainer.resume=auto"], det_split, logfile, timeout=max(30, left()))
+            spread["deterministic_resume_vs_uninterrupted"] = compare_weights(
+                os.path.join(det_full, "checkpoints", "last.pt"), os.path.join(det_split, "checkpoints", "last.pt"))
+            spread["deterministic_run_dir"] = run_dir_report(det_split)
+            with open(os.path.join(det_full, "eval_results.json")) as f:
+                spread["deterministic_eval_val"] = json.load(f)["eval"].get("val")
+            results["resume_k2"] = spread
+            log(f"resume K=2: {spread}")
+        except Exception as exc:  # noqa: BLE001
+            results["resume_k2"] = {"error": str(exc)}
+            log(f"resume K=2 FAILED: {exc}")
+
     # 2. hg38 on demo genomes
     from seqmamba.data.demo_genomes import ensure_demo_genomes
 
@@ -170,7 +202,7 @@ def main() -> None:
         ("L17_k2", 2, len17, 1, 1, args.steps_17, 0),
     ]
     hg = results.setdefault("hg38", {})
-    for name, k, length, batch, accum, steps, seed in plan:
+    for name, k, length, batch, accum, steps, seed in (plan if "hg38" in parts else []):
         if left() < 45:
             hg[name] = {"skipped": "time budget"}
             log(f"{name}: skipped (budget)")
@@ -256,6 +288,8 @@ def main() -> None:
         print(f"induction heads K=2 ({ih['seconds']:.0f} s): val {ih['eval'].get('val')}; (log2 L, acc) {curve}")
     else:
         print(f"induction heads K=2: {ih}")
+    if "resume_k2" in results:
+        print(f"K=2 resume and spread: {results['resume_k2']}")
     if "resume_vs_uninterrupted" in ih:
         print(f"resume under torchrun (paused at {ih['paused_at']}): {ih['resume_vs_uninterrupted']}; "
               f"run dir {ih['run_dir']}")

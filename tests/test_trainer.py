@@ -109,6 +109,22 @@ def test_time_limit_pauses_after_the_first_step_past_it(tmp_path):
         Trainer(TinyRegressionTask(make_cfg(stop_at_step=0)), make_cfg(stop_at_step=0), str(tmp_path / "x"))
 
 
+def test_deterministic_setting_switches_cuda_ops_off_the_atomic_triton_backward(tmp_path):
+    from seqmamba.ops.backend import resolve_backend
+
+    assert resolve_backend("selective_scan", "auto", on_cuda=True) == "triton"
+    cfg = make_cfg(max_steps=2, deterministic=True)
+    try:
+        Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert resolve_backend("selective_scan", "auto", on_cuda=True) == "torch"
+        assert resolve_backend("selective_scan", "triton", on_cuda=True) == "triton"  # an explicit choice stands
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with pytest.raises(ValueError, match="trainer.deterministic='yes'"):
+        Trainer(TinyRegressionTask(make_cfg(deterministic="yes")), make_cfg(deterministic="yes"), str(tmp_path / "x"))
+
+
 def test_training_extended_from_last_checkpoint_matches_longer_run(tmp_path):
     # run N steps, then a new Trainer with ckpt=last.pt continues to 2N (constant schedule: the
     # schedule of a run to N and a run to 2N agree on the first N steps)

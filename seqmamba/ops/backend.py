@@ -11,12 +11,15 @@ BACKENDS = ("auto", "reference", "torch", "triton")
 def resolve_backend(op: str, backend: str, on_cuda: bool) -> str:
     """Validate ``backend`` and resolve "auto": CUDA tensors -> "triton", everything else -> "torch".
 
+    Under ``torch.use_deterministic_algorithms(True)`` (``trainer.deterministic=true``) "auto" picks
+    "torch" on CUDA too: the Triton backward kernels sum some gradients (dA, dB, dC, dD, d delta_bias)
+    with float atomics, whose order, and so whose last bits, change from run to run.
     Ops without a separate fast CPU path treat "torch" and "reference" alike.
     """
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        return "triton" if on_cuda else "torch"
+        return "triton" if on_cuda and not torch.are_deterministic_algorithms_enabled() else "torch"
     return backend
 
 

@@ -31,6 +31,9 @@ Keys (defaults in brackets):
   (``model.set_activation_checkpointing(True)``; a model without it fails in one line)
 - ``resume`` [false]: auto / true resumes from ``<run dir>/checkpoints/last.pt`` when it exists
 - ``ddp_find_unused_parameters`` [false]: passed to DistributedDataParallel
+- ``deterministic`` [false]: ``torch.use_deterministic_algorithms`` (warn-only) and the ops' deterministic
+  backends: on CUDA the scan and conv run their PyTorch path instead of Triton (whose backward sums with
+  atomics), so two runs, or a run and its resumed copy, give the same weights bit for bit; slower
 - ``stop_at_step`` [null]: pause after this step: write ``last.pt`` and return without the final
   evaluation (the schedule still runs to ``max_steps``; ``resume=auto`` continues). For jobs split
   over several commands or batch allocations.
@@ -75,6 +78,7 @@ class TrainerSettings:
     activation_checkpointing: bool = False
     resume: Any = False
     ddp_find_unused_parameters: bool = False
+    deterministic: bool = False
     stop_at_step: Optional[int] = None
     time_limit_s: Optional[float] = None
 
@@ -106,7 +110,8 @@ class TrainerSettings:
                                  accepted="an integer >= 0 (0: only at the end)")
         s.num_threads = check_int("trainer.num_threads", s.num_threads or 0, minimum=0,
                                   accepted="an integer >= 0 or null (torch's default)")
-        for flag in ("progress", "tensorboard", "compile", "activation_checkpointing", "ddp_find_unused_parameters"):
+        for flag in ("progress", "tensorboard", "compile", "activation_checkpointing", "ddp_find_unused_parameters",
+                     "deterministic"):
             value = getattr(s, flag)
             if not isinstance(value, bool):
                 raise ConfigValueError(f"trainer.{flag}={value!r} is not accepted; expected true or false")

@@ -143,6 +143,10 @@ class Trainer:
         self.is_rank0 = self.dist_env.is_rank0
         self.device = resolve_device(requested, self.dist_env.local_rank)
         apply_num_threads(s.num_threads)
+        if s.deterministic:  # process-wide, as PyTorch's switch is; cuBLAS needs its workspace setting first
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
         self.autocast_dtype = autocast_dtype(s.precision, self.device)
 
         # -- model, optimizer, schedule ------------------------------------------------------------
