@@ -151,15 +151,16 @@ class _ChunkWorkspace:
     The per-step views are made once here: `unbind` costs ~0.5 us a row, an eighth of a step.
     """
 
-    def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool):
-        self.decay = empty((T, batch, dim, N), "cpu", dtype)  # exp(delta_t A)
-        self.state = empty((T + 1, batch, dim, N), "cpu", dtype)  # [0]: carried in; [t+1]: after step t
-        self.per_channel = empty((T, batch, dim), "cpu", dtype)  # one contraction over N
+    def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool,
+                 device: torch.device = torch.device("cpu")):
+        self.decay = empty((T, batch, dim, N), device, dtype)  # exp(delta_t A)
+        self.state = empty((T + 1, batch, dim, N), device, dtype)  # [0]: carried in; [t+1]: after step t
+        self.per_channel = empty((T, batch, dim), device, dtype)  # one contraction over N
         self._decays = self.decay.unbind(0)
         self._states = self.state.unbind(0)
         if adjoint:
-            self.adjoint = empty((T, batch, dim, N), "cpu", dtype)  # dLoss/dh_t
-            self.work = empty((T, batch, dim, N), "cpu", dtype)
+            self.adjoint = empty((T, batch, dim, N), device, dtype)  # dLoss/dh_t
+            self.work = empty((T, batch, dim, N), device, dtype)
             self._adjoints = self.adjoint.unbind(0)
 
     def run_states(self, T, h0, delta_steps, delta_u_steps, A, B_layout, B_chunk):
@@ -212,11 +213,11 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         B_layout = _BCLayout(B, batch, dim, dtype)
         C_layout = _BCLayout(C, batch, dim, dtype)
 
-        h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype)
-        y = empty((batch, dim, L), "cpu", dtype)
-        boundaries = empty((num_chunks, batch, dim, N), "cpu", dtype)  # state entering each chunk
+        h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype, device=u32.device)
+        y = empty((batch, dim, L), u32.device, dtype)
+        boundaries = empty((num_chunks, batch, dim, N), u32.device, dtype)  # state entering each chunk
         if L > 0:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=u32.device)
         for index in range(num_chunks):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
@@ -261,7 +262,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, -, -
         input_dtypes = ctx.input_dtypes
 
-        grad_out = grad_out.to(dtype) if grad_out is not None else torch.zeros(batch, dim, L, dtype=dtype)
+        grad_out = grad_out.to(dtype) if grad_out is not None else torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)
         # dy: gradient w.r.t. y + D u, i.e. before the silu(z) gate.
         grad_z = None
         if z32 is not None:
@@ -273,8 +274,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         else:
             dy = grad_out
 
-        grad_delta = torch.zeros(batch, dim, L, dtype=dtype)  # w.r.t. delta after bias and softplus
-        grad_u = dy * D32[:, None] if D32 is not None else torch.zeros(batch, dim, L, dtype=dtype)
+        grad_delta = torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)  # w.r.t. delta after bias and softplus
+        grad_u = dy * D32[:, None] if D32 is not None else torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)
         grad_A = torch.zeros_like(A32)
         grad_B = torch.zeros_like(B_layout.data)
         grad_C = torch.zeros_like(C_layout.data)
@@ -282,7 +283,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         # dLoss/dh after the current chunk's last step, from the later chunks (or from last_state).
         carry = grad_last_state.to(dtype) if grad_last_state is not None else None
         if L > 0:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True, device=u32.device)
         for index in reversed(range(boundaries.shape[0])):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
@@ -312,7 +313,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
         grad_initial_state = None
         if needs[8]:
-            grad_initial_state = carry if carry is not None else torch.zeros(batch, dim, N, dtype=dtype)
+            grad_initial_state = carry if carry is not None else torch.zeros(batch, dim, N, dtype=dtype, device=u32.device)
             grad_initial_state = grad_initial_state.to(input_dtypes[8])
         if ctx.delta_softplus:
             grad_delta.mul_(torch.sigmoid(delta_pre))
