@@ -339,3 +339,19 @@ def test_compiled_training_saves_checkpoints_with_plain_parameter_names(tmp_path
     assert math.isfinite(result["train/loss"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert set(ckpt["model"]) == set(TinyTokenRegressor().state_dict())
+
+
+def test_throughput_is_logged_from_the_tokens_of_each_batch(tmp_path):
+    from tasks.base import Task
+
+    x = torch.zeros(4, 7, dtype=torch.long)
+    assert Task.batch_tokens(None, (x, x[:, :1])) == 28
+    assert Task.batch_tokens(None, {"inputs": x}) == 28 and Task.batch_tokens(None, [[x]]) == 28
+    cfg = make_cfg(max_steps=4, log_every=2)
+    Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path)).fit()
+    rows = [r for r in read_metrics(str(tmp_path)) if "perf/tokens_per_s" in r]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["perf/tokens_per_s"] > 0 for r in rows)
+    task = TinyRegressionTask(cfg)
+    per_step = task.batch_tokens(next(iter(task.train_batches(0))))  # grad_accum_steps = 1
+    for r in rows:  # both rates share the window's clock, so their ratio is the tokens of one step
+        assert r["perf/tokens_per_s"] / r["perf/steps_per_s"] == pytest.approx(per_step, rel=1e-9)
