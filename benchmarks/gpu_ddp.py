@@ -75,18 +75,14 @@ def weights(path: str):
 
 
 def compare_weights(a: str, b: str):
-    sa, sb = weights(a), weights(b)
-    diff = 0.0
-    for key, value in sa["model"].items():
-        diff = max(diff, (value.float() - sb["model"][key].float()).abs().max().item())
-    return {"step_a": sa["step"], "step_b": sb["step"], "max_abs_diff": diff,
-            "bit_exact": all(torch_equal(v, sb["model"][k]) for k, v in sa["model"].items())}
-
-
-def torch_equal(a, b) -> bool:
+    """Largest weight difference between two checkpoints, and whether they are equal bit for bit."""
     import torch
 
-    return bool(torch.equal(a, b))
+    sa, sb = weights(a), weights(b)
+    pairs = [(value, sb["model"][key]) for key, value in sa["model"].items()]
+    return {"step_a": sa["step"], "step_b": sb["step"],
+            "max_abs_diff": max((x.float() - y.float()).abs().max().item() for x, y in pairs),
+            "bit_exact": all(torch.equal(x, y) for x, y in pairs)}
 
 
 def run_dir_report(run_dir: str):
@@ -118,11 +114,10 @@ def main() -> None:
 
     import torch
 
-    global MODEL_7M
-    device, len14, len17, chrom_len = "cuda", 1 << 14, 1 << 17, 1 << 19
+    device, len14, len17, chrom_len, model = "cuda", 1 << 14, 1 << 17, 1 << 19, MODEL_7M
     if args.cpu_smoke:
         device, len14, len17, chrom_len = "cpu", 256, 1024, 1 << 13
-        MODEL_7M = ["model.d_model=32", "model.n_layer=2"]
+        model = ["model.d_model=32", "model.n_layer=2"]
         results["gpus"] = ["cpu smoke"]
     else:
         n_gpu = torch.cuda.device_count()
@@ -138,26 +133,25 @@ def main() -> None:
     # 1. induction heads on two GPUs, uninterrupted and paused + resumed
     ih = ["task=induction_heads", f"trainer.device={device}", f"trainer.max_steps={args.ih_steps}",
           "trainer.eval_every=0", f"trainer.ckpt_every={args.ih_steps // 4}", "trainer.log_every=20", "seed=0"]
-    try:
-        if "ih" not in parts:
-            raise KeyError("not asked for (--parts)")
-        full_dir, split_dir = os.path.join(args.work, "ih_full"), os.path.join(args.work, "ih_split")
-        secs = torchrun(2, ih, full_dir, logfile, timeout=max(30, left()))
-        with open(os.path.join(full_dir, "eval_results.json")) as f:
-            ih_eval = json.load(f)
-        torchrun(2, ih + [f"trainer.stop_at_step={args.ih_steps // 2}"], split_dir, logfile, timeout=max(30, left()))
-        paused = weights(os.path.join(split_dir, "checkpoints", "last.pt"))["step"]
-        torchrun(2, ih + ["trainer.resume=auto"], split_dir, logfile, timeout=max(30, left()))
-        cmp = compare_weights(os.path.join(full_dir, "checkpoints", "last.pt"),
-                              os.path.join(split_dir, "checkpoints", "last.pt"))
-        results["induction_heads_k2"] = {"seconds": secs, "eval": ih_eval.get("eval"), "paused_at": paused,
-                                         "resume_vs_uninterrupted": cmp, "run_dir": run_dir_report(full_dir),
-                                         "world_size_in_ckpt": weights(os.path.join(full_dir, "checkpoints",
-                                                                                    "last.pt"))["world_size"]}
-        log(f"induction heads K=2: {secs:.0f} s, resume vs uninterrupted {cmp}")
-    except Exception as exc:  # noqa: BLE001 - log and go on to the DNA runs
-        results["induction_heads_k2"] = {"error": str(exc)}
-        log(f"induction heads K=2 FAILED: {exc}")
+    if "ih" in parts:
+        try:
+            full_dir, split_dir = os.path.join(args.work, "ih_full"), os.path.join(args.work, "ih_split")
+            secs = torchrun(2, ih, full_dir, logfile, timeout=max(30, left()))
+            with open(os.path.join(full_dir, "eval_results.json")) as f:
+                ih_eval = json.load(f)
+            torchrun(2, ih + [f"trainer.stop_at_step={args.ih_steps // 2}"], split_dir, logfile, timeout=max(30, left()))
+            paused = weights(os.path.join(split_dir, "checkpoints", "last.pt"))["step"]
+            torchrun(2, ih + ["trainer.resume=auto"], split_dir, logfile, timeout=max(30, left()))
+            cmp = compare_weights(os.path.join(full_dir, "checkpoints", "last.pt"),
+                                  os.path.join(split_dir, "checkpoints", "last.pt"))
+            results["induction_heads_k2"] = {"seconds": secs, "eval": ih_eval.get("eval"), "paused_at": paused,
+                                             "resume_vs_uninterrupted": cmp, "run_dir": run_dir_report(full_dir),
+                                             "world_size_in_ckpt": weights(os.path.join(full_dir, "checkpoints",
+                                                                                        "last.pt"))["world_size"]}
+            log(f"induction heads K=2: {secs:.0f} s, resume vs uninterrupted {cmp}")
+        except Exception as exc:  # noqa: BLE001 - log and go on to the DNA runs
+            results["induction_heads_k2"] = {"error": str(exc)}
+            log(f"induction heads K=2 FAILED: {exc}")
 
     # 1b. the Triton backward sums some gradients with float atomics: two uninterrupted runs already differ.
     # With trainer.deterministic=true (PyTorch scan path) a paused + resumed run must equal the uninterrupted one.
@@ -191,7 +185,7 @@ def main() -> None:
     demo = ensure_demo_genomes(os.path.join(args.work, "demo_long"), n_chroms=14, chrom_length=chrom_len,
                                bed_interval=len17)
     data = [f"dataset.fasta={demo['fasta']}", f"dataset.bed={demo['bed']}"]
-    base = ["task=hg38", f"trainer.device={device}", *MODEL_7M, *data, "trainer.eval_every=0", "trainer.ckpt_every=0",
+    base = ["task=hg38", f"trainer.device={device}", *model, *data, "trainer.eval_every=0", "trainer.ckpt_every=0",
             "task.val_windows=16", "task.val_batch_size=4"]
     plan = [
         # name, K, L, per-GPU batch, accumulation, steps, seed

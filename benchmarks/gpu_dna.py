@@ -21,10 +21,7 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
-import seqmamba  # noqa: E402
-
-if REPO not in seqmamba.__path__:  # not pip-installed: seqmamba.tasks / seqmamba.configs are the checkout's folders
-    seqmamba.__path__.append(REPO)
+import seqmamba  # noqa: E402,F401  (from a checkout it maps tasks/ and configs/ itself: seqmamba/__init__.py)
 
 
 def log(msg: str) -> None:

@@ -56,14 +56,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise ValueError(f"FID: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
-    if np.array_equal(mu1, mu2) and np.array_equal(sigma1, sigma2):
-        return 0.0  # identical statistics: exactly 0, not the eigen-solver's round-off
     root1 = _sqrt_psd(sigma1)
     inner = root1 @ sigma2 @ root1
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     value = float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
     scale = float(np.trace(sigma1) + np.trace(sigma2) + 1e-30)
-    if abs(value) < 1e-12 * scale:  # round-off of an exact 0 (equal distributions, different samples)
+    if abs(value) < 1e-12 * scale:  # the eigen-solver's round-off of an exact 0 (identical statistics)
         value = 0.0
     return max(value, 0.0)
 

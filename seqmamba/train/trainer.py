@@ -325,14 +325,13 @@ class Trainer:
         self.step = step_number
         return {"lr": lr, "grad_norm": grad_norm}
 
-    def _reduce_window(self, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """Mean training metrics over the window and ranks; ``_tokens`` (summed over ranks) is returned
-        as ``perf/tokens`` for the throughput."""
+    def _reduce_window(self, sums: Dict[str, torch.Tensor], seconds: float) -> Dict[str, float]:
+        """Mean training metrics over the window and ranks, and the tokens/s of all ranks together."""
         totals = dist_utils.all_reduce_tensor_sums(sums)
         count = max(float(totals.pop("_count", 1.0)), 1.0)
         tokens = float(totals.pop("_tokens", 0.0))
         row = {f"train/{k}": float(v) / count for k, v in totals.items()}
-        row["perf/tokens"] = tokens
+        row["perf/tokens_per_s"] = tokens / seconds
         return row
 
     def fit(self) -> Dict[str, Any]:
@@ -387,15 +386,14 @@ class Trainer:
                 info = self._train_step(batches, window)
 
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
-                    row = self._reduce_window(window)
                     now = time.perf_counter()
+                    elapsed = max(now - window_start, 1e-9)
+                    row = self._reduce_window(window, elapsed)
                     row["train/lr"] = info["lr"]
                     row["train/grad_norm"] = info["grad_norm"]
                     if current_len is not None:
                         row["train/seq_len"] = current_len
-                    elapsed = max(now - window_start, 1e-9)
                     row["perf/steps_per_s"] = (self.step - window_step0) / elapsed
-                    row["perf/tokens_per_s"] = row.pop("perf/tokens") / elapsed  # all ranks together
                     if self.device.type == "cuda":  # this rank's peak since the start (rank 0's is logged)
                         row["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
                     row["time/elapsed_s"] = now - started

@@ -152,7 +152,7 @@ class _ChunkWorkspace:
     """
 
     def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device):
         self.decay = empty((T, batch, dim, N), device, dtype)  # exp(delta_t A)
         self.state = empty((T + 1, batch, dim, N), device, dtype)  # [0]: carried in; [t+1]: after step t
         self.per_channel = empty((T, batch, dim), device, dtype)  # one contraction over N
@@ -213,11 +213,13 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         B_layout = _BCLayout(B, batch, dim, dtype)
         C_layout = _BCLayout(C, batch, dim, dtype)
 
-        h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype, device=u32.device)
-        y = empty((batch, dim, L), u32.device, dtype)
-        boundaries = empty((num_chunks, batch, dim, N), u32.device, dtype)  # state entering each chunk
+        device = u32.device
+        h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype,
+                                                                                   device=device)
+        y = empty((batch, dim, L), device, dtype)
+        boundaries = empty((num_chunks, batch, dim, N), device, dtype)  # state entering each chunk
         if L > 0:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=u32.device)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=device)
         for index in range(num_chunks):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
@@ -262,7 +264,9 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, -, -
         input_dtypes = ctx.input_dtypes
 
-        grad_out = grad_out.to(dtype) if grad_out is not None else torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)
+        device = u32.device
+        grad_out = grad_out.to(dtype) if grad_out is not None else torch.zeros(batch, dim, L, dtype=dtype,
+                                                                               device=device)
         # dy: gradient w.r.t. y + D u, i.e. before the silu(z) gate.
         grad_z = None
         if z32 is not None:
@@ -274,8 +278,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         else:
             dy = grad_out
 
-        grad_delta = torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)  # w.r.t. delta after bias and softplus
-        grad_u = dy * D32[:, None] if D32 is not None else torch.zeros(batch, dim, L, dtype=dtype, device=u32.device)
+        grad_delta = torch.zeros(batch, dim, L, dtype=dtype, device=device)  # w.r.t. delta after bias and softplus
+        grad_u = dy * D32[:, None] if D32 is not None else torch.zeros(batch, dim, L, dtype=dtype, device=device)
         grad_A = torch.zeros_like(A32)
         grad_B = torch.zeros_like(B_layout.data)
         grad_C = torch.zeros_like(C_layout.data)
@@ -283,7 +287,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         # dLoss/dh after the current chunk's last step, from the later chunks (or from last_state).
         carry = grad_last_state.to(dtype) if grad_last_state is not None else None
         if L > 0:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True, device=u32.device)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True, device=device)
         for index in reversed(range(boundaries.shape[0])):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
@@ -313,7 +317,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
         grad_initial_state = None
         if needs[8]:
-            grad_initial_state = carry if carry is not None else torch.zeros(batch, dim, N, dtype=dtype, device=u32.device)
+            grad_initial_state = carry if carry is not None else torch.zeros(batch, dim, N, dtype=dtype, device=device)
             grad_initial_state = grad_initial_state.to(input_dtypes[8])
         if ctx.delta_softplus:
             grad_delta.mul_(torch.sigmoid(delta_pre))
