@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from seqmamba.config_checks import as_plain_dict, check_int, config_get
 from seqmamba.data import synthetic
+from seqmamba.data.streams import Prefetcher
 from seqmamba.registry import DATASETS
 
 from .next_token import NextTokenTask, model_logits, scored_logits
@@ -68,9 +69,12 @@ class SyntheticLMTask(NextTokenTask):
 
     # -- data -------------------------------------------------------------------------------
     def train_batches(self, start_step: int, rank: int = 0, world_size: int = 1):
-        return synthetic.training_stream(
+        stream = synthetic.training_stream(
             self.train_data, self.seed, start_step, rank, self.batch_size, micro_batches=self.micro_batches
         )
+        # the next batches are drawn on a thread while the device runs this step (the stream is a pure
+        # function of (seed, step, rank), so this changes no batch)
+        return Prefetcher(stream, depth=2, pin_memory=True)
 
     def val_sets(self) -> Dict[str, Sequence]:
         if self._val_sets is None:  # generated once; the trainer asks at every evaluation

@@ -34,6 +34,18 @@ def test_selective_copying_places_data_tokens_in_order_among_noise_then_markers(
     assert len({tuple(torch.nonzero(r).flatten().tolist()) for r in region}) > 50
 
 
+def test_selective_copying_positions_are_uniform_over_the_region():
+    # every position of the region holds a data token equally often (n_tokens / region of the rows),
+    # and a region with no noise at all is all data
+    gen = SelectiveCopyingGenerator(vocab_size=10, n_tokens=4, n_noise=20)
+    inputs, _ = gen.sample(24000, seeded_generator(5))
+    frequency = (inputs[:, :24] != 0).float().mean(dim=0)
+    expected = 4 / 24  # binomial sd over 24000 rows: 0.0024
+    assert torch.all((frequency - expected).abs() < 0.012), frequency
+    full, targets = SelectiveCopyingGenerator(vocab_size=10, n_tokens=5, n_noise=0).sample(8, seeded_generator(1))
+    assert torch.equal(full[:, :5], targets) and torch.all(full[:, 5:] == 9)
+
+
 def test_induction_heads_special_token_appears_twice_and_target_follows_its_first_occurrence():
     gen = InductionHeadsGenerator(vocab_size=16, seq_len=40)
     inputs, targets = gen.sample(256, seeded_generator(3))
@@ -84,6 +96,31 @@ def test_training_stream_differs_by_rank_seed_and_step():
     assert not torch.equal(base, first(0, 0, 1))
     assert not torch.equal(base, first(1, 0, 0))
     assert not torch.equal(base, first(0, 1, 0))
+
+
+def test_prefetcher_yields_the_source_in_order_and_raises_its_error_where_it_happened():
+    from seqmamba.data.streams import Prefetcher
+
+    gen = SelectiveCopyingGenerator(n_tokens=4, n_noise=32)
+    direct = _take(synthetic.training_stream(gen, 3, 5, 0, batch_size=4), 12)
+    fetched = Prefetcher(synthetic.training_stream(gen, 3, 5, 0, batch_size=4), depth=3, pin_memory=True)
+    for (x, y), (x2, y2) in zip(direct, _take(fetched, 12)):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    fetched.close()
+    fetched._thread.join(timeout=5)
+    assert not fetched._thread.is_alive(), "close() stops the producer thread"
+
+    def failing():
+        yield 1
+        yield 2
+        raise RuntimeError("bad record 3")
+
+    it = Prefetcher(failing(), depth=2)
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(RuntimeError, match="bad record 3"):
+        next(it)
+    finite = Prefetcher(iter([1, 2]), depth=1)
+    assert list(finite) == [1, 2] and list(finite) == []
 
 
 def test_validation_set_is_fixed_and_independent_of_the_training_seed():

@@ -10,6 +10,8 @@ A "sampler" here is any object with ``sample(batch_size, generator, **kwargs) ->
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Iterator, List, Sequence
 
 import numpy as np
@@ -40,6 +42,81 @@ def training_stream(
         for micro in range(micro_batches):
             yield sampler.sample(batch_size, seeded_generator(seed, TRAIN_STREAM, step, rank, micro))
         step += 1
+
+
+class Prefetcher:
+    """Iterates ``source`` on a background thread, ``depth`` items ahead, in order.
+
+    The batch of the next step is drawn while the device works on this one (a selective-copying
+    batch, 64 x 4112 tokens, takes ~1 ms of CPU; a CUDA-graphed step of the paper's model takes less
+    than 10). Only for sources whose items do not depend on the consumer's state or on a global
+    RNG: the streams here are pure functions of (seed, step, rank), so prefetching changes no batch.
+    With ``pin_memory`` (and CUDA present) tensors are page-locked on the thread, so the trainer's
+    ``non_blocking`` copy to the GPU is really asynchronous. An exception in the source is raised
+    in the consumer at the item where it happened; ``close()`` (or garbage collection) stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator[Any], depth: int = 2, pin_memory: bool = False):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pin = bool(pin_memory) and torch.cuda.is_available()
+        self._thread = threading.Thread(target=self._produce, args=(iter(source),), daemon=True,
+                                        name="seqmamba-prefetch")
+        self._thread.start()
+
+    def _pinned(self, item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return item.pin_memory()
+        if isinstance(item, (tuple, list)):
+            return type(item)(self._pinned(x) for x in item)
+        if isinstance(item, dict):
+            return {k: self._pinned(v) for k, v in item.items()}
+        return item
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, source: Iterator[Any]) -> None:
+        try:
+            for item in source:
+                if not self._put(self._pinned(item) if self._pin else item):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Failure(exc))
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(self._END)  # stays exhausted
+            raise StopIteration
+        if isinstance(item, _Failure):
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __del__(self):
+        self.close()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
 
 
 def fixed_batches(

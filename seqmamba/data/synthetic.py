@@ -71,10 +71,11 @@ class SelectiveCopyingGenerator:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
         region = self.n_noise + self.n_tokens
-        # n_tokens distinct positions per row, in increasing order: the first n_tokens of a random
-        # permutation of the region, sorted.
-        positions = torch.rand(batch_size, region, generator=generator).argsort(dim=1)[:, : self.n_tokens]
-        positions = positions.sort(dim=1).values
+        # n_tokens distinct positions per row, uniformly among all subsets, in increasing order: the
+        # indices of the n_tokens largest of `region` uniform draws (top-k is linear in the region;
+        # a full argsort made the 64 x 4096 paper batch cost 13 ms on a CPU core, more than the GPU step)
+        scores = torch.rand(batch_size, region, generator=generator)
+        positions = scores.topk(self.n_tokens, dim=1, sorted=False).indices.sort(dim=1).values
         data = torch.randint(1, self.vocab_size - 1, (batch_size, self.n_tokens), generator=generator)
         inputs = torch.full((batch_size, self.seq_len), self.noise_token, dtype=torch.long)
         inputs.scatter_(1, positions, data)
