@@ -127,7 +127,7 @@ def test_paper_configs_keep_the_papers_settings():
     assert induction.task.name == "induction_heads"
     assert (induction.dataset.vocab_size, induction.dataset.seq_len) == (16, 256)
     assert (induction.model.n_layer, induction.model.d_model) == (2, 64)
-    assert induction.trainer.batch_size == 8 and induction.trainer.max_steps == 8192
+    assert induction.trainer.batch_size == 8 and induction.trainer.max_steps == 25 * 8192
     assert induction.optimizer.name == "adam" and induction.optimizer.lr == pytest.approx(1e-3)
     assert induction.optimizer.weight_decay == 0.0
     assert (induction.eval.min_log2_len, induction.eval.max_log2_len) == (6, 20)

@@ -162,7 +162,7 @@ def test_cuda_graph_decoding_equals_eager_decoding():
     assert torch.equal(eager, graphed) and torch.equal(graphed, graphed_again)
 
 
-def test_generation_benchmark_quick_mode_runs_and_prints_ratios(capsys):
+def _load_generation_benchmark():
     import importlib.util
     from pathlib import Path
 
@@ -170,13 +170,67 @@ def test_generation_benchmark_quick_mode_runs_and_prints_ratios(capsys):
     spec = importlib.util.spec_from_file_location("bench_generation", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _run_benchmark(bench, argv):
     threads = torch.get_num_threads()
     try:
-        bench.main(["--quick"])
+        bench.main(argv)
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
-    assert out.count("Mamba/Trans ") == 2  # one ratio row per batch size
+
+
+def test_generation_benchmark_quick_mode_runs_and_prints_ratios(capsys, tmp_path):
+    import csv
+
+    bench = _load_generation_benchmark()
+    out, plot = tmp_path / "rows.csv", tmp_path / "decode.png"
+    _run_benchmark(bench, ["--quick", "--out", str(out), "--plot", str(plot)])
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith(("  q64 ", "  q96 "))]
+    # two tiny sizes x batches 1 2 4 8 16 (the last from the doubling); the fake Transformer OOM from batch 4 on
+    assert [line.split()[1] for line in table] == ["1", "2", "4", "8", "16"] * 2
+    assert sum(" OOM " in line for line in table) == 2 and sum("(OOM)" in line for line in table) == 4
+    assert sum(line.endswith("x") for line in table) == 4  # the ratios where both models ran
+    assert "q64: Mamba 16+, Transformer 2; q96: Mamba 16+, Transformer 2" in printed
+    rows = list(csv.DictReader(out.open()))
+    by_status = {}
+    for row in rows:
+        by_status.setdefault((row["model"], row["status"]), []).append(int(row["batch"]))
+    assert by_status == {("Mamba", "ok"): [1, 2, 4, 8, 16] * 2, ("Transformer", "ok"): [1, 2] * 2,
+                         ("Transformer", "oom"): [4, 4], ("Transformer", "skipped"): [8, 8]}
+    ratios = [float(r["mamba_over_transformer_decode"]) for r in rows if r["mamba_over_transformer_decode"]]
+    assert len(ratios) == 8 and all(r > 0 for r in ratios)  # (size, batch 1 and 2) x both models' rows
+    assert [r["batch"] for r in rows if r["largest_fit"] == "True"] == ["16", "2", "16", "2"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_benchmark_single_size_and_size_names(capsys, tmp_path):
+    import json
+
+    bench = _load_generation_benchmark()
+    out = tmp_path / "rows.json"
+    _run_benchmark(bench, ["--device", "cpu", "--dtype", "fp32", "--threads", "1", "--n-layer", "2", "--d-model", "32",
+                           "--n-head", "4", "--vocab-size", "64", "--prompt-len", "8", "--gen-len", "3",
+                           "--batch-sizes", "2", "1", "--repeats", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["size"], r["model"], r["batch"], r["status"]) for r in rows] == [
+        ("2x32", "Mamba", 1, "ok"), ("2x32", "Mamba", 2, "ok"), ("2x32", "Transformer", 1, "ok"),
+        ("2x32", "Transformer", 2, "ok")]
+    assert "largest batch" not in capsys.readouterr().out  # no doubling search without --sizes or --max-batch
+
+    _run_benchmark(bench, ["--quick", "--time-limit-s", "1e-9", "--out", str(out)])  # nothing runs, nothing breaks
+    assert {r["status"] for r in json.loads(out.read_text())["rows"]} == {"time"}
+    assert "(time): not run" in capsys.readouterr().out
+
+    args = bench.parse_args(["--sizes", "1.3b", "130M"])
+    assert [s.name for s in args.sizes] == ["130m", "1.4b"] and args.max_batch == 1024
+    assert args.batch_sizes == [1, 16, 64, 128, 256] and args.time_limit_s == 480
+    assert [s.gpt_n_layer for s in bench.parse_args(["--sizes", "all"]).sizes] == [12, 24, 24, 24]
+    for bad in (["--sizes", "7b"], ["--sizes", "130m", "--n-layer", "4"], ["--gen-len", "1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
 
 
 def test_greedy_generation_with_every_kind_of_mixer_equals_the_parallel_argmax():

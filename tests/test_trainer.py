@@ -355,3 +355,140 @@ def test_throughput_is_logged_from_the_tokens_of_each_batch(tmp_path):
     per_step = task.batch_tokens(next(iter(task.train_batches(0))))  # grad_accum_steps = 1
     for r in rows:  # both rates share the window's clock, so their ratio is the tokens of one step
         assert r["perf/tokens_per_s"] / r["perf/steps_per_s"] == pytest.approx(per_step, rel=1e-9)
+
+
+# -- CUDA graphs (trainer.cuda_graph) -------------------------------------------------------------------
+class GraphableRegressionTask(TinyRegressionTask):
+    """The tiny task with its batch index as a tensor: what a replayed graph reads must be tensors
+    (a Python value in the batch is baked into the capture), so the NaN injection is data-driven."""
+
+    def train_batches(self, start_step, rank=0, world_size=1):
+        for batch in super().train_batches(start_step, rank, world_size):
+            yield {**batch, "index": torch.tensor(batch["index"])}
+
+    def training_step(self, model, batch):
+        pred = model(batch["tokens"])
+        loss = nn.functional.mse_loss(pred.float(), batch["target"])
+        if self.nan_at_batch is not None:
+            loss = loss * torch.where(batch["index"] == self.nan_at_batch, float("nan"), 1.0)
+        return loss, {"mae": (pred.float() - batch["target"]).abs().mean().detach()}
+
+
+def test_cuda_graph_setting_is_checked_and_refused_where_a_step_cannot_be_captured(tmp_path):
+    from seqmamba.config_checks import ConfigValueError
+    from seqmamba.train.settings import TrainerSettings
+
+    assert TrainerSettings.from_config({"trainer": {"cuda_graph": True}}).cuda_graph == "true"
+    assert TrainerSettings.from_config({"trainer": {"cuda_graph": "auto"}}).cuda_graph == "auto"
+    assert TrainerSettings.from_config({}).cuda_graph == "false"
+    with pytest.raises(ConfigValueError, match="cuda_graph='sometimes'.*true, false or auto"):
+        TrainerSettings.from_config({"trainer": {"cuda_graph": "sometimes"}})
+    cfg = make_cfg(max_steps=2, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=true cannot be used: it needs a CUDA device"):
+        Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "refused"))
+    cfg = make_cfg(max_steps=2, cuda_graph="auto")  # auto: an eager run, same numbers as without it
+    auto = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "auto"))
+    auto.fit()
+    assert not auto.use_cuda_graph
+    plain_cfg = make_cfg(max_steps=2)
+    plain = Trainer(TinyRegressionTask(plain_cfg), plain_cfg, str(tmp_path / "plain"))
+    plain.fit()
+    assert_same_weights(auto.model, plain.model)
+
+
+def test_graphed_step_checkpoints_a_plain_optimizer_state():
+    from seqmamba.train.cuda_graph import GraphedTrainStep
+
+    model = TinyTokenRegressor()
+    optimizer = build_optimizer(model, {"name": "adamw", "lr": 3e-3}, "cpu")
+    scheduler = build_scheduler(optimizer, {"name": "cosine", "warmup_steps": 2}, 10)
+    graph = GraphedTrainStep(model=model, optimizer=optimizer, training_step=None, move_to=None,
+                             autocast=None, grad_clip=1.0, device=torch.device("cpu"))
+    assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor) and optimizer.param_groups[0]["capturable"]
+    scheduler.step()  # the schedule fills the device tensor in place
+    assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(3e-3)
+    state = graph.plain_optimizer_state(optimizer.state_dict())
+    assert all(type(g["lr"]) is float and g["capturable"] is False for g in state["param_groups"])
+    assert state["param_groups"][0]["lr"] == pytest.approx(3e-3)
+    sched_state = graph.plain_scheduler_state(scheduler.state_dict())
+    assert all(type(v) is float for v in sched_state["_last_lr"])
+    fresh = build_optimizer(TinyTokenRegressor(), {"name": "adamw", "lr": 3e-3}, "cpu")
+    fresh.load_state_dict(state)  # an eager CPU run takes the checkpoint as it is
+
+
+def _graph_cfg(**overrides):
+    cfg = make_cfg(device="cuda", precision="auto", **overrides)
+    return cfg
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_graph_run_matches_the_eager_run_and_resumes(tmp_path):
+    # cosine warmup: the learning rate changes every step, so the captured optimizer must read it
+    cfg = _graph_cfg(max_steps=14, ckpt_every=5, cuda_graph=True)
+    graphed = Trainer(GraphableRegressionTask(cfg, dropout=0.0), cfg, str(tmp_path / "graph"))
+    graphed.fit()
+    assert graphed._graph.captures == 1 and graphed._graph.replays == 14 - 3  # 3 eager warmup steps
+    eager_cfg = _graph_cfg(max_steps=14)
+    eager = Trainer(GraphableRegressionTask(eager_cfg, dropout=0.0), eager_cfg, str(tmp_path / "eager"))
+    eager.fit()
+    for (name, p_graph), p_eager in zip(graphed.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6, msg=f"parameter {name}")
+    graph_losses, eager_losses = train_losses(str(tmp_path / "graph")), train_losses(str(tmp_path / "eager"))
+    assert [v for _, v in graph_losses] == pytest.approx([v for _, v in eager_losses], rel=1e-5, abs=1e-7)
+
+    # paused at step 9 and resumed: the uninterrupted graphed run's weights
+    pause_cfg = _graph_cfg(max_steps=14, ckpt_every=5, cuda_graph=True, stop_at_step=9)
+    Trainer(GraphableRegressionTask(pause_cfg, dropout=0.0), pause_cfg, str(tmp_path / "paused")).fit()
+    ckpt = torch.load(tmp_path / "paused" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(type(g["lr"]) is float and not g.get("capturable") for g in ckpt["optimizer"]["param_groups"])
+    resume_cfg = _graph_cfg(max_steps=14, ckpt_every=5, cuda_graph=True, resume="auto")
+    resumed = Trainer(GraphableRegressionTask(resume_cfg, dropout=0.0), resume_cfg, str(tmp_path / "paused"))
+    assert resumed.step == 9
+    resumed.fit()
+    for (name, p_graph), p_resumed in zip(graphed.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p_resumed, p_graph, rtol=1e-5, atol=1e-6, msg=f"parameter {name}")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_graph_run_stops_on_a_nan_loss_before_the_update_and_recaptures_a_new_length(tmp_path):
+    cfg = _graph_cfg(max_steps=12, ckpt_every=3, cuda_graph=True)
+    run_dir = tmp_path / "nan"
+    trainer = Trainer(GraphableRegressionTask(cfg, nan_at_batch=7), cfg, str(run_dir))  # batch 7 = step 8
+    with pytest.raises(TrainingError, match="step 8"):
+        trainer.fit()
+    assert trainer._graph is not None and trainer._graph.replays >= 4  # step 8 was a replayed one
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+
+    cfg = _graph_cfg(max_steps=12, cuda_graph=True, seq_len_warmup=[[0, 6], [6, 9]])
+    warm = Trainer(GraphableRegressionTask(cfg), cfg, str(tmp_path / "lengths"))
+    result = warm.fit()
+    assert warm._graph.captures == 2 and warm._graph.replays == (6 - 3) + (6 - 3)
+    assert math.isfinite(result["train/loss"])
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_graph_trains_the_mamba_induction_heads_model_like_the_eager_step(tmp_path):
+    import seqmamba.tasks  # noqa: F401  (registers the tasks)
+    from seqmamba.registry import TASKS
+
+    def run(name, **trainer):
+        cfg = {"seed": 0, "task": {"name": "induction_heads", "val_samples": 64, "val_batch_size": 64},
+               "dataset": {"name": "induction_heads", "vocab_size": 16, "seq_len": 64},
+               "model": {"name": "mamba_lm", "d_model": 32, "n_layer": 2},
+               "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}, "scheduler": {"name": "constant"},
+               "trainer": {"max_steps": 24, "batch_size": 8, "device": "cuda", "log_every": 1, "eval_every": 0,
+                           "progress": False, "tensorboard": False, "deterministic": True, **trainer}}
+        trainer_obj = Trainer(TASKS.get("induction_heads")(cfg), cfg, str(tmp_path / name))
+        trainer_obj.fit()
+        return trainer_obj, [v for _, v in train_losses(str(tmp_path / name))]
+
+    graphed, graph_losses = run("graph", cuda_graph=True)
+    eager, eager_losses = run("eager")
+    assert graphed._graph.replays == 21
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
+    for (name, p_graph), p_eager in zip(graphed.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")

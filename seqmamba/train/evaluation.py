@@ -46,10 +46,11 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return torch.bfloat16
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast(device: torch.device, dtype: Optional[torch.dtype], cache_enabled: bool = True):
+    """``cache_enabled=False`` under CUDA-graph capture (the cast-weight cache must not outlive it)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 @contextlib.contextmanager

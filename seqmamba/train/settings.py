@@ -39,6 +39,10 @@ Keys (defaults in brackets):
   over several commands or batch allocations.
 - ``time_limit_s`` [null]: pause the same way once this many seconds of training have passed in this
   process (rank 0's clock decides for every rank)
+- ``cuda_graph`` [false]: false | true | auto. Replay each training step from CUDA graphs (forward +
+  backward + clipping, then the optimizer step; :mod:`seqmamba.train.cuda_graph`), for small models
+  whose eager step is launch-bound. ``true`` fails in one line where a step cannot be captured (CPU,
+  DDP, gradient accumulation, fp16, compile); ``auto`` then trains eagerly.
 """
 from __future__ import annotations
 
@@ -81,6 +85,7 @@ class TrainerSettings:
     deterministic: bool = False
     stop_at_step: Optional[int] = None
     time_limit_s: Optional[float] = None
+    cuda_graph: Any = False
 
     @classmethod
     def keys(cls) -> List[str]:
@@ -129,6 +134,7 @@ class TrainerSettings:
         if s.time_limit_s is not None:
             s.time_limit_s = check_float("trainer.time_limit_s", s.time_limit_s, minimum=0.0,
                                          accepted="seconds >= 0 or null")
+        s.cuda_graph = _check_cuda_graph(s.cuda_graph)
         s.seq_len_warmup = parse_seq_len_warmup(s.seq_len_warmup)
         if s.resume in (None, False, "", "never", "none"):
             s.resume = False
@@ -138,6 +144,16 @@ class TrainerSettings:
             raise ConfigValueError(f"trainer.resume={s.resume!r} is not accepted; expected auto (or true), "
                                    f"or null / false")
         return s
+
+
+def _check_cuda_graph(value: Any) -> str:
+    """true / false (YAML booleans or strings) or auto -> "true" | "false" | "auto"."""
+    if isinstance(value, bool) or value is None:
+        return "true" if value else "false"
+    name = str(value).lower()
+    if name in ("true", "false", "auto"):
+        return name
+    raise ConfigValueError(f"trainer.cuda_graph={value!r} is not accepted; expected true, false or auto")
 
 
 def _check_device(value: Any) -> str:

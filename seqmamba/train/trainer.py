@@ -52,6 +52,7 @@ from . import distributed as dist_utils
 from seqmamba.atomic_write import atomic_write_text, remove_stale_temp_files
 from seqmamba.config_checks import config_get, section
 
+from . import cuda_graph as graphs
 from .checkpoint import atomic_torch_save, load_model_weights, make_checkpoint
 from .evaluation import add_sums, autocast, autocast_dtype, evaluate_sets
 from .run_log import MetricsLogger, plot_curves
@@ -169,6 +170,23 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, section(self.cfg, "scheduler"), self.max_steps)
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
+        # -- CUDA graphs (trainer.cuda_graph) --------------------------------------------------------
+        self.use_cuda_graph = False
+        if s.cuda_graph != "false":
+            reason = graphs.unsupported_reason(
+                device=self.device, world_size=self.world_size, grad_accum_steps=self.grad_accum_steps,
+                autocast_dtype=self.autocast_dtype, compile=s.compile)
+            if reason is not None and s.cuda_graph == "true":
+                raise ValueError(f"trainer.cuda_graph=true cannot be used: {reason}; set it false or auto")
+            if reason is not None and self.is_rank0:
+                log.info("trainer.cuda_graph=auto: training eagerly, as %s", reason)
+            self.use_cuda_graph = reason is None
+        self._graph: Optional[graphs.GraphedTrainStep] = None  # built at the first captured step
+        self._warm_signature: Any = None
+        self._warm_shapes: Any = None
+        self._warm_steps = 0
+        self._warned_leaf_values = False
+
         self.step = 0
         self.best_metric: Optional[float] = None
         self.best_step: Optional[int] = None
@@ -229,6 +247,9 @@ class Trainer:
             monitor=self.monitor,
             config_yaml=self.config_yaml,
         )
+        if self._graph is not None:  # a plain state, loadable by eager and CPU runs
+            ckpt["optimizer"] = self._graph.plain_optimizer_state(ckpt["optimizer"])
+            ckpt["scheduler"] = self._graph.plain_scheduler_state(ckpt["scheduler"])
         path = os.path.join(self.ckpt_dir, name)
         atomic_torch_save(ckpt, path)
         return path
@@ -271,6 +292,68 @@ class Trainer:
     def _open_batches(self) -> Iterator[Any]:
         return iter(self.task.train_batches(self.step, self.rank, self.world_size))
 
+    def _next_batch(self, batches: Iterator[Any], step_number: int, micro: int) -> Any:
+        try:
+            return next(batches)
+        except StopIteration:
+            raise TrainingError(
+                f"task.train_batches ran out at step {step_number} (micro-batch {micro}); it must be infinite"
+            ) from None
+
+    def _stop_if_nonfinite(self, step_number: int, n_bad: float, grad_norm: float, losses: List[Any]) -> None:
+        if n_bad > 0:
+            values = [float(v) for v in losses]
+            raise TrainingError(
+                f"non-finite training loss at step {step_number} on {int(n_bad)} micro-batch(es) "
+                f"(this rank's losses: {values}); stopped, the last good checkpoint is kept")
+        if not math.isfinite(grad_norm) and not self.grad_scaler.is_enabled():
+            raise TrainingError(
+                f"non-finite gradient norm {grad_norm} at step {step_number} (loss {[float(v) for v in losses]}); "
+                "stopped before the update, the last good checkpoint is kept"
+            )
+
+    def _step(self, batches: Iterator[Any], sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """One optimizer step, eager or (``trainer.cuda_graph``) replayed from CUDA graphs. A batch
+        shape seen for the first time gets ``graphs.WARMUP_STEPS`` eager steps on a side stream
+        before it is captured."""
+        if not self.use_cuda_graph:
+            return self._train_step(batches, sums)
+        batch = self._next_batch(batches, self.step + 1, 0)
+        signature = graphs.batch_signature(batch)
+        if signature != self._warm_signature:
+            shapes = graphs.batch_signature(batch, leaf_values=False)
+            if shapes == self._warm_shapes and not self._warned_leaf_values:
+                self._warned_leaf_values = True
+                log.warning("trainer.cuda_graph: a non-tensor value in the training batch changed at step %d; "
+                            "each change means eager steps and a new capture (keep batch values in tensors)",
+                            self.step + 1)
+            self._warm_signature, self._warm_shapes, self._warm_steps = signature, shapes, 0
+        if self._warm_steps < graphs.WARMUP_STEPS:
+            self._warm_steps += 1
+            with graphs.side_stream(self.device):
+                return self._train_step(iter([batch]), sums)
+        return self._graphed_train_step(batch, sums)
+
+    def _graphed_train_step(self, batch: Any, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        step_number = self.step + 1
+        self.train_model.train()
+        if self._graph is None:
+            self._graph = graphs.GraphedTrainStep(
+                model=self.train_model, optimizer=self.optimizer, training_step=self.task.training_step,
+                move_to=self.task.move_to, grad_clip=self.grad_clip, device=self.device,
+                autocast=lambda: autocast(self.device, self.autocast_dtype, cache_enabled=False))
+        g = self._graph
+        g.forward_backward(batch)
+        # the graph's outputs are overwritten by the next replay: the window keeps copies
+        add_sums(sums, {"loss": g.loss.clone(), "_count": 1.0, "_tokens": float(self.task.batch_tokens(batch))})
+        add_sums(sums, {k: v.clone() for k, v in g.metrics.items() if k != "loss"})
+        loss, grad_norm, lr = graphs.stack_for_host([g.loss, g.grad_norm, g.current_lr()])
+        self._stop_if_nonfinite(step_number, float(not math.isfinite(loss)), grad_norm, [loss])
+        g.update()
+        self.scheduler.step()
+        self.step = step_number
+        return {"lr": lr, "grad_norm": grad_norm}
+
     def _train_step(self, batches: Iterator[Any], sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches. Adds this rank's metric sums
         to ``sums`` as device tensors (the micro-batch count under ``"_count"``), so nothing waits
@@ -281,13 +364,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses: List[torch.Tensor] = []
         for micro in range(self.grad_accum_steps):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise TrainingError(
-                    f"task.train_batches ran out at step {step_number} (micro-batch {micro}); it must be infinite"
-                ) from None
-            batch = self.task.move_to(batch, self.device)
+            batch = self.task.move_to(self._next_batch(batches, step_number, micro), self.device)
             last_micro = micro == self.grad_accum_steps - 1
             no_sync = self.dist_env.is_distributed and not last_micro
             with (self.train_model.no_sync() if no_sync else contextlib.nullcontext()):
@@ -308,16 +385,7 @@ class Trainer:
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         grad_norm_t = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         n_bad, grad_norm = torch.stack([nonfinite.to(grad_norm_t.device), grad_norm_t.double()]).tolist()
-        if n_bad > 0:
-            values = [float(v) for v in losses]
-            raise TrainingError(
-                f"non-finite training loss at step {step_number} on {int(n_bad)} micro-batch(es) "
-                f"(this rank's losses: {values}); stopped, the last good checkpoint is kept")
-        if not math.isfinite(grad_norm) and not self.grad_scaler.is_enabled():
-            raise TrainingError(
-                f"non-finite gradient norm {grad_norm} at step {step_number} (loss {[float(v) for v in losses]}); "
-                "stopped before the update, the last good checkpoint is kept"
-            )
+        self._stop_if_nonfinite(step_number, n_bad, grad_norm, losses)
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.grad_scaler.step(self.optimizer)  # plain optimizer.step() when the scaler is disabled
         self.grad_scaler.update()
@@ -383,7 +451,7 @@ class Trainer:
                     current_len, batches = wanted_len, None  # reopen: prefetched batches have the old length
                 if batches is None:
                     batches = self._open_batches()
-                info = self._train_step(batches, window)
+                info = self._step(batches, window)
 
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
                     now = time.perf_counter()

@@ -1,0 +1,191 @@
+"""The training step replayed from CUDA graphs (``trainer.cuda_graph``).
+
+A small model spends an eager training step launching kernels, not running them: the paper's
+induction-heads model (74K parameters, batch 8 x 256) runs a few hundred small kernels per step, each
+launched from Python. Captured once into CUDA graphs, the step is a copy of the batch into static
+buffers and two graph launches.
+
+Two graphs per batch shape, so that the trainer's contract holds unchanged: a non-finite loss or
+gradient norm stops the run *before* the optimizer applies it.
+
+1. ``forward_backward``: forward under autocast, backward, gradient clipping; leaves the loss, the
+   task's metrics and the gradient norm in static tensors.
+2. ``update``: the optimizer step (Adam/AdamW with ``capturable=True`` and the learning rate as a
+   device tensor, so the schedule's ``fill_`` reaches the captured kernels).
+
+The trainer runs :data:`WARMUP_STEPS` ordinary eager steps on a side stream first (kernels compiled,
+the optimizer's state created, allocator warmed), then captures; a new batch shape (sequence-length
+warmup) captures again. Checkpoints store a plain optimizer state (float learning rate, the
+optimizer's own ``capturable`` flag), so they load into eager or CPU runs.
+
+What cannot be captured is refused with the reason (``trainer.cuda_graph=true``) or silently left
+eager (``auto``): a CPU device, several processes (DDP), gradient accumulation, fp16 loss scaling,
+``trainer.compile``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+#: eager steps before the capture (the PyTorch recipe: warm up on a side stream, then capture)
+WARMUP_STEPS = 3
+
+CUDA_GRAPH_CHOICES = ("false", "true", "auto")
+
+
+def unsupported_reason(*, device: torch.device, world_size: int, grad_accum_steps: int,
+                       autocast_dtype: Optional[torch.dtype], compile: bool) -> Optional[str]:
+    """Why this run's step cannot be graph-captured, or None when it can."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device (this run is on {device})"
+    if world_size > 1:
+        return f"it runs in one process only (this run has {world_size}; DDP's gradient hooks are not captured)"
+    if grad_accum_steps > 1:
+        return f"it needs trainer.grad_accum_steps=1 (got {grad_accum_steps})"
+    if autocast_dtype == torch.float16:
+        return "fp16 loss scaling checks the gradients on the host every step; use precision=bf16 or fp32"
+    if compile:
+        return "trainer.compile=true and CUDA graphs do not combine here; pick one"
+    return None
+
+
+def _structure_copy(dst: Any, src: Any) -> None:
+    """Copy a (nested tuple / list / dict) batch of tensors into same-shaped device buffers."""
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src, non_blocking=True)
+    elif isinstance(dst, (tuple, list)):
+        for d, s in zip(dst, src):
+            _structure_copy(d, s)
+    elif isinstance(dst, dict):
+        for key in dst:
+            _structure_copy(dst[key], src[key])
+
+
+def batch_signature(batch: Any, leaf_values: bool = True) -> Any:
+    """What a captured graph is specialised to: the shapes and dtypes of a batch's tensors and
+    (``leaf_values``) the values of its other leaves, which a replay cannot change."""
+    if isinstance(batch, torch.Tensor):
+        return (tuple(batch.shape), batch.dtype)
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch_signature(b, leaf_values) for b in batch)
+    if isinstance(batch, dict):
+        return tuple((k, batch_signature(v, leaf_values)) for k, v in sorted(batch.items()))
+    return batch if leaf_values else type(batch).__name__
+
+
+class GraphedTrainStep:
+    """Capture and replay one training step; see the module docstring.
+
+    ``training_step(model, batch) -> (loss, metrics)`` and ``move_to(batch, device)`` are the task's.
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 training_step: Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
+                 move_to: Callable[[Any, torch.device], Any], autocast: Callable[[], Any], grad_clip: float,
+                 device: torch.device):
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.training_step, self.move_to, self.autocast = training_step, move_to, autocast
+        self.max_norm = grad_clip if grad_clip > 0 else float("inf")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # the optimizer's own flags, written back into checkpoints
+        self._plain_capturable = [group.get("capturable", False) for group in optimizer.param_groups]
+        self._signature: Any = None
+        self._graphs: Optional[Tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]] = None
+        self._static_batch: Any = None
+        self.loss: Optional[torch.Tensor] = None
+        self.metrics: Dict[str, torch.Tensor] = {}
+        self.grad_norm: Optional[torch.Tensor] = None
+        self.captures = 0
+        self.replays = 0
+        self._make_optimizer_capturable()
+
+    # -- optimizer ------------------------------------------------------------------------------
+    def _make_optimizer_capturable(self) -> None:
+        for group in self.optimizer.param_groups:
+            if "capturable" in group:
+                group["capturable"] = True
+            if not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=self.device)
+        for param, state in self.optimizer.state.items():  # non-fused Adam keeps its step count on the host
+            step = state.get("step")
+            if isinstance(step, torch.Tensor) and step.device != param.device:
+                state["step"] = step.to(param.device, dtype=torch.float32)
+
+    def current_lr(self) -> torch.Tensor:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def plain_optimizer_state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """An optimizer ``state_dict()`` as an eager run writes it: float lr, the original flags."""
+        for group, capturable in zip(state["param_groups"], self._plain_capturable):
+            if isinstance(group.get("lr"), torch.Tensor):
+                group["lr"] = float(group["lr"])
+            if "capturable" in group:
+                group["capturable"] = capturable
+        return state
+
+    @staticmethod
+    def plain_scheduler_state(state: Dict[str, Any]) -> Dict[str, Any]:
+        """A scheduler ``state_dict()`` with its last learning rates as floats (they alias the
+        optimizer's device tensors while the graphs run)."""
+        if "_last_lr" in state:
+            state["_last_lr"] = [float(v) for v in state["_last_lr"]]
+        return state
+
+    # -- capture --------------------------------------------------------------------------------
+    def _capture(self, batch: Any) -> None:
+        self._graphs = None  # a new shape: the old graphs and their memory pool go
+        self._static_batch = self.move_to(batch, self.device)
+        torch.cuda.synchronize(self.device)
+        pool = torch.cuda.graph_pool_handle()  # shared by this capture's two graphs
+        # gradients are created by the captured backward (in the graph's pool) and then overwritten
+        # by every replay; nothing outside may replace them afterwards
+        self.optimizer.zero_grad(set_to_none=True)
+        forward_backward, update = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # thread_local: the data prefetcher may pin host memory on its own thread meanwhile, which
+        # the default "global" mode counts as an error in the capture
+        with torch.cuda.graph(forward_backward, pool=pool, capture_error_mode="thread_local"):
+            with self.autocast():
+                loss, metrics = self.training_step(self.model, self._static_batch)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+            self.loss = loss.detach().float()
+            self.metrics = {k: v.detach() for k, v in metrics.items()}
+            self.grad_norm = grad_norm.detach()
+        with torch.cuda.graph(update, pool=pool, capture_error_mode="thread_local"):
+            self.optimizer.step()
+        self._graphs = (forward_backward, update)
+        self._signature = batch_signature(batch)
+        self.captures += 1
+
+    def forward_backward(self, batch: Any) -> None:
+        """Replay forward + backward + clipping on ``batch`` (host or device tensors); the results
+        are in :attr:`loss`, :attr:`metrics`, :attr:`grad_norm` until the next call."""
+        if self._graphs is None or batch_signature(batch) != self._signature:
+            self._capture(batch)
+        _structure_copy(self._static_batch, batch)
+        self._graphs[0].replay()
+        self.replays += 1
+
+    def update(self) -> None:
+        """Replay the optimizer step (after the host has checked the loss and gradient norm)."""
+        self._graphs[1].replay()
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """Run the block on a fresh CUDA stream ordered after, and before, the current one (warmup
+    steps before a capture, as PyTorch's recipe asks)."""
+    current = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        yield
+    current.wait_stream(stream)
+
+
+def stack_for_host(values: List[torch.Tensor]) -> List[float]:
+    """Several device scalars to host floats in one transfer."""
+    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values]).tolist()
