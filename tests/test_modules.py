@@ -165,6 +165,19 @@ def test_cached_ssm_constants_follow_in_place_parameter_updates():
     assert not torch.allclose(first, cached)
 
 
+def test_ssm_constants_cache_sees_writes_that_bypass_autograd_once_their_versions_are_bumped():
+    """A CUDA-graph replay of the optimizer writes the parameters without bumping their version counters
+    (emulated here by writes through ``.data``): the cache cannot see that, so the trainer's graphed step
+    bumps them with ``torch.autograd.graph.increment_version`` after every replay (seqmamba/train/cuda_graph.py)."""
+    m = make_mamba()
+    with torch.no_grad():
+        before = m._ssm_constants()[0].clone()
+        m.A_log.data.add_(0.5)  # no version bump: the stale cache is what a replay would leave
+        assert torch.equal(m._ssm_constants()[0], before)
+        torch.autograd.graph.increment_version(list(m.parameters()))
+        torch.testing.assert_close(m._ssm_constants()[0], -torch.exp(m.A_log.float()), rtol=0, atol=0)
+
+
 def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
     from seqmamba.modules.norm import LayerNorm, fused_add_norm
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from seqmamba.train import Trainer, TrainingError, read_metrics
+from seqmamba.train.checkpoint import load_model_weights
 from seqmamba.train.optim import build_optimizer, split_decay_groups
 from seqmamba.train.schedule import build_scheduler, lr_multiplier
 from seqmamba.train.trainer import resolve_precision
@@ -480,15 +481,32 @@ def test_cuda_graph_trains_the_mamba_induction_heads_model_like_the_eager_step(t
                "dataset": {"name": "induction_heads", "vocab_size": 16, "seq_len": 64},
                "model": {"name": "mamba_lm", "d_model": 32, "n_layer": 2},
                "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}, "scheduler": {"name": "constant"},
-               "trainer": {"max_steps": 24, "batch_size": 8, "device": "cuda", "log_every": 1, "eval_every": 0,
+               "trainer": {"max_steps": 24, "batch_size": 8, "device": "cuda", "log_every": 1, "eval_every": 8,
                            "progress": False, "tensorboard": False, "deterministic": True, **trainer}}
         trainer_obj = Trainer(TASKS.get("induction_heads")(cfg), cfg, str(tmp_path / name))
         trainer_obj.fit()
-        return trainer_obj, [v for _, v in train_losses(str(tmp_path / name))]
+        return trainer_obj, [v for _, v in train_losses(str(tmp_path / name))], cfg
 
-    graphed, graph_losses = run("graph", cuda_graph=True)
-    eager, eager_losses = run("eager")
+    graphed, graph_losses, cfg = run("graph", cuda_graph=True)
+    eager, eager_losses, _ = run("eager")
     assert graphed._graph.replays == 21
+    # evaluations in the run see the weights the replays wrote (the no-grad caches keyed on parameter
+    # versions included): the same numbers as the saved weights loaded into a fresh model
+    fresh = TASKS.get("induction_heads")(cfg).build_model().cuda()
+    load_model_weights(fresh, str(tmp_path / "graph" / "checkpoints" / "last.pt"))
+    in_run = graphed.evaluate()
+    graphed.model = fresh
+    assert in_run == pytest.approx(graphed.evaluate(), rel=1e-6)
     assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
     for (name, p_graph), p_eager in zip(graphed.model.named_parameters(), eager.model.parameters()):
         torch.testing.assert_close(p_graph, p_eager, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")
+
+
+def test_a_tie_with_the_best_metric_moves_best_to_the_later_weights(tmp_path):
+    # val/acc saturates at 1.0 on the synthetic tasks; best.pt must not freeze at the first perfect step
+    cfg = make_cfg(max_steps=1)
+    trainer = Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path))
+    trainer.monitor_mode, trainer.best_metric = "max", 1.0
+    assert trainer._is_better(1.0) and not trainer._is_better(0.99) and not trainer._is_better(float("nan"))
+    trainer.monitor_mode, trainer.best_metric = "min", 0.5
+    assert trainer._is_better(0.5) and not trainer._is_better(0.51)

@@ -170,8 +170,15 @@ class GraphedTrainStep:
         self.replays += 1
 
     def update(self) -> None:
-        """Replay the optimizer step (after the host has checked the loss and gradient norm)."""
+        """Replay the optimizer step (after the host has checked the loss and gradient norm).
+
+        A replay writes the parameters (and the optimizer's state) without PyTorch seeing an in-place op,
+        so their version counters are bumped here by hand: caches keyed on them (the Mamba layer's
+        A = -exp(A_log) outside autograd, generation's decode graphs) would otherwise keep serving the
+        weights of the first evaluation (what the in-run evals of selective copying showed: val loss
+        5.4 while the same weights, loaded afresh, score 1.54)."""
         self._graphs[1].replay()
+        torch.autograd.graph.increment_version(self.params)
 
 
 @contextlib.contextmanager

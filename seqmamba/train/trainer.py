@@ -268,7 +268,10 @@ class Trainer:
             return False
         if self.best_metric is None:
             return True
-        return value < self.best_metric if self.monitor_mode == "min" else value > self.best_metric
+        # a tie goes to the later weights: once val/acc saturates at 1.0 (induction heads at its training
+        # length), best.pt keeps following training instead of freezing at the first perfect checkpoint,
+        # which extrapolates worst (notes/extrapolation.md)
+        return value <= self.best_metric if self.monitor_mode == "min" else value >= self.best_metric
 
     def _reached_early_stop(self, metrics: Mapping[str, float]) -> bool:
         if self.early_stop_metric is None or not metrics:
