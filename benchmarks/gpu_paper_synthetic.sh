@@ -8,35 +8,27 @@
 # the fixed run directory $RUNS/<task> (default outputs/paper/<task>), resuming from its last.pt when
 # there is one (trainer.resume=auto): bring that directory back after a command, send it with the next.
 # When a run reaches max_steps, the last weights are scored: induction heads at every length 2^6 .. 2^20
-# (eval_last/extrapolation.*), selective copying on its held-out set. With $OUT set, the run's small files
-# (metrics, config, curves, last.pt, results) are copied to $OUT/<task>.
+# (eval_last/extrapolation.*), selective copying on its held-out set. With $OUT set, the run directory
+# (without its TensorBoard events) is packed into $OUT/<task>.tgz; unpack it under $RUNS to continue.
 set -u
 what=${1:?usage: gpu_paper_synthetic.sh ih|sc [SECONDS]}
 limit=${2:-420}
 RUNS=${RUNS:-outputs/paper}
 case "$what" in
-  ih) task=induction_heads; log_every=2048 ;;
-  sc) task=selective_copying; log_every=200 ;;
+  ih) task=induction_heads; log_every=2048; run_eval="eval.max_log2_len=10" ;;  # best.pt: a quick look
+  sc) task=selective_copying; log_every=200; run_eval="" ;;
   *) echo "unknown run '$what' (expected ih or sc)" >&2; exit 2 ;;
 esac
 dir="$RUNS/$task"
 python -m seqmamba.cli run "experiment=paper/$task" trainer.resume=auto "trainer.time_limit_s=$limit" \
-  trainer.progress=false "trainer.log_every=$log_every" "hydra.run.dir=$dir" 2>&1 | grep -v Warning | tail -40
+  trainer.progress=false "trainer.log_every=$log_every" "hydra.run.dir=$dir" $run_eval 2>&1 | grep -v Warning | tail -40
 status=${PIPESTATUS[0]}
 if [ -f "$dir/eval_results.json" ] && [ ! -f "$dir/eval_last/eval_results.json" ]; then
   # finished: the paper reports the last weights (the run verb scored best.pt, the first to peak at 256)
   python -m seqmamba.cli eval "experiment=paper/$task" "ckpt=$dir/checkpoints/last.pt" \
     "hydra.run.dir=$dir/eval_last" 2>&1 | grep -v Warning | tail -25
 fi
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/$task/checkpoints" "$OUT/$task/eval_last"
-  for f in metrics.jsonl metrics.csv config.yaml loss_curve.png train_results.json eval_results.json \
-           extrapolation.csv extrapolation.json extrapolation.png; do
-    [ -f "$dir/$f" ] && cp "$dir/$f" "$OUT/$task/"
-  done
-  for f in eval_results.json extrapolation.csv extrapolation.json extrapolation.png; do
-    [ -f "$dir/eval_last/$f" ] && cp "$dir/eval_last/$f" "$OUT/$task/eval_last/"
-  done
-  cp "$dir/checkpoints/last.pt" "$OUT/$task/checkpoints/" 2>/dev/null
+if [ -n "${OUT:-}" ]; then  # one archive: the device returns only a few files per command
+  tar -C "$RUNS" --exclude=tensorboard -czf "$OUT/$task.tgz" "$task" && ls -l "$OUT/$task.tgz"
 fi
 exit "$status"

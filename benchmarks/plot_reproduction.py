@@ -1,0 +1,94 @@
+"""Figures of REPRODUCTION.md from the recorded runs under reproduction/ (CSV files; no GPU needed).
+
+    python benchmarks/plot_reproduction.py            # writes docs/img/repro_*.png
+
+- repro_induction_heads.png: training loss and validation accuracy at the training length (256) against
+  steps, and accuracy against test length 2^6 .. 2^20 beside the paper's Mamba (100% everywhere) and the
+  CPU default model trained at 64 (notes/extrapolation.md);
+- repro_selective_copying.png: training loss / accuracy on the 16 output positions against steps, and the
+  held-out accuracy from the segments whose in-run evaluation was valid (see REPRODUCTION.md).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# CPU default (train length 64, early stop), 64+ sequences per length: notes/extrapolation.md, table 1-3
+CPU_DEFAULT = {6: 100, 7: 100, 8: 100, 9: 100, 10: 100, 11: 100, 12: 100, 13: 87.5, 14: 56.3}
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows, key, since=0):
+    pairs = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "") and int(r["step"]) >= since]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=os.path.join(REPO, "reproduction"))
+    parser.add_argument("--out", default=os.path.join(REPO, "docs", "img"))
+    parser.add_argument("--sc-valid-from", type=int, default=51391,
+                        help="first selective-copying step whose in-run evaluation is valid (REPRODUCTION.md)")
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.out, exist_ok=True)
+    ih = read(os.path.join(args.runs, "induction_heads", "metrics.csv"))
+    ext = read(os.path.join(args.runs, "induction_heads", "extrapolation_last.csv"))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    steps, loss = column(ih, "train/loss")
+    ax1.semilogy([s / 1000 for s in steps], loss, label="train loss (window mean)")
+    ax1.set_xlabel("thousand steps (batch 8 x 256)")
+    ax1.set_ylabel("cross-entropy at the last position")
+    twin = ax1.twinx()
+    vs, va = column(ih, "val/acc")
+    twin.plot([s / 1000 for s in vs], [100 * v for v in va], "o-", color="tab:green", ms=3, label="val acc at 256")
+    twin.set_ylabel("val accuracy (%)")
+    twin.set_ylim(0, 102)
+    ax1.set_title("Induction heads, paper config: training (H200)")
+    ax1.legend(loc="center right")
+    twin.legend(loc="lower right")
+    lengths = [int(r["log2_length"]) for r in ext]
+    ax2.plot(lengths, [100 * float(r["acc"]) for r in ext], "o-", label="seqmamba, trained at 256 (last weights)")
+    ax2.plot(lengths, [100] * len(lengths), "k--", lw=1, label="paper, Mamba")
+    ax2.plot(list(CPU_DEFAULT), list(CPU_DEFAULT.values()), "s:", color="tab:red",
+             label="seqmamba CPU default, trained at 64")
+    ax2.axvline(8, color="grey", lw=0.8)
+    ax2.set_xlabel("log2 test length")
+    ax2.set_ylabel("accuracy (%)")
+    ax2.set_ylim(0, 104)
+    ax2.set_title("Accuracy vs length (512+ sequences per length)")
+    ax2.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "repro_induction_heads.png"), dpi=120)
+    plt.close(fig)
+
+    sc = read(os.path.join(args.runs, "selective_copying", "metrics.csv"))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    s, a = column(sc, "train/acc")
+    ax.plot(s, [100 * v for v in a], label="train acc (fresh batches)")
+    s, a = column(sc, "val/acc", since=args.sc_valid_from)
+    ax.plot(s, [100 * v for v in a], "o", ms=4, label="held-out acc (1024 sequences)")
+    ax.axhline(99.8, color="k", ls="--", lw=1, label="paper, Mamba: 99.8 (400K steps)")
+    ax.set_xlabel("step (batch 64 x 4112)")
+    ax.set_ylabel("accuracy on the 16 outputs (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title("Selective copying, paper config (H200), in progress")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "repro_selective_copying.png"), dpi=120)
+    plt.close(fig)
+    print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
+
+
+if __name__ == "__main__":
+    main()
