@@ -451,3 +451,27 @@ def test_triton_scan_forward_with_L_split_across_programs_matches_float64_refere
                                            return_last_state=True)
     assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
     assert scan_launch.split_segments(batch, dim, L, args["u"].device, save_states=True) == 1
+
+
+@pytest.mark.parametrize("pre", [-30.0, -18.0, -15.0, -8.0, 0.5, 25.0])
+def test_triton_softplus_keeps_tiny_deltas_like_the_reference(pre):
+    # delta = softplus(pre): at pre = -18 it is 1.5e-8, where log(1 + exp(pre)) in fp32 gives exactly 0 (and
+    # 17% too little at -15); the scan and the decode step must keep such long memories as the CPU path does
+    torch.manual_seed(0)
+    batch, dim, L, N = 1, 4, 8, 4
+    u = torch.randn(batch, dim, L, device=DEVICE)
+    delta = torch.zeros(batch, dim, L, device=DEVICE)
+    A = -torch.rand(dim, N, device=DEVICE) - 0.5
+    B, C = torch.randn(batch, N, L, device=DEVICE), torch.randn(batch, N, L, device=DEVICE)
+    bias = torch.full((dim,), pre, device=DEVICE)
+    out = selective_scan(u, delta, A, B, C, None, delta_bias=bias, delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), None,
+                             delta_bias=bias.double(), delta_softplus=True)
+    assert rel_err(out, ref) < 1e-5
+    state = torch.zeros(batch, dim, N, device=DEVICE)  # from zero, the new state and y are proportional to delta
+    state_ref = state.double().clone()
+    y = selective_state_update(state, u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], dt_bias=bias,
+                               dt_softplus=True, backend="triton")
+    y_ref = selective_state_update_ref(state_ref, u[..., 0].double(), delta[..., 0].double(), A.double(),
+                                       B[..., 0].double(), C[..., 0].double(), dt_bias=bias.double(), dt_softplus=True)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(state, state_ref) < 1e-5

@@ -45,8 +45,15 @@ def _shifted_reverse_combine(f_later, g_later, p_later, f_earlier, g_earlier, p_
 
 @triton.jit
 def _softplus(x):
-    # log(1 + exp(x)), exact to fp32 for large x (mamba_ssm uses the same threshold of 20).
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+    """log(1 + exp(x)) to fp32 accuracy: x itself above 20 (mamba_ssm's threshold), and log1p(e) for e = exp(x)
+    computed as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e (Goldberg's log1p). The plain
+    log(1 + e) is 0 below x ~ -16.6 and 17% off at -15, so small deltas (long memories) came out shorter on the
+    GPU than on the CPU (notes/extrapolation.md); mamba_ssm's CUDA scan uses log1pf."""
+    e = tl.exp(x)
+    u = 1.0 + e
+    d = u - 1.0
+    log1p_e = tl.where(d == 0.0, e, tl.log(u) * (e / tl.where(d == 0.0, 1.0, d)))
+    return tl.where(x <= 20.0, log1p_e, x)
 
 
 @triton.jit

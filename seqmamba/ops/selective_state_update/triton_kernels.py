@@ -16,6 +16,7 @@ import triton.language as tl
 
 from ..buffers import empty
 from ..launch import CachedLaunch, cdiv
+from ..selective_scan.triton_kernels import _softplus
 
 
 @triton.jit
@@ -49,7 +50,7 @@ def _selective_state_update_kernel(
     if HAS_DT_BIAS:
         dt += tl.load(dt_bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = _softplus(dt)
     A = tl.load(A_ptr + d_idx[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
     if ONE_GROUP:  # B / C shared by every channel (Mamba's decode): one (N,) row each, no per-channel division
         mask_n = n_idx < N
