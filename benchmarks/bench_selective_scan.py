@@ -327,29 +327,34 @@ def block_layout_table(sweep_first: bool):
 
 
 def split_l_table(batch=1, dim=256, L=2 ** 20, segment_counts=(1, 8, 16, 32, 64, 128)):
-    """Issue 9: the inference forward with L split across programs (scan_forward_split) against one pass over L,
-    at a shape where batch x channels cannot fill the GPU (256 programs on 132 SMs): ms per forward, and the
-    largest relative difference to the one-pass output."""
+    """Issue 9: the forward with L split across programs (scan_forward_split) and the training forward + backward
+    split the same way (scan_forward_split_train / scan_backward_split) against one pass over L, at a shape where
+    batch x channels cannot fill the GPU (256 programs on 132 SMs): ms, and the largest relative difference of the
+    output / of any gradient to the one-pass results."""
     inputs = make_inputs(batch, dim, L)
     rows = []
-    ref = None
+    ref = ref_grads = None
     for segments in segment_counts:
         scan_launch.FORCE_SEGMENTS = segments
-        fwd, _ = scan_fns(inputs, "triton")
-        out = fwd()
+        scan_launch.FORCE_TRAIN_SEGMENTS = segments  # the training forward + backward split the same way
+        fwd, fwd_bwd = scan_fns(inputs, "triton")
+        out, grads = fwd(), fwd_bwd()
         ref = out if ref is None else ref
-        rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float())))
+        ref_grads = grads if ref_grads is None else ref_grads
+        grad_diff = max(rel_err(g.float(), r.float()) for g, r in zip(grads, ref_grads))
+        rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float()), bench_ms(fwd_bwd), grad_diff))
         print(rows[-1], flush=True)
-    scan_launch.FORCE_SEGMENTS = None
+    scan_launch.FORCE_SEGMENTS = scan_launch.FORCE_TRAIN_SEGMENTS = None
     rule = scan_launch.split_segments(batch, dim, L, torch.device("cuda"), False)
     print(f"\nsplit L across programs, forward (no grad), ({batch}, {dim}, {L}) bf16; GPU {torch.cuda.get_device_name()}; "
           f"the current rule picks {rule} segment(s) (FWD_CONFIG split_programs_per_sm="
           f"{scan_launch.FWD_CONFIG.get('split_programs_per_sm', 0)}); exp floor (one pass) "
           f"{exp_floor_ms(batch, dim, L):.3f} ms")
-    print("| segments | fwd ms | vs one pass | rel. diff to one pass |")
-    print("|---|---|---|---|")
-    for segments, ms, diff in rows:
-        print(f"| {segments} | {ms:.3f} | {rows[0][1] / ms:.2f}x | {diff:.1e} |")
+    print("| segments | fwd ms | vs one pass | rel. diff | fwd+bwd ms (training split) | vs one pass | max grad diff |")
+    print("|---|---|---|---|---|---|---|")
+    for segments, ms, diff, train_ms, grad_diff in rows:
+        print(f"| {segments} | {ms:.3f} | {rows[0][1] / ms:.2f}x | {diff:.1e} | {train_ms:.3f} | "
+              f"{rows[0][3] / train_ms:.2f}x | {grad_diff:.1e} |")
     return rows
 
 

@@ -453,6 +453,28 @@ def test_triton_scan_forward_with_L_split_across_programs_matches_float64_refere
     assert scan_launch.split_segments(batch, dim, L, args["u"].device, save_states=True) == 1
 
 
+@pytest.mark.parametrize("L,bc_layout,time_major,use", [(128, "variable", False, ALL_OPTIONAL),
+                                                        (141, "grouped", True, ALL_OPTIONAL),
+                                                        (70, "variable", False, ("z", "delta_bias"))])
+def test_triton_training_scan_with_L_split_across_programs_matches_float64_reference(monkeypatch, short_chunks, L,
+                                                                                     bc_layout, time_major, use):
+    """The training forward and backward cut into 4 segments of whole 16-step chunks (L = 128: 4 x 32; 141:
+    4 x 32 and a 13-step tail; 70: 4 x 16 and a 6-step tail), delta shifted so a segment's decay (~0.9) carries
+    state and state gradient across segments: out, last state and every gradient (initial state included)."""
+    monkeypatch.setattr(scan_launch, "FORCE_TRAIN_SEGMENTS", 4)
+    batch, dim, N = 2, 4, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L, time_major=time_major)
+    inputs["delta"] = inputs["delta"] - 5.0
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    calls = []
+    split = scan_launch.scan_forward_split_train
+    monkeypatch.setattr(scan_autograd, "scan_forward_split_train", lambda *a: calls.append(a[-1]) or split(*a))
+    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+    assert calls == [4], "the split path ran"
+    # constant B / C (dim, N) is not split
+    assert scan_launch.split_segments_train(inputs["u"], inputs["A"], inputs["A"], 16) == 1
+
+
 @pytest.mark.parametrize("pre", [-30.0, -18.0, -15.0, -8.0, 0.5, 25.0])
 def test_triton_softplus_keeps_tiny_deltas_like_the_reference(pre):
     # delta = softplus(pre): at pre = -18 it is 1.5e-8, where log(1 + exp(pre)) in fp32 gives exactly 0 (and

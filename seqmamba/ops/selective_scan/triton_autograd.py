@@ -9,7 +9,8 @@ import torch
 
 from ..backend import records_autograd
 from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
-                            is_block_layout, scan_backward, scan_forward, scan_forward_split, split_segments)
+                            is_block_layout, scan_backward, scan_backward_split, scan_forward, scan_forward_split,
+                            scan_forward_split_train, split_segments, split_segments_train)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -89,10 +90,10 @@ def _setup_context(ctx, inputs, output):
     ctx.initial_state_dtype = initial_state.dtype if initial_state is not None else None
 
 
-def _gradients(ctx, dout, dlast, backward_fn):
+def _gradients(ctx, dout, dlast, backward_fn, check_states=True):
     """The autograd backward of the scan, shared by the custom op (torch.compile) and the eager Function."""
     u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
-    if chunk_states.dim() != 4:
+    if check_states and chunk_states.dim() != 4:
         raise RuntimeError("selective_scan: backward needs the chunk states; the forward ran without grad")
     du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0 = backward_fn(
         u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states, dout, dlast)
@@ -117,8 +118,16 @@ class _SelectiveScanEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
-        out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                     initial_state, save_states)
+        # few programs for the GPU (small batch x channels, long L): L split across programs, forward and backward
+        segments = split_segments_train(u, B, C, _backward_chunk_len(u, delta, z, A, B, C)) if save_states else 1
+        ctx.split = None
+        if segments > 1:
+            out, last_state, ctx.split = scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias,
+                                                                  delta_softplus, initial_state, segments)
+            chunk_states = u.new_empty((1,), dtype=torch.float32)  # the split keeps its own (ctx.split)
+        else:
+            out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                         initial_state, save_states)
         _setup_context(ctx, (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states),
                        (out, last_state, chunk_states))
         ctx.set_materialize_grads(False)
@@ -128,6 +137,11 @@ class _SelectiveScanEager(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         if dout is None:  # only the last state was used
             dout = torch.zeros_like(ctx.saved_tensors[0])
+        if ctx.split is not None:
+            split, ctx.split = ctx.split, None  # its saved states are freed with the gradients
+            backward_fn = lambda u, delta, A, B, C, D, z, bias, softplus, _states, dout, dlast: \
+                scan_backward_split(u, delta, A, B, C, D, z, bias, softplus, split, dout, dlast)  # noqa: E731
+            return _gradients(ctx, dout, dlast, backward_fn, check_states=False)
         return _gradients(ctx, dout, dlast, scan_backward)
 
 

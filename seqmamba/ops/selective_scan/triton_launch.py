@@ -232,37 +232,158 @@ def scan_forward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, init
     entering the segments follow by h_{s+1} = P_s h_s + h0_s with P_s = exp(A sum_{t in s} delta_t) (a short
     loop over segments on (dim, N) tensors); (3) scanned again from those states, writing out. Twice the forward's
     arithmetic, on segments times as many programs. Returns (out, last_state) like ``scan_forward``."""
+    out, last, _ = _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments,
+                                  u.shape[2] // segments, save_states=False)
+    return out, last
+
+
+# Tests and benchmarks set this to force the training split (None: the rule in split_segments_train).
+FORCE_TRAIN_SEGMENTS: Optional[int] = None
+
+
+def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_t: int) -> int:
+    """Segments for the training scan (``scan_forward_split_train``), 1 = don't split. By BWD_CONFIG's
+    ``split_programs_per_sm`` (absent or 0: never, until the GPU shows it pays; ``FORCE_TRAIN_SEGMENTS``
+    overrides) like the forward's rule, each segment a whole number of the backward's chunks (``chunk_t``)
+    and at least ``split_min_len`` long. Variable B / C only (the Mamba layer's case)."""
     batch, dim, L = u.shape
-    seg_len = L // segments
+    if B.dim() < 3 or C.dim() < 3:
+        return 1
+    if FORCE_TRAIN_SEGMENTS is not None:
+        segments = FORCE_TRAIN_SEGMENTS
+    else:
+        target = BWD_CONFIG.get("split_programs_per_sm", 0)
+        if not target or u.device.type != "cuda":
+            return 1
+        want = target * _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
+        segments = 1
+        while batch * dim * segments < want and L // (2 * segments) >= BWD_CONFIG.get("split_min_len", 4096):
+            segments *= 2
+    return segments if segments > 1 and L // segments >= chunk_t else 1
+
+
+def _split_layout(L: int, segments: int, chunk_t: int):
+    """(segment length: a multiple of chunk_t, start of the tail = segments * segment length)."""
+    seg_len = (L // segments) // chunk_t * chunk_t
+    return seg_len, segments * seg_len
+
+
+def _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len):
+    """P_s = exp(A sum_{t in segment s} delta_t), (segments, dim, N): what a segment's start state is multiplied
+    by on the way to its end."""
+    dim = delta.shape[1]
+    d = delta[row, :, :segments * seg_len].float()
+    if delta_bias is not None:
+        d = d + delta_bias.float()[:, None]
+    if delta_softplus:
+        d = torch.nn.functional.softplus(d)
+    return torch.exp(d.reshape(dim, segments, seg_len).sum(-1).t()[:, :, None] * A32)
+
+
+def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments, seg_len,
+                   save_states):
+    """Both split forwards: per batch row, segment end states from zero (1), the carry h_{s+1} = P_s h_s + h0_s
+    (2), the forward again from the true entering states (3), then the tail (L - segments * seg_len steps) on its
+    own. Returns (out, last_state, [(segment chunk states, tail chunk states, P) per row]); the chunk states are
+    placeholders without ``save_states``."""
+    batch, dim, L = u.shape
     main = segments * seg_len
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last = empty((batch, dim, A.shape[1]), u.device, torch.float32)
     A32 = A.float()
+    rows = []
     for row in range(batch):
         view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
         args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus]
         seg_out = view(out)
         _, h0, _ = scan_forward(*args, None, False, out=seg_out)                     # (1) end states from zero
-        d = delta[row, :, :main].float()
-        if delta_bias is not None:
-            d = d + delta_bias.float()[:, None]
-        if delta_softplus:
-            d = torch.nn.functional.softplus(d)
-        decay = torch.exp(d.reshape(dim, segments, seg_len).sum(-1).t()[:, :, None] * A32)  # (segments, dim, N)
+        decay = _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len)
         h_in = empty(h0.shape, u.device, torch.float32)                                 # (2) carry across
         h = initial_state[row].float() if initial_state is not None else torch.zeros_like(h0[0])
         for s in range(segments):
             h_in[s] = h
             h = torch.addcmul(h0[s], decay[s], h)
-        _, h_seg, _ = scan_forward(*args, h_in, False, out=seg_out)                  # (3) out from the true states
-        h_last = h_seg[segments - 1]
+        _, h_seg, states = scan_forward(*args, h_in, save_states, out=seg_out)       # (3) out from the true states
+        h_last, tail_states = h_seg[segments - 1], None
         if main < L:  # the tail
             tail = lambda t: t[row:row + 1, ..., main:] if t is not None and t.dim() >= 3 else t  # noqa: E731
-            _, h_tail, _ = scan_forward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias,
-                                        delta_softplus, h_last[None], False, out=tail(out))
+            _, h_tail, tail_states = scan_forward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias,
+                                                  delta_softplus, h_last[None], save_states, out=tail(out))
             h_last = h_tail[0]
         last[row] = h_last
-    return out, last
+        rows.append((states, tail_states, decay))
+    return out, last, rows
+
+
+def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments):
+    """The training forward with L split across programs (issue 9: long sequences at small batch x channels):
+    ``_split_forward`` with segments of whole backward chunks and the backward's chunk states saved. Returns
+    (out, last_state, saved), ``saved`` being what ``scan_backward_split`` needs."""
+    chunk_t = _launch_config(u.shape[1], A.shape[1], u.shape[2], _bc_layout(B, C, u.shape[1])[-1], backward=True,
+                             block_layout=is_block_layout(u, delta, z))[1]
+    seg_len, _ = _split_layout(u.shape[2], segments, chunk_t)
+    out, last, rows = _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments,
+                                     seg_len, save_states=True)
+    return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
+
+
+def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dout, dlast):
+    """Backward of ``scan_forward_split_train``; returns what ``scan_backward`` returns.
+
+    Per batch row, last to first: the tail with the caller's dlast; every segment's gradient at its start with a
+    zero carry at its end (``local_s``, one backward pass over the segments as a batch); the true carries by
+    g_{s-1} = local_s + P_s g_s (g_last from the tail or dlast); then the backward again with the true carries,
+    whose gradients are the result. Twice the backward's arithmetic on ``segments`` times the programs."""
+    batch, dim, L = u.shape
+    segments, seg_len, main = saved["segments"], saved["seg_len"], saved["segments"] * saved["seg_len"]
+    du, ddelta, dz = _input_grads_like(u, delta, z)
+    dB, dC = torch.empty_like(B), torch.empty_like(C)
+    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
+    dD = torch.zeros(D.shape, device=u.device, dtype=torch.float32) if D is not None else None
+    ddbias = torch.zeros(delta_bias.shape, device=u.device, dtype=torch.float32) if delta_bias is not None else None
+    dh0 = empty((batch, dim, A.shape[1]), u.device, torch.float32)
+
+    def place(full, part, row, start, length, n_rows):
+        """part (n_rows, ..., length) -> full[row, ..., start:start + n_rows * length] (segments in order)."""
+        target = full[row, ..., start:start + n_rows * length]
+        target.copy_(part.movedim(0, -2).reshape(target.shape))
+
+    def add_small(grads):
+        dA.add_(grads[2])
+        if dD is not None:
+            dD.add_(grads[5])
+        if ddbias is not None:
+            ddbias.add_(grads[7])
+
+    for row in range(batch):
+        states, tail_states, decay = saved["rows"][row]
+        g = dlast[row].float() if dlast is not None else torch.zeros_like(decay[0])
+        if tail_states is not None:
+            tail = lambda t: t[row:row + 1, ..., main:] if t is not None and t.dim() >= 3 else t  # noqa: E731
+            grads = scan_backward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias, delta_softplus,
+                                  tail_states, tail(dout), g[None])
+            for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4])):
+                place(full, part, row, main, L - main, 1)
+            if z is not None:
+                place(dz, grads[6], row, main, L - main, 1)
+            add_small(grads)
+            g = grads[8][0]
+        view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
+        args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus, states,
+                                                view(dout)]
+        local = scan_backward(*args, None)[8]                       # dL/dh_in_s with no carry into the segment's end
+        carry = empty(local.shape, u.device, torch.float32)
+        for s in range(segments - 1, -1, -1):
+            carry[s] = g
+            g = torch.addcmul(local[s], decay[s], g)
+        grads = scan_backward(*args, carry)                         # the true carries: the gradients
+        for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4])):
+            place(full, part, row, 0, seg_len, segments)
+        if z is not None:
+            place(dz, grads[6], row, 0, seg_len, segments)
+        add_small(grads)
+        dh0[row] = grads[8][0]
+    return du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0
 
 
 def _input_grads_like(u, delta, z):
