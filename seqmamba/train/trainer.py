@@ -178,7 +178,7 @@ class Trainer:
                 autocast_dtype=self.autocast_dtype, compile=s.compile)
             if reason is not None and s.cuda_graph == "true":
                 raise ValueError(f"trainer.cuda_graph=true cannot be used: {reason}; set it false or auto")
-            if reason is not None and self.is_rank0:
+            if reason is not None and self.is_rank0 and self.device.type == "cuda":  # on a CPU nobody expects graphs
                 log.info("trainer.cuda_graph=auto: training eagerly, as %s", reason)
             self.use_cuda_graph = reason is None
         self._graph: Optional[graphs.GraphedTrainStep] = None  # built at the first captured step
