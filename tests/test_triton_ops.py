@@ -475,6 +475,33 @@ def test_triton_training_scan_with_L_split_across_programs_matches_float64_refer
     assert scan_launch.split_segments_train(inputs["u"], inputs["A"], inputs["A"], 16) == 1
 
 
+@pytest.mark.parametrize("bc_layout,time_major,use", [("variable", False, ("z", "delta_bias")),
+                                                      ("grouped", True, ("z",)),
+                                                      ("constant", False, ("delta_bias",))])
+def test_state_gradient_kernel_equals_the_backward_state_gradient_and_the_float64_one(short_chunks, bc_layout,
+                                                                                       time_major, use):
+    """scan_state_grad (the split's local pass) = dL/d(initial state) of the full backward with no last-state
+    gradient, and of the float64 reference; 37 steps = two 16-step chunks and a partial one."""
+    batch, dim, L, N = 2, 4, 37, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=5, time_major=time_major)
+    args = {k: (v.to(DEVICE) if v is not None else None) for k, v in inputs.items()}
+    z = args["z"] if "z" in use else None
+    bias = args["delta_bias"] if "delta_bias" in use else None
+    dout = torch.randn(batch, dim, L, device=DEVICE)
+    states = scan_launch.scan_forward(args["u"], args["delta"], args["A"], args["B"], args["C"], None, z, bias, True,
+                                      args["initial_state"], True)[2]
+    full = scan_launch.scan_backward(args["u"], args["delta"], args["A"], args["B"], args["C"], None, z, bias, True,
+                                     states, dout, None)[8]
+    local = scan_launch.scan_state_grad(args["u"], args["delta"], args["A"], args["B"], args["C"], z, bias, True, dout)
+    torch.testing.assert_close(local, full, rtol=1e-6, atol=1e-7)
+    h0 = args["initial_state"].double().requires_grad_(True)
+    out = selective_scan_ref(args["u"].double(), args["delta"].double(), args["A"].double(), args["B"].double(),
+                             args["C"].double(), None, z.double() if z is not None else None,
+                             bias.double() if bias is not None else None, True, initial_state=h0)
+    (expected,) = torch.autograd.grad((out * dout.double()).sum(), [h0])
+    assert rel_err(local, expected) < 1e-5
+
+
 @pytest.mark.parametrize("pre", [-30.0, -18.0, -15.0, -8.0, 0.5, 25.0])
 def test_triton_softplus_keeps_tiny_deltas_like_the_reference(pre):
     # delta = softplus(pre): at pre = -18 it is 1.5e-8, where log(1 + exp(pre)) in fp32 gives exactly 0 (and

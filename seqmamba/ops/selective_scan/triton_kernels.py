@@ -395,3 +395,56 @@ def _selective_scan_bwd_kernel(
         tl.atomic_add(dD_ptr + d64, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_DBIAS:
         tl.atomic_add(ddbias_ptr + d64, ddbias_acc, mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _selective_scan_dstate_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, dbias_ptr, dout_ptr, dstate_ptr,
+    dim, L, N, channels_per_group, n_chunks,
+    s_dt_b, s_dt_d, s_dt_l,
+    s_z_b, s_z_d, s_z_l,
+    s_A_d, s_A_n,
+    s_C_b, s_C_g, s_C_n, s_C_l,
+    s_do_b, s_do_d, s_do_l,
+    BLOCK_D: tl.constexpr, T: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, C_VAR: tl.constexpr,
+):
+    """dL/d(initial state) alone, with no gradient on the last state: the backward's reverse recurrence
+    dh_t = C_t dy_t + a_{t+1} dh_{t+1} and nothing else (no recomputed states, no other gradient, no atomics).
+    What the training split needs per segment (triton_launch.scan_backward_split). Same operations as the
+    backward kernel's, so the same numbers. dstate_ptr: (batch, dim, N) fp32 zeros; it carries a_t dh_t of each
+    chunk's first step into the previous chunk and ends holding the result."""
+    pid_b, d64, mask_d, _, dbias, group, _, C_base = _program_channels(
+        dim, channels_per_group, dbias_ptr, dbias_ptr, C_ptr, s_C_b, s_C_g, C_ptr, s_C_b, s_C_g,
+        BLOCK_D, False, HAS_DBIAS)
+    t_loc = tl.arange(0, T)
+    dt_row = _rows(delta_ptr, pid_b, d64, s_dt_b, s_dt_d)
+    z_row = _rows(z_ptr, pid_b, d64, s_z_b, s_z_d)
+    do_row = _rows(dout_ptr, pid_b, d64, s_do_b, s_do_d)
+    dstate_row = dstate_ptr + (pid_b * dim + d64) * N
+    is_first = (t_loc == 0)[None, :]
+    is_last = (t_loc == T - 1)[None, :]
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t_idx = c * T + t_loc
+        mask_t = t_idx < L
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        t64 = t_idx.to(tl.int64)
+        delta, _ = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            dy = dy * zv * tl.sigmoid(zv)
+        for n in range(0, N):
+            A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
+            if C_VAR:
+                Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:
+                Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            a = tl.exp2(delta * A2[:, None])
+            carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
+            g = tl.where(is_last, Cn * dy + carry[:, None], Cn * dy)
+            _, dh, _ = tl.associative_scan((a, g, tl.full(a.shape, 1.0, tl.float32)), axis=1,
+                                           combine_fn=_shifted_reverse_combine, reverse=True)
+            tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
+        tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk

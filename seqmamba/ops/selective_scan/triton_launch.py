@@ -13,7 +13,7 @@ import triton
 from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
-from .triton_kernels import _selective_scan_bwd_kernel, _selective_scan_fwd_kernel
+from .triton_kernels import _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
@@ -21,6 +21,7 @@ FORCE_CHUNK_T: Optional[int] = None
 # Repeat launches skip Triton's JITFunction.run (seqmamba/ops/launch.py).
 _launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
 _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
+_launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
 
 
 def _bc_as_4d(X: torch.Tensor, dim: int):
@@ -327,13 +328,36 @@ def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
 
 
+def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
+    """dL/d(initial state) of the scan, (batch, dim, N) fp32, with no gradient on its last state: the state
+    gradient the backward would return, from a kernel that computes nothing else (reads delta, z, dout, C)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    _, _, _, C_var, _, sC, cpg = _bc_layout(B, C, dim)
+    BLOCK_D, T, num_warps, options, _ = _launch_config(dim, N, L, cpg, backward=True,
+                                                       block_layout=is_block_layout(u, delta, z), batch=batch,
+                                                       device=u.device)
+    dstate = torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32)
+    dummy = _dummy(u)
+    zz = z if z is not None else u
+    _launch_dstate(
+        (cdiv(dim, BLOCK_D), batch),
+        (delta, A, C, zz, delta_bias if delta_bias is not None else dummy, dout, dstate),
+        (dim, L, N, cpg, _n_chunks(L, T), *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride()),
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), C_VAR=C_var),
+        num_warps, options)
+    return dstate
+
+
 def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dout, dlast):
     """Backward of ``scan_forward_split_train``; returns what ``scan_backward`` returns.
 
     Per batch row, last to first: the tail with the caller's dlast; every segment's gradient at its start with a
     zero carry at its end (``local_s``, one backward pass over the segments as a batch); the true carries by
     g_{s-1} = local_s + P_s g_s (g_last from the tail or dlast); then the backward again with the true carries,
-    whose gradients are the result. Twice the backward's arithmetic on ``segments`` times the programs."""
+    whose gradients are the result. The local pass (``scan_state_grad``) runs only the state-gradient recurrence,
+    so the split costs one backward plus that pass, on ``segments`` times the programs."""
     batch, dim, L = u.shape
     segments, seg_len, main = saved["segments"], saved["seg_len"], saved["segments"] * saved["seg_len"]
     du, ddelta, dz = _input_grads_like(u, delta, z)
@@ -371,7 +395,9 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
         args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus, states,
                                                 view(dout)]
-        local = scan_backward(*args, None)[8]                       # dL/dh_in_s with no carry into the segment's end
+        # dL/dh_in_s with no carry into the segment's end: the state gradient alone (~ a third of a backward)
+        local = scan_state_grad(view(u), view(delta), A, view(B), view(C), view(z), delta_bias, delta_softplus,
+                                view(dout))
         carry = empty(local.shape, u.device, torch.float32)
         for s in range(segments - 1, -1, -1):
             carry[s] = g
