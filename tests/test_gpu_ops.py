@@ -315,6 +315,37 @@ def test_gpu_scan_forward_with_L_split_across_programs_matches_one_pass_and_refe
     assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
 
 
+@pytest.mark.parametrize("segments", [8, 32])
+def test_gpu_training_scan_with_L_split_matches_one_pass(monkeypatch, segments):
+    """Issue 9's split for training (forward with saved states per segment, state-gradient pass, backward with the
+    carried gradients) at (1, 256, 2^18 + 777) in fp32, time-major as the block passes it, an initial state and a
+    tail after the segments: out, last state and every gradient equal the one-pass scan's (rel 1e-4)."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    L = 2 ** 18 + 777
+    inputs = scan_inputs(1, 256, L, dtype=torch.float32, time_major=True, seed=2)
+    inputs["initial_state"] = torch.randn(1, 256, 16, device="cuda")
+    inputs["delta"] = inputs["delta"] - 4.0  # decays near 1 over a segment: the carries matter
+    dout = torch.randn(1, L, 256, device="cuda").transpose(1, 2)
+
+    def run(forced):
+        monkeypatch.setattr(kernels, "FORCE_TRAIN_SEGMENTS", forced)
+        args = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+        out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend="triton")
+        grads = torch.autograd.grad((out * dout).sum() + last.sum(), list(args.values()))
+        return out.detach(), last.detach(), dict(zip(args, grads))
+
+    out1, last1, grads1 = run(1)
+    calls = []
+    split = kernels.scan_forward_split_train
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.selective_scan.triton_autograd"),
+                        "scan_forward_split_train", lambda *a: calls.append(a[-1]) or split(*a))
+    out, last, grads = run(segments)
+    assert calls == [segments]
+    assert rel_err(out, out1) < 1e-4 and rel_err(last, last1) < 1e-4
+    for name in grads1:
+        assert rel_err(grads[name], grads1[name]) < 1e-4, name
+
+
 def test_torch_backend_runs_on_cuda_and_is_bitwise_repeatable():
     # trainer.deterministic=true routes CUDA training through the PyTorch scan (no atomics): it must run on
     # CUDA tensors, match the reference, and give the same bits twice
