@@ -224,8 +224,9 @@ class MambaRunner:
 
     name = "Mamba"
 
-    def __init__(self, model: MambaLM, max_seqlen: int, use_cuda_graph: bool):
+    def __init__(self, model: MambaLM, max_seqlen: int, use_cuda_graph: bool, cg_prefill: bool = False):
         self.model, self.max_seqlen, self.use_cuda_graph = model, max_seqlen, use_cuda_graph
+        self.cg_prefill = cg_prefill
         self.cache_bytes_per_sequence = _nbytes(model.allocate_inference_cache(1, max_seqlen))
 
     def prepare(self, batch: int) -> None:
@@ -234,6 +235,8 @@ class MambaRunner:
     def generate(self, prompt: torch.Tensor, max_new_tokens: int,
                  on_prefilled: Callable[[], None] | None = None) -> torch.Tensor:
         model = self.model
+        if on_prefilled is not None and self.cg_prefill:
+            return self._generate_with_graphed_prefill(prompt, max_new_tokens, on_prefilled)
         if on_prefilled is not None:
             prefill = model.prefill
 
@@ -246,10 +249,29 @@ class MambaRunner:
         try:
             # one cache size for every call, so the captured decode graph is reused
             return model.generate(prompt, max_new_tokens, temperature=0, cg=self.use_cuda_graph,
-                                  max_seqlen=self.max_seqlen)
+                                  cg_prefill=self.cg_prefill, max_seqlen=self.max_seqlen)
         finally:
             if on_prefilled is not None:
                 del model.prefill
+
+    def _generate_with_graphed_prefill(self, prompt, max_new_tokens, on_prefilled):
+        """The prefill is a graph replay here (model.prefill runs only inside its capture, where no host sync is
+        allowed): the mark follows the replay instead."""
+        from seqmamba.models import generation
+
+        replay = generation.CUDAGraphPrefill.__call__
+
+        def replay_then_mark(graph, input_ids, inference_params):
+            logits = replay(graph, input_ids, inference_params)
+            on_prefilled()
+            return logits
+
+        generation.CUDAGraphPrefill.__call__ = replay_then_mark
+        try:
+            return self.model.generate(prompt, max_new_tokens, temperature=0, cg=True, cg_prefill=True,
+                                       max_seqlen=self.max_seqlen)
+        finally:
+            generation.CUDAGraphPrefill.__call__ = replay
 
     def release(self) -> None:
         # the captured graph with its states and memory pool (seqmamba.models.generation caches it on the model)
@@ -288,7 +310,7 @@ def build_runner(model_name: str, size: Size, args, device: torch.device, dtype:
         model = MambaLM(d_model=size.d_model, n_layer=size.n_layer, vocab_size=args.vocab_size,
                         fused_add_norm=not args.no_fused_add_norm, device=device,
                         dtype=dtype).eval().set_scan_backend(args.scan_backend)
-        return MambaRunner(model, max_len, use_cg)
+        return MambaRunner(model, max_len, use_cg, cg_prefill=use_cg and args.cg_prefill)
     with torch.device(device):  # initialized where it runs: no multi-GB copy from the host
         model = GPT(args.vocab_size, size.d_model, size.gpt_n_layer, size.n_head, max_len=max_len)
     return TransformerRunner(model.to(dtype=dtype).eval(), use_cg)
@@ -628,6 +650,9 @@ def parse_args(argv: list[str] | None):
                         help="testing: rows of MODEL (Mamba or Transformer) at batch >= BATCH raise "
                              "torch.OutOfMemoryError after their cache is allocated (--quick: Transformer:4)")
     parser.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly on CUDA too")
+    parser.add_argument("--cg-prefill", action="store_true",
+                        help="Mamba also replays its prefill from a CUDA graph (generate(cg_prefill=True); captured "
+                             "in each row's warm-up); the Transformer's prefill stays eager")
     parser.add_argument("--no-fused-add-norm", action="store_true",
                         help="Mamba blocks use the unfused residual add + RMSNorm (several kernels per block)")
     parser.add_argument("--scan-backend", default="auto", help="seqmamba ops backend: auto | torch | triton")

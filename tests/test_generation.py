@@ -150,6 +150,33 @@ def test_prompt_longer_than_the_cache_is_refused():
 def test_cuda_graph_flag_needs_cuda_tensors():
     with pytest.raises(ValueError, match="CUDA"):
         tiny_lm().generate(torch.zeros(1, 3, dtype=torch.long), 2, cg=True)
+    with pytest.raises(ValueError, match="cg_prefill=True needs cg=True"):
+        tiny_lm().generate(torch.zeros(1, 3, dtype=torch.long), 2, cg_prefill=True)
+
+
+@cuda_only
+def test_cuda_graph_prefill_equals_the_eager_prefill_and_recaptures_for_a_new_length():
+    from seqmamba.models.generation import CUDAGraphPrefill
+
+    model = tiny_lm().cuda()
+    captures = []
+    init = CUDAGraphPrefill.__init__
+
+    def counting_init(self, *args, **kwargs):
+        captures.append(args[2] if len(args) > 2 else kwargs["prompt_len"])
+        init(self, *args, **kwargs)
+
+    CUDAGraphPrefill.__init__ = counting_init
+    try:
+        for prompt_len, seed in ((9, 0), (9, 1), (5, 2)):  # the second replays the first's graph
+            prompt = torch.randint(0, VOCAB, (3, prompt_len), device="cuda",
+                                   generator=torch.Generator(device="cuda").manual_seed(seed))
+            eager = model.generate(prompt, 12, temperature=0, max_seqlen=24)
+            graphed = model.generate(prompt, 12, temperature=0, cg=True, cg_prefill=True, max_seqlen=24)
+            assert torch.equal(eager, graphed), (prompt_len, seed)
+    finally:
+        CUDAGraphPrefill.__init__ = init
+    assert captures == [9, 5]
 
 
 @cuda_only
