@@ -90,11 +90,13 @@ def _setup_context(ctx, inputs, output):
     ctx.initial_state_dtype = initial_state.dtype if initial_state is not None else None
 
 
-def _gradients(ctx, dout, dlast, backward_fn, check_states=True):
-    """The autograd backward of the scan, shared by the custom op (torch.compile) and the eager Function."""
+def _gradients(ctx, dout, dlast, backward_fn, states=None):
+    """The autograd backward of the scan, shared by the custom op (torch.compile) and the eager Function.
+    ``states``: what ``backward_fn`` takes in place of the saved chunk states (the training split's)."""
     u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
-    if check_states and chunk_states.dim() != 4:
+    if states is None and chunk_states.dim() != 4:
         raise RuntimeError("selective_scan: backward needs the chunk states; the forward ran without grad")
+    chunk_states = chunk_states if states is None else states
     du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0 = backward_fn(
         u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states, dout, dlast)
     dD = dD if D is not None else None
@@ -139,9 +141,7 @@ class _SelectiveScanEager(torch.autograd.Function):
             dout = torch.zeros_like(ctx.saved_tensors[0])
         if ctx.split is not None:
             split, ctx.split = ctx.split, None  # its saved states are freed with the gradients
-            backward_fn = lambda u, delta, A, B, C, D, z, bias, softplus, _states, dout, dlast: \
-                scan_backward_split(u, delta, A, B, C, D, z, bias, softplus, split, dout, dlast)  # noqa: E731
-            return _gradients(ctx, dout, dlast, backward_fn, check_states=False)
+            return _gradients(ctx, dout, dlast, scan_backward_split, states=split)
         return _gradients(ctx, dout, dlast, scan_backward)
 
 

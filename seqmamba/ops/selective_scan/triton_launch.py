@@ -263,6 +263,16 @@ def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chun
     return segments if segments > 1 and L // segments >= chunk_t else 1
 
 
+def _segments_of(t, row: int, segments: int, seg_len: int):
+    """Batch row ``row`` of a sequence tensor as ``segments`` rows (``_segment_view``); others (A, D, None) as given."""
+    return _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t
+
+
+def _tail_of(t, row: int, start: int):
+    """Steps ``start ..`` of batch row ``row`` of a sequence tensor, as a batch of one; others as given."""
+    return t[row:row + 1, ..., start:] if t is not None and t.dim() >= 3 else t
+
+
 def _split_layout(L: int, segments: int, chunk_t: int):
     """(segment length: a multiple of chunk_t, start of the tail = segments * segment length)."""
     seg_len = (L // segments) // chunk_t * chunk_t
@@ -294,9 +304,9 @@ def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     A32 = A.float()
     rows = []
     for row in range(batch):
-        view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
-        args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus]
-        seg_out = view(out)
+        seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
+        args = seg + [delta_bias, delta_softplus]
+        seg_out = _segments_of(out, row, segments, seg_len)
         _, h0, _ = scan_forward(*args, None, False, out=seg_out)                     # (1) end states from zero
         decay = _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len)
         h_in = empty(h0.shape, u.device, torch.float32)                                 # (2) carry across
@@ -307,9 +317,9 @@ def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
         _, h_seg, states = scan_forward(*args, h_in, save_states, out=seg_out)       # (3) out from the true states
         h_last, tail_states = h_seg[segments - 1], None
         if main < L:  # the tail
-            tail = lambda t: t[row:row + 1, ..., main:] if t is not None and t.dim() >= 3 else t  # noqa: E731
-            _, h_tail, tail_states = scan_forward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias,
-                                                  delta_softplus, h_last[None], save_states, out=tail(out))
+            tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
+            _, h_tail, tail_states = scan_forward(*tail, delta_bias, delta_softplus, h_last[None], save_states,
+                                                  out=_tail_of(out, row, main))
             h_last = h_tail[0]
         last[row] = h_last
         rows.append((states, tail_states, decay))
@@ -354,10 +364,10 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
     """Backward of ``scan_forward_split_train``; returns what ``scan_backward`` returns.
 
     Per batch row, last to first: the tail with the caller's dlast; every segment's gradient at its start with a
-    zero carry at its end (``local_s``, one backward pass over the segments as a batch); the true carries by
-    g_{s-1} = local_s + P_s g_s (g_last from the tail or dlast); then the backward again with the true carries,
-    whose gradients are the result. The local pass (``scan_state_grad``) runs only the state-gradient recurrence,
-    so the split costs one backward plus that pass, on ``segments`` times the programs."""
+    zero carry at its end (``local_s``: ``scan_state_grad`` over the segments as a batch, the state-gradient
+    recurrence alone); the true carries by g_{s-1} = local_s + P_s g_s (g_last from the tail or dlast); then the
+    backward over the segments with those carries, whose gradients are the result. One backward plus the
+    state-gradient pass, on ``segments`` times the programs."""
     batch, dim, L = u.shape
     segments, seg_len, main = saved["segments"], saved["seg_len"], saved["segments"] * saved["seg_len"]
     du, ddelta, dz = _input_grads_like(u, delta, z)
@@ -367,47 +377,36 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
     ddbias = torch.zeros(delta_bias.shape, device=u.device, dtype=torch.float32) if delta_bias is not None else None
     dh0 = empty((batch, dim, A.shape[1]), u.device, torch.float32)
 
-    def place(full, part, row, start, length, n_rows):
-        """part (n_rows, ..., length) -> full[row, ..., start:start + n_rows * length] (segments in order)."""
-        target = full[row, ..., start:start + n_rows * length]
-        target.copy_(part.movedim(0, -2).reshape(target.shape))
-
-    def add_small(grads):
-        dA.add_(grads[2])
-        if dD is not None:
-            dD.add_(grads[5])
-        if ddbias is not None:
-            ddbias.add_(grads[7])
+    def collect(grads, row, start, length, n_rows):
+        """One call's gradients into the full ones: the per-step ones from its (n_rows, ..., length) rows to
+        steps start .. start + n_rows * length of batch row ``row`` (segments in order), the small ones summed."""
+        for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4]), (dz, grads[6])):
+            if full is not None:
+                target = full[row, ..., start:start + n_rows * length]
+                target.copy_(part.movedim(0, -2).reshape(target.shape))
+        for full, part in ((dA, grads[2]), (dD, grads[5]), (ddbias, grads[7])):
+            if full is not None:
+                full.add_(part)
 
     for row in range(batch):
         states, tail_states, decay = saved["rows"][row]
         g = dlast[row].float() if dlast is not None else torch.zeros_like(decay[0])
         if tail_states is not None:
-            tail = lambda t: t[row:row + 1, ..., main:] if t is not None and t.dim() >= 3 else t  # noqa: E731
-            grads = scan_backward(tail(u), tail(delta), A, tail(B), tail(C), D, tail(z), delta_bias, delta_softplus,
-                                  tail_states, tail(dout), g[None])
-            for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4])):
-                place(full, part, row, main, L - main, 1)
-            if z is not None:
-                place(dz, grads[6], row, main, L - main, 1)
-            add_small(grads)
+            tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
+            grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _tail_of(dout, row, main), g[None])
+            collect(grads, row, main, L - main, 1)
             g = grads[8][0]
-        view = lambda t: _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t  # noqa: E731
-        args = [view(t) for t in (u, delta)] + [A, view(B), view(C), D, view(z), delta_bias, delta_softplus, states,
-                                                view(dout)]
+        seg_u, seg_delta, _, seg_B, seg_C, _, seg_z = seg = [_segments_of(t, row, segments, seg_len)
+                                                             for t in (u, delta, A, B, C, D, z)]
+        seg_dout = _segments_of(dout, row, segments, seg_len)
         # dL/dh_in_s with no carry into the segment's end: the state gradient alone (~ a third of a backward)
-        local = scan_state_grad(view(u), view(delta), A, view(B), view(C), view(z), delta_bias, delta_softplus,
-                                view(dout))
+        local = scan_state_grad(seg_u, seg_delta, A, seg_B, seg_C, seg_z, delta_bias, delta_softplus, seg_dout)
         carry = empty(local.shape, u.device, torch.float32)
         for s in range(segments - 1, -1, -1):
             carry[s] = g
             g = torch.addcmul(local[s], decay[s], g)
-        grads = scan_backward(*args, carry)                         # the true carries: the gradients
-        for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4])):
-            place(full, part, row, 0, seg_len, segments)
-        if z is not None:
-            place(dz, grads[6], row, 0, seg_len, segments)
-        add_small(grads)
+        grads = scan_backward(*seg, delta_bias, delta_softplus, states, seg_dout, carry)  # the true carries
+        collect(grads, row, 0, seg_len, segments)
         dh0[row] = grads[8][0]
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0
 
