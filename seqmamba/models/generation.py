@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from ..cuda_graphs import warm_up_and_capture
 from ..modules import InferenceParams
 
 __all__ = ["InferenceParams", "generate", "sample_next_token", "validate_sampling_args", "CUDAGraphStep"]
@@ -97,16 +98,8 @@ class CUDAGraphStep:
         self.static_input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         saved_offset = inference_params.seqlen_offset
         inference_params.seqlen_offset = 1  # any offset > 0 selects the one-token recurrent path
-        # Warm up on a side stream (Triton autotuning, cuBLAS handles) before capturing, as PyTorch advises.
-        side_stream = torch.cuda.Stream()
-        side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side_stream):
-            for _ in range(n_warmup):
-                model.step(self.static_input_ids, inference_params)
-        torch.cuda.current_stream().wait_stream(side_stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_logits = model.step(self.static_input_ids, inference_params)
+        self.graph, self.static_logits = warm_up_and_capture(
+            lambda: model.step(self.static_input_ids, inference_params), n_warmup)
         inference_params.seqlen_offset = saved_offset
         # The warm-up and capture advanced the states with garbage; the next prefill overwrites them all.
 
@@ -145,15 +138,8 @@ class CUDAGraphPrefill:
                                             device=device)
         saved_offset = inference_params.seqlen_offset
         inference_params.seqlen_offset = 0  # a prefill starts from an empty cache
-        side_stream = torch.cuda.Stream()
-        side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side_stream):
-            for _ in range(n_warmup):
-                model.prefill(self.static_input_ids, inference_params)
-        torch.cuda.current_stream().wait_stream(side_stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_logits = model.prefill(self.static_input_ids, inference_params)
+        self.graph, self.static_logits = warm_up_and_capture(
+            lambda: model.prefill(self.static_input_ids, inference_params), n_warmup)
         inference_params.seqlen_offset = saved_offset
 
     def __call__(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:

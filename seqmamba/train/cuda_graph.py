@@ -24,7 +24,6 @@ eager (``auto``): a CPU device, several processes (DDP), gradient accumulation, 
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -32,9 +31,6 @@ from torch import nn
 
 #: eager steps before the capture (the PyTorch recipe: warm up on a side stream, then capture)
 WARMUP_STEPS = 3
-
-CUDA_GRAPH_CHOICES = ("false", "true", "auto")
-
 
 def unsupported_reason(*, device: torch.device, world_size: int, grad_accum_steps: int,
                        autocast_dtype: Optional[torch.dtype], compile: bool) -> Optional[str]:
@@ -135,7 +131,7 @@ class GraphedTrainStep:
         return state
 
     # -- capture --------------------------------------------------------------------------------
-    def _capture(self, batch: Any) -> None:
+    def _capture(self, batch: Any, signature: Any) -> None:
         self._graphs = None  # a new shape: the old graphs and their memory pool go
         self._static_batch = self.move_to(batch, self.device)
         torch.cuda.synchronize(self.device)
@@ -157,14 +153,15 @@ class GraphedTrainStep:
         with torch.cuda.graph(update, pool=pool, capture_error_mode="thread_local"):
             self.optimizer.step()
         self._graphs = (forward_backward, update)
-        self._signature = batch_signature(batch)
+        self._signature = signature
         self.captures += 1
 
-    def forward_backward(self, batch: Any) -> None:
-        """Replay forward + backward + clipping on ``batch`` (host or device tensors); the results
-        are in :attr:`loss`, :attr:`metrics`, :attr:`grad_norm` until the next call."""
-        if self._graphs is None or batch_signature(batch) != self._signature:
-            self._capture(batch)
+    def forward_backward(self, batch: Any, signature: Any) -> None:
+        """Replay forward + backward + clipping on ``batch`` (host or device tensors) whose
+        ``batch_signature`` is ``signature`` (captured again when it differs from the last capture's); the
+        results are in :attr:`loss`, :attr:`metrics`, :attr:`grad_norm` until the next call."""
+        if self._graphs is None or signature != self._signature:
+            self._capture(batch, signature)
         _structure_copy(self._static_batch, batch)
         self._graphs[0].replay()
         self.replays += 1
@@ -179,18 +176,6 @@ class GraphedTrainStep:
         5.4 while the same weights, loaded afresh, score 1.54)."""
         self._graphs[1].replay()
         torch.autograd.graph.increment_version(self.params)
-
-
-@contextlib.contextmanager
-def side_stream(device: torch.device):
-    """Run the block on a fresh CUDA stream ordered after, and before, the current one (warmup
-    steps before a capture, as PyTorch's recipe asks)."""
-    current = torch.cuda.current_stream(device)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        yield
-    current.wait_stream(stream)
 
 
 def stack_for_host(values: List[torch.Tensor]) -> List[float]:

@@ -51,6 +51,7 @@ from torch import nn
 from . import distributed as dist_utils
 from seqmamba.atomic_write import atomic_write_text, remove_stale_temp_files
 from seqmamba.config_checks import config_get, section
+from seqmamba.cuda_graphs import side_stream
 
 from . import cuda_graph as graphs
 from .checkpoint import atomic_torch_save, load_model_weights, make_checkpoint
@@ -333,11 +334,11 @@ class Trainer:
             self._warm_signature, self._warm_shapes, self._warm_steps = signature, shapes, 0
         if self._warm_steps < graphs.WARMUP_STEPS:
             self._warm_steps += 1
-            with graphs.side_stream(self.device):
+            with side_stream(self.device):
                 return self._train_step(iter([batch]), sums)
-        return self._graphed_train_step(batch, sums)
+        return self._graphed_train_step(batch, signature, sums)
 
-    def _graphed_train_step(self, batch: Any, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def _graphed_train_step(self, batch: Any, signature: Any, sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
         step_number = self.step + 1
         self.train_model.train()
         if self._graph is None:
@@ -346,7 +347,7 @@ class Trainer:
                 move_to=self.task.move_to, grad_clip=self.grad_clip, device=self.device,
                 autocast=lambda: autocast(self.device, self.autocast_dtype, cache_enabled=False))
         g = self._graph
-        g.forward_backward(batch)
+        g.forward_backward(batch, signature)
         # the graph's outputs are overwritten by the next replay: the window keeps copies
         add_sums(sums, {"loss": g.loss.clone(), "_count": 1.0, "_tokens": float(self.task.batch_tokens(batch))})
         add_sums(sums, {k: v.clone() for k, v in g.metrics.items() if k != "loss"})
