@@ -23,6 +23,7 @@ from torch import nn
 
 from seqmamba.atomic_write import atomic_open
 from seqmamba.config_checks import as_plain_dict, check_int, config_get
+from seqmamba.data.streams import map_tensors
 from seqmamba.train.evaluation import add_sums
 
 Batch = Any
@@ -37,13 +38,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def move_to(batch: Batch, device: torch.device) -> Batch:
     """Tensors of a (nested) tuple / list / dict batch moved to ``device``; other leaves unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(move_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    return batch
+    return map_tensors(lambda t: t.to(device, non_blocking=True), batch)
 
 
 class Task:

@@ -121,6 +121,8 @@ def test_prefetcher_yields_the_source_in_order_and_raises_its_error_where_it_hap
         next(it)
     finite = Prefetcher(iter([1, 2]), depth=1)
     assert list(finite) == [1, 2] and list(finite) == []
+    with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
+        Prefetcher(iter([]), depth=0)
 
 
 def test_validation_set_is_fixed_and_independent_of_the_training_seed():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,17 @@ def training_stream(
         step += 1
 
 
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], batch: Any) -> Any:
+    """``fn`` applied to every tensor of a (nested) tuple / list / dict batch; other leaves unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(map_tensors(fn, b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: map_tensors(fn, v) for k, v in batch.items()}
+    return batch
+
+
 class Prefetcher:
     """Iterates ``source`` on a background thread, ``depth`` items ahead, in order.
 
@@ -68,15 +79,6 @@ class Prefetcher:
                                         name="seqmamba-prefetch")
         self._thread.start()
 
-    def _pinned(self, item: Any) -> Any:
-        if isinstance(item, torch.Tensor):
-            return item.pin_memory()
-        if isinstance(item, (tuple, list)):
-            return type(item)(self._pinned(x) for x in item)
-        if isinstance(item, dict):
-            return {k: self._pinned(v) for k, v in item.items()}
-        return item
-
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
             try:
@@ -89,7 +91,7 @@ class Prefetcher:
     def _produce(self, source: Iterator[Any]) -> None:
         try:
             for item in source:
-                if not self._put(self._pinned(item) if self._pin else item):
+                if not self._put(map_tensors(torch.Tensor.pin_memory, item) if self._pin else item):
                     return
             self._put(self._END)
         except BaseException as exc:  # handed to the consumer, raised there
