@@ -29,6 +29,14 @@ def column(rows, key, since=0):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def save(fig, out_dir, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=os.path.join(REPO, "reproduction"))
@@ -68,9 +76,7 @@ def main():
     ax2.set_ylim(0, 104)
     ax2.set_title("Accuracy vs length (512+ sequences per length)")
     ax2.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "repro_induction_heads.png"), dpi=120)
-    plt.close(fig)
+    save(fig, args.out, "repro_induction_heads.png")
 
     sc = read(os.path.join(args.runs, "selective_copying", "metrics.csv"))
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -84,9 +90,7 @@ def main():
     ax.set_ylim(0, 102)
     ax.set_title("Selective copying, paper config (H200), in progress")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "repro_selective_copying.png"), dpi=120)
-    plt.close(fig)
+    save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 
 
