@@ -4,10 +4,15 @@
 #   bash benchmarks/gpu_check.sh            # = tests table
 #   bash benchmarks/gpu_check.sh all        # tests table block layer generation (~5 min on an H100)
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
+#          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
+#          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test) | split (L split tables)
+#          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
-# A mamba_ssm build on PYTHONPATH (e.g. PYTHONPATH=.anchor, an ignored folder) is measured beside ours.
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
+export PYTHONPATH=.:.anchor/src:.anchor/build${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+  --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis"
 steps=${*:-tests table}
 [ "$steps" = all ] && steps="tests table block layer generation"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
@@ -20,6 +25,18 @@ for step in $steps; do
     block) timeout 150 python benchmarks/bench_selective_scan.py --layout block 2>&1 | tee "$OUT/block.log" ;;
     layer) timeout 120 python benchmarks/bench_mamba_layer_layout.py 2>&1 | tee "$OUT/layer.log" ;;
     generation) timeout 150 python benchmarks/bench_generation.py 2>&1 | tee "$OUT/generation.log" ;;
+    anchor) python benchmarks/build_mamba_ssm.py > "$OUT/anchor_build.log" 2>&1 &
+            anchor_pid=$! ;;
+    anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid"; echo "anchor build exit $?"; tail -3 "$OUT/anchor_build.log"
+                   so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
+                   [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
+    gputests) timeout 300 python -m pytest -q -m gpu tests/ 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
+    split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
+    ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
+           timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
+             --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1
+           grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
+             "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done
