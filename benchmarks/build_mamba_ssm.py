@@ -98,7 +98,8 @@ def main() -> None:
         extra_cflags=["-O3", "-std=c++17"],
         extra_cuda_cflags=NVCC_FLAGS + ["-gencode", f"arch=compute_{arch},code=sm_{arch}"],
         extra_include_paths=[str(work)], build_directory=str(build), verbose=False)
-    import selective_scan_cuda  # noqa: F401  (load() imported it)
+    sys.path.insert(0, str(build))
+    import selective_scan_cuda  # noqa: F401  (load() built it there)
     print(f"build_mamba_ssm: selective_scan_cuda for sm_{arch} built in {time.time() - t0:.0f} s "
           f"({build}); mamba_ssm {version.group(1) if version else '?'}", flush=True)
 

@@ -6,6 +6,7 @@
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test) | split (L split tables)
+#          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -31,6 +32,8 @@ for step in $steps; do
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
     gputests) timeout 300 python -m pytest -q -m gpu tests/ 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
+    gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
+    fwdsweep) timeout 330 python benchmarks/bench_scan_forward_configs.py --json "$OUT/fwdsweep.json" 2>&1 | tee "$OUT/fwdsweep.log" ;;
     split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \

@@ -1,0 +1,107 @@
+"""The Triton scan's forward (inference, no states saved) launch config, swept on the GPU against mamba_ssm's
+CUDA forward and SDPA flash attention in the same run.
+
+Why: the forward issues ~17 instructions per state element at (8, 1536, 4096) on one warp per channel (Nsight
+Compute: 546 M warp instructions, 62% of issue slots, 25% occupancy at 126 registers; the loop's SASS, compiled
+for sm_90 on the CPU: the B / C rows' bf16 -> fp32 conversions and the warp scan's shuffles are a third of it).
+Several channels per program share B / C's loads and conversions (15.3 per element at 4 channels, 14.1 at 8) at
+the cost of registers. Each config's output is checked against the default's, then the forward is timed.
+
+    python benchmarks/bench_scan_forward_configs.py                 # GPU, ~2-3 min
+    python benchmarks/bench_scan_forward_configs.py --shapes 8x1536x4096 --json rows.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton.testing as tt
+
+from bench_selective_scan import make_inputs, mamba_ssm_available, scan_fns
+from seqmamba.ops.selective_scan import triton_launch
+
+# (label, overrides of FWD_CONFIG). The default's "latency" prefetch rule (few programs per SM) stays on for the
+# one-channel configs; several-channel configs fall back to one channel below 8 programs per SM.
+CONFIGS = [
+    ("default", {}),
+    ("1x512 reg96", dict(maxnreg=96)),
+    ("1x256", dict(T=256)),
+    ("2x256", dict(block_d=2, T=256, min_programs_per_sm=8)),
+    ("2x256 reg96", dict(block_d=2, T=256, min_programs_per_sm=8, maxnreg=96)),
+    ("4x128", dict(block_d=4, T=128, min_programs_per_sm=8)),
+    ("4x128 reg128", dict(block_d=4, T=128, min_programs_per_sm=8, maxnreg=128)),
+    ("8x64", dict(block_d=8, T=64, min_programs_per_sm=8)),
+    ("8x64 reg128", dict(block_d=8, T=64, min_programs_per_sm=8, maxnreg=128)),
+    ("4x256", dict(block_d=4, T=256, min_programs_per_sm=8)),
+]
+SHAPES = ["8x1536x1024", "8x1536x4096", "8x1536x16384", "16x2048x2048", "2x1536x65536", "1x1536x262144"]
+
+
+def attention_fwd_ms(batch: int, L: int, heads: int = 12, head_dim: int = 64) -> float:
+    q, k, v = (torch.randn(batch, heads, L, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    return tt.do_bench(fn, return_mode="median")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=SHAPES)
+    parser.add_argument("--configs", nargs="+", default=None, help="labels from CONFIGS (default: all)")
+    parser.add_argument("--json", default=None, help="write all rows here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_scan_forward_configs.py needs a CUDA GPU")
+    configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs]
+    have_mamba = mamba_ssm_available()
+    default = dict(triton_launch.FWD_CONFIG)
+    rows = []
+    print(f"GPU {torch.cuda.get_device_name()}; forward (no grad), bf16, N 16, D / z / delta_bias / softplus; "
+          f"mamba_ssm {'measured' if have_mamba else 'not importable'}", flush=True)
+    for shape in args.shapes:
+        batch, dim, L = (int(v) for v in shape.split("x"))
+        inputs = make_inputs(batch, dim, L)
+        mamba_ms = tt.do_bench(scan_fns(inputs, "mamba_ssm")[0], return_mode="median") if have_mamba else None
+        attn_ms = attention_fwd_ms(batch, L) if dim == 1536 and L <= 16384 else None
+        reference = None
+        for label, over in configs:
+            triton_launch.FWD_CONFIG.clear()
+            triton_launch.FWD_CONFIG.update(default, **over)
+            triton_launch._launch_config_cached.cache_clear()
+            fwd = scan_fns(inputs, "triton")[0]
+            try:
+                out = fwd().float()
+            except Exception as exc:  # a config that does not compile (registers) is a row, not a crash
+                rows.append(dict(shape=shape, config=label, error=str(exc)[:200]))
+                print(f"  {shape} {label}: failed: {str(exc)[:120]}", flush=True)
+                continue
+            if reference is None:
+                reference = out
+            err = ((out - reference).abs().max() / reference.abs().max()).item()
+            ms = tt.do_bench(fwd, return_mode="median")
+            rows.append(dict(shape=shape, config=label, fwd_ms=ms, max_rel_diff=err, mamba_ssm_ms=mamba_ms,
+                             attention_ms=attn_ms))
+            print(f"  {shape} {label}: {ms:.3f} ms (diff {err:.1e})", flush=True)
+    triton_launch.FWD_CONFIG.clear()
+    triton_launch.FWD_CONFIG.update(default)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print("\n| (batch, dim, L) | " + " | ".join(label for label, _ in configs) + " | mamba_ssm | SDPA attn |")
+    print("|---" * (len(configs) + 3) + "|")
+    for shape in args.shapes:
+        got = {r["config"]: r for r in rows if r["shape"] == shape}
+        base = got.get("default", {}).get("fwd_ms")
+        cells = []
+        for label, _ in configs:
+            r = got.get(label, {})
+            cells.append(f"{r['fwd_ms']:.3f} ({base / r['fwd_ms']:.2f}x)" if "fwd_ms" in r and base else "fail")
+        any_row = next(iter(got.values()), {})
+        m, a = any_row.get("mamba_ssm_ms"), any_row.get("attention_ms")
+        print(f"| {shape.replace('x', ', ')} | " + " | ".join(cells) + f" | {f'{m:.3f}' if m else '-'} | "
+              f"{f'{a:.3f}' if a else '-'} |")
+    print("(ms; in brackets: speedup over the default config)")
+
+
+if __name__ == "__main__":
+    main()
