@@ -43,6 +43,20 @@ def scan_with_grads(fn, inputs, dout, **kw):
 
 @pytest.mark.parametrize("config", [{}, {"prefetch": False}, {"block_d": 2, "prefetch": False}],
                          ids=["default", "no-prefetch", "2ch"])
+def test_gpu_inference_forward_with_register_cap_matches_reference():
+    """The inference forward under FWD_CONFIG's register cap (it spills): at (8, 640, 1100), 5120 programs, >= 32
+    per SM on an H200, so the cap applies; out and last state against the fp32 reference, chunk carries included."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    inputs = scan_inputs(8, 640, 1100, dtype=torch.float32, time_major=False)
+    programs_per_sm = 8 * 640 / torch.cuda.get_device_properties(0).multi_processor_count
+    options = kernels._launch_config(640, 16, 1100, 640, backward=False, batch=8, device=torch.device("cuda"))[3]
+    assert ("maxnreg" in options) == (programs_per_sm >= kernels.FWD_CONFIG["min_programs_per_sm"])
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+        ref, ref_last = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_gpu_scan_matches_reference_at_real_chunking(monkeypatch, dtype, tol, config):
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")

@@ -364,6 +364,26 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
     assert fwd(1)[1:3] == (fcfg["latency_T"], fcfg["latency_num_warps"])  # and its own chunk and warps
     assert fwd(8)[1:3] == fwd(1, save_states=True)[1:3] == (fcfg["T"], fcfg["num_warps"])
     assert not fwd(1, save_states=True)[4]
+    # the forward's register cap (H200): inference only, and not in the latency mode (< 32 programs per SM)
+    assert fwd(8)[3] == {"maxnreg": fcfg["maxnreg"]}
+    assert fwd(8, save_states=True)[3] == fwd(2)[3] == fwd(1)[3] == {}
+
+
+def test_training_split_rule_cuts_long_sequences_only_when_the_gpu_is_starved(monkeypatch):
+    """BWD_CONFIG's split: (1, 256, 2^20) (the 1.4M DNA model) in 16 segments on 132 SMs (2112 programs wanted);
+    shapes with enough programs, short sequences, constant B / C and the CPU are never split."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
+    var = torch.empty(1, 16, 1)
+    segments = lambda batch, dim, L, device="cuda", B=var: scan_launch.split_segments_train(  # noqa: E731
+        SimpleNamespace(shape=(batch, dim, L), device=torch.device(device, 0) if device == "cuda" else
+                        torch.device(device)), B, var, 256)
+    assert segments(1, 256, 2 ** 20) == 16
+    assert segments(1, 256, 2 ** 14) == 4 and segments(1, 256, 2 ** 13) == 2  # segments of >= split_min_len (4096)
+    assert segments(1, 256, 8191) == 1
+    assert segments(8, 1536, 2 ** 20) == segments(64, 128, 4112) == 1  # enough programs / too short
+    assert segments(1, 256, 2 ** 20, B=torch.empty(256, 16)) == 1  # time-invariant B
+    assert segments(1, 256, 2 ** 20, device="cpu") == 1
 
 
 # ------------------------------------------------------------------------------------------------------------------

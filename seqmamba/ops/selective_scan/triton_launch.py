@@ -51,13 +51,22 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # small programs keep the SMs full. Rules, applied on CUDA only:
 # - min_programs_per_sm: fewer programs than this many per SM -> one channel per program;
 # - maxnreg: cap registers at this many when there are at least min_programs_per_sm programs per SM and
-#   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward);
+#   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward); with maxnreg_inference_only,
+#   only when the forward saves no states (the training forward keeps its registers);
+# - split_programs_per_sm / split_min_len: cut L across programs while batch x channels is below that many
+#   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train).
 # - prefetch: True, or "latency" = only with fewer than prefetch_max_programs_per_sm programs per SM and no states
 #   to save, there with chunks of latency_T steps on latency_num_warps warps;
 # - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum).
+# H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
+# some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
+# latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20):
+# forward + backward 102.8 ms in one pass, 40.2 ms in 16 segments, 37.9 in 64.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
-                  prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2)
-BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0)
+                  prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
+                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
+BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
+                  split_programs_per_sm=16, split_min_len=4096)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -115,7 +124,8 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     options = {}
     if on_cuda:
         if (cfg.get("maxnreg") is not None and torch.version.hip is None
-                and batch * cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)):
+                and batch * cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)
+                and not (save_states and cfg.get("maxnreg_inference_only", False))):
             options["maxnreg"] = cfg["maxnreg"]
     num_warps = cfg["num_warps"]
     rule = cfg.get("prefetch", False)
@@ -244,8 +254,7 @@ FORCE_TRAIN_SEGMENTS: Optional[int] = None
 
 def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_t: int) -> int:
     """Segments for the training scan (``scan_forward_split_train``), 1 = don't split. By BWD_CONFIG's
-    ``split_programs_per_sm`` (absent or 0: never, until the GPU shows it pays; ``FORCE_TRAIN_SEGMENTS``
-    overrides) like the forward's rule, each segment a whole number of the backward's chunks (``chunk_t``)
+    ``split_programs_per_sm`` (absent or 0: never; ``FORCE_TRAIN_SEGMENTS`` overrides) like the forward's rule, each segment a whole number of the backward's chunks (``chunk_t``)
     and at least ``split_min_len`` long. Variable B / C only (the Mamba layer's case)."""
     batch, dim, L = u.shape
     if B.dim() < 3 or C.dim() < 3:
