@@ -370,7 +370,8 @@ def test_backward_launch_rules_follow_occupancy(monkeypatch):
 
 
 def test_training_split_rule_cuts_long_sequences_only_when_the_gpu_is_starved(monkeypatch):
-    """BWD_CONFIG's split: (1, 256, 2^20) (the 1.4M DNA model) in 16 segments on 132 SMs (2112 programs wanted);
+    """BWD_CONFIG's split: (1, 256, 2^20) (the 1.4M DNA model, 1.9 programs per SM) in 16 segments on 132 SMs
+    (2112 programs wanted), but not (1, 1536, L) (11.6 per SM, where 2 segments were 1.9x slower on the H200);
     shapes with enough programs, short sequences, constant B / C and the CPU are never split."""
     from types import SimpleNamespace
     monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
@@ -378,7 +379,8 @@ def test_training_split_rule_cuts_long_sequences_only_when_the_gpu_is_starved(mo
     segments = lambda batch, dim, L, device="cuda", B=var: scan_launch.split_segments_train(  # noqa: E731
         SimpleNamespace(shape=(batch, dim, L), device=torch.device(device, 0) if device == "cuda" else
                         torch.device(device)), B, var, 256)
-    assert segments(1, 256, 2 ** 20) == 16
+    assert segments(1, 256, 2 ** 20) == 16 and segments(1, 512, 2 ** 20) == 8
+    assert segments(1, 1536, 2 ** 18) == 1  # 11.6 programs per SM: the split's extra passes cost more
     assert segments(1, 256, 2 ** 14) == 4 and segments(1, 256, 2 ** 13) == 2  # segments of >= split_min_len (4096)
     assert segments(1, 256, 8191) == 1
     assert segments(8, 1536, 2 ** 20) == segments(64, 128, 4112) == 1  # enough programs / too short

@@ -54,19 +54,21 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward); with maxnreg_inference_only,
 #   only when the forward saves no states (the training forward keeps its registers);
 # - split_programs_per_sm / split_min_len: cut L across programs while batch x channels is below that many
-#   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train).
+#   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train);
+#   for training only below split_below_programs_per_sm (the split adds a forward and a state-gradient pass).
 # - prefetch: True, or "latency" = only with fewer than prefetch_max_programs_per_sm programs per SM and no states
 #   to save, there with chunks of latency_T steps on latency_num_warps warps;
 # - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
-# latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20):
-# forward + backward 102.8 ms in one pass, 40.2 ms in 16 segments, 37.9 in 64.
+# latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20) (1.9
+# programs per SM): forward + backward 102.8 ms in one pass, 40.2 ms in 16 segments, 37.9 in 64; at (1, 1536, 2^18)
+# (11.6 per SM) 2 segments were 1.9x slower than one pass (32.8 -> 60.9 ms), hence split_below_programs_per_sm.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
-                  split_programs_per_sm=16, split_min_len=4096)
+                  split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -254,8 +256,10 @@ FORCE_TRAIN_SEGMENTS: Optional[int] = None
 
 def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_t: int) -> int:
     """Segments for the training scan (``scan_forward_split_train``), 1 = don't split. By BWD_CONFIG's
-    ``split_programs_per_sm`` (absent or 0: never; ``FORCE_TRAIN_SEGMENTS`` overrides) like the forward's rule, each segment a whole number of the backward's chunks (``chunk_t``)
-    and at least ``split_min_len`` long. Variable B / C only (the Mamba layer's case)."""
+    ``split_programs_per_sm`` (absent or 0: never; ``FORCE_TRAIN_SEGMENTS`` overrides) like the forward's rule,
+    only below ``split_below_programs_per_sm`` programs per SM to begin with, each segment a whole number of the
+    backward's chunks (``chunk_t``) and at least ``split_min_len`` long. Variable B / C only (the Mamba layer's
+    case)."""
     batch, dim, L = u.shape
     if B.dim() < 3 or C.dim() < 3:
         return 1
@@ -265,7 +269,10 @@ def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chun
         target = BWD_CONFIG.get("split_programs_per_sm", 0)
         if not target or u.device.type != "cuda":
             return 1
-        want = target * _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
+        sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
+        if batch * dim >= BWD_CONFIG.get("split_below_programs_per_sm", target) * sms:
+            return 1  # enough programs: the split's extra passes would cost more than its parallelism gains
+        want = target * sms
         segments = 1
         while batch * dim * segments < want and L // (2 * segments) >= BWD_CONFIG.get("split_min_len", 4096):
             segments *= 2
