@@ -9,6 +9,7 @@ config's gradients against the default's, and prints a table, fastest first.
 
     python benchmarks/bench_scan_backward_configs.py                    # GPU, ~1 min
     python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096
+    python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168   # fast flip off / on
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def main():
     parser.add_argument("--block-d", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--T", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--maxnreg", nargs="+", default=["168", "none"])
+    parser.add_argument("--fast-flip", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="BWD_CONFIG fast_flip values to sweep (the one-shuffle chunk flips of the backward)")
     parser.add_argument("--json", default=None, help="write all rows here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -63,13 +66,16 @@ def main():
         fwd_ms = tt.do_bench(lambda: selective_scan(*tensors[:6], z=tensors[6], delta_bias=tensors[7],
                                                     delta_softplus=True, backend="triton"), return_mode="median")
         reference = None
-        for block_d, T, reg in itertools.chain([(default["block_d"], default["T"], str(default.get("maxnreg")))],
-                                               itertools.product(args.block_d, args.T, args.maxnreg)):
+        first = (default["block_d"], default["T"], str(default.get("maxnreg")),
+                 "on" if default.get("fast_flip") else "off")
+        for block_d, T, reg, flip in itertools.chain([first], itertools.product(args.block_d, args.T, args.maxnreg,
+                                                                               args.fast_flip)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
-                                            maxnreg=None if reg in ("none", "None") else int(reg))
+                                            maxnreg=None if reg in ("none", "None") else int(reg),
+                                            fast_flip=flip == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = f"BLOCK_D {block_d} T {T} maxnreg {reg}"
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:

@@ -373,3 +373,37 @@ def test_torch_backend_runs_on_cuda_and_is_bitwise_repeatable():
     for name in first_grads:
         assert rel_err(first_grads[name], ref_grads[name]) < 1e-4, name
         assert torch.equal(first_grads[name], again_grads[name]), name
+
+
+@pytest.mark.parametrize("L", [256, 272, 4096, 1500])
+def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
+    """BWD_CONFIG fast_flip (the backward's and the state-gradient kernel's reverse scans run forward over chunks
+    flipped with one shuffle per register): every gradient equals the plain build's to fp32 rounding and the float64
+    reference; used at L = 256, 272, 4096 (a multiple of 16: the specialisation compiled and layout-checked on the
+    CPU), not at 1500. The training split's state-gradient kernel at (1, 64, 2^14) in 4 segments likewise."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    used = []
+    check = kernels._fast_flip_ok
+    monkeypatch.setattr(kernels, "_fast_flip_ok", lambda *a: used.append(check(*a)) or used[-1])
+    inputs = scan_inputs(2, 64, L, dtype=torch.bfloat16, time_major=False)
+    dout = torch.randn(2, 64, L, device="cuda").to(torch.bfloat16)
+
+    def grads(fast):
+        monkeypatch.setitem(kernels.BWD_CONFIG, "fast_flip", fast)
+        return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)[1]
+
+    plain, fast = grads(False), grads(True)
+    assert any(used) == (L % 16 == 0)
+    ref = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()}, dout.double())[1]
+    for name in plain:
+        assert rel_err(fast[name].float(), plain[name].float()) < 1e-5, name
+        assert rel_err(fast[name].double(), ref[name]) < 1e-2, name
+    if L == 4096:  # the split's state-gradient kernel
+        monkeypatch.setattr(kernels, "FORCE_TRAIN_SEGMENTS", 4)
+        long_inputs = scan_inputs(1, 64, 2 ** 14, dtype=torch.bfloat16, time_major=False, seed=3)
+        long_dout = torch.randn(1, 64, 2 ** 14, device="cuda").to(torch.bfloat16)
+        run = lambda fast: (monkeypatch.setitem(kernels.BWD_CONFIG, "fast_flip", fast), scan_with_grads(  # noqa
+            lambda **k: selective_scan(**k, backend="triton"), long_inputs, long_dout)[1])[1]
+        split_plain, split_fast = run(False), run(True)
+        for name in split_plain:
+            assert rel_err(split_fast[name].float(), split_plain[name].float()) < 1e-5, name

@@ -7,7 +7,10 @@ the input dtype; state and accumulation are fp32 in both the kernel and the refe
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -546,3 +549,46 @@ def test_triton_softplus_keeps_tiny_deltas_like_the_reference(pre):
     y_ref = selective_state_update_ref(state_ref, u[..., 0].double(), delta[..., 0].double(), A.double(),
                                        B[..., 0].double(), C[..., 0].double(), dt_bias=bias.double(), dt_softplus=True)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(state, state_ref) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The backward's fast flip (BWD_CONFIG fast_flip) swaps lanes with inline PTX, which is right only in the layout it
+# assumes; Triton picks layouts. Compiled for sm_90 on the CPU (Triton's ptxas; no GPU), every specialisation that
+# triton_launch._fast_flip_ok lets through must give the shuffled tensors that layout.
+
+def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
+    # compiled in a child process: this one runs Triton's interpreter, which cannot compile for a target
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
+    result = subprocess.run([sys.executable, script, "--fast-flip-layouts"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 7
+    for row in rows:
+        assert row["layouts"], f"no inline shuffles found in {row['kernel']} {row['variant']}"
+        for shape, layout in row["layouts"]:
+            assert shape == "1x256", (row["variant"], shape)
+            assert ("sizePerThread = [1, 8]" in layout and "threadsPerWarp = [1, 32]" in layout
+                    and "warpsPerCTA = [1, 1]" in layout), (row["kernel"], row["variant"], layout)
+        # the one-shuffle flips replace Triton's (five butterflies per register)
+        assert row["loop_shuffles"] < row["loop_shuffles_plain"] - 48, row
+
+
+def test_fast_flip_rule(monkeypatch):
+    """_fast_flip_ok: only when asked, on CUDA, for one-warp one-channel 256-step chunks of 2-byte sequences with
+    unit time strides, aligned tensors and integers of 1 or multiples of 16 (the specialisations compiled above)."""
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_flip", True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda = torch.device("cuda", 0)
+    seq = torch.zeros(2, 32, 64, dtype=torch.bfloat16)
+    ok = lambda *a, device=cuda, seqs=(seq,), ints=(16, 64, 1), **k: scan_launch._fast_flip_ok(  # noqa: E731
+        *(a or (1, 256, 1)), device, seqs, seqs, ints)
+    assert ok()
+    assert not ok(device=torch.device("cpu"))
+    assert not ok(2, 256, 1) and not ok(1, 128, 1) and not ok(1, 256, 2)
+    assert not ok(seqs=(seq.float(),)) and not ok(seqs=(seq.transpose(1, 2),))
+    assert not ok(ints=(16, 65))
+    assert not ok(seqs=(seq.view(-1)[1:].view(1, 1, -1)[..., :64],))  # 2 bytes off 16-byte alignment
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_flip", False)
+    assert not ok()

@@ -44,6 +44,24 @@ def _shifted_reverse_combine(f_later, g_later, p_later, f_earlier, g_earlier, p_
 
 
 @triton.jit
+def _lane_flip(x):
+    """Each lane gets lane 31 - l's register at the same index (one shfl.bfly per register; NVIDIA only)."""
+    return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 31, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _fast_flip(x, R: tl.constexpr):
+    """x (1, 32 R) reversed along its steps, for the layout of one warp holding R consecutive steps per lane
+    (the launch checks that it is the one Triton picks: triton_launch._fast_flip_ok, and a compile test): the lanes
+    swap mirror-wise, then each lane reverses its R registers (tl.flip on an in-thread axis moves no data across
+    lanes). Triton's own flip (and its reverse scans, which flip in and out) costs log2(32) butterfly shuffles per
+    register instead of one: 120 shuffles for a 256-step, two-operand reverse scan against 24 here."""
+    y = tl.reshape(_lane_flip(x), (32, R))
+    return tl.reshape(tl.flip(y, 1), (1, 32 * R))
+
+
+@triton.jit
 def _softplus(x):
     """log(1 + exp(x)) to fp32 accuracy: x itself above 20 (mamba_ssm's threshold), and log1p(e) for e = exp(x)
     computed as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e (Goldberg's log1p). The plain
@@ -258,14 +276,22 @@ def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
 
 
 @triton.jit
-def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last):
+def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last,
+                      FAST_FLIP: tl.constexpr, R: tl.constexpr):
     """Reverse scan of state component n over one chunk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, with the gradient
     carried in from the next chunk at the last step; a_{t+1} enters through the combine (no second exp).
-    Stores a_t dh_t of the chunk's first step (the carry into the previous chunk) and returns dh."""
+    Stores a_t dh_t of the chunk's first step (the carry into the previous chunk) and returns dh.
+    FAST_FLIP: the same scan run forward over the flipped chunk (_fast_flip: Triton's reverse scan flips too, at
+    five times the shuffles); the combine is the same function, its first operand still the later segment."""
     g = Cn * dy
     g = tl.where(is_last, g + carry[:, None], g)
-    _, dh, _ = tl.associative_scan((a, g, tl.full(a.shape, 1.0, tl.float32)), axis=1,
-                                   combine_fn=_shifted_reverse_combine, reverse=True)
+    ones = tl.full(a.shape, 1.0, tl.float32)
+    if FAST_FLIP:
+        _, dh, _ = tl.associative_scan((_fast_flip(a, R), _fast_flip(g, R), ones), axis=1,
+                                       combine_fn=_shifted_reverse_combine)
+        dh = _fast_flip(dh, R)
+    else:
+        _, dh, _ = tl.associative_scan((a, g, ones), axis=1, combine_fn=_shifted_reverse_combine, reverse=True)
     tl.store(dstate_row + n, tl.sum(tl.where(is_first, a * dh, 0.0), axis=1), mask=mask_d)
     return dh
 
@@ -273,7 +299,8 @@ def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last
 @triton.jit
 def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy,
                          t64, mask_t, mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L,
-                         is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+                         is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr, FAST_FLIP: tl.constexpr,
+                         R: tl.constexpr):
     """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
     A2 = A * 1.4426950408889634
     # Recompute the chunk's states from the saved boundary state.
@@ -283,7 +310,7 @@ def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, del
     x = tl.where(is_first, b + ah_first, b)
     _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
-    dh = _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last)
+    dh = _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last, FAST_FLIP, R)
     sum_dh_B += dh * Bn
     # dh_t a_t h_{t-1}, with a_t h_{t-1} = h_t - b_t inside the chunk (no shifted state needed) but a_0 h_start at
     # its first step: there h_t - b_t is pure cancellation, and the GPU compiler contracts it into
@@ -323,7 +350,7 @@ def _selective_scan_bwd_kernel(
     s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -375,7 +402,7 @@ def _selective_scan_bwd_kernel(
             y, sum_dh_B, sum_w_A = _bwd_state_component(
                 n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy, t64, mask_t,
                 mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                B_VAR, C_VAR)
+                B_VAR, C_VAR, FAST_FLIP, T // 32)
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
         # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
@@ -422,6 +449,7 @@ def _selective_scan_dstate_kernel(
     s_do_b, s_do_d, s_do_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, C_VAR: tl.constexpr,
+    FAST_FLIP: tl.constexpr = False,
 ):
     """dL/d(initial state) alone, with no gradient on the last state: the backward's reverse recurrence
     dh_t = C_t dy_t + a_{t+1} dh_{t+1} and nothing else (no recomputed states, no other gradient, no atomics).
@@ -454,5 +482,6 @@ def _selective_scan_dstate_kernel(
             else:
                 Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
             carry = tl.load(dstate_row + n, mask=mask_d, other=0.0)
-            _chunk_state_grad(n, tl.exp2(delta * A2[:, None]), Cn, dy, carry, dstate_row, mask_d, is_first, is_last)
+            _chunk_state_grad(n, tl.exp2(delta * A2[:, None]), Cn, dy, carry, dstate_row, mask_d, is_first, is_last,
+                              FAST_FLIP, T // 32)
         tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -58,7 +59,11 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   for training only below split_below_programs_per_sm (the split adds a forward and a state-gradient pass).
 # - prefetch: True, or "latency" = only with fewer than prefetch_max_programs_per_sm programs per SM and no states
 #   to save, there with chunks of latency_T steps on latency_num_warps warps;
-# - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum).
+# - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum);
+# - fast_flip (backward and state-gradient kernels): the reverse scans as forward scans over chunks flipped with one
+#   shuffle per register (_fast_flip_ok says when the layout allows it). Compiled for sm_90 on the CPU it cuts the
+#   backward's loop from 517 to 422 instructions and the state-gradient kernel's from 206 to 138; off until the
+#   GPU tests and a timing confirm it (tests/test_gpu_ops.py -k fast_flip; benchmarks/sass_scan.py --fast-flip).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
 # latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20) (1.9
@@ -68,7 +73,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
-                  split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096)
+                  split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -354,6 +359,27 @@ def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
 
 
+def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> bool:
+    """Whether the backward / state-gradient kernels may flip chunks with one shuffle per register (FAST_FLIP).
+
+    BWD_CONFIG asks for it, an NVIDIA GPU runs the kernel (not the interpreter: the flip is inline PTX), and the
+    launch specialises the kernel as tests/test_triton_ops.py compiles it for sm_90 and checks the chunk layout
+    _fast_flip assumes (one warp, one channel, 8 consecutive steps per lane): every time-varying sequence tensor
+    (``sequences``; None and constant ones skipped) with 2-byte elements on a stride-1 time axis, T = 32 x 8, every
+    tensor 16-byte aligned and every integer argument (``ints``: all but the chunk count) 1 or a multiple of 16.
+    Another specialisation could get another layout from Triton, where the flip would be wrong: those run the
+    plain reverse scans."""
+    if not BWD_CONFIG.get("fast_flip") or device.type != "cuda" or torch.version.hip is not None:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    if BLOCK_D != 1 or num_warps != 1 or T != 32 * 8:
+        return False
+    if not all(t.element_size() == 2 and t.stride(-1) == 1 for t in sequences if t is not None and t.dim() >= 3):
+        return False
+    return all(t.data_ptr() % 16 == 0 for t in tensors) and all(v == 1 or v % 16 == 0 for v in ints)
+
+
 def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
     """dL/d(initial state) of the scan, (batch, dim, N) fp32, with no gradient on its last state: the state
     gradient the backward would return, from a kernel that computes nothing else (reads delta, z, dout, C)."""
@@ -366,12 +392,13 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
     dstate = torch.zeros((batch, dim, N), device=u.device, dtype=torch.float32)
     dummy = _dummy(u)
     zz = z if z is not None else u
+    tensors = (delta, A, C, zz, delta_bias if delta_bias is not None else dummy, dout, dstate)
+    ints = (dim, L, N, cpg, *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride())
     _launch_dstate(
-        (cdiv(dim, BLOCK_D), batch),
-        (delta, A, C, zz, delta_bias if delta_bias is not None else dummy, dout, dstate),
-        (dim, L, N, cpg, _n_chunks(L, T), *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride()),
+        (cdiv(dim, BLOCK_D), batch), tensors, ints[:4] + (_n_chunks(L, T),) + ints[4:],
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), C_VAR=C_var),
+             SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
+             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
         num_warps, options)
     return dstate
 
@@ -460,15 +487,16 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         dstate.copy_(dlast)
     zz = z if z is not None else u
     grid = (cdiv(dim, BLOCK_D), batch)
+    tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+               chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias)
+    strides = (*u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
+               *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
     _launch_bwd(
-        grid,
-        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
-         chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias),
-        (dim, L, N, cpg, n_chunks, G_B, G_C,
-         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
-         *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride())),
+        grid, tensors, (dim, L, N, cpg, n_chunks, G_B, G_C, *strides),
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch,
+             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors,
+                                     (dim, L, N, cpg, G_B, G_C, *strides))),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)

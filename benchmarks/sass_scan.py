@@ -1,0 +1,195 @@
+"""The selective scan's Triton kernels compiled for a GPU architecture on any machine (no GPU needed), and what
+their SASS says: registers, spills, and the instructions of the loop over state components per state element.
+
+Triton compiles for a target without a device (``triton.compile`` with a ``GPUTarget``), and its wheel carries
+``ptxas`` and ``cuobjdump``. The kernels are specialised as a real launch at (8, 1536, 4096) bf16 specialises them
+(contiguous (batch, dim, L) inputs, stride-1 time axis, sizes divisible by 16, time-varying B / C, D / z /
+delta_bias / softplus), so the numbers match the GPU's (Nsight Compute on the H200: the forward at 126 registers,
+546 M warp instructions = 21.7 per state element over the whole kernel, of which ~17 in the loop counted here).
+The loop body is the innermost backward branch's range; per state element = its instructions x 32 lanes x
+num_warps / (BLOCK_D x T).
+
+    python benchmarks/sass_scan.py                        # forward and backward at the default configs
+    python benchmarks/sass_scan.py --kernel fwd --block-d 2 --T 256 --maxnreg 96 --histogram
+    python benchmarks/sass_scan.py --kernel fwd --sass fwd.sass   # the whole SASS to a file
+
+Instruction counts are a proxy (issue slots), not a timing: registers decide occupancy, and latency is not seen.
+Use it to compare variants of a kernel before spending GPU time on them.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from seqmamba.ops.selective_scan import triton_kernels as kernels  # noqa: E402
+from seqmamba.ops.selective_scan import triton_launch  # noqa: E402
+
+KERNELS = {"fwd": kernels._selective_scan_fwd_kernel, "bwd": kernels._selective_scan_bwd_kernel,
+           "dstate": kernels._selective_scan_dstate_kernel}
+# fp32 pointers; every other pointer is a bf16 sequence tensor
+FP32_POINTERS = {"A_ptr", "D_ptr", "dbias_ptr", "state_ptr", "chunk_states_ptr", "dstate_ptr", "dA_ptr", "dB_ptr",
+                 "dC_ptr", "dD_ptr", "ddbias_ptr"}
+ONE = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_o_l", "s_A_n", "s_do_l", "s_du_l", "s_ddt_l", "s_dz_l"}
+NOT_DIVISIBLE = {"n_chunks"}  # 8 at (8, 1536, 4096) with 512-step chunks; Triton specialises 16 | value only
+
+
+def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None, prefetch=False, arch: int = 90,
+                   seq_dtype: str = "bf16", ones=(), not_divisible=NOT_DIVISIBLE, **constexprs):
+    """Compiles one kernel for sm_<arch> as a launch at (8, 1536, 4096) bf16 would specialise it: pointers 16-byte
+    aligned, integers divisible by 16 except ``not_divisible``, the time strides and ``ones`` equal to 1 (Triton
+    makes an integer argument equal to 1 a constant); ``seq_dtype`` for the sequence tensors."""
+    fn = KERNELS[name]
+    values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
+                  C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch, FAST_FLIP=False)
+    values.update(constexprs)
+    signature, constants, attrs = {}, {}, {}
+    for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
+        if param.is_constexpr:
+            signature[arg] = "constexpr"
+            constants[arg] = values[arg]
+        elif arg in ONE or arg == "n_saved" or arg in ones:  # Triton specialises an integer equal to 1
+            signature[arg] = "constexpr"
+            constants[arg] = 1
+        elif arg.endswith("_ptr"):
+            signature[arg] = "*fp32" if arg in FP32_POINTERS else "*" + seq_dtype
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[arg] = "i32"
+            if arg not in not_divisible:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    options = dict(num_warps=num_warps)
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
+                          options=options)
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def sass_and_resources(compiled):
+    """(SASS text, registers per thread, stack bytes per thread) of a compiled kernel (Triton's cuobjdump)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", res).group(1))
+    stack = int(re.search(r"STACK:(\d+)", res).group(1))
+    return sass, regs, stack
+
+
+_LINE = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)")
+
+
+def innermost_loop(sass: str):
+    """Opcodes (without modifiers) of the innermost loop: the shortest range closed by a backward branch."""
+    lines = []
+    for line in sass.splitlines():
+        m = _LINE.match(line)
+        if m:
+            lines.append((int(m.group(1), 16), m.group(2).split(".")[0], line))
+    best = None
+    for addr, _, line in lines:
+        m = re.search(r"BRA (0x[0-9a-f]+)", line)
+        if m and int(m.group(1), 16) < addr:
+            span = (int(m.group(1), 16), addr)
+            if best is None or span[1] - span[0] < best[1] - best[0]:
+                best = span
+    if best is None:
+        return collections.Counter()
+    return collections.Counter(op for addr, op, _ in lines if best[0] <= addr <= best[1])
+
+
+def report(name, block_d, T, num_warps, maxnreg=None, prefetch=False, histogram=False, sass_path=None, **kw):
+    compiled = compile_kernel(name, block_d, T, num_warps, maxnreg, prefetch, **kw)
+    sass, regs, stack = sass_and_resources(compiled)
+    if sass_path:
+        with open(sass_path, "w") as f:
+            f.write(sass)
+    loop = innermost_loop(sass)
+    total = sum(loop.values())
+    per_element = total * 32 * num_warps / (block_d * T)
+    row = dict(kernel=name, block_d=block_d, T=T, num_warps=num_warps, maxnreg=maxnreg, prefetch=prefetch,
+               registers=regs, stack=stack, loop_instructions=total, per_state_element=per_element,
+               histogram=dict(loop.most_common()))
+    line = (f"{name:6s} BLOCK_D {block_d} T {T:4d} warps {num_warps} maxnreg {str(maxnreg):4s} prefetch "
+            f"{int(bool(prefetch))}: {regs:3d} registers, {stack:3d} B stack; loop {total} instructions = "
+            f"{per_element:.1f} per state element")
+    print(line)
+    if histogram:
+        print("   " + ", ".join(f"{op} {k}" for op, k in loop.most_common()))
+    return row
+
+
+# The specialisations triton_launch._fast_flip_ok lets through, as compiled by compile_kernel's keywords.
+FAST_FLIP_VARIANTS = [
+    ("bwd", {}), ("bwd", {"ones": ["G_B", "G_C"]}), ("bwd", {"not_divisible": []}),
+    ("bwd", {"HAS_Z": False, "HAS_D": False, "seq_dtype": "fp16"}), ("bwd", {"B_VAR": False, "C_VAR": False}),
+    ("dstate", {}), ("dstate", {"HAS_Z": False, "C_VAR": False}),
+]
+
+
+def inline_asm_layouts(ttgir: str):
+    """(shape, layout definition) of every tt.elementwise_inline_asm result in a TTGIR module."""
+    aliases = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<\{.*\}>)", ttgir, flags=re.M))
+    found = re.findall(r"tt\.elementwise_inline_asm .* -> tensor<([0-9x]+)x\w+, (#\w+)>", ttgir)
+    return [(shape, aliases.get(alias, alias)) for shape, alias in found]
+
+
+def fast_flip_report(variants=FAST_FLIP_VARIANTS):
+    """Per variant: the layouts of the fast flip's shuffled tensors, and the loop's SHFL count with and without
+    the fast flip (what tests/test_triton_ops.py checks)."""
+    rows = []
+    for name, variant in variants:
+        kw = dict(maxnreg=168 if name == "bwd" else None, prefetch=name == "bwd", **variant)
+        fast = compile_kernel(name, 1, 256, 1, FAST_FLIP=True, **kw)
+        plain = compile_kernel(name, 1, 256, 1, FAST_FLIP=False, **kw)
+        shuffles = [innermost_loop(sass_and_resources(c)[0]).get("SHFL", 0) for c in (fast, plain)]
+        rows.append(dict(kernel=name, variant=variant, layouts=inline_asm_layouts(fast.asm["ttgir"]),
+                         loop_shuffles=shuffles[0], loop_shuffles_plain=shuffles[1]))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", choices=list(KERNELS) + ["all"], default="all")
+    parser.add_argument("--block-d", type=int, default=None)
+    parser.add_argument("--T", type=int, default=None)
+    parser.add_argument("--num-warps", type=int, default=None)
+    parser.add_argument("--maxnreg", type=int, default=None)
+    parser.add_argument("--prefetch", action="store_true")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
+    parser.add_argument("--fast-flip", action="store_true", help="backward / dstate: the one-shuffle flips")
+    parser.add_argument("--histogram", action="store_true", help="print the loop's opcode counts")
+    parser.add_argument("--sass", default=None, help="write the whole SASS here (one kernel)")
+    parser.add_argument("--fast-flip-layouts", action="store_true",
+                        help="JSON: the fast flip's layouts in every specialisation it may run in")
+    args = parser.parse_args()
+    if args.fast_flip_layouts:
+        print(json.dumps(fast_flip_report()))
+        return
+    names = list(KERNELS) if args.kernel == "all" else [args.kernel]
+    for name in names:
+        cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
+        report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],
+               args.maxnreg, args.prefetch or (name == "bwd" and cfg.get("prefetch") is True), args.histogram,
+               args.sass, arch=args.arch, FAST_FLIP=args.fast_flip)
+
+
+if __name__ == "__main__":
+    main()
