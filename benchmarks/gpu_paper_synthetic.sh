@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_paper_synthetic.sh ih [SECONDS]   # induction heads, experiment=paper/induction_heads
 #   bash benchmarks/gpu_paper_synthetic.sh sc [SECONDS]   # selective copying, experiment=paper/selective_copying
 #   bash benchmarks/gpu_paper_synthetic.sh sc SECONDS h3_s4d   # a Table 1 row: model.ssm_cfg.layer=<arch>_<inner>
+#   bash benchmarks/gpu_paper_synthetic.sh sc SECONDS h3_s4d trainer.max_steps=20000   # more overrides after it
+#                                             (e.g. every row to the same 20K steps, to compare them at equal steps)
 #
 # Each call trains for at most SECONDS (default 420; trainer.time_limit_s pauses cleanly with last.pt) in
 # the fixed run directory $RUNS/<task> (default outputs/paper/<task>), resuming from its last.pt when
@@ -15,6 +17,8 @@ set -u
 what=${1:?usage: gpu_paper_synthetic.sh ih|sc [SECONDS]}
 limit=${2:-420}
 layer=${3:-}
+shift $(( $# < 3 ? $# : 3 ))
+extra=("$@")  # further Hydra overrides, passed to both the run and the final eval
 RUNS=${RUNS:-outputs/paper}
 case "$what" in
   ih) task=induction_heads; log_every=2048; run_eval="eval.max_log2_len=10" ;;  # best.pt: a quick look
@@ -30,11 +34,12 @@ else
 fi
 dir="$RUNS/$task_dir"
 python -m seqmamba.cli run "experiment=paper/$task" trainer.resume=auto "trainer.time_limit_s=$limit" \
-  trainer.progress=false "trainer.log_every=$log_every" "hydra.run.dir=$dir" $run_eval $row 2>&1 | grep -v Warning | tail -40
+  trainer.progress=false "trainer.log_every=$log_every" "hydra.run.dir=$dir" $run_eval $row "${extra[@]}" 2>&1 \
+  | grep -v Warning | tail -40
 status=${PIPESTATUS[0]}
 if [ -f "$dir/eval_results.json" ] && [ ! -f "$dir/eval_last/eval_results.json" ]; then
   # finished: the paper reports the last weights (the run verb scored best.pt, the first to peak at 256)
-  python -m seqmamba.cli eval "experiment=paper/$task" "ckpt=$dir/checkpoints/last.pt" $row \
+  python -m seqmamba.cli eval "experiment=paper/$task" "ckpt=$dir/checkpoints/last.pt" $row "${extra[@]}" \
     "hydra.run.dir=$dir/eval_last" 2>&1 | grep -v Warning | tail -25
 fi
 if [ -n "${OUT:-}" ]; then  # one archive: the device returns only a few files per command
