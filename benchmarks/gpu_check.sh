@@ -7,6 +7,7 @@
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
+#          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with it off / on)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -33,6 +34,9 @@ for step in $steps; do
                    [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
     gputests) timeout 300 python -m pytest -q -m gpu tests/ 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
+    fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
+              timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
+                --shapes 8x1536x4096 64x128x4112 1x1536x262144 16x2048x2048 2>&1 | tee -a "$OUT/fastflip.log" ;;
     fwdsweep) timeout 330 python benchmarks/bench_scan_forward_configs.py --json "$OUT/fwdsweep.json" 2>&1 | tee "$OUT/fwdsweep.log" ;;
     split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
