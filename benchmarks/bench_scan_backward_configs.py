@@ -10,6 +10,8 @@ config's gradients against the default's, and prints a table, fastest first.
     python benchmarks/bench_scan_backward_configs.py                    # GPU, ~1 min
     python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096
     python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168   # fast flip off / on
+    python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 --dout layer \
+        --dout-copy off on                      # the Mamba layer's strided dout, read as is or copied first
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from seqmamba.ops import selective_scan
 from seqmamba.ops.selective_scan import triton_launch
 
 
-def inputs(batch, dim, L, N=16, seed=0):
+def inputs(batch, dim, L, N=16, seed=0, dout_layout="contiguous"):
     g = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
     u = rand(batch, dim, L).bfloat16().requires_grad_()
@@ -34,7 +36,9 @@ def inputs(batch, dim, L, N=16, seed=0):
     C = rand(batch, N, L).bfloat16().requires_grad_()
     D = rand(dim).requires_grad_()
     bias = (0.1 * rand(dim)).requires_grad_()
-    dout = rand(batch, dim, L).bfloat16()
+    # "layer": what the Mamba layer's out_proj backward hands the scan on CUDA, (batch, L, dim) storage
+    dout = rand(batch, dim, L).bfloat16() if dout_layout == "contiguous" else \
+        rand(batch, L, dim).bfloat16().transpose(1, 2)
     return (u, delta, A, B, C, D, z, bias), dout
 
 
@@ -52,6 +56,10 @@ def main():
     parser.add_argument("--maxnreg", nargs="+", default=["168", "none"])
     parser.add_argument("--fast-flip", nargs="+", default=["off", "on"], choices=["off", "on"],
                         help="BWD_CONFIG fast_flip values to sweep (the one-shuffle chunk flips of the backward)")
+    parser.add_argument("--dout", nargs="+", default=["contiguous"], choices=["contiguous", "layer"],
+                        help="dout layouts: L-contiguous, or the Mamba layer's ((batch, L, dim) storage)")
+    parser.add_argument("--dout-copy", nargs="+", default=["off"], choices=["off", "on"],
+                        help="BWD_CONFIG dout_copy values (copy a strided dout to L-contiguous first)")
     parser.add_argument("--json", default=None, help="write all rows here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -60,22 +68,22 @@ def main():
 
     default = dict(triton_launch.BWD_CONFIG)
     rows = []
-    for shape in args.shapes:
-        batch, dim, L = (int(v) for v in shape.split("x"))
-        tensors, dout = inputs(batch, dim, L)
+    for shape in [f"{s}/{d}" for s in args.shapes for d in args.dout]:
+        batch, dim, L = (int(v) for v in shape.split("/")[0].split("x"))
+        tensors, dout = inputs(batch, dim, L, dout_layout=shape.split("/")[1])
         fwd_ms = tt.do_bench(lambda: selective_scan(*tensors[:6], z=tensors[6], delta_bias=tensors[7],
                                                     delta_softplus=True, backend="triton"), return_mode="median")
         reference = None
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
-                 "on" if default.get("fast_flip") else "off")
-        for block_d, T, reg, flip in itertools.chain([first], itertools.product(args.block_d, args.T, args.maxnreg,
-                                                                               args.fast_flip)):
+                 "on" if default.get("fast_flip") else "off", "on" if default.get("dout_copy") else "off")
+        for block_d, T, reg, flip, copy in itertools.chain([first], itertools.product(
+                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
-                                            fast_flip=flip == "on")
+                                            fast_flip=flip == "on", dout_copy=copy == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip}"
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:
@@ -94,11 +102,11 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=2)
     print(f"\ndevice: {torch.cuda.get_device_name()}; default {default}")
-    for shape in args.shapes:
+    for shape in [f"{s}/{d}" for s in args.shapes for d in args.dout]:
         ok = sorted((r for r in rows if r["shape"] == shape and "error" not in r), key=lambda r: r["fwd_bwd_ms"])
         base = next((r["fwd_bwd_ms"] for r in rows if r["shape"] == shape and "error" not in r), None)
         for r in ok[:6]:
-            print(f"{shape:14s} {r['config']:32s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
+            print(f"{shape:25s} {r['config']:52s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
                   f"x default {base / r['fwd_bwd_ms']:5.2f}  err {r['max_rel_err']:.1e}")
 
 

@@ -36,7 +36,8 @@ for step in $steps; do
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
-                --shapes 8x1536x4096 64x128x4112 1x1536x262144 16x2048x2048 2>&1 | tee -a "$OUT/fastflip.log" ;;
+                --shapes 8x1536x4096 64x128x4112 1x1536x262144 16x2048x2048 --dout contiguous layer \
+                --dout-copy off on 2>&1 | tee -a "$OUT/fastflip.log" ;;
     fwdsweep) timeout 330 python benchmarks/bench_scan_forward_configs.py --json "$OUT/fwdsweep.json" 2>&1 | tee "$OUT/fwdsweep.log" ;;
     split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do

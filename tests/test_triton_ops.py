@@ -592,3 +592,34 @@ def test_fast_flip_rule(monkeypatch):
     assert not ok(seqs=(seq.view(-1)[1:].view(1, 1, -1)[..., :64],))  # 2 bytes off 16-byte alignment
     monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_flip", False)
     assert not ok()
+
+
+def test_dout_copy_gives_the_same_gradients_and_only_copies_a_strided_dout(monkeypatch):
+    """BWD_CONFIG dout_copy: the Mamba layer's dout ((batch, L, dim) storage, from out_proj's backward) beside
+    L-contiguous inputs is copied to L-contiguous before the backward; gradients as without the copy."""
+    g = torch.Generator().manual_seed(5)
+    batch, dim, L, N = 2, 8, 40, 4
+    inputs = dict(u=torch.randn(batch, dim, L, generator=g), delta=0.5 * torch.randn(batch, dim, L, generator=g),
+                  A=-torch.rand(dim, N, generator=g) - 0.5, B=torch.randn(batch, N, L, generator=g),
+                  C=torch.randn(batch, N, L, generator=g), D=torch.randn(dim, generator=g),
+                  z=torch.randn(batch, dim, L, generator=g), delta_bias=0.1 * torch.randn(dim, generator=g))
+    dout = torch.randn(batch, L, dim, generator=g).transpose(1, 2)  # steps dim apart
+
+    def grads(copy):
+        monkeypatch.setitem(scan_launch.BWD_CONFIG, "dout_copy", copy)
+        args = {k: v.detach().requires_grad_(True) for k, v in inputs.items()}
+        out = selective_scan(**args, delta_softplus=True, backend="triton")
+        return torch.autograd.grad(out, list(args.values()), dout)
+
+    for with_copy, without in zip(grads(True), grads(False)):
+        assert rel_err(with_copy, without) < 1e-6
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "dout_copy", True)
+    u, delta, z = inputs["u"], inputs["delta"], inputs["z"]
+    copied = scan_launch.backward_dout(u, delta, z, dout)
+    assert copied.stride(-1) == 1 and torch.equal(copied, dout)
+    contiguous = dout.contiguous()
+    assert scan_launch.backward_dout(u, delta, z, contiguous) is contiguous
+    time_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (u, delta, z)]  # the block layout
+    assert scan_launch.backward_dout(*time_major, dout) is dout
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "dout_copy", False)
+    assert scan_launch.backward_dout(u, delta, z, dout) is dout

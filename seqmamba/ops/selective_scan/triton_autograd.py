@@ -9,8 +9,8 @@ import torch
 
 from ..backend import records_autograd
 from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
-                            is_block_layout, scan_backward, scan_backward_split, scan_forward, scan_forward_split,
-                            scan_forward_split_train, split_segments, split_segments_train)
+                            backward_dout, is_block_layout, scan_backward, scan_backward_split, scan_forward,
+                            scan_forward_split, scan_forward_split_train, split_segments, split_segments_train)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -97,6 +97,7 @@ def _gradients(ctx, dout, dlast, backward_fn, states=None):
     if states is None and chunk_states.dim() != 4:
         raise RuntimeError("selective_scan: backward needs the chunk states; the forward ran without grad")
     chunk_states = chunk_states if states is None else states
+    dout = backward_dout(u, delta, z, dout)
     du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0 = backward_fn(
         u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, chunk_states, dout, dlast)
     dD = dD if D is not None else None
