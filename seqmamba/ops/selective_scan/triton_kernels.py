@@ -111,6 +111,20 @@ def _program_channels(dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s
 
 
 @triton.jit
+def _chunk_ends(t_loc, T: tl.constexpr):
+    """(1, T) masks of a chunk's first and last step."""
+    return (t_loc == 0)[None, :], (t_loc == T - 1)[None, :]
+
+
+@triton.jit
+def _chunk_steps(c, T: tl.constexpr, t_loc, L, mask_d):
+    """Chunk c's steps: (t_idx, the steps inside L, the (BLOCK_D, T) channel x step mask, t_idx as int64)."""
+    t_idx = c * T + t_loc
+    mask_t = t_idx < L
+    return t_idx, mask_t, mask_d[:, None] & mask_t[None, :], t_idx.to(tl.int64)
+
+
+@triton.jit
 def _rows(ptr, pid_b, d64, s_b, s_d):
     """Pointers to the program's (BLOCK_D, 1) channel rows of a (batch, dim, L) tensor at step 0."""
     return ptr + pid_b * s_b + d64[:, None] * s_d
@@ -201,16 +215,12 @@ def _selective_scan_fwd_kernel(
     state_row = state_ptr + (pid_b * dim + d64) * N
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
     t_loc2 = t_loc[None, :]
-    is_first = (t_loc == 0)[None, :]
-    is_last = (t_loc == T - 1)[None, :]
+    is_first, is_last = _chunk_ends(t_loc, T)
 
     for c in range(0, n_chunks):
         state_in = state_row + (c % 2) * state_slot
         state_out = state_row + ((c + 1) % 2) * state_slot
-        t_idx = c * T + t_loc
-        mask_t = t_idx < L
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        t64 = t_idx.to(tl.int64)
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         delta, _ = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         delta_u = delta * u
@@ -373,15 +383,11 @@ def _selective_scan_bwd_kernel(
     dz_row = _rows(dz_ptr, pid_b, d64, s_dz_b, s_dz_d)
     dstate_row = dstate_ptr + (pid_b * dim + d64) * N
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
-    is_first = (t_loc == 0)[None, :]
-    is_last = (t_loc == T - 1)[None, :]
+    is_first, is_last = _chunk_ends(t_loc, T)
 
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
-        t_idx = c * T + t_loc
-        mask_t = t_idx < L
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        t64 = t_idx.to(tl.int64)
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
@@ -465,14 +471,10 @@ def _selective_scan_dstate_kernel(
     z_row = _rows(z_ptr, pid_b, d64, s_z_b, s_z_d)
     do_row = _rows(dout_ptr, pid_b, d64, s_do_b, s_do_d)
     dstate_row = dstate_ptr + (pid_b * dim + d64) * N
-    is_first = (t_loc == 0)[None, :]
-    is_last = (t_loc == T - 1)[None, :]
+    is_first, is_last = _chunk_ends(t_loc, T)
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
-        t_idx = c * T + t_loc
-        mask_t = t_idx < L
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        t64 = t_idx.to(tl.int64)
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         for n in range(0, N):
