@@ -589,6 +589,7 @@ def test_fast_flip_rule(monkeypatch):
     assert not ok(2, 256, 1) and not ok(1, 128, 1) and not ok(1, 256, 2)
     assert not ok(seqs=(seq.float(),)) and not ok(seqs=(seq.transpose(1, 2),))
     assert not ok(ints=(16, 65))
+    assert ok(ints=(16, 64, 16, 16, 7))  # the chunk count (launch argument 4) may be anything
     assert not ok(seqs=(seq.view(-1)[1:].view(1, 1, -1)[..., :64],))  # 2 bytes off 16-byte alignment
     monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_flip", False)
     assert not ok()

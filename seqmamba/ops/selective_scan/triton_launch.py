@@ -361,6 +361,10 @@ def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
 
 
+# Both kernels that take FAST_FLIP have their chunk count at this position of their integer arguments.
+_CHUNK_COUNT_ARG = 4
+
+
 def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> bool:
     """Whether the backward / state-gradient kernels may flip chunks with one shuffle per register (FAST_FLIP).
 
@@ -368,9 +372,9 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     launch specialises the kernel as tests/test_triton_ops.py compiles it for sm_90 and checks the chunk layout
     _fast_flip assumes (one warp, one channel, 8 consecutive steps per lane): every time-varying sequence tensor
     (``sequences``; None and constant ones skipped) with 2-byte elements on a stride-1 time axis, T = 32 x 8, every
-    tensor 16-byte aligned and every integer argument (``ints``: all but the chunk count) 1 or a multiple of 16.
-    Another specialisation could get another layout from Triton, where the flip would be wrong: those run the
-    plain reverse scans."""
+    tensor 16-byte aligned and every integer argument of the launch (``ints``; the chunk count, at
+    _CHUNK_COUNT_ARG, may be anything) 1 or a multiple of 16. Another specialisation could get another layout from
+    Triton, where the flip would be wrong: those run the plain reverse scans."""
     if not BWD_CONFIG.get("fast_flip") or device.type != "cuda" or torch.version.hip is not None:
         return False
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -379,7 +383,8 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
         return False
     if not all(t.element_size() == 2 and t.stride(-1) == 1 for t in sequences if t is not None and t.dim() >= 3):
         return False
-    return all(t.data_ptr() % 16 == 0 for t in tensors) and all(v == 1 or v % 16 == 0 for v in ints)
+    return (all(t.data_ptr() % 16 == 0 for t in tensors)
+            and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i != _CHUNK_COUNT_ARG))
 
 
 def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
@@ -395,9 +400,9 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
     dummy = _dummy(u)
     zz = z if z is not None else u
     tensors = (delta, A, C, zz, delta_bias if delta_bias is not None else dummy, dout, dstate)
-    ints = (dim, L, N, cpg, *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride())
+    ints = (dim, L, N, cpg, _n_chunks(L, T), *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride())
     _launch_dstate(
-        (cdiv(dim, BLOCK_D), batch), tensors, ints[:4] + (_n_chunks(L, T),) + ints[4:],
+        (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
              FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
@@ -503,14 +508,14 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     grid = (cdiv(dim, BLOCK_D), batch)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias)
-    strides = (*u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
-               *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
+    ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
+            *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
+            *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
     _launch_bwd(
-        grid, tensors, (dim, L, N, cpg, n_chunks, G_B, G_C, *strides),
+        grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch,
-             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors,
-                                     (dim, L, N, cpg, G_B, G_C, *strides))),
+             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
