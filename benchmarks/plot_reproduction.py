@@ -29,6 +29,15 @@ def column(rows, key, since=0):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def label(ax, xlabel, ylabel, top, title, legend_loc):
+    """Axis labels, y range 0 .. top, title and a small legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc, fontsize=8)
+
+
 def save(fig, out_dir, name):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, name), dpi=120)
@@ -71,11 +80,7 @@ def main():
     ax2.plot(list(CPU_DEFAULT), list(CPU_DEFAULT.values()), "s:", color="tab:red",
              label="seqmamba CPU default, trained at 64")
     ax2.axvline(8, color="grey", lw=0.8)
-    ax2.set_xlabel("log2 test length")
-    ax2.set_ylabel("accuracy (%)")
-    ax2.set_ylim(0, 104)
-    ax2.set_title("Accuracy vs length (512+ sequences per length)")
-    ax2.legend(loc="lower left", fontsize=8)
+    label(ax2, "log2 test length", "accuracy (%)", 104, "Accuracy vs length (512+ sequences per length)", "lower left")
     save(fig, args.out, "repro_induction_heads.png")
 
     sc = read(os.path.join(args.runs, "selective_copying", "metrics.csv"))
@@ -85,11 +90,8 @@ def main():
     s, a = column(sc, "val/acc", since=args.sc_valid_from)
     ax.plot(s, [100 * v for v in a], "o", ms=4, label="held-out acc (1024 sequences)")
     ax.axhline(99.8, color="k", ls="--", lw=1, label="paper, Mamba: 99.8 (400K steps)")
-    ax.set_xlabel("step (batch 64 x 4112)")
-    ax.set_ylabel("accuracy on the 16 outputs (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title("Selective copying, paper config (H200), in progress")
-    ax.legend(loc="upper left", fontsize=8)
+    label(ax, "step (batch 64 x 4112)", "accuracy on the 16 outputs (%)", 102,
+          "Selective copying, paper config (H200), in progress", "upper left")
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 

@@ -32,6 +32,7 @@ from torch import nn
 #: eager steps before the capture (the PyTorch recipe: warm up on a side stream, then capture)
 WARMUP_STEPS = 3
 
+
 def unsupported_reason(*, device: torch.device, world_size: int, grad_accum_steps: int,
                        autocast_dtype: Optional[torch.dtype], compile: bool) -> Optional[str]:
     """Why this run's step cannot be graph-captured, or None when it can."""
