@@ -5,13 +5,17 @@
 - repro_induction_heads.png: training loss and validation accuracy at the training length (256) against
   steps, and accuracy against test length 2^6 .. 2^20 beside the paper's Mamba (100% everywhere) and the
   CPU default model trained at 64 (notes/extrapolation.md);
-- repro_selective_copying.png: training loss / accuracy on the 16 output positions against steps, and the
-  held-out accuracy from the segments whose in-run evaluation was valid (see REPRODUCTION.md).
+- repro_selective_copying.png: training accuracy on the 16 output positions against steps, and the held-out
+  accuracy from the segments whose in-run evaluation was valid (see REPRODUCTION.md); beside it, every Table 1
+  row recorded so far (reproduction/selective_copying_<arch>_<inner>/) against the Mamba run over the same steps
+  (training accuracy on fresh batches: every row's in-run evaluation is valid there, the Mamba run's early one
+  was not).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,14 +88,26 @@ def main():
     save(fig, args.out, "repro_induction_heads.png")
 
     sc = read(os.path.join(args.runs, "selective_copying", "metrics.csv"))
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    rows = sorted(glob.glob(os.path.join(args.runs, "selective_copying_*", "metrics.csv")))
+    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(12 if rows else 7, 3.8), squeeze=False)
+    ax = axes[0][0]
     s, a = column(sc, "train/acc")
-    ax.plot(s, [100 * v for v in a], label="train acc (fresh batches)")
+    ax.plot([x / 1000 for x in s], [100 * v for v in a], label="train acc (fresh batches)")
     s, a = column(sc, "val/acc", since=args.sc_valid_from)
-    ax.plot(s, [100 * v for v in a], "o", ms=4, label="held-out acc (1024 sequences)")
+    ax.plot([x / 1000 for x in s], [100 * v for v in a], "o", ms=3, label="held-out acc (1024 sequences)")
     ax.axhline(99.8, color="k", ls="--", lw=1, label="paper, Mamba: 99.8 (400K steps)")
-    label(ax, "step (batch 64 x 4112)", "accuracy on the 16 outputs (%)", 102,
-          "Selective copying, paper config (H200), in progress", "upper left")
+    label(ax, "thousand steps (batch 64 x 4112)", "accuracy on the 16 outputs (%)", 102,
+          "Selective copying, Mamba (S6), paper config (H200)", "upper left")
+    if rows:
+        ax = axes[0][1]
+        runs = [("Mamba (S6, fused block)", sc)] + [
+            (os.path.basename(os.path.dirname(path)).removeprefix("selective_copying_"), read(path)) for path in rows]
+        last = max(int(r["step"]) for _, rs in runs[1:] for r in rs)
+        for name, rs in runs:
+            s, a = column(rs, "train/acc")
+            keep = [i for i, x in enumerate(s) if x <= last]
+            ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name)
+        label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows at equal steps", "upper left")
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 

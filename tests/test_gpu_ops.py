@@ -385,9 +385,12 @@ def test_torch_backend_runs_on_cuda_and_is_bitwise_repeatable():
 @pytest.mark.parametrize("L", [256, 272, 4096, 1500])
 def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
     """BWD_CONFIG fast_flip (the backward's and the state-gradient kernel's reverse scans run forward over chunks
-    flipped with one shuffle per register): every gradient equals the plain build's to fp32 rounding and the float64
-    reference; used at L = 256, 272, 4096 (a multiple of 16: the specialisation compiled and layout-checked on the
-    CPU), not at 1500. The training split's state-gradient kernel at (1, 64, 2^14) in 4 segments likewise."""
+    flipped with one shuffle per register): every gradient equals the plain build's to bf16 rounding and is as close
+    to the float64 reference as the plain build's; used at L = 256, 272, 4096 (a multiple of 16: the specialisation
+    compiled and layout-checked on the CPU), not at 1500. The training split's state-gradient kernel at (1, 64, 2^14)
+    in 4 segments likewise. dB / dC add over channels with atomics, so two plain runs already differ in the last bf16
+    bit (2.6e-5 relative, measured on the H200 at L = 1500, where the flip is not used): the bound between builds is
+    1e-3, far below what a wrong flip gives (a reversed chunk is O(1) off)."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     used = []
     check = kernels._fast_flip_ok
@@ -403,8 +406,9 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
     assert any(used) == (L % 16 == 0)
     ref = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()}, dout.double())[1]
     for name in plain:
-        assert rel_err(fast[name].float(), plain[name].float()) < 1e-5, name
-        assert rel_err(fast[name].double(), ref[name]) < 1e-2, name
+        assert rel_err(fast[name].float(), plain[name].float()) < 1e-3, name
+        plain_err = rel_err(plain[name].double(), ref[name])
+        assert rel_err(fast[name].double(), ref[name]) <= 1.05 * plain_err + 1e-4, name
     if L == 4096:  # the split's state-gradient kernel
         monkeypatch.setattr(kernels, "FORCE_TRAIN_SEGMENTS", 4)
         long_inputs = scan_inputs(1, 64, 2 ** 14, dtype=torch.bfloat16, time_major=False, seed=3)
@@ -413,4 +417,4 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
             lambda **k: selective_scan(**k, backend="triton"), long_inputs, long_dout)[1])[1]
         split_plain, split_fast = run(False), run(True)
         for name in split_plain:
-            assert rel_err(split_fast[name].float(), split_plain[name].float()) < 1e-5, name
+            assert rel_err(split_fast[name].float(), split_plain[name].float()) < 1e-3, name

@@ -62,20 +62,23 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum);
 # - fast_flip (backward and state-gradient kernels): the reverse scans as forward scans over chunks flipped with one
 #   shuffle per register (_fast_flip_ok says when the layout allows it). Compiled for sm_90 on the CPU it cuts the
-#   backward's loop from 517 to 422 instructions and the state-gradient kernel's from 206 to 138; off until the
-#   GPU tests and a timing confirm it (tests/test_gpu_ops.py -k fast_flip; benchmarks/sass_scan.py --fast-flip);
-# - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout); off until timed.
+#   backward's loop from 517 to 422 instructions and the state-gradient kernel's from 206 to 138 (benchmarks/
+#   sass_scan.py --fast-flip; GPU tests: tests/test_gpu_ops.py -k fast_flip);
+# - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
 # latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20) (1.9
 # programs per SM): forward + backward 102.8 ms in one pass, 40.2 ms in 16 segments, 37.9 in 64; at (1, 1536, 2^18)
 # (11.6 per SM) 2 segments were 1.9x slower than one pass (32.8 -> 60.9 ms), hence split_below_programs_per_sm.
+# H200, seventh session (bench_scan_backward_configs.py --dout contiguous layer --dout-copy off on --fast-flip off on):
+# fast_flip makes forward + backward 1.05-1.18x faster with an L-contiguous dout; with the Mamba layer's dout it
+# applies only after dout_copy, and the two together are 1.10-1.21x faster (the copy alone 1.04-1.05x).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
-                  split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=False,
-                  dout_copy=False)
+                  split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
+                  dout_copy=True)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -466,7 +469,8 @@ def backward_dout(u, delta, z, dout):
     out_proj's backward hands the Mamba layer on CUDA: (batch, L, dim) storage seen as (batch, dim, L)) beside
     L-contiguous inputs is copied to L-contiguous first: B x D x L x 2 bytes read and written once, against the
     kernels reading 2 useful bytes of every 32-byte sector it loads (and their fast flip needing unit time
-    strides). Off until the GPU shows the copy pays (bench_scan_backward_configs.py --dout layer)."""
+    strides). On the H200 the copy alone made forward + backward 1.04-1.05x faster, 1.10-1.21x with the fast flip
+    (bench_scan_backward_configs.py --dout layer --dout-copy off on)."""
     if (BWD_CONFIG.get("dout_copy") and dout is not None and dout.dim() == 3 and dout.shape[-1] > 1
             and dout.stride(-1) != 1 and not is_block_layout(u, delta, z)):
         return dout.contiguous()
