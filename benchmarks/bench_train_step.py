@@ -16,6 +16,7 @@ Cases:
 ``--profile`` also writes the top CUDA kernels of a few eager selective-copying steps (torch.profiler).
 
     python benchmarks/bench_train_step.py --out $OUT/train_step          # on the GPU, ~2 min
+    python benchmarks/bench_train_step.py --cases selective_copying --overrides model.fused_add_norm=true
     python benchmarks/bench_train_step.py --quick                        # CPU smoke run (eager only)
 """
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main():
     parser.add_argument("--table1", action="store_true", help="also every Table 1 mixer row, CUDA-graphed")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of eager selective copying")
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run of this script")
+    parser.add_argument("--overrides", nargs="+", default=[],
+                        help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     register_resolvers()
@@ -118,7 +121,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases:
             for mode, mode_overrides in modes.items():
-                extra = shrink.get(case, []) if shrink else []
+                extra = (shrink.get(case, []) if shrink else []) + args.overrides
                 row = measure(CASES[case] + device + mode_overrides + extra, args.steps, args.log_every,
                               os.path.join(tmp, f"{case}_{mode}"))
                 rows.append({"case": case, "mode": mode, **row})
@@ -127,7 +130,7 @@ def main():
             for layer in TABLE1 if not args.quick else ["h3_s4d", "mamba"]:
                 overrides = CASES["selective_copying"] + device + list(modes.get("graph", modes["eager"]))
                 overrides += [f"+model.ssm_cfg.layer={layer}"] if layer != "mamba" else []
-                overrides += shrink.get("selective_copying", []) if shrink else []
+                overrides += (shrink.get("selective_copying", []) if shrink else []) + args.overrides
                 try:
                     row = measure(overrides, args.steps // 2, args.log_every, os.path.join(tmp, f"t1_{layer}"))
                 except Exception as exc:  # a row that fails is reported, the others still run
@@ -136,7 +139,7 @@ def main():
                 print(f"table1/{layer:12s} {row.get('steps_per_s', float('nan')):8.1f} steps/s "
                       f"{row.get('error', '')}", flush=True)
         if args.profile and cuda:
-            print("profile:", profile_eager(CASES["selective_copying"] + device, args.out), flush=True)
+            print("profile:", profile_eager(CASES["selective_copying"] + device + args.overrides, args.out), flush=True)
 
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}, f, indent=2)

@@ -8,7 +8,8 @@
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with it off / on)
-#          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
+#          | normstep (the selective-copying step with PyTorch's RMSNorm, then with the fused Triton add + norm in
+#            row tiles; the norm GPU tests first) | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -40,6 +41,10 @@ for step in $steps; do
                 --dout-copy off on 2>&1 | tee -a "$OUT/fastflip.log" ;;
     fwdsweep) timeout 330 python benchmarks/bench_scan_forward_configs.py --json "$OUT/fwdsweep.json" 2>&1 | tee "$OUT/fwdsweep.log" ;;
     split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
+    normstep) timeout 120 python -m pytest -q -m gpu tests/test_layer_norm.py 2>&1 | tail -4 | tee "$OUT/normstep.log"
+              for fused in false true; do
+                timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_fused_$fused" --cases selective_copying \
+                  --overrides model.fused_add_norm=$fused 2>&1 | tail -3 | tee -a "$OUT/normstep.log"; done ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
              --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1

@@ -82,6 +82,20 @@ def test_triton_add_norm_matches_reference_forward_and_grads(is_rms_norm, dtype,
         assert rel_err(tri, ref) < tol
 
 
+@needs_triton
+@pytest.mark.parametrize("is_rms_norm", [True, False], ids=["rms", "layernorm"])
+@pytest.mark.parametrize("shape", [(3, 37, 40), (1, 17, 256), (1, 3, 1100)], ids=["16-row-tiles", "4-row", "1-row"])
+def test_triton_add_norm_row_tiles_match_reference(is_rms_norm, shape):
+    """Programs normalise tiles of 1024 // next_power_of_2(N) rows: 111 rows in 16-row tiles (the last one partial,
+    and in the backward a program whose second tile is past the end), 17 in 4-row tiles, and one-row tiles at
+    N = 1100. Buffers start as NaN, so a row or partial dweight left unwritten fails."""
+    inputs = make_inputs(shape, torch.bfloat16, True, torch.float32, with_bias=not is_rms_norm)
+    kwargs = dict(eps=1e-5, prenorm=True, residual_in_fp32=True, is_rms_norm=is_rms_norm)
+    (ref_outs, ref_grads), (tri_outs, tri_grads) = run_both(kwargs, inputs)
+    for ref, tri in list(zip(ref_outs, tri_outs)) + list(zip(ref_grads, tri_grads)):
+        assert rel_err(tri, ref) < TOL[torch.bfloat16]
+
+
 def test_prenorm_residual_dtype_follows_mamba_ssm_rule():
     x, weight, _, _ = make_inputs((3, 8), torch.bfloat16, False, None, False, device="cpu")
     _, residual = rms_norm_fn(x, weight, prenorm=True, residual_in_fp32=True)
@@ -117,6 +131,18 @@ def test_bad_shapes_and_backend_are_named():
         rms_norm_fn(x, weight, backend="cuda")
     with pytest.raises(ValueError, match="eps must be > 0"):
         rms_norm_fn(x, weight, eps=0.0)
+
+
+@cuda_only
+@pytest.mark.parametrize("is_rms_norm", [True, False], ids=["rms", "layernorm"])
+def test_triton_add_norm_on_cuda_in_row_tiles_at_the_synthetic_tasks_width(is_rms_norm):
+    # d_model 64 (the paper's synthetic models): 16-row tiles, 16 x 4112 + 5 rows (the last tile partial), the
+    # backward's programs walking many tiles each
+    inputs = make_inputs((16 * 4112 + 5, 64), torch.bfloat16, True, torch.float32, with_bias=not is_rms_norm)
+    kwargs = dict(eps=1e-5, prenorm=True, residual_in_fp32=True, is_rms_norm=is_rms_norm)
+    (ref_outs, ref_grads), (tri_outs, tri_grads) = run_both(kwargs, inputs)
+    for ref, tri in list(zip(ref_outs, tri_outs)) + list(zip(ref_grads, tri_grads)):
+        assert rel_err(tri, ref) < 1e-2
 
 
 @cuda_only
