@@ -9,7 +9,9 @@
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with it off / on)
 #          | normstep (the selective-copying step with PyTorch's RMSNorm, then with the fused Triton add + norm in
-#            row tiles; the norm GPU tests first) | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
+#            row tiles; the norm GPU tests first) | dnastep (the 1.4M DNA model's step at (1, 2^20) and
+#            (1024, 2^10), the training split at 16-128 programs per SM, then all with the fused add + norm)
+#          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -45,6 +47,9 @@ for step in $steps; do
               for fused in false true; do
                 timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_fused_$fused" --cases selective_copying \
                   --overrides model.fused_add_norm=$fused 2>&1 | tail -3 | tee -a "$OUT/normstep.log"; done ;;
+    dnastep) for fused in "" --fused-add-norm; do
+               timeout 200 python benchmarks/gpu_dna.py --out "$OUT/dna$fused" --skip train,kmer,chunked \
+                 --split-per-sm 32 64 128 $fused 2>&1 | tail -12 | tee -a "$OUT/dnastep.log"; done ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
              --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1

@@ -138,12 +138,26 @@ def chunked_check():
     return err
 
 
-def throughput(batch, length, checkpointing, warmup=2, iters=5):
+def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=False, split_per_sm=None):
+    """One row: the 1.4M model's training step at (batch, length). ``split_per_sm``: the training scan's
+    BWD_CONFIG split_programs_per_sm for this row (None: the default)."""
     from seqmamba.models.mamba_lm import MambaLM
+    from seqmamba.ops.selective_scan import triton_launch
     from seqmamba.tasks.next_token import model_logits
 
+    default_split = triton_launch.BWD_CONFIG["split_programs_per_sm"]
+    if split_per_sm is not None:
+        triton_launch.BWD_CONFIG["split_programs_per_sm"] = split_per_sm
+    try:
+        return _throughput(batch, length, checkpointing, warmup, iters, fused_add_norm, MambaLM, model_logits,
+                           triton_launch.BWD_CONFIG["split_programs_per_sm"])
+    finally:
+        triton_launch.BWD_CONFIG["split_programs_per_sm"] = default_split
+
+
+def _throughput(batch, length, checkpointing, warmup, iters, fused_add_norm, MambaLM, model_logits, split_per_sm):
     torch.manual_seed(0)
-    model = MambaLM(d_model=128, n_layer=12, vocab_size=8).cuda()
+    model = MambaLM(d_model=128, n_layer=12, vocab_size=8, fused_add_norm=fused_add_norm).cuda()
     model.set_activation_checkpointing(checkpointing)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -170,9 +184,11 @@ def throughput(batch, length, checkpointing, warmup=2, iters=5):
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / iters
     row = {"batch": batch, "length": length, "activation_checkpointing": checkpointing, "params": n_params,
+           "fused_add_norm": fused_add_norm, "split_programs_per_sm": split_per_sm,
            "tokens_per_s": batch * length / seconds, "step_ms": seconds * 1e3,
            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "loss_finite": bool(torch.isfinite(loss))}
-    log(f"throughput {batch} x {length} ckpt={checkpointing}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
+    log(f"throughput {batch} x {length} ckpt={checkpointing} fused_add_norm={fused_add_norm} split/SM "
+        f"{split_per_sm}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
         f"{row['step_ms']:.0f} ms/step, peak {row['peak_gib']:.1f} GiB")
     del model, opt
     return row
@@ -210,7 +226,9 @@ def accuracy_plot(plt, out, apes):
 
 def throughput_plot(plt, out, rows):
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{r['batch']}x2^{int(math.log2(r['length']))}{' ckpt' if r['activation_checkpointing'] else ''}" for r in rows]
+    labels = [f"{r['batch']}x2^{int(math.log2(r['length']))}{' ckpt' if r['activation_checkpointing'] else ''}"
+              f"{' split ' + str(r['split_programs_per_sm']) if r.get('split_programs_per_sm') is not None and r['batch'] == 1 else ''}"
+              for r in rows]
     ax.bar(labels, [r["tokens_per_s"] / 1e6 for r in rows])
     for i, r in enumerate(rows):
         ax.text(i, r["tokens_per_s"] / 1e6, f"{r['peak_gib']:.1f} GiB", ha="center", va="bottom", fontsize=8)
@@ -231,6 +249,11 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=430,
                         help="seconds; the extra mean-pooling Great Apes runs (after the throughput) only fit inside it")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,kmer,chunked,throughput")
+    parser.add_argument("--fused-add-norm", action="store_true",
+                        help="throughput rows: the model's residual add + RMSNorm as the fused Triton op")
+    parser.add_argument("--split-per-sm", type=int, nargs="+", default=None,
+                        help="throughput: also time the 1 x 2^20 step (no checkpointing) with the training scan's "
+                             "BWD_CONFIG split_programs_per_sm set to each of these")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="a tiny CPU pass through the training part (checks the script, measures nothing)")
     args = parser.parse_args()
@@ -278,11 +301,17 @@ def main() -> None:
         for batch, length in ((1, 2 ** 20), (1024, 2 ** 10)):
             for checkpointing in (False, True):
                 try:
-                    rows.append(throughput(batch, length, checkpointing))
+                    rows.append(throughput(batch, length, checkpointing, fused_add_norm=args.fused_add_norm))
                 except Exception as err:
                     log(f"throughput {batch} x {length} ckpt={checkpointing} FAILED: {type(err).__name__}: {err}")
                     results.setdefault("throughput_errors", []).append(f"{batch}x{length} ckpt={checkpointing}: {err}")
                     torch.cuda.empty_cache()
+        for per_sm in args.split_per_sm or []:
+            try:
+                rows.append(throughput(1, 2 ** 20, False, fused_add_norm=args.fused_add_norm, split_per_sm=per_sm))
+            except Exception as err:
+                log(f"throughput 1 x 2^20 split/SM {per_sm} FAILED: {type(err).__name__}: {err}")
+                torch.cuda.empty_cache()
         results["throughput"] = rows
     if apes and "mean" not in skip:  # the same runs with mean pooling, as far as the time budget allows
         for length in sorted(apes):
@@ -319,9 +348,10 @@ def main() -> None:
         print(f"chunked inference (2^16 in 2^13 chunks) vs full pass, fp32: rel. max err {results['chunked_rel_err']:.2e}")
     if rows:
         print(f"throughput, MambaLM 12 x 128 ({rows[0]['params'] / 1e6:.2f}M params), bf16 autocast, AdamW step:")
-        print("  batch x L        | act. ckpt | M tokens/s | ms/step | peak GiB")
+        print("  batch x L        | act. ckpt | fused norm | split/SM | M tokens/s | ms/step | peak GiB")
         for r in rows:
             print(f"  {r['batch']:>4d} x 2^{int(math.log2(r['length'])):<2d}     | {str(r['activation_checkpointing']):9s} | "
+                  f"{str(r['fused_add_norm']):10s} | {r['split_programs_per_sm']:8d} | "
                   f"{r['tokens_per_s'] / 1e6:10.2f} | {r['step_ms']:7.0f} | {r['peak_gib']:8.1f}")
 
 
