@@ -1,0 +1,119 @@
+"""Where one decode step's GPU time goes, Mamba against the GPT baseline, at a paper size and batch.
+
+Issue 9 asks for 1.4B decode at batch 128 >= 5x the Transformer's tokens/s (measured: 3.30x). Both models decode
+under CUDA graphs in ``bench_generation.py``; a graph replays the kernels one eager step launches, so their GPU
+times are the eager step's. This script runs one eager step of each model (after a warm-up) under torch.profiler,
+prints the kernels by GPU time per step, and the step's memory floor: the bytes it must move (weights, plus the
+recurrent states read and written for Mamba, the whole KV cache read for the GPT) at the copy
+bandwidth measured in the same run.
+
+    python benchmarks/profile_decode.py --size 1.4b --batch 128          # GPU, ~1 min
+    python benchmarks/profile_decode.py --size 130m --batch 64 --top 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_generation import GPTGenerator, build_runner, resolve_sizes  # noqa: E402
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 2 ** 30) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * nbytes * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def profile_step(step, repeats: int):
+    """(total GPU us per step, [(kernel name, us per step, calls per step)] sorted by time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                step()
+            torch.cuda.synchronize()
+    kernels = {}
+    for event in prof.events():
+        if event.device_type.name != "CUDA":
+            continue
+        us, calls = kernels.get(event.name, (0.0, 0))
+        kernels[event.name] = (us + event.device_time / repeats, calls + 1)
+    rows = sorted(((name, us, calls / repeats) for name, (us, calls) in kernels.items()), key=lambda r: -r[1])
+    return sum(r[1] for r in rows), rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="1.4b", help="130m | 370m | 790m | 1.4b (or the GPT names)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=2048, help="the GPT's cached tokens at the profiled step")
+    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=50280)
+    parser.add_argument("--repeats", type=int, default=5, help="profiled steps (times are per step)")
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_decode.py needs a CUDA GPU")
+    device = torch.device("cuda")
+    size = resolve_sizes([args.size])[0]
+    bandwidth = copy_bandwidth(device)
+    opts = argparse.Namespace(prompt_len=args.prompt_len, gen_len=args.gen_len, vocab_size=args.vocab_size,
+                              no_cuda_graph=True, no_fused_add_norm=False, scan_backend="auto", cg_prefill=False)
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; {size.name} vs "
+          f"{size.gpt_name}, batch {args.batch}, one eager decode step (what the CUDA graph replays)")
+    results = {}
+    for name in ("Mamba", "Transformer"):
+        runner = build_runner(name, size, opts, device, torch.bfloat16)
+        model = runner.model
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        if name == "Mamba":
+            params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
+            params.seqlen_offset = args.prompt_len
+            ids = torch.zeros(args.batch, 1, dtype=torch.long, device=device)
+            model.step(ids, params)  # allocates the states
+            states = sum(t.numel() * t.element_size() for pair in params.key_value_memory_dict.values() for t in pair)
+            moved = weights + 2 * states  # the states are read and written
+            step = lambda: model.step(ids, params)  # noqa: E731
+            what = f"weights {weights / 1e9:.2f} GB + states {states / 1e9:.2f} GB read and written"
+        else:
+            generator = GPTGenerator(model, args.batch, use_cuda_graph=False)
+            generator.position.fill_(args.prompt_len)
+            # the masked SDPA step reads every cached slot (prompt + generated length), not only those before
+            # its position
+            cache = generator.kv_cache.numel() * generator.kv_cache.element_size()
+            moved = weights + cache
+            step = generator._step
+            what = f"weights {weights / 1e9:.2f} GB + KV cache read {cache / 1e9:.2f} GB"
+        total_us, rows = profile_step(step, args.repeats)
+        floor_us = moved / bandwidth * 1e6
+        results[name] = total_us
+        print(f"\n{name}: {total_us:.0f} us of GPU time per step, {total_us / floor_us:.2f}x its memory floor "
+              f"({floor_us:.0f} us: {what})")
+        print(f"  {'us/step':>8s} {'share':>6s} {'calls':>6s}  kernel")
+        for kernel, us, calls in rows[:args.top]:
+            print(f"  {us:8.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
+        del runner, model, step
+        torch.cuda.empty_cache()
+    print(f"\nGPU time per decode step, Transformer / Mamba: {results['Transformer'] / results['Mamba']:.2f}x "
+          f"(issue 9's target at 1.4B, batch 128: >= 5x in tokens/s)")
+
+
+if __name__ == "__main__":
+    main()
