@@ -11,7 +11,8 @@
 #          | normstep (the selective-copying step with PyTorch's RMSNorm, then with the fused Triton add + norm in
 #            row tiles; the norm GPU tests first) | dnastep (the 1.4M DNA model's step at (1, 2^20) and
 #            (1024, 2^10), the training split at 16-128 programs per SM, then all with the fused add + norm)
-#          | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
+#          | table1steps (steps/s of every Table 1 row on the selective-copying setting, CUDA-graphed, and the
+#            mixers' GPU tests first) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -51,6 +52,10 @@ for step in $steps; do
     dnastep) for fused in "" --fused-add-norm; do
                timeout 200 python benchmarks/gpu_dna.py --out "$OUT/dna$fused" --skip train,kmer,chunked \
                  --split-per-sm 32 64 128 $fused 2>&1 | tail -12 | tee -a "$OUT/dnastep.log"; done ;;
+    table1steps) timeout 120 python -m pytest -q -m gpu tests/test_mixers_table1.py tests/test_mixers_s4d.py \
+                   tests/test_mixers_hyena.py 2>&1 | tail -4 | tee "$OUT/table1steps.log"
+                 timeout 300 python benchmarks/bench_train_step.py --out "$OUT/table1" --cases selective_copying \
+                   --table1 --steps 300 2>&1 | tail -16 | tee -a "$OUT/table1steps.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \

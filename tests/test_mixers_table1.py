@@ -57,6 +57,33 @@ def test_causal_chunked_and_trainable(name):
         assert rel_err(torch.cat(outs, dim=1), y) < 1e-4
 
 
+@pytest.mark.parametrize("name", [f"{a}_{i}" for a in ARCHS for i in INNERS])
+def test_table1_mixers_channels_first_equals_time_major(name):
+    """GatedMixer's CUDA layout (in_proj as W @ h^T: the inner layer, and S6's delta / B / C, L-contiguous;
+    out_proj through y's strides) forced on the CPU gives the time-major layout's outputs and gradients, for
+    the parallel pass and chunked inference."""
+    x = torch.randn(2, 14, D, dtype=torch.float64)
+    results = []
+    for channels_first in (False, True):
+        mixer = make(name).double()
+        mixer.channels_first = channels_first
+        xi = x.clone().requires_grad_()
+        y = mixer(xi)
+        y.square().sum().backward()
+        grads = {n: p.grad for n, p in mixer.named_parameters()}
+        with torch.no_grad():
+            params = InferenceParams(max_seqlen=14, max_batch_size=2)
+            outs = []
+            for a, b in [(0, 5), (5, 6), (6, 14)]:
+                outs.append(mixer(x[:, a:b], inference_params=params))
+                params.seqlen_offset = b
+        results.append((y.detach(), xi.grad, grads, torch.cat(outs, dim=1)))
+    (y0, dx0, g0, c0), (y1, dx1, g1, c1) = results
+    assert rel_err(y1, y0) < 1e-10 and rel_err(dx1, dx0) < 1e-10 and rel_err(c1, c0) < 1e-10
+    for n in g0:
+        assert rel_err(g1[n], g0[n]) < 1e-10, n
+
+
 def test_mamba_s6_equals_the_mamba_mixer():
     ref = Mamba(D, d_state=4)
     ours = MIXERS.get("mamba_s6")(D, d_state=4)

@@ -37,6 +37,7 @@ from ..ops import selective_scan
 from ..registry import MIXERS
 from .hyena import HyenaInner, layer_cache
 from .lti import S4DInner, ShortConv
+from .mamba import _linear, _project_channels
 
 ARCHS = ("nogate", "h3", "mamba")
 INNERS = ("s4d", "hyena", "s6")
@@ -71,10 +72,17 @@ class S6Inner(nn.Module):
 
     def forward(self, u: torch.Tensor, cache: Optional[Dict[str, torch.Tensor]] = None, offset: int = 0,
                 key: str = "ssm") -> torch.Tensor:
-        x_dbl = self.x_proj(u.transpose(1, 2))  # (B, L, R + 2N)
+        # An L-contiguous u (what GatedMixer hands over on CUDA, and what a conv / gate product is) gets delta, B
+        # and C L-contiguous too, as the Mamba layer does: the layout the Triton scan reads fastest.
+        channels_first = u.stride(-1) == 1 and u.shape[-1] > 1
+        x_dbl = _linear(u.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N), u read through its strides
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, E, L); the bias goes into the scan
-        result = selective_scan(u, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+        # (B, E, L); the bias goes into the scan
+        delta = _project_channels(dt, self.dt_proj.weight, None, channels_first)
+        B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
+        if channels_first:
+            B, C = B.contiguous(), C.contiguous()  # N rows: small
+        result = selective_scan(u, delta, -torch.exp(self.A_log.float()), B, C,
                                 self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                                 return_last_state=cache is not None,
                                 initial_state=cache[key] if cache is not None and offset > 0 else None,
@@ -111,10 +119,16 @@ def build_inner(kind: str, channels: int, device=None, dtype=None, **kwargs) -> 
 
 
 class GatedMixer(nn.Module):
-    """One of Table 1's architectures around an inner layer; subclasses fix ``arch`` and ``inner_kind``."""
+    """One of Table 1's architectures around an inner layer; subclasses fix ``arch`` and ``inner_kind``.
+
+    Layout as in the Mamba layer: on CUDA in_proj is computed as W @ h^T, so the inner layer gets (B, E, L) with L
+    contiguous (the scan's and the FFT's fast layout) and out_proj reads y through its strides; on the CPU the
+    projections stay time-major. ``channels_first`` (class or instance attribute) overrides: True / False.
+    """
 
     arch: str = "mamba"
     inner_kind: str = "s6"
+    channels_first: Optional[bool] = None
 
     def __init__(self, d_model: int, expand: float = 2, d_conv: int = 4, layer_idx: Optional[int] = None,
                  device=None, dtype=None, **inner_kwargs):
@@ -144,7 +158,9 @@ class GatedMixer(nn.Module):
                              f"expected (batch, L, {self.d_model})")
         cache = layer_cache(self, inference_params, hidden_states.shape[0])
         offset = inference_params.seqlen_offset if inference_params is not None else 0
-        xs = self.in_proj(hidden_states).transpose(1, 2).split(self.d_inner, dim=1)  # (B, E, L) each
+        channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
+        xs = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first
+                               ).split(self.d_inner, dim=1)  # (B, E, L) each
         if self.arch == "nogate":
             y = self.inner(xs[0], cache, offset)
         elif self.arch == "h3":
@@ -153,7 +169,7 @@ class GatedMixer(nn.Module):
         else:
             x, z = xs
             y = self.inner(F.silu(self.conv(x, cache, offset)), cache, offset) * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+        return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
         cache = self.inner.allocate(batch_size, max_seqlen=max_seqlen)
