@@ -122,8 +122,8 @@ class GatedMixer(nn.Module):
     """One of Table 1's architectures around an inner layer; subclasses fix ``arch`` and ``inner_kind``.
 
     Layout as in the Mamba layer: on CUDA in_proj is computed as W @ h^T, so the inner layer gets (B, E, L) with L
-    contiguous (the scan's and the FFT's fast layout) and out_proj reads y through its strides; on the CPU the
-    projections stay time-major. ``channels_first`` (class or instance attribute) overrides: True / False.
+    contiguous (the scan's and the FFT's fast layout) and out_proj reads y through its strides; on the CPU and for
+    one-token steps the projections stay time-major. ``channels_first`` (class or instance attribute) overrides.
     """
 
     arch: str = "mamba"
@@ -158,7 +158,10 @@ class GatedMixer(nn.Module):
                              f"expected (batch, L, {self.d_model})")
         cache = layer_cache(self, inference_params, hidden_states.shape[0])
         offset = inference_params.seqlen_offset if inference_params is not None else 0
-        channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
+        if self.channels_first is None:  # one token (a decode step) stays one GEMM, not a GEMV per sequence
+            channels_first = hidden_states.is_cuda and hidden_states.shape[1] > 1
+        else:
+            channels_first = self.channels_first
         xs = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first
                                ).split(self.d_inner, dim=1)  # (B, E, L) each
         if self.arch == "nogate":
