@@ -152,16 +152,18 @@ def inline_asm_layouts(ttgir: str):
 
 
 def fast_flip_report(variants=FAST_FLIP_VARIANTS):
-    """Per variant: the layouts of the fast flip's shuffled tensors, and the loop's SHFL count with and without
-    the fast flip (what tests/test_triton_ops.py checks)."""
+    """Per variant and fast-flip mode (1: flips, 2: flips and the one-step shift): the layouts of the tensors its
+    inline asm shuffles, and the loop's SHFL count against the plain kernel's (what tests/test_triton_ops.py
+    checks)."""
     rows = []
     for name, variant in variants:
         kw = dict(maxnreg=168 if name == "bwd" else None, prefetch=name == "bwd", **variant)
-        fast = compile_kernel(name, 1, 256, 1, FAST_FLIP=True, **kw)
-        plain = compile_kernel(name, 1, 256, 1, FAST_FLIP=False, **kw)
-        shuffles = [innermost_loop(sass_and_resources(c)[0]).get("SHFL", 0) for c in (fast, plain)]
-        rows.append(dict(kernel=name, variant=variant, layouts=inline_asm_layouts(fast.asm["ttgir"]),
-                         loop_shuffles=shuffles[0], loop_shuffles_plain=shuffles[1]))
+        plain = innermost_loop(sass_and_resources(compile_kernel(name, 1, 256, 1, FAST_FLIP=0, **kw))[0])
+        for mode in (1, 2):
+            fast = compile_kernel(name, 1, 256, 1, FAST_FLIP=mode, **kw)
+            rows.append(dict(kernel=name, variant=variant, mode=mode, layouts=inline_asm_layouts(fast.asm["ttgir"]),
+                             loop_shuffles=innermost_loop(sass_and_resources(fast)[0]).get("SHFL", 0),
+                             loop_shuffles_plain=plain.get("SHFL", 0)))
     return rows
 
 
@@ -175,6 +177,8 @@ def main():
     parser.add_argument("--prefetch", action="store_true")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
     parser.add_argument("--fast-flip", action="store_true", help="backward / dstate: the one-shuffle flips")
+    parser.add_argument("--fast-flip-shift", action="store_true",
+                        help="backward / dstate: the flips and the one-step shift (BWD_CONFIG fast_flip 'shift')")
     parser.add_argument("--histogram", action="store_true", help="print the loop's opcode counts")
     parser.add_argument("--sass", default=None, help="write the whole SASS here (one kernel)")
     parser.add_argument("--fast-flip-layouts", action="store_true",
@@ -188,7 +192,7 @@ def main():
         cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
         report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],
                args.maxnreg, args.prefetch or (name == "bwd" and cfg.get("prefetch") is True), args.histogram,
-               args.sass, arch=args.arch, FAST_FLIP=args.fast_flip)
+               args.sass, arch=args.arch, FAST_FLIP=2 if args.fast_flip_shift else int(args.fast_flip))
 
 
 if __name__ == "__main__":

@@ -382,15 +382,17 @@ def test_torch_backend_runs_on_cuda_and_is_bitwise_repeatable():
         assert torch.equal(first_grads[name], again_grads[name]), name
 
 
+@pytest.mark.parametrize("mode", [True, "shift"], ids=["flip", "flip-shift"])
 @pytest.mark.parametrize("L", [256, 272, 4096, 1500])
-def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
+def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode):
     """BWD_CONFIG fast_flip (the backward's and the state-gradient kernel's reverse scans run forward over chunks
     flipped with one shuffle per register): every gradient equals the plain build's to bf16 rounding and is as close
     to the float64 reference as the plain build's; used at L = 256, 272, 4096 (a multiple of 16: the specialisation
     compiled and layout-checked on the CPU), not at 1500. The training split's state-gradient kernel at (1, 64, 2^14)
     in 4 segments likewise. dB / dC add over channels with atomics, so two plain runs already differ in the last bf16
     bit (2.6e-5 relative, measured on the H200 at L = 1500, where the flip is not used): the bound between builds is
-    1e-3, far below what a wrong flip gives (a reversed chunk is O(1) off)."""
+    1e-3, far below what a wrong flip gives (a reversed chunk is O(1) off). Both modes: the flips with the
+    three-operand scan, and with the one-step shift and a two-operand scan ("shift")."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     used = []
     check = kernels._fast_flip_ok
@@ -402,7 +404,7 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
         monkeypatch.setitem(kernels.BWD_CONFIG, "fast_flip", fast)
         return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)[1]
 
-    plain, fast = grads(False), grads(True)
+    plain, fast = grads(False), grads(mode)
     assert any(used) == (L % 16 == 0)
     ref = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()}, dout.double())[1]
     for name in plain:
@@ -415,6 +417,6 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L):
         long_dout = torch.randn(1, 64, 2 ** 14, device="cuda").to(torch.bfloat16)
         run = lambda fast: (monkeypatch.setitem(kernels.BWD_CONFIG, "fast_flip", fast), scan_with_grads(  # noqa
             lambda **k: selective_scan(**k, backend="triton"), long_inputs, long_dout)[1])[1]
-        split_plain, split_fast = run(False), run(True)
+        split_plain, split_fast = run(False), run(mode)
         for name in split_plain:
             assert rel_err(split_fast[name].float(), split_plain[name].float()) < 1e-3, name

@@ -62,6 +62,18 @@ def _fast_flip(x, R: tl.constexpr):
 
 
 @triton.jit
+def _shift_one_step(x, R: tl.constexpr):
+    """x (1, 32 R) moved one step later: out_s = x_{s-1} (step 0 keeps x_0), for the layout _fast_flip assumes
+    (one warp, R consecutive steps per lane; inline asm with pack=8 gets a lane's 8 steps in order). Inside a lane
+    it is a renaming of registers; the lane's first step is the previous lane's last (one shfl.up per 8 steps)."""
+    tl.static_assert(R == 8, "_shift_one_step is written for 8 steps per lane")
+    return tl.inline_asm_elementwise(
+        "shfl.sync.up.b32 $0, $15, 1, 0, -1; mov.b32 $1, $8; mov.b32 $2, $9; mov.b32 $3, $10; mov.b32 $4, $11; "
+        "mov.b32 $5, $12; mov.b32 $6, $13; mov.b32 $7, $14;",
+        "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", [x], dtype=tl.float32, is_pure=True, pack=8)
+
+
+@triton.jit
 def _softplus(x):
     """log(1 + exp(x)) to fp32 accuracy: x itself above 20 (mamba_ssm's threshold), and log1p(e) for e = exp(x)
     computed as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e (Goldberg's log1p). The plain
@@ -291,12 +303,19 @@ def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last
     """Reverse scan of state component n over one chunk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, with the gradient
     carried in from the next chunk at the last step; a_{t+1} enters through the combine (no second exp).
     Stores a_t dh_t of the chunk's first step (the carry into the previous chunk) and returns dh.
-    FAST_FLIP: the same scan run forward over the flipped chunk (_fast_flip: Triton's reverse scan flips too, at
-    five times the shuffles); the combine is the same function, its first operand still the later segment."""
+    FAST_FLIP 1: the same scan run forward over the flipped chunk (_fast_flip: Triton's reverse scan flips too, at
+    five times the shuffles); the combine is the same function, its first operand still the later segment.
+    FAST_FLIP 2: over the flipped chunk dh'_s = g'_s + a'_{s-1} dh'_{s-1}, a first-order scan of (a' one step
+    later, g'): two operands instead of three (sm_90 SASS: the backward's loop 422 -> 409 instructions, the
+    state-gradient kernel's 138 -> 134). The first step's a' is never used: its state enters through g."""
     g = Cn * dy
     g = tl.where(is_last, g + carry[:, None], g)
     ones = tl.full(a.shape, 1.0, tl.float32)
-    if FAST_FLIP:
+    if FAST_FLIP == 2:
+        _, dh = tl.associative_scan((_shift_one_step(_fast_flip(a, R), R), _fast_flip(g, R)), axis=1,
+                                    combine_fn=_first_order_combine)
+        dh = _fast_flip(dh, R)
+    elif FAST_FLIP:
         _, dh, _ = tl.associative_scan((_fast_flip(a, R), _fast_flip(g, R), ones), axis=1,
                                        combine_fn=_shifted_reverse_combine)
         dh = _fast_flip(dh, R)

@@ -64,6 +64,8 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   shuffle per register (_fast_flip_ok says when the layout allows it). Compiled for sm_90 on the CPU it cuts the
 #   backward's loop from 517 to 422 instructions and the state-gradient kernel's from 206 to 138 (benchmarks/
 #   sass_scan.py --fast-flip; GPU tests: tests/test_gpu_ops.py -k fast_flip);
+#   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
+#   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
@@ -390,6 +392,14 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
             and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i != _CHUNK_COUNT_ARG))
 
 
+def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> int:
+    """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan) or 2 (BWD_CONFIG
+    fast_flip "shift": fast flips and a one-step shift, two-operand scan), where _fast_flip_ok allows it."""
+    if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints):
+        return 0
+    return 2 if BWD_CONFIG.get("fast_flip") == "shift" else 1
+
+
 def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
     """dL/d(initial state) of the scan, (batch, dim, N) fp32, with no gradient on its last state: the state
     gradient the backward would return, from a kernel that computes nothing else (reads delta, z, dout, C)."""
@@ -408,7 +418,7 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
-             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
+             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
         num_warps, options)
     return dstate
 
@@ -519,7 +529,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch,
-             FAST_FLIP=_fast_flip_ok(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)),
+             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
