@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from seqmamba.modules import InferenceParams
-from seqmamba.modules.lti import (S4D_INITS, S4DInner, direct_causal_conv, fft_causal_conv, s4d_recurrence_ref)
+from seqmamba.modules.lti import (S4D_INITS, S4DInner, direct_causal_conv, fft_causal_conv, fft_size,
+                                  s4d_recurrence_ref)
 from seqmamba.registry import MIXERS
 
 RTOL = 1e-4
@@ -22,8 +23,23 @@ def _seed():
     torch.manual_seed(0)
 
 
-def test_fft_conv_equals_direct_convolution():
-    u, k = torch.randn(2, 5, 33), torch.randn(5, 33)
+def test_fft_size_is_the_next_7_smooth_length():
+    def smooth(m):
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in list(range(1, 600)) + [2 * 4112, 2 * 2 ** 20, 2 * 1000003]:
+        m = fft_size(n)
+        assert m >= n and smooth(m) and not any(smooth(j) for j in range(n, m)), n
+    assert fft_size(2 * 4112) == 8232  # the paper's selective copying: 8224 = 2^5 x 257 is not
+
+
+@pytest.mark.parametrize("L", [33, 257, 300])
+def test_fft_conv_equals_direct_convolution(L):
+    # 2 x 257 = 514 has the prime factor 257: the FFT runs at fft_size(514) = 525, still a linear convolution
+    u, k = torch.randn(2, 5, L), torch.randn(5, L)
     assert rel_err(fft_causal_conv(u, k), direct_causal_conv(u, k)) < 1e-5
     # no circular wrap-around: an impulse at the end leaves the start untouched
     u = torch.zeros(1, 1, 16)

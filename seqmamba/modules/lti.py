@@ -25,11 +25,34 @@ from torch.utils.checkpoint import checkpoint
 S4D_INITS = ("lin", "inv", "real")
 
 
+def fft_size(n: int) -> int:
+    """The smallest m >= n whose prime factors are all 2, 3, 5 or 7: the lengths cuFFT and pocketfft transform
+    with their fast radix kernels. Others fall back to Bluestein's algorithm: 2 x 4112 = 8224 = 2^5 x 257 (the
+    paper's selective copying) took 171 ms against 75 ms for 8232 = 2^3 x 3 x 7^3 (rfft + irfft of (16, 128, .)
+    on 2 CPU cores)."""
+    best = 1 << max(n - 1, 0).bit_length()  # the next power of two: always a candidate
+    p7 = 1
+    while p7 < best:
+        p5 = p7
+        while p5 < best:
+            p3 = p5
+            while p3 < best:
+                m = p3
+                while m < n:
+                    m *= 2
+                best = min(best, m)
+                p3 *= 3
+            p5 *= 5
+        p7 *= 7
+    return best
+
+
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """y[..., t] = sum_{j <= t} k[..., t - j] u[..., j] for u (B, E, L), k (E, L), by FFT in fp32 (zero-padded
-    to 2L, so there is no circular wrap-around). Returns fp32."""
+    to at least 2L, so there is no circular wrap-around, and to a length with small prime factors: fft_size).
+    Returns fp32."""
     L = u.shape[-1]
-    n = 2 * L
+    n = fft_size(2 * L)
     u_f = torch.fft.rfft(u.float(), n=n)
     k_f = torch.fft.rfft(k.float(), n=n)
     return torch.fft.irfft(u_f * k_f, n=n)[..., :L]
