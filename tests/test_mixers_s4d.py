@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqmamba.modules import InferenceParams
-from seqmamba.modules.lti import (S4D_INITS, S4DInner, direct_causal_conv, fft_causal_conv, fft_size,
+from seqmamba.modules.lti import (S4D_INITS, S4DInner, ShortConv, direct_causal_conv, fft_causal_conv, fft_size,
                                   s4d_recurrence_ref)
 from seqmamba.registry import MIXERS
 
@@ -34,6 +34,27 @@ def test_fft_size_is_the_next_7_smooth_length():
         m = fft_size(n)
         assert m >= n and smooth(m) and not any(smooth(j) for j in range(n, m)), n
     assert fft_size(2 * 4112) == 8232  # the paper's selective copying: 8224 = 2^5 x 257 is not
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 4])
+def test_short_conv_is_the_zero_padded_depthwise_conv_and_runs_on_in_chunks(kernel_size):
+    """ShortConv (H3's shift SSM / the Mamba arch's conv, through seqmamba.ops.causal_conv1d) equals grouped
+    F.conv1d over the input left-padded with K - 1 zeros, with gradients; chunks with a cache equal one pass."""
+    conv = ShortConv(6, kernel_size)
+    x = torch.randn(2, 6, 23, requires_grad=True)
+    y = conv(x)
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (kernel_size - 1, 0)), conv.conv1d.weight,
+                                     conv.conv1d.bias, groups=6)
+    assert rel_err(y, ref) < 1e-6
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, conv.conv1d.weight, conv.conv1d.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, conv.conv1d.weight, conv.conv1d.bias), g)
+    for a, b in zip(grads, ref_grads):
+        assert rel_err(a, b) < 1e-5
+    cache = conv.allocate(2)
+    with torch.no_grad():
+        parts = [conv(x[..., a:b], cache, a) for a, b in [(0, 2), (2, 3), (3, 23)]]
+    assert rel_err(torch.cat(parts, dim=-1), y.detach()) < 1e-6
 
 
 @pytest.mark.parametrize("L", [33, 257, 300])

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops import causal_conv1d
+
 S4D_INITS = ("lin", "inv", "real")
 
 
@@ -81,15 +83,20 @@ class ShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[Dict[str, torch.Tensor]] = None, offset: int = 0,
                 key: str = "conv") -> torch.Tensor:
+        # seqmamba.ops.causal_conv1d: the Mamba layer's conv (Triton on CUDA, any strides, no padded copy of x;
+        # cuDNN's grouped conv1d needed the zero-padded input and is slow in backward at long L)
         K = self.kernel_size
-        if cache is not None and offset > 0:
-            past = cache[key].to(x.dtype)
+        weight = self.conv1d.weight.squeeze(1)  # (C, K)
+        continuing = cache is not None and offset > 0
+        if continuing:  # the previous K - 1 inputs run the conv on across the chunk boundary
+            x_ext = torch.cat([cache[key].to(x.dtype), x], dim=-1)
+            y = causal_conv1d(x_ext, weight, self.conv1d.bias)[..., K - 1:]
         else:
-            past = x.new_zeros(x.shape[0], x.shape[1], K - 1)
-        x_ext = torch.cat([past, x], dim=-1)
+            y = causal_conv1d(x, weight, self.conv1d.bias)
         if cache is not None and K > 1:
-            cache[key].copy_(x_ext[..., -(K - 1):])
-        return F.conv1d(x_ext, self.conv1d.weight, self.conv1d.bias, groups=self.channels)
+            recent = x_ext if continuing else F.pad(x, (K - 1, 0))
+            cache[key].copy_(recent[..., -(K - 1):])
+        return y
 
     def allocate(self, batch_size: int, key: str = "conv", dtype=None) -> Dict[str, torch.Tensor]:
         w = self.conv1d.weight
