@@ -31,6 +31,10 @@ CONFIGS = [
     ("default", {}),  # since the sixth session: the 96-register cap at >= 32 programs per SM
     ("no cap", dict(maxnreg=None)),
     ("1x512 reg80", dict(maxnreg=80)),
+    # the chunk's last state by a where-sum (5 shuffles) instead of the masked store, which Triton routes through
+    # shared memory (4 STS.128, an LDSM and a barrier per state component in the sm_90 SASS)
+    ("where-sum last", dict(masked_last=False)),
+    ("where-sum, no cap", dict(masked_last=False, maxnreg=None)),
     ("1x256", dict(T=256)),
     ("2x256", dict(MULTI, block_d=2, T=256)),
     ("2x256 reg96", dict(MULTI, block_d=2, T=256, maxnreg=96)),
