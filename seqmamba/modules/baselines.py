@@ -209,7 +209,7 @@ class S4DLayer(nn.Module):
         cache = layer_cache(self, inference_params, hidden_states.shape[0])
         offset = inference_params.seqlen_offset if inference_params is not None else 0
         y = F.gelu(self.inner(hidden_states.transpose(1, 2), cache, offset)).transpose(1, 2)
-        return F.glu(self.out_proj(y), dim=-1)
+        return F.glu(_linear(y, self.out_proj.weight, self.out_proj.bias), dim=-1)  # no copy of the transpose
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
         return self.inner.allocate(batch_size)

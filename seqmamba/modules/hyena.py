@@ -26,6 +26,7 @@ from torch import nn
 
 from ..registry import MIXERS
 from .lti import ShortConv, fft_causal_conv
+from .mamba import _linear
 
 
 class Sin(nn.Module):
@@ -142,7 +143,7 @@ class HyenaOperator(nn.Module):
         u = self.short_conv(self.in_proj(hidden_states).transpose(1, 2), cache, offset)
         x0, x1, v = u.split(self.d_model, dim=1)
         y = x0 * self.inner(x1 * v, cache, offset)
-        return self.out_proj(y.transpose(1, 2))
+        return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)  # no copy of the transpose
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs):
         return {**self.short_conv.allocate(batch_size, dtype=dtype), **self.inner.allocate(batch_size, max_seqlen)}
