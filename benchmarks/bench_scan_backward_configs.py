@@ -61,6 +61,8 @@ def main():
                         help="dout layouts: L-contiguous, or the Mamba layer's ((batch, L, dim) storage)")
     parser.add_argument("--dout-copy", nargs="+", default=["off"], choices=["off", "on"],
                         help="BWD_CONFIG dout_copy values (copy a strided dout to L-contiguous first)")
+    parser.add_argument("--vector-red", nargs="+", default=["off"], choices=["off", "on"],
+                        help="BWD_CONFIG vector_red values (dB / dC by inline red.v4 where the fast flip runs)")
     parser.add_argument("--json", default=None, help="write all rows here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -77,16 +79,16 @@ def main():
         reference = None
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
                  {True: "on", "shift": "shift"}.get(default.get("fast_flip"), "off"),
-                 "on" if default.get("dout_copy") else "off")
-        for block_d, T, reg, flip, copy in itertools.chain([first], itertools.product(
-                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy)):
+                 "on" if default.get("dout_copy") else "off", "on" if default.get("vector_red") else "off")
+        for block_d, T, reg, flip, copy, red in itertools.chain([first], itertools.product(
+                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.vector_red)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
                                             fast_flip={"on": True, "shift": "shift"}.get(flip, False),
-                                            dout_copy=copy == "on")
+                                            dout_copy=copy == "on", vector_red=red == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy}"
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} red {red}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:
@@ -108,8 +110,8 @@ def main():
     for shape in [f"{s}/{d}" for s in args.shapes for d in args.dout]:
         ok = sorted((r for r in rows if r["shape"] == shape and "error" not in r), key=lambda r: r["fwd_bwd_ms"])
         base = next((r["fwd_bwd_ms"] for r in rows if r["shape"] == shape and "error" not in r), None)
-        for r in ok[:6]:
-            print(f"{shape:25s} {r['config']:52s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
+        for r in ok[:8]:
+            print(f"{shape:25s} {r['config']:60s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
                   f"x default {base / r['fwd_bwd_ms']:5.2f}  err {r['max_rel_err']:.1e}")
 
 

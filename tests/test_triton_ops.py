@@ -564,7 +564,8 @@ def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(rows) >= 14 and {row["mode"] for row in rows} == {1, 2}
+    assert len(rows) >= 24 and {(row["mode"], row["vector_red"]) for row in rows} == {
+        (1, False), (2, False), (1, True), (2, True)}
     for row in rows:
         assert row["layouts"], f"no inline shuffles found in {row['kernel']} {row['variant']}"
         for shape, layout in row["layouts"]:

@@ -66,6 +66,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   sass_scan.py --fast-flip; GPU tests: tests/test_gpu_ops.py -k fast_flip);
 #   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
 #   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); not yet timed on a GPU;
+# - vector_red (backward, where the fast flip runs): time-varying dB / dC added with inline red.global.add.v4.f32 in
+#   the scan's own layout (8 steps per lane) instead of tl.atomic_add, whose 4-per-lane layout Triton reaches by
+#   shuffles and selects: SASS 409 -> 357 (with "shift"); not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
@@ -80,7 +83,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True)
+                  dout_copy=True, vector_red=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -525,11 +528,12 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
             *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
+    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch,
-             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
+             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red"))),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
