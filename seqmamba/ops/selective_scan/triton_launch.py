@@ -68,7 +68,7 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); not yet timed on a GPU;
 # - vector_red (backward, where the fast flip runs): time-varying dB / dC added with inline red.global.add.v4.f32 in
 #   the scan's own layout (8 steps per lane) instead of tl.atomic_add, whose 4-per-lane layout Triton reaches by
-#   shuffles and selects: SASS 409 -> 357 (with "shift"); not yet timed on a GPU;
+#   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
@@ -395,6 +395,12 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
             and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i != _CHUNK_COUNT_ARG))
 
 
+@functools.lru_cache(maxsize=None)
+def _has_vector_red(device: torch.device) -> bool:
+    """red.global.add.v4.f32 (vector_red) needs sm_90 or later."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> int:
     """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan) or 2 (BWD_CONFIG
     fast_flip "shift": fast flips and a one-step shift, two-operand scan), where _fast_flip_ok allows it."""
@@ -533,7 +539,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red"))),
+             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
