@@ -82,14 +82,21 @@ def profile_eager(overrides, out_dir, steps=8):
         for _ in range(5):
             trainer._train_step(batches, window)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             for _ in range(steps):
                 trainer._train_step(batches, window)
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    # the copies by input shape (layout changes, casts): which tensors the step copies, and what that costs
+    copies = [e for e in prof.key_averages(group_by_input_shape=True)
+              if e.key in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy")]
+    copies.sort(key=lambda e: -e.device_time_total)
+    lines = [f"{'op':18s} {'calls/step':>10s} {'us/step':>9s}  input shapes"]
+    lines += [f"{e.key:18s} {e.count / steps:10.1f} {e.device_time_total / steps:9.1f}  {e.input_shapes}"
+              for e in copies[:20]]
     path = os.path.join(out_dir, "profile_selective_copying_eager.txt")
     with open(path, "w") as f:
-        f.write(table)
+        f.write(table + "\n\ncopies by input shape (GPU time per step):\n" + "\n".join(lines) + "\n")
     return path
 
 
