@@ -33,6 +33,9 @@ CONFIGS = [
     ("1x512 reg80", dict(maxnreg=80)),
     # the chunk's last state by a where-sum (5 shuffles) instead of the masked store, which Triton routes through
     # shared memory (4 STS.128, an LDSM and a barrier per state component in the sm_90 SASS)
+    # the Gluon kernel (gluon_kernels.py): one run of T / 32 steps per lane, one warp scan per state component
+    ("gluon", dict(gluon=True)),
+    ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     ("where-sum last", dict(masked_last=False)),
     ("where-sum, no cap", dict(masked_last=False, maxnreg=None)),
     ("1x256", dict(T=256)),

@@ -32,11 +32,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from seqmamba.ops.selective_scan import gluon_kernels  # noqa: E402
 from seqmamba.ops.selective_scan import triton_kernels as kernels  # noqa: E402
 from seqmamba.ops.selective_scan import triton_launch  # noqa: E402
 
 KERNELS = {"fwd": kernels._selective_scan_fwd_kernel, "bwd": kernels._selective_scan_bwd_kernel,
            "dstate": kernels._selective_scan_dstate_kernel}
+if gluon_kernels.AVAILABLE:  # the inference forward in Gluon (FWD_CONFIG gluon)
+    KERNELS["gluon_fwd"] = gluon_kernels._selective_scan_fwd_gluon
 # fp32 pointers; every other pointer is a bf16 sequence tensor
 FP32_POINTERS = {"A_ptr", "D_ptr", "dbias_ptr", "state_ptr", "chunk_states_ptr", "dstate_ptr", "dA_ptr", "dB_ptr",
                  "dC_ptr", "dD_ptr", "ddbias_ptr"}
@@ -52,7 +55,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     fn = KERNELS[name]
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
-                  FAST_FLIP=False, VECTOR_RED=False)
+                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -72,7 +75,10 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     options = dict(num_warps=num_warps)
     if maxnreg:
         options["maxnreg"] = maxnreg
-    return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
                           options=options)
 
 
@@ -169,6 +175,31 @@ def fast_flip_report(variants=FAST_FLIP_VARIANTS):
     return rows
 
 
+# The Gluon forward's specialisations (compile_kernel keywords) against the Triton forward compiled alike.
+GLUON_VARIANTS = [
+    dict(T=512, num_warps=1), dict(T=512, num_warps=1, maxnreg=96), dict(T=1024, num_warps=2),
+    dict(T=256, num_warps=1, HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
+    dict(T=512, num_warps=1, seq_dtype="fp32"), dict(T=512, num_warps=1, not_divisible=["n_chunks", "L"]),
+]
+
+
+def gluon_report(variants=GLUON_VARIANTS):
+    """Per variant: registers, stack and the loop's instructions per state element of the Gluon forward and of the
+    Triton forward compiled with the same specialisation (what tests/test_triton_ops.py checks)."""
+    rows = []
+    for variant in variants:
+        kw = dict(variant)
+        T, num_warps, maxnreg = kw.pop("T"), kw.pop("num_warps"), kw.pop("maxnreg", None)
+        row = dict(variant=variant)
+        for name in ("gluon_fwd", "fwd"):
+            sass, regs, stack = sass_and_resources(compile_kernel(name, 1, T, num_warps, maxnreg, **kw))
+            loop = innermost_loop(sass)
+            row[name] = dict(registers=regs, stack=stack, per_element=sum(loop.values()) * 32 * num_warps / T,
+                             shared=sum(loop.get(op, 0) for op in ("STS", "LDS", "LDSM")))
+        rows.append(row)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", choices=list(KERNELS) + ["all"], default="all")
@@ -187,9 +218,14 @@ def main():
     parser.add_argument("--sass", default=None, help="write the whole SASS here (one kernel)")
     parser.add_argument("--fast-flip-layouts", action="store_true",
                         help="JSON: the fast flip's layouts in every specialisation it may run in")
+    parser.add_argument("--gluon-report", action="store_true",
+                        help="JSON: the Gluon forward against the Triton forward, per specialisation")
     args = parser.parse_args()
     if args.fast_flip_layouts:
         print(json.dumps(fast_flip_report()))
+        return
+    if args.gluon_report:
+        print(json.dumps(gluon_report()))
         return
     names = list(KERNELS) if args.kernel == "all" else [args.kernel]
     for name in names:

@@ -55,6 +55,41 @@ def test_gpu_inference_forward_with_register_cap_matches_reference():
     assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
 
 
+@pytest.mark.parametrize("L", [1, 2, 3, 511, 512, 513, 1025, 4100])
+@pytest.mark.parametrize("case", ["batch8-bf16", "batch2-bf16", "batch8-fp32-plain", "batch2-groups"])
+def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
+    """FWD_CONFIG gluon: the inference forward as the Gluon kernel (no interpreter runs it: this is its test). At
+    (8, 640, L) it runs one warp per program with 512-step chunks under the register cap, at (2, 64, L) the latency
+    mode's 1024-step chunks on 2 warps (its scan crosses warps); lengths 1, 2, 3 and one past a chunk; bf16 and
+    fp32; without D / z / delta_bias / softplus; B / C shared by groups of channels; an initial state. out and
+    the last state against the float64 reference."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    used = []
+    check = kernels._gluon_forward_ok
+    monkeypatch.setattr(kernels, "_gluon_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    monkeypatch.setitem(kernels.FWD_CONFIG, "gluon", True)
+    batch, dim = (8, 640) if case.startswith("batch8") else (2, 64)
+    dtype = torch.float32 if "fp32" in case else torch.bfloat16
+    inputs = scan_inputs(batch, dim, L, dtype=dtype, time_major=False, seed=L)
+    if "plain" in case:
+        for name in ("D", "z", "delta_bias"):
+            inputs.pop(name)
+    if "groups" in case:  # 4 groups of 16 channels share B / C: (batch, groups, N, L)
+        scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
+        inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
+        inputs["C"] = (inputs["C"][:, None].repeat(1, 4, 1, 1) * scale.flip(0)).to(dtype)
+    softplus = "plain" not in case
+    h0 = torch.randn(batch, dim, 16, device="cuda")
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=softplus, initial_state=h0, return_last_state=True,
+                                   backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=softplus,
+                                           initial_state=h0.double(), return_last_state=True)
+    assert used and all(used)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
+
+
 # The configs apply to L-contiguous inputs (time-major ones use the *_CHANNEL_LAST configs), and "2ch" needs
 # min_programs_per_sm 0, or the occupancy rule turns the 128 programs of (2, 64) back into one-channel ones. Until
 # the sixth session this test passed time-major inputs, so its three variants all ran the same kernels.

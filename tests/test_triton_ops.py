@@ -576,6 +576,44 @@ def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
         assert row["loop_shuffles"] < row["loop_shuffles_plain"] - 48, row
 
 
+def test_gluon_forward_compiles_for_sm90_with_fewer_instructions_than_the_triton_forward():
+    """The inference forward in Gluon (FWD_CONFIG gluon; no interpreter exists for Gluon, so its results are checked
+    by the GPU tests): every specialisation compiles for sm_90 (Triton's ptxas, no GPU), and its loop over state
+    components issues fewer instructions per state element than the Triton forward's, without the Triton kernel's
+    shared-memory round trip on one warp (its layout is explicit: one run of T / 32 steps per lane)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
+    result = subprocess.run([sys.executable, script, "--gluon-report"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 6
+    for row in rows:
+        gluon, triton_fwd = row["gluon_fwd"], row["fwd"]
+        assert gluon["per_element"] < triton_fwd["per_element"], row
+        assert gluon["stack"] <= 64, row
+        if row["variant"]["num_warps"] == 1:
+            assert gluon["shared"] == 0, row
+
+
+def test_gluon_forward_rule(monkeypatch):
+    """_gluon_forward_ok: only when asked, on CUDA, for the inference forward of one channel per program with
+    time-varying B / C and T a multiple of 32 x warps."""
+    # this process runs the interpreter, where no Gluon kernel is defined (imported before the variable goes)
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.selective_scan.gluon_kernels"), "AVAILABLE", True)
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "gluon", True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    ok = scan_launch._gluon_forward_ok
+    assert ok(cuda, False, 1, 512, 1, True, True) and ok(cuda, False, 1, 1024, 2, True, True)
+    assert not ok(cpu, False, 1, 512, 1, True, True)
+    assert not ok(cuda, True, 1, 512, 1, True, True)  # saved states: the Triton kernel
+    assert not ok(cuda, False, 2, 512, 1, True, True) and not ok(cuda, False, 1, 512, 1, False, True)
+    assert not ok(cuda, False, 1, 32, 2, True, True)
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "gluon", False)
+    assert not ok(cuda, False, 1, 512, 1, True, True)
+
+
 def test_fast_flip_rule(monkeypatch):
     """_fast_flip_ok: only when asked, on CUDA, for one-warp one-channel 256-step chunks of 2-byte sequences with
     unit time strides, aligned tensors and integers of 1 or multiples of 16 (the specialisations compiled above)."""

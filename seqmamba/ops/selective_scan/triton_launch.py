@@ -70,6 +70,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   the scan's own layout (8 steps per lane) instead of tl.atomic_add, whose 4-per-lane layout Triton reaches by
 #   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
+# - gluon (inference forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
+#   one warp scan per component; sm_90 SASS 14.3 instructions per state element against 17.1), where
+#   _gluon_forward_ok allows it; not yet timed on a GPU.
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
 # latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20) (1.9
@@ -80,7 +83,7 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # applies only after dout_copy, and the two together are 1.10-1.21x faster (the copy alone 1.04-1.05x).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
-                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True)
+                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -206,18 +209,55 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     dummy = _dummy(u)
     zz = z if z is not None else u
     grid = (cdiv(dim, BLOCK_D), batch)
+    tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+               out, state, chunk_states)
+    ints = (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
+            *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
+    if _gluon_forward_ok(u.device, save_states, BLOCK_D, T, num_warps, B_var, C_var):
+        _launch_fwd_gluon(grid, tensors, ints,
+                          dict(T=T, WARPS=num_warps, HAS_D=D is not None, HAS_Z=z is not None,
+                               HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus)),
+                          num_warps, options)
+        return out, state[n_chunks % 2], chunk_states
     _launch_fwd(
-        grid,
-        (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
-         out, state, chunk_states),
-        (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
-         *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride()),
+        grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
              PREFETCH=prefetch),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
+
+
+def _gluon_forward_ok(device: torch.device, save_states, BLOCK_D: int, T: int, num_warps: int, B_var: bool,
+                      C_var: bool) -> bool:
+    """Whether the inference forward runs as the Gluon kernel (gluon_kernels.py): FWD_CONFIG asks for it, Triton
+    has Gluon, an NVIDIA GPU runs it (Gluon has no interpreter), no states are saved, the config is one channel
+    per program with T a multiple of 32 x warps, and B / C vary in time (the Mamba layer's case)."""
+    if not FWD_CONFIG.get("gluon") or save_states or device.type != "cuda" or torch.version.hip is not None:
+        return False
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    from . import gluon_kernels
+
+    return gluon_kernels.AVAILABLE and BLOCK_D == 1 and T % (32 * num_warps) == 0 and B_var and C_var
+
+
+class _GluonLaunch:
+    """CachedLaunch of the Gluon forward, built on first use (the import stays off the CPU path)."""
+
+    def __init__(self):
+        self.launch = None
+
+    def __call__(self, *args):
+        if self.launch is None:
+            from .gluon_kernels import _selective_scan_fwd_gluon
+
+            self.launch = CachedLaunch(_selective_scan_fwd_gluon)
+        self.launch(*args)
+
+
+_launch_fwd_gluon = _GluonLaunch()
 
 
 def split_segments(batch: int, dim: int, L: int, device: torch.device, save_states: bool) -> int:
