@@ -13,7 +13,8 @@
 #            row tiles; the norm GPU tests first) | dnastep (the 1.4M DNA model's step at (1, 2^20) and
 #            (1024, 2^10), the training split at 16-128 programs per SM, then all with the fused add + norm)
 #          | table1steps (steps/s of every Table 1 row on the selective-copying setting, CUDA-graphed, and the
-#            mixers' GPU tests first) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
+#            mixers' GPU tests first) | gluon (the Gluon inference forward: its GPU tests, then forward times
+#            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -56,6 +57,9 @@ for step in $steps; do
     table1steps) timeout 120 python -m pytest -q -m gpu tests/test_mixers_table1.py 2>&1 | tail -4 | tee "$OUT/table1steps.log"
                  timeout 300 python benchmarks/bench_train_step.py --out "$OUT/table1" --cases selective_copying \
                    --table1 --steps 300 2>&1 | tail -16 | tee -a "$OUT/table1steps.log" ;;
+    gluon) timeout 200 python -m pytest -q -m gpu tests/test_gpu_ops.py -k gluon 2>&1 | tail -4 | tee "$OUT/gluon.log"
+           timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "no cap" gluon "gluon, no cap" \
+             "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
