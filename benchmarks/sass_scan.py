@@ -180,6 +180,7 @@ GLUON_VARIANTS = [
     dict(T=512, num_warps=1), dict(T=512, num_warps=1, maxnreg=96), dict(T=1024, num_warps=2),
     dict(T=256, num_warps=1, HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(T=512, num_warps=1, seq_dtype="fp32"), dict(T=512, num_warps=1, not_divisible=["n_chunks", "L"]),
+    dict(T=512, num_warps=1, SAVE_STATES=True, SAVES_PER_CHUNK=2),  # the training forward
 ]
 
 

@@ -90,6 +90,38 @@ def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
     assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
 
 
+@pytest.mark.parametrize("L", [1, 300, 1500, 4100])
+def test_gpu_gluon_training_forward_saves_the_states_the_backward_needs(monkeypatch, L):
+    """FWD_CONFIG gluon in training: the Gluon forward saves the state entering each of the backward's chunks (two
+    per 512-step forward chunk); out and every gradient equal the Triton forward's run (to the dB / dC atomics'
+    run-to-run noise) and the float64 reference's. At L = 4100 also the training split (4 segments)."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    used = []
+    check = kernels._gluon_forward_ok
+    monkeypatch.setattr(kernels, "_gluon_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    inputs = scan_inputs(2, 64, L, dtype=torch.bfloat16, time_major=False, seed=L)
+    dout = torch.randn(2, 64, L, device="cuda").to(torch.bfloat16)
+
+    def run(gluon, segments=None):
+        monkeypatch.setitem(kernels.FWD_CONFIG, "gluon", gluon)
+        monkeypatch.setattr(kernels, "FORCE_TRAIN_SEGMENTS", segments)
+        return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
+
+    (out_t, grads_t), (out_g, grads_g) = run(False), run(True)
+    assert used and used[-1]
+    ref_out, ref_grads = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()},
+                                         dout.double())
+    assert rel_err(out_g.float(), out_t.float()) < 1e-3 and rel_err(out_g.double(), ref_out) < 1e-2
+    for name in grads_t:
+        assert rel_err(grads_g[name].float(), grads_t[name].float()) < 1e-3, name
+        assert rel_err(grads_g[name].double(), ref_grads[name]) <= 1.05 * rel_err(
+            grads_t[name].double(), ref_grads[name]) + 1e-4, name
+    if L == 4100:
+        (_, split_t), (_, split_g) = run(False, 4), run(True, 4)
+        for name in split_t:
+            assert rel_err(split_g[name].float(), split_t[name].float()) < 1e-3, name
+
+
 # The configs apply to L-contiguous inputs (time-major ones use the *_CHANNEL_LAST configs), and "2ch" needs
 # min_programs_per_sm 0, or the occupancy rule turns the 128 programs of (2, 64) back into one-channel ones. Until
 # the sixth session this test passed time-major inputs, so its three variants all ran the same kernels.

@@ -1,7 +1,7 @@
-"""The inference forward of the selective scan in Gluon (Triton's explicit-layout dialect), for NVIDIA GPUs.
+"""The forward of the selective scan in Gluon (Triton's explicit-layout dialect), for NVIDIA GPUs.
 
-Same arguments, state slots and results as ``triton_kernels._selective_scan_fwd_kernel`` without saved states
-(FWD_CONFIG ``gluon``; the launch decides where: ``triton_launch._gluon_forward_ok``). What Gluon changes is the
+Same arguments, state slots, saved states and results as ``triton_kernels._selective_scan_fwd_kernel`` (FWD_CONFIG
+``gluon``; the launch decides where: ``triton_launch._gluon_forward_ok``). What Gluon changes is the
 layout, which Triton infers from the loads: 16-byte bf16 vectors give each lane runs of 8 steps, so a 512-step
 chunk takes two warp scans per state component, and the masked store of the chunk's last state goes through
 shared memory with a barrier. Here every (T,) vector of a chunk has one layout, ``T / (32 x warps)`` consecutive
@@ -59,11 +59,13 @@ if AVAILABLE:
         s_o_b, s_o_d, s_o_l,
         T: gl.constexpr, WARPS: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_DBIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
+        SAVE_STATES: gl.constexpr, SAVES_PER_CHUNK: gl.constexpr,
     ):
         """One channel per program, T steps per chunk on WARPS warps; time-varying B / C (shared by groups of
         channels_per_group channels). state_ptr: two (batch, dim, N) fp32 slots state_slot elements apart, slot 0
         the initial state; chunk c reads slot c % 2 and writes the other (the last state ends in n_chunks % 2).
-        chunk_states_ptr and n_saved are unused (no saved states): the arguments match the Triton kernel's."""
+        With SAVE_STATES (the training forward) the state entering every T / SAVES_PER_CHUNK steps goes to
+        chunk_states (batch, dim, n_saved, N), as the Triton kernel saves it for the backward."""
         layout: gl.constexpr = gl.BlockedLayout([T // (32 * WARPS)], [32], [WARPS], [0])
         d = gl.program_id(0).to(gl.int64)
         b = gl.program_id(1).to(gl.int64)
@@ -78,6 +80,8 @@ if AVAILABLE:
         B_row = B_ptr + b * s_B_b + group * s_B_g
         C_row = C_ptr + b * s_C_b + group * s_C_g
         state_row = state_ptr + (b * dim + d) * N
+        chunk_row = chunk_states_ptr + (b * dim + d) * n_saved * N
+        T_SAVE: gl.constexpr = T // SAVES_PER_CHUNK
         Dv = 0.0
         if HAS_D:
             Dv = gl.load(D_ptr + d)
@@ -105,6 +109,8 @@ if AVAILABLE:
                 Bn = gl.load(B_row + n * s_B_n + t64 * s_B_l, mask=mask, other=0.0).to(gl.float32)
                 Cn = gl.load(C_row + n * s_C_n + t64 * s_C_l, mask=mask, other=0.0).to(gl.float32)
                 h_prev = gl.load(state_in + n)
+                if SAVE_STATES:
+                    gl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev)
                 a = gl.exp2(delta * A2)
                 x = delta_u * Bn
                 x = gl.where(is_first, x + a * h_prev, x)
@@ -112,6 +118,11 @@ if AVAILABLE:
                 y += h * Cn
                 # the chunk's last state, stored by the thread holding it (same layout: no data movement)
                 gl.store(state_out + n + t_loc * 0, h, mask=is_last)
+                if SAVE_STATES:  # the backward walks shorter chunks: the states entering those too
+                    for k in gl.static_range(1, SAVES_PER_CHUNK):
+                        saved = c * SAVES_PER_CHUNK + k
+                        gl.store(chunk_row + saved * N + n + t_loc * 0, h,
+                                 mask=(t_loc == k * T_SAVE - 1) & (saved < n_saved))
             if HAS_Z:
                 zv = gl.load(z_row + t64 * s_z_l, mask=mask, other=0.0).to(gl.float32)
                 y = y * zv / (1.0 + gl.exp(-zv))

@@ -70,7 +70,7 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   the scan's own layout (8 steps per lane) instead of tl.atomic_add, whose 4-per-lane layout Triton reaches by
 #   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
-# - gluon (inference forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
+# - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component; sm_90 SASS 14.3 instructions per state element against 17.1), where
 #   _gluon_forward_ok allows it; not yet timed on a GPU.
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
@@ -213,10 +213,11 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                out, state, chunk_states)
     ints = (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
-    if _gluon_forward_ok(u.device, save_states, BLOCK_D, T, num_warps, B_var, C_var):
+    if _gluon_forward_ok(u.device, BLOCK_D, T, num_warps, B_var, C_var):
         _launch_fwd_gluon(grid, tensors, ints,
                           dict(T=T, WARPS=num_warps, HAS_D=D is not None, HAS_Z=z is not None,
-                               HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus)),
+                               HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                               SAVE_STATES=bool(save_states), SAVES_PER_CHUNK=saves_per_chunk),
                           num_warps, options)
         return out, state[n_chunks % 2], chunk_states
     _launch_fwd(
@@ -229,12 +230,11 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     return out, state[n_chunks % 2], chunk_states
 
 
-def _gluon_forward_ok(device: torch.device, save_states, BLOCK_D: int, T: int, num_warps: int, B_var: bool,
-                      C_var: bool) -> bool:
-    """Whether the inference forward runs as the Gluon kernel (gluon_kernels.py): FWD_CONFIG asks for it, Triton
-    has Gluon, an NVIDIA GPU runs it (Gluon has no interpreter), no states are saved, the config is one channel
-    per program with T a multiple of 32 x warps, and B / C vary in time (the Mamba layer's case)."""
-    if not FWD_CONFIG.get("gluon") or save_states or device.type != "cuda" or torch.version.hip is not None:
+def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int, B_var: bool, C_var: bool) -> bool:
+    """Whether the forward runs as the Gluon kernel (gluon_kernels.py): FWD_CONFIG asks for it, Triton has Gluon,
+    an NVIDIA GPU runs it (Gluon has no interpreter), the config is one channel per program with T a multiple of
+    32 x warps, and B / C vary in time (the Mamba layer's case). Inference and training forwards alike."""
+    if not FWD_CONFIG.get("gluon") or device.type != "cuda" or torch.version.hip is not None:
         return False
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return False
