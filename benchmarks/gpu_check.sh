@@ -59,7 +59,7 @@ for step in $steps; do
                    --table1 --steps 300 2>&1 | tail -16 | tee -a "$OUT/table1steps.log" ;;
     gluon) timeout 200 python -m pytest -q -m gpu tests/test_gpu_ops.py -k gluon 2>&1 | tail -4 | tee "$OUT/gluon.log"
            timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "no cap" gluon "gluon, no cap" \
-             "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
+             "gluon 1x1024" "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
            timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
