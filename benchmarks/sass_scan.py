@@ -55,7 +55,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     fn = KERNELS[name]
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
-                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps)
+                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -181,6 +181,10 @@ GLUON_VARIANTS = [
     dict(T=256, num_warps=1, HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(T=512, num_warps=1, seq_dtype="fp32"), dict(T=512, num_warps=1, not_divisible=["n_chunks", "L"]),
     dict(T=512, num_warps=1, SAVE_STATES=True, SAVES_PER_CHUNK=2),  # the training forward
+    # B / C read as int32 pairs of bf16 steps (_bf16_pairs_ok): the launch's bf16 cases
+    dict(T=512, num_warps=1, BC_PAIRS=True), dict(T=512, num_warps=1, maxnreg=96, BC_PAIRS=True),
+    dict(T=1024, num_warps=2, BC_PAIRS=True), dict(T=512, num_warps=1, SAVE_STATES=True, SAVES_PER_CHUNK=2,
+                                                   BC_PAIRS=True),
 ]
 
 

@@ -61,12 +61,14 @@ def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
     """FWD_CONFIG gluon: the inference forward as the Gluon kernel (no interpreter runs it: this is its test). At
     (8, 640, L) it runs one warp per program with 512-step chunks under the register cap, at (2, 64, L) the latency
     mode's 1024-step chunks on 2 warps (its scan crosses warps); lengths 1, 2, 3 and one past a chunk; bf16 and
-    fp32; without D / z / delta_bias / softplus; B / C shared by groups of channels; an initial state. out and
-    the last state against the float64 reference."""
+    fp32; without D / z / delta_bias / softplus; B / C shared by groups of channels; an initial state; bf16 B / C
+    read as int32 pairs where L is even. out and the last state against the float64 reference."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     used = []
     check = kernels._gluon_forward_ok
     monkeypatch.setattr(kernels, "_gluon_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    pairs, check_pairs = [], kernels._bf16_pairs_ok
+    monkeypatch.setattr(kernels, "_bf16_pairs_ok", lambda *a: pairs.append(check_pairs(*a)) or pairs[-1])
     monkeypatch.setitem(kernels.FWD_CONFIG, "gluon", True)
     batch, dim = (8, 640) if case.startswith("batch8") else (2, 64)
     dtype = torch.float32 if "fp32" in case else torch.bfloat16
@@ -86,6 +88,7 @@ def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
         ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=softplus,
                                            initial_state=h0.double(), return_last_state=True)
     assert used and all(used)
+    assert pairs == [dtype == torch.bfloat16 and L % 2 == 0]  # B / C as int32 pairs of bf16 steps, or step by step
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
 

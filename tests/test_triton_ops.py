@@ -613,6 +613,21 @@ def test_gluon_forward_rule(monkeypatch):
     assert not ok(cuda, 1, 512, 1, True, True)
 
 
+def test_gluon_bf16_pairs_rule():
+    """_bf16_pairs_ok: B / C bf16 with unit time strides, even other strides, 4-byte aligned data, L even, and
+    T / 2 a multiple of 32 x warps; anything else reads B / C step by step."""
+    ok = scan_launch._bf16_pairs_ok
+    B = torch.zeros(2, 16, 64, dtype=torch.bfloat16)
+    assert ok(B, B, 64, 512, 1) and ok(B, B, 64, 1024, 2)
+    assert not ok(B, B, 63, 512, 1)  # L odd: the last pair would straddle the end
+    assert not ok(B.float(), B, 64, 512, 1) and not ok(B, B.half(), 64, 512, 1)
+    assert not ok(B.transpose(1, 2).contiguous().transpose(1, 2), B, 64, 512, 1)  # time stride 16
+    assert not ok(B.view(-1)[1:1 + 2 * 16 * 63].view(2, 16, 63), B, 63, 512, 1)
+    odd = torch.zeros(2, 16, 65, dtype=torch.bfloat16)[..., :64]  # row stride 65
+    assert not ok(odd, B, 64, 512, 1)
+    assert not ok(B, B, 64, 32, 1)
+
+
 def test_fast_flip_rule(monkeypatch):
     """_fast_flip_ok: only when asked, on CUDA, for one-warp one-channel 256-step chunks of 2-byte sequences with
     unit time strides, aligned tensors and integers of 1 or multiples of 16 (the specialisations compiled above)."""

@@ -46,6 +46,17 @@ if AVAILABLE:
         return gl.where(x <= 20.0, log1p_e, x)
 
     @gluon.jit
+    def _bf16_row_pairs(row_ptr, pair, mask_pair, layout: gl.constexpr):
+        """A bf16 row's steps 2 pair .. 2 pair + 1 read as one int32 each and widened by bit operations (the low
+        step shifted left 16, the high one with its low 16 bits cleared: one SHF / LOP3 each, where a bf16's
+        conversion costs its high half a PRMT and a SHF), interleaved back into ``layout``."""
+        pairs = gl.load(row_ptr.to(gl.pointer_type(gl.int32), bitcast=True) + pair, mask=mask_pair, other=0)
+        lo = (pairs << 16).to(gl.float32, bitcast=True)
+        hi = (pairs & -65536).to(gl.float32, bitcast=True)
+        both = gl.join(lo, hi)  # (T / 2, 2): a lane's pairs, then low / high
+        return gl.convert_layout(gl.reshape(both, [both.shape[0] * 2]), layout, assert_trivial=True)
+
+    @gluon.jit
     def _selective_scan_fwd_gluon(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr,
         out_ptr, state_ptr, chunk_states_ptr,
@@ -59,7 +70,7 @@ if AVAILABLE:
         s_o_b, s_o_d, s_o_l,
         T: gl.constexpr, WARPS: gl.constexpr,
         HAS_D: gl.constexpr, HAS_Z: gl.constexpr, HAS_DBIAS: gl.constexpr, SOFTPLUS: gl.constexpr,
-        SAVE_STATES: gl.constexpr, SAVES_PER_CHUNK: gl.constexpr,
+        SAVE_STATES: gl.constexpr, SAVES_PER_CHUNK: gl.constexpr, BC_PAIRS: gl.constexpr = False,
     ):
         """One channel per program, T steps per chunk on WARPS warps; time-varying B / C (shared by groups of
         channels_per_group channels). state_ptr: two (batch, dim, N) fp32 slots state_slot elements apart, slot 0
@@ -70,6 +81,8 @@ if AVAILABLE:
         d = gl.program_id(0).to(gl.int64)
         b = gl.program_id(1).to(gl.int64)
         t_loc = gl.arange(0, T, layout=layout)
+        pair_layout: gl.constexpr = gl.BlockedLayout([T // (64 * WARPS)], [32], [WARPS], [0])
+        p_loc = gl.arange(0, T // 2, layout=pair_layout)
         is_first = t_loc == 0
         is_last = t_loc == T - 1
         group = d // channels_per_group
@@ -94,6 +107,8 @@ if AVAILABLE:
             t = c * T + t_loc
             mask = t < L
             t64 = t.to(gl.int64)
+            pair = c * (T // 2) + p_loc
+            mask_pair = pair < L // 2
             u = gl.load(u_row + t64 * s_u_l, mask=mask, other=0.0).to(gl.float32)
             delta = gl.load(dt_row + t64 * s_dt_l, mask=mask, other=0.0).to(gl.float32)
             if HAS_DBIAS:
@@ -106,8 +121,12 @@ if AVAILABLE:
             y = Dv * u  # u is dead before the loop over N
             for n in range(0, N):
                 A2 = gl.load(A_ptr + d * s_A_d + n * s_A_n) * 1.4426950408889634
-                Bn = gl.load(B_row + n * s_B_n + t64 * s_B_l, mask=mask, other=0.0).to(gl.float32)
-                Cn = gl.load(C_row + n * s_C_n + t64 * s_C_l, mask=mask, other=0.0).to(gl.float32)
+                if BC_PAIRS:
+                    Bn = _bf16_row_pairs(B_row + n * s_B_n, pair, mask_pair, layout)
+                    Cn = _bf16_row_pairs(C_row + n * s_C_n, pair, mask_pair, layout)
+                else:
+                    Bn = gl.load(B_row + n * s_B_n + t64 * s_B_l, mask=mask, other=0.0).to(gl.float32)
+                    Cn = gl.load(C_row + n * s_C_n + t64 * s_C_l, mask=mask, other=0.0).to(gl.float32)
                 h_prev = gl.load(state_in + n)
                 if SAVE_STATES:
                     gl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev)

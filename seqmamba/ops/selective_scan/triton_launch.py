@@ -217,7 +217,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         _launch_fwd_gluon(grid, tensors, ints,
                           dict(T=T, WARPS=num_warps, HAS_D=D is not None, HAS_Z=z is not None,
                                HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                               SAVE_STATES=bool(save_states), SAVES_PER_CHUNK=saves_per_chunk),
+                               SAVE_STATES=bool(save_states), SAVES_PER_CHUNK=saves_per_chunk,
+                               BC_PAIRS=_bf16_pairs_ok(B, C, L, T, num_warps)),
                           num_warps, options)
         return out, state[n_chunks % 2], chunk_states
     _launch_fwd(
@@ -241,6 +242,16 @@ def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int
     from . import gluon_kernels
 
     return gluon_kernels.AVAILABLE and BLOCK_D == 1 and T % (32 * num_warps) == 0 and B_var and C_var
+
+
+def _bf16_pairs_ok(B: torch.Tensor, C: torch.Tensor, L: int, T: int, num_warps: int) -> bool:
+    """Whether the Gluon forward may read B / C as int32 pairs of bf16 steps (gluon_kernels._bf16_row_pairs): both
+    bf16 (the widening is a bf16 bit trick) with unit time strides, every other stride even and the data 4-byte
+    aligned (each pair one aligned int32), L even (a pair never straddles the end) and T / 2 a multiple of
+    32 x warps."""
+    return (L % 2 == 0 and T % (64 * num_warps) == 0
+            and all(t.dtype == torch.bfloat16 and t.stride(-1) == 1 and t.data_ptr() % 4 == 0
+                    and all(st % 2 == 0 for st in t.stride()[:-1]) for t in (B, C)))
 
 
 class _GluonLaunch:
