@@ -5,9 +5,10 @@ Same arguments, state slots, saved states and results as ``triton_kernels._selec
 layout, which Triton infers from the loads: 16-byte bf16 vectors give each lane runs of 8 steps, so a 512-step
 chunk takes two warp scans per state component, and the masked store of the chunk's last state goes through
 shared memory with a barrier. Here every (T,) vector of a chunk has one layout, ``T / (32 x warps)`` consecutive
-steps per lane, so one warp scan per component and a plain predicated store. Compiled for sm_90 on a CPU
-(``benchmarks/sass_scan.py --kernel gluon_fwd``), the loop over state components issues 14.6 instructions per state
-element at T = 512 against 17.1 for the Triton kernel, at 96 registers without a cap (Triton: 116).
+steps per lane, so one warp scan per component and a plain predicated store; and bf16 B / C rows are read as
+int32 pairs and widened by bit operations (``_bf16_row_pairs``). Compiled for sm_90 on a CPU
+(``benchmarks/sass_scan.py --gluon-report``), the loop over state components issues 13.3 instructions per state
+element at T = 512 against 17.1 for the Triton kernel (14.3 without the pairs), at 112 registers (Triton: 116).
 
 Gluon kernels do not run under TRITON_INTERPRET: the GPU tests check this one against the float64 reference
 (tests/test_gpu_ops.py), and a CPU test compiles it for sm_90.

@@ -71,7 +71,7 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; not yet timed on a GPU;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
-#   one warp scan per component; sm_90 SASS 14.3 instructions per state element against 17.1), where
+#   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
 #   _gluon_forward_ok allows it; not yet timed on a GPU.
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
