@@ -87,10 +87,10 @@ def test_table1_mixers_channels_first_equals_time_major(name):
 
 @cuda_only
 @pytest.mark.parametrize("name", [f"{a}_{i}" for a in ARCHS for i in INNERS])
-def test_table1_mixers_on_cuda_layout_match_time_major(name):
+def test_table1_mixers_on_cuda_layout_match_time_major(monkeypatch, name):
     """On CUDA (Triton scan, cuFFT) the channels-first default equals the time-major layout at the selective-copying
     width (fp32, TF32 off), and its chunked inference equals its parallel pass."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     x = torch.randn(2, 300, 64, device="cuda")
     outs = {}
