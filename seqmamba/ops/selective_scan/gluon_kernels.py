@@ -31,20 +31,8 @@ except ImportError:  # an older Triton: the launch keeps the Triton kernel
 AVAILABLE = HAVE_GLUON and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not triton.knobs.runtime.interpret
 
 if AVAILABLE:
-
-    @gluon.jit
-    def _combine(a_left, b_left, a_right, b_right):
-        # h -> a_left h + b_left, then h -> a_right h + b_right
-        return a_left * a_right, a_right * b_left + b_right
-
-    @gluon.jit
-    def _softplus(x):
-        # as triton_kernels._softplus: log1p(exp(x)) by Goldberg's trick, x itself above 20
-        e = gl.exp(x)
-        u = 1.0 + e
-        d = u - 1.0
-        log1p_e = gl.where(d == 0.0, e, gl.log(u) * (e / gl.where(d == 0.0, 1.0, d)))
-        return gl.where(x <= 20.0, log1p_e, x)
+    # shared with the Triton kernels (Gluon inlines @triton.jit helpers)
+    from .triton_kernels import _first_order_combine, _softplus
 
     @gluon.jit
     def _bf16_row_pairs(row_ptr, pair, mask_pair, layout: gl.constexpr):
@@ -134,7 +122,7 @@ if AVAILABLE:
                 a = gl.exp2(delta * A2)
                 x = delta_u * Bn
                 x = gl.where(is_first, x + a * h_prev, x)
-                _, h = gl.associative_scan((a, x), 0, _combine)
+                _, h = gl.associative_scan((a, x), 0, _first_order_combine)
                 y += h * Cn
                 # the chunk's last state, stored by the thread holding it (same layout: no data movement)
                 gl.store(state_out + n + t_loc * 0, h, mask=is_last)
