@@ -26,6 +26,16 @@ def make(name, layer_idx=0):
     return MIXERS.get(name)(D, layer_idx=layer_idx, **SMALL.get(name, {}))
 
 
+def run_in_chunks(mixer, x, bounds):
+    """The mixer over x (batch, L, D) chunk by chunk ([(start, end), ...] covering L), with one inference cache."""
+    params = InferenceParams(max_seqlen=x.shape[1], max_batch_size=x.shape[0])
+    outs = []
+    for a, b in bounds:
+        outs.append(mixer(x[:, a:b], inference_params=params))
+        params.seqlen_offset = b
+    return torch.cat(outs, dim=1)
+
+
 def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
 
@@ -50,12 +60,8 @@ def test_causal_chunked_and_trainable(name):
         y2 = mixer(x2)
         assert (y2[:, :9] - y[:, :9]).abs().max() < 1e-5, "output before t changed when input t did"
         assert (y2[:, 9:] - y[:, 9:]).abs().max() > 1e-4
-        params = InferenceParams(max_seqlen=14, max_batch_size=2)
-        outs = []
-        for a, b in [(0, 3), (3, 4), (4, 5), (5, 11), (11, 14)]:  # chunks and single steps
-            outs.append(mixer(x[:, a:b], inference_params=params))
-            params.seqlen_offset = b
-        assert rel_err(torch.cat(outs, dim=1), y) < 1e-4
+        chunked = run_in_chunks(mixer, x, [(0, 3), (3, 4), (4, 5), (5, 11), (11, 14)])  # chunks and single steps
+        assert rel_err(chunked, y) < 1e-4
 
 
 @pytest.mark.parametrize("name", [f"{a}_{i}" for a in ARCHS for i in INNERS])
@@ -73,12 +79,8 @@ def test_table1_mixers_channels_first_equals_time_major(name):
         y.square().sum().backward()
         grads = {n: p.grad for n, p in mixer.named_parameters()}
         with torch.no_grad():
-            params = InferenceParams(max_seqlen=14, max_batch_size=2)
-            outs = []
-            for a, b in [(0, 5), (5, 6), (6, 14)]:
-                outs.append(mixer(x[:, a:b], inference_params=params))
-                params.seqlen_offset = b
-        results.append((y.detach(), xi.grad, grads, torch.cat(outs, dim=1)))
+            chunked = run_in_chunks(mixer, x, [(0, 5), (5, 6), (6, 14)])
+        results.append((y.detach(), xi.grad, grads, chunked))
     (y0, dx0, g0, c0), (y1, dx1, g1, c1) = results
     assert rel_err(y1, y0) < 1e-10 and rel_err(dx1, dx0) < 1e-10 and rel_err(c1, c0) < 1e-10
     for n in g0:
@@ -101,12 +103,8 @@ def test_table1_mixers_on_cuda_layout_match_time_major(monkeypatch, name):
         with torch.no_grad():
             outs[channels_first] = mixer(x)
             if channels_first:
-                params = InferenceParams(max_seqlen=300, max_batch_size=2)
-                chunks = []
-                for a, b in [(0, 129), (129, 130), (130, 300)]:
-                    chunks.append(mixer(x[:, a:b], inference_params=params))
-                    params.seqlen_offset = b
-                assert rel_err(torch.cat(chunks, dim=1), outs[True]) < 1e-4
+                chunked = run_in_chunks(mixer, x, [(0, 129), (129, 130), (130, 300)])
+                assert rel_err(chunked, outs[True]) < 1e-4
     assert rel_err(outs[True], outs[False]) < 1e-4
 
 
