@@ -141,57 +141,51 @@ def chunked_check():
 def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=False, split_per_sm=None):
     """One row: the 1.4M model's training step at (batch, length). ``split_per_sm``: the training scan's
     BWD_CONFIG split_programs_per_sm for this row (None: the default)."""
+    from unittest import mock
+
     from seqmamba.models.mamba_lm import MambaLM
     from seqmamba.ops.selective_scan import triton_launch
     from seqmamba.tasks.next_token import model_logits
 
-    default_split = triton_launch.BWD_CONFIG["split_programs_per_sm"]
-    if split_per_sm is not None:
-        triton_launch.BWD_CONFIG["split_programs_per_sm"] = split_per_sm
-    try:
-        return _throughput(batch, length, checkpointing, warmup, iters, fused_add_norm, MambaLM, model_logits,
-                           triton_launch.BWD_CONFIG["split_programs_per_sm"])
-    finally:
-        triton_launch.BWD_CONFIG["split_programs_per_sm"] = default_split
+    config = {} if split_per_sm is None else {"split_programs_per_sm": split_per_sm}
+    with mock.patch.dict(triton_launch.BWD_CONFIG, config):
+        split_per_sm = triton_launch.BWD_CONFIG["split_programs_per_sm"]
+        torch.manual_seed(0)
+        model = MambaLM(d_model=128, n_layer=12, vocab_size=8, fused_add_norm=fused_add_norm).cuda()
+        model.set_activation_checkpointing(checkpointing)
+        n_params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        ids = torch.randint(3, 8, (batch, length + 1), device="cuda")
+        inputs, targets = ids[:, :-1], ids[:, 1:]
 
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model_logits(model, inputs)
+            loss = torch.nn.functional.cross_entropy(logits[..., :8].float().reshape(-1, 8), targets.reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
 
-def _throughput(batch, length, checkpointing, warmup, iters, fused_add_norm, MambaLM, model_logits, split_per_sm):
-    torch.manual_seed(0)
-    model = MambaLM(d_model=128, n_layer=12, vocab_size=8, fused_add_norm=fused_add_norm).cuda()
-    model.set_activation_checkpointing(checkpointing)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    ids = torch.randint(3, 8, (batch, length + 1), device="cuda")
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model_logits(model, inputs)
-        loss = torch.nn.functional.cross_entropy(logits[..., :8].float().reshape(-1, 8), targets.reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        loss = step()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(iters):
-        loss = step()
-    torch.cuda.synchronize()
-    seconds = (time.perf_counter() - started) / iters
-    row = {"batch": batch, "length": length, "activation_checkpointing": checkpointing, "params": n_params,
-           "fused_add_norm": fused_add_norm, "split_programs_per_sm": split_per_sm,
-           "tokens_per_s": batch * length / seconds, "step_ms": seconds * 1e3,
-           "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "loss_finite": bool(torch.isfinite(loss))}
-    log(f"throughput {batch} x {length} ckpt={checkpointing} fused_add_norm={fused_add_norm} split/SM "
-        f"{split_per_sm}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
-        f"{row['step_ms']:.0f} ms/step, peak {row['peak_gib']:.1f} GiB")
-    del model, opt
-    return row
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):
+            loss = step()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(iters):
+            loss = step()
+        torch.cuda.synchronize()
+        seconds = (time.perf_counter() - started) / iters
+        row = {"batch": batch, "length": length, "activation_checkpointing": checkpointing, "params": n_params,
+               "fused_add_norm": fused_add_norm, "split_programs_per_sm": split_per_sm,
+               "tokens_per_s": batch * length / seconds, "step_ms": seconds * 1e3,
+               "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "loss_finite": bool(torch.isfinite(loss))}
+        log(f"throughput {batch} x {length} ckpt={checkpointing} fused_add_norm={fused_add_norm} split/SM "
+            f"{split_per_sm}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
+            f"{row['step_ms']:.0f} ms/step, peak {row['peak_gib']:.1f} GiB")
+        del model, opt
+        return row
 
 
 def plots(out, apes, rows):
@@ -226,9 +220,11 @@ def accuracy_plot(plt, out, apes):
 
 def throughput_plot(plt, out, rows):
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{r['batch']}x2^{int(math.log2(r['length']))}{' ckpt' if r['activation_checkpointing'] else ''}"
-              f"{' split ' + str(r['split_programs_per_sm']) if r.get('split_programs_per_sm') is not None and r['batch'] == 1 else ''}"
-              for r in rows]
+    def label(r):
+        split = f" split {r['split_programs_per_sm']}" if r["batch"] == 1 and "split_programs_per_sm" in r else ""
+        return f"{r['batch']}x2^{int(math.log2(r['length']))}{' ckpt' if r['activation_checkpointing'] else ''}{split}"
+
+    labels = [label(r) for r in rows]
     ax.bar(labels, [r["tokens_per_s"] / 1e6 for r in rows])
     for i, r in enumerate(rows):
         ax.text(i, r["tokens_per_s"] / 1e6, f"{r['peak_gib']:.1f} GiB", ha="center", va="bottom", fontsize=8)
