@@ -21,6 +21,9 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CPU default (train length 64, early stop), 64+ sequences per length: notes/extrapolation.md, table 1-3
 CPU_DEFAULT = {6: 100, 7: 100, 8: 100, 9: 100, 10: 100, 11: 100, 12: 100, 13: 87.5, 14: 56.3}
+# Table 1 rows (selective_copying_<arch>_<inner>): colour by inner layer, line style by architecture
+INNER_COLOURS = {"s4d": "tab:blue", "hyena": "tab:orange", "s6": "tab:green"}
+ARCH_LINES = {"nogate": ":", "h3": "--", "mamba": "-"}
 
 
 def read(path):
@@ -103,11 +106,13 @@ def main():
         runs = [("Mamba (S6, fused block)", sc)] + [
             (os.path.basename(os.path.dirname(path)).removeprefix("selective_copying_"), read(path)) for path in rows]
         last = max(int(r["step"]) for _, rs in runs[1:] for r in rs)
-        for name, rs in runs:
+        for name, rs in runs:  # colour: the inner layer; line: the architecture
             s, a = column(rs, "train/acc")
             keep = [i for i, x in enumerate(s) if x <= last]
-            ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name)
-        label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows at equal steps", "upper left")
+            arch, _, inner = name.partition("_")
+            style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls=ARCH_LINES.get(arch, "-"))
+            ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name, lw=1.2, **style)
+        label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows at equal steps (H200)", "upper left")
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 

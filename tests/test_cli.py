@@ -77,6 +77,20 @@ def test_run_writes_one_directory_with_config_metrics_tensorboard_and_checkpoint
     assert results["train"]["step"] == 2
 
 
+def test_a_paused_run_resumed_to_the_end_reports_its_last_step_not_the_pause(tmp_path):
+    """train_results.json is rewritten when a resumed run finishes: before, a run paused at step 2 and resumed to 4
+    kept the pause's file (step 2, paused) beside the finished run's eval_results.json."""
+    run_dir = tmp_path / "run"
+    common = ["run", "task=induction_heads", f"hydra.run.dir={run_dir}", "trainer.resume=auto"] + TINY[1:]
+    assert main(common + ["trainer.max_steps=4", "trainer.stop_at_step=2"]) == 0
+    paused = json.loads((run_dir / "train_results.json").read_text())["train"]
+    assert paused["paused"] and paused["step"] == 2 and not (run_dir / "eval_results.json").exists()
+    assert main(common + ["trainer.max_steps=4"]) == 0
+    final = json.loads((run_dir / "train_results.json").read_text())["train"]
+    assert not final["paused"] and final["step"] == 4
+    assert json.loads((run_dir / "eval_results.json").read_text())["train"]["step"] == 4
+
+
 def test_eval_scores_a_checkpoint_at_lengths_2_to_the_6_up_to_the_override(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["eval", "task=induction_heads", f"ckpt={trained_run / 'checkpoints' / 'best.pt'}",

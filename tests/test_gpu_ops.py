@@ -55,14 +55,18 @@ def test_gpu_inference_forward_with_register_cap_matches_reference():
     assert rel_err(out, ref) < 1e-4 and rel_err(last, ref_last) < 1e-4
 
 
-@pytest.mark.parametrize("L", [1, 2, 3, 511, 512, 513, 1025, 4100])
+@pytest.mark.parametrize("L", [1, 3, 33, 65, 511, 512, 513, 1025, 4100])
 @pytest.mark.parametrize("case", ["batch8-bf16", "batch2-bf16", "batch8-fp32-plain", "batch2-groups"])
 def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
     """FWD_CONFIG gluon: the inference forward as the Gluon kernel (no interpreter runs it: this is its test). At
     (8, 640, L) it runs one warp per program with 512-step chunks under the register cap, at (2, 64, L) the latency
-    mode's 1024-step chunks on 2 warps (its scan crosses warps); lengths 1, 2, 3 and one past a chunk; bf16 and
-    fp32; without D / z / delta_bias / softplus; B / C shared by groups of channels; an initial state; bf16 B / C
-    read as int32 pairs where L is even. out and the last state against the float64 reference."""
+    mode's 1024-step chunks on 2 warps (its scan crosses warps); lengths 1 and 3 (a 16-step chunk: the Triton
+    kernel runs), 33 and 65 (the first chunks of 64 / 128 steps that the Gluon kernel takes on 1 / 2 warps: two
+    steps per lane, one bf16 pair; at (2, 64, 33) the Triton kernel still runs) and one past a chunk; bf16 and fp32; without
+    D / z / delta_bias / softplus (delta then positive, as softplus makes it: the scan's raw test delta is about
+    -3, which with A < 0 grows the state past fp32 within a few hundred steps); B / C shared by groups of
+    channels; an initial state; bf16 B / C read as int32 pairs where L is even. out and the last state against
+    the float64 reference."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     used = []
     check = kernels._gluon_forward_ok
@@ -76,6 +80,7 @@ def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
     if "plain" in case:
         for name in ("D", "z", "delta_bias"):
             inputs.pop(name)
+        inputs["delta"] = torch.nn.functional.softplus(inputs["delta"].float()).to(dtype)
     if "groups" in case:  # 4 groups of 16 channels share B / C: (batch, groups, N, L)
         scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
         inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
@@ -87,8 +92,12 @@ def test_gpu_gluon_forward_matches_reference(monkeypatch, L, case):
                                    backend="triton")
         ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=softplus,
                                            initial_state=h0.double(), return_last_state=True)
-    assert used and all(used)
-    assert pairs == [dtype == torch.bfloat16 and L % 2 == 0]  # B / C as int32 pairs of bf16 steps, or step by step
+    T, warps = kernels._launch_config(dim, 16, L, dim // 4 if "groups" in case else dim, backward=False, batch=batch,
+                                      device=torch.device("cuda"))[1:3]
+    gluon_runs = T % (64 * warps) == 0
+    assert used == [gluon_runs] and gluon_runs == (L >= (33 if batch == 8 else 65))
+    # B / C as int32 pairs of bf16 steps, or step by step (asked only where the Gluon kernel runs)
+    assert pairs == ([dtype == torch.bfloat16 and L % 2 == 0 and T % (64 * warps) == 0] if gluon_runs else [])
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
 
@@ -111,7 +120,7 @@ def test_gpu_gluon_training_forward_saves_the_states_the_backward_needs(monkeypa
         return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
 
     (out_t, grads_t), (out_g, grads_g) = run(False), run(True)
-    assert used and used[-1]
+    assert used and used[-1] == (L > 1)  # L = 1: a 16-step chunk, the Triton kernel's
     ref_out, ref_grads = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()},
                                          dout.double())
     assert rel_err(out_g.float(), out_t.float()) < 1e-3 and rel_err(out_g.double(), ref_out) < 1e-2

@@ -95,9 +95,10 @@ def run_verb(cfg, task, run_dir: str) -> Any:
     trainer = Trainer(task, cfg, run_dir)
     final = trainer.fit()
     results: Any = {"train": {k: v for k, v in final.items() if isinstance(v, (int, float, bool, str))}}
+    if is_rank0():  # paused or finished: a resumed run's file never keeps an earlier segment's pause
+        write_json(os.path.join(run_dir, "train_results.json"), results)
     if final.get("paused"):
         if is_rank0():
-            write_json(os.path.join(run_dir, "train_results.json"), results)
             print(f"paused at step {final['step']}; resume: the same command with trainer.resume=auto "
                   f"hydra.run.dir={run_dir}")
         barrier()

@@ -65,14 +65,16 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   backward's loop from 517 to 422 instructions and the state-gradient kernel's from 206 to 138 (benchmarks/
 #   sass_scan.py --fast-flip; GPU tests: tests/test_gpu_ops.py -k fast_flip);
 #   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
-#   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); not yet timed on a GPU;
+#   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); H200: no faster (1.00x);
 # - vector_red (backward, where the fast flip runs): time-varying dB / dC added with inline red.global.add.v4.f32 in
 #   the scan's own layout (8 steps per lane) instead of tl.atomic_add, whose 4-per-lane layout Triton reaches by
-#   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; not yet timed on a GPU;
+#   shuffles and selects (sm_90+: red.v4.f32): SASS 422 -> 369, 409 -> 357 with "shift"; H200: forward + backward
+#   1.6-1.9x slower (not profiled; the 8-step runs per lane spread a warp's adds over more lines), off;
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
-#   _gluon_forward_ok allows it; not yet timed on a GPU.
+#   _gluon_forward_ok allows it. H200 (eighth session): 0.97x at (8, 1536, 4096 / 16384), 1.07-1.21x at
+#   (16, 2048, 2048), 1.09x at (2, 1536, 65536), 0.84x at (1, 1536, 2^18): off until a shape rule is measured.
 # H200 (BENCHMARKS.md, sixth session): the inference forward's cap of 96 registers (17 -> 21 resident warps per SM,
 # some spilling) is 9-11% faster at (8, 1536, 1024-16384), neutral at (16, 2048, 2048) and 20-34% slower in the
 # latency mode (< 32 programs per SM), hence min_programs_per_sm 32. The training split at (1, 256, 2^20) (1.9
@@ -234,14 +236,16 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
 def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int, B_var: bool, C_var: bool) -> bool:
     """Whether the forward runs as the Gluon kernel (gluon_kernels.py): FWD_CONFIG asks for it, Triton has Gluon,
     an NVIDIA GPU runs it (Gluon has no interpreter), the config is one channel per program with T a multiple of
-    32 x warps, and B / C vary in time (the Mamba layer's case). Inference and training forwards alike."""
+    64 x warps (the kernel always lays out the chunk's T / 2 bf16 pairs, at least one per lane: a 32-step chunk
+    on one warp fails to compile, as the H200 tests at L = 17 showed), and B / C vary in time (the Mamba layer's
+    case). Inference and training forwards alike; shorter chunks run the Triton kernel."""
     if not FWD_CONFIG.get("gluon") or device.type != "cuda" or torch.version.hip is not None:
         return False
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         return False
     from . import gluon_kernels
 
-    return gluon_kernels.AVAILABLE and BLOCK_D == 1 and T % (32 * num_warps) == 0 and B_var and C_var
+    return gluon_kernels.AVAILABLE and BLOCK_D == 1 and T % (64 * num_warps) == 0 and B_var and C_var
 
 
 def _bf16_pairs_ok(B: torch.Tensor, C: torch.Tensor, L: int, T: int, num_warps: int) -> bool:
