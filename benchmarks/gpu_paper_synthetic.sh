@@ -37,8 +37,9 @@ python -m seqmamba.cli run "experiment=paper/$task" trainer.resume=auto "trainer
   trainer.progress=false "trainer.log_every=$log_every" "hydra.run.dir=$dir" $run_eval $row "${extra[@]}" 2>&1 \
   | grep -v Warning | tail -40
 status=${PIPESTATUS[0]}
-if [ -f "$dir/eval_results.json" ] && [ ! -f "$dir/eval_last/eval_results.json" ]; then
-  # finished: the paper reports the last weights (the run verb scored best.pt, the first to peak at 256)
+if [ "$dir/eval_results.json" -nt "$dir/eval_last/eval_results.json" ]; then
+  # finished (in this call, or resumed past an earlier end with a larger max_steps): the paper reports the last
+  # weights (the run verb scored best.pt, the first to peak at 256)
   python -m seqmamba.cli eval "experiment=paper/$task" "ckpt=$dir/checkpoints/last.pt" $row "${extra[@]}" \
     "hydra.run.dir=$dir/eval_last" 2>&1 | grep -v Warning | tail -25
 fi

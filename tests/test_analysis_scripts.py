@@ -43,3 +43,40 @@ def test_reproduction_figures_are_drawn_from_the_recorded_runs(tmp_path):
     out = _run([os.path.join(REPO, "benchmarks", "plot_reproduction.py"), "--out", str(tmp_path)], REPO)
     for name in ("repro_induction_heads.png", "repro_selective_copying.png"):
         assert (tmp_path / name).stat().st_size > 10_000, out
+
+
+def test_table1_rows_script_trains_each_row_in_its_own_resumable_run_and_packs_it(tmp_path):
+    """benchmarks/gpu_table1_rows.sh (REPRODUCTION.md's Table 1 commands) on the CPU at a tiny size: two rows side
+    by side, each its own run directory under RUNS, paused by max_steps then resumed to the end by a second call
+    with a larger max_steps (the recorded rows continue so), finished rows scored on their last weights and
+    packed into OUT; one summary line per row."""
+    import tarfile
+
+    env = {**ENV, "MPS": "0", "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}
+    tiny = ["dataset.n_noise=24", "dataset.n_tokens=4", "trainer.batch_size=2", "trainer.device=cpu",
+            "trainer.eval_every=2", "trainer.ckpt_every=2", "trainer.tensorboard=false", "trainer.cuda_graph=false",
+            "task.val_samples=8", "task.val_batch_size=8"]
+    rows = ["nogate_s4d", "h3_s6"]
+
+    def call(max_steps):
+        done = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_table1_rows.sh"), "300", " ".join(rows),
+                               f"trainer.max_steps={max_steps}", *tiny], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    call(2)
+    out = call(4)  # the same runs, resumed: from step 2 to 4
+    for row in rows:
+        run = tmp_path / "runs" / f"selective_copying_{row}"
+        assert f"== {row}: step 4: val/acc=" in out, out
+        assert json.loads((run / "train_results.json").read_text())["train"]["step"] == 4
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(steps) and steps[0] <= 2 and steps[-1] == 4  # one history across the two calls
+        scored = run / "eval_last" / "eval_results.json"  # the last weights of the second call, not the first's
+        assert "acc" in json.loads(scored.read_text())["val"]
+        assert scored.stat().st_mtime >= (run / "train_results.json").stat().st_mtime
+        assert "+model.ssm_cfg.layer=" + row in (run / ".hydra" / "overrides.yaml").read_text()
+        with tarfile.open(tmp_path / "out" / f"selective_copying_{row}.tgz") as packed:
+            names = packed.getnames()
+        assert f"selective_copying_{row}/checkpoints/last.pt" in names
