@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -121,8 +123,15 @@ def test_prefetcher_yields_the_source_in_order_and_raises_its_error_where_it_hap
         next(it)
     finite = Prefetcher(iter([1, 2]), depth=1)
     assert list(finite) == [1, 2] and list(finite) == []
-    with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
-        Prefetcher(iter([]), depth=0)
+    unraised, hook = [], sys.unraisablehook  # the refused object's __del__ must not raise (it did: no _stop yet)
+    sys.unraisablehook = unraised.append
+    try:
+        with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
+            Prefetcher(iter([]), depth=0)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert not unraised, unraised[0].exc_value
 
 
 def test_validation_set_is_fixed_and_independent_of_the_training_seed():

@@ -110,7 +110,9 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
-        self._stop.set()
+        stop = getattr(self, "_stop", None)  # None when __init__ refused its arguments
+        if stop is not None:
+            stop.set()
 
     def __del__(self):
         self.close()
