@@ -16,6 +16,7 @@
 #            mixers' GPU tests first) | gluon (the Gluon inference forward: its GPU tests, then forward times
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
+#          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -66,6 +67,11 @@ for step in $steps; do
              --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1
            grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
              "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done ;;
+    ncugluon) for impl in triton gluon; do  # same work, 22% fewer instructions, same time: what limits the forward
+           timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:_selective_scan_fwd" --launch-skip 2 \
+             --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_fwd.txt" 2>&1
+           grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Stall" \
+             "$OUT/ncu_${impl}_fwd.txt" | head -24 | sed "s/^/$impl fwd: /"; done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done
