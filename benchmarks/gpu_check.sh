@@ -23,6 +23,13 @@ OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 export PYTHONPATH=.:.anchor/src:.anchor/build${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
   --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis"
+ncu_runs() {  # ncu_runs "IMPLS" "KERNELS": one launch of each kernel (fwd / bwd) of each implementation
+  for impl in $1; do for k in $2; do
+    timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
+      --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1
+    grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
+      "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done
+}
 steps=${*:-tests table}
 [ "$steps" = all ] && steps="tests table block layer generation"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
@@ -62,16 +69,8 @@ for step in $steps; do
            timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "no cap" gluon "gluon, no cap" \
              "gluon 1x1024" "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
-    ncu) for impl in triton mamba_ssm; do for k in fwd bwd; do
-           timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:selective_scan_${k}" --launch-skip 2 \
-             --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_${k}.txt" 2>&1
-           grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
-             "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done ;;
-    ncugluon) for impl in triton gluon; do  # same work, 22% fewer instructions, same time: what limits the forward
-           timeout 90 ncu --clock-control none $NCU_SECTIONS -k "regex:_selective_scan_fwd" --launch-skip 2 \
-             --launch-count 1 python benchmarks/ncu_scan.py --impl $impl > "$OUT/ncu_${impl}_fwd.txt" 2>&1
-           grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Stall" \
-             "$OUT/ncu_${impl}_fwd.txt" | head -24 | sed "s/^/$impl fwd: /"; done ;;
+    ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
+    ncugluon) ncu_runs "triton gluon" fwd ;;  # same work, 22% fewer instructions, same time: what limits the forward
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

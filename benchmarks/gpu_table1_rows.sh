@@ -33,7 +33,7 @@ for row in $rows; do
   i=$(( i + 1 ))
 done
 wait
-for row in $rows; do  # the last log line of each row: its step, speed and accuracy where the run printed them
+for row in $rows; do  # per row: its last in-run evaluation, and where it paused or finished
   echo "== $row: $(grep -E 'val/acc=' "$OUT/$row.log" | tail -1 | sed 's/.* - //') $(grep -E -o '(paused|finished) at step [0-9]+' "$OUT/$row.log" | tail -1)"
 done
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control

@@ -109,7 +109,7 @@ def main():
         for name, rs in runs:  # colour: the inner layer; line: the architecture
             s, a = column(rs, "train/acc")
             keep = [i for i, x in enumerate(s) if x <= last]
-            arch, _, inner = name.partition("_")
+            arch, _, inner = name.partition("_")  # the fused Mamba run's name has no "_": the Mamba S6 style
             style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls=ARCH_LINES.get(arch, "-"))
             ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name, lw=1.2, **style)
         label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows at equal steps (H200)", "upper left")

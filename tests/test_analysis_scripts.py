@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+# the benchmark shell scripts call `python`: this interpreter's first on PATH
+ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
+       "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def _run(args, cwd):
@@ -52,8 +54,7 @@ def test_table1_rows_script_trains_each_row_in_its_own_resumable_run_and_packs_i
     packed into OUT; one summary line per row."""
     import tarfile
 
-    env = {**ENV, "MPS": "0", "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"),  # scripts call `python`
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    env = {**ENV, "MPS": "0", "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out")}
     tiny = ["dataset.n_noise=24", "dataset.n_tokens=4", "trainer.batch_size=2", "trainer.device=cpu",
             "trainer.eval_every=2", "trainer.ckpt_every=2", "trainer.tensorboard=false", "trainer.cuda_graph=false",
             "task.val_samples=8", "task.val_batch_size=8"]

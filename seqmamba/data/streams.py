@@ -70,10 +70,10 @@ class Prefetcher:
     _END = object()
 
     def __init__(self, source: Iterator[Any], depth: int = 2, pin_memory: bool = False):
+        self._stop = threading.Event()  # first: close() (and __del__) work even on an object refused below
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self._queue: "queue.Queue" = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
         self._pin = bool(pin_memory) and torch.cuda.is_available()
         self._thread = threading.Thread(target=self._produce, args=(iter(source),), daemon=True,
                                         name="seqmamba-prefetch")
@@ -110,9 +110,7 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
-        stop = getattr(self, "_stop", None)  # None when __init__ refused its arguments
-        if stop is not None:
-            stop.set()
+        self._stop.set()
 
     def __del__(self):
         self.close()
