@@ -34,6 +34,9 @@ CONFIGS = [
     # the chunk's last state by a where-sum (5 shuffles) instead of the masked store, which Triton routes through
     # shared memory (4 STS.128, an LDSM and a barrier per state component in the sm_90 SASS)
     # the Gluon kernel (gluon_kernels.py): one run of T / 32 steps per lane, one warp scan per state component
+    # one channel per lane, all N states in registers, no shuffles (lane_kernels.py)
+    ("lanes", dict(lanes=True)),
+    ("lanes 2 warps", dict(lanes=True, lanes_num_warps=2)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

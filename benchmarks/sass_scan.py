@@ -33,29 +33,31 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from seqmamba.ops.selective_scan import gluon_kernels  # noqa: E402
+from seqmamba.ops.selective_scan import lane_kernels  # noqa: E402
 from seqmamba.ops.selective_scan import triton_kernels as kernels  # noqa: E402
 from seqmamba.ops.selective_scan import triton_launch  # noqa: E402
 
 KERNELS = {"fwd": kernels._selective_scan_fwd_kernel, "bwd": kernels._selective_scan_bwd_kernel,
-           "dstate": kernels._selective_scan_dstate_kernel}
+           "dstate": kernels._selective_scan_dstate_kernel, "lanes_fwd": lane_kernels._selective_scan_fwd_lanes_kernel}
 if gluon_kernels.AVAILABLE:  # the inference forward in Gluon (FWD_CONFIG gluon)
     KERNELS["gluon_fwd"] = gluon_kernels._selective_scan_fwd_gluon
 # fp32 pointers; every other pointer is a bf16 sequence tensor
 FP32_POINTERS = {"A_ptr", "D_ptr", "dbias_ptr", "state_ptr", "chunk_states_ptr", "dstate_ptr", "dA_ptr", "dB_ptr",
-                 "dC_ptr", "dD_ptr", "ddbias_ptr"}
+                 "dC_ptr", "dD_ptr", "ddbias_ptr", "state_in_ptr", "last_ptr"}
 ONE = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_o_l", "s_A_n", "s_do_l", "s_du_l", "s_ddt_l", "s_dz_l"}
 NOT_DIVISIBLE = {"n_chunks"}  # 8 at (8, 1536, 4096) with 512-step chunks; Triton specialises 16 | value only
 
 
 def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None, prefetch=False, arch: int = 90,
-                   seq_dtype: str = "bf16", ones=(), not_divisible=NOT_DIVISIBLE, **constexprs):
+                   seq_dtype: str = "bf16", ones=(), not_divisible=NOT_DIVISIBLE, fp32_pointers=(), **constexprs):
     """Compiles one kernel for sm_<arch> as a launch at (8, 1536, 4096) bf16 would specialise it: pointers 16-byte
     aligned, integers divisible by 16 except ``not_divisible``, the time strides and ``ones`` equal to 1 (Triton
     makes an integer argument equal to 1 a constant); ``seq_dtype`` for the sequence tensors."""
     fn = KERNELS[name]
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
-                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False)
+                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=8, T_SAVE=256,
+                  HAS_INIT=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -66,7 +68,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
             signature[arg] = "constexpr"
             constants[arg] = 1
         elif arg.endswith("_ptr"):
-            signature[arg] = "*fp32" if arg in FP32_POINTERS else "*" + seq_dtype
+            signature[arg] = "*fp32" if arg in FP32_POINTERS or arg in fp32_pointers else "*" + seq_dtype
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
@@ -131,6 +133,8 @@ def report(name, block_d, T, num_warps, maxnreg=None, prefetch=False, histogram=
     loop = innermost_loop(sass)
     total = sum(loop.values())
     per_element = total * 32 * num_warps / (block_d * T)
+    if name == "lanes_fwd":  # a loop iteration: TC steps of all N components on each of the warp's 32 lanes
+        per_element = total / (kw.get("TC", 8) * kw.get("N", 16))
     row = dict(kernel=name, block_d=block_d, T=T, num_warps=num_warps, maxnreg=maxnreg, prefetch=prefetch,
                registers=regs, stack=stack, loop_instructions=total, per_state_element=per_element,
                histogram=dict(loop.most_common()))
@@ -188,6 +192,29 @@ GLUON_VARIANTS = [
 ]
 
 
+# The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane). Its launch hands it fp32 B / C.
+LANES_VARIANTS = [
+    dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
+    dict(seq_dtype="fp32", TC=4), dict(B_VAR=False, C_VAR=False), dict(HAS_INIT=True, N=8),
+    dict(not_divisible=["L"]),
+]
+
+
+def lanes_report(variants=LANES_VARIANTS):
+    """Per variant: registers, stack, the loop's instructions per state element, its SHFL and shared-memory
+    instructions (the layout puts a channel's whole chunk in one lane: there should be none)."""
+    rows = []
+    for variant in variants:
+        kw = dict(variant)
+        sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 8, 1, fp32_pointers=("B_ptr", "C_ptr"),
+                                                              **kw))
+        loop = innermost_loop(sass)
+        rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
+                         shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
+                         per_element=sum(loop.values()) / (kw.get("TC", 8) * kw.get("N", 16))))
+    return rows
+
+
 def gluon_report(variants=GLUON_VARIANTS):
     """Per variant: registers, stack and the loop's instructions per state element of the Gluon forward and of the
     Triton forward compiled with the same specialisation (what tests/test_triton_ops.py checks)."""
@@ -225,7 +252,12 @@ def main():
                         help="JSON: the fast flip's layouts in every specialisation it may run in")
     parser.add_argument("--gluon-report", action="store_true",
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
+    parser.add_argument("--lanes-report", action="store_true",
+                        help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
     args = parser.parse_args()
+    if args.lanes_report:
+        print(json.dumps(lanes_report()))
+        return
     if args.fast_flip_layouts:
         print(json.dumps(fast_flip_report()))
         return
@@ -234,6 +266,10 @@ def main():
         return
     names = list(KERNELS) if args.kernel == "all" else [args.kernel]
     for name in names:
+        if name == "lanes_fwd":  # one channel per lane: 32 per warp, chunks of 8 bf16 steps
+            warps = args.num_warps or triton_launch.FWD_CONFIG["lanes_num_warps"]
+            report(name, 32 * warps, 8, warps, args.maxnreg, False, args.histogram, args.sass, arch=args.arch)
+            continue
         cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
         report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],
                args.maxnreg, args.prefetch or (name == "bwd" and cfg.get("prefetch") is True), args.histogram,

@@ -503,3 +503,43 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode, 
         split_plain, split_fast = run(False), run(mode)
         for name in split_plain:
             assert rel_err(split_fast[name].float(), split_plain[name].float()) < 1e-3, name
+
+
+# The lanes forward (FWD_CONFIG lanes): one channel per lane; the GPU hands it uninitialised memory (NaN-filled
+# here), the interpreter zeros. Lengths around its 8-step bf16 / 4-step fp32 load chunk, the backward's 256-step
+# chunks and the old forward's 512; 640 channels = 20 programs of 32 lanes, 40 = a program with 24 idle lanes.
+@pytest.mark.parametrize("L", [1, 2, 7, 9, 257, 4100])
+@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
+def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    monkeypatch.setitem(launch.FWD_CONFIG, "lanes", True)
+    used, check = [], launch._lanes_forward_ok
+    monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    dim = int(case.split("-")[-2 if case.endswith("state") else -1])
+    dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
+    inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
+    if "groups" in case:  # 4 groups of 16 channels
+        scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
+        inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
+        inputs["C"] = (inputs["C"][:, None].repeat(1, 4, 1, 1) * scale.flip(0)).to(dtype)
+    softplus = "plain" not in case
+    if not softplus:
+        for name in ("D", "z", "delta_bias"):
+            inputs.pop(name)
+        inputs["delta"] = torch.nn.functional.softplus(inputs["delta"].float()).to(dtype)
+    h0 = torch.randn(2, dim, 16, device="cuda") if "state" in case else None
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=softplus, initial_state=h0, return_last_state=True,
+                                   backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=softplus,
+                                           initial_state=h0.double() if h0 is not None else None,
+                                           return_last_state=True)
+    assert used == [True]
+    assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
+    if softplus:  # training: the backward reads the states the lanes forward saved
+        inputs["initial_state"] = h0 if h0 is not None else torch.zeros(2, dim, 16, device="cuda")
+        dout, dlast = torch.randn(2, dim, L, device="cuda"), torch.randn(2, dim, 16, device="cuda")
+        errors, _ = _float64_comparison(inputs, dout, dlast, h0 is not None,
+                                        lambda **k: selective_scan(**k, backend="triton"))
+        assert used[-1] and max(errors.values()) < tol, errors

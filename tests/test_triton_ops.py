@@ -677,3 +677,70 @@ def test_dout_copy_gives_the_same_gradients_and_only_copies_a_strided_dout(monke
     assert scan_launch.backward_dout(*time_major, dout) is dout
     monkeypatch.setitem(scan_launch.BWD_CONFIG, "dout_copy", False)
     assert scan_launch.backward_dout(u, delta, z, dout) is dout
+
+
+# The lanes forward (FWD_CONFIG lanes: lane_kernels.py, one channel per lane, all N states in registers).
+
+@pytest.fixture
+def lanes_forward(monkeypatch):
+    """FWD_CONFIG lanes on; returns the list of _lanes_forward_ok's answers (which forward each call ran)."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", True)
+    used, check = [], scan_launch._lanes_forward_ok
+    monkeypatch.setattr(scan_launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    return used
+
+
+@pytest.mark.parametrize("bc_layout,dtype,use,time_major", SCAN_CASES)
+def test_lanes_forward_then_the_backward_match_reference(short_chunks, lanes_forward, bc_layout, dtype, use,
+                                                         time_major):
+    """Out, last state and every gradient, the backward reading the states the lanes forward saved every 16 steps
+    (short_chunks); time-major inputs keep the chunked forward (the rule), the others must take the lanes one."""
+    batch, dim, L, N = 2, 4, 37, 4
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, dtype, time_major=time_major)
+    dout, dlast = torch.randn(batch, dim, 2 * L)[:, :, ::2], torch.randn(batch, dim, N)
+    triton_and_reference_scans(inputs, use, dout, dlast, TOL[dtype])
+    assert lanes_forward and all(ran == (not time_major) for ran in lanes_forward)
+
+
+@pytest.mark.parametrize("L", (1, 2, 3, 7, 8, 9, 17, 33))
+@pytest.mark.parametrize("bc_layout,use", [("variable", ALL_OPTIONAL), ("constant", ("D", "z", "delta_bias")),
+                                           ("grouped", ("initial_state",))])
+def test_lanes_forward_edge_lengths_match_float64_reference_with_nan_filled_buffers(short_chunks, lanes_forward, L,
+                                                                                  bc_layout, use):
+    """Around the kernel's 4-step fp32 load chunk (its unmasked full chunks and masked last one) and the saved
+    states' 16-step period; 40 channels: two programs of 32 lanes, the second with 24 lanes past dim."""
+    batch, dim, N = 2, 40, 3
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L)
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+    assert lanes_forward and all(lanes_forward)
+
+
+def test_lanes_forward_rule(monkeypatch):
+    """_lanes_forward_ok: only when asked, for channels-first inputs, N within lanes_max_n, and (with saved states)
+    a backward chunk that is a whole number of the kernel's load chunks (8 bf16 / 4 fp32 steps)."""
+    bf16 = torch.zeros(1, 4, 8, dtype=torch.bfloat16)
+    ok = scan_launch._lanes_forward_ok
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
+    assert not ok(bf16, 16, False, 0)
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", True)
+    assert ok(bf16, 16, False, 0) and ok(bf16, 16, False, 256) and ok(bf16.float(), 1, False, 4)
+    assert not ok(bf16, 16, True, 0)  # time-major
+    assert not ok(bf16, 17, False, 0)  # more states than the unrolled registers hold
+    assert not ok(bf16, 16, False, 12) and ok(bf16.float(), 16, False, 12)  # 12 steps: 3 fp32 chunks, 1.5 bf16
+
+
+def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
+    """The lanes kernel's layout (a channel's chunk whole in one lane; tl.split takes it apart) leaves its loop
+    without a shuffle or a shared-memory access in every specialisation compiled for sm_90 (Triton's ptxas, no
+    GPU), without spills, and with fewer instructions per state element than the chunked forward's 17.1."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
+    result = subprocess.run([sys.executable, script, "--lanes-report"], capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 5
+    for row in rows:
+        assert row["shuffles"] == 0 and row["shared"] == 0 and row["stack"] == 0, row
+    assert rows[0]["variant"] == {} and rows[0]["per_element"] < 17.1, rows[0]

@@ -14,6 +14,7 @@ import triton
 from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
+from .lane_kernels import _selective_scan_fwd_lanes_kernel
 from .triton_kernels import _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
@@ -23,6 +24,7 @@ FORCE_CHUNK_T: Optional[int] = None
 _launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
 _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
 _launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
+_launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel)
 
 
 def _bc_as_4d(X: torch.Tensor, dim: int):
@@ -83,9 +85,13 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # H200, seventh session (bench_scan_backward_configs.py --dout contiguous layer --dout-copy off on --fast-flip off on):
 # fast_flip makes forward + backward 1.05-1.18x faster with an L-contiguous dout; with the Mamba layer's dout it
 # applies only after dout_copy, and the two together are 1.10-1.21x faster (the copy alone 1.04-1.05x).
+# - lanes (forward): the one-channel-per-lane kernel (lane_kernels.py: each lane walks its channel's steps with all
+#   N states in registers; no shuffles) for channels-first inputs with N <= lanes_max_n, lanes_num_warps warps
+#   (32 channels each) per program.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
-                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False)
+                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
+                  lanes=False, lanes_num_warps=1, lanes_max_n=16)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -193,8 +199,10 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                                                               block_layout=block_layout, batch=batch, device=u.device,
                                                               save_states=bool(save_states))
     saves_per_chunk, n_saved = 1, 1
+    T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
+    if _lanes_forward_ok(u, N, block_layout, T_bwd):
+        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out)
     if save_states:  # save the state entering each of the backward's chunks
-        T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
         if T < T_bwd or T % T_bwd != 0:
             T = T_bwd
         saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
@@ -231,6 +239,53 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
              PREFETCH=prefetch),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
+
+
+def _lane_chunk(u: torch.Tensor) -> int:
+    """Steps per lane load in the lanes kernel: one 16-byte vector of u's dtype, at most 8."""
+    return min(8, 16 // u.element_size())
+
+
+def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
+    """Whether the forward runs as the one-channel-per-lane kernel (FWD_CONFIG lanes): asked for, channels-first
+    inputs (time-major ones read a channel's steps 2 bytes per sector; the chunked block-layout config serves
+    them), N <= lanes_max_n (the N states are unrolled in registers) and, when states are saved, the backward's
+    chunk a whole number of the kernel's load chunks."""
+    if not FWD_CONFIG.get("lanes") or block_layout or N > FWD_CONFIG.get("lanes_max_n", 16):
+        return False
+    return T_save == 0 or T_save % _lane_chunk(u) == 0
+
+
+def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out):
+    """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
+    every T_save steps is saved (batch, dim, n_saved, N) for the backward."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    # Time-varying B / C in fp32: every lane converts every B / C element it uses (2 per state element, the
+    # largest overhead in the sm_90 SASS: 13.6 -> 11.5 instructions per element); a copy of (batch, G, N, L)
+    # converts each once.
+    B, C = (X.to(torch.float32, memory_format=torch.contiguous_format) if X.dim() >= 3 else X for X in (B, C))
+    B_var, _, sB, C_var, _, sC, cpg = _bc_layout(B, C, dim)
+    num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
+    BLOCK_D = 32 * num_warps
+    if out is None:
+        out = _empty_like_layout(u, False)
+    last = empty((batch, dim, N), u.device, torch.float32)
+    n_saved = _n_chunks(L, T_save) if T_save else 1
+    chunk_states = empty((batch, dim, n_saved, N), u.device, torch.float32) if T_save else _dummy(u)
+    dummy = _dummy(u)
+    init = initial_state.to(torch.float32).contiguous() if initial_state is not None else dummy
+    zz = z if z is not None else u
+    tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
+               init, out, last, chunk_states)
+    ints = (dim, L, cpg, n_saved, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
+    _launch_fwd_lanes(
+        (cdiv(dim, BLOCK_D), batch), tensors, ints,
+        dict(N=N, BLOCK_D=BLOCK_D, TC=_lane_chunk(u), T_SAVE=max(T_save, 1), HAS_D=D is not None,
+             HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
+             C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0),
+        num_warps, {})
+    return out, last, chunk_states
 
 
 def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int, B_var: bool, C_var: bool) -> bool:
