@@ -56,7 +56,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     fn = KERNELS[name]
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
-                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=8, T_SAVE=256,
+                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
                   HAS_INIT=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
@@ -134,7 +134,7 @@ def report(name, block_d, T, num_warps, maxnreg=None, prefetch=False, histogram=
     total = sum(loop.values())
     per_element = total * 32 * num_warps / (block_d * T)
     if name == "lanes_fwd":  # a loop iteration: TC steps of all N components on each of the warp's 32 lanes
-        per_element = total / (kw.get("TC", 8) * kw.get("N", 16))
+        per_element = total / (kw.get("TC", 4) * kw.get("N", 16))
     row = dict(kernel=name, block_d=block_d, T=T, num_warps=num_warps, maxnreg=maxnreg, prefetch=prefetch,
                registers=regs, stack=stack, loop_instructions=total, per_state_element=per_element,
                histogram=dict(loop.most_common()))
@@ -206,12 +206,12 @@ def lanes_report(variants=LANES_VARIANTS):
     rows = []
     for variant in variants:
         kw = dict(variant)
-        sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 8, 1, fp32_pointers=("B_ptr", "C_ptr"),
+        sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 4, 1,
                                                               **kw))
         loop = innermost_loop(sass)
         rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
                          shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
-                         per_element=sum(loop.values()) / (kw.get("TC", 8) * kw.get("N", 16))))
+                         per_element=sum(loop.values()) / (kw.get("TC", 4) * kw.get("N", 16))))
     return rows
 
 
@@ -268,7 +268,7 @@ def main():
     for name in names:
         if name == "lanes_fwd":  # one channel per lane: 32 per warp, chunks of 8 bf16 steps
             warps = args.num_warps or triton_launch.FWD_CONFIG["lanes_num_warps"]
-            report(name, 32 * warps, 8, warps, args.maxnreg, False, args.histogram, args.sass, arch=args.arch)
+            report(name, 32 * warps, 4, warps, args.maxnreg, False, args.histogram, args.sass, arch=args.arch)
             continue
         cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
         report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],

@@ -67,21 +67,32 @@ def _join_columns(c, ROWS: tl.constexpr, TC: tl.constexpr):
 
 
 @triton.jit
-def _load_columns(rows, t0, L, s_l, ROWS: tl.constexpr, TC: tl.constexpr, MASKED: tl.constexpr):
-    """Steps t0 .. t0 + TC - 1 of ROWS rows (``rows``: (ROWS,) pointers at step 0, all in bounds) as TC fp32 (ROWS,)
-    columns, loaded in 16-byte pieces so each lane holds whole rows (fp32 B / C: two pieces of 4 steps). MASKED:
-    zeros past L (the last chunk); else every step is below L and the loads carry no mask."""
-    PIECE: tl.constexpr = min(TC, 128 // rows.dtype.element_ty.primitive_bitwidth)
-    cols = ()
-    for k in tl.static_range(TC // PIECE):
-        t64 = (t0 + k * PIECE + tl.arange(0, PIECE)).to(tl.int64)
-        ptrs = rows[:, None] + t64[None, :] * s_l
-        if MASKED:
-            tile = tl.load(ptrs, mask=(t64 < L)[None, :], other=0.0)
-        else:
-            tile = tl.load(ptrs)
-        cols = cols + _columns(tile.to(tl.float32), ROWS, PIECE)
-    return cols
+def _to_f32(x):
+    """x as fp32; bf16 by moving its bits to the high half (one PRMT per value in sm_90 SASS, where the plain
+    conversion of a packed pair costs PRMT + SHF for one of its halves)."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _tile(rows, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr):
+    """(ROWS, TC) raw tile of steps t0 .. t0 + TC - 1 (``rows``: (ROWS,) in-bounds pointers at step 0); MASKED:
+    zeros past L."""
+    t64 = (t0 + tl.arange(0, TC)).to(tl.int64)
+    ptrs = rows[:, None] + t64[None, :] * s_l
+    if MASKED:
+        return tl.load(ptrs, mask=(t64 < L)[None, :], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, MASKED: tl.constexpr):
+    """The N raw (ROWS, TC) tiles of a time-varying B or C for steps t0 .. t0 + TC - 1."""
+    tiles = ()
+    for n in tl.static_range(N):
+        tiles = tiles + (_tile(rows + n * s_n, t0, L, s_l, TC, MASKED),)
+    return tiles
 
 
 @triton.jit
@@ -91,13 +102,14 @@ def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr):
 
 
 @triton.jit
-def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_row, s_u_l, dt_row, s_dt_l, z_row, s_z_l, o_row, s_o_l,
-           B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, mask_d, N: tl.constexpr, BLOCK_D: tl.constexpr,
-           TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
-           SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, MASKED: tl.constexpr):
-    """Steps t0 .. t0 + TC - 1 of the program's channels: writes y, returns the N states after them."""
-    us = _load_columns(u_row, t0, L, s_u_l, BLOCK_D, TC, MASKED)
-    raw = _load_columns(dt_row, t0, L, s_dt_l, BLOCK_D, TC, MASKED)
+def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d, N: tl.constexpr,
+           BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+           HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+           MASKED: tl.constexpr):
+    """Steps t0 .. t0 + TC - 1 of the program's channels from their loaded tiles (u, delta, z; the N B / C tiles
+    when time-varying): writes y, returns the N states after them. MASKED: steps past L are the identity."""
+    us = _columns(_to_f32(u_t), BLOCK_D, TC)
+    raw = _columns(_to_f32(dt_t), BLOCK_D, TC)
     dls = ()
     dus = ()
     ys = ()
@@ -118,9 +130,9 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_row, s_u_l, dt_row, s_dt_l, z_ro
     new_hs = ()
     for n in tl.static_range(N):
         if B_VAR:
-            bn = _load_columns(B_rows + n * s_B_n, t0, L, s_B_l, BLOCK_D, TC, MASKED)
+            bn = _columns(_to_f32(B_t[n]), BLOCK_D, TC)
         if C_VAR:
-            cn = _load_columns(C_rows + n * s_C_n, t0, L, s_C_l, BLOCK_D, TC, MASKED)
+            cn = _columns(_to_f32(C_t[n]), BLOCK_D, TC)
         h = hs[n]
         a2 = A2s[n]
         new_ys = ()
@@ -138,7 +150,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_row, s_u_l, dt_row, s_dt_l, z_ro
         ys = new_ys
         new_hs = new_hs + (h,)
     if HAS_Z:
-        zs = _load_columns(z_row, t0, L, s_z_l, BLOCK_D, TC, MASKED)
+        zs = _columns(_to_f32(z_t), BLOCK_D, TC)
         gated = ()
         for j in tl.static_range(TC):
             gated = gated + (ys[j] * (zs[j] * tl.sigmoid(zs[j])),)
@@ -210,20 +222,62 @@ def _selective_scan_fwd_lanes_kernel(
     z_row = z_ptr + pid_b * s_z_b + d_in * s_z_d
     o_row = out_ptr + pid_b * s_o_b + d64 * s_o_d
 
+    # Software pipeline (one warp per SM sub-partition is common here, so latency must hide behind this warp's own
+    # work): u / delta / z are loaded two chunks ahead (DRAM), B / C one chunk ahead (L2). Prefetches past the
+    # last full chunk re-read it (in bounds, unmasked); the partial last chunk loads its own, masked.
     n_full = L // TC
+    last_full = tl.maximum(n_full - 1, 0)
+    u_n = _tile(u_row, 0, L, s_u_l, TC, True)
+    dt_n = _tile(dt_row, 0, L, s_dt_l, TC, True)
+    z_n = u_n
+    if HAS_Z:
+        z_n = _tile(z_row, 0, L, s_z_l, TC, True)
+    t1 = tl.minimum(1, last_full) * TC
+    u_nn = _tile(u_row, t1, L, s_u_l, TC, True)
+    dt_nn = _tile(dt_row, t1, L, s_dt_l, TC, True)
+    z_nn = u_nn
+    if HAS_Z:
+        z_nn = _tile(z_row, t1, L, s_z_l, TC, True)
+    B_n = A2s
+    C_n = A2s
+    if B_VAR:
+        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, N, TC, True)
+    if C_VAR:
+        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True)
     for c in range(0, n_full):
         if SAVE_STATES:
             if c > 0 and (c * TC) % T_SAVE == 0:
                 _save_states(chunk_row, (c * TC) // T_SAVE, hs, mask_d, N)
-        hs = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_row, s_u_l, dt_row, s_dt_l, z_row, s_z_l, o_row, s_o_l,
-                    B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, mask_d, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
-                    SOFTPLUS, B_VAR, C_VAR, False)
+        u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n
+        u_n, dt_n, z_n = u_nn, dt_nn, z_nn
+        t2 = tl.minimum(c + 2, last_full) * TC
+        u_nn = _tile(u_row, t2, L, s_u_l, TC, False)
+        dt_nn = _tile(dt_row, t2, L, s_dt_l, TC, False)
+        if HAS_Z:
+            z_nn = _tile(z_row, t2, L, s_z_l, TC, False)
+        t_1 = tl.minimum(c + 1, last_full) * TC
+        if B_VAR:
+            B_n = _component_tiles(B_rows, s_B_n, t_1, L, s_B_l, N, TC, False)
+        if C_VAR:
+            C_n = _component_tiles(C_rows, s_C_n, t_1, L, s_C_l, N, TC, False)
+        hs = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d, N,
+                    BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, False)
     if n_full * TC < L:  # the last, partial chunk
+        t0 = n_full * TC
         if SAVE_STATES:
-            if n_full > 0 and (n_full * TC) % T_SAVE == 0:
-                _save_states(chunk_row, (n_full * TC) // T_SAVE, hs, mask_d, N)
-        hs = _chunk(n_full * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_row, s_u_l, dt_row, s_dt_l, z_row, s_z_l, o_row,
-                    s_o_l, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, mask_d, N, BLOCK_D, TC, HAS_D, HAS_Z,
-                    HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True)
+            if n_full > 0 and t0 % T_SAVE == 0:
+                _save_states(chunk_row, t0 // T_SAVE, hs, mask_d, N)
+        z_t = u_row[:, None]
+        if HAS_Z:
+            z_t = _tile(z_row, t0, L, s_z_l, TC, True)
+        B_t = A2s
+        C_t = A2s
+        if B_VAR:
+            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True)
+        if C_VAR:
+            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True)
+        hs = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
+                    _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d, N, BLOCK_D, TC,
+                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)

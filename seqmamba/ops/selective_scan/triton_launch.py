@@ -242,8 +242,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
 
 
 def _lane_chunk(u: torch.Tensor) -> int:
-    """Steps per lane load in the lanes kernel: one 16-byte vector of u's dtype, at most 8."""
-    return min(8, 16 // u.element_size())
+    """Steps per chunk of the lanes kernel (a lane's loads: 8 bytes of bf16, 16 of fp32; its registers hold the next
+    chunk's N B / C tiles too)."""
+    return 4
 
 
 def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
@@ -261,10 +262,6 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     every T_save steps is saved (batch, dim, n_saved, N) for the backward."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    # Time-varying B / C in fp32: every lane converts every B / C element it uses (2 per state element, the
-    # largest overhead in the sm_90 SASS: 13.6 -> 11.5 instructions per element); a copy of (batch, G, N, L)
-    # converts each once.
-    B, C = (X.to(torch.float32, memory_format=torch.contiguous_format) if X.dim() >= 3 else X for X in (B, C))
     B_var, _, sB, C_var, _, sC, cpg = _bc_layout(B, C, dim)
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
