@@ -60,6 +60,8 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=SHAPES)
     parser.add_argument("--configs", nargs="+", default=None, help="labels from CONFIGS (default: all)")
     parser.add_argument("--json", default=None, help="write all rows here")
+    parser.add_argument("--train", action="store_true",
+                        help="also time forward + backward (the training forward saves states; same backward)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_scan_forward_configs.py needs a CUDA GPU")
@@ -72,7 +74,9 @@ def main():
     for shape in args.shapes:
         batch, dim, L = (int(v) for v in shape.split("x"))
         inputs = make_inputs(batch, dim, L)
-        mamba_ms = tt.do_bench(scan_fns(inputs, "mamba_ssm")[0], return_mode="median") if have_mamba else None
+        mamba_fns = scan_fns(inputs, "mamba_ssm") if have_mamba else None
+        mamba_ms = tt.do_bench(mamba_fns[0], return_mode="median") if have_mamba else None
+        mamba_train_ms = tt.do_bench(mamba_fns[1], return_mode="median") if have_mamba and args.train else None
         attn_ms = None
         if dim == 1536 and L <= 16384:  # issue 9's comparison: SDPA flash attention at (batch, 12, L, 64), causal
             attn_ms = tt.do_bench(attention_fns(batch, 12, L)[0], return_mode="median")
@@ -81,7 +85,7 @@ def main():
             triton_launch.FWD_CONFIG.clear()
             triton_launch.FWD_CONFIG.update(default, **over)
             triton_launch._launch_config_cached.cache_clear()
-            fwd = scan_fns(inputs, "triton")[0]
+            fwd, fwd_bwd = scan_fns(inputs, "triton")
             try:
                 out = fwd().float()
             except Exception as exc:  # a config that does not compile (registers) is a row, not a crash
@@ -92,9 +96,12 @@ def main():
                 reference = out
             err = ((out - reference).abs().max() / reference.abs().max()).item()
             ms = tt.do_bench(fwd, return_mode="median")
+            train_ms = tt.do_bench(fwd_bwd, return_mode="median") if args.train else None
             rows.append(dict(shape=shape, config=label, fwd_ms=ms, max_rel_diff=err, mamba_ssm_ms=mamba_ms,
-                             attention_ms=attn_ms))
-            print(f"  {shape} {label}: {ms:.3f} ms (diff {err:.1e})", flush=True)
+                             attention_ms=attn_ms, fwd_bwd_ms=train_ms, mamba_ssm_fwd_bwd_ms=mamba_train_ms))
+            print(f"  {shape} {label}: {ms:.3f} ms (diff {err:.1e})"
+                  + (f"; fwd+bwd {train_ms:.3f} ms (mamba_ssm {mamba_train_ms or float('nan'):.3f})"
+                     if args.train else ""), flush=True)
     triton_launch.FWD_CONFIG.clear()
     triton_launch.FWD_CONFIG.update(default)
     if args.json:

@@ -102,12 +102,15 @@ def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr):
 
 
 @triton.jit
-def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d, N: tl.constexpr,
+def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d,
+           B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t_next, N: tl.constexpr,
            BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
            HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-           MASKED: tl.constexpr):
+           MASKED: tl.constexpr, PREFETCH: tl.constexpr):
     """Steps t0 .. t0 + TC - 1 of the program's channels from their loaded tiles (u, delta, z; the N B / C tiles
-    when time-varying): writes y, returns the N states after them. MASKED: steps past L are the identity."""
+    when time-varying): writes y, returns (the N states after them, the next chunk's B / C tiles). MASKED: steps
+    past L are the identity. PREFETCH: as component n's tiles are used up, the next chunk's (steps t_next ..,
+    in bounds, unmasked) are loaded into their registers; else the returned tiles are the ones given."""
     us = _columns(_to_f32(u_t), BLOCK_D, TC)
     raw = _columns(_to_f32(dt_t), BLOCK_D, TC)
     dls = ()
@@ -128,11 +131,17 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         else:
             ys = ys + (tl.zeros([BLOCK_D], dtype=tl.float32),)
     new_hs = ()
+    B_next = ()
+    C_next = ()
     for n in tl.static_range(N):
         if B_VAR:
             bn = _columns(_to_f32(B_t[n]), BLOCK_D, TC)
+            if PREFETCH:
+                B_next = B_next + (_tile(B_rows + n * s_B_n, t_next, L, s_B_l, TC, False),)
         if C_VAR:
             cn = _columns(_to_f32(C_t[n]), BLOCK_D, TC)
+            if PREFETCH:
+                C_next = C_next + (_tile(C_rows + n * s_C_n, t_next, L, s_C_l, TC, False),)
         h = hs[n]
         a2 = A2s[n]
         new_ys = ()
@@ -162,7 +171,11 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         tl.store(ptrs, y, mask=mask_d[:, None] & (t64 < L)[None, :])
     else:
         tl.store(ptrs, y, mask=mask_d[:, None])
-    return new_hs
+    if not PREFETCH or not B_VAR:
+        B_next = B_t
+    if not PREFETCH or not C_VAR:
+        C_next = C_t
+    return new_hs, B_next, C_next
 
 
 @triton.jit
@@ -223,8 +236,9 @@ def _selective_scan_fwd_lanes_kernel(
     o_row = out_ptr + pid_b * s_o_b + d64 * s_o_d
 
     # Software pipeline (one warp per SM sub-partition is common here, so latency must hide behind this warp's own
-    # work): u / delta / z are loaded two chunks ahead (DRAM), B / C one chunk ahead (L2). Prefetches past the
-    # last full chunk re-read it (in bounds, unmasked); the partial last chunk loads its own, masked.
+    # work): u / delta / z are loaded two chunks ahead (DRAM), B / C one chunk ahead (L2), component by component
+    # into the registers the current chunk's tile of that component has just freed. Prefetches past the last full
+    # chunk re-read it (in bounds, unmasked); the partial last chunk loads its own, masked.
     n_full = L // TC
     last_full = tl.maximum(n_full - 1, 0)
     u_n = _tile(u_row, 0, L, s_u_l, TC, True)
@@ -248,20 +262,17 @@ def _selective_scan_fwd_lanes_kernel(
         if SAVE_STATES:
             if c > 0 and (c * TC) % T_SAVE == 0:
                 _save_states(chunk_row, (c * TC) // T_SAVE, hs, mask_d, N)
-        u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n
+        u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n  # B / C: _chunk loads the next ones as it goes
         u_n, dt_n, z_n = u_nn, dt_nn, z_nn
         t2 = tl.minimum(c + 2, last_full) * TC
         u_nn = _tile(u_row, t2, L, s_u_l, TC, False)
         dt_nn = _tile(dt_row, t2, L, s_dt_l, TC, False)
         if HAS_Z:
             z_nn = _tile(z_row, t2, L, s_z_l, TC, False)
-        t_1 = tl.minimum(c + 1, last_full) * TC
-        if B_VAR:
-            B_n = _component_tiles(B_rows, s_B_n, t_1, L, s_B_l, N, TC, False)
-        if C_VAR:
-            C_n = _component_tiles(C_rows, s_C_n, t_1, L, s_C_l, N, TC, False)
-        hs = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d, N,
-                    BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, False)
+        hs, B_n, C_n = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l,
+                              mask_d, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
+                              tl.minimum(c + 1, last_full) * TC, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
+                              SOFTPLUS, B_VAR, C_VAR, False, True)
     if n_full * TC < L:  # the last, partial chunk
         t0 = n_full * TC
         if SAVE_STATES:
@@ -276,8 +287,9 @@ def _selective_scan_fwd_lanes_kernel(
             B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True)
         if C_VAR:
             C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True)
-        hs = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
-                    _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d, N, BLOCK_D, TC,
-                    HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True)
+        hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
+                              _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d,
+                              B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
+                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)

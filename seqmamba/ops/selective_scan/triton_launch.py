@@ -99,6 +99,27 @@ BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
 # was 3-4% slower in this layout.
+
+
+def _config_from_env(config: dict, variable: str) -> None:
+    """Developer switch for benchmarks: ``SEQMAMBA_SCAN_FWD_CONFIG="lanes=1,maxnreg=none"`` overrides FWD_CONFIG
+    entries (and SEQMAMBA_SCAN_BWD_CONFIG BWD_CONFIG's) at import; values parse as int, then true / false / none,
+    else stay strings. An unknown key is an error naming it."""
+    text = os.environ.get(variable, "").strip()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep or key not in config:
+            raise ValueError(f"{variable}: {item!r} is not key=value with a key of {sorted(config)}")
+        low = raw.strip().lower()
+        try:
+            value = int(low)
+        except ValueError:
+            value = {"true": True, "false": False, "none": None}.get(low, raw.strip())
+        config[key] = value
+
+
+_config_from_env(FWD_CONFIG, "SEQMAMBA_SCAN_FWD_CONFIG")
+_config_from_env(BWD_CONFIG, "SEQMAMBA_SCAN_BWD_CONFIG")
 FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, prefetch=True)
 BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1)
 
