@@ -512,7 +512,8 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode, 
 @pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
 def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    monkeypatch.setitem(launch.FWD_CONFIG, "lanes", True)
+    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_training", True)):
+        monkeypatch.setitem(launch.FWD_CONFIG, key, value)
     used, check = [], launch._lanes_forward_ok
     monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
     dim = int(case.split("-")[-2 if case.endswith("state") else -1])

@@ -683,8 +683,10 @@ def test_dout_copy_gives_the_same_gradients_and_only_copies_a_strided_dout(monke
 
 @pytest.fixture
 def lanes_forward(monkeypatch):
-    """FWD_CONFIG lanes on; returns the list of _lanes_forward_ok's answers (which forward each call ran)."""
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", True)
+    """FWD_CONFIG lanes on at any shape, in training too; returns the list of _lanes_forward_ok's answers (which
+    forward each call ran)."""
+    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_training", True)):
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, value)
     used, check = [], scan_launch._lanes_forward_ok
     monkeypatch.setattr(scan_launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
     return used
@@ -717,17 +719,34 @@ def test_lanes_forward_edge_lengths_match_float64_reference_with_nan_filled_buff
 
 
 def test_lanes_forward_rule(monkeypatch):
-    """_lanes_forward_ok: only when asked, for channels-first inputs, N within lanes_max_n, and (with saved states)
-    a backward chunk that is a whole number of the kernel's load chunks (8 bf16 / 4 fp32 steps)."""
-    bf16 = torch.zeros(1, 4, 8, dtype=torch.bfloat16)
+    """_lanes_forward_ok: only when asked, for channels-first inputs, N within lanes_max_n; with saved states only
+    with lanes_training and a backward chunk that is a whole number of the kernel's 4-step chunks; with
+    lanes_min_warps_per_sm only on CUDA from that many of its warps per SM (132 SMs faked here)."""
+    bf16 = torch.zeros(2, 64, 8, dtype=torch.bfloat16)
     ok = scan_launch._lanes_forward_ok
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
-    assert not ok(bf16, 16, False, 0)
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", True)
+    cfg = dict(scan_launch.FWD_CONFIG, lanes=True, lanes_min_warps_per_sm=0, lanes_training=True, lanes_num_warps=1)
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", cfg)
     assert ok(bf16, 16, False, 0) and ok(bf16, 16, False, 256) and ok(bf16.float(), 1, False, 4)
     assert not ok(bf16, 16, True, 0)  # time-major
     assert not ok(bf16, 17, False, 0)  # more states than the unrolled registers hold
-    assert not ok(bf16, 16, False, 12) and ok(bf16.float(), 16, False, 12)  # 12 steps: 3 fp32 chunks, 1.5 bf16
+    assert not ok(bf16, 16, False, 6) and ok(bf16, 16, False, 12)
+    cfg["lanes_training"] = False
+    assert ok(bf16, 16, False, 0) and not ok(bf16, 16, False, 256)
+    cfg["lanes"] = False
+    assert not ok(bf16, 16, False, 0)
+    cfg.update(lanes=True, lanes_min_warps_per_sm=7)
+    assert not ok(bf16, 16, False, 0)  # the CPU: the occupancy rule needs a GPU
+    monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
+    fake = type("FakeCuda", (), {"type": "cuda", "index": 0})()
+
+    class Seq:  # shape and device of a CUDA tensor, without a GPU
+        def __init__(self, batch, dim):
+            self.shape, self.device = (batch, dim, 2048), fake
+
+    assert ok(Seq(16, 2048), 16, False, 0) and ok(Seq(64, 1536), 16, False, 0)  # 7.8 / 23 warps per SM
+    assert not ok(Seq(8, 1536), 16, False, 0) and not ok(Seq(64, 128), 16, False, 0)  # 2.9 / 1.9
+    cfg["lanes_num_warps"] = 2  # 64 channels per program: 2000 channels round up to 32 programs of 2 warps
+    assert ok(Seq(15, 2000), 16, False, 0) == (15 * 32 * 2 >= 7 * 132)
 
 
 def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():

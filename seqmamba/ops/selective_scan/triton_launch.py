@@ -87,11 +87,15 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # applies only after dout_copy, and the two together are 1.10-1.21x faster (the copy alone 1.04-1.05x).
 # - lanes (forward): the one-channel-per-lane kernel (lane_kernels.py: each lane walks its channel's steps with all
 #   N states in registers; no shuffles) for channels-first inputs with N <= lanes_max_n, lanes_num_warps warps
-#   (32 channels each) per program.
+#   (32 channels each) per program, where _lanes_forward_ok allows it: from lanes_min_warps_per_sm of its warps per
+#   SM, and in training only with lanes_training. H200 (ninth session, forward): 1.12x at (16, 2048, 2048), 1.03x
+#   at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at (8, 1536, 4096 / 16384) and
+#   (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
+#   0.96-1.01x at the large shapes, hence inference only.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
-                  lanes=False, lanes_num_warps=1, lanes_max_n=16)
+                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -271,11 +275,24 @@ def _lane_chunk(u: torch.Tensor) -> int:
 def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
     """Whether the forward runs as the one-channel-per-lane kernel (FWD_CONFIG lanes): asked for, channels-first
     inputs (time-major ones read a channel's steps 2 bytes per sector; the chunked block-layout config serves
-    them), N <= lanes_max_n (the N states are unrolled in registers) and, when states are saved, the backward's
-    chunk a whole number of the kernel's load chunks."""
-    if not FWD_CONFIG.get("lanes") or block_layout or N > FWD_CONFIG.get("lanes_max_n", 16):
+    them), N <= lanes_max_n (the N states are unrolled in registers); when states are saved (training) only with
+    lanes_training and the backward's chunk a whole number of the kernel's load chunks; and with
+    lanes_min_warps_per_sm > 0 only on CUDA with at least that many of its warps per SM (its latency hides behind
+    other warps only there: BENCHMARKS.md, ninth session)."""
+    cfg = FWD_CONFIG
+    if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
         return False
-    return T_save == 0 or T_save % _lane_chunk(u) == 0
+    if T_save and (not cfg.get("lanes_training") or T_save % _lane_chunk(u) != 0):
+        return False
+    min_warps = cfg.get("lanes_min_warps_per_sm", 0)
+    if not min_warps:
+        return True
+    if u.device.type != "cuda":
+        return False
+    batch, dim, _ = u.shape
+    warps_per_program = cfg.get("lanes_num_warps", 1)
+    warps = batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
+    return warps >= min_warps * _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
 
 
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out):
