@@ -195,13 +195,12 @@ GLUON_VARIANTS = [
 # The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane). Its launch hands it fp32 B / C.
 LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
-    dict(seq_dtype="fp32", TC=4), dict(B_VAR=False, C_VAR=False), dict(HAS_INIT=True, N=8),
-    dict(not_divisible=["L"]),
+    dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8),
 ]
 
 
 def lanes_report(variants=LANES_VARIANTS):
-    """Per variant: registers, stack, the loop's instructions per state element, its SHFL and shared-memory
+    """Per variant: registers, stack (spills), the loop's instructions per state element, its SHFL and shared-memory
     instructions (the layout puts a channel's whole chunk in one lane: there should be none)."""
     rows = []
     for variant in variants:
