@@ -28,15 +28,17 @@ from seqmamba.ops.selective_scan import triton_launch
 # that, not their label).
 MULTI = dict(min_programs_per_sm=8, prefetch=False, maxnreg=None)
 CONFIGS = [
-    ("default", {}),  # since the sixth session: the 96-register cap at >= 32 programs per SM
+    ("default", {}),  # since the ninth session: the lanes kernel from 7 of its warps per SM (inference), else chunked
+    ("chunked", dict(lanes=False)),  # the chunked kernel everywhere (the default before the ninth session)
     ("no cap", dict(maxnreg=None)),
     ("1x512 reg80", dict(maxnreg=80)),
     # the chunk's last state by a where-sum (5 shuffles) instead of the masked store, which Triton routes through
     # shared memory (4 STS.128, an LDSM and a barrier per state component in the sm_90 SASS)
     # the Gluon kernel (gluon_kernels.py): one run of T / 32 steps per lane, one warp scan per state component
-    # one channel per lane, all N states in registers, no shuffles (lane_kernels.py)
-    ("lanes", dict(lanes=True)),
-    ("lanes 2 warps", dict(lanes=True, lanes_num_warps=2)),
+    # one channel per lane, all N states in registers, no shuffles (lane_kernels.py), at every shape
+    ("lanes", dict(lanes=True, lanes_min_warps_per_sm=0)),
+    ("lanes, training too", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_training=True)),
+    ("lanes 2 warps", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_num_warps=2)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)
