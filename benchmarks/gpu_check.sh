@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_check.sh all        # tests table block layer generation (~5 min on an H100)
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
-#          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test) | split (L split tables)
+#          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test but the lanes kernel's, which the
+#          lanes step runs) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift, each with
 #            tl.atomic_add or the inline red.v4 for dB / dC)
@@ -49,7 +50,7 @@ for step in $steps; do
     anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid"; echo "anchor build exit $?"; tail -3 "$OUT/anchor_build.log"
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
-    gputests) timeout 300 python -m pytest -q -m gpu tests/ 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
+    gputests) timeout 420 python -m pytest -q -m gpu tests/ -k "not lanes" 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
@@ -73,7 +74,8 @@ for step in $steps; do
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
-    lanes) timeout 240 python benchmarks/bench_scan_forward_configs.py --train --configs chunked lanes "lanes, training too" \
+    lanes) timeout 240 python benchmarks/bench_scan_forward_configs.py --train --configs chunked lanes "lanes fast" \
+             "lanes fast pairs" \
              --shapes 8x1536x4096 16x2048x2048 32x1536x2048 64x1536x2048 64x128x4112 8x1536x16384 \
              --json "$OUT/lanes.json" 2>&1 | tee "$OUT/lanes.log" | grep -v "^  "
            for cfg in lanes=false ""; do  # the 130M prefill, chunked forward then the default (lanes from 7 warps / SM)

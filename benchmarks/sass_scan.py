@@ -57,7 +57,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False)
+                  HAS_INIT=False, FAST_MATH=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -195,7 +195,8 @@ GLUON_VARIANTS = [
 # The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane). Its launch hands it fp32 B / C.
 LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
-    dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8),
+    dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
+    dict(FAST_MATH=True, BC_PAIRS=True),
 ]
 
 

@@ -544,3 +544,23 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
         errors, _ = _float64_comparison(inputs, dout, dlast, h0 is not None,
                                         lambda **k: selective_scan(**k, backend="triton"))
         assert used[-1] and max(errors.values()) < tol, errors
+
+
+@pytest.mark.parametrize("L", [2, 9, 4100])
+def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L):
+    """FWD_CONFIG lanes_fast_math + lanes_bc_pairs (off by default until timed): bf16 at 640 channels, B / C read as
+    int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full; out and last state
+    against float64 (inference)."""
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_fast_math", True),
+                       ("lanes_bc_pairs", True)):
+        monkeypatch.setitem(launch.FWD_CONFIG, key, value)
+    asked, check = [], launch._bf16_pairs_ok
+    monkeypatch.setattr(launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])
+    inputs = scan_inputs(2, 640, L, time_major=False, seed=L)
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
+                                           return_last_state=True)
+    assert asked == [L % 2 == 0]
+    assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4

@@ -720,6 +720,41 @@ def test_lanes_forward_edge_lengths_match_float64_reference_with_nan_filled_buff
     assert lanes_forward and all(lanes_forward)
 
 
+@pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
+def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, lanes_forward, pre):
+    """FWD_CONFIG lanes_fast_math: softplus as max(x, 0) + 2 atanh(e / (2 + e)) with e = exp(-|x|) and SiLU through
+    div.full, against float64: 1e-5 relative from delta = 3.7e-44 (pre -100; a denormal) and 1.5e-8 (pre -18, where
+    fp32's log(1 + exp(x)) is 0) through x ~ 0 to past the x > 20 cut."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_fast_math", True)
+    g = torch.Generator().manual_seed(0)
+    batch, dim, L, N = 1, 4, 8, 4
+    u, z = torch.randn(batch, dim, L, generator=g), 4 * torch.randn(batch, dim, L, generator=g)
+    delta = 0.1 * torch.randn(batch, dim, L, generator=g)
+    A = -torch.rand(dim, N, generator=g) - 0.5
+    B, C = torch.randn(batch, N, L, generator=g), torch.randn(batch, N, L, generator=g)
+    bias = torch.full((dim,), pre)
+    args = [t.to(DEVICE) for t in (u, delta, A, B, C)]
+    out = selective_scan(*args, None, z.to(DEVICE), bias.to(DEVICE), delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(*[t.double() for t in args], None, z.double().to(DEVICE), bias.double().to(DEVICE),
+                             delta_softplus=True)
+    assert lanes_forward == [True] and rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("L,bc_layout,pairs", [(8, "variable", True), (18, "grouped", True), (37, "variable", False)])
+def test_lanes_bf16_pairs_with_fast_math_match_reference(monkeypatch, short_chunks, lanes_forward, L, bc_layout,
+                                                         pairs):
+    """FWD_CONFIG lanes_bc_pairs: bf16 B / C read as int32 pairs of steps (even L only: at 37 the pairs are off and
+    the plain loads run), with fast math; out, last state and every gradient against the reference."""
+    for key in ("lanes_fast_math", "lanes_bc_pairs"):
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, True)
+    asked, check = [], scan_launch._bf16_pairs_ok
+    monkeypatch.setattr(scan_launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])
+    inputs = make_scan_inputs(2, 4, L, 4, bc_layout, torch.bfloat16, seed=L)
+    dout, dlast = torch.randn(2, 4, L), torch.randn(2, 4, 4)
+    triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, TOL[torch.bfloat16])
+    assert lanes_forward and all(lanes_forward) and asked and all(a == pairs for a in asked)
+
+
 def test_lanes_forward_rule(monkeypatch):
     """_lanes_forward_ok: only when asked, for channels-first inputs, N within lanes_max_n; with saved states only
     with lanes_training and a backward chunk that is a whole number of the kernel's 4-step chunks; with

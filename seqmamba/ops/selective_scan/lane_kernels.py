@@ -67,6 +67,34 @@ def _join_columns(c, ROWS: tl.constexpr, TC: tl.constexpr):
 
 
 @triton.jit
+def _softplus_fast(x):
+    """log(1 + exp(x)) without libdevice's exp / log or an IEEE division (FWD_CONFIG lanes_fast_math): with
+    e = exp(-|x|) <= 1, softplus(x) = max(x, 0) + log1p(e) and log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, as
+    2 s (1 + s^2 / 3 + s^4 / 5 + ... + s^14 / 15): truncation below (1/9)^8 / 17 = 1.4e-9 relative, and relative
+    accuracy kept for tiny e (s = e / 2 (1 + O(e))), where log(1 + e) in fp32 rounds to 0 (notes/extrapolation.md).
+    Two MUFU (exp2, the approximate reciprocal of div.full) and ~12 FMA-pipe instructions instead of ~35."""
+    e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+    s = tl.fdiv(e, 2.0 + e, ieee_rounding=False)
+    s2 = s * s
+    p = 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    p = p * s2 + 1.0
+    return tl.maximum(x, 0.0) + 2.0 * s * p
+
+
+@triton.jit
+def _silu_fast(z):
+    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math); the division by an
+    infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
+    return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
+
+
+@triton.jit
 def _to_f32(x):
     """x as fp32; bf16 by moving its bits to the high half (one PRMT per value in sm_90 SASS, where the plain
     conversion of a packed pair costs PRMT + SHF for one of its halves)."""
@@ -87,11 +115,44 @@ def _tile(rows, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, MASKED: tl.constexpr):
-    """The N raw (ROWS, TC) tiles of a time-varying B or C for steps t0 .. t0 + TC - 1."""
+def _bc_tile(rows, n, s_n, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
+    """Component n's raw tile of a time-varying B or C for steps t0 .. t0 + TC - 1: (ROWS, TC) of its dtype, or with
+    PAIRS (bf16, unit time stride, even offsets, 4-byte aligned, L even: the launch checks) (ROWS, TC / 2) int32,
+    each holding two consecutive steps."""
+    if PAIRS:
+        pair = (t0 // 2 + tl.arange(0, TC // 2)).to(tl.int64)
+        ptrs = (rows.to(tl.pointer_type(tl.int32)) + (n * s_n) // 2)[:, None] + pair[None, :]
+        if MASKED:
+            tile = tl.load(ptrs, mask=(2 * pair < L)[None, :], other=0)
+        else:
+            tile = tl.load(ptrs)
+    else:
+        tile = _tile(rows + n * s_n, t0, L, s_l, TC, MASKED)
+    return tile
+
+
+@triton.jit
+def _bc_columns(tile, ROWS: tl.constexpr, TC: tl.constexpr, PAIRS: tl.constexpr):
+    """The TC fp32 columns of a _bc_tile. Pairs widen by bit operations, one per value (x << 16 for the earlier
+    step, x & 0xffff0000 for the later one) where the bf16 conversion of packed halves costs ptxas ~2."""
+    if PAIRS:
+        early = _columns((tile << 16).to(tl.float32, bitcast=True), ROWS, TC // 2)
+        late = _columns((tile & -65536).to(tl.float32, bitcast=True), ROWS, TC // 2)
+        cols = ()
+        for k in tl.static_range(TC // 2):
+            cols = cols + (early[k], late[k])
+    else:
+        cols = _columns(_to_f32(tile), ROWS, TC)
+    return cols
+
+
+@triton.jit
+def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, MASKED: tl.constexpr,
+                     PAIRS: tl.constexpr):
+    """The N raw tiles (_bc_tile) of a time-varying B or C for steps t0 .. t0 + TC - 1."""
     tiles = ()
     for n in tl.static_range(N):
-        tiles = tiles + (_tile(rows + n * s_n, t0, L, s_l, TC, MASKED),)
+        tiles = tiles + (_bc_tile(rows, n, s_n, t0, L, s_l, TC, MASKED, PAIRS),)
     return tiles
 
 
@@ -106,7 +167,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
            B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t_next, N: tl.constexpr,
            BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
            HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-           MASKED: tl.constexpr, PREFETCH: tl.constexpr):
+           MASKED: tl.constexpr, PREFETCH: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
     """Steps t0 .. t0 + TC - 1 of the program's channels from their loaded tiles (u, delta, z; the N B / C tiles
     when time-varying): writes y, returns (the N states after them, the next chunk's B / C tiles). MASKED: steps
     past L are the identity. PREFETCH: as component n's tiles are used up, the next chunk's (steps t_next ..,
@@ -121,7 +182,10 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         if HAS_DBIAS:
             delta = delta + dbias
         if SOFTPLUS:
-            delta = _softplus(delta)
+            if FAST_MATH:
+                delta = _softplus_fast(delta)
+            else:
+                delta = _softplus(delta)
         if MASKED:
             delta = tl.where(t0 + j < L, delta, 0.0)  # padded steps: a = 1, b = 0
         dls = dls + (delta,)
@@ -135,13 +199,13 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
     C_next = ()
     for n in tl.static_range(N):
         if B_VAR:
-            bn = _columns(_to_f32(B_t[n]), BLOCK_D, TC)
+            bn = _bc_columns(B_t[n], BLOCK_D, TC, PAIRS)
             if PREFETCH:
-                B_next = B_next + (_tile(B_rows + n * s_B_n, t_next, L, s_B_l, TC, False),)
+                B_next = B_next + (_bc_tile(B_rows, n, s_B_n, t_next, L, s_B_l, TC, False, PAIRS),)
         if C_VAR:
-            cn = _columns(_to_f32(C_t[n]), BLOCK_D, TC)
+            cn = _bc_columns(C_t[n], BLOCK_D, TC, PAIRS)
             if PREFETCH:
-                C_next = C_next + (_tile(C_rows + n * s_C_n, t_next, L, s_C_l, TC, False),)
+                C_next = C_next + (_bc_tile(C_rows, n, s_C_n, t_next, L, s_C_l, TC, False, PAIRS),)
         h = hs[n]
         a2 = A2s[n]
         new_ys = ()
@@ -162,7 +226,10 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         zs = _columns(_to_f32(z_t), BLOCK_D, TC)
         gated = ()
         for j in tl.static_range(TC):
-            gated = gated + (ys[j] * (zs[j] * tl.sigmoid(zs[j])),)
+            if FAST_MATH:
+                gated = gated + (ys[j] * _silu_fast(zs[j]),)
+            else:
+                gated = gated + (ys[j] * (zs[j] * tl.sigmoid(zs[j])),)
         ys = gated
     t64 = (t0 + tl.arange(0, TC)).to(tl.int64)
     ptrs = o_row[:, None] + t64[None, :] * s_o_l
@@ -193,6 +260,7 @@ def _selective_scan_fwd_lanes_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, TC: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
+    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr,
 ):
     """One program: batch row program_id(1), channels program_id(0) * BLOCK_D + lane. state_in / last:
     (batch, dim, N) fp32 (state_in read only with HAS_INIT). B / C: time-varying through (batch, group, n, l)
@@ -255,9 +323,9 @@ def _selective_scan_fwd_lanes_kernel(
     B_n = A2s
     C_n = A2s
     if B_VAR:
-        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, N, TC, True)
+        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, N, TC, True, BC_PAIRS)
     if C_VAR:
-        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True)
+        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True, BC_PAIRS)
     for c in range(0, n_full):
         if SAVE_STATES:
             if c > 0 and (c * TC) % T_SAVE == 0:
@@ -272,7 +340,7 @@ def _selective_scan_fwd_lanes_kernel(
         hs, B_n, C_n = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l,
                               mask_d, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
                               tl.minimum(c + 1, last_full) * TC, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
-                              SOFTPLUS, B_VAR, C_VAR, False, True)
+                              SOFTPLUS, B_VAR, C_VAR, False, True, FAST_MATH, BC_PAIRS)
     if n_full * TC < L:  # the last, partial chunk
         t0 = n_full * TC
         if SAVE_STATES:
@@ -284,12 +352,12 @@ def _selective_scan_fwd_lanes_kernel(
         B_t = A2s
         C_t = A2s
         if B_VAR:
-            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True)
+            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True, BC_PAIRS)
         if C_VAR:
-            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True)
+            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True, BC_PAIRS)
         hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
                               _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d,
                               B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
-                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False)
+                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)

@@ -91,11 +91,16 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   SM, and in training only with lanes_training. H200 (ninth session, forward): 1.12x at (16, 2048, 2048), 1.03x
 #   at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at (8, 1536, 4096 / 16384) and
 #   (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
-#   0.96-1.01x at the large shapes, hence inference only.
+#   0.96-1.01x at the large shapes, hence inference only. lanes_fast_math: softplus and SiLU without libdevice's
+#   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> ~11 instructions per element),
+#   accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read as int32 pairs of steps and
+#   widened by one bit operation per value (lane_kernels._bc_columns; with fast math 13.0 -> ~11 per element).
+#   Neither is timed yet: off.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
-                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False)
+                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False,
+                  lanes_fast_math=False, lanes_bc_pairs=False)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -318,7 +323,10 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(N=N, BLOCK_D=BLOCK_D, TC=_lane_chunk(u), T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
-             C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0),
+             C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
+             FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
+             BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
+                           and _bf16_pairs_ok(B, C, L, 64, 1))),
         num_warps, {})
     return out, last, chunk_states
 
