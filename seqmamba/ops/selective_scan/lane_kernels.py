@@ -95,15 +95,6 @@ def _silu_fast(z):
 
 
 @triton.jit
-def _to_f32(x):
-    """x as fp32; bf16 by moving its bits to the high half (one PRMT per value in sm_90 SASS, where the plain
-    conversion of a packed pair costs PRMT + SHF for one of its halves)."""
-    if x.dtype == tl.bfloat16:
-        return (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
-    return x.to(tl.float32)
-
-
-@triton.jit
 def _tile(rows, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr):
     """(ROWS, TC) raw tile of steps t0 .. t0 + TC - 1 (``rows``: (ROWS,) in-bounds pointers at step 0); MASKED:
     zeros past L."""
@@ -142,7 +133,7 @@ def _bc_columns(tile, ROWS: tl.constexpr, TC: tl.constexpr, PAIRS: tl.constexpr)
         for k in tl.static_range(TC // 2):
             cols = cols + (early[k], late[k])
     else:
-        cols = _columns(_to_f32(tile), ROWS, TC)
+        cols = _columns(tile.to(tl.float32), ROWS, TC)
     return cols
 
 
@@ -172,8 +163,8 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
     when time-varying): writes y, returns (the N states after them, the next chunk's B / C tiles). MASKED: steps
     past L are the identity. PREFETCH: as component n's tiles are used up, the next chunk's (steps t_next ..,
     in bounds, unmasked) are loaded into their registers; else the returned tiles are the ones given."""
-    us = _columns(_to_f32(u_t), BLOCK_D, TC)
-    raw = _columns(_to_f32(dt_t), BLOCK_D, TC)
+    us = _columns(u_t.to(tl.float32), BLOCK_D, TC)
+    raw = _columns(dt_t.to(tl.float32), BLOCK_D, TC)
     dls = ()
     dus = ()
     ys = ()
@@ -223,7 +214,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         ys = new_ys
         new_hs = new_hs + (h,)
     if HAS_Z:
-        zs = _columns(_to_f32(z_t), BLOCK_D, TC)
+        zs = _columns(z_t.to(tl.float32), BLOCK_D, TC)
         gated = ()
         for j in tl.static_range(TC):
             if FAST_MATH:
