@@ -755,6 +755,19 @@ def test_lanes_bf16_pairs_with_fast_math_match_reference(monkeypatch, short_chun
     assert lanes_forward and all(lanes_forward) and asked and all(a == pairs for a in asked)
 
 
+def test_scan_config_environment_switch_parses_values_and_names_an_unknown_key(monkeypatch):
+    """SEQMAMBA_SCAN_FWD_CONFIG (a benchmark switch read at import): int, true / false / none, else a string; an unknown
+    key or an item without '=' is a ValueError naming the variable, the item and the keys."""
+    config = dict(lanes=False, maxnreg=96, prefetch=True, mode="a")
+    monkeypatch.setenv("SEQMAMBA_SCAN_FWD_CONFIG", " lanes=1, maxnreg=None,prefetch=false , mode=latency")
+    scan_launch._config_from_env(config, "SEQMAMBA_SCAN_FWD_CONFIG")
+    assert config == dict(lanes=1, maxnreg=None, prefetch=False, mode="latency")
+    for bad in ("lane=1", "lanes"):
+        monkeypatch.setenv("SEQMAMBA_SCAN_FWD_CONFIG", bad)
+        with pytest.raises(ValueError, match=f"SEQMAMBA_SCAN_FWD_CONFIG: '{bad}' is not key=value.*'lanes'"):
+            scan_launch._config_from_env(config, "SEQMAMBA_SCAN_FWD_CONFIG")
+
+
 def test_lanes_forward_rule(monkeypatch):
     """_lanes_forward_ok: only when asked, for channels-first inputs, N within lanes_max_n; with saved states only
     with lanes_training and a backward chunk that is a whole number of the kernel's 4-step chunks; with

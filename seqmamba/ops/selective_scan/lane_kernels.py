@@ -6,17 +6,22 @@ chunk, 4x the exp floor. Here a lane owns one channel and all N of its state com
 time step by step: per state element one exp2 (the SFU), one multiply for the exponent, one for B delta u and two
 FMAs (h and y). No shuffles, no shared memory, no barriers; a warp's 32 lanes are 32 neighbouring channels.
 
-* Memory: a lane reads its channel's rows of u / delta / z and writes y in chunks of TC consecutive steps (one
-  16-byte vector for bf16), then takes the chunk apart column by column with ``tl.split`` (register renaming:
+* Memory: a lane reads its channel's rows of u / delta / z and writes y in chunks of TC = 4 consecutive steps (one
+  8-byte vector for bf16), then takes the chunk apart column by column with ``tl.split`` (register renaming:
   the load's layout gives each lane the whole row). B / C rows are the same for all lanes of a group: each lane
-  loads the same 16 bytes (one broadcast transaction per warp).
+  loads the same bytes (one broadcast transaction per warp).
+* Latency: a warp is often alone on its SM sub-partition (batch x dim / 32 warps in all), so its loads must hide
+  behind its own work: u / delta / z are loaded two chunks ahead, B / C one chunk ahead (loop-carried tiles).
 * The N states, N exponents A_n log2(e) and the chunk's TC columns are tuples of (BLOCK_D,) vectors unrolled at
-  compile time (N x TC independent chains per chunk: the latency is hidden by ILP, not by resident warps).
-* Padded steps (beyond L) have delta = 0 and B = 0: the identity map, so the last state is exact.
+  compile time (N x TC independent chains per chunk).
+* Padded steps (beyond L) have delta = 0 and B = 0: the identity map, so the last state is exact. Full chunks load
+  without masks (lanes past dim read channel dim - 1 and store nothing); only the partial last chunk is masked.
 * With SAVE_STATES the state entering every T_SAVE steps (the backward's chunks) goes to chunk_states
   (batch, dim, n_saved, N), as the chunked forward saves it; the backward kernels are shared.
 
-Parallelism is batch x dim / 32 warps: with few sequences the launch splits L (triton_launch.split_segments).
+H200 (BENCHMARKS.md, ninth session): 1.03-1.12x the chunked forward from ~8 of its warps per SM (large batch x
+channels: prefill, eval), 0.55-0.65x below 3, where one warp per sub-partition cannot hide its loads; the launch
+(triton_launch._lanes_forward_ok) runs it by that rule, for the inference forward only.
 """
 import triton
 import triton.language as tl

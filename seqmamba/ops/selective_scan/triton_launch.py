@@ -108,6 +108,8 @@ BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
 # was 3-4% slower in this layout.
+FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, prefetch=True)
+BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1)
 
 
 def _config_from_env(config: dict, variable: str) -> None:
@@ -129,8 +131,6 @@ def _config_from_env(config: dict, variable: str) -> None:
 
 _config_from_env(FWD_CONFIG, "SEQMAMBA_SCAN_FWD_CONFIG")
 _config_from_env(BWD_CONFIG, "SEQMAMBA_SCAN_BWD_CONFIG")
-FWD_CONFIG_CHANNEL_LAST = dict(block_d=32, T=32, num_warps=1, prefetch=True)
-BWD_CONFIG_CHANNEL_LAST = dict(block_d=16, T=32, num_warps=1)
 
 
 def _is_channel_last(t: Optional[torch.Tensor]) -> bool:
@@ -271,10 +271,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     return out, state[n_chunks % 2], chunk_states
 
 
-def _lane_chunk(u: torch.Tensor) -> int:
-    """Steps per chunk of the lanes kernel (a lane's loads: 8 bytes of bf16, 16 of fp32; its registers hold the next
-    chunk's N B / C tiles too)."""
-    return 4
+# Steps per chunk of the lanes kernel (a lane's loads: 8 bytes of bf16, 16 of fp32; its registers hold the next
+# chunk's N B / C tiles too).
+LANE_CHUNK = 4
 
 
 def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
@@ -287,7 +286,7 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     cfg = FWD_CONFIG
     if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
         return False
-    if T_save and (not cfg.get("lanes_training") or T_save % _lane_chunk(u) != 0):
+    if T_save and (not cfg.get("lanes_training") or T_save % LANE_CHUNK != 0):
         return False
     min_warps = cfg.get("lanes_min_warps_per_sm", 0)
     if not min_warps:
@@ -297,7 +296,8 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     batch, dim, _ = u.shape
     warps_per_program = cfg.get("lanes_num_warps", 1)
     warps = batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
-    return warps >= min_warps * _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
+    index = u.device.index if u.device.index is not None else torch.cuda.current_device()
+    return warps >= min_warps * _sm_count(index)
 
 
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out):
@@ -321,7 +321,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     ints = (dim, L, cpg, n_saved, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
     _launch_fwd_lanes(
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
-        dict(N=N, BLOCK_D=BLOCK_D, TC=_lane_chunk(u), T_SAVE=max(T_save, 1), HAS_D=D is not None,
+        dict(N=N, BLOCK_D=BLOCK_D, TC=LANE_CHUNK, T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
