@@ -626,6 +626,7 @@ def test_gluon_bf16_pairs_rule():
     odd = torch.zeros(2, 16, 65, dtype=torch.bfloat16)[..., :64]  # row stride 65
     assert not ok(odd, B, 64, 512, 1)
     assert not ok(B, B, 64, 32, 1)
+    assert ok(B, B, 64) and not ok(B, B, 63)  # no chunk given (the lanes kernel): the layout conditions only
 
 
 def test_fast_flip_rule(monkeypatch):

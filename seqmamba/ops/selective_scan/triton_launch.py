@@ -326,7 +326,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
-                           and _bf16_pairs_ok(B, C, L, 64, 1))),
+                           and _bf16_pairs_ok(B, C, L))),
         num_warps, {})
     return out, last, chunk_states
 
@@ -346,12 +346,12 @@ def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int
     return gluon_kernels.AVAILABLE and BLOCK_D == 1 and T % (64 * num_warps) == 0 and B_var and C_var
 
 
-def _bf16_pairs_ok(B: torch.Tensor, C: torch.Tensor, L: int, T: int, num_warps: int) -> bool:
-    """Whether the Gluon forward may read B / C as int32 pairs of bf16 steps (gluon_kernels._bf16_row_pairs): both
-    bf16 (the widening is a bf16 bit trick) with unit time strides, every other stride even and the data 4-byte
-    aligned (each pair one aligned int32), L even (a pair never straddles the end) and T / 2 a multiple of
-    32 x warps."""
-    return (L % 2 == 0 and T % (64 * num_warps) == 0
+def _bf16_pairs_ok(B: torch.Tensor, C: torch.Tensor, L: int, T: Optional[int] = None, num_warps: int = 1) -> bool:
+    """Whether a forward may read B / C as int32 pairs of bf16 steps (gluon_kernels._bf16_row_pairs,
+    lane_kernels._bc_tile): both bf16 (the widening is a bf16 bit trick) with unit time strides, every other stride
+    even and the data 4-byte aligned (each pair one aligned int32), L even (a pair never straddles the end); with a
+    chunk T (the Gluon kernel's layout of pairs over lanes), T / 2 a multiple of 32 x warps."""
+    return (L % 2 == 0 and (T is None or T % (64 * num_warps) == 0)
             and all(t.dtype == torch.bfloat16 and t.stride(-1) == 1 and t.data_ptr() % 4 == 0
                     and all(st % 2 == 0 for st in t.stride()[:-1]) for t in (B, C)))
 
