@@ -231,7 +231,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     saves_per_chunk, n_saved = 1, 1
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
     if _lanes_forward_ok(u, N, block_layout, T_bwd):
-        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out)
+        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out,
+                                   (B_var, sB, C_var, sC, cpg))
     if save_states:  # save the state entering each of the backward's chunks
         if T < T_bwd or T % T_bwd != 0:
             T = T_bwd
@@ -300,12 +301,13 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     return warps >= min_warps * _sm_count(index)
 
 
-def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out):
+def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc):
     """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
-    every T_save steps is saved (batch, dim, n_saved, N) for the backward."""
+    every T_save steps is saved (batch, dim, n_saved, N) for the backward. ``bc``: (B_var, B strides, C_var,
+    C strides, channels per group) from scan_forward's _bc_layout."""
     batch, dim, L = u.shape
     N = A.shape[1]
-    B_var, _, sB, C_var, _, sC, cpg = _bc_layout(B, C, dim)
+    B_var, sB, C_var, sC, cpg = bc
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
     if out is None:
