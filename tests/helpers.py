@@ -20,3 +20,16 @@ def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), "non-finite values"
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def force_lanes_forward(monkeypatch, **options) -> list:
+    """The scan's one-channel-per-lane forward (FWD_CONFIG lanes) at every shape, in training too, plus ``options``
+    (other FWD_CONFIG entries); returns the list that records each _lanes_forward_ok answer (which forward ran)."""
+    import importlib
+
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    for key, value in dict(lanes=True, lanes_min_warps_per_sm=0, lanes_training=True, **options).items():
+        monkeypatch.setitem(launch.FWD_CONFIG, key, value)
+    used, check = [], launch._lanes_forward_ok
+    monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    return used

@@ -9,7 +9,7 @@ import torch
 
 from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
-from helpers import rel_err
+from helpers import force_lanes_forward, rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -511,11 +511,7 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode, 
 @pytest.mark.parametrize("L", [1, 2, 7, 9, 257, 4100])
 @pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
 def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
-    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_training", True)):
-        monkeypatch.setitem(launch.FWD_CONFIG, key, value)
-    used, check = [], launch._lanes_forward_ok
-    monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    used = force_lanes_forward(monkeypatch)
     dim = int(case.split("-")[-2 if case.endswith("state") else -1])
     dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
     inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
@@ -552,9 +548,7 @@ def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch,
     int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full; out and last state
     against float64 (inference)."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_fast_math", True),
-                       ("lanes_bc_pairs", True)):
-        monkeypatch.setitem(launch.FWD_CONFIG, key, value)
+    force_lanes_forward(monkeypatch, lanes_fast_math=True, lanes_bc_pairs=True)
     asked, check = [], launch._bf16_pairs_ok
     monkeypatch.setattr(launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])
     inputs = scan_inputs(2, 640, L, time_major=False, seed=L)

@@ -19,7 +19,7 @@ from seqmamba.ops import causal_conv1d, causal_conv1d_update, selective_scan, se
 from seqmamba.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
 from seqmamba.ops.selective_scan.reference import selective_scan_ref
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
-from helpers import rel_err
+from helpers import force_lanes_forward, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -556,14 +556,18 @@ def test_triton_softplus_keeps_tiny_deltas_like_the_reference(pre):
 # assumes; Triton picks layouts. Compiled for sm_90 on the CPU (Triton's ptxas; no GPU), every specialisation that
 # triton_launch._fast_flip_ok lets through must give the shuffled tensors that layout.
 
-def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
-    # compiled in a child process: this one runs Triton's interpreter, which cannot compile for a target
+def sass_scan_report(flag: str, timeout: int = 600):
+    """The JSON rows ``benchmarks/sass_scan.py <flag>`` prints last, compiled in a child process (this one runs
+    Triton's interpreter, which cannot compile for a target)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
-    result = subprocess.run([sys.executable, script, "--fast-flip-layouts"], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run([sys.executable, script, flag], capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
+    rows = sass_scan_report("--fast-flip-layouts")
     assert len(rows) >= 24 and {(row["mode"], row["vector_red"]) for row in rows} == {
         (1, False), (2, False), (1, True), (2, True)}
     for row in rows:
@@ -581,12 +585,7 @@ def test_gluon_forward_compiles_for_sm90_with_fewer_instructions_than_the_triton
     by the GPU tests): every specialisation compiles for sm_90 (Triton's ptxas, no GPU), and its loop over state
     components issues fewer instructions per state element than the Triton forward's, without the Triton kernel's
     shared-memory round trip on one warp (its layout is explicit: one run of T / 32 steps per lane)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
-    result = subprocess.run([sys.executable, script, "--gluon-report"], capture_output=True, text=True, env=env,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = sass_scan_report("--gluon-report")
     assert len(rows) >= 6
     for row in rows:
         gluon, triton_fwd = row["gluon_fwd"], row["fwd"]
@@ -686,11 +685,7 @@ def test_dout_copy_gives_the_same_gradients_and_only_copies_a_strided_dout(monke
 def lanes_forward(monkeypatch):
     """FWD_CONFIG lanes on at any shape, in training too; returns the list of _lanes_forward_ok's answers (which
     forward each call ran)."""
-    for key, value in (("lanes", True), ("lanes_min_warps_per_sm", 0), ("lanes_training", True)):
-        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, value)
-    used, check = [], scan_launch._lanes_forward_ok
-    monkeypatch.setattr(scan_launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
-    return used
+    return force_lanes_forward(monkeypatch)
 
 
 @pytest.mark.parametrize("bc_layout,dtype,use,time_major", SCAN_CASES)
@@ -806,12 +801,7 @@ def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
     GPU), with fewer instructions per state element than the chunked forward's 17.1, and spills of at most 128
     bytes per thread (the bf16 launch sits at 255 registers and spills 96: the next chunk's B / C tiles in flight;
     a larger spill would put local-memory traffic into every chunk)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "sass_scan.py")
-    result = subprocess.run([sys.executable, script, "--lanes-report"], capture_output=True, text=True, env=env,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = sass_scan_report("--lanes-report", timeout=900)
     assert len(rows) >= 6
     for row in rows:
         assert row["shuffles"] == 0 and row["shared"] == 0 and row["stack"] <= 128, row
