@@ -159,6 +159,13 @@ def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr):
 
 
 @triton.jit
+def _save_states_entering(row_ptr, t0, hs, mask_d, N: tl.constexpr, T_SAVE: tl.constexpr):
+    """The states entering step t0 > 0 when it starts a backward chunk (step 0's are saved before the loop)."""
+    if t0 > 0 and t0 % T_SAVE == 0:
+        _save_states(row_ptr, t0 // T_SAVE, hs, mask_d, N)
+
+
+@triton.jit
 def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d,
            B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t_next, N: tl.constexpr,
            BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
@@ -324,8 +331,7 @@ def _selective_scan_fwd_lanes_kernel(
         C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True, BC_PAIRS)
     for c in range(0, n_full):
         if SAVE_STATES:
-            if c > 0 and (c * TC) % T_SAVE == 0:
-                _save_states(chunk_row, (c * TC) // T_SAVE, hs, mask_d, N)
+            _save_states_entering(chunk_row, c * TC, hs, mask_d, N, T_SAVE)
         u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n  # B / C: _chunk loads the next ones as it goes
         u_n, dt_n, z_n = u_nn, dt_nn, z_nn
         t2 = tl.minimum(c + 2, last_full) * TC
@@ -340,8 +346,7 @@ def _selective_scan_fwd_lanes_kernel(
     if n_full * TC < L:  # the last, partial chunk
         t0 = n_full * TC
         if SAVE_STATES:
-            if n_full > 0 and t0 % T_SAVE == 0:
-                _save_states(chunk_row, t0 // T_SAVE, hs, mask_d, N)
+            _save_states_entering(chunk_row, t0, hs, mask_d, N, T_SAVE)
         z_t = u_row[:, None]
         if HAS_Z:
             z_t = _tile(z_row, t0, L, s_z_l, TC, True)
