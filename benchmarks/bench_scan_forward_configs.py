@@ -43,14 +43,6 @@ CONFIGS = [
     # (-> 10.9, no spill)
     ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True)),
     ("lanes fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True, lanes_bc_pairs=True)),
-    # a channel's 16 components over 2 / 4 lanes (2x / 4x the warps; the per-step work repeated per lane, shuffles
-    # sum the partial outputs): SASS 19.5 / 29.4 per element, 14.3 / 20.9 with fast math and pairs
-    ("split2", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_split=2)),
-    ("split4", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_split=4)),
-    ("split2 fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_split=2, lanes_fast_math=True,
-                               lanes_bc_pairs=True)),
-    ("split4 fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_split=4, lanes_fast_math=True,
-                               lanes_bc_pairs=True)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

@@ -57,7 +57,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SPLIT=1)
+                  HAS_INIT=False, FAST_MATH=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -134,7 +134,7 @@ def report(name, block_d, T, num_warps, maxnreg=None, prefetch=False, histogram=
     total = sum(loop.values())
     per_element = total * 32 * num_warps / (block_d * T)
     if name == "lanes_fwd":  # a loop iteration: TC steps of all N components on each of the warp's 32 lanes
-        per_element = total * kw.get("SPLIT", 1) / (kw.get("TC", 4) * kw.get("N", 16))
+        per_element = total / (kw.get("TC", 4) * kw.get("N", 16))
     row = dict(kernel=name, block_d=block_d, T=T, num_warps=num_warps, maxnreg=maxnreg, prefetch=prefetch,
                registers=regs, stack=stack, loop_instructions=total, per_state_element=per_element,
                histogram=dict(loop.most_common()))
@@ -197,8 +197,6 @@ LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
     dict(FAST_MATH=True, BC_PAIRS=True),
-    # a channel's components over 2 / 4 lanes (FWD_CONFIG lanes_split): shuffles sum the partial outputs
-    dict(SPLIT=2), dict(SPLIT=4), dict(SPLIT=2, FAST_MATH=True, BC_PAIRS=True), dict(SPLIT=4, FAST_MATH=True, BC_PAIRS=True),
 ]
 
 
@@ -213,7 +211,7 @@ def lanes_report(variants=LANES_VARIANTS):
         loop = innermost_loop(sass)
         rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
                          shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
-                         per_element=sum(loop.values()) * kw.get("SPLIT", 1) / (kw.get("TC", 4) * kw.get("N", 16))))
+                         per_element=sum(loop.values()) / (kw.get("TC", 4) * kw.get("N", 16))))
     return rows
 
 

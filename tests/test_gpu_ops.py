@@ -507,13 +507,11 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode, 
 
 # The lanes forward (FWD_CONFIG lanes): one channel per lane; the GPU hands it uninitialised memory (NaN-filled
 # here), the interpreter zeros. Lengths around its 8-step bf16 / 4-step fp32 load chunk, the backward's 256-step
-# chunks and the old forward's 512; 640 channels = 20 programs of 32 lanes, 40 = a program with 24 idle lanes;
-# split4: a channel's 16 components over 4 lanes (FWD_CONFIG lanes_split), 40 channels = 5 programs of 8.
+# chunks and the old forward's 512; 640 channels = 20 programs of 32 lanes, 40 = a program with 24 idle lanes.
 @pytest.mark.parametrize("L", [1, 2, 7, 9, 257, 4100])
-@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640",
-                                  "bf16-split4-40-state"])
+@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
 def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
-    used = force_lanes_forward(monkeypatch, lanes_split=4 if "split4" in case else 0)
+    used = force_lanes_forward(monkeypatch)
     dim = int(case.split("-")[-2 if case.endswith("state") else -1])
     dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
     inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
@@ -545,13 +543,12 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
 
 
 @pytest.mark.parametrize("L", [2, 9, 4100])
-@pytest.mark.parametrize("split", [1, 2, 4])
-def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L, split):
+def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L):
     """FWD_CONFIG lanes_fast_math + lanes_bc_pairs (off by default until timed): bf16 at 640 channels, B / C read as
-    int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full, a channel's
-    components on 1, 2 or 4 lanes; out and last state against float64 (inference)."""
+    int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full; out and last state
+    against float64 (inference)."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    force_lanes_forward(monkeypatch, lanes_fast_math=True, lanes_bc_pairs=True, lanes_split=split)
+    force_lanes_forward(monkeypatch, lanes_fast_math=True, lanes_bc_pairs=True)
     asked, check = [], launch._bf16_pairs_ok
     monkeypatch.setattr(launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])
     inputs = scan_inputs(2, 640, L, time_major=False, seed=L)

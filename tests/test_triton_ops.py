@@ -716,25 +716,6 @@ def test_lanes_forward_edge_lengths_match_float64_reference_with_nan_filled_buff
     assert lanes_forward and all(lanes_forward)
 
 
-@pytest.mark.parametrize("split,L,bc_layout,use", [
-    (2, 9, "variable", ALL_OPTIONAL), (4, 17, "variable", ALL_OPTIONAL), (4, 5, "grouped", ("initial_state",)),
-    (8, 3, "constant", ("D", "z", "delta_bias"))])
-def test_lanes_forward_split_over_lanes_matches_float64_reference(short_chunks, monkeypatch, split, L, bc_layout,
-                                                                  use):
-    """FWD_CONFIG lanes_split: a channel's 8 components over 2, 4 or 8 lanes (partial outputs summed by shuffles,
-    D u and the gate after the sum, one lane storing y, each lane its components of the saved and last states);
-    20 channels: the last program has lanes past dim. Out, last state and every gradient (the backward reads the
-    saved states) against float64."""
-    used = force_lanes_forward(monkeypatch, lanes_split=split)
-    splits, check = [], scan_launch._lanes_split
-    monkeypatch.setattr(scan_launch, "_lanes_split", lambda *a: splits.append(check(*a)) or splits[-1])
-    batch, dim, N = 2, 20, 8
-    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L)
-    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
-    assert used and all(used) and splits == [split] * len(splits) and splits
-
-
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
 def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, lanes_forward, pre):
     """FWD_CONFIG lanes_fast_math: softplus as max(x, 0) + 2 atanh(e / (2 + e)) with e = exp(-|x|) and SiLU through
@@ -812,18 +793,6 @@ def test_lanes_forward_rule(monkeypatch):
     assert not ok(Seq(8, 1536), 16, False, 0) and not ok(Seq(64, 128), 16, False, 0)  # 2.9 / 1.9
     cfg["lanes_num_warps"] = 2  # 64 channels per program: 2000 channels round up to 32 programs of 2 warps
     assert ok(Seq(15, 2000), 16, False, 0) == (15 * 32 * 2 >= 7 * 132)
-    # lanes_max_split: a channel's components over up to that many lanes, the smallest split with enough warps
-    cfg.update(lanes_num_warps=1, lanes_max_split=4)
-    split = scan_launch._lanes_split
-    assert ok(Seq(8, 1536), 16, False, 0) and split(Seq(8, 1536), 16) == 4  # 2.9 -> 11.6 warps per SM
-    assert split(Seq(16, 2048), 16) == 1 and split(Seq(8, 2048), 16) == 2  # 7.8; 3.9 -> 7.8
-    assert not ok(Seq(1, 1536), 16, False, 0)  # 1.5 warps per SM even at 4 lanes per channel
-    assert ok(Seq(8, 1536), 2, False, 0) is False  # N = 2: at most 2 lanes per channel, 5.8 warps per SM
-    cfg["lanes_split"] = 2  # forced (benchmarks)
-    assert split(Seq(64, 1536), 16) == 2
-    cfg["lanes_split"] = 3
-    with pytest.raises(ValueError, match="lanes_split=3: expected a power of two <= 16 dividing N = 16"):
-        split(Seq(64, 1536), 16)
 
 
 def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():

@@ -153,25 +153,16 @@ def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, M
 
 
 @triton.jit
-def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr, K: tl.constexpr):
-    """The lane's K states (components row_ptr's offset .. + K - 1 of N) into saved slot ``slot``."""
-    for k in tl.static_range(K):
-        tl.store(row_ptr + slot * N + k, hs[k], mask=mask_d)
+def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr):
+    for n in tl.static_range(N):
+        tl.store(row_ptr + slot * N + n, hs[n], mask=mask_d)
 
 
 @triton.jit
-def _save_states_entering(row_ptr, t0, hs, mask_d, N: tl.constexpr, K: tl.constexpr, T_SAVE: tl.constexpr):
+def _save_states_entering(row_ptr, t0, hs, mask_d, N: tl.constexpr, T_SAVE: tl.constexpr):
     """The states entering step t0 > 0 when it starts a backward chunk (step 0's are saved before the loop)."""
     if t0 > 0 and t0 % T_SAVE == 0:
-        _save_states(row_ptr, t0 // T_SAVE, hs, mask_d, N, K)
-
-
-@triton.jit
-def _group_sum(x, ROWS: tl.constexpr, SPLIT: tl.constexpr):
-    """(ROWS,) per-lane partial sums -> every lane holds the sum over its group of SPLIT neighbouring lanes (one
-    channel's state components): log2(SPLIT) butterfly shuffles."""
-    g = tl.sum(tl.reshape(x, (ROWS // SPLIT, SPLIT)), axis=1, keep_dims=True)
-    return tl.reshape(tl.broadcast_to(g, (ROWS // SPLIT, SPLIT)), (ROWS,))
+        _save_states(row_ptr, t0 // T_SAVE, hs, mask_d, N)
 
 
 @triton.jit
@@ -179,14 +170,11 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
            B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t_next, N: tl.constexpr,
            BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
            HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-           MASKED: tl.constexpr, PREFETCH: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr,
-           SPLIT: tl.constexpr):
-    """Steps t0 .. t0 + TC - 1 of the program's lanes from their loaded tiles (u, delta, z; the N B / C tiles
-    when time-varying; N: the lane's own components): writes y (``mask_d``: the lanes that store), returns (the N
-    states after them, the next chunk's B / C tiles). MASKED: steps past L are the identity. PREFETCH: as
-    component n's tiles are used up, the next chunk's (steps t_next .., in bounds, unmasked) are loaded into their
-    registers; else the returned tiles are the ones given. SPLIT > 1: a channel's components are spread over
-    SPLIT lanes, whose partial outputs are summed before D u and the gate."""
+           MASKED: tl.constexpr, PREFETCH: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
+    """Steps t0 .. t0 + TC - 1 of the program's channels from their loaded tiles (u, delta, z; the N B / C tiles
+    when time-varying): writes y, returns (the N states after them, the next chunk's B / C tiles). MASKED: steps
+    past L are the identity. PREFETCH: as component n's tiles are used up, the next chunk's (steps t_next ..,
+    in bounds, unmasked) are loaded into their registers; else the returned tiles are the ones given."""
     us = _columns(u_t.to(tl.float32), BLOCK_D, TC)
     raw = _columns(dt_t.to(tl.float32), BLOCK_D, TC)
     dls = ()
@@ -205,7 +193,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
             delta = tl.where(t0 + j < L, delta, 0.0)  # padded steps: a = 1, b = 0
         dls = dls + (delta,)
         dus = dus + (delta * us[j],)
-        if HAS_D and SPLIT == 1:
+        if HAS_D:
             ys = ys + (Dv * us[j],)
         else:
             ys = ys + (tl.zeros([BLOCK_D], dtype=tl.float32),)
@@ -237,14 +225,6 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
             new_ys = new_ys + (ys[j] + cc * h,)
         ys = new_ys
         new_hs = new_hs + (h,)
-    if SPLIT > 1:
-        summed = ()
-        for j in tl.static_range(TC):
-            yj = _group_sum(ys[j], BLOCK_D, SPLIT)
-            if HAS_D:
-                yj = yj + Dv * us[j]
-            summed = summed + (yj,)
-        ys = summed
     if HAS_Z:
         zs = _columns(z_t.to(tl.float32), BLOCK_D, TC)
         gated = ()
@@ -283,28 +263,15 @@ def _selective_scan_fwd_lanes_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, TC: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
-    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr, SPLIT: tl.constexpr,
+    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr,
 ):
-    """One program: batch row program_id(1), BLOCK_D lanes = BLOCK_D / SPLIT channels from program_id(0) *
-    BLOCK_D / SPLIT, a channel's N components spread over SPLIT neighbouring lanes (K = N / SPLIT each). state_in /
-    last: (batch, dim, N) fp32 (state_in read only with HAS_INIT). B / C: time-varying through (batch, group, n, l)
+    """One program: batch row program_id(1), channels program_id(0) * BLOCK_D + lane. state_in / last:
+    (batch, dim, N) fp32 (state_in read only with HAS_INIT). B / C: time-varying through (batch, group, n, l)
     strides, the group of channel d being d // channels_per_group; else (dim, N) through (group = channel, n)."""
-    tl.static_assert(N % SPLIT == 0, "SPLIT must divide N")
-    K: tl.constexpr = N // SPLIT
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    lane = tl.arange(0, BLOCK_D)
-    if SPLIT == 1:
-        d64 = (pid_d * BLOCK_D + lane).to(tl.int64)
-        n0 = 0  # the lane's first component
-    else:
-        d64 = (pid_d * (BLOCK_D // SPLIT) + lane // SPLIT).to(tl.int64)
-        n0 = (lane % SPLIT) * K
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     mask_d = d64 < dim
-    # The lane that stores its channel's y (with SPLIT, every lane of the group holds the sum).
-    mask_o = mask_d
-    if SPLIT > 1:
-        mask_o = mask_d & (lane % SPLIT == 0)
     # Lanes past dim read channel dim - 1 (in bounds, so the loads need no mask) and store nothing.
     d_in = tl.minimum(d64, dim - 1)
     Dv = 0.0
@@ -314,26 +281,26 @@ def _selective_scan_fwd_lanes_kernel(
     if HAS_DBIAS:
         dbias = tl.load(dbias_ptr + d_in)
     group = d_in // channels_per_group
-    B_rows = B_ptr + pid_b * s_B_b + group * s_B_g + n0 * s_B_n
-    C_rows = C_ptr + pid_b * s_C_b + group * s_C_g + n0 * s_C_n
-    state_row = (pid_b * dim + d64) * N + n0
+    B_rows = B_ptr + pid_b * s_B_b + group * s_B_g
+    C_rows = C_ptr + pid_b * s_C_b + group * s_C_g
+    state_row = (pid_b * dim + d64) * N
     A2s = ()
     hs = ()
     Bs = ()
     Cs = ()
-    for k in tl.static_range(K):
-        A2s = A2s + (tl.load(A_ptr + d64 * s_A_d + (n0 + k) * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634,)
+    for n in tl.static_range(N):
+        A2s = A2s + (tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634,)
         if HAS_INIT:
-            hs = hs + (tl.load(state_in_ptr + state_row + k, mask=mask_d, other=0.0),)
+            hs = hs + (tl.load(state_in_ptr + state_row + n, mask=mask_d, other=0.0),)
         else:
             hs = hs + (tl.zeros([BLOCK_D], dtype=tl.float32),)
         if not B_VAR:  # (dim, N): one value per channel and component for all steps
-            Bs = Bs + (tl.load(B_ptr + d64 * s_B_g + (n0 + k) * s_B_n, mask=mask_d, other=0.0).to(tl.float32),)
+            Bs = Bs + (tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32),)
         if not C_VAR:
-            Cs = Cs + (tl.load(C_ptr + d64 * s_C_g + (n0 + k) * s_C_n, mask=mask_d, other=0.0).to(tl.float32),)
-    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N + n0
+            Cs = Cs + (tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32),)
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
     if SAVE_STATES:
-        _save_states(chunk_row, 0, hs, mask_d, N, K)
+        _save_states(chunk_row, 0, hs, mask_d, N)
     u_row = u_ptr + pid_b * s_u_b + d_in * s_u_d
     dt_row = delta_ptr + pid_b * s_dt_b + d_in * s_dt_d
     z_row = z_ptr + pid_b * s_z_b + d_in * s_z_d
@@ -359,12 +326,12 @@ def _selective_scan_fwd_lanes_kernel(
     B_n = A2s
     C_n = A2s
     if B_VAR:
-        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, K, TC, True, BC_PAIRS)
+        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, N, TC, True, BC_PAIRS)
     if C_VAR:
-        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, K, TC, True, BC_PAIRS)
+        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True, BC_PAIRS)
     for c in range(0, n_full):
         if SAVE_STATES:
-            _save_states_entering(chunk_row, c * TC, hs, mask_d, N, K, T_SAVE)
+            _save_states_entering(chunk_row, c * TC, hs, mask_d, N, T_SAVE)
         u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n  # B / C: _chunk loads the next ones as it goes
         u_n, dt_n, z_n = u_nn, dt_nn, z_nn
         t2 = tl.minimum(c + 2, last_full) * TC
@@ -373,25 +340,25 @@ def _selective_scan_fwd_lanes_kernel(
         if HAS_Z:
             z_nn = _tile(z_row, t2, L, s_z_l, TC, False)
         hs, B_n, C_n = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l,
-                              mask_o, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
-                              tl.minimum(c + 1, last_full) * TC, K, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
-                              SOFTPLUS, B_VAR, C_VAR, False, True, FAST_MATH, BC_PAIRS, SPLIT)
+                              mask_d, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
+                              tl.minimum(c + 1, last_full) * TC, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
+                              SOFTPLUS, B_VAR, C_VAR, False, True, FAST_MATH, BC_PAIRS)
     if n_full * TC < L:  # the last, partial chunk
         t0 = n_full * TC
         if SAVE_STATES:
-            _save_states_entering(chunk_row, t0, hs, mask_d, N, K, T_SAVE)
+            _save_states_entering(chunk_row, t0, hs, mask_d, N, T_SAVE)
         z_t = u_row[:, None]
         if HAS_Z:
             z_t = _tile(z_row, t0, L, s_z_l, TC, True)
         B_t = A2s
         C_t = A2s
         if B_VAR:
-            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, K, TC, True, BC_PAIRS)
+            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True, BC_PAIRS)
         if C_VAR:
-            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, K, TC, True, BC_PAIRS)
+            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True, BC_PAIRS)
         hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
-                              _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_o,
-                              B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, K, BLOCK_D, TC, HAS_D, HAS_Z,
-                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS, SPLIT)
-    for k in tl.static_range(K):
-        tl.store(last_ptr + state_row + k, hs[k], mask=mask_d)
+                              _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d,
+                              B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
+                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS)
+    for n in tl.static_range(N):
+        tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)

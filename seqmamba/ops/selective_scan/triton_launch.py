@@ -95,14 +95,12 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> ~11 instructions per element),
 #   accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read as int32 pairs of steps and
 #   widened by one bit operation per value (lane_kernels._bc_columns; with fast math 13.0 -> ~11 per element).
-#   Neither is timed yet: off. lanes_max_split: a channel's N components may be spread over up to that many lanes
-#   (2, 4; partial outputs summed by shuffles) for more warps where batch x dim is small: the smallest split that
-#   reaches lanes_min_warps_per_sm runs (lanes_split forces one, for benchmarks). Not timed yet: 1.
+#   Neither is timed yet: off.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False,
-                  lanes_fast_math=False, lanes_bc_pairs=False, lanes_max_split=1, lanes_split=0)
+                  lanes_fast_math=False, lanes_bc_pairs=False)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -279,58 +277,28 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
 LANE_CHUNK = 4
 
 
-def _lanes_splits(N: int) -> list:
-    """The lanes per channel the lanes forward may use for N components: FWD_CONFIG lanes_split if set (it must
-    divide N), else the powers of two up to lanes_max_split that divide N, smallest first."""
-    forced = FWD_CONFIG.get("lanes_split", 0)
-    if forced:
-        if forced not in (1, 2, 4, 8, 16) or N % forced:
-            raise ValueError(f"FWD_CONFIG lanes_split={forced}: expected a power of two <= 16 dividing N = {N}")
-        return [forced]
-    return [s for s in (1, 2, 4, 8, 16) if s <= FWD_CONFIG.get("lanes_max_split", 1) and N % s == 0]
-
-
-def _lanes_warps(u: torch.Tensor, split: int) -> int:
-    """Warps of a lanes forward launch over u with ``split`` lanes per channel."""
-    batch, dim, _ = u.shape
-    warps_per_program = FWD_CONFIG.get("lanes_num_warps", 1)
-    return batch * cdiv(dim * split, 32 * warps_per_program) * warps_per_program
-
-
-def _lanes_min_warps(u: torch.Tensor) -> int:
-    """The warps a lanes launch needs on u's device (FWD_CONFIG lanes_min_warps_per_sm x SMs; 0: no minimum, and off
-    the GPU no minimum either, since the rule needs an SM count)."""
-    min_warps = FWD_CONFIG.get("lanes_min_warps_per_sm", 0)
-    if not min_warps:
-        return 0
-    if u.device.type != "cuda":
-        return -1
-    index = u.device.index if u.device.index is not None else torch.cuda.current_device()
-    return min_warps * _sm_count(index)
-
-
 def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
     """Whether the forward runs as the one-channel-per-lane kernel (FWD_CONFIG lanes): asked for, channels-first
     inputs (time-major ones read a channel's steps 2 bytes per sector; the chunked block-layout config serves
     them), N <= lanes_max_n (the N states are unrolled in registers); when states are saved (training) only with
     lanes_training and the backward's chunk a whole number of the kernel's load chunks; and with
-    lanes_min_warps_per_sm > 0 only on CUDA with at least that many of its warps per SM at the largest split
-    allowed (its latency hides behind other warps only there: BENCHMARKS.md, ninth session)."""
+    lanes_min_warps_per_sm > 0 only on CUDA with at least that many of its warps per SM (its latency hides behind
+    other warps only there: BENCHMARKS.md, ninth session)."""
     cfg = FWD_CONFIG
     if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
         return False
     if T_save and (not cfg.get("lanes_training") or T_save % LANE_CHUNK != 0):
         return False
-    splits = _lanes_splits(N)
-    min_warps = _lanes_min_warps(u)
-    return bool(splits) and min_warps >= 0 and _lanes_warps(u, splits[-1]) >= min_warps
-
-
-def _lanes_split(u: torch.Tensor, N: int) -> int:
-    """Lanes per channel for a launch _lanes_forward_ok allowed: the smallest allowed split with enough warps."""
-    splits = _lanes_splits(N)
-    min_warps = max(_lanes_min_warps(u), 0)
-    return next((s for s in splits if _lanes_warps(u, s) >= min_warps), splits[-1])
+    min_warps = cfg.get("lanes_min_warps_per_sm", 0)
+    if not min_warps:
+        return True
+    if u.device.type != "cuda":
+        return False
+    batch, dim, _ = u.shape
+    warps_per_program = cfg.get("lanes_num_warps", 1)
+    warps = batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
+    index = u.device.index if u.device.index is not None else torch.cuda.current_device()
+    return warps >= min_warps * _sm_count(index)
 
 
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc):
@@ -341,8 +309,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     N = A.shape[1]
     B_var, sB, C_var, sC, cpg = bc
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
-    BLOCK_D = 32 * num_warps  # lanes; BLOCK_D / split channels
-    split = _lanes_split(u, N)
+    BLOCK_D = 32 * num_warps
     if out is None:
         out = _empty_like_layout(u, False)
     last = empty((batch, dim, N), u.device, torch.float32)
@@ -355,13 +322,13 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
                init, out, last, chunk_states)
     ints = (dim, L, cpg, n_saved, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
     _launch_fwd_lanes(
-        (cdiv(dim * split, BLOCK_D), batch), tensors, ints,
+        (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(N=N, BLOCK_D=BLOCK_D, TC=LANE_CHUNK, T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
-                           and _bf16_pairs_ok(B, C, L)), SPLIT=split),
+                           and _bf16_pairs_ok(B, C, L))),
         num_warps, {})
     return out, last, chunk_states
 
@@ -612,7 +579,7 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
     tensors = (delta, A, C, zz, delta_bias if delta_bias is not None else dummy, dout, dstate)
     ints = (dim, L, N, cpg, _n_chunks(L, T), *delta.stride(), *zz.stride(), *A.stride(), *sC, *dout.stride())
     _launch_dstate(
-        (cdiv(dim * split, BLOCK_D), batch), tensors, ints,
+        (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
              FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
