@@ -41,8 +41,11 @@ CONFIGS = [
     ("lanes 2 warps", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_num_warps=2)),
     # softplus / SiLU without libdevice (14.8 -> 13.0 SASS instructions per element), then bf16 B / C as int32 pairs
     # (-> 10.9, no spill)
-    ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True)),
-    ("lanes fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True, lanes_bc_pairs=True)),
+    ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, fast_math=True)),
+    ("lanes fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, fast_math=True, lanes_bc_pairs=True)),
+    # the chunked forward with softplus / SiLU through exp2 and div.full (~2.4 of its ~21.7 instructions per element)
+    # (and the backward's softplus, SiLU and sigmoids alike: "bwd" holds BWD_CONFIG overrides)
+    ("chunked fast", dict(lanes=False, fast_math=True, bwd=dict(fast_math=True))),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)
@@ -73,7 +76,7 @@ def main():
         raise SystemExit("bench_scan_forward_configs.py needs a CUDA GPU")
     configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs]
     have_mamba = mamba_ssm_available()
-    default = dict(triton_launch.FWD_CONFIG)
+    default, default_bwd = dict(triton_launch.FWD_CONFIG), dict(triton_launch.BWD_CONFIG)
     rows = []
     print(f"GPU {torch.cuda.get_device_name()}; forward (no grad), bf16, N 16, D / z / delta_bias / softplus; "
           f"mamba_ssm {'measured' if have_mamba else 'not importable'}", flush=True)
@@ -88,6 +91,9 @@ def main():
             attn_ms = tt.do_bench(attention_fns(batch, 12, L)[0], return_mode="median")
         reference = None
         for label, over in configs:
+            over = dict(over)
+            triton_launch.BWD_CONFIG.clear()
+            triton_launch.BWD_CONFIG.update(default_bwd, **over.pop("bwd", {}))
             triton_launch.FWD_CONFIG.clear()
             triton_launch.FWD_CONFIG.update(default, **over)
             triton_launch._launch_config_cached.cache_clear()
@@ -110,6 +116,8 @@ def main():
                      if args.train else ""), flush=True)
     triton_launch.FWD_CONFIG.clear()
     triton_launch.FWD_CONFIG.update(default)
+    triton_launch.BWD_CONFIG.clear()
+    triton_launch.BWD_CONFIG.update(default_bwd)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -100,10 +100,10 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False,
-                  lanes_fast_math=False, lanes_bc_pairs=False)
+                  fast_math=False, lanes_bc_pairs=False)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, vector_red=False)
+                  dout_copy=True, vector_red=False, fast_math=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -267,7 +267,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch),
+             PREFETCH=prefetch, FAST_MATH=bool(FWD_CONFIG.get("fast_math", False))),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
@@ -326,7 +326,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
         dict(N=N, BLOCK_D=BLOCK_D, TC=LANE_CHUNK, T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
-             FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
+             FAST_MATH=bool(FWD_CONFIG.get("fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
                            and _bf16_pairs_ok(B, C, L))),
         num_warps, {})
@@ -582,7 +582,8 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
-             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
+             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints),
+             FAST_MATH=bool(BWD_CONFIG.get("fast_math", False))),
         num_warps, options)
     return dstate
 
@@ -694,7 +695,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
+             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device)),
+             FAST_MATH=bool(BWD_CONFIG.get("fast_math", False))),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
