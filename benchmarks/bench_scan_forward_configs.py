@@ -28,24 +28,22 @@ from seqmamba.ops.selective_scan import triton_launch
 # that, not their label).
 MULTI = dict(min_programs_per_sm=8, prefetch=False, maxnreg=None)
 CONFIGS = [
-    ("default", {}),  # since the ninth session: the lanes kernel from 7 of its warps per SM (inference), else chunked
+    ("default", {}),  # the lanes kernel (fast math, B / C pairs) from 5 of its warps per SM (inference), else chunked
     ("chunked", dict(lanes=False)),  # the chunked kernel everywhere (the default before the ninth session)
     ("no cap", dict(maxnreg=None)),
     ("1x512 reg80", dict(maxnreg=80)),
     # the chunk's last state by a where-sum (5 shuffles) instead of the masked store, which Triton routes through
     # shared memory (4 STS.128, an LDSM and a barrier per state component in the sm_90 SASS)
     # the Gluon kernel (gluon_kernels.py): one run of T / 32 steps per lane, one warp scan per state component
-    # one channel per lane, all N states in registers, no shuffles (lane_kernels.py), at every shape
+    # one channel per lane, all N states in registers, no shuffles (lane_kernels.py), at every shape (with the
+    # default's fast math and B / C pairs)
     ("lanes", dict(lanes=True, lanes_min_warps_per_sm=0)),
     ("lanes, training too", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_training=True)),
     ("lanes 2 warps", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_num_warps=2)),
-    # softplus / SiLU without libdevice (14.8 -> 13.0 SASS instructions per element), then bf16 B / C as int32 pairs
-    # (-> 10.9, no spill)
-    ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, fast_math=True)),
-    ("lanes fast pairs", dict(lanes=True, lanes_min_warps_per_sm=0, fast_math=True, lanes_bc_pairs=True)),
-    # the chunked forward with softplus / SiLU through exp2 and div.full (~2.4 of its ~21.7 instructions per element)
-    # (and the backward's softplus, SiLU and sigmoids alike: "bwd" holds BWD_CONFIG overrides)
-    ("chunked fast", dict(lanes=False, fast_math=True, bwd=dict(fast_math=True))),
+    # without them (libdevice softplus / SiLU, bf16 B / C loaded per step: 14.8 SASS instructions per element), then
+    # with fast math alone (13.0; the default's pairs take it to 10.9, no spill)
+    ("lanes plain", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=False, lanes_bc_pairs=False)),
+    ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True, lanes_bc_pairs=False)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)
@@ -76,7 +74,7 @@ def main():
         raise SystemExit("bench_scan_forward_configs.py needs a CUDA GPU")
     configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs]
     have_mamba = mamba_ssm_available()
-    default, default_bwd = dict(triton_launch.FWD_CONFIG), dict(triton_launch.BWD_CONFIG)
+    default = dict(triton_launch.FWD_CONFIG)
     rows = []
     print(f"GPU {torch.cuda.get_device_name()}; forward (no grad), bf16, N 16, D / z / delta_bias / softplus; "
           f"mamba_ssm {'measured' if have_mamba else 'not importable'}", flush=True)
@@ -91,9 +89,6 @@ def main():
             attn_ms = tt.do_bench(attention_fns(batch, 12, L)[0], return_mode="median")
         reference = None
         for label, over in configs:
-            over = dict(over)
-            triton_launch.BWD_CONFIG.clear()
-            triton_launch.BWD_CONFIG.update(default_bwd, **over.pop("bwd", {}))
             triton_launch.FWD_CONFIG.clear()
             triton_launch.FWD_CONFIG.update(default, **over)
             triton_launch._launch_config_cached.cache_clear()
@@ -116,8 +111,6 @@ def main():
                      if args.train else ""), flush=True)
     triton_launch.FWD_CONFIG.clear()
     triton_launch.FWD_CONFIG.update(default)
-    triton_launch.BWD_CONFIG.clear()
-    triton_launch.BWD_CONFIG.update(default_bwd)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

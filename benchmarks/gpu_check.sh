@@ -18,9 +18,8 @@
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
-#          | lanes (the lanes forward's GPU tests, then its variants (fast math, B / C pairs)
+#          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
-#          | fastmath (fast softplus / SiLU / sigmoid: GPU tests, then forward and forward + backward, chunked and lanes)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -76,15 +75,9 @@ for step in $steps; do
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
     lanes) timeout 240 python -m pytest -q -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tail -3 | tee "$OUT/lanes_tests.log"
-           timeout 330 python benchmarks/bench_scan_forward_configs.py --configs chunked lanes "lanes fast" \
-             "lanes fast pairs" --shapes 8x1536x2048 8x1536x4096 16x2048x2048 64x128x4112 8x1536x16384 \
+           timeout 330 python benchmarks/bench_scan_forward_configs.py --configs chunked default lanes "lanes plain" \
+             --shapes 8x1536x2048 8x1536x4096 10x2048x2048 12x2048x2048 16x2048x2048 64x128x4112 64x1536x2048 \
              --json "$OUT/lanes.json" 2>&1 | tee "$OUT/lanes.log" | grep -v "^  " ;;
-    fastmath) timeout 200 python -m pytest -q -m gpu tests/test_gpu_ops.py -k "fast_math" --durations=5 2>&1 | tail -9 \
-                | tee "$OUT/fastmath_tests.log"
-              timeout 360 python benchmarks/bench_scan_forward_configs.py --train --configs chunked "chunked fast" \
-                "lanes fast pairs" --shapes 8x1536x2048 8x1536x4096 8x1536x16384 2x1536x65536 1x1536x262144 \
-                16x2048x2048 64x128x4112 12x2048x2048 10x2048x2048 --json "$OUT/fastmath.json" 2>&1 \
-                | tee "$OUT/fastmath.log" | grep -v "^  " ;;
     prefill) for cfg in lanes=false ""; do  # the 130M prefill, chunked forward then the default
                SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 150 python benchmarks/bench_generation.py --sizes 130m \
                  --batch-sizes 64 1024 --max-batch 1024 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m" | tee -a "$OUT/prefill.log"; done ;;

@@ -28,7 +28,7 @@ def force_lanes_forward(monkeypatch, **options) -> list:
     import importlib
 
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    for key, value in {**dict(lanes=True, lanes_min_warps_per_sm=0, lanes_training=True), **options}.items():
+    for key, value in dict(lanes=True, lanes_min_warps_per_sm=0, lanes_training=True, **options).items():
         monkeypatch.setitem(launch.FWD_CONFIG, key, value)
     used, check = [], launch._lanes_forward_ok
     monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])

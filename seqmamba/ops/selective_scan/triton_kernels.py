@@ -104,68 +104,15 @@ def _softplus(x):
 
 
 @triton.jit
-def _softplus_fast(x):
-    """log(1 + exp(x)) without libdevice's exp / log or an IEEE division (FWD_CONFIG / BWD_CONFIG fast_math): with
-    e = exp(-|x|) <= 1, softplus(x) = max(x, 0) + log1p(e) and log1p(e) = 2 atanh(s), s = e / (2 + e) <= 1/3, as
-    2 s (1 + s^2 / 3 + s^4 / 5 + ... + s^14 / 15): truncation below (1/9)^8 / 17 = 1.4e-9 relative, and relative
-    accuracy kept for tiny e (s = e / 2 (1 + O(e))), where log(1 + e) in fp32 rounds to 0 (notes/extrapolation.md).
-    Two MUFU (exp2, the approximate reciprocal of div.full) and ~12 FMA-pipe instructions instead of ~35."""
-    e = tl.exp2(tl.abs(x) * -1.4426950408889634)
-    s = tl.fdiv(e, 2.0 + e, ieee_rounding=False)
-    s2 = s * s
-    p = 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    p = p * s2 + 1.0
-    return tl.maximum(x, 0.0) + 2.0 * s * p
-
-
-@triton.jit
-def _silu_fast(z):
-    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG / BWD_CONFIG fast_math); the division by an
-    infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
-    return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
-
-
-@triton.jit
-def _sigmoid_fast(x):
-    """1 / (1 + exp(-x)) with exp2 and div.full (BWD_CONFIG fast_math): 0 where exp(-x) overflows (x < -88)."""
-    return tl.fdiv(1.0, 1.0 + tl.exp2(x * -1.4426950408889634), ieee_rounding=False)
-
-
-@triton.jit
-def _silu(z, FAST_MATH: tl.constexpr):
-    """z sigmoid(z), through exp2 and div.full with FAST_MATH."""
-    if FAST_MATH:
-        return _silu_fast(z)
-    return z * tl.sigmoid(z)
-
-
-@triton.jit
-def _sigmoid(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:
-        return _sigmoid_fast(x)
-    return tl.sigmoid(x)
-
-
-@triton.jit
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
-                HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr = False):
-    """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value). FAST_MATH: softplus
-    without libdevice's exp / log (_softplus_fast)."""
+                HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value)."""
     raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]
     delta = raw
     if SOFTPLUS:
-        if FAST_MATH:
-            delta = _softplus_fast(raw)
-        else:
-            delta = _softplus(raw)
+        delta = _softplus(raw)
     # Padded steps must be the identity map (a = 1, b = 0) so the chunk's last column is the true state.
     delta = tl.where(mask_dt, delta, 0.0)
     return delta, raw
@@ -280,7 +227,6 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
-    FAST_MATH: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -305,7 +251,7 @@ def _selective_scan_fwd_kernel(
         state_out = state_row + ((c + 1) % 2) * state_slot
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        delta, _ = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS, FAST_MATH)
+        delta, _ = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         delta_u = delta * u
         # y starts as D u, so u is dead before the loop over N (16 fewer live registers at T = 512 on one warp)
         if HAS_D:
@@ -330,7 +276,7 @@ def _selective_scan_fwd_kernel(
                 A2, Bn, Cn, h_prev = loaded
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            y *= _silu(zv, FAST_MATH)
+            y *= zv * tl.sigmoid(zv)
         tl.store(o_row + t64[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
         # The state written above is read by other threads in the next chunk.
         tl.debug_barrier()
@@ -359,12 +305,12 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 
 
 @triton.jit
-def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr, FAST_MATH: tl.constexpr = False):
+def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
     """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
     dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dy = dy * _silu(zv, FAST_MATH)
+        dy = dy * zv * tl.sigmoid(zv)
     return dy
 
 
@@ -455,7 +401,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    VECTOR_RED: tl.constexpr = False, FAST_MATH: tl.constexpr = False,
+    VECTOR_RED: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -484,8 +430,8 @@ def _selective_scan_bwd_kernel(
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS, FAST_MATH)
-        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z, FAST_MATH)
+        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         delta_u = delta * u
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
@@ -512,7 +458,7 @@ def _selective_scan_bwd_kernel(
         dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            sig_z = _sigmoid(zv, FAST_MATH)
+            sig_z = tl.sigmoid(zv)
         if SOFTPLUS:
             _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
@@ -525,7 +471,7 @@ def _selective_scan_bwd_kernel(
             dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
             tl.store(dz_row + t64[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
         if SOFTPLUS:
-            ddelta = ddelta * _sigmoid(delta_pre, FAST_MATH)
+            ddelta = ddelta * tl.sigmoid(delta_pre)
         ddelta = tl.where(mask_dt, ddelta, 0.0)
         if HAS_DBIAS:
             ddbias_acc += tl.sum(ddelta, axis=1)
@@ -550,7 +496,7 @@ def _selective_scan_dstate_kernel(
     s_do_b, s_do_d, s_do_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, C_VAR: tl.constexpr,
-    FAST_FLIP: tl.constexpr = False, FAST_MATH: tl.constexpr = False,
+    FAST_FLIP: tl.constexpr = False,
 ):
     """dL/d(initial state) alone, with no gradient on the last state: the backward's reverse recurrence
     dh_t = C_t dy_t + a_{t+1} dh_{t+1} and nothing else (no recomputed states, no other gradient, no atomics).
@@ -570,8 +516,8 @@ def _selective_scan_dstate_kernel(
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
-        delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS, FAST_MATH)
-        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z, FAST_MATH)
+        delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         for n in range(0, N):
             A2 = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=mask_d, other=0.0) * 1.4426950408889634
             if C_VAR:

@@ -92,18 +92,23 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at (8, 1536, 4096 / 16384) and
 #   (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
 #   0.96-1.01x at the large shapes, hence inference only. lanes_fast_math: softplus and SiLU without libdevice's
-#   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> ~11 instructions per element),
+#   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> 13.0 instructions per element),
 #   accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read as int32 pairs of steps and
-#   widened by one bit operation per value (lane_kernels._bc_columns; with fast math 13.0 -> ~11 per element).
-#   Neither is timed yet: off.
+#   widened by one bit operation per value (lane_kernels._bc_columns; with fast math -> 10.9 per element, no spill).
+#   H200, tenth session: both on, 1.39x the chunked forward at (16, 2048, 2048) (7.8 warps per SM; plain lanes
+#   1.10x), 1.16x at (12, 2048, 2048) (5.8), 0.99x at (10, 2048, 2048) (4.8), 0.88x at (8, 1536, 4096) (2.9),
+#   hence from 5 warps per SM. Tried and dropped the same session: a channel's components over 2 / 4 lanes for more
+#   warps at small batch (0.81-0.94x the chunked forward wherever it would run: the per-step work is repeated per
+#   lane) and the same fast math in the chunked forward (0.88-0.98x: more registers under its cap of 96) and
+#   backward (1.00x).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
-                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=7, lanes_training=False,
-                  fast_math=False, lanes_bc_pairs=False)
+                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
+                  lanes_fast_math=True, lanes_bc_pairs=True)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, vector_red=False, fast_math=False)
+                  dout_copy=True, vector_red=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -267,7 +272,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch, FAST_MATH=bool(FWD_CONFIG.get("fast_math", False))),
+             PREFETCH=prefetch),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
@@ -326,7 +331,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
         dict(N=N, BLOCK_D=BLOCK_D, TC=LANE_CHUNK, T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
-             FAST_MATH=bool(FWD_CONFIG.get("fast_math", False)),
+             FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
                            and _bf16_pairs_ok(B, C, L))),
         num_warps, {})
@@ -582,8 +587,7 @@ def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), C_VAR=C_var,
-             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints),
-             FAST_MATH=bool(BWD_CONFIG.get("fast_math", False))),
+             FAST_FLIP=_fast_flip_mode(BLOCK_D, T, num_warps, u.device, (delta, C, z, dout), tensors, ints)),
         num_warps, options)
     return dstate
 
@@ -695,8 +699,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device)),
-             FAST_MATH=bool(BWD_CONFIG.get("fast_math", False))),
+             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
         num_warps, options)
     dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
     dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
