@@ -6,7 +6,7 @@
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test but the lanes kernel's, which the
-#          lanes step runs) | split (L split tables)
+#          lanes step runs; in 4 processes at once) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift, each with
 #            tl.atomic_add or the inline red.v4 for dB / dC)
@@ -33,6 +33,19 @@ ncu_runs() {  # ncu_runs "IMPLS" "KERNELS": one launch of each kernel (fwd / bwd
     grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
       "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done
 }
+par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tests in SHARDS processes at once, round
+  # robin (Triton / ptxas compiles are CPU-bound and single-threaded: the lanes kernel takes ~25 s per
+  # specialisation, so one process ran out of a 240-s budget after 8 tests); each shard's log in $OUT/LOG_<i>.log
+  local shards=$1 limit=$2 log=$3; shift 3
+  python -m pytest --collect-only -q "$@" 2>/dev/null | grep "::" > "$OUT/$log.ids"
+  for i in $(seq 0 $(( shards - 1 ))); do
+    awk -v n="$shards" -v i="$i" 'NR % n == i' "$OUT/$log.ids" > "$OUT/$log.ids_$i"
+    [ -s "$OUT/$log.ids_$i" ] && (timeout "$limit" xargs -a "$OUT/$log.ids_$i" python -m pytest -q -rf \
+      > "$OUT/${log}_$i.log" 2>&1; echo "shard $i exit $?" >> "$OUT/${log}_$i.log") &
+  done
+  wait
+  echo "$(wc -l < "$OUT/$log.ids") tests in $shards shards:"; grep -hE "passed|failed|FAILED|error|shard" "$OUT/${log}"_*.log
+}
 steps=${*:-tests table}
 [ "$steps" = all ] && steps="tests table block layer generation"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
@@ -50,7 +63,7 @@ for step in $steps; do
     anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid"; echo "anchor build exit $?"; tail -3 "$OUT/anchor_build.log"
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
-    gputests) timeout 420 python -m pytest -q -m gpu tests/ -k "not lanes" 2>&1 | tail -30 | tee "$OUT/gputests.log" ;;
+    gputests) par_pytest 4 420 gputests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/gputests.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
@@ -74,7 +87,7 @@ for step in $steps; do
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
-    lanes) timeout 240 python -m pytest -q -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tail -3 | tee "$OUT/lanes_tests.log"
+    lanes) par_pytest 6 300 lanes_tests -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tee "$OUT/lanes_tests.log"
            timeout 330 python benchmarks/bench_scan_forward_configs.py --configs chunked default lanes "lanes plain" \
              --shapes 8x1536x2048 8x1536x4096 10x2048x2048 12x2048x2048 16x2048x2048 64x128x4112 64x1536x2048 \
              --json "$OUT/lanes.json" 2>&1 | tee "$OUT/lanes.log" | grep -v "^  " ;;
