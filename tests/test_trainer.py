@@ -78,6 +78,33 @@ def test_run_resumed_after_crash_matches_uninterrupted_run_bit_for_bit(tmp_path)
         assert group_full["lr"] == group_resumed["lr"]
 
 
+def test_resume_keeps_the_history_of_a_run_recorded_with_its_csv_only(tmp_path):
+    """A run directory copied with last.pt and metrics.csv but not metrics.jsonl (how reproduction/ records runs):
+    the resumed run's files start from the CSV's rows up to the checkpoint's step, as if it had never stopped; a
+    CSV whose step is not a number is an error naming the file and line, and the CSV is left as it was."""
+    cfg = make_cfg(max_steps=9, ckpt_every=0)
+    Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "full")).fit()
+    paused_cfg = copy.deepcopy(cfg)
+    paused_cfg["trainer"]["stop_at_step"] = 5
+    Trainer(TinyRegressionTask(paused_cfg), paused_cfg, str(tmp_path / "split")).fit()
+    os.remove(tmp_path / "split" / "metrics.jsonl")
+    resume_cfg = copy.deepcopy(cfg)
+    resume_cfg["trainer"]["resume"] = "auto"
+    Trainer(TinyRegressionTask(resume_cfg), resume_cfg, str(tmp_path / "split")).fit()
+    full, split = train_losses(str(tmp_path / "full")), train_losses(str(tmp_path / "split"))
+    assert [s for s, _ in split] == list(range(1, 10))
+    assert split == full  # the CSV holds repr()s of the floats: exact
+    assert (tmp_path / "split" / "metrics.csv").read_text().count("\n") == (tmp_path / "full" / "metrics.csv").read_text().count("\n")
+
+    os.remove(tmp_path / "split" / "metrics.jsonl")
+    csv_path = tmp_path / "split" / "metrics.csv"
+    text = csv_path.read_text().replace("\n3,", "\nthree,", 1)
+    csv_path.write_text(text)
+    with pytest.raises(ValueError, match=r"metrics.csv, line 4: step 'three' is not an integer"):
+        Trainer(TinyRegressionTask(resume_cfg), resume_cfg, str(tmp_path / "split")).fit()
+    assert csv_path.read_text() == text
+
+
 def test_paused_run_resumes_to_the_uninterrupted_weights(tmp_path):
     # trainer.stop_at_step: pause (last.pt, no final eval, schedule still to max_steps), then resume=auto
     cfg = make_cfg(max_steps=9, grad_accum_steps=2, eval_every=4, ckpt_every=0)

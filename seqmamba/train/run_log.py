@@ -4,7 +4,8 @@ Every ``log(step, values)`` call is one JSON line ``{"step": s, **values}`` and 
 wide (one column per metric name); when a row brings a new name, the file is rewritten from the
 JSONL with the grown header (atomically, through ``atomic_open``), otherwise the row is appended. On
 resume, rows logged after the checkpoint's step (by the run that crashed) are dropped, so a resumed
-run's files read as if the run had never stopped.
+run's files read as if the run had never stopped; a run directory that kept only its CSV (a recorded run copied
+without the JSONL) resumes from the CSV's rows instead of starting the history afresh.
 
 ``plot_curves(run_dir)`` draws ``loss_curve.png`` from the JSONL (matplotlib's Agg canvas, no display).
 """
@@ -42,6 +43,29 @@ def read_metrics(run_dir: str) -> List[Dict[str, Any]]:
     return rows
 
 
+def read_metrics_csv(path: str) -> List[Dict[str, Any]]:
+    """The rows of a metrics.csv, numbers parsed, empty cells left out. A row whose step is not an integer is a
+    ValueError naming the file, the line and the value (resuming past it would misplace the history)."""
+    rows: List[Dict[str, Any]] = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            parsed: Dict[str, Any] = {}
+            for key, cell in row.items():
+                if key is None or cell is None or cell == "":
+                    continue
+                try:
+                    parsed[key] = int(cell) if key == "step" else float(cell)
+                except ValueError:
+                    if key == "step":
+                        raise ValueError(f"{path}, line {reader.line_num}: step {cell!r} is not an integer") from None
+                    parsed[key] = cell
+            if "step" not in parsed:
+                raise ValueError(f"{path}, line {reader.line_num}: no step")
+            rows.append(parsed)
+    return rows
+
+
 def _to_number(value: Any) -> Any:
     if hasattr(value, "item"):  # 0-d tensors / numpy scalars
         value = value.item()
@@ -69,6 +93,8 @@ class MetricsLogger:
         if resume_step is None:
             rows = []  # a fresh run in a reused directory starts fresh files
         else:
+            if not rows and not os.path.isfile(self.jsonl_path) and os.path.isfile(self.csv_path):
+                rows = read_metrics_csv(self.csv_path)  # the history was kept as CSV only
             rows = [r for r in rows if r.get("step", 0) <= resume_step]
         self._rewrite(rows)
         if tensorboard:
