@@ -20,6 +20,7 @@
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
 #          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
+#          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -85,6 +86,8 @@ for step in $steps; do
            timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "no cap" gluon "gluon, no cap" \
              "gluon 1x1024" "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
+    prefillprof) timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 15 2>&1 \
+                   | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
     lanes) par_pytest 6 300 lanes_tests -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tee "$OUT/lanes_tests.log"

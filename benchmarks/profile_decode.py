@@ -9,6 +9,12 @@ bandwidth measured in the same run.
 
     python benchmarks/profile_decode.py --size 1.4b --batch 128          # GPU, ~1 min
     python benchmarks/profile_decode.py --size 130m --batch 64 --top 20
+    python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64   # the prompt's forward instead
+
+``--phase prefill`` profiles the prompt's forward of both models (Mamba's ``prefill``: the parallel scan leaving
+the last states in the cache; the GPT's forward filling its KV cache) and groups the kernels by kind (the scan,
+GEMMs, attention, the conv, norms, elementwise), the breakdown behind issue 9's prefill target (batch 64 within
+1.3x of the Transformer's).
 """
 from __future__ import annotations
 
@@ -59,6 +65,17 @@ def profile_step(step, repeats: int):
     return sum(r[1] for r in rows), rows
 
 
+# Kernel kinds for the prefill breakdown: the first pattern a kernel's name contains decides.
+KINDS = [("scan", ("selective_scan",)), ("attention", ("flash", "attention", "fmha", "sdpa")),
+         ("GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet", "ampere", "cublas", "splitk")),
+         ("conv", ("causal_conv1d", "conv")), ("norm", ("norm",)), ("embedding / copy", ("embedding", "copy", "cat"))]
+
+
+def kind_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((kind for kind, patterns in KINDS if any(p in name for p in patterns)), "elementwise / other")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="1.4b", help="130m | 370m | 790m | 1.4b (or the GPT names)")
@@ -68,6 +85,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=50280)
     parser.add_argument("--repeats", type=int, default=5, help="profiled steps (times are per step)")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--phase", choices=["decode", "prefill"], default="decode",
+                        help="one decode step (default) or the prompt's forward (prefill)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_decode.py needs a CUDA GPU")
@@ -76,13 +95,38 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     opts = argparse.Namespace(prompt_len=args.prompt_len, gen_len=args.gen_len, vocab_size=args.vocab_size,
                               no_cuda_graph=True, no_fused_add_norm=False, scan_backend="auto", cg_prefill=False)
+    what_step = ("one eager decode step (what the CUDA graph replays)" if args.phase == "decode"
+                 else f"the prompt's forward ({args.prompt_len} tokens per row)")
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; {size.name} vs "
-          f"{size.gpt_name}, batch {args.batch}, one eager decode step (what the CUDA graph replays)")
+          f"{size.gpt_name}, batch {args.batch}, {what_step}")
     results = {}
     for name in ("Mamba", "Transformer"):
         runner = build_runner(name, size, opts, device, torch.bfloat16)
         model = runner.model
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        if args.phase == "prefill":
+            prompt = torch.randint(0, args.vocab_size, (args.batch, args.prompt_len), device=device)
+            if name == "Mamba":
+                params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
+                step = lambda: model.prefill(prompt, params)  # noqa: E731
+            else:
+                generator = GPTGenerator(model, args.batch, use_cuda_graph=False)
+                positions = torch.arange(args.prompt_len, device=device)
+                step = lambda: model(prompt, generator.kv_cache, positions)  # noqa: E731
+            total_us, rows = profile_step(step, args.repeats)
+            results[name] = total_us
+            kinds = {}
+            for kernel, us, _ in rows:
+                kinds[kind_of(kernel)] = kinds.get(kind_of(kernel), 0.0) + us
+            print(f"\n{name}: {total_us / 1e3:.2f} ms of GPU time per prompt forward; by kind: "
+                  + ", ".join(f"{k} {us / 1e3:.2f} ms ({100 * us / total_us:.0f}%)"
+                              for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])))
+            print(f"  {'us':>9s} {'share':>6s} {'calls':>6s}  kernel")
+            for kernel, us, calls in rows[:args.top]:
+                print(f"  {us:9.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
+            del runner, model, step
+            torch.cuda.empty_cache()
+            continue
         if name == "Mamba":
             params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
             params.seqlen_offset = args.prompt_len
@@ -111,6 +155,10 @@ def main() -> None:
             print(f"  {us:8.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
         del runner, model, step
         torch.cuda.empty_cache()
+    if args.phase == "prefill":
+        print(f"\nGPU time of the prompt's forward, Mamba / Transformer: {results['Mamba'] / results['Transformer']:.2f}x "
+              f"(issue 9's target at 130M, batch 64: <= 1.3x)")
+        return
     print(f"\nGPU time per decode step, Transformer / Mamba: {results['Transformer'] / results['Mamba']:.2f}x "
           f"(issue 9's target at 1.4B, batch 128: >= 5x in tokens/s)")
 
