@@ -17,6 +17,7 @@ Cases:
 
     python benchmarks/bench_train_step.py --out $OUT/train_step          # on the GPU, ~2 min
     python benchmarks/bench_train_step.py --cases selective_copying --overrides model.fused_add_norm=true
+    python benchmarks/bench_train_step.py --cases selective_copying --embedding-gemm-rows 64
     python benchmarks/bench_train_step.py --quick                        # CPU smoke run (eager only)
 """
 from __future__ import annotations
@@ -109,11 +110,18 @@ def main():
     parser.add_argument("--table1", action="store_true", help="also every Table 1 mixer row, CUDA-graphed")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of eager selective copying")
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run of this script")
+    parser.add_argument("--embedding-gemm-rows", type=int, default=None,
+                        help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
+                             "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     register_resolvers()
+    if args.embedding_gemm_rows is not None:
+        from seqmamba.models import mamba_lm
+
+        mamba_lm.EMBEDDING_GEMM_MAX_ROWS = args.embedding_gemm_rows
 
     cuda = torch.cuda.is_available() and not args.quick
     modes = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"]} if cuda else \

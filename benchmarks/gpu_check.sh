@@ -21,6 +21,7 @@
 #          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
 #          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
+#          | embedstep (the selective-copying step with the embedding's weight gradient as one GEMM, off then on)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -86,6 +87,10 @@ for step in $steps; do
            timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "no cap" gluon "gluon, no cap" \
              "gluon 1x1024" "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
+    embedstep) timeout 120 python -m pytest -q -m gpu tests/test_mamba_lm.py -k one_hot 2>&1 | tail -3 | tee "$OUT/embedstep.log"
+               for rows in 0 64; do
+                 timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_embed_$rows" --cases selective_copying \
+                   --embedding-gemm-rows $rows 2>&1 | tail -3 | tee -a "$OUT/embedstep.log"; done ;;
     prefillprof) timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 15 2>&1 \
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;

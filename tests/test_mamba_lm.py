@@ -300,3 +300,63 @@ def test_activation_checkpointing_gives_the_same_gradients(ssm_cfg):
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
     with torch.no_grad():  # inference is untouched
         torch.testing.assert_close(model(ids), model.set_activation_checkpointing(False)(ids))
+
+
+# -- the embedding's weight gradient as one GEMM (mamba_lm.EMBEDDING_GEMM_MAX_ROWS) -------------------------
+def test_one_hot_gemm_embedding_gradient_equals_the_embedding_backward():
+    """_OneHotGradEmbedding: the same output as F.embedding and, in float64, the same weight gradient (every row,
+    including rows no token uses, and a row every token uses); embed_tokens takes it only on CUDA with a weight
+    gradient to compute, for tables within max_rows."""
+    from seqmamba.models import mamba_lm
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 12, (3, 50), generator=g)  # rows 12-15 unused
+    ids[:, -1] = 5
+    grad = torch.randn(3, 50, 8, generator=g, dtype=torch.float64)
+    out = mamba_lm._OneHotGradEmbedding.apply(ids, weight)
+    (gemm_grad,) = torch.autograd.grad(out, weight, grad)
+    ref = torch.nn.functional.embedding(ids, weight)
+    (ref_grad,) = torch.autograd.grad(ref, weight, grad)
+    assert torch.equal(out, ref)
+    assert torch.allclose(gemm_grad, ref_grad, rtol=1e-12, atol=1e-12) and gemm_grad[12:].abs().max() == 0
+    embedding = torch.nn.Embedding(16, 8)
+    plain = mamba_lm.embed_tokens(embedding, ids, max_rows=64)  # the CPU: the plain embedding
+    assert plain.grad_fn.__class__.__name__ == "EmbeddingBackward0"
+
+
+@cuda_only
+def test_gpu_one_hot_gemm_embedding_in_the_model_matches_and_captures_in_a_cuda_graph(monkeypatch):
+    """With EMBEDDING_GEMM_MAX_ROWS on, a tiny MambaLM's loss gradients on CUDA equal the plain embedding's (the
+    tied table included, to fp32 summation order), and a training step with it captures and replays in a CUDA graph
+    (no host sync in the backward)."""
+    from seqmamba.models import mamba_lm
+
+    model = randomize(tiny_lm()).cuda().train()
+    ids = torch.randint(0, VOCAB, (4, 64), device="cuda")
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model(ids).float().logsumexp(-1).mean().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    plain = grads()
+    monkeypatch.setattr(mamba_lm, "EMBEDDING_GEMM_MAX_ROWS", 64)
+    gemm = grads()
+    assert model(ids).grad_fn is not None
+    for name in plain:
+        assert rel_err(gemm[name], plain[name]) < 1e-5, name
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        grads()  # warm-up on the side stream
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    model.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        model(ids).float().logsumexp(-1).mean().backward()
+    model.zero_grad(set_to_none=False)
+    graph.replay()
+    torch.cuda.synchronize()
+    emb = model.backbone.embedding.weight
+    assert rel_err(emb.grad, plain["backbone.embedding.weight"]) < 1e-5

@@ -28,6 +28,43 @@ from . import pretrained
 from .config import CONFIG_FIELDS, MambaConfig
 
 
+#: Token tables of at most this many rows take their weight gradient on CUDA as one GEMM, onehot(ids)^T @ grad,
+#: instead of PyTorch's embedding backward (a sort of every token id, then a segmented sum into the rows): in the
+#: paper's selective-copying step all 263K tokens of a batch land in 16 rows, 0.5 ms of its ~10 ms (fifth session's
+#: profile). 0 turns it off. Not yet timed: off (``bench_train_step.py --embedding-gemm-rows 64``).
+EMBEDDING_GEMM_MAX_ROWS = 0
+
+
+class _OneHotGradEmbedding(torch.autograd.Function):
+    """F.embedding(ids, weight) whose weight gradient is onehot(ids)^T @ grad: one GEMM over the tokens (fixed
+    summation order, no atomics, nothing that syncs the host, so a CUDA graph captures it)."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = weight.shape[0]
+        return nn.functional.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        rows = torch.arange(ctx.rows, device=ids.device)
+        onehot = (ids.reshape(1, -1) == rows[:, None]).to(flat.dtype)  # (rows, tokens)
+        return None, onehot @ flat
+
+
+def embed_tokens(embedding: nn.Embedding, input_ids: torch.Tensor, max_rows: Optional[int] = None) -> torch.Tensor:
+    """``embedding(input_ids)``; with a weight gradient to compute on CUDA and at most ``max_rows`` rows
+    (default EMBEDDING_GEMM_MAX_ROWS) through _OneHotGradEmbedding."""
+    max_rows = EMBEDDING_GEMM_MAX_ROWS if max_rows is None else max_rows
+    weight = embedding.weight
+    if (0 < weight.shape[0] <= max_rows and weight.is_cuda and weight.requires_grad and torch.is_grad_enabled()
+            and embedding.padding_idx is None and embedding.max_norm is None):
+        return _OneHotGradEmbedding.apply(input_ids, weight)
+    return embedding(input_ids)
+
+
 def _init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02,
                   rescale_prenorm_residual: bool = True, n_residuals_per_layer: int = 1) -> None:
     """mamba_ssm's ``_init_weights``, applied to every submodule.
@@ -131,7 +168,7 @@ class MambaBackbone(nn.Module):
         self.norm_f = norm_cls(d_model)
 
     def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
-        hidden_states = self.embedding(input_ids)
+        hidden_states = embed_tokens(self.embedding, input_ids)
         residual = None
         recompute = self.activation_checkpointing and inference_params is None and torch.is_grad_enabled()
         for layer in self.layers:
