@@ -43,6 +43,16 @@ def read_metrics(run_dir: str) -> List[Dict[str, Any]]:
     return rows
 
 
+def _parse_cell(cell: str) -> Any:
+    """A CSV cell as the JSONL held it: int, else float (repr round-trips), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell
+
+
 def read_metrics_csv(path: str) -> List[Dict[str, Any]]:
     """The rows of a metrics.csv, numbers parsed, empty cells left out. A row whose step is not an integer is a
     ValueError naming the file, the line and the value (resuming past it would misplace the history)."""
@@ -54,12 +64,9 @@ def read_metrics_csv(path: str) -> List[Dict[str, Any]]:
             for key, cell in row.items():
                 if key is None or cell is None or cell == "":
                     continue
-                try:
-                    parsed[key] = int(cell) if key == "step" else float(cell)
-                except ValueError:
-                    if key == "step":
-                        raise ValueError(f"{path}, line {reader.line_num}: step {cell!r} is not an integer") from None
-                    parsed[key] = cell
+                parsed[key] = _parse_cell(cell)
+                if key == "step" and not isinstance(parsed[key], int):
+                    raise ValueError(f"{path}, line {reader.line_num}: step {cell!r} is not an integer")
             if "step" not in parsed:
                 raise ValueError(f"{path}, line {reader.line_num}: no step")
             rows.append(parsed)
