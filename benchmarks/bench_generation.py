@@ -656,9 +656,16 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--no-fused-add-norm", action="store_true",
                         help="Mamba blocks use the unfused residual add + RMSNorm (several kernels per block)")
     parser.add_argument("--scan-backend", default="auto", help="seqmamba ops backend: auto | torch | triton")
+    parser.add_argument("--decode-dt-proj-max-bytes", type=int, default=None,
+                        help="selective_state_update's DECODE_DT_PROJ_MAX_BYTES: above batch x W bytes, dt by one "
+                             "GEMM before the state update instead of inside it (default: the module's)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
     args = parser.parse_args(argv)
+    if args.decode_dt_proj_max_bytes is not None:
+        from seqmamba.ops.selective_state_update import triton_kernels as state_update
+
+        state_update.DECODE_DT_PROJ_MAX_BYTES = args.decode_dt_proj_max_bytes
 
     single = {"--n-layer": args.n_layer, "--d-model": args.d_model, "--n-head": args.n_head,
               "--gpt-n-layer": args.gpt_n_layer}

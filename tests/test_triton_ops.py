@@ -232,14 +232,20 @@ def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype
     assert rel_err(y, y_ref) < tol
 
 
-@pytest.mark.parametrize("block_d", [None, 8])
+@pytest.mark.parametrize("block_d,max_bytes", [(None, None), (8, None), (None, 0)],
+                         ids=["inside", "inside-8", "gemm-first"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_selective_state_update_with_the_dt_projection_inside_matches_projecting_first(monkeypatch, dtype, block_d):
+def test_selective_state_update_with_the_dt_projection_inside_matches_projecting_first(monkeypatch, dtype, block_d,
+                                                                                        max_bytes):
     """dt_proj_weight (dim, R): the kernel forms dt = W @ dt_low itself (rank R = 5, padded to 8; dt_low a
-    strided slice as in Mamba.step). Same state and y as projecting first and passing the full dt, both
-    against the reference given the projection, and the reference against itself."""
-    monkeypatch.setattr(importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels"),
-                        "DECODE_BLOCK_D", block_d)
+    strided slice as in Mamba.step), or, past DECODE_DT_PROJ_MAX_BYTES (0 here), the op forms it with one GEMM
+    first (dt in the input dtype). Same state and y as projecting first and passing the full dt, both against the
+    reference given the projection, and the reference against itself."""
+    module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
+    monkeypatch.setattr(module, "DECODE_BLOCK_D", block_d)
+    monkeypatch.setattr(module, "DECODE_DT_PROJ_MAX_BYTES", max_bytes)
+    inside, launch = [], module._launch
+    monkeypatch.setattr(module, "_launch", lambda *a: inside.append(a[3]["DT_PROJ"]) or launch(*a))
     batch, dim, N, R = 3, 12, 8, 5
     g = torch.Generator().manual_seed(4)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -257,7 +263,9 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
     y_ref = selective_state_update_ref(states[1], x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
     y_full = selective_state_update_ref(states[2], x, dt_full, A, B, C, D, z, dt_bias, True)
     assert rel_err(y_ref, y_full) < 1e-6 and rel_err(states[1], states[2]) < 1e-6
-    assert rel_err(states[0], states[1]) < 1e-5 and rel_err(y, y_ref) < TOL[dtype]
+    assert inside == [max_bytes is None]
+    state_tol = 1e-5 if max_bytes is None or dtype == torch.float32 else TOL[dtype]  # dt rounded to bf16 first
+    assert rel_err(states[0], states[1]) < state_tol and rel_err(y, y_ref) < TOL[dtype]
     with pytest.raises(ValueError, match="dt_proj_weight"):
         selective_state_update(state, x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W[:4])
     with pytest.raises(ValueError, match="dt has shape"):

@@ -77,6 +77,12 @@ def _selective_state_update_kernel(
 # Channels per program and warps; None picks both by size (benchmarks/bench_selective_scan.py times the choices).
 DECODE_BLOCK_D: Optional[int] = None
 DECODE_NUM_WARPS: int = 4
+# The dt projection inside the kernel re-reads W (dim, R) once per batch row: batch x W's bytes from L2 each step
+# (1.4B at batch 128: 128 MB per layer, against 67 MB of state traffic). Above this many bytes the step forms dt
+# with one GEMM first (W read once; dt rounded to the input dtype, as mamba_ssm's step does) and the kernel takes
+# the full dt. None: always inside (one launch fewer per layer, what pays at batch 1). Not yet timed: None
+# (bench_generation.py --sizes 1.4b --batch-sizes 1 128 --decode-dt-proj-max-bytes 16777216).
+DECODE_DT_PROJ_MAX_BYTES: Optional[int] = None
 
 
 _launch = CachedLaunch(_selective_state_update_kernel)
@@ -109,6 +115,10 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         # 32 x 2 4.70, 32 x 4 4.89, 16 x 1 5.92.
         BLOCK_D, num_warps = (32, 4) if batch * dim <= 16384 else (64, 4)
     BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
+    if (dt_proj_weight is not None and DECODE_DT_PROJ_MAX_BYTES is not None
+            and batch * dt_proj_weight.numel() * dt_proj_weight.element_size() > DECODE_DT_PROJ_MAX_BYTES):
+        dt = torch.nn.functional.linear(dt, dt_proj_weight)  # (batch, dim)
+        dt_proj_weight = None
     zz = z if z is not None else x
     W = dt_proj_weight if dt_proj_weight is not None else A
     R = dt_proj_weight.shape[1] if dt_proj_weight is not None else 1
