@@ -224,10 +224,12 @@ class MambaRunner:
 
     name = "Mamba"
 
-    def __init__(self, model: MambaLM, max_seqlen: int, use_cuda_graph: bool, cg_prefill: bool = False):
+    def __init__(self, model: MambaLM, max_seqlen: int, use_cuda_graph: bool, cg_prefill: bool = False,
+                 ssm_state_dtype: torch.dtype | None = None):
         self.model, self.max_seqlen, self.use_cuda_graph = model, max_seqlen, use_cuda_graph
         self.cg_prefill = cg_prefill
-        self.cache_bytes_per_sequence = _nbytes(model.allocate_inference_cache(1, max_seqlen))
+        self.cache_kwargs = {} if ssm_state_dtype is None else {"ssm_state_dtype": ssm_state_dtype}
+        self.cache_bytes_per_sequence = _nbytes(model.allocate_inference_cache(1, max_seqlen, **self.cache_kwargs))
 
     def prepare(self, batch: int) -> None:
         """Nothing ahead: the first generate at a batch size allocates the states and captures the graph."""
@@ -249,7 +251,7 @@ class MambaRunner:
         try:
             # one cache size for every call, so the captured decode graph is reused
             return model.generate(prompt, max_new_tokens, temperature=0, cg=self.use_cuda_graph,
-                                  cg_prefill=self.cg_prefill, max_seqlen=self.max_seqlen)
+                                  cg_prefill=self.cg_prefill, max_seqlen=self.max_seqlen, **self.cache_kwargs)
         finally:
             if on_prefilled is not None:
                 del model.prefill
@@ -269,7 +271,7 @@ class MambaRunner:
         generation.CUDAGraphPrefill.__call__ = replay_then_mark
         try:
             return self.model.generate(prompt, max_new_tokens, temperature=0, cg=True, cg_prefill=True,
-                                       max_seqlen=self.max_seqlen)
+                                       max_seqlen=self.max_seqlen, **self.cache_kwargs)
         finally:
             generation.CUDAGraphPrefill.__call__ = replay
 
@@ -310,7 +312,8 @@ def build_runner(model_name: str, size: Size, args, device: torch.device, dtype:
         model = MambaLM(d_model=size.d_model, n_layer=size.n_layer, vocab_size=args.vocab_size,
                         fused_add_norm=not args.no_fused_add_norm, device=device,
                         dtype=dtype).eval().set_scan_backend(args.scan_backend)
-        return MambaRunner(model, max_len, use_cg, cg_prefill=use_cg and args.cg_prefill)
+        return MambaRunner(model, max_len, use_cg, cg_prefill=use_cg and args.cg_prefill,
+                           ssm_state_dtype=getattr(torch, args.ssm_state_dtype) if args.ssm_state_dtype else None)
     with torch.device(device):  # initialized where it runs: no multi-GB copy from the host
         model = GPT(args.vocab_size, size.d_model, size.gpt_n_layer, size.n_head, max_len=max_len)
     return TransformerRunner(model.to(dtype=dtype).eval(), use_cg)
@@ -656,6 +659,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--no-fused-add-norm", action="store_true",
                         help="Mamba blocks use the unfused residual add + RMSNorm (several kernels per block)")
     parser.add_argument("--scan-backend", default="auto", help="seqmamba ops backend: auto | torch | triton")
+    parser.add_argument("--ssm-state-dtype", choices=["float32", "bfloat16"], default=None,
+                        help="Mamba's SSM state dtype in the cache (default fp32; bfloat16: mamba_ssm's for a bf16 "
+                             "model, half the state traffic per decode step)")
     parser.add_argument("--decode-dt-proj-max-bytes", type=int, default=None,
                         help="selective_state_update's DECODE_DT_PROJ_MAX_BYTES: above batch x W bytes, dt by one "
                              "GEMM before the state update instead of inside it (default: the module's)")

@@ -22,7 +22,7 @@
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
 #          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
 #          | embedstep (the selective-copying step with the embedding's weight gradient as one GEMM, off then on)
-#          | decodestep (1.4B decode at batch 1 / 128, dt projection inside the state update, then by a GEMM first)
+#          | decodestep (1.4B decode at batch 1 / 128: as is, dt projection by a GEMM first, bf16 SSM states, both)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -92,9 +92,11 @@ for step in $steps; do
                for rows in 0 64; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_embed_$rows" --cases selective_copying \
                    --embedding-gemm-rows $rows 2>&1 | tail -3 | tee -a "$OUT/embedstep.log"; done ;;
-    decodestep) for bytes in "" 16777216; do  # 1.4B decode, dt projection inside the state update, then by a GEMM
-                  timeout 200 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 1 128 --max-batch 128 \
-                    ${bytes:+--decode-dt-proj-max-bytes $bytes} 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decodestep.log"; done ;;
+    decodestep) for opt in "" "--decode-dt-proj-max-bytes 16777216" "--ssm-state-dtype bfloat16" \
+                   "--decode-dt-proj-max-bytes 16777216 --ssm-state-dtype bfloat16"; do  # 1.4B decode, each lever
+                  echo "== $opt" | tee -a "$OUT/decodestep.log"
+                  timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 1 128 --max-batch 128 \
+                    $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decodestep.log"; done ;;
     prefillprof) timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 15 2>&1 \
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;

@@ -39,10 +39,10 @@ def randomize(model, seed=1):
 
 
 @torch.no_grad()
-def prefill_then_step(model, ids, prefill_len, after_prefill=None):
+def prefill_then_step(model, ids, prefill_len, after_prefill=None, **cache_kwargs):
     """Logits (batch, L - prefill_len + 1, vocab) of positions prefill_len - 1 .. L - 1: the first prefill_len
     tokens through ``prefill``, then one ``step`` per token. ``after_prefill(params)`` may touch the cache."""
-    params = model.new_inference_params(ids.shape[0], ids.shape[1])
+    params = model.new_inference_params(ids.shape[0], ids.shape[1], **cache_kwargs)
     decoded = [model.prefill(ids[:, :prefill_len], params)]
     if after_prefill is not None:
         after_prefill(params)
@@ -144,6 +144,21 @@ def test_token_by_token_decoding_equals_parallel_forward(prefill_len, total_len)
     assert rel_err(decoded, parallel[:, prefill_len - 1:]) < 1e-4
 
 
+def test_decoding_with_bf16_ssm_states_stays_within_bf16_rounding_of_the_parallel_forward():
+    """ssm_state_dtype=torch.bfloat16 (mamba_ssm's cache for a bf16 model): the cache holds bf16 states, the
+    decoded logits differ from the parallel forward by bf16 rounding (more than the fp32 cache's 1e-4, so the
+    option took effect) and no more (1e-2)."""
+    model = randomize(tiny_lm(tie_embeddings=False))
+    ids = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        parallel = model(ids)
+    dtypes = []
+    decoded = prefill_then_step(model, ids, 9, ssm_state_dtype=torch.bfloat16,
+                                after_prefill=lambda p: dtypes.extend(s.dtype for _, s in p.key_value_memory_dict.values()))
+    assert dtypes == [torch.bfloat16] * 2
+    assert 1e-4 < rel_err(decoded, parallel[:, 8:]) < 1e-2
+
+
 def test_decoding_check_detects_a_small_state_error():
     """The tolerance above is meaningful: scaling the carried SSM state by 0.999 breaks it."""
     model = randomize(tiny_lm(tie_embeddings=False))
@@ -239,6 +254,24 @@ def test_decoding_on_cuda_equals_parallel_forward():
     with torch.no_grad():
         parallel = model(ids)
     assert rel_err(prefill_then_step(model, ids, 11), parallel[:, 10:]) < 1e-4
+
+
+@cuda_only
+def test_gpu_generate_with_bf16_ssm_states_in_a_cuda_graph():
+    """generate(cg=True, ssm_state_dtype=torch.bfloat16): the Triton state update on a bf16 cache under a CUDA
+    graph, a graph of its own (the cache key holds the state dtype); the step-by-step logits within bf16 rounding
+    of the parallel forward."""
+    model = randomize(tiny_lm(tie_embeddings=False)).cuda()
+    ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
+    with torch.no_grad():
+        parallel = model(ids)
+    assert rel_err(prefill_then_step(model, ids, 11, ssm_state_dtype=torch.bfloat16), parallel[:, 10:]) < 1e-2
+    out = model.generate(ids[:, :8], 6, temperature=0, cg=True, ssm_state_dtype=torch.bfloat16)
+    graphs = model.__dict__["_cuda_graph_steps"]
+    (key,) = graphs
+    assert out.shape == (2, 14) and (("ssm_state_dtype", torch.bfloat16),) in key
+    states = [s.dtype for _, s in graphs[key].inference_params.key_value_memory_dict.values()]
+    assert states == [torch.bfloat16] * 2
 
 
 @cuda_only

@@ -151,20 +151,20 @@ class CUDAGraphPrefill:
         return self.static_logits
 
 
-def _graph_for(model, batch_size: int, max_seqlen: int, dtype) -> CUDAGraphStep:
-    """One captured step per (batch, max_seqlen, dtype, parameter storage), cached on the model.
+def _graph_for(model, batch_size: int, max_seqlen: int, dtype, cache_kwargs: dict) -> CUDAGraphStep:
+    """One captured step per (batch, max_seqlen, dtype, cache options, parameter storage), cached on the model.
 
     The key holds the parameters' addresses: after ``model.to(...)`` the old graph would read freed memory.
     """
     # Versions too: an in-place update (optimizer step, load_state_dict) must recapture, since the step
     # caches values derived from parameters (Mamba._ssm_constants) that a replay would not recompute.
     params_key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    key = (batch_size, max_seqlen, dtype, params_key)
+    key = (batch_size, max_seqlen, dtype, tuple(sorted(cache_kwargs.items())), params_key)
     cache = model.__dict__.setdefault("_cuda_graph_steps", {})
     if key not in cache:
         cache.clear()  # one live graph per model: each holds its own states and memory pool
-        cache[key] = CUDAGraphStep(model, InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype),
-                                   batch_size)
+        cache[key] = CUDAGraphStep(model, InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype,
+                                                                        **cache_kwargs), batch_size)
     return cache[key]
 
 
@@ -175,7 +175,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
              eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
              generator: Optional[torch.Generator] = None, cg: bool = False, max_seqlen: Optional[int] = None,
              vocab_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-             cg_prefill: bool = False) -> torch.Tensor:
+             cg_prefill: bool = False, ssm_state_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Continue each row of ``input_ids`` (batch, L >= 1) by up to ``max_new_tokens`` tokens.
 
     Returns (batch, L + T) with T <= max_new_tokens: generation stops early once every row has produced
@@ -184,7 +184,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     ``max_seqlen`` is the cache capacity (default L + max_new_tokens); a longer request is refused.
     ``cg=True`` decodes under a captured CUDA graph (CUDA only); ``cg_prefill=True`` (with ``cg``) also replays
     the prompt's forward from a graph captured for this (batch, prompt length): small batches stop paying the
-    host's launches, and each new prompt length pays one capture.
+    host's launches, and each new prompt length pays one capture. ``ssm_state_dtype``: the Mamba layers' state
+    dtype in the cache (fp32 by default; torch.bfloat16 is mamba_ssm's choice for a bf16 model: half the state
+    traffic per decode step, the state rounded to bf16 after each token).
     """
     validate_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -217,14 +219,15 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     sequences[:, :prompt_len] = input_ids
     if max_new_tokens == 0:
         return sequences
+    cache_kwargs = {} if ssm_state_dtype is None else {"ssm_state_dtype": ssm_state_dtype}
 
     if cg:
-        graph_step = _graph_for(model, batch_size, max_seqlen, dtype)
+        graph_step = _graph_for(model, batch_size, max_seqlen, dtype, cache_kwargs)
         inference_params = graph_step.inference_params
         inference_params.reset(max_seqlen, batch_size)
         step = graph_step
     else:
-        inference_params = InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype)
+        inference_params = InferenceParams.allocated_for(model, batch_size, max_seqlen, dtype, **cache_kwargs)
         step = model.step
 
     if cg_prefill:

@@ -308,9 +308,10 @@ class MambaLM(nn.Module):
         """{layer_idx: (conv_state, ssm_state)}, as mamba_ssm's ``allocate_inference_cache``."""
         return self.backbone.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
 
-    def new_inference_params(self, batch_size: int, max_seqlen: int, dtype=None) -> InferenceParams:
-        """An :class:`InferenceParams` at offset 0 with every layer's states allocated."""
-        return InferenceParams.allocated_for(self, batch_size, max_seqlen, dtype)
+    def new_inference_params(self, batch_size: int, max_seqlen: int, dtype=None, **cache_kwargs) -> InferenceParams:
+        """An :class:`InferenceParams` at offset 0 with every layer's states allocated (``cache_kwargs``: e.g.
+        ``ssm_state_dtype``, see :meth:`seqmamba.modules.mamba.Mamba.allocate_inference_cache`)."""
+        return InferenceParams.allocated_for(self, batch_size, max_seqlen, dtype, **cache_kwargs)
 
     def prefill(self, input_ids: torch.Tensor, inference_params: InferenceParams) -> torch.Tensor:
         """Consume a prompt (batch, L) through the parallel scan, leaving the last states in the cache.

@@ -23,10 +23,12 @@ class InferenceParams:
     lengths_per_sample: Any = None
 
     @classmethod
-    def allocated_for(cls, model, batch_size: int, max_seqlen: int, dtype=None) -> "InferenceParams":
-        """At offset 0 with every layer's states from ``model.allocate_inference_cache``."""
+    def allocated_for(cls, model, batch_size: int, max_seqlen: int, dtype=None, **cache_kwargs) -> "InferenceParams":
+        """At offset 0 with every layer's states from ``model.allocate_inference_cache`` (``cache_kwargs`` go to it,
+        e.g. ``ssm_state_dtype`` for the Mamba layers)."""
         return cls(max_seqlen=max_seqlen, max_batch_size=batch_size,
-                   key_value_memory_dict=model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype))
+                   key_value_memory_dict=model.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype,
+                                                                        **cache_kwargs))
 
     def reset(self, max_seqlen: int, max_batch_size: int) -> None:
         """Start a new sequence on the same (already allocated) states."""

@@ -239,15 +239,20 @@ class Mamba(nn.Module):
         return cached[1]
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: Optional[torch.dtype] = None,
+                                 ssm_state_dtype: Optional[torch.dtype] = None,
                                  **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(conv_state (batch, d_inner, d_conv) in the conv's dtype, ssm_state (batch, d_inner, d_state) fp32).
+        """(conv_state (batch, d_inner, d_conv) in the conv's dtype, ssm_state (batch, d_inner, d_state) in
+        ``ssm_state_dtype``, fp32 by default).
 
-        The state size does not depend on max_seqlen: that is the point of an SSM.
+        The state size does not depend on max_seqlen: that is the point of an SSM. The updates compute in fp32
+        whatever the state's dtype; a bf16 state (what mamba_ssm keeps for a bf16 model) halves the state
+        traffic of a decode step at large batch and rounds the state to bf16 after every token.
         """
         device = self.out_proj.weight.device
         conv_dtype = self.conv1d.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=conv_dtype)
-        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                                dtype=torch.float32 if ssm_state_dtype is None else ssm_state_dtype)
         return conv_state, ssm_state
 
     def _states_from_cache(self, inference_params, batch_size: int):
