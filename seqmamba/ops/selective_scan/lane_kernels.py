@@ -154,6 +154,32 @@ def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, M
 
 
 @triton.jit
+def _sequence_tiles(u_row, dt_row, z_row, t0, L, s_u_l, s_dt_l, s_z_l, TC: tl.constexpr, MASKED: tl.constexpr,
+                    HAS_Z: tl.constexpr):
+    """The raw (u, delta, z) tiles of steps t0 .. t0 + TC - 1; without z its slot holds u's tile (never read)."""
+    u = _tile(u_row, t0, L, s_u_l, TC, MASKED)
+    dt = _tile(dt_row, t0, L, s_dt_l, TC, MASKED)
+    z = u
+    if HAS_Z:
+        z = _tile(z_row, t0, L, s_z_l, TC, MASKED)
+    return u, dt, z
+
+
+@triton.jit
+def _bc_component_tiles(B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, L, placeholder, N: tl.constexpr,
+                        TC: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, PAIRS: tl.constexpr):
+    """(B's, C's) N masked component tiles of steps t0 .. t0 + TC - 1 (_component_tiles); a constant B or C gets
+    ``placeholder`` (never read: its (dim, N) values were loaded once)."""
+    B_t = placeholder
+    C_t = placeholder
+    if B_VAR:
+        B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True, PAIRS)
+    if C_VAR:
+        C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True, PAIRS)
+    return B_t, C_t
+
+
+@triton.jit
 def _save_states(row_ptr, slot, hs, mask_d, N: tl.constexpr):
     for n in tl.static_range(N):
         tl.store(row_ptr + slot * N + n, hs[n], mask=mask_d)
@@ -313,33 +339,18 @@ def _selective_scan_fwd_lanes_kernel(
     # chunk re-read it (in bounds, unmasked); the partial last chunk loads its own, masked.
     n_full = L // TC
     last_full = tl.maximum(n_full - 1, 0)
-    u_n = _tile(u_row, 0, L, s_u_l, TC, True)
-    dt_n = _tile(dt_row, 0, L, s_dt_l, TC, True)
-    z_n = u_n
-    if HAS_Z:
-        z_n = _tile(z_row, 0, L, s_z_l, TC, True)
-    t1 = tl.minimum(1, last_full) * TC
-    u_nn = _tile(u_row, t1, L, s_u_l, TC, True)
-    dt_nn = _tile(dt_row, t1, L, s_dt_l, TC, True)
-    z_nn = u_nn
-    if HAS_Z:
-        z_nn = _tile(z_row, t1, L, s_z_l, TC, True)
-    B_n = A2s
-    C_n = A2s
-    if B_VAR:
-        B_n = _component_tiles(B_rows, s_B_n, 0, L, s_B_l, N, TC, True, BC_PAIRS)
-    if C_VAR:
-        C_n = _component_tiles(C_rows, s_C_n, 0, L, s_C_l, N, TC, True, BC_PAIRS)
+    u_n, dt_n, z_n = _sequence_tiles(u_row, dt_row, z_row, 0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z)
+    u_nn, dt_nn, z_nn = _sequence_tiles(u_row, dt_row, z_row, tl.minimum(1, last_full) * TC, L, s_u_l, s_dt_l,
+                                        s_z_l, TC, True, HAS_Z)
+    B_n, C_n = _bc_component_tiles(B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, 0, L, A2s, N, TC, B_VAR, C_VAR,
+                                   BC_PAIRS)
     for c in range(0, n_full):
         if SAVE_STATES:
             _save_states_entering(chunk_row, c * TC, hs, mask_d, N, T_SAVE)
         u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n  # B / C: _chunk loads the next ones as it goes
         u_n, dt_n, z_n = u_nn, dt_nn, z_nn
-        t2 = tl.minimum(c + 2, last_full) * TC
-        u_nn = _tile(u_row, t2, L, s_u_l, TC, False)
-        dt_nn = _tile(dt_row, t2, L, s_dt_l, TC, False)
-        if HAS_Z:
-            z_nn = _tile(z_row, t2, L, s_z_l, TC, False)
+        u_nn, dt_nn, z_nn = _sequence_tiles(u_row, dt_row, z_row, tl.minimum(c + 2, last_full) * TC, L, s_u_l,
+                                            s_dt_l, s_z_l, TC, False, HAS_Z)
         hs, B_n, C_n = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l,
                               mask_d, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
                               tl.minimum(c + 1, last_full) * TC, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
@@ -348,17 +359,10 @@ def _selective_scan_fwd_lanes_kernel(
         t0 = n_full * TC
         if SAVE_STATES:
             _save_states_entering(chunk_row, t0, hs, mask_d, N, T_SAVE)
-        z_t = u_row[:, None]
-        if HAS_Z:
-            z_t = _tile(z_row, t0, L, s_z_l, TC, True)
-        B_t = A2s
-        C_t = A2s
-        if B_VAR:
-            B_t = _component_tiles(B_rows, s_B_n, t0, L, s_B_l, N, TC, True, BC_PAIRS)
-        if C_VAR:
-            C_t = _component_tiles(C_rows, s_C_n, t0, L, s_C_l, N, TC, True, BC_PAIRS)
-        hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, _tile(u_row, t0, L, s_u_l, TC, True),
-                              _tile(dt_row, t0, L, s_dt_l, TC, True), z_t, B_t, C_t, o_row, s_o_l, mask_d,
+        B_t, C_t = _bc_component_tiles(B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, L, A2s, N, TC, B_VAR, C_VAR,
+                                       BC_PAIRS)
+        u_t, dt_t, z_t = _sequence_tiles(u_row, dt_row, z_row, t0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z)
+        hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d,
                               B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
                               HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS)
     for n in tl.static_range(N):
