@@ -544,9 +544,9 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
 
 @pytest.mark.parametrize("L", [2, 9, 4100])
 def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L):
-    """FWD_CONFIG lanes_fast_math + lanes_bc_pairs (on by default since the tenth session): bf16 at 640 channels, B / C read as
-    int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full; out and last state
-    against float64 (inference)."""
+    """FWD_CONFIG lanes_fast_math + lanes_bc_pairs (on by default since the tenth session): bf16 at 640 channels,
+    B / C read as int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full;
+    out and last state against float64 (inference)."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     force_lanes_forward(monkeypatch, lanes_fast_math=True, lanes_bc_pairs=True)
     asked, check = [], launch._bf16_pairs_ok

@@ -153,8 +153,11 @@ def test_decoding_with_bf16_ssm_states_stays_within_bf16_rounding_of_the_paralle
     with torch.no_grad():
         parallel = model(ids)
     dtypes = []
-    decoded = prefill_then_step(model, ids, 9, ssm_state_dtype=torch.bfloat16,
-                                after_prefill=lambda p: dtypes.extend(s.dtype for _, s in p.key_value_memory_dict.values()))
+
+    def record(params):
+        dtypes.extend(ssm_state.dtype for _, ssm_state in params.key_value_memory_dict.values())
+
+    decoded = prefill_then_step(model, ids, 9, after_prefill=record, ssm_state_dtype=torch.bfloat16)
     assert dtypes == [torch.bfloat16] * 2
     assert 1e-4 < rel_err(decoded, parallel[:, 8:]) < 1e-2
 

@@ -94,7 +94,8 @@ def test_resume_keeps_the_history_of_a_run_recorded_with_its_csv_only(tmp_path):
     full, split = train_losses(str(tmp_path / "full")), train_losses(str(tmp_path / "split"))
     assert [s for s, _ in split] == list(range(1, 10))
     assert split == full  # the CSV holds repr()s of the floats: exact
-    assert (tmp_path / "split" / "metrics.csv").read_text().count("\n") == (tmp_path / "full" / "metrics.csv").read_text().count("\n")
+    lines = lambda run: (tmp_path / run / "metrics.csv").read_text().count("\n")  # noqa: E731
+    assert lines("split") == lines("full")
 
     os.remove(tmp_path / "split" / "metrics.jsonl")
     csv_path = tmp_path / "split" / "metrics.csv"
