@@ -49,7 +49,7 @@ NOT_DIVISIBLE = {"n_chunks"}  # 8 at (8, 1536, 4096) with 512-step chunks; Trito
 
 
 def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None, prefetch=False, arch: int = 90,
-                   seq_dtype: str = "bf16", ones=(), not_divisible=NOT_DIVISIBLE, fp32_pointers=(), **constexprs):
+                   seq_dtype: str = "bf16", ones=(), not_divisible=NOT_DIVISIBLE, **constexprs):
     """Compiles one kernel for sm_<arch> as a launch at (8, 1536, 4096) bf16 would specialise it: pointers 16-byte
     aligned, integers divisible by 16 except ``not_divisible``, the time strides and ``ones`` equal to 1 (Triton
     makes an integer argument equal to 1 a constant); ``seq_dtype`` for the sequence tensors."""
@@ -68,7 +68,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
             signature[arg] = "constexpr"
             constants[arg] = 1
         elif arg.endswith("_ptr"):
-            signature[arg] = "*fp32" if arg in FP32_POINTERS or arg in fp32_pointers else "*" + seq_dtype
+            signature[arg] = "*fp32" if arg in FP32_POINTERS else "*" + seq_dtype
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
@@ -133,8 +133,8 @@ def report(name, block_d, T, num_warps, maxnreg=None, prefetch=False, histogram=
     loop = innermost_loop(sass)
     total = sum(loop.values())
     per_element = total * 32 * num_warps / (block_d * T)
-    if name == "lanes_fwd":  # a loop iteration: TC steps of all N components on each of the warp's 32 lanes
-        per_element = total / (kw.get("TC", 4) * kw.get("N", 16))
+    if name == "lanes_fwd":
+        per_element = lanes_per_element(loop, kw)
     row = dict(kernel=name, block_d=block_d, T=T, num_warps=num_warps, maxnreg=maxnreg, prefetch=prefetch,
                registers=regs, stack=stack, loop_instructions=total, per_state_element=per_element,
                histogram=dict(loop.most_common()))
@@ -192,12 +192,19 @@ GLUON_VARIANTS = [
 ]
 
 
-# The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane). Its launch hands it fp32 B / C.
+# The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane); the default launch is the last
+# (fast math, bf16 B / C as int32 pairs).
 LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
     dict(FAST_MATH=True, BC_PAIRS=True),
 ]
+
+
+def lanes_per_element(loop, kw) -> float:
+    """The lanes kernel's loop instructions per state element: an iteration is TC steps of all N components on
+    each of the warp's 32 lanes (compile_kernel's TC / N unless ``kw`` sets them)."""
+    return sum(loop.values()) / (kw.get("TC", 4) * kw.get("N", 16))
 
 
 def lanes_report(variants=LANES_VARIANTS):
@@ -206,12 +213,11 @@ def lanes_report(variants=LANES_VARIANTS):
     rows = []
     for variant in variants:
         kw = dict(variant)
-        sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 4, 1,
-                                                              **kw))
+        sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 4, 1, **kw))
         loop = innermost_loop(sass)
         rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
                          shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
-                         per_element=sum(loop.values()) / (kw.get("TC", 4) * kw.get("N", 16))))
+                         per_element=lanes_per_element(loop, kw)))
     return rows
 
 
