@@ -113,21 +113,7 @@ def main() -> None:
                 generator = GPTGenerator(model, args.batch, use_cuda_graph=False)
                 positions = torch.arange(args.prompt_len, device=device)
                 step = lambda: model(prompt, generator.kv_cache, positions)  # noqa: E731
-            total_us, rows = profile_step(step, args.repeats)
-            results[name] = total_us
-            kinds = {}
-            for kernel, us, _ in rows:
-                kinds[kind_of(kernel)] = kinds.get(kind_of(kernel), 0.0) + us
-            print(f"\n{name}: {total_us / 1e3:.2f} ms of GPU time per prompt forward; by kind: "
-                  + ", ".join(f"{k} {us / 1e3:.2f} ms ({100 * us / total_us:.0f}%)"
-                              for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])))
-            print(f"  {'us':>9s} {'share':>6s} {'calls':>6s}  kernel")
-            for kernel, us, calls in rows[:args.top]:
-                print(f"  {us:9.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
-            del runner, model, step
-            torch.cuda.empty_cache()
-            continue
-        if name == "Mamba":
+        elif name == "Mamba":
             params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
             params.seqlen_offset = args.prompt_len
             ids = torch.zeros(args.batch, 1, dtype=torch.long, device=device)
@@ -146,13 +132,21 @@ def main() -> None:
             step = generator._step
             what = f"weights {weights / 1e9:.2f} GB + KV cache read {cache / 1e9:.2f} GB"
         total_us, rows = profile_step(step, args.repeats)
-        floor_us = moved / bandwidth * 1e6
         results[name] = total_us
-        print(f"\n{name}: {total_us:.0f} us of GPU time per step, {total_us / floor_us:.2f}x its memory floor "
-              f"({floor_us:.0f} us: {what})")
-        print(f"  {'us/step':>8s} {'share':>6s} {'calls':>6s}  kernel")
+        if args.phase == "prefill":
+            kinds = {}
+            for kernel, us, _ in rows:
+                kinds[kind_of(kernel)] = kinds.get(kind_of(kernel), 0.0) + us
+            print(f"\n{name}: {total_us / 1e3:.2f} ms of GPU time per prompt forward; by kind: "
+                  + ", ".join(f"{k} {us / 1e3:.2f} ms ({100 * us / total_us:.0f}%)"
+                              for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])))
+        else:
+            floor_us = moved / bandwidth * 1e6
+            print(f"\n{name}: {total_us:.0f} us of GPU time per step, {total_us / floor_us:.2f}x its memory floor "
+                  f"({floor_us:.0f} us: {what})")
+        print(f"  {'us/step':>9s} {'share':>6s} {'calls':>6s}  kernel")
         for kernel, us, calls in rows[:args.top]:
-            print(f"  {us:8.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
+            print(f"  {us:9.1f} {100 * us / total_us:5.1f}% {calls:6.1f}  {kernel[:110]}")
         del runner, model, step
         torch.cuda.empty_cache()
     if args.phase == "prefill":
