@@ -6,7 +6,7 @@
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test but the lanes kernel's, which the
-#          lanes step runs; in 4 processes at once) | split (L split tables)
+#          lanes step runs; in 4 processes at once) | alltests (every GPU test, the lanes kernel's too, in 12 processes) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift, each with
 #            tl.atomic_add or the inline red.v4 for dB / dC)
@@ -23,6 +23,7 @@
 #          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
 #          | embedstep (the selective-copying step with the embedding's weight gradient as one GEMM, off then on)
 #          | decodestep (1.4B decode at batch 1 / 128: as is, dt projection by a GEMM first, bf16 SSM states, both)
+#          | decodekernels (the decode step's state-update and conv-update launch configs: bench_decode_kernels.py)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -48,6 +49,10 @@ par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tes
   done
   wait
   echo "$(wc -l < "$OUT/$log.ids") tests in $shards shards:"; grep -hE "passed|failed|FAILED|error|shard" "$OUT/${log}"_*.log
+  # one file back instead of 2 per shard (the device returns a limited number of files)
+  for i in $(seq 0 $(( shards - 1 ))); do [ -f "$OUT/${log}_$i.log" ] && { echo "=== shard $i"; cat "$OUT/${log}_$i.log"; }; done \
+    > "$OUT/${log}_shards.txt"
+  rm -f "$OUT/$log".ids* "$OUT/${log}"_[0-9]*.log
 }
 steps=${*:-tests table}
 [ "$steps" = all ] && steps="tests table block layer generation"
@@ -67,6 +72,7 @@ for step in $steps; do
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
     gputests) par_pytest 4 420 gputests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/gputests.log" ;;
+    alltests) par_pytest 12 420 alltests -m gpu tests/ 2>&1 | tee "$OUT/alltests.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
@@ -89,14 +95,17 @@ for step in $steps; do
              "gluon 1x1024" "where-sum last" --json "$OUT/gluon.json" 2>&1 | tail -12 | tee -a "$OUT/gluon.log" ;;
     decodeprof) timeout 200 python benchmarks/profile_decode.py --size 1.4b --batch 128 2>&1 | tee "$OUT/decodeprof.log" ;;
     embedstep) timeout 120 python -m pytest -q -m gpu tests/test_mamba_lm.py -k one_hot 2>&1 | tail -3 | tee "$OUT/embedstep.log"
-               for rows in 0 64; do
+               for rows in 0 64; do  # the second run also profiles 8 eager steps (where the step goes now)
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_embed_$rows" --cases selective_copying \
-                   --embedding-gemm-rows $rows 2>&1 | tail -3 | tee -a "$OUT/embedstep.log"; done ;;
+                   --embedding-gemm-rows $rows $([ $rows = 64 ] && echo --profile) 2>&1 | tail -40 \
+                   | tee -a "$OUT/embedstep.log"; done ;;
     decodestep) for opt in "" "--decode-dt-proj-max-bytes 16777216" "--ssm-state-dtype bfloat16" \
                    "--decode-dt-proj-max-bytes 16777216 --ssm-state-dtype bfloat16"; do  # 1.4B decode, each lever
                   echo "== $opt" | tee -a "$OUT/decodestep.log"
                   timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 1 128 --max-batch 128 \
                     $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decodestep.log"; done ;;
+    decodekernels) timeout 300 python benchmarks/bench_decode_kernels.py --json "$OUT/decodekernels.json" 2>&1 \
+                     | tee "$OUT/decodekernels.log" | sed -n '/best per shape/,$p' ;;
     prefillprof) timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 15 2>&1 \
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;

@@ -94,7 +94,8 @@ def main() -> None:
     size = resolve_sizes([args.size])[0]
     bandwidth = copy_bandwidth(device)
     opts = argparse.Namespace(prompt_len=args.prompt_len, gen_len=args.gen_len, vocab_size=args.vocab_size,
-                              no_cuda_graph=True, no_fused_add_norm=False, scan_backend="auto", cg_prefill=False)
+                              no_cuda_graph=True, no_fused_add_norm=False, scan_backend="auto", cg_prefill=False,
+                              ssm_state_dtype=None)
     what_step = ("one eager decode step (what the CUDA graph replays)" if args.phase == "decode"
                  else f"the prompt's forward ({args.prompt_len} tokens per row)")
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; {size.name} vs "

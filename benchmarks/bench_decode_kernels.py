@@ -1,0 +1,196 @@
+"""The decode step's two Triton kernels at the paper's sizes: launch configs against each shape's memory floor.
+
+Issue 9 asks for 1.4B decode at batch 128 >= 5x the Transformer's tokens/s. ``profile_decode.py`` put half of
+Mamba's step in ``selective_state_update`` (dt projected inside the kernel: W (dim, R) re-read once per batch
+row) and 9% in ``causal_conv1d_update``. This script times, under CUDA graphs (100 launches per graph, the
+GPU's time per launch, as generation replays them), the choices each kernel has:
+
+- state update: dt projected inside the kernel with 1 .. 16 batch rows per program (W loaded once per
+  program), or dt by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``); channels per program; fp32 or bf16 state;
+- conv update: channels per program, warps, and whether the old state row is read whole or shifted.
+
+Each row prints us per launch and the memory floor (the bytes the launch must move at the copy bandwidth
+measured in the same run); the best config per shape last. Outputs are checked against the default config's.
+
+    python benchmarks/bench_decode_kernels.py                 # GPU, ~2 min (compiles dominate)
+    python benchmarks/bench_decode_kernels.py --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_decode import copy_bandwidth  # noqa: E402
+
+from seqmamba.ops import causal_conv1d_update, selective_state_update  # noqa: E402
+
+SSU = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
+CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+
+# (name, batch, d_inner, dt_rank): Mamba 1.4B (d_model 2048) and 130M (d_model 768)
+SHAPES = [("1.4b", 1, 4096, 128), ("1.4b", 128, 4096, 128), ("130m", 64, 1536, 48), ("130m", 1, 1536, 48)]
+N_STATE, WIDTH = 16, 4
+
+
+def graphed_us(step, launches=100, repeats=5) -> float:
+    """GPU time per launch of ``step`` with ``launches`` of them captured in one CUDA graph (median of repeats)."""
+    step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches):
+            step()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        graph.replay()
+        start.record()
+        for _ in range(10):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / (10 * launches))
+    return sorted(times)[len(times) // 2]
+
+
+def state_update_inputs(batch, dim, R, state_dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x_dbl = r(batch, R + 2 * N_STATE).to(torch.bfloat16)  # as Mamba.step slices dt_low / B / C from x_proj's output
+    dt_low, B, C = torch.split(x_dbl, [R, N_STATE, N_STATE], dim=-1)
+    return dict(state=r(batch, dim, N_STATE).to(state_dtype), x=r(batch, dim).to(torch.bfloat16), dt=dt_low,
+                A=-torch.rand(dim, N_STATE, device="cuda", generator=g) - 0.5, B=B, C=C, D=r(dim),
+                z=r(batch, dim).to(torch.bfloat16), dt_bias=r(dim) - 4.0,
+                dt_proj_weight=(r(dim, R) * R ** -0.5).to(torch.bfloat16))
+
+
+def state_update_configs():
+    yield {"label": "default"}
+    yield {"label": "gemm first", "DECODE_DT_PROJ_MAX_BYTES": 0}
+    for rows, block_d, warps in itertools.product([1, 2, 4, 8, 16], [32, 64, 128], [4, 8]):
+        if block_d == 128 or warps == 8:
+            if rows not in (4, 8):
+                continue
+        yield {"label": f"inside {rows} rows x {block_d} ch x {warps} w", "DECODE_BATCH_ROWS": rows,
+               "DECODE_BLOCK_D": block_d, "DECODE_NUM_WARPS": warps}
+
+
+def run_state_update(inputs, config):
+    saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BATCH_ROWS", "DECODE_BLOCK_D",
+                                          "DECODE_NUM_WARPS")}
+    for k, v in config.items():
+        if k != "label":
+            setattr(SSU, k, v)
+    try:
+        state0 = inputs["state"].clone()
+        out = selective_state_update(**inputs, dt_softplus=True, backend="triton")
+        result = (out.float().clone(), inputs["state"].float().clone())
+        inputs["state"].copy_(state0)
+        us = graphed_us(lambda: selective_state_update(**inputs, dt_softplus=True, backend="triton"))
+        inputs["state"].copy_(state0)
+        return us, result
+    finally:
+        for k, v in saved.items():
+            setattr(SSU, k, v)
+
+
+def conv_update_configs():
+    yield {"label": "default"}
+    for block_d, warps, row_load in itertools.product([64, 128, 256, 512, 1024], [1, 2, 4, 8], [False, True]):
+        if block_d * WIDTH // (32 * warps) < 1:
+            continue
+        yield {"label": f"{block_d} ch x {warps} w {'row' if row_load else 'shifted'}", "block_d": block_d,
+               "num_warps": warps, "row_load": row_load}
+
+
+def run_conv_update(batch, dim, config):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(batch, 2 * dim, device="cuda", generator=g).to(torch.bfloat16)[:, :dim]  # xz's x half
+    state0 = torch.randn(batch, dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
+    weight, bias = torch.randn(dim, WIDTH, device="cuda", generator=g), torch.randn(dim, device="cuda", generator=g)
+    saved = dict(CONV.UPDATE_CONFIG)
+    CONV.UPDATE_CONFIG.update({k: v for k, v in config.items() if k != "label"})
+    try:
+        state = state0.clone()
+        out = causal_conv1d_update(x, state, weight.to(torch.bfloat16), bias.to(torch.bfloat16), "silu",
+                                   backend="triton")
+        result = (out.float().clone(), state.float().clone())
+        w16, b16 = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+        us = graphed_us(lambda: causal_conv1d_update(x, state, w16, b16, "silu", backend="triton"))
+        return us, result
+    finally:
+        CONV.UPDATE_CONFIG.clear()
+        CONV.UPDATE_CONFIG.update(saved)
+
+
+def same(a, b) -> bool:
+    return all(torch.allclose(x, y, rtol=2e-2, atol=2e-2) for x, y in zip(a, b))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None, help="write every row here")
+    parser.add_argument("--kernels", nargs="+", default=["state", "conv"], choices=["state", "conv"])
+    args = parser.parse_args()
+    bandwidth = copy_bandwidth(torch.device("cuda"))
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; us per launch, "
+          f"100 launches per CUDA graph", flush=True)
+    rows, best = [], []
+    for name, batch, dim, R in SHAPES:
+        if "state" in args.kernels:
+            for state_dtype in (torch.float32, torch.bfloat16):
+                inputs = state_update_inputs(batch, dim, R, state_dtype)
+                # state read + written, x / z / out, dt_low / B / C, W / A / D / dt_bias once
+                nbytes = (2 * batch * dim * N_STATE * inputs["state"].element_size() + 3 * batch * dim * 2
+                          + batch * (R + 2 * N_STATE) * 2 + dim * R * 2 + dim * N_STATE * 4 + 2 * dim * 4)
+                floor_us = nbytes / bandwidth * 1e6
+                ref = None
+                shape_rows = []
+                for config in state_update_configs():
+                    us, result = run_state_update(inputs, config)
+                    ref = result if ref is None else ref
+                    row = {"kernel": "state_update", "size": name, "batch": batch, "dim": dim,
+                           "state": str(state_dtype).split(".")[-1], "config": config, "us": us,
+                           "floor_us": floor_us, "matches_default": same(result, ref)}
+                    rows.append(row)
+                    shape_rows.append(row)
+                    print(f"state {name:5s} b{batch:<4d} {row['state']:8s} {config['label']:32s} {us:8.2f} us "
+                          f"({us / floor_us:5.2f}x floor){'' if row['matches_default'] else '  MISMATCH'}",
+                          flush=True)
+                best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
+        if "conv" in args.kernels:
+            floor_us = (2 * batch * dim * WIDTH * 2 + 2 * batch * dim * 2 + dim * (WIDTH + 1) * 2) / bandwidth * 1e6
+            ref, shape_rows = None, []
+            for config in conv_update_configs():
+                us, result = run_conv_update(batch, dim, config)
+                ref = result if ref is None else ref
+                row = {"kernel": "conv_update", "size": name, "batch": batch, "dim": dim, "state": "bfloat16",
+                       "config": config, "us": us, "floor_us": floor_us, "matches_default": same(result, ref)}
+                rows.append(row)
+                shape_rows.append(row)
+                print(f"conv  {name:5s} b{batch:<4d} {config['label']:32s} {us:8.2f} us ({us / floor_us:5.2f}x "
+                      f"floor){'' if row['matches_default'] else '  MISMATCH'}", flush=True)
+            best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
+    print("\nbest per shape (us per launch; default; floor):")
+    for r in best:
+        print(f"  {r['kernel']:12s} {r['size']:5s} b{r['batch']:<4d} {r['state']:8s} {r['config']['label']:32s} "
+              f"{r['us']:7.2f}  default {r['default_us']:7.2f} ({r['default_us'] / r['us']:.2f}x)  "
+              f"floor {r['floor_us']:6.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
