@@ -2,12 +2,12 @@
 
 Issue 9 asks for 1.4B decode at batch 128 >= 5x the Transformer's tokens/s. ``profile_decode.py`` put half of
 Mamba's step in ``selective_state_update`` (dt projected inside the kernel: W (dim, R) re-read once per batch
-row) and 9% in ``causal_conv1d_update``. This script times, under CUDA graphs (100 launches per graph, the
+row) and 9% in ``causal_conv1d_update`` (before the defaults this script chose). This script times, under CUDA graphs (100 launches per graph, the
 GPU's time per launch, as generation replays them), the choices each kernel has:
 
-- state update: dt projected inside the kernel with 1 .. 16 batch rows per program (W loaded once per
-  program), or dt by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``); channels per program; fp32 or bf16 state;
-- conv update: channels per program, warps, and whether the old state row is read whole or shifted.
+- state update: dt projected inside the kernel or by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``); channels
+  per program and warps; fp32 or bf16 state;
+- conv update: channels per program and warps (``UPDATE_CONFIGS``).
 
 Each row prints us per launch and the memory floor (the bytes the launch must move at the copy bandwidth
 measured in the same run); the best config per shape last. Outputs are checked against the default config's.
@@ -78,17 +78,13 @@ def state_update_inputs(batch, dim, R, state_dtype, seed=0):
 def state_update_configs():
     yield {"label": "default"}
     yield {"label": "gemm first", "DECODE_DT_PROJ_MAX_BYTES": 0}
-    for rows, block_d, warps in itertools.product([1, 2, 4, 8, 16], [32, 64, 128], [4, 8]):
-        if block_d == 128 or warps == 8:
-            if rows not in (4, 8):
-                continue
-        yield {"label": f"inside {rows} rows x {block_d} ch x {warps} w", "DECODE_BATCH_ROWS": rows,
+    for block_d, warps in itertools.product([32, 64, 128], [4, 8]):
+        yield {"label": f"inside, {block_d} ch x {warps} w", "DECODE_DT_PROJ_MAX_BYTES": None,
                "DECODE_BLOCK_D": block_d, "DECODE_NUM_WARPS": warps}
 
 
 def run_state_update(inputs, config):
-    saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BATCH_ROWS", "DECODE_BLOCK_D",
-                                          "DECODE_NUM_WARPS")}
+    saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BLOCK_D", "DECODE_NUM_WARPS")}
     for k, v in config.items():
         if k != "label":
             setattr(SSU, k, v)
@@ -107,31 +103,60 @@ def run_state_update(inputs, config):
 
 def conv_update_configs():
     yield {"label": "default"}
-    for block_d, warps, row_load in itertools.product([64, 128, 256, 512, 1024], [1, 2, 4, 8], [False, True]):
-        if block_d * WIDTH // (32 * warps) < 1:
-            continue
-        yield {"label": f"{block_d} ch x {warps} w {'row' if row_load else 'shifted'}", "block_d": block_d,
-               "num_warps": warps, "row_load": row_load}
+    for block_d, warps in itertools.product([64, 128, 256, 512, 1024], [1, 2, 4, 8]):
+        yield {"label": f"{block_d} ch x {warps} w", "launch": (block_d, warps)}
 
 
 def run_conv_update(batch, dim, config):
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(batch, 2 * dim, device="cuda", generator=g).to(torch.bfloat16)[:, :dim]  # xz's x half
     state0 = torch.randn(batch, dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
-    weight, bias = torch.randn(dim, WIDTH, device="cuda", generator=g), torch.randn(dim, device="cuda", generator=g)
-    saved = dict(CONV.UPDATE_CONFIG)
-    CONV.UPDATE_CONFIG.update({k: v for k, v in config.items() if k != "label"})
+    weight = torch.randn(dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
+    bias = torch.randn(dim, device="cuda", generator=g).to(torch.bfloat16)
+    saved = dict(CONV.UPDATE_CONFIGS)
+    if "launch" in config:
+        CONV.UPDATE_CONFIGS.update(small=config["launch"], large=config["launch"])
     try:
         state = state0.clone()
-        out = causal_conv1d_update(x, state, weight.to(torch.bfloat16), bias.to(torch.bfloat16), "silu",
-                                   backend="triton")
+        out = causal_conv1d_update(x, state, weight, bias, "silu", backend="triton")
         result = (out.float().clone(), state.float().clone())
-        w16, b16 = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
-        us = graphed_us(lambda: causal_conv1d_update(x, state, w16, b16, "silu", backend="triton"))
+        us = graphed_us(lambda: causal_conv1d_update(x, state, weight, bias, "silu", backend="triton"))
         return us, result
     finally:
-        CONV.UPDATE_CONFIG.clear()
-        CONV.UPDATE_CONFIG.update(saved)
+        CONV.UPDATE_CONFIGS.update(saved)
+
+
+# the decode step's projections at 1.4B (d_model 2048, d_inner 4096, dt_rank 128, N 16): (name, in, out)
+GEMMS = [("in_proj", 2048, 8192), ("out_proj", 4096, 2048), ("x_proj", 4096, 160), ("dt_proj", 128, 4096)]
+
+
+def gemm_rows(batch, bandwidth):
+    """The 1.4B decode step's GEMMs at ``batch`` (profile_decode.py: 2.3x their weight-read floor at batch 128):
+    F.linear against a split over K by hand (a batched GEMM over K slices, then a sum), which gives the GPU more
+    tiles where cuBLAS runs few (M = batch rows)."""
+    rows = []
+    for name, n_in, n_out in GEMMS:
+        g = torch.Generator(device="cuda").manual_seed(2)
+        x = torch.randn(batch, n_in, device="cuda", generator=g).to(torch.bfloat16)
+        w = (torch.randn(n_out, n_in, device="cuda", generator=g) * n_in ** -0.5).to(torch.bfloat16)
+        floor_us = (w.numel() + x.numel() + batch * n_out) * 2 / bandwidth * 1e6
+        ref = torch.nn.functional.linear(x, w).float()
+        variants = {"F.linear": lambda: torch.nn.functional.linear(x, w)}
+        for split in (2, 4, 8, 16):
+            if n_in % split or n_in // split < 64:
+                continue
+            xs = x.view(batch, split, n_in // split).transpose(0, 1)  # (split, batch, K / split)
+            ws = w.view(n_out, split, n_in // split).permute(1, 2, 0)  # (split, K / split, out)
+            variants[f"split K {split}"] = (lambda xs=xs, ws=ws: torch.bmm(xs, ws).sum(0, dtype=torch.float32)
+                                            .to(torch.bfloat16))
+        for label, fn in variants.items():
+            ok = torch.allclose(fn().float(), ref, rtol=2e-2, atol=2e-2)
+            us = graphed_us(fn)
+            rows.append({"kernel": "gemm", "size": "1.4b", "batch": batch, "gemm": name, "config": {"label": label},
+                         "us": us, "floor_us": floor_us, "matches_default": ok})
+            print(f"gemm  1.4b  b{batch:<4d} {name:8s} {label:22s} {us:8.2f} us ({us / floor_us:5.2f}x floor)"
+                  f"{'' if ok else '  MISMATCH'}", flush=True)
+    return rows
 
 
 def same(a, b) -> bool:
@@ -141,7 +166,7 @@ def same(a, b) -> bool:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
-    parser.add_argument("--kernels", nargs="+", default=["state", "conv"], choices=["state", "conv"])
+    parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"], choices=["state", "conv", "gemm"])
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; us per launch, "
@@ -182,6 +207,9 @@ def main():
                 print(f"conv  {name:5s} b{batch:<4d} {config['label']:32s} {us:8.2f} us ({us / floor_us:5.2f}x "
                       f"floor){'' if row['matches_default'] else '  MISMATCH'}", flush=True)
             best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
+    if "gemm" in args.kernels:
+        for batch in (1, 128):
+            rows += gemm_rows(batch, bandwidth)
     print("\nbest per shape (us per launch; default; floor):")
     for r in best:
         print(f"  {r['kernel']:12s} {r['size']:5s} b{r['batch']:<4d} {r['state']:8s} {r['config']['label']:32s} "

@@ -105,7 +105,7 @@ for step in $steps; do
                   timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 1 128 --max-batch 128 \
                     $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decodestep.log"; done ;;
     decodekernels) timeout 300 python benchmarks/bench_decode_kernels.py --json "$OUT/decodekernels.json" 2>&1 \
-                     | tee "$OUT/decodekernels.log" | sed -n '/best per shape/,$p' ;;
+                     | tee "$OUT/decodekernels.log" | grep -E '^gemm|^  ' ;;
     prefillprof) timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 15 2>&1 \
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;

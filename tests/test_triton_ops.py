@@ -197,14 +197,14 @@ def test_triton_causal_conv1d_forward_and_gradients_match_reference(dtype, activ
         assert rel_err(tri, ref) < tol, name
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["small-launch", "large-launch"])
 @pytest.mark.parametrize("width", [4, 3])
-@pytest.mark.parametrize("row_load", [False, True], ids=["shifted-load", "row-load"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_causal_conv1d_update_matches_reference_and_updates_state(monkeypatch, dtype, row_load, width):
-    """Both ways the kernel reads the old state (the shifted row, or the whole row stored one place left);
-    width 3 leaves a padded lane in the (channels, 4) tile; a channel count not a multiple of the block."""
+def test_triton_causal_conv1d_update_matches_reference_and_updates_state(monkeypatch, dtype, width, large):
+    """Both launches of the decode step's conv (UPDATE_CONFIGS, chosen by batch x dim); width 3 leaves a padded
+    lane in the (channels, 4) tile; 70 channels are not a multiple of the block."""
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
-    monkeypatch.setitem(module.UPDATE_CONFIG, "row_load", row_load)
+    monkeypatch.setattr(module, "UPDATE_LARGE_FROM", 0 if large else 10 ** 9)
     batch, dim = 3, 70
     x = torch.randn(batch, dim).to(dtype).to(DEVICE)
     state = torch.randn(batch, dim, width).to(dtype).to(DEVICE)
@@ -216,21 +216,14 @@ def test_triton_causal_conv1d_update_matches_reference_and_updates_state(monkeyp
     assert rel_err(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("batch_rows", [None, 2], ids=["row-per-program", "2-rows-per-program"])
 @pytest.mark.parametrize("grouped,dtype,state_dtype", [
     (False, torch.float32, torch.float32), (True, torch.float32, torch.float32),
     (False, torch.bfloat16, torch.float32), (True, torch.bfloat16, torch.bfloat16)])
-def test_triton_selective_state_update_matches_reference_in_place(monkeypatch, grouped, dtype, state_dtype,
-                                                                  batch_rows):
-    """Every batch row updated in place as the reference does; with 2 rows per program, batch 3 leaves the
-    last program one row past the batch (masked: no write outside the state, out or past a row's end)."""
-    module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
-    monkeypatch.setattr(module, "DECODE_BATCH_ROWS", batch_rows)
+def test_triton_selective_state_update_matches_reference_in_place(grouped, dtype, state_dtype):
     batch, dim, N, G = 3, 12, 8, 3
     g = torch.Generator().manual_seed(2)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    buffer = r(batch + 1, dim, N).to(state_dtype).to(DEVICE)  # one row past the state, which must stay as it is
-    state, past = buffer[:batch], buffer[batch].clone()
+    state = r(batch, dim, N).to(state_dtype).to(DEVICE)
     x, dt, z = (r(batch, dim).to(dtype).to(DEVICE) for _ in range(3))
     A = -(torch.rand(dim, N, generator=g) + 0.3).to(DEVICE)
     shape = (batch, G, N) if grouped else (batch, N)
@@ -243,15 +236,13 @@ def test_triton_selective_state_update_matches_reference_in_place(monkeypatch, g
     assert y.dtype == dtype
     assert rel_err(state, state_ref) < TOL[state_dtype]
     assert rel_err(y, y_ref) < tol
-    assert torch.equal(buffer[batch], past)
 
 
-@pytest.mark.parametrize("block_d,max_bytes,batch_rows", [(None, None, None), (8, None, None), (8, None, 2),
-                                                          (None, 0, None)],
-                         ids=["inside", "inside-8", "inside-8-2-rows", "gemm-first"])
+@pytest.mark.parametrize("block_d,max_bytes", [(None, None), (8, None), (None, 0)],
+                         ids=["inside", "inside-8", "gemm-first"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_state_update_with_the_dt_projection_inside_matches_projecting_first(monkeypatch, dtype, block_d,
-                                                                                        max_bytes, batch_rows):
+                                                                                        max_bytes):
     """dt_proj_weight (dim, R): the kernel forms dt = W @ dt_low itself (rank R = 5, padded to 8; dt_low a
     strided slice as in Mamba.step), or, past DECODE_DT_PROJ_MAX_BYTES (0 here), the op forms it with one GEMM
     first (dt in the input dtype). Same state and y as projecting first and passing the full dt, both against the
@@ -259,7 +250,6 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
     module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
     monkeypatch.setattr(module, "DECODE_BLOCK_D", block_d)
     monkeypatch.setattr(module, "DECODE_DT_PROJ_MAX_BYTES", max_bytes)
-    monkeypatch.setattr(module, "DECODE_BATCH_ROWS", batch_rows)  # 2 rows: W loaded once for both
     inside, launch = [], module._launch
     monkeypatch.setattr(module, "_launch", lambda *a: inside.append(a[3]["DT_PROJ"]) or launch(*a))
     batch, dim, N, R = 3, 12, 8, 5

@@ -112,35 +112,21 @@ def _causal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
     s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
     WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROW_LOAD: tl.constexpr,
 ):
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     k_idx = tl.arange(0, BLOCK_W)
     mask_d = d_idx < dim
     state_row = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d
+    # Shift left by one and append x: new[k] = old[k + 1] for k < width - 1, new[width - 1] = x.
+    shifted = tl.load(state_row + (k_idx[None, :] + 1) * s_s_k, mask=mask_d[:, None] & (k_idx[None, :] + 1 < WIDTH),
+                      other=0.0)
     xv = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0)
+    new_state = tl.where(k_idx[None, :] == WIDTH - 1, xv[:, None].to(shifted.dtype), shifted)
     mask_dk = mask_d[:, None] & (k_idx[None, :] < WIDTH)
-    if ROW_LOAD:
-        # The whole old row from its start (one aligned vector per channel when the row is contiguous), each
-        # element stored one place to the left and x at the end; the taps read the old row against w shifted
-        # by one: out = sum_{k >= 1} w[k - 1] old[k] + w[width - 1] x.
-        old = tl.load(state_row + k_idx[None, :] * s_s_k, mask=mask_dk, other=0.0)
-        keep = mask_dk & (k_idx[None, :] >= 1)
-        tl.store(state_row + (k_idx[None, :] - 1) * s_s_k, old, mask=keep)
-        tl.store(state_ptr + pid_b * s_s_b + d_idx * s_s_d + (WIDTH - 1) * s_s_k, xv.to(old.dtype), mask=mask_d)
-        w_prev = tl.load(w_ptr + d_idx[:, None] * s_w_d + (k_idx[None, :] - 1) * s_w_k, mask=keep,
-                         other=0.0).to(tl.float32)
-        w_last = tl.load(w_ptr + d_idx * s_w_d + (WIDTH - 1) * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
-        acc = tl.sum(old.to(tl.float32) * w_prev, axis=1) + w_last * xv.to(old.dtype).to(tl.float32)
-    else:
-        # Shift left by one and append x: new[k] = old[k + 1] for k < width - 1, new[width - 1] = x.
-        shifted = tl.load(state_row + (k_idx[None, :] + 1) * s_s_k,
-                          mask=mask_d[:, None] & (k_idx[None, :] + 1 < WIDTH), other=0.0)
-        new_state = tl.where(k_idx[None, :] == WIDTH - 1, xv[:, None].to(shifted.dtype), shifted)
-        tl.store(state_row + k_idx[None, :] * s_s_k, new_state, mask=mask_dk)
-        w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0).to(tl.float32)
-        acc = tl.sum(new_state.to(tl.float32) * w, axis=1)
+    tl.store(state_row + k_idx[None, :] * s_s_k, new_state, mask=mask_dk)
+    w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0).to(tl.float32)
+    acc = tl.sum(new_state.to(tl.float32) * w, axis=1)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     if SILU:
@@ -148,9 +134,13 @@ def _causal_conv1d_update_kernel(
     tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-# The decode step's launch: channels per program, warps, and whether the kernel reads the old state row whole
-# (ROW_LOAD) or the shifted row (benchmarks/bench_decode_kernels.py times the choices).
-UPDATE_CONFIG = {"block_d": 64, "num_warps": 4, "row_load": False}
+# The decode step's launch, (channels per program, warps), by batch x dim. H200, 100 launches per CUDA graph
+# (bench_decode_kernels.py, BENCHMARKS.md eleventh session): 1.4B (dim 4096) batch 128: 64 x 4 6.79 us, 256 x 4
+# 4.89, 128 x 1 4.82, 512 x 4 4.89; 130M (1536) batch 64: 2.40 -> 2.15 with 256 x 4; at batch 1, 64 x 4 stays
+# (1.54-1.56 us; 256 x 4 1.88-1.91). A read of the old row whole, stored one place left, was slower (5.3-10 us
+# at batch 128) and raced where a row spanned warps (the new x stored before another lane's read).
+UPDATE_CONFIGS = {"small": (64, 4), "large": (256, 4)}
+UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
 
 _BLOCK_D, _BLOCK_L = 16, 128
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
@@ -261,10 +251,10 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
     batch, dim = x.shape
     width = weight.shape[1]
     out = empty((batch, dim), x.device, x.dtype)
-    BLOCK_D = UPDATE_CONFIG["block_d"]
+    BLOCK_D, num_warps = UPDATE_CONFIGS["large" if batch * dim >= UPDATE_LARGE_FROM else "small"]
     _launch_update((cdiv(dim, BLOCK_D), batch), (x, conv_state, weight, bias if bias is not None else weight, out),
                    (dim, *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride()),
                    dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
-                        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D, ROW_LOAD=UPDATE_CONFIG["row_load"]),
-                   UPDATE_CONFIG["num_warps"])
+                        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D),
+                   num_warps)
     return out
