@@ -232,6 +232,7 @@ def test_gpu_cached_launches_of_conv_norm_and_decode_match_launches_through_trit
         assert max(errors) < 1e-5, (attempt, errors)
 
 
+@pytest.mark.bigmem
 def test_gpu_scan_million_steps_batch_one_equals_two_halves():
     """L = 2^20 at batch 1 runs forward and backward; scanning the two halves with the state carried
     across (initial_state) gives the same output and last state as one pass."""
@@ -251,6 +252,7 @@ def test_gpu_scan_million_steps_batch_one_equals_two_halves():
     assert rel_err(h2, last) < 1e-4
 
 
+@pytest.mark.bigmem
 def test_gpu_scan_offsets_past_2_pow_31_match_a_smaller_run():
     """batch 2 x dim 1536 x L 2^20 = 3.2e9 elements: batch 1's outputs and gradients (offsets > 2^31)
     equal those of batch 1 run alone (offsets < 2^31)."""

@@ -142,15 +142,19 @@ def _causal_conv1d_update_kernel(
 UPDATE_CONFIGS = {"small": (64, 4), "large": (256, 4)}
 UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
 
-_BLOCK_D, _BLOCK_L = 16, 128
+# The parallel kernels' tiles, (channels, time steps, warps) per program: "fwd" for the forward, "bwd" for the
+# backward's two kernels. (16, 128, 4) since the first session; the 130M prompt forward's profile (eleventh
+# session) has the forward at ~2x its memory floor (9.3 ms of 99.6 at batch 64). Not yet swept on a GPU:
+# benchmarks/bench_conv_configs.py (gpu_check.sh convsweep) times the choices.
+LAUNCH = {"fwd": (16, 128, 4), "bwd": (16, 128, 4)}
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
 _launch_update = CachedLaunch(_causal_conv1d_update_kernel)
 
 
-def _grid(batch, dim, L):
-    return (cdiv(L, _BLOCK_L), cdiv(dim, _BLOCK_D), batch)
+def _grid(batch, dim, L, block_d, block_l):
+    return (cdiv(L, block_l), cdiv(dim, block_d), batch)
 
 
 def _conv_forward(x, weight, bias, silu):
@@ -158,9 +162,11 @@ def _conv_forward(x, weight, bias, silu):
     out = empty((batch, dim, L), x.device, x.dtype)
     if L == 0:
         return out
-    _launch_fwd(_grid(batch, dim, L), (x, weight, bias if bias is not None else weight, out),
+    block_d, block_l, num_warps = LAUNCH["fwd"]
+    _launch_fwd(_grid(batch, dim, L, block_d, block_l), (x, weight, bias if bias is not None else weight, out),
                 (dim, L, *x.stride(), *weight.stride(), *out.stride()),
-                dict(WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
+                dict(WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                num_warps)
     return out
 
 
@@ -171,12 +177,14 @@ def _conv_gradients(x, weight, bias, silu, dout):
     dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
     dx = empty((batch, dim, L), x.device, x.dtype)
     if L > 0:
-        grid = _grid(batch, dim, L)
+        block_d, block_l, num_warps = LAUNCH["bwd"]
+        grid = _grid(batch, dim, L, block_d, block_l)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
                      (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
-                     dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
+                     dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                     num_warps)
         _launch_dx(grid, (dpre, weight, dx), (dim, L, *weight.stride()),
-                   dict(WIDTH=width, BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L))
+                   dict(WIDTH=width, BLOCK_D=block_d, BLOCK_L=block_l), num_warps)
     return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
 
 

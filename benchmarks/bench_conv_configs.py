@@ -1,0 +1,105 @@
+"""The parallel causal conv's tiles (``causal_conv1d.triton_kernels.LAUNCH``): forward and backward against
+their memory floors, per shape, on a GPU.
+
+The 130M prompt forward (issue 9's prefill target, batch 64 within 1.3x of the Transformer) spends 9.3 ms of its
+99.6 in the conv forward, ~2x the bytes it must move (profile_decode.py --phase prefill, eleventh session).
+This script times (channels, time steps, warps) per program for the forward and for the backward's two kernels
+at the shapes the toolkit runs: the 130M prefill and training width, the selective-copying model, the DNA
+model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
+contiguous and a batch stride of 2 x d_inner x L. Outputs and gradients of every config are checked against
+the default's.
+
+    python benchmarks/bench_conv_configs.py                 # GPU, ~2 min
+    python benchmarks/bench_conv_configs.py --json out.json --shapes 64x1536x2048
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+
+import torch
+import triton
+
+CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+SHAPES = ["64x1536x2048", "8x1536x4096", "64x128x4112", "1x256x1048576"]
+
+
+def configs():
+    yield None  # the default
+    for block_d, block_l, warps in itertools.product([1, 2, 4, 8, 16, 32], [128, 256, 512, 1024], [4, 8]):
+        elements = block_d * block_l
+        if 1024 <= elements <= 8192 and elements // (32 * warps) >= 4:
+            yield (block_d, block_l, warps)
+
+
+def inputs(batch, dim, L, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    xz = torch.randn(batch, 2 * dim, L, device="cuda", generator=g).to(torch.bfloat16)
+    weight = (torch.randn(dim, 4, device="cuda", generator=g) * 0.5).to(torch.bfloat16)
+    bias = torch.randn(dim, device="cuda", generator=g).to(torch.bfloat16)
+    dout = torch.randn(batch, dim, L, device="cuda", generator=g).to(torch.bfloat16)
+    return xz[:, :dim], weight, bias, dout
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxDIMxL")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    src = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3)
+    del src, dst
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (do_bench median)")
+    rows, summary = [], []
+    for shape in args.shapes:
+        batch, dim, L = (int(v) for v in shape.split("x"))
+        x, weight, bias, dout = inputs(batch, dim, L)
+        n = batch * dim * L
+        fwd_floor = 2 * n * 2 / bandwidth * 1e3  # x read, out written (bf16)
+        bwd_floor = (3 * n * 2 + 2 * n * 4) / bandwidth * 1e3  # x, dout read, dx written; dpre (fp32) out and back
+        ref = None
+        best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
+        default = {}
+        for launch in configs():
+            saved = dict(CONV.LAUNCH)
+            if launch is not None:
+                CONV.LAUNCH.update(fwd=launch, bwd=launch)
+            try:
+                out = CONV._conv_forward(x, weight, bias, True)
+                dx, dw, db = CONV._conv_gradients(x, weight, bias, True, dout)
+                result = [out.float(), dx.float(), dw.float(), db.float()]
+                ref = result if ref is None else ref
+                ok = all(torch.allclose(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item()) for a, b in zip(result, ref))
+                fwd = triton.testing.do_bench(lambda: CONV._conv_forward(x, weight, bias, True), return_mode="median")
+                bwd = triton.testing.do_bench(lambda: CONV._conv_gradients(x, weight, bias, True, dout),
+                                              return_mode="median")
+            finally:
+                CONV.LAUNCH.clear()
+                CONV.LAUNCH.update(saved)
+            label = "default " + "x".join(map(str, saved["fwd"])) if launch is None else "x".join(map(str, launch))
+            rows.append({"shape": shape, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_floor_ms": fwd_floor,
+                         "bwd_floor_ms": bwd_floor, "matches_default": ok})
+            print(f"{shape:16s} {label:18s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
+                  f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
+            if launch is None:
+                default = {"fwd": fwd, "bwd": bwd}
+            for kind, ms in (("fwd", fwd), ("bwd", bwd)):
+                if ok and ms < best[kind][0]:
+                    best[kind] = (ms, label)
+        for kind in ("fwd", "bwd"):
+            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:18s} {best[kind][0]:7.3f} ms, default "
+                           f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "
+                           f"{fwd_floor if kind == 'fwd' else bwd_floor:7.3f}")
+        del x, weight, bias, dout
+    print("\nbest per shape (tiles: channels x steps x warps):")
+    print("\n".join(summary))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
