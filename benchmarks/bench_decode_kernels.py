@@ -5,8 +5,9 @@ Mamba's step in ``selective_state_update`` (dt projected inside the kernel: W (d
 row) and 9% in ``causal_conv1d_update`` (before the defaults this script chose). This script times, under CUDA graphs (100 launches per graph, the
 GPU's time per launch, as generation replays them), the choices each kernel has:
 
-- state update: dt projected inside the kernel or by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``); channels
-  per program and warps; fp32 or bf16 state;
+- state update: dt projected inside the kernel, by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``), or by one
+  tensor-core product per (batch rows x channels) block (``DECODE_DT_PROJ_ROWS``); channels per program and
+  warps; fp32 or bf16 state;
 - conv update: channels per program and warps (``UPDATE_CONFIGS``).
 
 Each row prints us per launch and the memory floor (the bytes the launch must move at the copy bandwidth
@@ -81,10 +82,14 @@ def state_update_configs():
     for block_d, warps in itertools.product([32, 64, 128], [4, 8]):
         yield {"label": f"inside, {block_d} ch x {warps} w", "DECODE_DT_PROJ_MAX_BYTES": None,
                "DECODE_BLOCK_D": block_d, "DECODE_NUM_WARPS": warps}
+    for rows in [(16, 16, 4), (16, 32, 4), (16, 64, 4), (32, 32, 4), (32, 32, 8), (64, 16, 4)]:
+        yield {"label": "row blocks {} rows x {} ch x {} w".format(*rows), "DECODE_DT_PROJ_MAX_BYTES": 0,
+               "DECODE_DT_PROJ_ROWS": rows}
 
 
 def run_state_update(inputs, config):
-    saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BLOCK_D", "DECODE_NUM_WARPS")}
+    saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BLOCK_D", "DECODE_NUM_WARPS",
+                                          "DECODE_DT_PROJ_ROWS")}
     for k, v in config.items():
         if k != "label":
             setattr(SSU, k, v)
@@ -167,12 +172,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
     parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"], choices=["state", "conv", "gemm"])
+    parser.add_argument("--sizes", nargs="+", default=None, help="only these of 1.4b / 130m")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; us per launch, "
           f"100 launches per CUDA graph", flush=True)
     rows, best = [], []
     for name, batch, dim, R in SHAPES:
+        if args.sizes and name not in args.sizes:
+            continue
         if "state" in args.kernels:
             for state_dtype in (torch.float32, torch.bfloat16):
                 inputs = state_update_inputs(batch, dim, R, state_dtype)

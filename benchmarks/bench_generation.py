@@ -665,13 +665,25 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--decode-dt-proj-max-bytes", type=int, default=None,
                         help="selective_state_update's DECODE_DT_PROJ_MAX_BYTES: above batch x W bytes, dt by one "
                              "GEMM before the state update instead of inside it (default: the module's)")
+    parser.add_argument("--decode-dt-proj-rows", default=None, metavar="ROWS,CHANNELS,WARPS",
+                        help="selective_state_update's DECODE_DT_PROJ_ROWS: past DECODE_DT_PROJ_MAX_BYTES, the row-block "
+                             "kernel with dt by one tensor-core product per block (e.g. 16,32,4) instead of the GEMM")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
     args = parser.parse_args(argv)
-    if args.decode_dt_proj_max_bytes is not None:
+    if args.decode_dt_proj_max_bytes is not None or args.decode_dt_proj_rows:
         from seqmamba.ops.selective_state_update import triton_kernels as state_update
 
-        state_update.DECODE_DT_PROJ_MAX_BYTES = args.decode_dt_proj_max_bytes
+        if args.decode_dt_proj_max_bytes is not None:
+            state_update.DECODE_DT_PROJ_MAX_BYTES = args.decode_dt_proj_max_bytes
+        if args.decode_dt_proj_rows:
+            try:
+                rows = tuple(int(v) for v in args.decode_dt_proj_rows.split(","))
+                assert len(rows) == 3 and min(rows) > 0
+            except (ValueError, AssertionError):
+                parser.error(f"--decode-dt-proj-rows: expected three positive integers ROWS,CHANNELS,WARPS, got "
+                             f"{args.decode_dt_proj_rows!r}")
+            state_update.DECODE_DT_PROJ_ROWS = rows
 
     single = {"--n-layer": args.n_layer, "--d-model": args.d_model, "--n-head": args.n_head,
               "--gpt-n-layer": args.gpt_n_layer}

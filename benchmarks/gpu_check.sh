@@ -25,6 +25,8 @@
 #          | embedstep (the selective-copying step with the embedding's weight gradient as one GEMM, off then on)
 #          | decodestep (1.4B decode at batch 1 / 128: as is, dt projection by a GEMM first, bf16 SSM states, both)
 #          | decodekernels (the decode step's state-update and conv-update launch configs: bench_decode_kernels.py)
+#          | decoderows (the state update's row-block kernel, dt by a tensor-core product: its launch configs, then
+#            1.4B decode at batch 128 with it, fp32 and bf16 states; the GPU test of the kernel first)
 #          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -109,6 +111,14 @@ for step in $steps; do
                   echo "== $opt" | tee -a "$OUT/decodestep.log"
                   timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 1 128 --max-batch 128 \
                     $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decodestep.log"; done ;;
+    decoderows) timeout 120 python -m pytest -q tests/test_triton_ops.py -k "row_blocks or state_update" 2>&1 | tail -2 \
+                  | tee "$OUT/decoderows_tests.log"
+                timeout 200 python benchmarks/bench_decode_kernels.py --kernels state --sizes 1.4b \
+                  --json "$OUT/decoderows.json" 2>&1 | tee "$OUT/decoderows.log" | grep -E "b128|^  "
+                for opt in "--decode-dt-proj-rows 16,32,4" "--decode-dt-proj-rows 16,32,4 --ssm-state-dtype bfloat16"; do
+                  echo "== $opt" | tee -a "$OUT/decoderows.log"
+                  timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
+                    $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decoderows.log"; done ;;
     convsweep) timeout 400 python benchmarks/bench_conv_configs.py --json "$OUT/convsweep.json" 2>&1 \
                  | tee "$OUT/convsweep.log" | sed -n '/best per shape/,$p' ;;
     decodekernels) timeout 300 python benchmarks/bench_decode_kernels.py --json "$OUT/decodekernels.json" 2>&1 \

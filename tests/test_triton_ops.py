@@ -287,6 +287,41 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
         selective_state_update(state, x, dt_full, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
 
 
+@pytest.mark.parametrize("batch,dim,rows", [(3, 40, (16, 32, 4)), (20, 12, (16, 16, 2))],
+                         ids=["3-rows-40-channels", "20-rows-12-channels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_state_update_row_blocks_with_the_dt_projection_match_the_reference(monkeypatch, dtype, batch, dim,
+                                                                                      rows):
+    """DECODE_DT_PROJ_ROWS: past DECODE_DT_PROJ_MAX_BYTES (0 here) the step runs (batch rows x channels) blocks
+    and forms dt = dt_low @ W^T by one tensor-core product per block (rank R = 5, padded to 16). Against the
+    reference given the projection: a batch smaller than one row block (3 of 16; 40 channels over two blocks of
+    32, the second partial) and one over two row blocks (20 = 16 + 4) with channels in one partial block. Rows and
+    channels past the ends must stay untouched (one more state row in the buffer is checked)."""
+    module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
+    monkeypatch.setattr(module, "DECODE_DT_PROJ_MAX_BYTES", 0)
+    monkeypatch.setattr(module, "DECODE_DT_PROJ_ROWS", rows)
+    used, launch = [], module._launch_rows
+    monkeypatch.setattr(module, "_launch_rows", lambda *a, **k: used.append(1) or launch(*a, **k))
+    N, R = 16, 5
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    buffer = r(batch + 1, dim, N).to(DEVICE)
+    state, past = buffer[:batch], buffer[batch].clone()
+    x, z = (r(batch, dim).to(dtype).to(DEVICE) for _ in range(2))
+    x_dbl = r(batch, R + 2 * N).to(dtype).to(DEVICE)
+    dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=-1)  # strided slices, as Mamba.step passes them
+    W = (0.5 * r(dim, R)).to(dtype).to(DEVICE)
+    A = -(torch.rand(dim, N, generator=g) + 0.3).to(DEVICE)
+    D, dt_bias = r(dim).to(DEVICE), r(dim).to(DEVICE)
+    state_ref = state.clone()
+    y = selective_state_update(state, x, dt_low, A, B, C, D, z, dt_bias, True, backend="triton", dt_proj_weight=W)
+    y_ref = selective_state_update_ref(state_ref, x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
+    assert used == [1]
+    assert y.dtype == dtype
+    assert rel_err(state, state_ref) < 1e-5 and rel_err(y, y_ref) < TOL[dtype]
+    assert torch.equal(buffer[batch], past)
+
+
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
     """BLOCK_D = 2 on 4 warps: B / C shared by the block's channels, dB / dC reduced over them."""

@@ -8,7 +8,7 @@ fp32 whatever the state's dtype. Designed to be captured in a CUDA graph (no hos
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -74,6 +74,65 @@ def _selective_state_update_kernel(
     tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+@triton.jit
+def _selective_state_update_rows_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, W_ptr, out_ptr,
+    batch, dim, N, R,
+    s_s_b, s_s_d, s_s_n, s_x_b, s_x_d, s_dt_b, s_dt_r, s_W_d, s_W_r, s_A_d, s_A_n,
+    s_B_b, s_B_n, s_C_b, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+):
+    """One decode step for a (BLOCK_B batch rows, BLOCK_D channels) block, B / C in one group, with dt = dt_low @
+    W^T formed by one tensor-core product per block (W's rows read once per BLOCK_B batch rows, dt kept in fp32).
+    The state block is (BLOCK_B, BLOCK_D, BLOCK_N)."""
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    b_idx = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n_idx = tl.arange(0, BLOCK_N)
+    r_idx = tl.arange(0, BLOCK_R)
+    mask_b, mask_d, mask_n, mask_r = b_idx < batch, d_idx < dim, n_idx < N, r_idx < R
+    b64 = b_idx.to(tl.int64)
+    mask_bd = mask_b[:, None] & mask_d[None, :]
+
+    dt_low = tl.load(dt_ptr + b64[:, None] * s_dt_b + r_idx[None, :] * s_dt_r,
+                     mask=mask_b[:, None] & mask_r[None, :], other=0.0)  # (BLOCK_B, BLOCK_R)
+    w_t = tl.load(W_ptr + d_idx[None, :] * s_W_d + r_idx[:, None] * s_W_r,
+                  mask=mask_r[:, None] & mask_d[None, :], other=0.0)  # (BLOCK_R, BLOCK_D)
+    # fp32 operands either way. bf16 / fp16 values are exact in tf32 (8 / 10 mantissa bits of its 10), so "tf32"
+    # is exact on the tensor cores for them; fp32 inputs take "ieee". (A bf16 tl.dot is also wrong under triton
+    # 3.6's interpreter: errors ~1e10 on a 16 x 16 product.)
+    if FP32_DOT:
+        dt = tl.dot(dt_low.to(tl.float32), w_t.to(tl.float32), input_precision="ieee")
+    else:
+        dt = tl.dot(dt_low.to(tl.float32), w_t.to(tl.float32), input_precision="tf32")
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    x = tl.load(x_ptr + b64[:, None] * s_x_b + d_idx[None, :] * s_x_d, mask=mask_bd, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d_idx[:, None] * s_A_d + n_idx[None, :] * s_A_n,
+                mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    mask_bn = mask_b[:, None] & mask_n[None, :]
+    B = tl.load(B_ptr + b64[:, None] * s_B_b + n_idx[None, :] * s_B_n, mask=mask_bn, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + b64[:, None] * s_C_b + n_idx[None, :] * s_C_n, mask=mask_bn, other=0.0).to(tl.float32)
+
+    state_ptrs = (state_ptr + b64[:, None, None] * s_s_b + d_idx[None, :, None] * s_s_d
+                  + n_idx[None, None, :] * s_s_n)
+    mask_s = mask_bd[:, :, None] & mask_n[None, None, :]
+    state = tl.load(state_ptrs, mask=mask_s, other=0.0).to(tl.float32)
+    state = state * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * B[:, None, :]
+    tl.store(state_ptrs, state.to(state_ptr.dtype.element_ty), mask=mask_s)
+    y = tl.sum(state * C[:, None, :], axis=2)  # (BLOCK_B, BLOCK_D)
+    if HAS_D:
+        y += x * tl.load(D_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    if HAS_Z:
+        z = tl.load(z_ptr + b64[:, None] * s_z_b + d_idx[None, :] * s_z_d, mask=mask_bd, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + b64[:, None] * s_o_b + d_idx[None, :] * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_bd)
+
+
 # Channels per program and warps; None picks both by size (benchmarks/bench_selective_scan.py times the choices).
 DECODE_BLOCK_D: Optional[int] = None
 DECODE_NUM_WARPS: int = 4
@@ -86,9 +145,15 @@ DECODE_NUM_WARPS: int = 4
 # with the GEMM; 130M batch 64 (9.4 MB) level (6.58 / 6.62). Programs running several batch rows with W loaded
 # once were 1.4-5x slower at batch 128 (the dot stays per row; registers) and were dropped.
 DECODE_DT_PROJ_MAX_BYTES: Optional[int] = 16 * 2 ** 20
+# Past DECODE_DT_PROJ_MAX_BYTES, with B / C in one group: (batch rows, channels, warps) per program for the row-block
+# kernel, which forms dt in the kernel by one tensor-core product per block (no GEMM launch, no dt round trip,
+# dt in fp32) instead of the GEMM first. None: the GEMM first. Not yet timed on a GPU: None
+# (bench_decode_kernels.py has its rows; bench_generation.py --decode-dt-proj-rows 16,32,4).
+DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = None
 
 
 _launch = CachedLaunch(_selective_state_update_kernel)
+_launch_rows = CachedLaunch(_selective_state_update_rows_kernel)
 
 
 def _bc_strides(X: torch.Tensor):
@@ -120,6 +185,8 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
     BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
     if (dt_proj_weight is not None and DECODE_DT_PROJ_MAX_BYTES is not None
             and batch * dt_proj_weight.numel() * dt_proj_weight.element_size() > DECODE_DT_PROJ_MAX_BYTES):
+        if DECODE_DT_PROJ_ROWS is not None and G_B == 1:
+            return _update_row_blocks(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight, out)
         dt = torch.nn.functional.linear(dt, dt_proj_weight)  # (batch, dim)
         dt_proj_weight = None
     zz = z if z is not None else x
@@ -134,5 +201,26 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
              BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
              BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1),
+        num_warps)
+    return out
+
+
+def _update_row_blocks(state, x, dt_low, A, B, C, D, z, dt_bias, dt_softplus, W, out):
+    """The decode step by (batch rows x channels) blocks, dt = dt_low @ W^T inside (DECODE_DT_PROJ_ROWS)."""
+    batch, dim, N = state.shape
+    R = W.shape[1]
+    block_b, block_d, num_warps = DECODE_DT_PROJ_ROWS
+    block_b, block_d = max(16, block_b), max(16, block_d)  # tl.dot's smallest tile side
+    zz = z if z is not None else x
+    B2, C2 = B.reshape(batch, N) if B.dim() == 3 else B, C.reshape(batch, N) if C.dim() == 3 else C
+    _launch_rows(
+        (cdiv(dim, block_d), cdiv(batch, block_b)),
+        (state, x, dt_low, A, B2, C2, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, W, out),
+        (batch, dim, N, R, *state.stride(), *x.stride(), *dt_low.stride(), *W.stride(), *A.stride(), *B2.stride(),
+         *C2.stride(), *zz.stride(), *out.stride()),
+        dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
+             BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(N), 2),
+             BLOCK_R=max(16, triton.next_power_of_2(R)),
+             FP32_DOT=dt_low.dtype == torch.float32 or W.dtype == torch.float32),
         num_warps)
     return out
