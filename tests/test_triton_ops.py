@@ -287,11 +287,12 @@ def test_selective_state_update_with_the_dt_projection_inside_matches_projecting
         selective_state_update(state, x, dt_full, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
 
 
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,dim,rows", [(3, 40, (16, 32, 4)), (20, 12, (16, 16, 2))],
                          ids=["3-rows-40-channels", "20-rows-12-channels"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_state_update_row_blocks_with_the_dt_projection_match_the_reference(monkeypatch, dtype, batch, dim,
-                                                                                      rows):
+                                                                                      rows, state_dtype):
     """DECODE_DT_PROJ_ROWS: past DECODE_DT_PROJ_MAX_BYTES (0 here) the step runs (batch rows x channels) blocks
     and forms dt = dt_low @ W^T by one tensor-core product per block (rank R = 5, padded to 16). Against the
     reference given the projection: a batch smaller than one row block (3 of 16; 40 channels over two blocks of
@@ -300,12 +301,13 @@ def test_selective_state_update_row_blocks_with_the_dt_projection_match_the_refe
     module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
     monkeypatch.setattr(module, "DECODE_DT_PROJ_MAX_BYTES", 0)
     monkeypatch.setattr(module, "DECODE_DT_PROJ_ROWS", rows)
+    monkeypatch.setattr(module, "DECODE_DT_PROJ_ROWS_FP32_STATE", True)  # fp32 states take the GEMM by default
     used, launch = [], module._launch_rows
     monkeypatch.setattr(module, "_launch_rows", lambda *a, **k: used.append(1) or launch(*a, **k))
     N, R = 16, 5
     g = torch.Generator().manual_seed(7)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    buffer = r(batch + 1, dim, N).to(DEVICE)
+    buffer = r(batch + 1, dim, N).to(state_dtype).to(DEVICE)
     state, past = buffer[:batch], buffer[batch].clone()
     x, z = (r(batch, dim).to(dtype).to(DEVICE) for _ in range(2))
     x_dbl = r(batch, R + 2 * N).to(dtype).to(DEVICE)
@@ -318,8 +320,12 @@ def test_selective_state_update_row_blocks_with_the_dt_projection_match_the_refe
     y_ref = selective_state_update_ref(state_ref, x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W)
     assert used == [1]
     assert y.dtype == dtype
-    assert rel_err(state, state_ref) < 1e-5 and rel_err(y, y_ref) < TOL[dtype]
+    assert rel_err(state, state_ref) < TOL[state_dtype] and rel_err(y, y_ref) < TOL[dtype]
     assert torch.equal(buffer[batch], past)
+    # by default (DECODE_DT_PROJ_ROWS_FP32_STATE off) only 16-bit states take the row blocks
+    monkeypatch.setattr(module, "DECODE_DT_PROJ_ROWS_FP32_STATE", False)
+    selective_state_update(state, x, dt_low, A, B, C, D, z, dt_bias, True, backend="triton", dt_proj_weight=W)
+    assert used == [1, 1] if state_dtype == torch.bfloat16 else used == [1]
 
 
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])

@@ -147,9 +147,13 @@ DECODE_NUM_WARPS: int = 4
 DECODE_DT_PROJ_MAX_BYTES: Optional[int] = 16 * 2 ** 20
 # Past DECODE_DT_PROJ_MAX_BYTES, with B / C in one group: (batch rows, channels, warps) per program for the row-block
 # kernel, which forms dt in the kernel by one tensor-core product per block (no GEMM launch, no dt round trip,
-# dt in fp32) instead of the GEMM first. None: the GEMM first. Not yet timed on a GPU: None
-# (bench_decode_kernels.py has its rows; bench_generation.py --decode-dt-proj-rows 16,32,4).
-DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = None
+# dt kept in fp32: 1e-5 from the fp32 reference at 1.4B batch 128, against 6e-4 for the GEMM's bf16 dt) instead
+# of the GEMM first. None: the GEMM first. H200, 1.4B batch 128, us per launch (bench_decode_kernels.py, eleventh
+# session): bf16 state 16.16 (GEMM first) -> 14.08 (16 x 32 x 4; 14.3-16.3 for the other blocks tried); fp32 state
+# 20.39 -> 21.0-29.1 (slower: the fp32 state block's registers), so fp32 states keep the GEMM unless
+# DECODE_DT_PROJ_ROWS_FP32_STATE. 1.4B decode at batch 128 with bf16 states: 42,440 -> 43,354 tokens/s.
+DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = (16, 32, 4)
+DECODE_DT_PROJ_ROWS_FP32_STATE: bool = False
 
 
 _launch = CachedLaunch(_selective_state_update_kernel)
@@ -185,7 +189,8 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
     BLOCK_D = max(1, min(BLOCK_D, 4096 // BLOCK_N))
     if (dt_proj_weight is not None and DECODE_DT_PROJ_MAX_BYTES is not None
             and batch * dt_proj_weight.numel() * dt_proj_weight.element_size() > DECODE_DT_PROJ_MAX_BYTES):
-        if DECODE_DT_PROJ_ROWS is not None and G_B == 1:
+        if (DECODE_DT_PROJ_ROWS is not None and G_B == 1
+                and (state.element_size() < 4 or DECODE_DT_PROJ_ROWS_FP32_STATE)):
             return _update_row_blocks(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight, out)
         dt = torch.nn.functional.linear(dt, dt_proj_weight)  # (batch, dim)
         dt_proj_weight = None
