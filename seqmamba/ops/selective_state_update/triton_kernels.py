@@ -1,10 +1,12 @@
-"""Triton kernel for one decode step of the selective SSM, in place on the state.
+"""Triton kernels for one decode step of the selective SSM, in place on the state.
 
 state[b, d, :] <- exp(dt A[d]) * state + dt B x;  y = C . state + D x;  y *= silu(z).
 Optionally dt = dt_proj_weight @ dt_low is formed in the kernel (Mamba's rank-R dt projection), which saves
 the decode step one kernel per layer.
-One program per (batch, block of channels); B / C are (batch, N) or grouped (batch, G, N). State math is
-fp32 whatever the state's dtype. Designed to be captured in a CUDA graph (no host work besides the launch).
+One program per (batch, block of channels); B / C are (batch, N) or grouped (batch, G, N). At large batch the dt
+projection is either one GEMM first or, for 16-bit states, the row-block kernel: one program per (batch rows,
+channels) block forming dt with one tensor-core product (DECODE_DT_PROJ_MAX_BYTES, DECODE_DT_PROJ_ROWS). State
+math is fp32 whatever the state's dtype. Designed to be captured in a CUDA graph (no host work besides the launch).
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ DECODE_DT_PROJ_MAX_BYTES: Optional[int] = 16 * 2 ** 20
 # dt kept in fp32: 1e-5 from the fp32 reference at 1.4B batch 128, against 6e-4 for the GEMM's bf16 dt) instead
 # of the GEMM first. None: the GEMM first. H200, 1.4B batch 128, us per launch (bench_decode_kernels.py, eleventh
 # session): bf16 state 16.16 (GEMM first) -> 14.08 (16 x 32 x 4; 14.3-16.3 for the other blocks tried); fp32 state
-# 20.39 -> 21.0-29.1 (slower: the fp32 state block's registers), so fp32 states keep the GEMM unless
+# 20.39 -> 21.0-29.1 (slower; likely the fp32 state block's registers), so fp32 states keep the GEMM unless
 # DECODE_DT_PROJ_ROWS_FP32_STATE. 1.4B decode at batch 128 with bf16 states: 42,440 -> 43,354 tokens/s.
 DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = (16, 32, 4)
 DECODE_DT_PROJ_ROWS_FP32_STATE: bool = False
