@@ -666,8 +666,9 @@ def parse_args(argv: list[str] | None):
                         help="selective_state_update's DECODE_DT_PROJ_MAX_BYTES: above batch x W bytes, dt by one "
                              "GEMM before the state update instead of inside it (default: the module's)")
     parser.add_argument("--decode-dt-proj-rows", default=None, metavar="ROWS,CHANNELS,WARPS",
-                        help="selective_state_update's DECODE_DT_PROJ_ROWS: past DECODE_DT_PROJ_MAX_BYTES, the row-block "
-                             "kernel with dt by one tensor-core product per block (e.g. 16,32,4) instead of the GEMM")
+                        help="selective_state_update's DECODE_DT_PROJ_ROWS: the blocks of the row-block kernel (dt by "
+                             "one tensor-core product per block), which runs past DECODE_DT_PROJ_MAX_BYTES for 16-bit "
+                             "SSM states (default: the module's, 16,32,4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
     args = parser.parse_args(argv)

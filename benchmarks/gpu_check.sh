@@ -23,10 +23,11 @@
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
 #          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
 #          | embedstep (the selective-copying step with the embedding's weight gradient as one GEMM, off then on)
-#          | decodestep (1.4B decode at batch 1 / 128: as is, dt projection by a GEMM first, bf16 SSM states, both)
+#          | decodestep (1.4B decode at batch 1 / 128: the default, the dt GEMM threshold given again (its timing
+#            run before it was the default), bf16 SSM states, both)
 #          | decodekernels (the decode step's state-update and conv-update launch configs: bench_decode_kernels.py)
-#          | decoderows (the state update's row-block kernel, dt by a tensor-core product: its launch configs, then
-#            1.4B decode at batch 128 with it, fp32 and bf16 states; the GPU test of the kernel first)
+#          | decoderows (the state update's row-block kernel, dt by a tensor-core product: its GPU tests, then its
+#            launch configs at 1.4B against the GEMM path, then 1.4B decode at batch 128 with bf16 states)
 #          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -115,10 +116,8 @@ for step in $steps; do
                   | tee "$OUT/decoderows_tests.log"
                 timeout 200 python benchmarks/bench_decode_kernels.py --kernels state --sizes 1.4b \
                   --json "$OUT/decoderows.json" 2>&1 | tee "$OUT/decoderows.log" | grep -E "b128|^  "
-                for opt in "--decode-dt-proj-rows 16,32,4" "--decode-dt-proj-rows 16,32,4 --ssm-state-dtype bfloat16"; do
-                  echo "== $opt" | tee -a "$OUT/decoderows.log"
-                  timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
-                    $opt 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decoderows.log"; done ;;
+                timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
+                  --ssm-state-dtype bfloat16 2>&1 | grep -E "^ *1.4b" | tee -a "$OUT/decoderows.log" ;;
     convsweep) timeout 400 python benchmarks/bench_conv_configs.py --json "$OUT/convsweep.json" 2>&1 \
                  | tee "$OUT/convsweep.log" | sed -n '/best per shape/,$p' ;;
     decodekernels) timeout 300 python benchmarks/bench_decode_kernels.py --json "$OUT/decodekernels.json" 2>&1 \
