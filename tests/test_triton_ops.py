@@ -173,16 +173,19 @@ def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
         causal_conv1d_update(x[:, :, 0], torch.zeros(1, 3, 4), weight, activation="relu")
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two-kernel-backward", "fused-backward"])
 @pytest.mark.parametrize("launch", [None, (4, 32, 1), (8, 256, 8)], ids=["default-tiles", "4x32-tiles", "8x256-tiles"])
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
     (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
 def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch, dtype, activation, width, time_major,
-                                                                    launch):
+                                                                    launch, fused):
     """Forward and every gradient; the default tiles (16 x 128: L crosses one tile boundary), 4 x 32 tiles (5
     channels over two channel blocks, 150 steps over five time tiles, the last partial) and one tile of 8 x 256
-    covering everything (LAUNCH sets the forward's and the backward's)."""
+    covering everything (LAUNCH sets the forward's and the backward's); the backward as two kernels (dpre through
+    memory) or as one (FUSED_BACKWARD: dpre recomputed at the shifts dx needs, across tile boundaries too)."""
+    module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(module, "FUSED_BACKWARD", fused)
     if launch is not None:
-        module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
         monkeypatch.setitem(module.LAUNCH, "fwd", launch)
         monkeypatch.setitem(module.LAUNCH, "bwd", launch)
     batch, dim, L = 2, 5, 150

@@ -108,6 +108,47 @@ def _causal_conv1d_dx_kernel(
 
 
 @triton.jit
+def _causal_conv1d_bwd_fused_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """The backward in one pass (FUSED_BACKWARD): dx[t] = sum_j weight[width - 1 - j] dpre[t + j], with dpre at
+    the tile's positions and the width - 1 after them recomputed here (the conv again at each shift, from x in
+    L1 / L2) instead of stored in fp32 and read back; weight / bias gradients from the tile's own dpre."""
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d_idx < dim
+    x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+    dout_row = dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for j in tl.static_range(WIDTH):
+        pos = t_idx + j  # dpre there is 0 past the end: dout is loaded as 0
+        dout = tl.load(dout_row + pos[None, :].to(tl.int64) * s_do_l, mask=mask_d[:, None] & (pos < L)[None, :],
+                       other=0.0).to(tl.float32)
+        if SILU:
+            pre = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, pos, mask_d, L, s_x_l, s_w_d, s_w_k,
+                                 WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+            sig = tl.sigmoid(pre)
+            dpre = dout * sig * (1.0 + pre * (1.0 - sig))
+        else:
+            dpre = dout
+        wj = tl.load(w_ptr + d_idx * s_w_d + (WIDTH - 1 - j) * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wj[:, None] * dpre
+        if j == 0:  # the tile's own positions: the weight and bias gradients
+            for k in tl.static_range(WIDTH):
+                src = t_idx - (WIDTH - 1) + k
+                m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+                xv = tl.load(x_row + src[None, :].to(tl.int64) * s_x_l, mask=m, other=0.0).to(tl.float32)
+                tl.atomic_add(dw_ptr + d_idx * WIDTH + k, tl.sum(dpre * xv, axis=1), mask=mask_d, sem="relaxed")
+            if HAS_BIAS:
+                tl.atomic_add(dbias_ptr + d_idx, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
+    row = (pid_b * dim + d_idx[:, None]) * L
+    tl.store(dx_ptr + row + t_idx[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (t_idx < L)[None, :])
+
+
+@triton.jit
 def _causal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
     s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
@@ -147,9 +188,14 @@ UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
 # session) has the forward at ~2x its memory floor (9.3 ms of 99.6 at batch 64). Not yet swept on a GPU:
 # benchmarks/bench_conv_configs.py (gpu_check.sh convsweep) times the choices.
 LAUNCH = {"fwd": (16, 128, 4), "bwd": (16, 128, 4)}
+# The backward as one kernel that recomputes dpre at the width - 1 shifts it needs instead of two kernels passing it
+# through memory in fp32 (6 bytes per element moved instead of 14; four conv + sigmoid evaluations per element
+# instead of one). Not yet timed on a GPU: off (bench_conv_configs.py times both).
+FUSED_BACKWARD = False
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
+_launch_bwd_fused = CachedLaunch(_causal_conv1d_bwd_fused_kernel)
 _launch_update = CachedLaunch(_causal_conv1d_update_kernel)
 
 
@@ -173,10 +219,17 @@ def _conv_forward(x, weight, bias, silu):
 def _conv_gradients(x, weight, bias, silu, dout):
     batch, dim, L = x.shape
     width = weight.shape[1]
-    dpre = empty((batch, dim, L), x.device, torch.float32)
     dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
     dx = empty((batch, dim, L), x.device, x.dtype)
-    if L > 0:
+    if L > 0 and FUSED_BACKWARD:
+        block_d, block_l, num_warps = LAUNCH["bwd"]
+        _launch_bwd_fused(_grid(batch, dim, L, block_d, block_l),
+                          (x, weight, bias if bias is not None else weight, dout, dx, dw, dbias),
+                          (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
+                          dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                          num_warps)
+    elif L > 0:
+        dpre = empty((batch, dim, L), x.device, torch.float32)
         block_d, block_l, num_warps = LAUNCH["bwd"]
         grid = _grid(batch, dim, L, block_d, block_l)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
