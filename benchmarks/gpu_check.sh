@@ -28,7 +28,8 @@
 #          | decodekernels (the decode step's state-update and conv-update launch configs: bench_decode_kernels.py)
 #          | decoderows (the state update's row-block kernel, dt by a tensor-core product: its GPU tests, then its
 #            launch configs at 1.4B against the GEMM path, then 1.4B decode at batch 128 with bf16 states)
-#          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
+#          | convsweep (the parallel conv's tiles, forward and backward (two kernels, and the fused one), against
+#            their floors: bench_conv_configs.py)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
