@@ -4,8 +4,8 @@ their memory floors, per shape, on a GPU.
 The 130M prompt forward (issue 9's prefill target, batch 64 within 1.3x of the Transformer) spends 9.3 ms of its
 99.6 in the conv forward, ~2x the bytes it must move (profile_decode.py --phase prefill, eleventh session).
 This script times (channels, time steps, warps) per program for the forward, for the backward's two kernels and
-for the one-kernel backward (FUSED_BACKWARD) at the shapes the toolkit runs: the 130M prefill and training width, the selective-copying model, the DNA
-model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
+for the one-kernel backward (FUSED_BACKWARD) at the shapes the toolkit runs: the 130M prefill and training width,
+the selective-copying model, the DNA model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
 contiguous and a batch stride of 2 x d_inner x L. Outputs and gradients of every config are checked against
 the default's.
 
@@ -97,7 +97,8 @@ def main():
                   f"{'' if ok else '  MISMATCH'}{'' if ok_fused else '  FUSED MISMATCH'}", flush=True)
             if launch is None:
                 default = {"fwd": fwd, "bwd": bwd}
-            for kind, ms, good, suffix in (("fwd", fwd, ok, ""), ("bwd", bwd, ok, ""), ("bwd", fused, ok_fused, " fused")):
+            for kind, ms, good, suffix in (("fwd", fwd, ok, ""), ("bwd", bwd, ok, ""),
+                                           ("bwd", fused, ok_fused, " fused")):
                 if good and ms < best[kind][0]:
                     best[kind] = (ms, label + suffix)
         for kind in ("fwd", "bwd"):

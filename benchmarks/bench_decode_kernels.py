@@ -2,8 +2,9 @@
 
 Issue 9 asks for 1.4B decode at batch 128 >= 5x the Transformer's tokens/s. ``profile_decode.py`` put half of
 Mamba's step in ``selective_state_update`` (dt projected inside the kernel: W (dim, R) re-read once per batch
-row) and 9% in ``causal_conv1d_update`` (before the defaults this script chose). This script times, under CUDA graphs (100 launches per graph, the
-GPU's time per launch, as generation replays them), the choices each kernel has:
+row) and 9% in ``causal_conv1d_update``, before the defaults this script chose. This script times, under CUDA
+graphs (100 launches per graph: the GPU's time per launch, as generation replays them), the choices each kernel
+has (and, for context, the step's GEMMs against a split over K):
 
 - state update: dt projected inside the kernel, by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``), or by one
   tensor-core product per (batch rows x channels) block (``DECODE_DT_PROJ_ROWS``); channels per program and

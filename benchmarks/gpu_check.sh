@@ -6,8 +6,8 @@
 #   steps: tests | sweep (tile sweep + table) | table | block | layer | generation
 #          anchor (start building mamba_ssm's kernel in the background: benchmarks/build_mamba_ssm.py; needs
 #          .anchor/src carried) | anchor-wait (wait for it) | gputests (every GPU test but the lanes kernel's, which the
-#          lanes step runs; in 4 processes at once) | alltests (every GPU test, the lanes kernel's too, in 12 processes; the
-#          2^20-step ones alone after them) | split (L split tables)
+#          lanes step runs; in 4 processes at once) | alltests (every GPU test, the lanes kernel's too, in 12
+#          processes; the 2^20-step ones alone after them) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
 #          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift, each with
 #            tl.atomic_add or the inline red.v4 for dB / dC)

@@ -363,9 +363,9 @@ def test_one_hot_gemm_embedding_gradient_equals_the_embedding_backward():
 
 @cuda_only
 def test_gpu_one_hot_gemm_embedding_in_the_model_matches_and_captures_in_a_cuda_graph(monkeypatch):
-    """With EMBEDDING_GEMM_MAX_ROWS on (the default, 64), a tiny MambaLM's loss gradients on CUDA equal the plain embedding's (the
-    tied table included, to fp32 summation order), and a training step with it captures and replays in a CUDA graph
-    (no host sync in the backward)."""
+    """With EMBEDDING_GEMM_MAX_ROWS on (the default, 64), a tiny MambaLM's loss gradients on CUDA equal the plain
+    embedding's (the tied table included, to fp32 summation order), and a training step with it captures and replays
+    in a CUDA graph (no host sync in the backward)."""
     from seqmamba.models import mamba_lm
 
     model = randomize(tiny_lm()).cuda().train()
