@@ -154,7 +154,9 @@ def main():
                 print(f"table1/{layer:12s} {row.get('steps_per_s', float('nan')):8.1f} steps/s "
                       f"{row.get('error', '')}", flush=True)
         if args.profile and cuda:
-            print("profile:", profile_eager(CASES["selective_copying"] + device + args.overrides, args.out), flush=True)
+            path = profile_eager(CASES["selective_copying"] + device + args.overrides, args.out)
+            with open(path) as f:  # the kernel table on stdout too (a device's output may come back without files)
+                print(f"profile ({path}):\n" + "".join(f.readlines()[:32]), flush=True)
 
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}, f, indent=2)
