@@ -1,4 +1,5 @@
 """MambaLM: mamba_ssm-compatible construction, init, keys; recurrent decoding equals the parallel forward."""
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -260,15 +261,26 @@ def test_decoding_on_cuda_equals_parallel_forward():
 
 
 @cuda_only
-def test_gpu_generate_with_bf16_ssm_states_in_a_cuda_graph():
+@pytest.mark.parametrize("large_batch_path", [False, True], ids=["dt-inside", "large-batch-paths"])
+def test_gpu_generate_with_bf16_ssm_states_in_a_cuda_graph(monkeypatch, large_batch_path):
     """generate(cg=True, ssm_state_dtype=torch.bfloat16): the Triton state update on a bf16 cache under a CUDA
     graph, a graph of its own (the cache key holds the state dtype); the step-by-step logits within bf16 rounding
-    of the parallel forward."""
+    of the parallel forward. With the large-batch paths forced (DECODE_DT_PROJ_MAX_BYTES 0): bf16 states run the
+    row-block kernel (dt by a tensor-core product), and fp32 states the dt GEMM first, within 1e-4."""
+    kernels = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
+    rows, launch = [], kernels._launch_rows
+    monkeypatch.setattr(kernels, "_launch_rows", lambda *a, **k: rows.append(1) or launch(*a, **k))
+    if large_batch_path:
+        monkeypatch.setattr(kernels, "DECODE_DT_PROJ_MAX_BYTES", 0)
     model = randomize(tiny_lm(tie_embeddings=False)).cuda()
     ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
     with torch.no_grad():
         parallel = model(ids)
     assert rel_err(prefill_then_step(model, ids, 11, ssm_state_dtype=torch.bfloat16), parallel[:, 10:]) < 1e-2
+    assert bool(rows) == large_batch_path
+    rows.clear()
+    assert rel_err(prefill_then_step(model, ids, 11), parallel[:, 10:]) < 1e-4  # fp32 states: never row blocks
+    assert not rows
     out = model.generate(ids[:, :8], 6, temperature=0, cg=True, ssm_state_dtype=torch.bfloat16)
     graphs = model.__dict__["_cuda_graph_steps"]
     (key,) = graphs

@@ -206,7 +206,9 @@ class Mamba(nn.Module):
                              f"expected (batch, 1, {self.d_model}); decode one token at a time")
         # Kernels per step: in_proj, conv update, x_proj, state update, out_proj. x / z and dt / B / C are
         # strided views of the projections (no copies: the kernels and cuBLAS take the strides); dt_proj (rank
-        # dt_rank), its bias and the softplus run inside the state update; A / D / the bias in fp32 are cached.
+        # dt_rank), its bias and the softplus run inside the state update (at large batch dt_proj is one GEMM
+        # first, or a tensor-core product in the row-block kernel for 16-bit states: selective_state_update's
+        # DECODE_DT_PROJ_MAX_BYTES / DECODE_DT_PROJ_ROWS); A / D / the bias in fp32 are cached.
         xz = self.in_proj(hidden_states.squeeze(1))  # (batch, 2 d_inner)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
