@@ -26,6 +26,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_generation import GPTGenerator, build_runner, resolve_sizes  # noqa: E402
+from bench_generation import parse_args as parse_generation_args  # noqa: E402
+
+
+def runner_options(args) -> argparse.Namespace:
+    """bench_generation's options for ``build_runner`` (its own parser: every option it reads is there, with its
+    default), eager: the profiled step is the one a CUDA graph would replay."""
+    return parse_generation_args(["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len),
+                                  "--vocab-size", str(args.vocab_size), "--no-cuda-graph"])
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 2 ** 30) -> float:
@@ -93,9 +101,7 @@ def main() -> None:
     device = torch.device("cuda")
     size = resolve_sizes([args.size])[0]
     bandwidth = copy_bandwidth(device)
-    opts = argparse.Namespace(prompt_len=args.prompt_len, gen_len=args.gen_len, vocab_size=args.vocab_size,
-                              no_cuda_graph=True, no_fused_add_norm=False, scan_backend="auto", cg_prefill=False,
-                              ssm_state_dtype=None)
+    opts = runner_options(args)
     what_step = ("one eager decode step (what the CUDA graph replays)" if args.phase == "decode"
                  else f"the prompt's forward ({args.prompt_len} tokens per row)")
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; {size.name} vs "

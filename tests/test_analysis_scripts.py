@@ -82,3 +82,25 @@ def test_table1_rows_script_trains_each_row_in_its_own_resumable_run_and_packs_i
         with tarfile.open(tmp_path / "out" / f"selective_copying_{row}.tgz") as packed:
             names = packed.getnames()
         assert f"selective_copying_{row}/checkpoints/last.pt" in names
+
+
+def test_profile_decode_builds_both_runners_from_bench_generations_options():
+    """profile_decode.py takes build_runner's options from bench_generation's own parser (a hand-built Namespace
+    once lacked an option added later, and the script failed on its first GPU run): both models build with
+    them, on the CPU, eager."""
+    import argparse
+
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import bench_generation
+        import profile_decode
+    finally:
+        sys.path.pop(0)
+    opts = profile_decode.runner_options(argparse.Namespace(prompt_len=16, gen_len=4, vocab_size=64))
+    assert (opts.prompt_len, opts.gen_len, opts.vocab_size, opts.no_cuda_graph) == (16, 4, 64, True)
+    size = bench_generation.QUICK_SIZES[0]
+    for name in ("Mamba", "Transformer"):
+        runner = bench_generation.build_runner(name, size, opts, torch.device("cpu"), torch.float32)
+        assert sum(p.numel() for p in runner.model.parameters()) > 0
