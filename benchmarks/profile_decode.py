@@ -32,8 +32,9 @@ from bench_generation import parse_args as parse_generation_args  # noqa: E402
 def runner_options(args) -> argparse.Namespace:
     """bench_generation's options for ``build_runner`` (its own parser: every option it reads is there, with its
     default), eager: the profiled step is the one a CUDA graph would replay."""
+    state = ["--ssm-state-dtype", args.ssm_state_dtype] if getattr(args, "ssm_state_dtype", None) else []
     return parse_generation_args(["--prompt-len", str(args.prompt_len), "--gen-len", str(args.gen_len),
-                                  "--vocab-size", str(args.vocab_size), "--no-cuda-graph"])
+                                  "--vocab-size", str(args.vocab_size), "--no-cuda-graph", *state])
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 2 ** 30) -> float:
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=50280)
     parser.add_argument("--repeats", type=int, default=5, help="profiled steps (times are per step)")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--ssm-state-dtype", choices=["float32", "bfloat16"], default=None,
+                        help="Mamba's SSM cache states (default: fp32, generate's default)")
     parser.add_argument("--phase", choices=["decode", "prefill"], default="decode",
                         help="one decode step (default) or the prompt's forward (prefill)")
     args = parser.parse_args()
@@ -114,14 +117,14 @@ def main() -> None:
         if args.phase == "prefill":
             prompt = torch.randint(0, args.vocab_size, (args.batch, args.prompt_len), device=device)
             if name == "Mamba":
-                params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
+                params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len, **runner.cache_kwargs)
                 step = lambda: model.prefill(prompt, params)  # noqa: E731
             else:
                 generator = GPTGenerator(model, args.batch, use_cuda_graph=False)
                 positions = torch.arange(args.prompt_len, device=device)
                 step = lambda: model(prompt, generator.kv_cache, positions)  # noqa: E731
         elif name == "Mamba":
-            params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len)
+            params = model.new_inference_params(args.batch, args.prompt_len + args.gen_len, **runner.cache_kwargs)
             params.seqlen_offset = args.prompt_len
             ids = torch.zeros(args.batch, 1, dtype=torch.long, device=device)
             model.step(ids, params)  # allocates the states

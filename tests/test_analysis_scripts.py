@@ -98,9 +98,16 @@ def test_profile_decode_builds_both_runners_from_bench_generations_options():
         import profile_decode
     finally:
         sys.path.pop(0)
-    opts = profile_decode.runner_options(argparse.Namespace(prompt_len=16, gen_len=4, vocab_size=64))
+    opts = profile_decode.runner_options(argparse.Namespace(prompt_len=16, gen_len=4, vocab_size=64,
+                                                            ssm_state_dtype="bfloat16"))
     assert (opts.prompt_len, opts.gen_len, opts.vocab_size, opts.no_cuda_graph) == (16, 4, 64, True)
+    assert opts.ssm_state_dtype == "bfloat16"
     size = bench_generation.QUICK_SIZES[0]
     for name in ("Mamba", "Transformer"):
         runner = bench_generation.build_runner(name, size, opts, torch.device("cpu"), torch.float32)
         assert sum(p.numel() for p in runner.model.parameters()) > 0
+    # the profiled Mamba cache takes the runner's cache options (the bf16 states asked for), as profile_decode builds it
+    mamba = bench_generation.build_runner("Mamba", size, opts, torch.device("cpu"), torch.float32)
+    params = mamba.model.new_inference_params(2, 20, **mamba.cache_kwargs)
+    mamba.model.step(torch.zeros(2, 1, dtype=torch.long), params)
+    assert {s.dtype for _, s in params.key_value_memory_dict.values()} == {torch.bfloat16}
