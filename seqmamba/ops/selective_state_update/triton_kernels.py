@@ -152,8 +152,10 @@ DECODE_DT_PROJ_MAX_BYTES: Optional[int] = 16 * 2 ** 20
 # dt kept in fp32: 1e-5 from the fp32 reference at 1.4B batch 128, against 6e-4 for the GEMM's bf16 dt) instead
 # of the GEMM first. None: the GEMM first. H200, 1.4B batch 128, us per launch (bench_decode_kernels.py, eleventh
 # session): bf16 state 16.16 (GEMM first) -> 14.08 (16 x 32 x 4; 14.3-16.3 for the other blocks tried); fp32 state
-# 20.39 -> 21.0-29.1 (slower; likely the fp32 state block's registers), so fp32 states keep the GEMM unless
-# DECODE_DT_PROJ_ROWS_FP32_STATE. 1.4B decode at batch 128 with bf16 states: 42,440 -> 43,354 tokens/s.
+# 20.39 -> 21.0-29.1 (slower: the GEMM path is already at 1.21x its memory floor there, and with an fp32 state
+# the 16 x 32 x 4 block compiles to 163 registers against 123 for bf16 (sm_90, no spills): 3 blocks per SM, not
+# 4), so fp32 states keep the GEMM unless DECODE_DT_PROJ_ROWS_FP32_STATE. 1.4B decode at batch 128 with bf16
+# states: 42,440 -> 43,354 tokens/s.
 DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = (16, 32, 4)
 DECODE_DT_PROJ_ROWS_FP32_STATE: bool = False
 
