@@ -18,9 +18,14 @@ import argparse
 import importlib
 import itertools
 import json
+import os
+import sys
 
 import torch
 import triton
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_decode import copy_bandwidth  # noqa: E402
 
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
 SHAPES = ["64x1536x2048", "8x1536x4096", "64x128x4112", "1x256x1048576"]
@@ -48,10 +53,7 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxDIMxL")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    src = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bandwidth = 2 * src.numel() / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3)
-    del src, dst
+    bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (do_bench median)")
     rows, summary = [], []
     for shape in args.shapes:
