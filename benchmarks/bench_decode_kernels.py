@@ -85,12 +85,12 @@ def state_update_configs():
                "DECODE_BLOCK_D": block_d, "DECODE_NUM_WARPS": warps}
     for rows in [(16, 16, 4), (16, 32, 4), (16, 64, 4), (32, 32, 4), (32, 32, 8), (64, 16, 4)]:
         yield {"label": "row blocks {} rows x {} ch x {} w".format(*rows), "DECODE_DT_PROJ_MAX_BYTES": 0,
-               "DECODE_DT_PROJ_ROWS": rows}
+               "DECODE_DT_PROJ_ROWS": rows, "DECODE_DT_PROJ_ROWS_FP32_STATE": True}  # fp32 states too
 
 
 def run_state_update(inputs, config):
     saved = {k: getattr(SSU, k) for k in ("DECODE_DT_PROJ_MAX_BYTES", "DECODE_BLOCK_D", "DECODE_NUM_WARPS",
-                                          "DECODE_DT_PROJ_ROWS")}
+                                          "DECODE_DT_PROJ_ROWS", "DECODE_DT_PROJ_ROWS_FP32_STATE")}
     for k, v in config.items():
         if k != "label":
             setattr(SSU, k, v)
@@ -169,6 +169,21 @@ def same(a, b) -> bool:
     return all(torch.allclose(x, y, rtol=2e-2, atol=2e-2) for x, y in zip(a, b))
 
 
+def sweep(kernel, size, batch, dim, state, configs, run, floor_us):
+    """One row per config (``run(config)`` -> (us, outputs)), each output checked against the first config's
+    (the default), printed as it comes."""
+    rows, ref = [], None
+    for config in configs:
+        us, result = run(config)
+        ref = result if ref is None else ref
+        row = {"kernel": kernel, "size": size, "batch": batch, "dim": dim, "state": state, "config": config,
+               "us": us, "floor_us": floor_us, "matches_default": same(result, ref)}
+        rows.append(row)
+        print(f"{kernel.split('_')[0]:5s} {size:5s} b{batch:<4d} {state:8s} {config['label']:32s} {us:8.2f} us "
+              f"({us / floor_us:5.2f}x floor){'' if row['matches_default'] else '  MISMATCH'}", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
@@ -188,33 +203,16 @@ def main():
                 # state read + written, x / z / out, dt_low / B / C, W / A / D / dt_bias once
                 nbytes = (2 * batch * dim * N_STATE * inputs["state"].element_size() + 3 * batch * dim * 2
                           + batch * (R + 2 * N_STATE) * 2 + dim * R * 2 + dim * N_STATE * 4 + 2 * dim * 4)
-                floor_us = nbytes / bandwidth * 1e6
-                ref = None
-                shape_rows = []
-                for config in state_update_configs():
-                    us, result = run_state_update(inputs, config)
-                    ref = result if ref is None else ref
-                    row = {"kernel": "state_update", "size": name, "batch": batch, "dim": dim,
-                           "state": str(state_dtype).split(".")[-1], "config": config, "us": us,
-                           "floor_us": floor_us, "matches_default": same(result, ref)}
-                    rows.append(row)
-                    shape_rows.append(row)
-                    print(f"state {name:5s} b{batch:<4d} {row['state']:8s} {config['label']:32s} {us:8.2f} us "
-                          f"({us / floor_us:5.2f}x floor){'' if row['matches_default'] else '  MISMATCH'}",
-                          flush=True)
+                shape_rows = sweep("state_update", name, batch, dim, str(state_dtype).split(".")[-1],
+                                   state_update_configs(), lambda config: run_state_update(inputs, config),
+                                   nbytes / bandwidth * 1e6)
+                rows += shape_rows
                 best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
         if "conv" in args.kernels:
-            floor_us = (2 * batch * dim * WIDTH * 2 + 2 * batch * dim * 2 + dim * (WIDTH + 1) * 2) / bandwidth * 1e6
-            ref, shape_rows = None, []
-            for config in conv_update_configs():
-                us, result = run_conv_update(batch, dim, config)
-                ref = result if ref is None else ref
-                row = {"kernel": "conv_update", "size": name, "batch": batch, "dim": dim, "state": "bfloat16",
-                       "config": config, "us": us, "floor_us": floor_us, "matches_default": same(result, ref)}
-                rows.append(row)
-                shape_rows.append(row)
-                print(f"conv  {name:5s} b{batch:<4d} {config['label']:32s} {us:8.2f} us ({us / floor_us:5.2f}x "
-                      f"floor){'' if row['matches_default'] else '  MISMATCH'}", flush=True)
+            nbytes = 2 * batch * dim * WIDTH * 2 + 2 * batch * dim * 2 + dim * (WIDTH + 1) * 2
+            shape_rows = sweep("conv_update", name, batch, dim, "bfloat16", conv_update_configs(),
+                               lambda config: run_conv_update(batch, dim, config), nbytes / bandwidth * 1e6)
+            rows += shape_rows
             best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
     if "gemm" in args.kernels:
         for batch in (1, 128):
