@@ -678,12 +678,11 @@ def parse_args(argv: list[str] | None):
         if args.decode_dt_proj_max_bytes is not None:
             state_update.DECODE_DT_PROJ_MAX_BYTES = args.decode_dt_proj_max_bytes
         if args.decode_dt_proj_rows:
-            try:
-                rows = tuple(int(v) for v in args.decode_dt_proj_rows.split(","))
-                assert len(rows) == 3 and min(rows) > 0
-            except (ValueError, AssertionError):
+            parts = args.decode_dt_proj_rows.split(",")
+            if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
                 parser.error(f"--decode-dt-proj-rows: expected three positive integers ROWS,CHANNELS,WARPS, got "
                              f"{args.decode_dt_proj_rows!r}")
+            rows = tuple(int(p) for p in parts)
             state_update.DECODE_DT_PROJ_ROWS = rows
 
     single = {"--n-layer": args.n_layer, "--d-model": args.d_model, "--n-head": args.n_head,
