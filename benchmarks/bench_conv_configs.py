@@ -3,8 +3,9 @@ their memory floors, per shape, on a GPU.
 
 The 130M prompt forward (issue 9's prefill target, batch 64 within 1.3x of the Transformer) spends 9.3 ms of its
 99.6 in the conv forward, ~2x the bytes it must move (profile_decode.py --phase prefill, eleventh session).
-This script times (channels, time steps, warps) per program for the forward, for the backward's two kernels and
-for the one-kernel backward (FUSED_BACKWARD) at the shapes the toolkit runs: the 130M prefill and training width,
+This script times (channels, time steps, warps) per program for the forward and for the backward's two kernels
+(each config at its tiles as given; the default row with the backward's time-tile cap, BWD_MAX_TIME_TILES, as the
+library runs it) at the shapes the toolkit runs: the 130M prefill and training width,
 the selective-copying model, the DNA model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
 contiguous and a batch stride of 2 x d_inner x L. Outputs and gradients of every config are checked against
 the default's.
@@ -62,15 +63,14 @@ def main():
         n = batch * dim * L
         fwd_floor = 2 * n * 2 / bandwidth * 1e3  # x read, out written (bf16)
         bwd_floor = (3 * n * 2 + 2 * n * 4) / bandwidth * 1e3  # x, dout read, dx written; dpre (fp32) out and back
-        fused_floor = 3 * n * 2 / bandwidth * 1e3  # the one-kernel backward: x, dout read, dx written
         ref = None
         best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
         default = {}
         for launch in configs():
-            saved, saved_fused = dict(CONV.LAUNCH), CONV.FUSED_BACKWARD
-            CONV.FUSED_BACKWARD = False
+            saved, saved_cap = dict(CONV.LAUNCH), CONV.BWD_MAX_TIME_TILES
             if launch is not None:
                 CONV.LAUNCH.update(fwd=launch, bwd=launch)
+                CONV.BWD_MAX_TIME_TILES = float("inf")  # the config's tiles as given
             try:
                 out = CONV._conv_forward(x, weight, bias, True)
                 dx, dw, db = CONV._conv_gradients(x, weight, bias, True, dout)
@@ -80,29 +80,20 @@ def main():
                 fwd = triton.testing.do_bench(lambda: CONV._conv_forward(x, weight, bias, True), return_mode="median")
                 bwd = triton.testing.do_bench(lambda: CONV._conv_gradients(x, weight, bias, True, dout),
                                               return_mode="median")
-                CONV.FUSED_BACKWARD = True  # the one-kernel backward at the same tiles
-                dx_f, dw_f, db_f = CONV._conv_gradients(x, weight, bias, True, dout)
-                ok_fused = all(torch.allclose(a.float(), b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
-                               for a, b in zip((dx_f, dw_f, db_f), ref[1:]))
-                fused = triton.testing.do_bench(lambda: CONV._conv_gradients(x, weight, bias, True, dout),
-                                                return_mode="median")
             finally:
-                CONV.FUSED_BACKWARD = saved_fused
+                CONV.BWD_MAX_TIME_TILES = saved_cap
                 CONV.LAUNCH.clear()
                 CONV.LAUNCH.update(saved)
             label = "default " + "x".join(map(str, saved["fwd"])) if launch is None else "x".join(map(str, launch))
-            rows.append({"shape": shape, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd, "bwd_fused_ms": fused,
-                         "fwd_floor_ms": fwd_floor, "bwd_floor_ms": bwd_floor, "fused_floor_ms": fused_floor,
-                         "matches_default": ok, "fused_matches_default": ok_fused})
+            rows.append({"shape": shape, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_floor_ms": fwd_floor,
+                         "bwd_floor_ms": bwd_floor, "matches_default": ok})
             print(f"{shape:16s} {label:18s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
-                  f"({bwd / bwd_floor:4.2f}x floor)  fused bwd {fused:7.3f} ({fused / fused_floor:4.2f}x its floor)"
-                  f"{'' if ok else '  MISMATCH'}{'' if ok_fused else '  FUSED MISMATCH'}", flush=True)
+                  f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
             if launch is None:
                 default = {"fwd": fwd, "bwd": bwd}
-            for kind, ms, good, suffix in (("fwd", fwd, ok, ""), ("bwd", bwd, ok, ""),
-                                           ("bwd", fused, ok_fused, " fused")):
-                if good and ms < best[kind][0]:
-                    best[kind] = (ms, label + suffix)
+            for kind, ms in (("fwd", fwd), ("bwd", bwd)):
+                if ok and ms < best[kind][0]:
+                    best[kind] = (ms, label)
         for kind in ("fwd", "bwd"):
             summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:18s} {best[kind][0]:7.3f} ms, default "
                            f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "

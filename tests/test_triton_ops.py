@@ -173,18 +173,19 @@ def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
         causal_conv1d_update(x[:, :, 0], torch.zeros(1, 3, 4), weight, activation="relu")
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["two-kernel-backward", "fused-backward"])
+@pytest.mark.parametrize("time_cap", [None, 4], ids=["backward-tiles-as-set", "backward-time-tiles-capped"])
 @pytest.mark.parametrize("launch", [None, (4, 32, 1), (8, 256, 8)], ids=["default-tiles", "4x32-tiles", "8x256-tiles"])
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
     (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
 def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch, dtype, activation, width, time_major,
-                                                                    launch, fused):
-    """Forward and every gradient; the default tiles (16 x 128: L crosses one tile boundary), 4 x 32 tiles (5
-    channels over two channel blocks, 150 steps over five time tiles, the last partial) and one tile of 8 x 256
-    covering everything (LAUNCH sets the forward's and the backward's); the backward as two kernels (dpre through
-    memory) or as one (FUSED_BACKWARD: dpre recomputed at the shifts dx needs, across tile boundaries too)."""
+                                                                    launch, time_cap):
+    """Forward and every gradient; the default tiles, 4 x 32 tiles (5 channels over two channel blocks, 150 steps
+    over five time tiles, the last partial) and one tile of 8 x 256 covering everything (LAUNCH sets the forward's
+    and the backward's). With BWD_MAX_TIME_TILES = 4 the backward's time tile grows past the forward's (4 x 32:
+    2 x 5 tiles -> 64 steps -> 128 steps, 2 x 2 tiles), so its two kernels run other tiles than the forward's."""
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
-    monkeypatch.setattr(module, "FUSED_BACKWARD", fused)
+    if time_cap is not None:
+        monkeypatch.setattr(module, "BWD_MAX_TIME_TILES", time_cap)
     if launch is not None:
         monkeypatch.setitem(module.LAUNCH, "fwd", launch)
         monkeypatch.setitem(module.LAUNCH, "bwd", launch)
@@ -207,6 +208,18 @@ def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch,
     for name, tri, ref in zip(("out", "dx", "dweight", "dbias"), results[1], results[0]):
         assert tri.dtype == ref.dtype, name
         assert rel_err(tri, ref) < tol, name
+
+
+def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
+    """The backward's time tile doubles while batch x time tiles passes BWD_MAX_TIME_TILES, and stops at 1024."""
+    module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setitem(module.LAUNCH, "bwd", (4, 256, 4))
+    monkeypatch.setattr(module, "BWD_MAX_TIME_TILES", 2048)
+    assert module._backward_launch(64, 4112) == (4, 256, 4)  # 64 x 17 tiles: under the cap
+    assert module._backward_launch(1, 2 ** 20) == (4, 512, 4)  # 4096 tiles at 256 steps, 2048 at 512
+    assert module._backward_launch(2, 2 ** 20) == (4, 1024, 4)
+    assert module._backward_launch(64, 2 ** 20) == (4, 1024, 4)  # past the cap even at 1024: 1024 is the most
+    assert module._backward_launch(1, 1) == (4, 256, 4)
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["small-launch", "large-launch"])

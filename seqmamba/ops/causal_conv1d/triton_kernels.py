@@ -124,33 +124,6 @@ def _causal_conv1d_dx_kernel(
 
 
 @triton.jit
-def _causal_conv1d_bwd_fused_kernel(
-    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L,
-    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    """The backward in one pass (FUSED_BACKWARD): dx[t] = sum_j weight[width - 1 - j] dpre[t + j], with dpre at
-    the tile's positions and the width - 1 after them recomputed here (the conv again at each shift, from x in
-    L1 / L2) instead of stored in fp32 and read back; weight / bias gradients from the tile's own dpre."""
-    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_d = d_idx < dim
-    x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-    dout_row = dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
-    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-    for j in tl.static_range(WIDTH):
-        dpre = _dpre_tile(x_row, dout_row, w_ptr, bias_ptr, d_idx, t_idx + j, mask_d, L, s_x_l, s_do_l, s_w_d,
-                          s_w_k, WIDTH, HAS_BIAS, SILU, BLOCK_D, BLOCK_L)
-        wj = tl.load(w_ptr + d_idx * s_w_d + (WIDTH - 1 - j) * s_w_k, mask=mask_d, other=0.0).to(tl.float32)
-        acc += wj[:, None] * dpre
-        if j == 0:  # the tile's own positions: the weight and bias gradients
-            _add_weight_grads(x_row, dpre, dw_ptr, dbias_ptr, d_idx, t_idx, mask_d, L, s_x_l, WIDTH, HAS_BIAS)
-    row = (pid_b * dim + d_idx[:, None]) * L
-    tl.store(dx_ptr + row + t_idx[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (t_idx < L)[None, :])
-
-
-@triton.jit
 def _causal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
     s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
@@ -186,23 +159,37 @@ UPDATE_CONFIGS = {"small": (64, 4), "large": (256, 4)}
 UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
 
 # The parallel kernels' tiles, (channels, time steps, warps) per program: "fwd" for the forward, "bwd" for the
-# backward's two kernels. (16, 128, 4) since the first session; the 130M prompt forward's profile (eleventh
-# session) has the forward at ~2x its memory floor (9.3 ms of 99.6 at batch 64). Not yet swept on a GPU:
-# benchmarks/bench_conv_configs.py (gpu_check.sh convsweep) times the choices.
-LAUNCH = {"fwd": (16, 128, 4), "bwd": (16, 128, 4)}
-# The backward as one kernel that recomputes dpre at the width - 1 shifts it needs instead of two kernels passing it
-# through memory in fp32 (6 bytes per element moved instead of 14; four conv + sigmoid evaluations per element
-# instead of one). Not yet timed on a GPU: off (bench_conv_configs.py times both).
-FUSED_BACKWARD = False
+# backward's two kernels. H200, bf16, bench_conv_configs.py (gpu_check.sh convsweep, twelfth session), against the
+# first sessions' (16, 128, 4) at 64x1536x2048 / 8x1536x4096 / 64x128x4112 / 1x256x2^20 (batch x dim x L):
+# forward (8, 256, 4) 0.96-0.99x the time at every shape (0.367 / 0.096 / 0.069 / 0.488 ms; floors 0.190 / 0.047 /
+# 0.032 / 0.253), best geometric mean of 24 configs; backward (4, 256, 4) 0.91x at the first three (1.619 / 0.419 /
+# 0.296 ms) and 0.68x at 2^20 (2.788 ms), best geometric mean.
+LAUNCH = {"fwd": (8, 256, 4), "bwd": (4, 256, 4)}
+# The backward's weight and bias gradients are atomic adds, one per program and channel, so one address takes
+# batch x (L / time tile) of them in turn. Past BWD_MAX_TIME_TILES the time tile doubles (up to 1024): at 1 x 2^20,
+# 4096 adds per address at 256 steps took 2.788 ms, 2048 at 512 steps 2.478 (the best of 24 configs at that shape),
+# where the shapes under the cap lose with longer tiles (4 x 512: 1.05-1.07x the time of 4 x 256).
+BWD_MAX_TIME_TILES = 2048
+# Tried and dropped (twelfth session): the backward as one kernel recomputing dpre at the width - 1 shifts dx needs
+# instead of passing it through memory in fp32 (6 bytes moved per element instead of 14). It lost at every tile and
+# shape: best 2.013 vs 1.619 ms at 64x1536x2048, 0.515 vs 0.417 at 8x1536x4096, 0.357 vs 0.294 at 64x128x4112 (four
+# conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves).
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
-_launch_bwd_fused = CachedLaunch(_causal_conv1d_bwd_fused_kernel)
 _launch_update = CachedLaunch(_causal_conv1d_update_kernel)
 
 
 def _grid(batch, dim, L, block_d, block_l):
     return (cdiv(L, block_l), cdiv(dim, block_d), batch)
+
+
+def _backward_launch(batch, L):
+    """LAUNCH["bwd"], its time tile doubled (up to 1024) while batch x time tiles passes BWD_MAX_TIME_TILES."""
+    block_d, block_l, num_warps = LAUNCH["bwd"]
+    while batch * cdiv(L, block_l) > BWD_MAX_TIME_TILES and block_l < 1024:
+        block_l *= 2
+    return block_d, block_l, num_warps
 
 
 def _conv_forward(x, weight, bias, silu):
@@ -223,16 +210,9 @@ def _conv_gradients(x, weight, bias, silu, dout):
     width = weight.shape[1]
     dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
     dx = empty((batch, dim, L), x.device, x.dtype)
-    if L > 0 and FUSED_BACKWARD:
-        block_d, block_l, num_warps = LAUNCH["bwd"]
-        _launch_bwd_fused(_grid(batch, dim, L, block_d, block_l),
-                          (x, weight, bias if bias is not None else weight, dout, dx, dw, dbias),
-                          (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
-                          dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
-                          num_warps)
-    elif L > 0:
+    if L > 0:
         dpre = empty((batch, dim, L), x.device, torch.float32)
-        block_d, block_l, num_warps = LAUNCH["bwd"]
+        block_d, block_l, num_warps = _backward_launch(batch, L)
         grid = _grid(batch, dim, L, block_d, block_l)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
                      (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
