@@ -14,3 +14,20 @@ except Exception:  # pragma: no cover - torch is a hard dependency
 
 if not _has_cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _process_wide_torch_switches_restored():
+    """A test that trains with trainer.deterministic=true turns torch.use_deterministic_algorithms on for the
+    process (as the trainer documents); restore it after every test, with cuDNN's benchmark flag. Left on, it
+    sent every later test's "auto" backend to the PyTorch scan (twelfth session: the torch.compile tests,
+    run after test_trainer.py's CUDA-graph test in one process, compiled the wrong scan and failed)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark

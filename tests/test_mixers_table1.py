@@ -84,7 +84,12 @@ def test_table1_mixers_channels_first_equals_time_major(name):
     (y0, dx0, g0, c0), (y1, dx1, g1, c1) = results
     assert rel_err(y1, y0) < 1e-10 and rel_err(dx1, dx0) < 1e-10 and rel_err(c1, c0) < 1e-10
     for n in g0:
-        assert rel_err(g1[n], g0[n]) < 1e-10, n
+        # S4D and Hyena compute in fp32 by design (lti.fft_causal_conv and the skip: u.float()), so their skip
+        # weights' gradients are fp32 sums, whose order follows the layout of the gradient reaching them
+        # (L-contiguous on the channels-first path since _ChannelsFirstLinear): fp32 rounding, 5.6e-8 for
+        # inner.D of h3_s4d, 6.7e-8 for inner.bias of h3_hyena
+        tol = 1e-6 if n.startswith("inner.") and not name.endswith("_s6") else 1e-10
+        assert rel_err(g1[n], g0[n]) < tol, n
 
 
 @cuda_only

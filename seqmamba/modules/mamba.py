@@ -29,12 +29,53 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
     F.linear / matmul fold (batch, L) into one matrix dimension; for a transposed view such as
     (batch, in, L).transpose(1, 2) that fold is a full strided copy of x (746 us per call at
     (64, 2048, 1536) bf16 on an H100). A batched matmul reads each (L, in) matrix through its strides instead.
+    For such a view with a gradient to take, ``_ChannelsFirstLinear`` also hands x's gradient back in x's own
+    layout (L contiguous), where the batched matmul's autograd would return it time-major.
     """
     batch, L, _ = x.shape
+    if L > 1 and x.stride(1) == 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _ChannelsFirstLinear.apply(x.transpose(1, 2), weight, bias)  # batch 1 too: F.linear's is time-major
     if x.stride(0) == x.stride(1) * L or batch == 1 or L == 1:
         return F.linear(x, weight, bias)
     out = torch.bmm(x, weight.t().expand(batch, -1, -1))
     return out + bias if bias is not None else out
+
+
+class _ChannelsFirstLinear(torch.autograd.Function):
+    """(batch, in, L) with L contiguous -> (batch, L, out) = x^T W^T + bias, as ``_linear`` computes it, with the
+    backward's gradient of x as (batch, in, L) L-contiguous: W^T @ dout^T, one batched GEMM writing that layout.
+
+    The batched matmul's own autograd gives x's gradient as dout @ W, (batch, L, in) seen through the transpose.
+    In the Mamba block that gradient then meets the scan's, which is L-contiguous: x_proj's, summed with du into
+    the conv output's gradient (a strided elementwise add over (batch, d_inner, L)); out_proj's, the scan's dout,
+    copied to L-contiguous before its backward (H200, the selective-copying step at (64, 128, 4112): ~220 us
+    each, 4 per step of ~9.2 ms; profile in BENCHMARKS.md, twelfth session). The weight gradient is summed over
+    the batch in fp32 (the expand's autograd sums in the GEMM's dtype)."""
+
+    @staticmethod
+    def forward(ctx, x_cf, weight, bias):
+        ctx.save_for_backward(x_cf, weight)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        out = torch.bmm(x_cf.transpose(1, 2), weight.t().expand(x_cf.shape[0], -1, -1))
+        ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
+        return out + bias if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x_cf, weight = ctx.saved_tensors
+        dx = dw = db = None
+        dtype = ctx.gemm_dtype
+        dout = dout.to(dtype)
+        if ctx.needs_input_grad[0]:
+            w = weight.to(dtype)
+            dx = torch.bmm(w.t().expand(x_cf.shape[0], -1, -1), dout.transpose(1, 2)).to(x_cf.dtype)
+        if ctx.needs_input_grad[1]:
+            acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
+            dw = torch.bmm(dout.transpose(1, 2), x_cf.to(dtype).transpose(1, 2)).sum(0, dtype=acc)
+            dw = dw.to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            db = dout.sum((0, 1), dtype=torch.promote_types(dtype, torch.float32)).to(ctx.bias_dtype)
+        return dx, dw, db
 
 
 #: how ``_project_channels`` forms W @ x^T: "mm" = one GEMM over the folded (batch * L) columns, as mamba_ssm
