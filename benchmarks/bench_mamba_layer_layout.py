@@ -1,7 +1,10 @@
 """One Mamba layer, forward and forward+backward, with the scan fed channels-first vs time-major.
 
 `Mamba.channels_first` picks the layout the block hands the selective scan (see seqmamba/modules/mamba.py),
-`PROJECT_CHANNELS` how the channels-first projections are formed (one folded GEMM or a batched one).
+`PROJECT_CHANNELS` how the channels-first projections are formed (one folded GEMM or a batched one),
+`CHANNELS_FIRST_LINEAR_GRAD` whether x_proj / out_proj hand their input's gradient back L-contiguous (the
+"batched matmul's autograd" row: off, their gradients time-major, as before the twelfth session), and
+`PROJECT_CHANNELS_INPUT_GRAD` whether in_proj / dt_proj hand theirs back time-major ("project grad").
 All variants share weights and inputs and are timed in the same run; the script also prints how far their
 outputs differ. GPU (bf16, do_bench medians):
 
@@ -34,19 +37,26 @@ def main() -> None:
         h = torch.randn(batch, L, args.d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         g = torch.randn_like(h)
         outs = {}
-        for name, flag, project in (("channels-first mm", True, "mm"), ("channels-first bmm", True, "bmm"),
-                                    ("time-major", False, "mm")):
+        for name, flag, project, cf_grad, in_grad in (("channels-first mm", True, "mm", True, False),
+                                                      ("channels-first bmm", True, "bmm", True, False),
+                                                      ("cf bmm, bmm autograd", True, "bmm", False, False),
+                                                      ("cf bmm, project grad", True, "bmm", True, True),
+                                                      ("time-major", False, "mm", True, False)):
             layer.channels_first = flag
             mamba_module.PROJECT_CHANNELS = project
+            mamba_module.CHANNELS_FIRST_LINEAR_GRAD = cf_grad
+            mamba_module.PROJECT_CHANNELS_INPUT_GRAD = in_grad
             outs[name] = layer(h).float()
             with torch.no_grad():
                 fwd = tt.do_bench(lambda: layer(h), warmup=25, rep=100)
             fwd_bwd = tt.do_bench(lambda: layer(h).backward(g), warmup=25, rep=100)
-            print(f"({batch}, {L}) {name:18s} fwd {fwd:8.3f} ms   fwd+bwd {fwd_bwd:8.3f} ms")
+            print(f"({batch}, {L}) {name:20s} fwd {fwd:8.3f} ms   fwd+bwd {fwd_bwd:8.3f} ms")
         a, b = outs["channels-first mm"], outs["time-major"]
         print(f"({batch}, {L}) relative difference of the outputs: {((a - b).norm() / b.norm()).item():.2e}")
     layer.channels_first = None
     mamba_module.PROJECT_CHANNELS = "bmm"
+    mamba_module.CHANNELS_FIRST_LINEAR_GRAD = True
+    mamba_module.PROJECT_CHANNELS_INPUT_GRAD = False
 
 
 if __name__ == "__main__":

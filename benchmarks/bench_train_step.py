@@ -113,6 +113,9 @@ def main():
     parser.add_argument("--embedding-gemm-rows", type=int, default=None,
                         help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
                              "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
+    parser.add_argument("--channels-first-linear", choices=["on", "off"], default=None,
+                        help="seqmamba.modules.mamba.CHANNELS_FIRST_LINEAR_GRAD for every case (off: x_proj / "
+                             "out_proj return their input's gradient time-major, the batched matmul's autograd)")
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
@@ -122,6 +125,10 @@ def main():
         from seqmamba.models import mamba_lm
 
         mamba_lm.EMBEDDING_GEMM_MAX_ROWS = args.embedding_gemm_rows
+    if args.channels_first_linear is not None:
+        from seqmamba.modules import mamba as mamba_module
+
+        mamba_module.CHANNELS_FIRST_LINEAR_GRAD = args.channels_first_linear == "on"
 
     cuda = torch.cuda.is_available() and not args.quick
     modes = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"]} if cuda else \

@@ -28,8 +28,9 @@
 #          | decodekernels (the decode step's state-update and conv-update launch configs: bench_decode_kernels.py)
 #          | decoderows (the state update's row-block kernel, dt by a tensor-core product: its GPU tests, then its
 #            launch configs at 1.4B against the GEMM path, then 1.4B decode at batch 128 with bf16 states)
-#          | convsweep (the parallel conv's tiles, forward and backward (two kernels, and the fused one), against
-#            their floors: bench_conv_configs.py)
+#          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
+#          | projgrad (PROJECT_CHANNELS_INPUT_GRAD: the Mamba block's compile test both ways, the layer's rows, then the
+#            DNA step without and with it)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -134,6 +135,12 @@ for step in $steps; do
     prefill) for cfg in lanes=false ""; do  # the 130M prefill, chunked forward then the default
                SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 150 python benchmarks/bench_generation.py --sizes 130m \
                  --batch-sizes 64 1024 --max-batch 1024 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m" | tee -a "$OUT/prefill.log"; done ;;
+    projgrad) timeout 120 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "mamba_block_under_torch_compile" 2>&1 \
+                | tail -3 | tee "$OUT/projgrad.log"
+              timeout 120 python benchmarks/bench_mamba_layer_layout.py 2>&1 | grep "fwd+bwd" | tee -a "$OUT/projgrad.log"
+              for flag in "" --project-channels-grad; do  # the DNA step, in_proj's input gradient as bmm gives it / time-major
+                timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna$flag" --skip train,kmer,chunked $flag 2>&1 \
+                  | grep -E "^ +[0-9]+ x" | sed "s/^/${flag:-default} /" | tee -a "$OUT/projgrad.log"; done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

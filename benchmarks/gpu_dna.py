@@ -138,9 +138,11 @@ def chunked_check():
     return err
 
 
-def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=False, split_per_sm=None):
+def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=False, split_per_sm=None,
+               profile_dir=None):
     """One row: the 1.4M model's training step at (batch, length). ``split_per_sm``: the training scan's
-    BWD_CONFIG split_programs_per_sm for this row (None: the default)."""
+    BWD_CONFIG split_programs_per_sm for this row (None: the default). ``profile_dir``: also one more step under
+    torch.profiler, its kernels by GPU time written there (profile_<batch>x<length>.txt) and printed."""
     from unittest import mock
 
     from seqmamba.models.mamba_lm import MambaLM
@@ -184,8 +186,31 @@ def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=F
         log(f"throughput {batch} x {length} ckpt={checkpointing} fused_add_norm={fused_add_norm} split/SM "
             f"{split_per_sm}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
             f"{row['step_ms']:.0f} ms/step, peak {row['peak_gib']:.1f} GiB")
+        if profile_dir is not None:
+            profile_step(step, os.path.join(profile_dir, f"profile_{batch}x{length}.txt"))
         del model, opt
         return row
+
+
+def profile_step(step, path, row_limit=20):
+    """The kernels of one training step by GPU time (torch.profiler), then the PyTorch ops that launched the most
+    GPU time by input shape (which tensors the elementwise / copy kernels work on), to ``path`` and stdout."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=row_limit, max_name_column_width=70)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.key.startswith("aten::") and e.self_device_time_total > 0]
+    ops.sort(key=lambda e: -e.self_device_time_total)
+    lines = [f"{'op':28s} {'calls':>6s} {'GPU ms':>8s}  input shapes"]
+    lines += [f"{e.key:28s} {e.count:6d} {e.self_device_time_total / 1e3:8.2f}  {str(e.input_shapes)[:110]}"
+              for e in ops[:row_limit]]
+    text = table + "\nPyTorch ops by their own GPU time and input shapes:\n" + "\n".join(lines)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(f"profile of one step ({path}):\n{text}", flush=True)
 
 
 def plots(out, apes, rows):
@@ -250,6 +275,11 @@ def main() -> None:
     parser.add_argument("--split-per-sm", type=int, nargs="+", default=None,
                         help="throughput: also time the 1 x 2^20 step (no checkpointing) with the training scan's "
                              "BWD_CONFIG split_programs_per_sm set to each of these")
+    parser.add_argument("--project-channels-grad", action="store_true",
+                        help="seqmamba.modules.mamba.PROJECT_CHANNELS_INPUT_GRAD on (in_proj's input gradient "
+                             "time-major, as the residual stream stores it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="throughput: one more step of each row without checkpointing under torch.profiler")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="a tiny CPU pass through the training part (checks the script, measures nothing)")
     args = parser.parse_args()
@@ -262,6 +292,10 @@ def main() -> None:
         args.skip += ",chunked,throughput"
     elif not torch.cuda.is_available():
         raise SystemExit("gpu_dna.py needs a CUDA GPU (or --cpu-smoke)")
+    if args.project_channels_grad:
+        from seqmamba.modules import mamba as mamba_module
+
+        mamba_module.PROJECT_CHANNELS_INPUT_GRAD = True
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -297,7 +331,8 @@ def main() -> None:
         for batch, length in ((1, 2 ** 20), (1024, 2 ** 10)):
             for checkpointing in (False, True):
                 try:
-                    rows.append(throughput(batch, length, checkpointing, fused_add_norm=args.fused_add_norm))
+                    rows.append(throughput(batch, length, checkpointing, fused_add_norm=args.fused_add_norm,
+                                           profile_dir=out if args.profile and not checkpointing else None))
                 except Exception as err:
                     log(f"throughput {batch} x {length} ckpt={checkpointing} FAILED: {type(err).__name__}: {err}")
                     results.setdefault("throughput_errors", []).append(f"{batch}x{length} ckpt={checkpointing}: {err}")

@@ -193,11 +193,13 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
         torch.testing.assert_close(new_residual, expected_residual)
 
 
-@pytest.mark.parametrize("project", ["mm", "bmm"])
+@pytest.mark.parametrize("project", ["mm", "bmm", "bmm-input-grad"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project):
     # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
-    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project)
+    # "bmm-input-grad": the batched GEMM through _ProjectChannels (PROJECT_CHANNELS_INPUT_GRAD).
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project.split("-")[0])
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", project == "bmm-input-grad")
     torch.manual_seed(0)
     layer = Mamba(24, d_state=8, bias=bias).double()
     h = torch.randn(2, 13, 24, dtype=torch.double, requires_grad=True)
@@ -310,3 +312,44 @@ def test_linear_of_a_channels_first_view_at_batch_one_also_returns_its_gradient_
     assert dx.is_contiguous(), dx.stride()
     torch.testing.assert_close(dx, torch.einsum("oi,blo->bil", weight.detach(), g))
     torch.testing.assert_close(dw, torch.einsum("blo,bil->oi", g, x_cf.detach()))
+
+
+def test_channels_first_linear_switch_off_gives_the_batched_matmuls_time_major_gradient(monkeypatch):
+    """CHANNELS_FIRST_LINEAR_GRAD = False (what the benchmarks time as "before") takes bmm's own autograd."""
+    monkeypatch.setattr(mamba_module, "CHANNELS_FIRST_LINEAR_GRAD", False)
+    x_cf = torch.randn(2, 5, 9, dtype=torch.double, requires_grad=True)
+    weight = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    out = mamba_module._linear(x_cf.transpose(1, 2), weight)
+    dx, = torch.autograd.grad(out, [x_cf], torch.ones_like(out))
+    assert not dx.is_contiguous() and dx.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_project_channels_returns_its_inputs_gradient_time_major(monkeypatch, bias):
+    """_project_channels' batched GEMM (channels-first, "bmm"): values and every gradient as F.linear's (fp64),
+    and x's gradient (batch, L, in) contiguous, x's own layout (_ProjectChannels), also for a strided slice of x
+    (dt, a slice of x_proj's output)."""
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", True)
+    torch.manual_seed(0)
+    whole = torch.randn(3, 9, 7, dtype=torch.double, requires_grad=True)
+    x = whole[..., :5]  # (3, 9, 5), row stride 7
+    weight = torch.randn(4, 5, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True) if bias else None
+    out = mamba_module._project_channels(x, weight, b, channels_first=True)
+    expected = F.linear(x, weight, b).transpose(1, 2)
+    assert out.shape == (3, 4, 9) and out.stride(-1) == 1
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    leaves = [x, weight] + ([b] if bias else [])
+    grads = torch.autograd.grad(out, leaves, g)
+    for got, want in zip(grads, torch.autograd.grad(expected, leaves, g)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert grads[0].is_contiguous(), grads[0].stride()
+    weight32 = weight.detach().float().requires_grad_()
+    x16 = x.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = mamba_module._project_channels(x16, weight32, None, True)
+    dx16, dw = torch.autograd.grad(out16, [x16, weight32], g.bfloat16())
+    assert out16.dtype == torch.bfloat16 and dx16.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    assert dx16.is_contiguous()
+    torch.testing.assert_close(dw.double(), grads[1], rtol=3e-2, atol=3e-2 * grads[1].abs().max().item())

@@ -535,6 +535,29 @@ def test_triton_scan_dA_at_one_step_is_exact_zero_without_state_and_carries_a_ti
             assert torch.count_nonzero(tri[2]["A"]) == 0 and torch.count_nonzero(ref[2]["A"]) == 0
 
 
+@pytest.mark.parametrize("softplus,bias,time_major", [(True, True, False), (False, True, True), (True, False, True)])
+def test_segment_decay_kernel_sums_each_segments_deltas_as_the_scan_forms_them(monkeypatch, softplus, bias,
+                                                                              time_major):
+    """_segment_decay (the split scans' P_s = exp(A sum delta)): 3 segments of 300 steps (two 256-step tiles, the
+    second partial) of batch row 1, 5 channels over two channel blocks, steps past the segments (a tail) ignored;
+    against the same sums in float64. A wrong segment offset, stride or tile mask moves the sums by far more."""
+    monkeypatch.setattr(scan_launch, "SEGMENT_SUM_LAUNCH", (4, 256, 1))
+    g = torch.Generator().manual_seed(3)
+    batch, dim, N, segments, seg_len = 2, 5, 3, 3, 300
+    L = segments * seg_len + 7
+    delta = torch.randn(batch, L, dim, generator=g).transpose(1, 2) if time_major else \
+        torch.randn(batch, dim, L, generator=g)
+    delta_bias = torch.randn(dim, generator=g) if bias else None
+    A = -torch.rand(dim, N, generator=g) * 0.01
+    got = scan_launch._segment_decay(delta.to(DEVICE), delta_bias.to(DEVICE) if bias else None, softplus,
+                                     A.to(DEVICE), 1, segments, seg_len)
+    d = delta[1, :, :segments * seg_len].double() + (delta_bias.double()[:, None] if bias else 0.0)
+    d = torch.nn.functional.softplus(d) if softplus else d
+    want = torch.exp(d.reshape(dim, segments, seg_len).sum(-1).t()[:, :, None] * A.double())
+    assert got.shape == (segments, dim, N)
+    assert rel_err(got.cpu(), want) < 1e-6
+
+
 @pytest.mark.parametrize("L,bc_layout,time_major,delta_shift", [(64, "variable", False, 0.0),
                                                                 (87, "grouped", True, -6.0),
                                                                 (87, "constant", False, -6.0)])

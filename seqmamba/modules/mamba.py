@@ -23,6 +23,19 @@ from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
 
+#: whether ``_linear`` of a channels-first view with a gradient to take goes through ``_ChannelsFirstLinear``
+#: (True: x's gradient L-contiguous, x's own layout) or the batched matmul's own autograd (False). Benchmarks time
+#: both: bench_mamba_layer_layout.py, bench_train_step.py --channels-first-linear off. H200, same run (twelfth
+#: session): one 130M-width layer fwd+bwd 24.08 -> 21.75 ms at (64, 2048), 6.25 -> 5.61 ms at (8, 4096); the
+#: selective-copying step 104.6 -> 114.2 steps/s CUDA-graphed.
+CHANNELS_FIRST_LINEAR_GRAD = True
+#: whether ``_project_channels``' batched GEMM with a gradient to take goes through ``_ProjectChannels`` (x's
+#: gradient (batch, L, in) contiguous, x's own layout) or the batched matmul's own autograd, which hands it back
+#: transposed. Built after the twelfth session's device time was spent: correct on the CPU (tests/test_modules.py),
+#: not yet run or timed on a GPU, so off; gpu_check.sh projgrad runs its GPU tests and times it both ways.
+PROJECT_CHANNELS_INPUT_GRAD = False
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """F.linear of x (batch, L, in) that never copies x.
 
@@ -33,7 +46,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
     layout (L contiguous), where the batched matmul's autograd would return it time-major.
     """
     batch, L, _ = x.shape
-    if L > 1 and x.stride(1) == 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if CHANNELS_FIRST_LINEAR_GRAD and L > 1 and x.stride(1) == 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _ChannelsFirstLinear.apply(x.transpose(1, 2), weight, bias)  # batch 1 too: F.linear's is time-major
     if x.stride(0) == x.stride(1) * L or batch == 1 or L == 1:
         return F.linear(x, weight, bias)
@@ -101,9 +114,39 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if PROJECT_CHANNELS == "mm" and x.stride(0) == x.stride(1) * L and x.stride(2) == 1:
         out = torch.mm(weight, x.reshape(batch * L, n_in).t())  # (out, batch * L), one GEMM
         out = out.view(-1, batch, L).transpose(0, 1)  # (batch, out, L), L contiguous
+    elif PROJECT_CHANNELS_INPUT_GRAD and L > 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        out = _ProjectChannels.apply(x, weight)
     else:
         out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))
     return out if bias is None else out + bias[:, None]
+
+
+class _ProjectChannels(torch.autograd.Function):
+    """x (batch, L, in) -> W @ x^T (batch, out, L), L contiguous, as ``_project_channels`` computes it, with x's
+    gradient as (batch, L, in) contiguous: dout^T @ W, one batched GEMM writing that layout. The batched matmul's
+    own autograd forms W^T @ dout, (batch, in, L), and hands it back through the transpose, so the block's input
+    gradient reached the residual stream's norm strided and was copied there (H200, DNA step at (1, 2^20, 128):
+    ~30 ms of copies against 12.6 at (1024, 2^10), twelfth session). The counterpart of _ChannelsFirstLinear."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        out = torch.bmm(weight.expand(x.shape[0], -1, -1), x.transpose(1, 2))
+        ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        dtype = ctx.gemm_dtype
+        dout = dout.to(dtype)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.bmm(dout.transpose(1, 2), weight.to(dtype).expand(x.shape[0], -1, -1)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
+            dw = torch.bmm(dout, x.to(dtype)).sum(0, dtype=acc).to(weight.dtype)
+        return dx, dw
 
 
 @MIXERS.register("mamba")

@@ -119,6 +119,29 @@ def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
 
 
 @triton.jit
+def _segment_delta_sum_kernel(delta_ptr, dbias_ptr, out_ptr, dim, seg_len, s_dt_d, s_dt_l,
+                              BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                              SOFTPLUS: tl.constexpr):
+    """out[s, d] = sum over segment s's steps of delta[d, t] after bias + softplus, as the scan kernels form it
+    (_load_delta): the split scans' segment decays exp(A out[s, d]) (triton_launch._segment_decay). delta is one
+    batch row (dim, L) with any strides; program (channel block, segment)."""
+    pid_d, seg = tl.program_id(0), tl.program_id(1)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_idx < dim
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    row = delta_ptr + d_idx[:, None].to(tl.int64) * s_dt_d + seg.to(tl.int64) * seg_len * s_dt_l
+    acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for t0 in range(0, seg_len, BLOCK_L):
+        t_idx = t0 + tl.arange(0, BLOCK_L)
+        delta, _ = _load_delta(row, dbias, t_idx, s_dt_l, mask_d[:, None] & (t_idx < seg_len)[None, :],
+                               HAS_DBIAS, SOFTPLUS)
+        acc += delta
+    tl.store(out_ptr + seg * dim + d_idx, tl.sum(acc, axis=1), mask=mask_d)
+
+
+@triton.jit
 def _program_channels(dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
                       BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr):
     """A program's batch row and block of channels, as both kernels start: (batch index, channels (int64),

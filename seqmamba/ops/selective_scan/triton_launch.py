@@ -15,7 +15,8 @@ from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 from .lane_kernels import _selective_scan_fwd_lanes_kernel
-from .triton_kernels import _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel
+from .triton_kernels import (_segment_delta_sum_kernel, _selective_scan_bwd_kernel, _selective_scan_dstate_kernel,
+                             _selective_scan_fwd_kernel)
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
@@ -25,6 +26,7 @@ _launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
 _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
 _launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
 _launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel)
+_launch_segment_delta_sum = CachedLaunch(_segment_delta_sum_kernel)
 
 
 def _bc_as_4d(X: torch.Tensor, dim: int):
@@ -470,16 +472,24 @@ def _split_layout(L: int, segments: int, chunk_t: int):
     return seg_len, segments * seg_len
 
 
+# _segment_delta_sum_kernel's tiles: (channels, steps, warps) per program. The sums were PyTorch ops on the whole
+# row (fp32 copy, bias add, softplus, sum: 25 ms of the 561-ms DNA step at (1, 256, 2^20), H200, twelfth session).
+SEGMENT_SUM_LAUNCH = (4, 256, 4)
+
+
 def _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len):
     """P_s = exp(A sum_{t in segment s} delta_t), (segments, dim, N): what a segment's start state is multiplied
-    by on the way to its end."""
+    by on the way to its end (delta after bias and softplus, summed by _segment_delta_sum_kernel)."""
     dim = delta.shape[1]
-    d = delta[row, :, :segments * seg_len].float()
-    if delta_bias is not None:
-        d = d + delta_bias.float()[:, None]
-    if delta_softplus:
-        d = torch.nn.functional.softplus(d)
-    return torch.exp(d.reshape(dim, segments, seg_len).sum(-1).t()[:, :, None] * A32)
+    sums = empty((segments, dim), delta.device, torch.float32)
+    block_d, block_l, num_warps = SEGMENT_SUM_LAUNCH
+    d = delta[row]
+    _launch_segment_delta_sum(
+        (cdiv(dim, block_d), segments), (d, delta_bias if delta_bias is not None else A32, sums),
+        (dim, seg_len, *d.stride()),
+        dict(BLOCK_D=block_d, BLOCK_L=block_l, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus)),
+        num_warps)
+    return torch.exp(sums[:, :, None] * A32)
 
 
 def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments, seg_len,
@@ -610,9 +620,10 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
     dh0 = empty((batch, dim, A.shape[1]), u.device, torch.float32)
 
     def collect(grads, row, start, length, n_rows):
-        """One call's gradients into the full ones: the per-step ones from its (n_rows, ..., length) rows to
-        steps start .. start + n_rows * length of batch row ``row`` (segments in order), the small ones summed."""
-        for full, part in ((du, grads[0]), (ddelta, grads[1]), (dB, grads[3]), (dC, grads[4]), (dz, grads[6])):
+        """One call's gradients into the full ones: dB / dC from its (n_rows, ..., length) rows to steps
+        start .. start + n_rows * length of batch row ``row`` (segments in order), the small ones summed (du, ddelta
+        and dz the kernel wrote in place: ``grads_out``)."""
+        for full, part in ((dB, grads[3]), (dC, grads[4])):
             if full is not None:
                 target = full[row, ..., start:start + n_rows * length]
                 target.copy_(part.movedim(0, -2).reshape(target.shape))
@@ -625,7 +636,8 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         g = dlast[row].float() if dlast is not None else torch.zeros_like(decay[0])
         if tail_states is not None:
             tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
-            grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _tail_of(dout, row, main), g[None])
+            grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _tail_of(dout, row, main), g[None],
+                                  grads_out=tuple(_tail_of(t, row, main) for t in (du, ddelta, dz)))
             collect(grads, row, main, L - main, 1)
             g = grads[8][0]
         seg_u, seg_delta, _, seg_B, seg_C, _, seg_z = seg = [_segments_of(t, row, segments, seg_len)
@@ -637,7 +649,10 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         for s in range(segments - 1, -1, -1):
             carry[s] = g
             g = torch.addcmul(local[s], decay[s], g)
-        grads = scan_backward(*seg, delta_bias, delta_softplus, states, seg_dout, carry)  # the true carries
+        # the true carries; du / ddelta / dz straight into the segments' views of the whole (no copy back: at
+        # (1, 256, 2^20) in 16 segments the copies took 36 ms of a 561-ms DNA step, H200, twelfth session)
+        grads = scan_backward(*seg, delta_bias, delta_softplus, states, seg_dout, carry,
+                              grads_out=tuple(_segments_of(t, row, segments, seg_len) for t in (du, ddelta, dz)))
         collect(grads, row, 0, seg_len, segments)
         dh0[row] = grads[8][0]
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0
@@ -663,8 +678,10 @@ def _input_grads_like(u, delta, z):
             _empty_like_layout(z, _is_channel_last(z)) if z is not None else None)
 
 
-def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast):
-    """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)."""
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast, grads_out=None):
+    """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state).
+    ``grads_out``: (du, ddelta, dz) to write into (any strides; dz None without z), e.g. the segments' views of
+    the whole sequence's gradients in ``scan_backward_split``; else they are allocated."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
@@ -674,7 +691,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     dummy = _dummy(u)
-    du, ddelta, dz = _input_grads_like(u, delta, z)
+    du, ddelta, dz = grads_out if grads_out is not None else _input_grads_like(u, delta, z)
     dz = dz if z is not None else dummy
     # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
     # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
