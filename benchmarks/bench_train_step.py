@@ -39,6 +39,9 @@ from seqmamba.commands.hydra_app import compose_config, register_resolvers  # no
 from seqmamba.commands.verbs import build_task  # noqa: E402
 from seqmamba.train import Trainer, read_metrics  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_decode import ops_by_input_shape  # noqa: E402
+
 CASES = {
     "selective_copying": ["experiment=paper/selective_copying"],
     "induction_heads": ["experiment=paper/induction_heads"],
@@ -88,16 +91,15 @@ def profile_eager(overrides, out_dir, steps=8):
                 trainer._train_step(batches, window)
             torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    # the copies by input shape (layout changes, casts): which tensors the step copies, and what that costs
-    copies = [e for e in prof.key_averages(group_by_input_shape=True)
-              if e.key in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy")]
-    copies.sort(key=lambda e: -e.device_time_total)
-    lines = [f"{'op':18s} {'calls/step':>10s} {'us/step':>9s}  input shapes"]
-    lines += [f"{e.key:18s} {e.count / steps:10.1f} {e.device_time_total / steps:9.1f}  {e.input_shapes}"
-              for e in copies[:20]]
+    # the copies by input shape (layout changes, casts): which tensors the step copies, and what that costs; then
+    # every op by its own GPU time and input shapes
+    copies = ops_by_input_shape(prof, per=steps, keys=("aten::copy_", "aten::contiguous", "aten::clone",
+                                                       "aten::_to_copy"))
+    ops = ops_by_input_shape(prof, per=steps)
     path = os.path.join(out_dir, "profile_selective_copying_eager.txt")
     with open(path, "w") as f:
-        f.write(table + "\n\ncopies by input shape (GPU time per step):\n" + "\n".join(lines) + "\n")
+        f.write(table + "\n\ncopies by input shape (GPU time and calls per step):\n" + "\n".join(copies)
+                + "\n\nPyTorch ops by their own GPU time and input shapes (per step):\n" + "\n".join(ops) + "\n")
     return path
 
 

@@ -21,6 +21,9 @@ sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_decode import ops_by_input_shape  # noqa: E402
+
 import seqmamba  # noqa: E402,F401  (from a checkout it maps tasks/ and configs/ itself: seqmamba/__init__.py)
 
 
@@ -201,12 +204,7 @@ def profile_step(step, path, row_limit=20):
         step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=row_limit, max_name_column_width=70)
-    ops = [e for e in prof.key_averages(group_by_input_shape=True)
-           if e.key.startswith("aten::") and e.self_device_time_total > 0]
-    ops.sort(key=lambda e: -e.self_device_time_total)
-    lines = [f"{'op':28s} {'calls':>6s} {'GPU ms':>8s}  input shapes"]
-    lines += [f"{e.key:28s} {e.count:6d} {e.self_device_time_total / 1e3:8.2f}  {str(e.input_shapes)[:110]}"
-              for e in ops[:row_limit]]
+    lines = ops_by_input_shape(prof, row_limit=row_limit)
     text = table + "\nPyTorch ops by their own GPU time and input shapes:\n" + "\n".join(lines)
     with open(path, "w") as f:
         f.write(text + "\n")

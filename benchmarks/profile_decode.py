@@ -74,6 +74,22 @@ def profile_step(step, repeats: int):
     return sum(r[1] for r in rows), rows
 
 
+def ops_by_input_shape(prof, per: float = 1.0, keys=None, row_limit: int = 20,
+                       time_attr: str = "self_device_time_total") -> list[str]:
+    """Lines of a table of the PyTorch ops of a torch.profiler run by their own time (``time_attr``: the GPU time
+    of the kernels they launched, by default) and input shapes, most first: which tensors the copies and
+    elementwise kernels work on. ``per``: steps to divide by (times and calls per step); ``keys``: only these op
+    names (e.g. the copies); else every aten op with time. Needs ``record_shapes=True``. (gpu_dna.py --profile
+    found the DNA split scan's ~60 ms of PyTorch glue this way; bench_train_step.py --profile prints it too.)"""
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if (e.key in keys if keys is not None else e.key.startswith("aten::")) and getattr(e, time_attr) > 0]
+    ops.sort(key=lambda e: -getattr(e, time_attr))
+    lines = [f"{'op':30s} {'calls':>8s} {'ms':>9s}  input shapes"]
+    lines += [f"{e.key:30s} {e.count / per:8.1f} {getattr(e, time_attr) / 1e3 / per:9.3f}  {str(e.input_shapes)[:110]}"
+              for e in ops[:row_limit]]
+    return lines
+
+
 # Kernel kinds for the prefill breakdown: the first pattern a kernel's name contains decides.
 KINDS = [("scan", ("selective_scan",)), ("attention", ("flash", "attention", "fmha", "sdpa")),
          ("GEMM", ("gemm", "sm90_xmma", "cutlass", "nvjet", "ampere", "cublas", "splitk")),

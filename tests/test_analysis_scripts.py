@@ -111,3 +111,27 @@ def test_profile_decode_builds_both_runners_from_bench_generations_options():
     params = mamba.model.new_inference_params(2, 20, **mamba.cache_kwargs)
     mamba.model.step(torch.zeros(2, 1, dtype=torch.long), params)
     assert {s.dtype for _, s in params.key_value_memory_dict.values()} == {torch.bfloat16}
+
+
+def test_profile_ops_by_input_shape_lists_the_costliest_ops_per_step_with_their_shapes():
+    """profile_decode.ops_by_input_shape (gpu_dna.py / bench_train_step.py --profile): ops by their own time and
+    input shapes, most first, times and calls per step; ``keys`` keeps only those ops. On the CPU with CPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import profile_decode
+    finally:
+        sys.path.pop(0)
+    big, small = torch.randn(512, 512), torch.randn(8, 8)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):
+            big @ big
+            small.t().contiguous()
+    lines = profile_decode.ops_by_input_shape(prof, per=2, time_attr="self_cpu_time_total")
+    assert lines[0].split()[:2] == ["op", "calls"]
+    assert lines[1].startswith("aten::mm") and "[[512, 512], [512, 512]]" in lines[1]
+    assert float(lines[1].split()[1]) == 1.0  # calls per step
+    copies = profile_decode.ops_by_input_shape(prof, per=2, keys=("aten::copy_",), time_attr="self_cpu_time_total")
+    assert len(copies) == 2 and copies[1].startswith("aten::copy_") and "[8, 8]" in copies[1]
