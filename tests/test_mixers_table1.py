@@ -86,7 +86,7 @@ def test_table1_mixers_channels_first_equals_time_major(name):
     for n in g0:
         # S4D and Hyena compute in fp32 by design (lti.fft_causal_conv and the skip: u.float()), so their skip
         # weights' gradients are fp32 sums, whose order follows the layout of the gradient reaching them
-        # (L-contiguous on the channels-first path since _ChannelsFirstLinear): fp32 rounding, 5.6e-8 for
+        # (L-contiguous on the channels-first path since _LayoutKeepingLinear): fp32 rounding, 5.6e-8 for
         # inner.D of h3_s4d, 6.7e-8 for inner.bias of h3_hyena
         tol = 1e-6 if n.startswith("inner.") and not name.endswith("_s6") else 1e-10
         assert rel_err(g1[n], g0[n]) < tol, n

@@ -197,7 +197,7 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
 @pytest.mark.parametrize("bias", [False, True])
 def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project):
     # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
-    # "bmm-input-grad": the batched GEMM through _ProjectChannels (PROJECT_CHANNELS_INPUT_GRAD).
+    # "bmm-input-grad": the batched GEMM through _LayoutKeepingLinear (PROJECT_CHANNELS_INPUT_GRAD).
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project.split("-")[0])
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", project == "bmm-input-grad")
     torch.manual_seed(0)
@@ -249,7 +249,7 @@ def test_mamba_channels_first_forward_copies_no_sequence_sized_tensor(monkeypatc
 def test_linear_of_a_channels_first_view_returns_its_gradient_channels_first(bias):
     """_linear on (batch, in, L).transpose(1, 2): values and every gradient as F.linear's (fp64), and x's
     gradient in x's own layout, L contiguous (the batched matmul's autograd gives it time-major, which the Mamba
-    block then copies or adds with strides; _ChannelsFirstLinear)."""
+    block then copies or adds with strides; _LayoutKeepingLinear)."""
     torch.manual_seed(0)
     x_cf = torch.randn(3, 5, 7, dtype=torch.double, requires_grad=True)
     weight = torch.randn(4, 5, dtype=torch.double, requires_grad=True)
@@ -327,7 +327,7 @@ def test_channels_first_linear_switch_off_gives_the_batched_matmuls_time_major_g
 @pytest.mark.parametrize("bias", [False, True])
 def test_project_channels_returns_its_inputs_gradient_time_major(monkeypatch, bias):
     """_project_channels' batched GEMM (channels-first, "bmm"): values and every gradient as F.linear's (fp64),
-    and x's gradient (batch, L, in) contiguous, x's own layout (_ProjectChannels), also for a strided slice of x
+    and x's gradient (batch, L, in) contiguous, x's own layout (_LayoutKeepingLinear), also for a strided slice of x
     (dt, a slice of x_proj's output)."""
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", True)
     torch.manual_seed(0)

@@ -23,17 +23,23 @@ from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
 
-#: whether ``_linear`` of a channels-first view with a gradient to take goes through ``_ChannelsFirstLinear``
+#: whether ``_linear`` of a channels-first view with a gradient to take goes through ``_LayoutKeepingLinear``
 #: (True: x's gradient L-contiguous, x's own layout) or the batched matmul's own autograd (False). Benchmarks time
 #: both: bench_mamba_layer_layout.py, bench_train_step.py --channels-first-linear off. H200, same run (twelfth
 #: session): one 130M-width layer fwd+bwd 24.08 -> 21.75 ms at (64, 2048), 6.25 -> 5.61 ms at (8, 4096); the
 #: selective-copying step 104.6 -> 114.2 steps/s CUDA-graphed.
 CHANNELS_FIRST_LINEAR_GRAD = True
-#: whether ``_project_channels``' batched GEMM with a gradient to take goes through ``_ProjectChannels`` (x's
+#: whether ``_project_channels``' batched GEMM with a gradient to take goes through ``_LayoutKeepingLinear`` (x's
 #: gradient (batch, L, in) contiguous, x's own layout) or the batched matmul's own autograd, which hands it back
 #: transposed. Built after the twelfth session's device time was spent: correct on the CPU (tests/test_modules.py),
 #: not yet run or timed on a GPU, so off; gpu_check.sh projgrad runs its GPU tests and times it both ways.
 PROJECT_CHANNELS_INPUT_GRAD = False
+
+
+def _takes_gradient(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a projection of x (batch, L, in) with more than one step is recorded by autograd (the case
+    ``_LayoutKeepingLinear`` serves)."""
+    return x.shape[1] > 1 and records_autograd(x, weight)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -42,53 +48,68 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] 
     F.linear / matmul fold (batch, L) into one matrix dimension; for a transposed view such as
     (batch, in, L).transpose(1, 2) that fold is a full strided copy of x (746 us per call at
     (64, 2048, 1536) bf16 on an H100). A batched matmul reads each (L, in) matrix through its strides instead.
-    For such a view with a gradient to take, ``_ChannelsFirstLinear`` also hands x's gradient back in x's own
+    For such a view with a gradient to take, ``_LayoutKeepingLinear`` also hands x's gradient back in x's own
     layout (L contiguous), where the batched matmul's autograd would return it time-major.
     """
     batch, L, _ = x.shape
-    if CHANNELS_FIRST_LINEAR_GRAD and L > 1 and x.stride(1) == 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _ChannelsFirstLinear.apply(x.transpose(1, 2), weight, bias)  # batch 1 too: F.linear's is time-major
+    if CHANNELS_FIRST_LINEAR_GRAD and x.stride(1) == 1 and _takes_gradient(x, weight):
+        return _LayoutKeepingLinear.apply(x, weight, bias, False)  # batch 1 too: F.linear's is time-major
     if x.stride(0) == x.stride(1) * L or batch == 1 or L == 1:
         return F.linear(x, weight, bias)
     out = torch.bmm(x, weight.t().expand(batch, -1, -1))
     return out + bias if bias is not None else out
 
 
-class _ChannelsFirstLinear(torch.autograd.Function):
-    """(batch, in, L) with L contiguous -> (batch, L, out) = x^T W^T + bias, as ``_linear`` computes it, with the
-    backward's gradient of x as (batch, in, L) L-contiguous: W^T @ dout^T, one batched GEMM writing that layout.
+class _LayoutKeepingLinear(torch.autograd.Function):
+    """x (batch, L, in), any strides -> x @ W^T + bias as one batched GEMM, returned as (batch, L, out) or, with
+    ``channels_first``, as (batch, out, L) (W @ x^T) with L contiguous; in the backward x's gradient is formed in
+    x's own storage order: W^T @ dout^T written as (batch, in, L) when x is a view of an L-contiguous tensor,
+    dout @ W written as (batch, L, in) otherwise.
 
-    The batched matmul's own autograd gives x's gradient as dout @ W, (batch, L, in) seen through the transpose.
-    In the Mamba block that gradient then meets the scan's, which is L-contiguous: x_proj's, summed with du into
-    the conv output's gradient (a strided elementwise add over (batch, d_inner, L)); out_proj's, the scan's dout,
-    copied to L-contiguous before its backward (H200, the selective-copying step at (64, 128, 4112): ~220 us
-    each, 4 per step of ~9.2 ms; profile in BENCHMARKS.md, twelfth session). The weight gradient is summed over
-    the batch in fp32 (the expand's autograd sums in the GEMM's dtype)."""
+    The batched matmul's own autograd forms x's gradient in the product's order and hands it back through the
+    transpose, so a gradient reached its consumer in the other layout. In the Mamba block on CUDA: x_proj's and
+    out_proj's inputs are L-contiguous, and their gradients met the scan's (summed with du with strides; the
+    scan's dout, copied to L-contiguous first: ~220 us each, 4 per selective-copying step of ~9.2 ms, H200);
+    in_proj's input is the time-major residual stream, and its gradient reached the norm transposed and was
+    copied there (~30 ms per DNA step at (1, 2^20, 128) against 12.6 at (1024, 2^10); twelfth session). The weight
+    gradient is summed over the batch in fp32 (the expand's autograd sums in the GEMM's dtype)."""
 
     @staticmethod
-    def forward(ctx, x_cf, weight, bias):
-        ctx.save_for_backward(x_cf, weight)
+    def forward(ctx, x, weight, bias, channels_first):
+        ctx.save_for_backward(x, weight)
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        out = torch.bmm(x_cf.transpose(1, 2), weight.t().expand(x_cf.shape[0], -1, -1))
+        ctx.channels_first = channels_first
+        batch = x.shape[0]
+        if channels_first:
+            out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))  # (batch, out, L)
+        else:
+            out = torch.bmm(x, weight.t().expand(batch, -1, -1))  # (batch, L, out)
         ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
-        return out + bias if bias is not None else out
+        if bias is None:
+            return out
+        return out + (bias[:, None] if channels_first else bias)
 
     @staticmethod
     def backward(ctx, dout):
-        x_cf, weight = ctx.saved_tensors
-        dx = dw = db = None
+        x, weight = ctx.saved_tensors
         dtype = ctx.gemm_dtype
-        dout = dout.to(dtype)
+        g = dout.to(dtype)
+        g = g.transpose(1, 2) if ctx.channels_first else g  # (batch, L, out) either way
+        batch = x.shape[0]
+        dx = dw = db = None
         if ctx.needs_input_grad[0]:
             w = weight.to(dtype)
-            dx = torch.bmm(w.t().expand(x_cf.shape[0], -1, -1), dout.transpose(1, 2)).to(x_cf.dtype)
+            if x.stride(1) == 1:  # a view of (batch, in, L) storage: W^T @ dout^T, written L-contiguous
+                dx = torch.bmm(w.t().expand(batch, -1, -1), g.transpose(1, 2)).transpose(1, 2)
+            else:
+                dx = torch.bmm(g, w.expand(batch, -1, -1))
+            dx = dx.to(x.dtype)
+        acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
         if ctx.needs_input_grad[1]:
-            acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
-            dw = torch.bmm(dout.transpose(1, 2), x_cf.to(dtype).transpose(1, 2)).sum(0, dtype=acc)
-            dw = dw.to(weight.dtype)
+            dw = torch.bmm(g.transpose(1, 2), x.to(dtype)).sum(0, dtype=acc).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            db = dout.sum((0, 1), dtype=torch.promote_types(dtype, torch.float32)).to(ctx.bias_dtype)
-        return dx, dw, db
+            db = g.sum((0, 1), dtype=acc).to(ctx.bias_dtype)
+        return dx, dw, db, None
 
 
 #: how ``_project_channels`` forms W @ x^T: "mm" = one GEMM over the folded (batch * L) columns, as mamba_ssm
@@ -114,39 +135,11 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if PROJECT_CHANNELS == "mm" and x.stride(0) == x.stride(1) * L and x.stride(2) == 1:
         out = torch.mm(weight, x.reshape(batch * L, n_in).t())  # (out, batch * L), one GEMM
         out = out.view(-1, batch, L).transpose(0, 1)  # (batch, out, L), L contiguous
-    elif PROJECT_CHANNELS_INPUT_GRAD and L > 1 and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out = _ProjectChannels.apply(x, weight)
+    elif PROJECT_CHANNELS_INPUT_GRAD and _takes_gradient(x, weight):
+        return _LayoutKeepingLinear.apply(x, weight, bias, True)
     else:
         out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))
     return out if bias is None else out + bias[:, None]
-
-
-class _ProjectChannels(torch.autograd.Function):
-    """x (batch, L, in) -> W @ x^T (batch, out, L), L contiguous, as ``_project_channels`` computes it, with x's
-    gradient as (batch, L, in) contiguous: dout^T @ W, one batched GEMM writing that layout. The batched matmul's
-    own autograd forms W^T @ dout, (batch, in, L), and hands it back through the transpose, so the block's input
-    gradient reached the residual stream's norm strided and was copied there (H200, DNA step at (1, 2^20, 128):
-    ~30 ms of copies against 12.6 at (1024, 2^10), twelfth session). The counterpart of _ChannelsFirstLinear."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(x, weight)
-        out = torch.bmm(weight.expand(x.shape[0], -1, -1), x.transpose(1, 2))
-        ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight = ctx.saved_tensors
-        dtype = ctx.gemm_dtype
-        dout = dout.to(dtype)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.bmm(dout.transpose(1, 2), weight.to(dtype).expand(x.shape[0], -1, -1)).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
-            dw = torch.bmm(dout, x.to(dtype)).sum(0, dtype=acc).to(weight.dtype)
-        return dx, dw
 
 
 @MIXERS.register("mamba")
