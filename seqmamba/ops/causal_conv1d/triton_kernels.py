@@ -35,34 +35,6 @@ def _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d
 
 
 @triton.jit
-def _dpre_tile(x_row, dout_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_do_l, s_w_d, s_w_k,
-               WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_L: tl.constexpr):
-    """dpre = dout * act'(pre) at the tile's positions t_idx, fp32; 0 past the end (dout is loaded as 0 there)."""
-    dout = tl.load(dout_row + t_idx[None, :].to(tl.int64) * s_do_l, mask=mask_d[:, None] & (t_idx < L)[None, :],
-                   other=0.0).to(tl.float32)
-    if SILU:
-        pre = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
-                             WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
-        sig = tl.sigmoid(pre)
-        return dout * sig * (1.0 + pre * (1.0 - sig))
-    return dout
-
-
-@triton.jit
-def _add_weight_grads(x_row, dpre, dw_ptr, dbias_ptr, d_idx, t_idx, mask_d, L, s_x_l,
-                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The tile's share of the weight and bias gradients from its dpre (atomics over tiles)."""
-    for k in tl.static_range(WIDTH):
-        src = t_idx - (WIDTH - 1) + k
-        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
-        xv = tl.load(x_row + src[None, :].to(tl.int64) * s_x_l, mask=m, other=0.0).to(tl.float32)
-        tl.atomic_add(dw_ptr + d_idx * WIDTH + k, tl.sum(dpre * xv, axis=1), mask=mask_d, sem="relaxed")
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + d_idx, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
-
-
-@triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_o_b, s_o_d, s_o_l,
@@ -93,13 +65,25 @@ def _causal_conv1d_dpre_kernel(
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = d_idx < dim
+    mask = mask_d[:, None] & (t_idx < L)[None, :]
     x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-    dout_row = dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
-    dpre = _dpre_tile(x_row, dout_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_do_l, s_w_d, s_w_k,
-                      WIDTH, HAS_BIAS, SILU, BLOCK_D, BLOCK_L)
-    tl.store(dpre_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dpre,
-             mask=mask_d[:, None] & (t_idx < L)[None, :])
-    _add_weight_grads(x_row, dpre, dw_ptr, dbias_ptr, d_idx, t_idx, mask_d, L, s_x_l, WIDTH, HAS_BIAS)
+    dout = tl.load(dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
+                   + t_idx[None, :].to(tl.int64) * s_do_l, mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
+                             WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        sig = tl.sigmoid(pre)
+        dpre = dout * sig * (1.0 + pre * (1.0 - sig))
+    else:
+        dpre = dout
+    tl.store(dpre_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dpre, mask=mask)
+    for k in tl.static_range(WIDTH):
+        src = t_idx - (WIDTH - 1) + k
+        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        xv = tl.load(x_row + src[None, :].to(tl.int64) * s_x_l, mask=m, other=0.0).to(tl.float32)
+        tl.atomic_add(dw_ptr + d_idx * WIDTH + k, tl.sum(dpre * xv, axis=1), mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d_idx, tl.sum(dpre, axis=1), mask=mask_d, sem="relaxed")
 
 
 @triton.jit
