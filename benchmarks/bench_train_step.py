@@ -40,7 +40,7 @@ from seqmamba.commands.verbs import build_task  # noqa: E402
 from seqmamba.train import Trainer, read_metrics  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from profile_decode import ops_by_input_shape  # noqa: E402
+from profile_decode import profile_report  # noqa: E402
 
 CASES = {
     "selective_copying": ["experiment=paper/selective_copying"],
@@ -74,11 +74,11 @@ def measure(overrides, steps, log_every, run_dir):
 
 
 def profile_eager(overrides, out_dir, steps=8):
-    """Top CUDA kernels over a few eager steps (after warmup), as a text table."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """A few eager steps (after warmup) under torch.profiler: profile_decode.profile_report's kernel and op tables,
+    written to out_dir; returns (path, text)."""
     cfg = compose_config(overrides + QUIET + [f"trainer.max_steps={steps + 5}", "trainer.log_every=1"])
     task = build_task(cfg)
+    path = os.path.join(out_dir, "profile_selective_copying_eager.txt")
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(task, cfg, run_dir)
         batches = iter(task.train_batches(0))
@@ -86,21 +86,8 @@ def profile_eager(overrides, out_dir, steps=8):
         for _ in range(5):
             trainer._train_step(batches, window)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-            for _ in range(steps):
-                trainer._train_step(batches, window)
-            torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    # the copies by input shape (layout changes, casts): which tensors the step copies, and what that costs; then
-    # every op by its own GPU time and input shapes
-    copies = ops_by_input_shape(prof, per=steps, keys=("aten::copy_", "aten::contiguous", "aten::clone",
-                                                       "aten::_to_copy"))
-    ops = ops_by_input_shape(prof, per=steps)
-    path = os.path.join(out_dir, "profile_selective_copying_eager.txt")
-    with open(path, "w") as f:
-        f.write(table + "\n\ncopies by input shape (GPU time and calls per step):\n" + "\n".join(copies)
-                + "\n\nPyTorch ops by their own GPU time and input shapes (per step):\n" + "\n".join(ops) + "\n")
-    return path
+        text = profile_report(lambda: trainer._train_step(batches, window), steps, path, row_limit=25)
+    return path, text
 
 
 def main():
@@ -163,9 +150,9 @@ def main():
                 print(f"table1/{layer:12s} {row.get('steps_per_s', float('nan')):8.1f} steps/s "
                       f"{row.get('error', '')}", flush=True)
         if args.profile and cuda:
-            path = profile_eager(CASES["selective_copying"] + device + args.overrides, args.out)
-            with open(path) as f:  # the kernel table on stdout too (a device's output may come back without files)
-                print(f"profile ({path}):\n" + "".join(f.readlines()[:32]), flush=True)
+            path, text = profile_eager(CASES["selective_copying"] + device + args.overrides, args.out)
+            # on stdout too (a device's output may come back without its files)
+            print(f"profile ({path}):\n{text}", flush=True)
 
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}, f, indent=2)

@@ -22,7 +22,7 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from profile_decode import ops_by_input_shape  # noqa: E402
+from profile_decode import profile_report  # noqa: E402
 
 import seqmamba  # noqa: E402,F401  (from a checkout it maps tasks/ and configs/ itself: seqmamba/__init__.py)
 
@@ -190,25 +190,10 @@ def throughput(batch, length, checkpointing, warmup=2, iters=5, fused_add_norm=F
             f"{split_per_sm}: {row['tokens_per_s'] / 1e6:.2f} M tokens/s, "
             f"{row['step_ms']:.0f} ms/step, peak {row['peak_gib']:.1f} GiB")
         if profile_dir is not None:
-            profile_step(step, os.path.join(profile_dir, f"profile_{batch}x{length}.txt"))
+            path = os.path.join(profile_dir, f"profile_{batch}x{length}.txt")
+            print(f"profile of one step ({path}):\n{profile_report(step, 1, path)}", flush=True)
         del model, opt
         return row
-
-
-def profile_step(step, path, row_limit=20):
-    """The kernels of one training step by GPU time (torch.profiler), then the PyTorch ops that launched the most
-    GPU time by input shape (which tensors the elementwise / copy kernels work on), to ``path`` and stdout."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-        step()
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=row_limit, max_name_column_width=70)
-    lines = ops_by_input_shape(prof, row_limit=row_limit)
-    text = table + "\nPyTorch ops by their own GPU time and input shapes:\n" + "\n".join(lines)
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    print(f"profile of one step ({path}):\n{text}", flush=True)
 
 
 def plots(out, apes, rows):

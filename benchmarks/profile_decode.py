@@ -74,20 +74,37 @@ def profile_step(step, repeats: int):
     return sum(r[1] for r in rows), rows
 
 
-def ops_by_input_shape(prof, per: float = 1.0, keys=None, row_limit: int = 20,
+def ops_by_input_shape(prof, per: float = 1.0, row_limit: int = 20,
                        time_attr: str = "self_device_time_total") -> list[str]:
-    """Lines of a table of the PyTorch ops of a torch.profiler run by their own time (``time_attr``: the GPU time
-    of the kernels they launched, by default) and input shapes, most first: which tensors the copies and
-    elementwise kernels work on. ``per``: steps to divide by (times and calls per step); ``keys``: only these op
-    names (e.g. the copies); else every aten op with time. Needs ``record_shapes=True``. (gpu_dna.py --profile
-    found the DNA split scan's ~60 ms of PyTorch glue this way; bench_train_step.py --profile prints it too.)"""
+    """Lines of a table of the PyTorch (aten) ops of a torch.profiler run by their own time (``time_attr``: the GPU
+    time of the kernels they launched, by default) and input shapes, most first: which tensors the copies and
+    elementwise kernels work on. ``per``: steps to divide by (times and calls per step). Needs
+    ``record_shapes=True``. (gpu_dna.py --profile found the DNA split scan's ~60 ms of PyTorch glue this way.)"""
     ops = [e for e in prof.key_averages(group_by_input_shape=True)
-           if (e.key in keys if keys is not None else e.key.startswith("aten::")) and getattr(e, time_attr) > 0]
+           if e.key.startswith("aten::") and getattr(e, time_attr) > 0]
     ops.sort(key=lambda e: -getattr(e, time_attr))
     lines = [f"{'op':30s} {'calls':>8s} {'ms':>9s}  input shapes"]
     lines += [f"{e.key:30s} {e.count / per:8.1f} {getattr(e, time_attr) / 1e3 / per:9.3f}  {str(e.input_shapes)[:110]}"
               for e in ops[:row_limit]]
     return lines
+
+
+def profile_report(step, steps: int, path: str, row_limit: int = 20) -> str:
+    """``steps`` calls of ``step`` under torch.profiler (CUDA): the kernels by their own GPU time, then the PyTorch
+    ops by their own GPU time and input shapes, per step; written to ``path`` and returned (gpu_dna.py and
+    bench_train_step.py --profile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=row_limit, max_name_column_width=70)
+    text = (f"{table}\nPyTorch ops by their own GPU time and input shapes (per step of {steps}):\n"
+            + "\n".join(ops_by_input_shape(prof, per=steps, row_limit=row_limit)) + "\n")
+    with open(path, "w") as f:
+        f.write(text)
+    return text
 
 
 # Kernel kinds for the prefill breakdown: the first pattern a kernel's name contains decides.
