@@ -84,10 +84,11 @@ def main():
                 CONV.BWD_MAX_TIME_TILES = saved_cap
                 CONV.LAUNCH.clear()
                 CONV.LAUNCH.update(saved)
-            label = "default " + "x".join(map(str, saved["fwd"])) if launch is None else "x".join(map(str, launch))
+            label = ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd")) if launch is None
+                     else "x".join(map(str, launch)))
             rows.append({"shape": shape, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_floor_ms": fwd_floor,
                          "bwd_floor_ms": bwd_floor, "matches_default": ok})
-            print(f"{shape:16s} {label:18s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
+            print(f"{shape:16s} {label:24s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
                   f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
             if launch is None:
                 default = {"fwd": fwd, "bwd": bwd}
@@ -95,7 +96,7 @@ def main():
                 if ok and ms < best[kind][0]:
                     best[kind] = (ms, label)
         for kind in ("fwd", "bwd"):
-            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:18s} {best[kind][0]:7.3f} ms, default "
+            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:24s} {best[kind][0]:7.3f} ms, default "
                            f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "
                            f"{fwd_floor if kind == 'fwd' else bwd_floor:7.3f}")
         del x, weight, bias, dout

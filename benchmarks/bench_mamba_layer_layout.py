@@ -29,6 +29,8 @@ def main() -> None:
         raise SystemExit("bench_mamba_layer_layout.py needs a CUDA GPU")
     import triton.testing as tt
 
+    saved = {k: getattr(mamba_module, k) for k in ("PROJECT_CHANNELS", "CHANNELS_FIRST_LINEAR_GRAD",
+                                                   "PROJECT_CHANNELS_INPUT_GRAD")}
     torch.manual_seed(0)
     layer = Mamba(args.d_model).cuda().to(torch.bfloat16)
     print(f"device: {torch.cuda.get_device_name()}; Mamba d_model {args.d_model}, bf16")
@@ -54,9 +56,8 @@ def main() -> None:
         a, b = outs["channels-first mm"], outs["time-major"]
         print(f"({batch}, {L}) relative difference of the outputs: {((a - b).norm() / b.norm()).item():.2e}")
     layer.channels_first = None
-    mamba_module.PROJECT_CHANNELS = "bmm"
-    mamba_module.CHANNELS_FIRST_LINEAR_GRAD = True
-    mamba_module.PROJECT_CHANNELS_INPUT_GRAD = False
+    for name, value in saved.items():
+        setattr(mamba_module, name, value)
 
 
 if __name__ == "__main__":
