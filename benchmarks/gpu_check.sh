@@ -31,6 +31,8 @@
 #          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
 #          | projgrad (PROJECT_CHANNELS_INPUT_GRAD: the Mamba block's compile test both ways, the layer's rows, then the
 #            DNA step without and with it)
+#          | splitpasses (the L split's no-carry passes as scans or reductions: their tests on the GPU, per-pass
+#            times and tiles (bench_split_passes.py), then the DNA step both ways)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -138,9 +140,17 @@ for step in $steps; do
     projgrad) timeout 120 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "mamba_block_under_torch_compile" 2>&1 \
                 | tail -3 | tee "$OUT/projgrad.log"
               timeout 120 python benchmarks/bench_mamba_layer_layout.py 2>&1 | grep "fwd+bwd" | tee -a "$OUT/projgrad.log"
-              for flag in "" --project-channels-grad; do  # the DNA step, in_proj's input gradient as bmm gives it / time-major
-                timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna$flag" --skip train,kmer,chunked $flag 2>&1 \
-                  | grep -E "^ +[0-9]+ x" | sed "s/^/${flag:-default} /" | tee -a "$OUT/projgrad.log"; done ;;
+              for flag in off on; do  # the DNA step, in_proj's input gradient as bmm gives it / time-major
+                timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna_$flag" --skip train,kmer,chunked \
+                  --project-channels-grad $flag 2>&1 | grep -E "^ +[0-9]+ x" | sed "s/^/$flag /" | tee -a "$OUT/projgrad.log"; done ;;
+    splitpasses) timeout 200 python -m pytest -q -rf tests/test_triton_ops.py tests/test_gpu_ops.py -k "split or segment" 2>&1 \
+                   | tail -4 | tee "$OUT/splitpasses.log"
+                 timeout 200 python benchmarks/bench_split_passes.py --json "$OUT/splitpasses.json" 2>&1 \
+                   | tee -a "$OUT/splitpasses.log"
+                 for passes in scan reduction; do  # the DNA step both ways
+                   timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna_$passes" --skip train,kmer,chunked \
+                     --split-passes $passes 2>&1 | grep -E "^ +[0-9]+ x" | sed "s/^/$passes /" | tee -a "$OUT/splitpasses.log"
+                 done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

@@ -558,16 +558,68 @@ def test_segment_decay_kernel_sums_each_segments_deltas_as_the_scan_forms_them(m
     assert rel_err(got.cpu(), want) < 1e-6
 
 
+@pytest.mark.parametrize("dim,groups,time_major,softplus,use_z,bias", [(8, 1, False, True, True, True),
+                                                                       (6, 2, True, True, False, True),
+                                                                       (8, 1, True, False, True, False)])
+def test_split_segment_reductions_match_the_float64_recurrence(monkeypatch, dim, groups, time_major, softplus, use_z,
+                                                               bias):
+    """The split scans' per-segment passes as reductions (SPLIT_REDUCTION_PASSES): batch row 1 of 2, 3 segments
+    of 150 steps (64-step tiles: two whole and one partial) and 9 tail steps they must not read. The end states
+    from zero and the decays exp(A sum delta) (_segment_end_states), and dL/d(segment start state) with no
+    gradient entering at the end (_segment_start_grads), against selective_scan_ref run on each segment in
+    float64. 8 channels: two 4-channel programs; 6 in 2 B / C groups: one channel per program. Per-step decays
+    ~0.95-0.99, so every step of a segment weighs in: an off-by-one step in the running sums (inclusive vs
+    exclusive), a wrong segment offset, stride or group moves the results by 1e-3 or more."""
+    monkeypatch.setattr(scan_launch, "SEGMENT_PASS_LAUNCH", (4, 64, 1))
+    g = torch.Generator().manual_seed(dim + 10 * groups)
+    batch, N, segments, seg_len = 2, 3, 3, 150
+    L = segments * seg_len + 9
+
+    def seq(rows):  # (batch, rows, L), stored time-major when asked
+        return torch.randn(batch, L, rows, generator=g).transpose(1, 2) if time_major else \
+            torch.randn(batch, rows, L, generator=g)
+
+    u, z, dout = seq(dim), seq(dim), seq(dim)
+    delta = seq(dim) * 0.5 - 4.0 if softplus else seq(dim).abs() * 0.03
+    B = torch.randn(batch, groups, N, L, generator=g) if groups > 1 else torch.randn(batch, N, L, generator=g)
+    C = torch.randn(B.shape, generator=g)
+    A = -(0.5 + torch.rand(dim, N, generator=g))
+    delta_bias = torch.randn(dim, generator=g) * 0.3 if bias else None
+    on = lambda t: t.to(DEVICE) if t is not None else None  # noqa: E731
+    h, decay = scan_launch._segment_end_states(on(u), on(delta), on(A), on(B), on(delta_bias), softplus, 1,
+                                               segments, seg_len)
+    grads = scan_launch._segment_start_grads(on(delta), on(A), on(C), on(z) if use_z else None, on(dout),
+                                             on(delta_bias), softplus, 1, segments, seg_len)
+    assert h.shape == decay.shape == grads.shape == (segments, dim, N)
+    for s in range(segments):
+        steps = slice(s * seg_len, (s + 1) * seg_len)
+        part = lambda t: t[1:2, ..., steps].double()  # noqa: E731
+        h0 = torch.zeros(1, dim, N, dtype=torch.float64, requires_grad=True)
+        bias64 = delta_bias.double() if bias else None
+        out, last = selective_scan_ref(part(u), part(delta), A.double(), part(B), part(C), None,
+                                       part(z) if use_z else None, bias64, softplus, initial_state=h0,
+                                       return_last_state=True)
+        (want_grad,) = torch.autograd.grad((out * part(dout)).sum(), [h0])
+        d = part(delta)[0] + (bias64[:, None] if bias else 0.0)
+        d = torch.nn.functional.softplus(d) if softplus else d
+        assert rel_err(h[s].cpu(), last[0].detach()) < 1e-5, s
+        assert rel_err(decay[s].cpu(), torch.exp(d.sum(-1)[:, None] * A.double())) < 1e-5, s
+        assert rel_err(grads[s].cpu(), want_grad[0]) < 1e-5, s
+
+
+@pytest.mark.parametrize("reductions", [True, False], ids=["reduction passes", "scan passes"])
 @pytest.mark.parametrize("L,bc_layout,time_major,delta_shift", [(64, "variable", False, 0.0),
                                                                 (87, "grouped", True, -6.0),
                                                                 (87, "constant", False, -6.0)])
 def test_triton_scan_forward_with_L_split_across_programs_matches_float64_reference(monkeypatch, short_chunks, L,
                                                                                     bc_layout, time_major,
-                                                                                    delta_shift):
+                                                                                    delta_shift, reductions):
     """The inference forward cut into 4 segments (16-step chunks inside each), end states from zero, carried
     across segments, scanned again; L = 87 leaves a 3-step tail after 4 x 21 steps. Initial state given. With
-    delta shifted by -6 before the softplus a segment's decay is ~0.95, so the carried states matter."""
+    delta shifted by -6 before the softplus a segment's decay is ~0.95, so the carried states matter. The
+    segments' first pass both ways (SPLIT_REDUCTION_PASSES)."""
     monkeypatch.setattr(scan_launch, "FORCE_SEGMENTS", 4)
+    monkeypatch.setattr(scan_launch, "SPLIT_REDUCTION_PASSES", reductions)
     batch, dim, N = 2, 4, 3
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L, time_major=time_major)
     inputs["delta"] = inputs["delta"] + delta_shift
@@ -581,15 +633,19 @@ def test_triton_scan_forward_with_L_split_across_programs_matches_float64_refere
     assert scan_launch.split_segments(batch, dim, L, args["u"].device, save_states=True) == 1
 
 
+@pytest.mark.parametrize("reductions", [True, False], ids=["reduction passes", "scan passes"])
 @pytest.mark.parametrize("L,bc_layout,time_major,use", [(128, "variable", False, ALL_OPTIONAL),
                                                         (141, "grouped", True, ALL_OPTIONAL),
                                                         (70, "variable", False, ("z", "delta_bias"))])
 def test_triton_training_scan_with_L_split_across_programs_matches_float64_reference(monkeypatch, short_chunks, L,
-                                                                                     bc_layout, time_major, use):
+                                                                                     bc_layout, time_major, use,
+                                                                                     reductions):
     """The training forward and backward cut into 4 segments of whole 16-step chunks (L = 128: 4 x 32; 141:
     4 x 32 and a 13-step tail; 70: 4 x 16 and a 6-step tail), delta shifted so a segment's decay (~0.9) carries
-    state and state gradient across segments: out, last state and every gradient (initial state included)."""
+    state and state gradient across segments: out, last state and every gradient (initial state included). The
+    segments' no-carry passes both ways (SPLIT_REDUCTION_PASSES)."""
     monkeypatch.setattr(scan_launch, "FORCE_TRAIN_SEGMENTS", 4)
+    monkeypatch.setattr(scan_launch, "SPLIT_REDUCTION_PASSES", reductions)
     batch, dim, N = 2, 4, 3
     inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L, time_major=time_major)
     inputs["delta"] = inputs["delta"] - 5.0

@@ -551,3 +551,113 @@ def _selective_scan_dstate_kernel(
             _chunk_state_grad(n, tl.exp2(delta * A2[:, None]), Cn, dy, carry, dstate_row, mask_d, is_first, is_last,
                               FAST_FLIP, T // 32)
         tl.debug_barrier()  # the carried dstate is read by other threads in the next chunk
+
+
+@triton.jit
+def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, sums_ptr,
+                              dim, seg_len, N, channels_per_group,
+                              s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_g, s_B_n, s_B_l,
+                              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                              HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr):
+    """The split scans' first pass as a reduction: h[s, d, n] = the state after segment s of channel d from a
+    zero state, sum_t exp(A_n (S_end - S_t)) delta_t u_t B_t[n] with S the running sum of delta (after bias and
+    softplus: _load_delta), and sums[s, d] = S_end (the segment's decay is exp(A S_end)).
+
+    Chunk by chunk of BLOCK_L steps: h <- exp(A sum_chunk) h + sum_t exp(A rest_t) delta_t u_t B_t, rest_t the
+    sum of the chunk's later steps' deltas (a reverse cumsum). One exp per (channel, state, step), as the scan's
+    recurrence has, but no sequential scan and no output. One batch row: u / delta (dim, L) and B (G, N, L), any
+    strides, or B (dim, N) constant in time (B_VAR False); program (block of BLOCK_D channels of one B group,
+    segment); (BLOCK_D, BLOCK_N, BLOCK_L) tiles."""
+    pid_d, seg = tl.program_id(0), tl.program_id(1)
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    n_idx = tl.arange(0, BLOCK_N)
+    mask_n = n_idx < N
+    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_d[:, None] & mask_n[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0).to(tl.float32)
+    start = seg.to(tl.int64) * seg_len
+    dt_row = delta_ptr + d64[:, None] * s_dt_d + start * s_dt_l
+    u_row = u_ptr + d64[:, None] * s_u_d + start * s_u_l
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    B_rows = B_ptr + group * s_B_g + start * s_B_l + n_idx[:, None].to(tl.int64) * s_B_n
+    if not B_VAR:
+        B_const = tl.load(B_ptr + d64[:, None] * s_B_g + n_idx[None, :] * s_B_n,
+                          mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    total = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for t0 in range(0, seg_len, BLOCK_L):
+        t_idx = t0 + tl.arange(0, BLOCK_L)
+        mask_t = t_idx < seg_len
+        t64 = t_idx.to(tl.int64)
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        uu = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+        rest = tl.cumsum(delta, axis=1, reverse=True) - delta
+        chunk = tl.sum(delta, axis=1)
+        if B_VAR:
+            Bt = tl.load(B_rows + t64[None, :] * s_B_l, mask=mask_n[:, None] & mask_t[None, :],
+                         other=0.0).to(tl.float32)[None, :, :]
+        else:
+            Bt = B_const
+        w = tl.exp2(A2[:, :, None] * rest[:, None, :])
+        h = h * tl.exp2(A2 * chunk[:, None]) + tl.sum(w * Bt * (delta * uu)[:, None, :], axis=2)
+        total += chunk
+    out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
+    tl.store(h_ptr + out, h, mask=mask_d[:, None] & mask_n[None, :])
+    tl.store(sums_ptr + seg.to(tl.int64) * dim + d64, total, mask=mask_d)
+
+
+@triton.jit
+def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_ptr, g_ptr,
+                               dim, seg_len, N, channels_per_group,
+                               s_dt_d, s_dt_l, s_A_d, s_A_n, s_C_g, s_C_n, s_C_l, s_z_d, s_z_l, s_do_d, s_do_l,
+                               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+                               HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                               C_VAR: tl.constexpr):
+    """The split backward's local pass as a reduction: g[s, d, n] = dL/d(the state entering segment s) with no
+    gradient entering at the segment's end, sum_t exp(A_n S_t) C_t[n] dy_t, S_t the running sum of delta from
+    the segment's start to step t inclusive and dy = dout silu(z) (_load_dy). The same number as the reverse
+    recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} gives, as one reduction over the segment: one exp per (channel,
+    state, step) and no scan. One batch row: delta / z / dout (dim, L), C (G, N, L), any strides, or C (dim, N)
+    constant in time (C_VAR False); program (block of BLOCK_D channels of one C group, segment)."""
+    pid_d, seg = tl.program_id(0), tl.program_id(1)
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    n_idx = tl.arange(0, BLOCK_N)
+    mask_n = n_idx < N
+    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_d[:, None] & mask_n[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0).to(tl.float32)
+    start = seg.to(tl.int64) * seg_len
+    dt_row = delta_ptr + d64[:, None] * s_dt_d + start * s_dt_l
+    z_row = z_ptr + d64[:, None] * s_z_d + start * s_z_l
+    do_row = dout_ptr + d64[:, None] * s_do_d + start * s_do_l
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    C_rows = C_ptr + group * s_C_g + start * s_C_l + n_idx[:, None].to(tl.int64) * s_C_n
+    if not C_VAR:
+        C_const = tl.load(C_ptr + d64[:, None] * s_C_g + n_idx[None, :] * s_C_n,
+                          mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
+    g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    before = tl.zeros([BLOCK_D], dtype=tl.float32)  # the deltas' sum over the segment's earlier chunks
+    for t0 in range(0, seg_len, BLOCK_L):
+        t_idx = t0 + tl.arange(0, BLOCK_L)
+        mask_t = t_idx < seg_len
+        t64 = t_idx.to(tl.int64)
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+        S = before[:, None] + tl.cumsum(delta, axis=1)
+        if C_VAR:
+            Ct = tl.load(C_rows + t64[None, :] * s_C_l, mask=mask_n[:, None] & mask_t[None, :],
+                         other=0.0).to(tl.float32)[None, :, :]
+        else:
+            Ct = C_const
+        g += tl.sum(tl.exp2(A2[:, :, None] * S[:, None, :]) * Ct * dy[:, None, :], axis=2)
+        before += tl.sum(delta, axis=1)
+    out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
+    tl.store(g_ptr + out, g, mask=mask_d[:, None] & mask_n[None, :])

@@ -15,8 +15,8 @@ from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 from .lane_kernels import _selective_scan_fwd_lanes_kernel
-from .triton_kernels import (_segment_delta_sum_kernel, _selective_scan_bwd_kernel, _selective_scan_dstate_kernel,
-                             _selective_scan_fwd_kernel)
+from .triton_kernels import (_segment_delta_sum_kernel, _segment_end_state_kernel, _segment_start_grad_kernel,
+                             _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel)
 
 # Tests set this to force short chunks (several chunks at tiny L, so the carries between chunks are exercised).
 FORCE_CHUNK_T: Optional[int] = None
@@ -27,6 +27,8 @@ _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
 _launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
 _launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel)
 _launch_segment_delta_sum = CachedLaunch(_segment_delta_sum_kernel)
+_launch_segment_end_state = CachedLaunch(_segment_end_state_kernel)
+_launch_segment_start_grad = CachedLaunch(_segment_start_grad_kernel)
 
 
 def _bc_as_4d(X: torch.Tensor, dim: int):
@@ -492,6 +494,61 @@ def _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_le
     return torch.exp(sums[:, :, None] * A32)
 
 
+# Whether the split scans' per-segment passes with no carry (the forward's end states from zero and segment decays,
+# the backward's state gradients with no gradient entering at the end) run as reductions over each segment
+# (_segment_end_state_kernel / _segment_start_grad_kernel: one exp per element, no scan, no output) or as the scan
+# kernels themselves (a whole forward that writes an output pass (3) overwrites, _segment_delta_sum_kernel, and
+# _selective_scan_dstate_kernel's reverse recurrence).
+SPLIT_REDUCTION_PASSES = True
+# Their tiles: (channels, steps, warps) per program (all channels of a program in one B / C group).
+SEGMENT_PASS_LAUNCH = (4, 64, 4)
+
+
+def _segment_pass_grid(dim: int, N: int, channels_per_group: int, segments: int):
+    """(grid, BLOCK_D, BLOCK_N, BLOCK_L, num_warps) of the segment reductions: BLOCK_D the largest power of two
+    up to SEGMENT_PASS_LAUNCH's that divides the channels per group (a program's channels share B / C)."""
+    block_d, block_l, num_warps = SEGMENT_PASS_LAUNCH
+    while channels_per_group % block_d:
+        block_d //= 2
+    return (cdiv(dim, block_d), segments), block_d, triton.next_power_of_2(N), block_l, num_warps
+
+
+def _segment_end_states(u, delta, A, B, delta_bias, delta_softplus, row, segments, seg_len):
+    """Batch row ``row``'s segments scanned from zero, as a reduction (_segment_end_state_kernel): (their end
+    states (segments, dim, N) fp32, their decays P_s = exp(A sum_{t in s} delta_t), (segments, dim, N))."""
+    dim, N = u.shape[1], A.shape[1]
+    B_var, G, (_, s_g, s_n, s_l) = _bc_as_4d(B, dim)
+    h = empty((segments, dim, N), u.device, torch.float32)
+    sums = empty((segments, dim), u.device, torch.float32)
+    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(dim, N, dim // G if B_var else dim, segments)
+    uu, d = u[row], delta[row]
+    _launch_segment_end_state(
+        grid, (uu, d, delta_bias if delta_bias is not None else A, A, B[row] if B_var else B, h, sums),
+        (dim, seg_len, N, dim // G, *uu.stride(), *d.stride(), *A.stride(), s_g, s_n, s_l),
+        dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var),
+        num_warps)
+    return h, torch.exp(sums[:, :, None] * A.float())
+
+
+def _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len):
+    """dL/d(the state entering each of batch row ``row``'s segments) with no gradient entering at its end, as a
+    reduction (_segment_start_grad_kernel): (segments, dim, N) fp32."""
+    dim, N = delta.shape[1], A.shape[1]
+    C_var, G, (_, s_g, s_n, s_l) = _bc_as_4d(C, dim)
+    g = empty((segments, dim, N), delta.device, torch.float32)
+    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(dim, N, dim // G if C_var else dim, segments)
+    d, do = delta[row], dout[row]
+    zz = z[row] if z is not None else d
+    _launch_segment_start_grad(
+        grid, (d, delta_bias if delta_bias is not None else A, A, C[row] if C_var else C, zz, do, g),
+        (dim, seg_len, N, dim // G, *d.stride(), *A.stride(), s_g, s_n, s_l, *zz.stride(), *do.stride()),
+        dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, HAS_Z=z is not None,
+             HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), C_VAR=C_var),
+        num_warps)
+    return g
+
+
 def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments, seg_len,
                    save_states):
     """Both split forwards: per batch row, segment end states from zero (1), the carry h_{s+1} = P_s h_s + h0_s
@@ -508,8 +565,11 @@ def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
         seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
         args = seg + [delta_bias, delta_softplus]
         seg_out = _segments_of(out, row, segments, seg_len)
-        _, h0, _ = scan_forward(*args, None, False, out=seg_out)                     # (1) end states from zero
-        decay = _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len)
+        if SPLIT_REDUCTION_PASSES:                                                      # (1) end states from zero
+            h0, decay = _segment_end_states(u, delta, A, B, delta_bias, delta_softplus, row, segments, seg_len)
+        else:
+            _, h0, _ = scan_forward(*args, None, False, out=seg_out)
+            decay = _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len)
         h_in = empty(h0.shape, u.device, torch.float32)                                 # (2) carry across
         h = initial_state[row].float() if initial_state is not None else torch.zeros_like(h0[0])
         for s in range(segments):
@@ -619,14 +679,9 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
     ddbias = torch.zeros(delta_bias.shape, device=u.device, dtype=torch.float32) if delta_bias is not None else None
     dh0 = empty((batch, dim, A.shape[1]), u.device, torch.float32)
 
-    def collect(grads, row, start, length, n_rows):
-        """One call's gradients into the full ones: dB / dC from its (n_rows, ..., length) rows to steps
-        start .. start + n_rows * length of batch row ``row`` (segments in order), the small ones summed (du, ddelta
-        and dz the kernel wrote in place: ``grads_out``)."""
-        for full, part in ((dB, grads[3]), (dC, grads[4])):
-            if full is not None:
-                target = full[row, ..., start:start + n_rows * length]
-                target.copy_(part.movedim(0, -2).reshape(target.shape))
+    def collect(grads):
+        """One call's small gradients summed into the full ones (du, ddelta, dz, dB and dC it wrote in place: the
+        views ``grads_out`` gave it)."""
         for full, part in ((dA, grads[2]), (dD, grads[5]), (ddbias, grads[7])):
             if full is not None:
                 full.add_(part)
@@ -637,23 +692,28 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         if tail_states is not None:
             tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
             grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _tail_of(dout, row, main), g[None],
-                                  grads_out=tuple(_tail_of(t, row, main) for t in (du, ddelta, dz)))
-            collect(grads, row, main, L - main, 1)
+                                  grads_out=tuple(_tail_of(t, row, main) for t in (du, ddelta, dz, dB, dC)))
+            collect(grads)
             g = grads[8][0]
         seg_u, seg_delta, _, seg_B, seg_C, _, seg_z = seg = [_segments_of(t, row, segments, seg_len)
                                                              for t in (u, delta, A, B, C, D, z)]
         seg_dout = _segments_of(dout, row, segments, seg_len)
         # dL/dh_in_s with no carry into the segment's end: the state gradient alone (~ a third of a backward)
-        local = scan_state_grad(seg_u, seg_delta, A, seg_B, seg_C, seg_z, delta_bias, delta_softplus, seg_dout)
+        if SPLIT_REDUCTION_PASSES:
+            local = _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len)
+        else:
+            local = scan_state_grad(seg_u, seg_delta, A, seg_B, seg_C, seg_z, delta_bias, delta_softplus, seg_dout)
         carry = empty(local.shape, u.device, torch.float32)
         for s in range(segments - 1, -1, -1):
             carry[s] = g
             g = torch.addcmul(local[s], decay[s], g)
-        # the true carries; du / ddelta / dz straight into the segments' views of the whole (no copy back: at
-        # (1, 256, 2^20) in 16 segments the copies took 36 ms of a 561-ms DNA step, H200, twelfth session)
+        # the true carries; du / ddelta / dz / dB / dC straight into the segments' views of the whole (no copy
+        # back: at (1, 256, 2^20) in 16 segments the copies of du / ddelta / dz took 36 ms of a 561-ms DNA step,
+        # H200, twelfth session; those of dB / dC 6.2 ms of 485, thirteenth)
         grads = scan_backward(*seg, delta_bias, delta_softplus, states, seg_dout, carry,
-                              grads_out=tuple(_segments_of(t, row, segments, seg_len) for t in (du, ddelta, dz)))
-        collect(grads, row, 0, seg_len, segments)
+                              grads_out=tuple(_segments_of(t, row, segments, seg_len)
+                                              for t in (du, ddelta, dz, dB, dC)))
+        collect(grads)
         dh0[row] = grads[8][0]
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0
 
@@ -681,7 +741,9 @@ def _input_grads_like(u, delta, z):
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast, grads_out=None):
     """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state).
     ``grads_out``: (du, ddelta, dz) to write into (any strides; dz None without z), e.g. the segments' views of
-    the whole sequence's gradients in ``scan_backward_split``; else they are allocated."""
+    the whole sequence's gradients in ``scan_backward_split``; else they are allocated. It may carry two more,
+    (.., dB, dC): views shaped like a time-varying B / C (None: allocated) into which the fp32 sums are cast, in
+    the same pass that casts them (the split's segments: no bf16 copy back into the whole)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
@@ -691,7 +753,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     dummy = _dummy(u)
-    du, ddelta, dz = grads_out if grads_out is not None else _input_grads_like(u, delta, z)
+    du, ddelta, dz = grads_out[:3] if grads_out is not None else _input_grads_like(u, delta, z)
+    dB_out, dC_out = grads_out[3:5] if grads_out is not None and len(grads_out) > 3 else (None, None)
     dz = dz if z is not None else dummy
     # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
     # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
@@ -718,6 +781,14 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
              VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
         num_warps, options)
-    dB = dB.to(B.dtype).reshape(B.shape) if B_var else dB.to(B.dtype)
-    dC = dC.to(C.dtype).reshape(C.shape) if C_var else dC.to(C.dtype)
+    dB = _cast_into(dB, B, B_var, dB_out)
+    dC = _cast_into(dC, C, C_var, dC_out)
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
+
+
+def _cast_into(grad32, like, time_varying, out):
+    """The fp32 dB / dC sum as ``like``'s dtype: written into ``out`` (shaped like ``like``, any strides; only for
+    a time-varying one) in one cast-and-copy pass, else a new tensor of ``like``'s shape."""
+    if time_varying and out is not None:
+        return out.copy_(grad32.reshape(out.shape))
+    return grad32.to(like.dtype).reshape(like.shape) if time_varying else grad32.to(like.dtype)
