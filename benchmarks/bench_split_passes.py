@@ -29,7 +29,7 @@ from seqmamba.ops.selective_scan import triton_autograd
 from seqmamba.ops.selective_scan import triton_launch as launch
 
 SHAPES = ["1x256x1048576", "1x512x262144", "2x256x524288"]
-TILES = ["4,64,4", "2,64,4", "1,128,4", "4,32,4", "8,32,4", "2,128,4", "4,64,8", "1,64,2"]
+TILES = ["8,32,4", "4,32,4", "8,32,2", "16,32,4", "4,64,4", "8,64,4", "4,32,1", "16,16,4"]
 
 
 def inputs(batch, dim, L, N=16, R=8, seed=0):

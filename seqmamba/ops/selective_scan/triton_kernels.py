@@ -564,7 +564,7 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
     softplus: _load_delta), and sums[s, d] = S_end (the segment's decay is exp(A S_end)).
 
     Chunk by chunk of BLOCK_L steps: h <- exp(A sum_chunk) h + sum_t exp(A rest_t) delta_t u_t B_t, rest_t the
-    sum of the chunk's later steps' deltas (a reverse cumsum). One exp per (channel, state, step), as the scan's
+    sum of the chunk's later steps' deltas (a reverse cumsum), h kept as per-column partial sums until the end. One exp per (channel, state, step), as the scan's
     recurrence has, but no sequential scan and no output. One batch row: u / delta (dim, L) and B (G, N, L), any
     strides, or B (dim, N) constant in time (B_VAR False); program (block of BLOCK_D channels of one B group,
     segment); (BLOCK_D, BLOCK_N, BLOCK_L) tiles."""
@@ -586,7 +586,9 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
     if not B_VAR:
         B_const = tl.load(B_ptr + d64[:, None] * s_B_g + n_idx[None, :] * s_B_n,
                           mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
-    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    # Per (channel, state, step column) partial sums, rescaled by each chunk's decay; reduced over the columns
+    # once at the end (a reduction across threads per chunk cost more than the whole scan).
+    acc = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
     for t0 in range(0, seg_len, BLOCK_L):
         t_idx = t0 + tl.arange(0, BLOCK_L)
@@ -603,10 +605,10 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
         else:
             Bt = B_const
         w = tl.exp2(A2[:, :, None] * rest[:, None, :])
-        h = h * tl.exp2(A2 * chunk[:, None]) + tl.sum(w * Bt * (delta * uu)[:, None, :], axis=2)
+        acc = acc * tl.exp2(A2 * chunk[:, None])[:, :, None] + w * Bt * (delta * uu)[:, None, :]
         total += chunk
     out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
-    tl.store(h_ptr + out, h, mask=mask_d[:, None] & mask_n[None, :])
+    tl.store(h_ptr + out, tl.sum(acc, axis=2), mask=mask_d[:, None] & mask_n[None, :])
     tl.store(sums_ptr + seg.to(tl.int64) * dim + d64, total, mask=mask_d)
 
 
@@ -642,7 +644,7 @@ def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_p
     if not C_VAR:
         C_const = tl.load(C_ptr + d64[:, None] * s_C_g + n_idx[None, :] * s_C_n,
                           mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
-    g = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    g = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)  # per step column, reduced at the end
     before = tl.zeros([BLOCK_D], dtype=tl.float32)  # the deltas' sum over the segment's earlier chunks
     for t0 in range(0, seg_len, BLOCK_L):
         t_idx = t0 + tl.arange(0, BLOCK_L)
@@ -657,7 +659,7 @@ def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_p
                          other=0.0).to(tl.float32)[None, :, :]
         else:
             Ct = C_const
-        g += tl.sum(tl.exp2(A2[:, :, None] * S[:, None, :]) * Ct * dy[:, None, :], axis=2)
+        g += tl.exp2(A2[:, :, None] * S[:, None, :]) * Ct * dy[:, None, :]
         before += tl.sum(delta, axis=1)
     out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
-    tl.store(g_ptr + out, g, mask=mask_d[:, None] & mask_n[None, :])
+    tl.store(g_ptr + out, tl.sum(g, axis=2), mask=mask_d[:, None] & mask_n[None, :])

@@ -501,7 +501,7 @@ def _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_le
 # _selective_scan_dstate_kernel's reverse recurrence).
 SPLIT_REDUCTION_PASSES = True
 # Their tiles: (channels, steps, warps) per program (all channels of a program in one B / C group).
-SEGMENT_PASS_LAUNCH = (4, 64, 4)
+SEGMENT_PASS_LAUNCH = (8, 32, 4)
 
 
 def _segment_pass_grid(dim: int, N: int, channels_per_group: int, segments: int):
