@@ -9,9 +9,9 @@ the next pass overwrites) plus a delta-sum kernel, and a reverse state-gradient 
 DNA step (H200, thirteenth session). As reductions (``_segment_end_state_kernel`` / ``_segment_start_grad_kernel``)
 each element needs one exp and a few FMAs, and no scan.
 
-This script times both ways per pass at the split's own segments, the reductions at several tiles
-(SEGMENT_PASS_LAUNCH: channels, steps, warps per program), checks the reductions' results against the scans',
-then times the whole scan forward + backward both ways. Inputs as the Mamba block hands them on CUDA: u / delta /
+This script times both ways per pass at the split's own segments, the reductions at several tiles (each pass's
+SEGMENT_PASS_LAUNCH: channels, steps, warps per program), checks the reductions' results against the scans', then
+times the whole scan forward + backward both ways. Inputs as the Mamba block hands them on CUDA: u / delta /
 z / dout (batch, dim, L) L-contiguous, B / C rows of one x_proj output, bf16.
 
     python benchmarks/bench_split_passes.py                     # GPU, ~1 min
@@ -59,7 +59,7 @@ def main():
     args = parser.parse_args()
     tiles = [tuple(int(v) for v in t.split(",")) for t in args.tiles]
     default_tile, default_switch = launch.SEGMENT_PASS_LAUNCH, launch.SPLIT_REDUCTION_PASSES
-    print(f"{torch.cuda.get_device_name()}; ms (do_bench median); default tile {default_tile}")
+    print(f"{torch.cuda.get_device_name()}; ms (do_bench median); default tiles {default_tile}")
     rows, table = [], []
     for shape in args.shapes:
         batch, dim, L = (int(v) for v in shape.split("x"))
@@ -97,7 +97,7 @@ def main():
         print(f"{shape} ({segments} x {seg_len}): scan passes fwd {base['fwd']:.3f} ms, bwd {base['bwd']:.3f} ms")
         best = {}
         for tile in tiles:
-            launch.SEGMENT_PASS_LAUNCH = tile
+            launch.SEGMENT_PASS_LAUNCH = {"end_state": tile, "start_grad": tile}
             h, decay = fwd_red()
             g = bwd_red()
             err = max(rel(h, h_ref), rel(decay, decay_ref), rel(g, g_ref))

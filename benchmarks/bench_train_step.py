@@ -105,6 +105,9 @@ def main():
     parser.add_argument("--channels-first-linear", choices=["on", "off"], default=None,
                         help="seqmamba.modules.mamba.CHANNELS_FIRST_LINEAR_GRAD for every case (off: x_proj / "
                              "out_proj return their input's gradient time-major, the batched matmul's autograd)")
+    parser.add_argument("--project-channels-grad", choices=["on", "off"], default=None,
+                        help="seqmamba.modules.mamba.PROJECT_CHANNELS_INPUT_GRAD for every case (off: in_proj / "
+                             "dt_proj return their input's gradient transposed, the batched matmul's autograd)")
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
@@ -118,6 +121,10 @@ def main():
         from seqmamba.modules import mamba as mamba_module
 
         mamba_module.CHANNELS_FIRST_LINEAR_GRAD = args.channels_first_linear == "on"
+    if args.project_channels_grad is not None:
+        from seqmamba.modules import mamba as mamba_module
+
+        mamba_module.PROJECT_CHANNELS_INPUT_GRAD = args.project_channels_grad == "on"
 
     cuda = torch.cuda.is_available() and not args.quick
     modes = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"]} if cuda else \

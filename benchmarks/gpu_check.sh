@@ -31,6 +31,7 @@
 #          | convsweep (the parallel conv's tiles, forward and backward, against their floors: bench_conv_configs.py)
 #          | projgrad (PROJECT_CHANNELS_INPUT_GRAD: the Mamba block's compile test both ways, the layer's rows, then the
 #            DNA step without and with it)
+#          | scstep (the selective-copying step with PROJECT_CHANNELS_INPUT_GRAD off, then on)
 #          | splitpasses (the L split's no-carry passes as scans or reductions: their tests on the GPU, per-pass
 #            times and tiles (bench_split_passes.py), then the DNA step both ways)
 set -o pipefail
@@ -143,6 +144,9 @@ for step in $steps; do
               for flag in off on; do  # the DNA step, in_proj's input gradient as bmm gives it / time-major
                 timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna_$flag" --skip train,kmer,chunked \
                   --project-channels-grad $flag 2>&1 | grep -E "^ +[0-9]+ x" | sed "s/^/$flag /" | tee -a "$OUT/projgrad.log"; done ;;
+    scstep) for flag in off on; do  # the selective-copying step (CUDA-graphed and eager), in_proj's input gradient both ways
+              timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_$flag" --cases selective_copying \
+                --project-channels-grad $flag 2>&1 | tail -3 | sed "s/^/project grad $flag: /" | tee -a "$OUT/scstep.log"; done ;;
     splitpasses) timeout 200 python -m pytest -q -rf tests/test_triton_ops.py tests/test_gpu_ops.py -k "split or segment" 2>&1 \
                    | tail -4 | tee "$OUT/splitpasses.log"
                  timeout 200 python benchmarks/bench_split_passes.py --json "$OUT/splitpasses.json" 2>&1 \

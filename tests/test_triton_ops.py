@@ -570,7 +570,7 @@ def test_split_segment_reductions_match_the_float64_recurrence(monkeypatch, dim,
     float64. 8 channels: two 4-channel programs; 6 in 2 B / C groups: one channel per program. Per-step decays
     ~0.95-0.99, so every step of a segment weighs in: an off-by-one step in the running sums (inclusive vs
     exclusive), a wrong segment offset, stride or group moves the results by 1e-3 or more."""
-    monkeypatch.setattr(scan_launch, "SEGMENT_PASS_LAUNCH", (4, 64, 1))
+    monkeypatch.setattr(scan_launch, "SEGMENT_PASS_LAUNCH", {"end_state": (4, 64, 1), "start_grad": (4, 64, 1)})
     g = torch.Generator().manual_seed(dim + 10 * groups)
     batch, N, segments, seg_len = 2, 3, 3, 150
     L = segments * seg_len + 9

@@ -498,16 +498,22 @@ def _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_le
 # the backward's state gradients with no gradient entering at the end) run as reductions over each segment
 # (_segment_end_state_kernel / _segment_start_grad_kernel: one exp per element, no scan, no output) or as the scan
 # kernels themselves (a whole forward that writes an output pass (3) overwrites, _segment_delta_sum_kernel, and
-# _selective_scan_dstate_kernel's reverse recurrence).
+# _selective_scan_dstate_kernel's reverse recurrence; kept as the baseline bench_split_passes.py times).
+# H200, thirteenth session (bench_split_passes.py, gpu_check.sh splitpasses; 16 segments), reductions against the
+# scan passes: the forward pass 6.11 -> 3.71 ms at (1, 256, 2^20) (1.65x), 1.43x at (1, 512, 2^18), 1.62x at
+# (2, 256, 2^19); the backward pass 4.24 -> 2.85 ms (1.48x), 1.35x, 1.47x; the whole scan forward + backward 1.15x,
+# 1.09x, 1.13x; the 1.4M DNA step at (1, 2^20) 481 -> 437 ms. Reducing over the steps inside every chunk instead of
+# once per program made both passes slower than the scans (0.66-0.92x).
 SPLIT_REDUCTION_PASSES = True
-# Their tiles: (channels, steps, warps) per program (all channels of a program in one B / C group).
-SEGMENT_PASS_LAUNCH = (8, 32, 4)
+# Their tiles: (channels, steps, warps) per program (all channels of a program in one B / C group), the best of 8
+# per pass in that sweep.
+SEGMENT_PASS_LAUNCH = {"end_state": (8, 32, 4), "start_grad": (4, 64, 4)}
 
 
-def _segment_pass_grid(dim: int, N: int, channels_per_group: int, segments: int):
-    """(grid, BLOCK_D, BLOCK_N, BLOCK_L, num_warps) of the segment reductions: BLOCK_D the largest power of two
-    up to SEGMENT_PASS_LAUNCH's that divides the channels per group (a program's channels share B / C)."""
-    block_d, block_l, num_warps = SEGMENT_PASS_LAUNCH
+def _segment_pass_grid(kernel: str, dim: int, N: int, channels_per_group: int, segments: int):
+    """(grid, BLOCK_D, BLOCK_N, BLOCK_L, num_warps) of a segment reduction: BLOCK_D the largest power of two
+    up to SEGMENT_PASS_LAUNCH[kernel]'s that divides the channels per group (a program's channels share B / C)."""
+    block_d, block_l, num_warps = SEGMENT_PASS_LAUNCH[kernel]
     while channels_per_group % block_d:
         block_d //= 2
     return (cdiv(dim, block_d), segments), block_d, triton.next_power_of_2(N), block_l, num_warps
@@ -520,7 +526,8 @@ def _segment_end_states(u, delta, A, B, delta_bias, delta_softplus, row, segment
     B_var, G, (_, s_g, s_n, s_l) = _bc_as_4d(B, dim)
     h = empty((segments, dim, N), u.device, torch.float32)
     sums = empty((segments, dim), u.device, torch.float32)
-    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(dim, N, dim // G if B_var else dim, segments)
+    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(
+        "end_state", dim, N, dim // G if B_var else dim, segments)
     uu, d = u[row], delta[row]
     _launch_segment_end_state(
         grid, (uu, d, delta_bias if delta_bias is not None else A, A, B[row] if B_var else B, h, sums),
@@ -537,7 +544,8 @@ def _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, 
     dim, N = delta.shape[1], A.shape[1]
     C_var, G, (_, s_g, s_n, s_l) = _bc_as_4d(C, dim)
     g = empty((segments, dim, N), delta.device, torch.float32)
-    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(dim, N, dim // G if C_var else dim, segments)
+    grid, block_d, block_n, block_l, num_warps = _segment_pass_grid(
+        "start_grad", dim, N, dim // G if C_var else dim, segments)
     d, do = delta[row], dout[row]
     zz = z[row] if z is not None else d
     _launch_segment_start_grad(
