@@ -564,10 +564,10 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
     softplus: _load_delta), and sums[s, d] = S_end (the segment's decay is exp(A S_end)).
 
     Chunk by chunk of BLOCK_L steps: h <- exp(A sum_chunk) h + sum_t exp(A rest_t) delta_t u_t B_t, rest_t the
-    sum of the chunk's later steps' deltas (a reverse cumsum), h kept as per-column partial sums until the end. One exp per (channel, state, step), as the scan's
-    recurrence has, but no sequential scan and no output. One batch row: u / delta (dim, L) and B (G, N, L), any
-    strides, or B (dim, N) constant in time (B_VAR False); program (block of BLOCK_D channels of one B group,
-    segment); (BLOCK_D, BLOCK_N, BLOCK_L) tiles."""
+    sum of the chunk's later steps' deltas (a reverse cumsum), h kept as per-column partial sums until the end.
+    One exp per (channel, state, step), as the scan's recurrence has, but no sequential scan and no output.
+    One batch row: u / delta (dim, L) and B (G, N, L), any strides, or B (dim, N) constant in time (B_VAR
+    False); program (block of BLOCK_D channels of one B group, segment); (BLOCK_D, BLOCK_N, BLOCK_L) tiles."""
     pid_d, seg = tl.program_id(0), tl.program_id(1)
     d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     mask_d = d64 < dim

@@ -706,7 +706,8 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         seg_u, seg_delta, _, seg_B, seg_C, _, seg_z = seg = [_segments_of(t, row, segments, seg_len)
                                                              for t in (u, delta, A, B, C, D, z)]
         seg_dout = _segments_of(dout, row, segments, seg_len)
-        # dL/dh_in_s with no carry into the segment's end: the state gradient alone (~ a third of a backward)
+        # dL/dh_in_s with no carry into the segment's end: one reduction per segment (SPLIT_REDUCTION_PASSES), or
+        # the state-gradient recurrence alone (~ a third of a backward)
         if SPLIT_REDUCTION_PASSES:
             local = _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len)
         else:
