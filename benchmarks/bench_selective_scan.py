@@ -329,23 +329,28 @@ def block_layout_table(sweep_first: bool):
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} |")
 
 
-def split_l_table(batch=1, dim=256, L=2 ** 20, segment_counts=(1, 8, 16, 32, 64, 128)):
+def split_l_table(batch=1, dim=256, L=2 ** 20, segment_counts=(1, 8, 16, 32, 64, 128), train=True):
     """Issue 9: the forward with L split across programs (scan_forward_split) and the training forward + backward
     split the same way (scan_forward_split_train / scan_backward_split) against one pass over L, at a shape where
-    batch x channels cannot fill the GPU (256 programs on 132 SMs): ms, and the largest relative difference of the
-    output / of any gradient to the one-pass results."""
+    batch x channels cannot fill the GPU (by default 256 programs on 132 SMs): ms, and the largest relative
+    difference of the output / of any gradient to the one-pass results. ``train`` False: the forward only."""
     inputs = make_inputs(batch, dim, L)
     rows = []
     ref = ref_grads = None
+    nan = float("nan")
     for segments in segment_counts:
         scan_launch.FORCE_SEGMENTS = segments
         scan_launch.FORCE_TRAIN_SEGMENTS = segments  # the training forward + backward split the same way
         fwd, fwd_bwd = scan_fns(inputs, "triton")
-        out, grads = fwd(), fwd_bwd()
+        out = fwd()
         ref = out if ref is None else ref
-        ref_grads = grads if ref_grads is None else ref_grads
-        grad_diff = max(rel_err(g.float(), r.float()) for g, r in zip(grads, ref_grads))
-        rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float()), bench_ms(fwd_bwd), grad_diff))
+        if train:
+            grads = fwd_bwd()
+            ref_grads = grads if ref_grads is None else ref_grads
+            grad_diff = max(rel_err(g.float(), r.float()) for g, r in zip(grads, ref_grads))
+            rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float()), bench_ms(fwd_bwd), grad_diff))
+        else:
+            rows.append((segments, bench_ms(fwd), rel_err(out.float(), ref.float()), nan, nan))
         print(rows[-1], flush=True)
     scan_launch.FORCE_SEGMENTS = scan_launch.FORCE_TRAIN_SEGMENTS = None
     rule = scan_launch.split_segments(batch, dim, L, torch.device("cuda"), False)
@@ -424,6 +429,11 @@ def main():
     parser.add_argument("--no-decode", action="store_true", help="skip the decode-step timings")
     parser.add_argument("--split-l", action="store_true",
                         help="also time the forward with L split across programs at (1, 256, 2^20)")
+    parser.add_argument("--split-shape", default="1x256x1048576", help="--split-l's BATCHxDIMxL")
+    parser.add_argument("--split-segments", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128],
+                        help="--split-l's segment counts (the first is the baseline; 1 = one pass)")
+    parser.add_argument("--split-forward-only", action="store_true",
+                        help="--split-l without the training forward + backward")
     parser.add_argument("--extras-only", action="store_true",
                         help="only the --attention / --split-l tables (not the main table)")
     args = parser.parse_args()
@@ -432,9 +442,11 @@ def main():
     if args.layout == "block":
         block_layout_table(sweep_first=args.sweep)
         return
+    split_args = dict(zip(("batch", "dim", "L"), (int(v) for v in args.split_shape.split("x"))),
+                      segment_counts=tuple(args.split_segments), train=not args.split_forward_only)
     if args.extras_only:
         if args.split_l:
-            split_l_table()
+            split_l_table(**split_args)
         if args.attention:
             attention_table()
         return
@@ -501,7 +513,7 @@ def main():
               f"{d[1]:.2f} us with one (graph launch included); eager {d['eager']:.1f} us; {base}; "
               f"anchor table {ANCHOR_DECODE_US[b]} us")
     if args.split_l:
-        split_l_table()
+        split_l_table(**split_args)
     if args.attention:
         attention_table()
 
