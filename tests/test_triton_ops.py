@@ -471,6 +471,22 @@ def test_training_split_rule_cuts_long_sequences_only_when_the_gpu_is_starved(mo
     assert segments(1, 256, 2 ** 20, device="cpu") == 1
 
 
+def test_inference_split_rule_cuts_long_sequences_only_when_the_gpu_is_starved(monkeypatch):
+    """FWD_CONFIG's split of the inference forward: (1, 256, 2^20) (1.9 programs per SM) in 64 segments on 132 SMs
+    (8448 programs wanted; 1.66x one pass on the H200), but not (1, 768, L) or (1, 1536, L) (5.8 and 11.6 per SM,
+    where 2-8 segments were 0.37-0.66x); segments of >= split_min_len (4096) steps; never with saved states (the
+    training forward has its own rule) or on the CPU."""
+    monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    segments = lambda batch, dim, L, device=cuda, save_states=False: scan_launch.split_segments(  # noqa: E731
+        batch, dim, L, device, save_states)
+    assert segments(1, 256, 2 ** 20) == 64 and segments(2, 256, 2 ** 20) == 32 and segments(1, 512, 2 ** 20) == 32
+    assert segments(1, 768, 2 ** 18) == segments(1, 1536, 2 ** 20) == segments(2, 1536, 2 ** 16) == 1
+    assert segments(1, 256, 2 ** 14) == 4 and segments(1, 256, 2 ** 13) == 2 and segments(1, 256, 8191) == 1
+    assert segments(1, 256, 2 ** 20, save_states=True) == 1
+    assert segments(1, 256, 2 ** 20, device=torch.device("cpu")) == 1
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Edge lengths against the float64 reference (every buffer the wrappers allocate NaN-filled, as in every test here).
 

@@ -61,8 +61,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward); with maxnreg_inference_only,
 #   only when the forward saves no states (the training forward keeps its registers);
 # - split_programs_per_sm / split_min_len: cut L across programs while batch x channels is below that many
-#   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train);
-#   for training only below split_below_programs_per_sm (the split adds a forward and a state-gradient pass).
+#   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train),
+#   only below split_below_programs_per_sm to begin with (the split adds a pass with no carry: the forward's
+#   segment end states, and in training the state gradients).
 # - prefetch: True, or "latency" = only with fewer than prefetch_max_programs_per_sm programs per SM and no states
 #   to save, there with chunks of latency_T steps on latency_num_warps warps;
 # - masked_last: the chunk's last state stored by the thread holding it (else extracted by a where-sum);
@@ -105,11 +106,16 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   warps at small batch (0.81-0.94x the chunked forward wherever it would run: the per-step work is repeated per
 #   lane) and the same fast math in the chunked forward (0.88-0.98x: more registers under its cap of 96) and
 #   backward (1.00x).
+# H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
+# the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
+# 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
+# 2^16) (11.6, 23 per SM) 2-8 segments were 0.37-0.66x: split only below 4 programs per SM, up to 64 per SM.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True)
+                  lanes_fast_math=True, lanes_bc_pairs=True, split_below_programs_per_sm=4,
+                  split_programs_per_sm=64, split_min_len=4096)
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False)
@@ -386,9 +392,9 @@ _launch_fwd_gluon = _GluonLaunch()
 
 def split_segments(batch: int, dim: int, L: int, device: torch.device, save_states: bool) -> int:
     """How many segments ``scan_forward_split`` cuts each sequence into (1: don't split), by FWD_CONFIG's
-    ``split_programs_per_sm`` (absent or 0: never): with fewer programs than that many per SM, the smallest power
-    of two of segments that reaches it, each at least ``split_min_len`` steps long. Only without saved states
-    (the inference forward) and on CUDA."""
+    ``split_programs_per_sm`` (absent or 0: never): below ``split_below_programs_per_sm`` programs per SM, the
+    smallest power of two of segments that reaches ``split_programs_per_sm`` per SM, each at least
+    ``split_min_len`` steps long. Only without saved states (the inference forward) and on CUDA."""
     if save_states:
         return 1
     if FORCE_SEGMENTS is not None:
@@ -397,7 +403,10 @@ def split_segments(batch: int, dim: int, L: int, device: torch.device, save_stat
     if not target or device.type != "cuda":
         return 1
     programs = batch * dim
-    want = target * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= FWD_CONFIG.get("split_below_programs_per_sm", target) * sms:
+        return 1  # enough programs: the segments' end-state pass would cost more than its parallelism gains
+    want = target * sms
     segments = 1
     while programs * segments < want and L // (2 * segments) >= FWD_CONFIG.get("split_min_len", 4096):
         segments *= 2
