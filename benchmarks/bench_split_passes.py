@@ -34,7 +34,6 @@ TILES = ["8,32,4", "4,32,4", "8,32,2", "16,32,4", "4,64,4", "8,64,4", "4,32,1", 
 
 def inputs(batch, dim, L, N=16, R=8, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    bf = dict(device="cuda", dtype=torch.bfloat16)
 
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16)
@@ -43,7 +42,7 @@ def inputs(batch, dim, L, N=16, R=8, seed=0):
     return dict(u=randn(batch, dim, L), delta=randn(batch, dim, L, scale=0.5) - 4.0,
                 A=-torch.rand(dim, N, device="cuda", generator=g) * 4 - 0.5, B=x_dbl[:, R:R + N],
                 C=x_dbl[:, R + N:], D=torch.ones(dim, device="cuda"), z=randn(batch, dim, L),
-                delta_bias=torch.rand(dim, device="cuda", generator=g) * 0.1, dout=randn(batch, dim, L)), bf
+                delta_bias=torch.rand(dim, device="cuda", generator=g) * 0.1, dout=randn(batch, dim, L))
 
 
 def rel(a, b):
@@ -63,7 +62,7 @@ def main():
     rows, table = [], []
     for shape in args.shapes:
         batch, dim, L = (int(v) for v in shape.split("x"))
-        x, _ = inputs(batch, dim, L)
+        x = inputs(batch, dim, L)
         segments = args.segments
         chunk_t = launch.BWD_CONFIG["T"]
         seg_len, _ = launch._split_layout(L, segments, chunk_t)
@@ -111,7 +110,7 @@ def main():
                 if k not in best or t < best[k][1]:
                     best[k] = (tile, t)
         launch.SEGMENT_PASS_LAUNCH = default_tile
-        # the whole scan, forward + backward, through the autograd function with its own split rule
+        # the whole scan, forward + backward, through the autograd function (default tiles, same segments)
         saved_force = launch.FORCE_TRAIN_SEGMENTS
         launch.FORCE_TRAIN_SEGMENTS = segments
         whole = {}
