@@ -758,10 +758,9 @@ def _input_grads_like(u, delta, z):
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast, grads_out=None):
     """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state).
-    ``grads_out``: (du, ddelta, dz) to write into (any strides; dz None without z), e.g. the segments' views of
-    the whole sequence's gradients in ``scan_backward_split``; else they are allocated. It may carry two more,
-    (.., dB, dC): views shaped like a time-varying B / C (None: allocated) into which the fp32 sums are cast, in
-    the same pass that casts them (the split's segments: no bf16 copy back into the whole)."""
+    ``grads_out``: (du, ddelta, dz, dB, dC) to write into (any strides; dz None without z; dB / dC shaped like a
+    time-varying B / C, the fp32 sums cast into them in one pass), e.g. the segments' views of the whole
+    sequence's gradients in ``scan_backward_split``; else they are allocated."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, G_B, sB, C_var, G_C, sC, cpg = _bc_layout(B, C, dim)
@@ -771,8 +770,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     n_chunks = chunk_states.shape[2]
     assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     dummy = _dummy(u)
-    du, ddelta, dz = grads_out[:3] if grads_out is not None else _input_grads_like(u, delta, z)
-    dB_out, dC_out = grads_out[3:5] if grads_out is not None and len(grads_out) > 3 else (None, None)
+    du, ddelta, dz, dB_out, dC_out = grads_out if grads_out is not None else (*_input_grads_like(u, delta, z),
+                                                                               None, None)
     dz = dz if z is not None else dummy
     # The atomically accumulated gradients come from two zeroed buffers (one fill each instead of one per
     # gradient: host time): dB / dC, and the small per-channel ones. Kept apart so that a small gradient (a view)
@@ -805,8 +804,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
 
 
 def _cast_into(grad32, like, time_varying, out):
-    """The fp32 dB / dC sum as ``like``'s dtype: written into ``out`` (shaped like ``like``, any strides; only for
-    a time-varying one) in one cast-and-copy pass, else a new tensor of ``like``'s shape."""
+    """The fp32 dB / dC sum as ``like``'s dtype: written into ``out`` (shaped like ``like``, any strides; used only
+    for a time-varying one) in one cast-and-copy pass, else a new tensor of ``like``'s shape."""
     if time_varying and out is not None:
         return out.copy_(grad32.reshape(out.shape))
     return grad32.to(like.dtype).reshape(like.shape) if time_varying else grad32.to(like.dtype)
