@@ -554,6 +554,55 @@ def _selective_scan_dstate_kernel(
 
 
 @triton.jit
+def _segment_program(dim, seg_len, N, channels_per_group, A_ptr, s_A_d, s_A_n, dbias_ptr, BC_ptr, s_BC_g, s_BC_n,
+                     s_BC_l, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                     BC_VAR: tl.constexpr):
+    """What both segment reductions start from, for program (block of BLOCK_D channels, segment): (the segment's
+    index and first step (int64), the channels (int64) and their mask, the states and their mask, A log2(e)
+    (BLOCK_D, BLOCK_N), delta_bias (zeros when absent), the B or C rows of the program's group at the segment's
+    first step ((BLOCK_N, 1) pointers; with BC_VAR), that B or C constant in time as (BLOCK_D, BLOCK_N, 1)
+    (without BC_VAR; zeros otherwise))."""
+    pid_d, seg = tl.program_id(0), tl.program_id(1)
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    n_idx = tl.arange(0, BLOCK_N)
+    mask_n = n_idx < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_dn,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0).to(tl.float32)
+    start = seg.to(tl.int64) * seg_len
+    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
+    bc_rows = BC_ptr + group * s_BC_g + start * s_BC_l + n_idx[:, None].to(tl.int64) * s_BC_n
+    bc_const = tl.zeros([BLOCK_D, BLOCK_N, 1], dtype=tl.float32)
+    if not BC_VAR:
+        bc_const = tl.load(BC_ptr + d64[:, None] * s_BC_g + n_idx[None, :] * s_BC_n, mask=mask_dn,
+                           other=0.0).to(tl.float32)[:, :, None]
+    return seg, start, d64, mask_d, n_idx, mask_n, A2, dbias, bc_rows, bc_const
+
+
+@triton.jit
+def _segment_bc_chunk(bc_rows, bc_const, t64, mask_n, mask_t, s_BC_l, BC_VAR: tl.constexpr):
+    """One chunk's B or C as a (1 or BLOCK_D, BLOCK_N, BLOCK_L) factor: the time-varying rows' steps, or the
+    constant (BLOCK_D, BLOCK_N, 1)."""
+    if BC_VAR:
+        chunk = tl.load(bc_rows + t64[None, :] * s_BC_l, mask=mask_n[:, None] & mask_t[None, :],
+                        other=0.0).to(tl.float32)[None, :, :]
+    else:
+        chunk = bc_const
+    return chunk
+
+
+@triton.jit
+def _segment_store(ptr, value, seg, dim, N, d64, n_idx, mask_d, mask_n):
+    """A segment reduction's (BLOCK_D, BLOCK_N) result into its (segments, dim, N) output."""
+    tl.store(ptr + (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :], value,
+             mask=mask_d[:, None] & mask_n[None, :])
+
+
+@triton.jit
 def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, sums_ptr,
                               dim, seg_len, N, channels_per_group,
                               s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_g, s_B_n, s_B_l,
@@ -568,24 +617,11 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
     One exp per (channel, state, step), as the scan's recurrence has, but no sequential scan and no output.
     One batch row: u / delta (dim, L) and B (G, N, L), any strides, or B (dim, N) constant in time (B_VAR
     False); program (block of BLOCK_D channels of one B group, segment); (BLOCK_D, BLOCK_N, BLOCK_L) tiles."""
-    pid_d, seg = tl.program_id(0), tl.program_id(1)
-    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    mask_d = d64 < dim
-    n_idx = tl.arange(0, BLOCK_N)
-    mask_n = n_idx < N
-    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_d[:, None] & mask_n[None, :],
-                 other=0.0).to(tl.float32) * 1.4426950408889634
-    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_DBIAS:
-        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0).to(tl.float32)
-    start = seg.to(tl.int64) * seg_len
+    seg, start, d64, mask_d, n_idx, mask_n, A2, dbias, B_rows, B_const = _segment_program(
+        dim, seg_len, N, channels_per_group, A_ptr, s_A_d, s_A_n, dbias_ptr, B_ptr, s_B_g, s_B_n, s_B_l,
+        BLOCK_D, BLOCK_N, HAS_DBIAS, B_VAR)
     dt_row = delta_ptr + d64[:, None] * s_dt_d + start * s_dt_l
     u_row = u_ptr + d64[:, None] * s_u_d + start * s_u_l
-    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
-    B_rows = B_ptr + group * s_B_g + start * s_B_l + n_idx[:, None].to(tl.int64) * s_B_n
-    if not B_VAR:
-        B_const = tl.load(B_ptr + d64[:, None] * s_B_g + n_idx[None, :] * s_B_n,
-                          mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
     # Per (channel, state, step column) partial sums, rescaled by each chunk's decay; reduced over the columns
     # once at the end (a reduction across threads per chunk cost more than the whole scan).
     acc = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)
@@ -599,16 +635,11 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
         uu = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         rest = tl.cumsum(delta, axis=1, reverse=True) - delta
         chunk = tl.sum(delta, axis=1)
-        if B_VAR:
-            Bt = tl.load(B_rows + t64[None, :] * s_B_l, mask=mask_n[:, None] & mask_t[None, :],
-                         other=0.0).to(tl.float32)[None, :, :]
-        else:
-            Bt = B_const
+        Bt = _segment_bc_chunk(B_rows, B_const, t64, mask_n, mask_t, s_B_l, B_VAR)
         w = tl.exp2(A2[:, :, None] * rest[:, None, :])
         acc = acc * tl.exp2(A2 * chunk[:, None])[:, :, None] + w * Bt * (delta * uu)[:, None, :]
         total += chunk
-    out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
-    tl.store(h_ptr + out, tl.sum(acc, axis=2), mask=mask_d[:, None] & mask_n[None, :])
+    _segment_store(h_ptr, tl.sum(acc, axis=2), seg, dim, N, d64, n_idx, mask_d, mask_n)
     tl.store(sums_ptr + seg.to(tl.int64) * dim + d64, total, mask=mask_d)
 
 
@@ -625,25 +656,12 @@ def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_p
     recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} gives, as one reduction over the segment: one exp per (channel,
     state, step) and no scan. One batch row: delta / z / dout (dim, L), C (G, N, L), any strides, or C (dim, N)
     constant in time (C_VAR False); program (block of BLOCK_D channels of one C group, segment)."""
-    pid_d, seg = tl.program_id(0), tl.program_id(1)
-    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
-    mask_d = d64 < dim
-    n_idx = tl.arange(0, BLOCK_N)
-    mask_n = n_idx < N
-    A2 = tl.load(A_ptr + d64[:, None] * s_A_d + n_idx[None, :] * s_A_n, mask=mask_d[:, None] & mask_n[None, :],
-                 other=0.0).to(tl.float32) * 1.4426950408889634
-    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_DBIAS:
-        dbias = tl.load(dbias_ptr + d64, mask=mask_d, other=0.0).to(tl.float32)
-    start = seg.to(tl.int64) * seg_len
+    seg, start, d64, mask_d, n_idx, mask_n, A2, dbias, C_rows, C_const = _segment_program(
+        dim, seg_len, N, channels_per_group, A_ptr, s_A_d, s_A_n, dbias_ptr, C_ptr, s_C_g, s_C_n, s_C_l,
+        BLOCK_D, BLOCK_N, HAS_DBIAS, C_VAR)
     dt_row = delta_ptr + d64[:, None] * s_dt_d + start * s_dt_l
     z_row = z_ptr + d64[:, None] * s_z_d + start * s_z_l
     do_row = dout_ptr + d64[:, None] * s_do_d + start * s_do_l
-    group = ((pid_d * BLOCK_D) // channels_per_group).to(tl.int64)
-    C_rows = C_ptr + group * s_C_g + start * s_C_l + n_idx[:, None].to(tl.int64) * s_C_n
-    if not C_VAR:
-        C_const = tl.load(C_ptr + d64[:, None] * s_C_g + n_idx[None, :] * s_C_n,
-                          mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
     g = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)  # per step column, reduced at the end
     before = tl.zeros([BLOCK_D], dtype=tl.float32)  # the deltas' sum over the segment's earlier chunks
     for t0 in range(0, seg_len, BLOCK_L):
@@ -654,12 +672,7 @@ def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_p
         delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         S = before[:, None] + tl.cumsum(delta, axis=1)
-        if C_VAR:
-            Ct = tl.load(C_rows + t64[None, :] * s_C_l, mask=mask_n[:, None] & mask_t[None, :],
-                         other=0.0).to(tl.float32)[None, :, :]
-        else:
-            Ct = C_const
+        Ct = _segment_bc_chunk(C_rows, C_const, t64, mask_n, mask_t, s_C_l, C_VAR)
         g += tl.exp2(A2[:, :, None] * S[:, None, :]) * Ct * dy[:, None, :]
         before += tl.sum(delta, axis=1)
-    out = (seg.to(tl.int64) * dim + d64)[:, None] * N + n_idx[None, :]
-    tl.store(g_ptr + out, tl.sum(g, axis=2), mask=mask_d[:, None] & mask_n[None, :])
+    _segment_store(g_ptr, tl.sum(g, axis=2), seg, dim, N, d64, n_idx, mask_d, mask_n)
