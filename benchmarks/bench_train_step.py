@@ -41,6 +41,7 @@ from seqmamba.train import Trainer, read_metrics  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import profile_report  # noqa: E402
+from switches import add_switches, apply_switches  # noqa: E402
 
 CASES = {
     "selective_copying": ["experiment=paper/selective_copying"],
@@ -102,12 +103,7 @@ def main():
     parser.add_argument("--embedding-gemm-rows", type=int, default=None,
                         help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
                              "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
-    parser.add_argument("--channels-first-linear", choices=["on", "off"], default=None,
-                        help="seqmamba.modules.mamba.CHANNELS_FIRST_LINEAR_GRAD for every case (off: x_proj / "
-                             "out_proj return their input's gradient time-major, the batched matmul's autograd)")
-    parser.add_argument("--project-channels-grad", choices=["on", "off"], default=None,
-                        help="seqmamba.modules.mamba.PROJECT_CHANNELS_INPUT_GRAD for every case (off: in_proj / "
-                             "dt_proj return their input's gradient transposed, the batched matmul's autograd)")
+    add_switches(parser, "channels-first-linear", "project-channels-grad")  # for every case
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
@@ -117,14 +113,7 @@ def main():
         from seqmamba.models import mamba_lm
 
         mamba_lm.EMBEDDING_GEMM_MAX_ROWS = args.embedding_gemm_rows
-    if args.channels_first_linear is not None:
-        from seqmamba.modules import mamba as mamba_module
-
-        mamba_module.CHANNELS_FIRST_LINEAR_GRAD = args.channels_first_linear == "on"
-    if args.project_channels_grad is not None:
-        from seqmamba.modules import mamba as mamba_module
-
-        mamba_module.PROJECT_CHANNELS_INPUT_GRAD = args.project_channels_grad == "on"
+    apply_switches(args)
 
     cuda = torch.cuda.is_available() and not args.quick
     modes = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"]} if cuda else \

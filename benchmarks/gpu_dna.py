@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import profile_report  # noqa: E402
+from switches import add_switches, apply_switches  # noqa: E402
 
 import seqmamba  # noqa: E402,F401  (from a checkout it maps tasks/ and configs/ itself: seqmamba/__init__.py)
 
@@ -258,12 +259,7 @@ def main() -> None:
     parser.add_argument("--split-per-sm", type=int, nargs="+", default=None,
                         help="throughput: also time the 1 x 2^20 step (no checkpointing) with the training scan's "
                              "BWD_CONFIG split_programs_per_sm set to each of these")
-    parser.add_argument("--project-channels-grad", choices=["on", "off"], default=None,
-                        help="seqmamba.modules.mamba.PROJECT_CHANNELS_INPUT_GRAD (on, the default: in_proj's input "
-                             "gradient time-major, as the residual stream stores it)")
-    parser.add_argument("--split-passes", choices=["reduction", "scan"], default=None,
-                        help="the L split's no-carry passes as reductions (the default) or as scans "
-                             "(seqmamba.ops.selective_scan.triton_launch.SPLIT_REDUCTION_PASSES)")
+    add_switches(parser, "project-channels-grad", "split-passes")
     parser.add_argument("--profile", action="store_true",
                         help="throughput: one more step of each row without checkpointing under torch.profiler")
     parser.add_argument("--cpu-smoke", action="store_true",
@@ -278,14 +274,7 @@ def main() -> None:
         args.skip += ",chunked,throughput"
     elif not torch.cuda.is_available():
         raise SystemExit("gpu_dna.py needs a CUDA GPU (or --cpu-smoke)")
-    if args.project_channels_grad is not None:
-        from seqmamba.modules import mamba as mamba_module
-
-        mamba_module.PROJECT_CHANNELS_INPUT_GRAD = args.project_channels_grad == "on"
-    if args.split_passes is not None:
-        from seqmamba.ops.selective_scan import triton_launch
-
-        triton_launch.SPLIT_REDUCTION_PASSES = args.split_passes == "reduction"
+    apply_switches(args)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))

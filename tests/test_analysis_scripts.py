@@ -135,3 +135,29 @@ def test_profile_ops_by_input_shape_lists_the_costliest_ops_per_step_with_their_
     assert float(lines[1].split()[1]) == 1.0  # calls per step
     copies = [line for line in lines if line.startswith("aten::copy_")]
     assert len(copies) == 1 and "[8, 8]" in copies[0]
+
+
+def test_benchmark_switch_flags_set_the_named_module_switches_and_only_those_given(monkeypatch):
+    """benchmarks/switches.py (bench_train_step.py, gpu_dna.py): each flag sets its module's switch to the value
+    its choice means; a flag left out leaves the library's default."""
+    import argparse
+    import importlib
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import switches
+    finally:
+        sys.path.pop(0)
+    mamba = importlib.import_module("seqmamba.modules.mamba")
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    for module, name in ((mamba, "PROJECT_CHANNELS_INPUT_GRAD"), (mamba, "CHANNELS_FIRST_LINEAR_GRAD"),
+                         (launch, "SPLIT_REDUCTION_PASSES")):
+        monkeypatch.setattr(module, name, True)  # restored after the test
+    parser = argparse.ArgumentParser()
+    switches.add_switches(parser, "project-channels-grad", "split-passes", "channels-first-linear")
+    args = parser.parse_args(["--project-channels-grad", "off", "--split-passes", "scan"])
+    assert switches.apply_switches(args) == {"PROJECT_CHANNELS_INPUT_GRAD": False, "SPLIT_REDUCTION_PASSES": False}
+    assert mamba.PROJECT_CHANNELS_INPUT_GRAD is False and launch.SPLIT_REDUCTION_PASSES is False
+    assert mamba.CHANNELS_FIRST_LINEAR_GRAD is True  # not given
+    switches.apply_switches(parser.parse_args(["--split-passes", "reduction"]))
+    assert launch.SPLIT_REDUCTION_PASSES is True

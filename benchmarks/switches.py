@@ -1,0 +1,45 @@
+"""Benchmark flags that set one of the toolkit's module-level switches for the whole run, so that one device call
+can time a switch both ways (``--project-channels-grad off``, then ``on``). Each flag is named once here: the
+module, the switch, what its values mean.
+
+    parser = argparse.ArgumentParser(); add_switches(parser, "project-channels-grad", "split-passes")
+    args = parser.parse_args(); apply_switches(args)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# flag -> (module, attribute, {flag value: attribute value}, help)
+SWITCHES = {
+    "channels-first-linear": (
+        "seqmamba.modules.mamba", "CHANNELS_FIRST_LINEAR_GRAD", {"on": True, "off": False},
+        "x_proj / out_proj hand their input's gradient back L-contiguous (on, the default) or time-major, as the "
+        "batched matmul's autograd does (off)"),
+    "project-channels-grad": (
+        "seqmamba.modules.mamba", "PROJECT_CHANNELS_INPUT_GRAD", {"on": True, "off": False},
+        "in_proj / dt_proj hand their input's gradient back time-major, as the residual stream stores it (on, the "
+        "default) or transposed, as the batched matmul's autograd does (off)"),
+    "split-passes": (
+        "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
+        "the L split's no-carry passes as reductions (the default) or as scans"),
+}
+
+
+def add_switches(parser: argparse.ArgumentParser, *names: str) -> None:
+    """--NAME for each switch named (left out: the library's default stays)."""
+    for name in names:
+        module, attribute, values, help_text = SWITCHES[name]
+        parser.add_argument(f"--{name}", choices=list(values), default=None,
+                            help=f"{module}.{attribute}: {help_text}")
+
+
+def apply_switches(args: argparse.Namespace) -> dict:
+    """Sets every switch given on the command line; returns {attribute: value} of those set."""
+    applied = {}
+    for name, (module, attribute, values, _) in SWITCHES.items():
+        given = getattr(args, name.replace("-", "_"), None)
+        if given is not None:
+            setattr(importlib.import_module(module), attribute, values[given])
+            applied[attribute] = values[given]
+    return applied
