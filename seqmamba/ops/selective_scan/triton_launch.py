@@ -390,27 +390,30 @@ class _GluonLaunch:
 _launch_fwd_gluon = _GluonLaunch()
 
 
+def _split_rule(config: dict, programs: int, L: int, device: torch.device) -> int:
+    """The split rule both scans share, by ``config``'s keys: 1 (don't split) without ``split_programs_per_sm``
+    (or 0), off CUDA, or from ``split_below_programs_per_sm`` programs per SM up; else the smallest power of two
+    of segments that reaches ``split_programs_per_sm`` programs per SM, each at least ``split_min_len`` steps."""
+    target = config.get("split_programs_per_sm", 0)
+    if not target or device.type != "cuda":
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    if programs >= config.get("split_below_programs_per_sm", target) * sms:
+        return 1  # enough programs: the split's no-carry pass would cost more than its parallelism gains
+    segments = 1
+    while programs * segments < target * sms and L // (2 * segments) >= config.get("split_min_len", 4096):
+        segments *= 2
+    return segments
+
+
 def split_segments(batch: int, dim: int, L: int, device: torch.device, save_states: bool) -> int:
-    """How many segments ``scan_forward_split`` cuts each sequence into (1: don't split), by FWD_CONFIG's
-    ``split_programs_per_sm`` (absent or 0: never): below ``split_below_programs_per_sm`` programs per SM, the
-    smallest power of two of segments that reaches ``split_programs_per_sm`` per SM, each at least
-    ``split_min_len`` steps long. Only without saved states (the inference forward) and on CUDA."""
+    """How many segments ``scan_forward_split`` cuts each sequence into (1: don't split): FWD_CONFIG's
+    ``_split_rule``, ``FORCE_SEGMENTS`` overriding it. Only without saved states (the inference forward)."""
     if save_states:
         return 1
     if FORCE_SEGMENTS is not None:
         return FORCE_SEGMENTS
-    target = FWD_CONFIG.get("split_programs_per_sm", 0)
-    if not target or device.type != "cuda":
-        return 1
-    programs = batch * dim
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    if programs >= FWD_CONFIG.get("split_below_programs_per_sm", target) * sms:
-        return 1  # enough programs: the segments' end-state pass would cost more than its parallelism gains
-    want = target * sms
-    segments = 1
-    while programs * segments < want and L // (2 * segments) >= FWD_CONFIG.get("split_min_len", 4096):
-        segments *= 2
-    return segments
+    return _split_rule(FWD_CONFIG, batch * dim, L, device)
 
 
 # Tests and benchmarks set this to force a number of segments (None: the rule above).
@@ -443,27 +446,14 @@ FORCE_TRAIN_SEGMENTS: Optional[int] = None
 
 
 def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_t: int) -> int:
-    """Segments for the training scan (``scan_forward_split_train``), 1 = don't split. By BWD_CONFIG's
-    ``split_programs_per_sm`` (absent or 0: never; ``FORCE_TRAIN_SEGMENTS`` overrides) like the forward's rule,
-    only below ``split_below_programs_per_sm`` programs per SM to begin with, each segment a whole number of the
-    backward's chunks (``chunk_t``) and at least ``split_min_len`` long. Variable B / C only (the Mamba layer's
-    case)."""
+    """Segments for the training scan (``scan_forward_split_train``), 1 = don't split: BWD_CONFIG's
+    ``_split_rule`` (``FORCE_TRAIN_SEGMENTS`` overrides it), each segment a whole number of the backward's chunks
+    (``chunk_t``). Variable B / C only (the Mamba layer's case)."""
     batch, dim, L = u.shape
     if B.dim() < 3 or C.dim() < 3:
         return 1
-    if FORCE_TRAIN_SEGMENTS is not None:
-        segments = FORCE_TRAIN_SEGMENTS
-    else:
-        target = BWD_CONFIG.get("split_programs_per_sm", 0)
-        if not target or u.device.type != "cuda":
-            return 1
-        sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device())
-        if batch * dim >= BWD_CONFIG.get("split_below_programs_per_sm", target) * sms:
-            return 1  # enough programs: the split's extra passes would cost more than its parallelism gains
-        want = target * sms
-        segments = 1
-        while batch * dim * segments < want and L // (2 * segments) >= BWD_CONFIG.get("split_min_len", 4096):
-            segments *= 2
+    segments = FORCE_TRAIN_SEGMENTS if FORCE_TRAIN_SEGMENTS is not None else _split_rule(BWD_CONFIG, batch * dim,
+                                                                                         L, u.device)
     return segments if segments > 1 and L // segments >= chunk_t else 1
 
 
