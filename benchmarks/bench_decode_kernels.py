@@ -165,6 +165,77 @@ def gemm_rows(batch, bandwidth):
     return rows
 
 
+# (size, layers, [(name, in_features, out_features)]): every projection of a decode step
+LINEAR_SHAPES = [("1.4b", 48, GEMMS), ("130m", 24, [("in_proj", 768, 3072), ("out_proj", 1536, 768),
+                                                    ("x_proj", 1536, 80), ("dt_proj", 48, 1536)])]
+
+
+def linear_configs(M, N, K):
+    """The split-K kernel's configs worth timing at one shape: output tiles of 32-128 columns, K splits giving
+    33-528 programs (1/4 to 4 per SM), BLOCK_K 128 (64 below K 256)."""
+    dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
+    block_m = dl.block_rows(M)
+    block_k = 128 if K >= 256 else max(16, triton_next_pow2(K))
+    seen = set()
+    for block_n in (32, 64, 128):
+        tiles = -(-M // block_m) * -(-N // block_n)
+        for split in (1, 2, 4, 8, 16, 32):
+            programs = tiles * split
+            if split > 1 and (K // split < block_k or not 33 <= programs <= 528):
+                continue  # each split at least one BLOCK_K step; 1/4 to 4 programs per SM
+            for warps in ((4, 8) if block_n == 128 else (4,)):
+                config = dl.Config(block_m, block_n, block_k, split, warps, 3)
+                if config not in seen:
+                    seen.add(config)
+                    yield config
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def linear_rows(size, layers, shapes, batch, bandwidth, configs=True):
+    """A decode step's projections at ``batch``: F.linear against the split-K kernel (its rule's config, then a
+    sweep). Each launch reads a different layer's weight and input (``layers`` of them in turn, as a step does),
+    so the weights come from HBM, not from the L2 a repeated launch would leave them in."""
+    dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
+    rows = []
+    for name, n_in, n_out in shapes:
+        g = torch.Generator(device="cuda").manual_seed(3)
+        xs = [torch.randn(batch, n_in, device="cuda", generator=g).to(torch.bfloat16) for _ in range(layers)]
+        ws = [(torch.randn(n_out, n_in, device="cuda", generator=g) * n_in ** -0.5).to(torch.bfloat16)
+              for _ in range(layers)]
+        floor_us = (n_out * n_in + batch * n_in + batch * n_out) * 2 / bandwidth * 1e6
+        refs = [torch.nn.functional.linear(x.float(), w.float()) for x, w in zip(xs[:2], ws[:2])]
+        variants = [("F.linear", None), ("kernel (rule)", dl.launch_config(batch, n_out, n_in, xs[0].device))]
+        if configs:
+            variants += [(f"{c.block_m}x{c.block_n}x{c.block_k} split {c.split_k} w{c.num_warps}", c)
+                         for c in linear_configs(batch, n_out, n_in)]
+        for label, config in variants:
+            if config is None:
+                def fn(i):
+                    return torch.nn.functional.linear(xs[i], ws[i])
+            else:
+                def fn(i, config=config):
+                    return dl.decode_linear_triton(xs[i], ws[i], None, config)
+            try:
+                outs = [fn(0), fn(1)]
+                again = fn(0)
+                err = max(((o.float() - r).abs().max() / r.abs().max()).item() for o, r in zip(outs, refs))
+                ok, repeatable = err < 1e-2, torch.equal(outs[0], again)
+                us = graphed_us(lambda: [fn(i) for i in range(layers)], launches=4) / layers
+            except Exception as exc:  # a config that does not compile (shared memory) is reported, not fatal
+                print(f"linear {size:5s} b{batch:<4d} {name:8s} {label:34s} failed: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:80]}", flush=True)
+                continue
+            rows.append({"kernel": "linear", "size": size, "batch": batch, "gemm": name, "state": "bfloat16",
+                         "config": {"label": label}, "us": us, "floor_us": floor_us, "rel_err": err,
+                         "matches_default": ok, "repeatable": repeatable})
+            print(f"linear {size:5s} b{batch:<4d} {name:8s} {label:34s} {us:8.2f} us ({us / floor_us:5.2f}x floor)"
+                  f"  err {err:.1e}{'' if ok else '  MISMATCH'}{'' if repeatable else '  NOT REPEATABLE'}", flush=True)
+    return rows
+
+
 def same(a, b) -> bool:
     return all(torch.allclose(x, y, rtol=2e-2, atol=2e-2) for x, y in zip(a, b))
 
@@ -187,7 +258,10 @@ def sweep(kernel, size, batch, dim, state, configs, run, floor_us):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
-    parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"], choices=["state", "conv", "gemm"])
+    parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"], choices=["state", "conv", "gemm", "linear"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 128],
+                        help="--kernels linear: batch sizes (1.4B; 130M at the first and 64)")
+    parser.add_argument("--no-sweep", action="store_true", help="--kernels linear: F.linear and the rule only")
     parser.add_argument("--sizes", nargs="+", default=None, help="only these of 1.4b / 130m")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
@@ -217,6 +291,17 @@ def main():
     if "gemm" in args.kernels:
         for batch in (1, 128):
             rows += gemm_rows(batch, bandwidth)
+    if "linear" in args.kernels:
+        for size, layers, shapes in LINEAR_SHAPES:
+            if args.sizes and size not in args.sizes:
+                continue
+            for batch in args.batches:
+                shape_rows = linear_rows(size, layers, shapes, batch, bandwidth, not args.no_sweep)
+                rows += shape_rows
+                for gemm in dict.fromkeys(r["gemm"] for r in shape_rows):
+                    these = [r for r in shape_rows if r["gemm"] == gemm]
+                    best.append(min(these, key=lambda r: r["us"]) | {"default_us": these[0]["us"],
+                                                                     "state": gemm})
     print("\nbest per shape (us per launch; default; floor):")
     for r in best:
         print(f"  {r['kernel']:12s} {r['size']:5s} b{r['batch']:<4d} {r['state']:8s} {r['config']['label']:32s} "

@@ -38,6 +38,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmamba.models import MambaLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from switches import add_switches, apply_switches  # noqa: E402
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 MODELS = ("Mamba", "Transformer")
@@ -671,7 +675,9 @@ def parse_args(argv: list[str] | None):
                              "SSM states (default: the module's, 16,32,4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
+    add_switches(parser, "decode-linear")
     args = parser.parse_args(argv)
+    apply_switches(args)
     if args.decode_dt_proj_max_bytes is not None or args.decode_dt_proj_rows:
         from seqmamba.ops.selective_state_update import triton_kernels as state_update
 

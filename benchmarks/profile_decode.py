@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_generation import GPTGenerator, build_runner, resolve_sizes  # noqa: E402
 from bench_generation import parse_args as parse_generation_args  # noqa: E402
+from switches import add_switches, apply_switches  # noqa: E402
 
 
 def runner_options(args) -> argparse.Namespace:
@@ -131,7 +132,9 @@ def main() -> None:
                         help="Mamba's SSM cache states (default: fp32, generate's default)")
     parser.add_argument("--phase", choices=["decode", "prefill"], default="decode",
                         help="one decode step (default) or the prompt's forward (prefill)")
+    add_switches(parser, "decode-linear")
     args = parser.parse_args()
+    apply_switches(args)
     if not torch.cuda.is_available():
         raise SystemExit("profile_decode.py needs a CUDA GPU")
     device = torch.device("cuda")

@@ -23,6 +23,10 @@ SWITCHES = {
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),
+    "decode-linear": (
+        "seqmamba.ops.decode_linear.triton_kernels", "ENABLED", {"triton": True, "cublas": False},
+        "a decode step's projections by the split-K Triton kernel where its rule says so (triton) or all by "
+        "F.linear (cublas)"),
 }
 
 

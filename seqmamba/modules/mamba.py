@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..ops import causal_conv1d, causal_conv1d_update, decode_linear, selective_scan, selective_state_update
 from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
@@ -287,16 +287,20 @@ class Mamba(nn.Module):
         # dt_rank), its bias and the softplus run inside the state update (at large batch dt_proj is one GEMM
         # first, or a tensor-core product in the row-block kernel for 16-bit states: selective_state_update's
         # DECODE_DT_PROJ_MAX_BYTES / DECODE_DT_PROJ_ROWS); A / D / the bias in fp32 are cached.
-        xz = self.in_proj(hidden_states.squeeze(1))  # (batch, 2 d_inner)
+        # The projections: F.linear, or on CUDA the split-K decode kernel where its rule says so (decode_linear).
+        proj = "torch" if self.scan_backend in ("torch", "reference") else "auto"
+        xz = decode_linear(hidden_states.squeeze(1), self.in_proj.weight, self.in_proj.bias,
+                           backend=proj)  # (batch, 2 d_inner)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                  self.activation, backend=self.scan_backend)
-        x_dbl = self.x_proj(x)  # (batch, dt_rank + 2N)
+        x_dbl = decode_linear(x, self.x_proj.weight, backend=proj)  # (batch, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         A, D, dt_bias = self._ssm_constants()
         y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                    backend=self.scan_backend, dt_proj_weight=self.dt_proj.weight)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        out = decode_linear(y, self.out_proj.weight, self.out_proj.bias, backend=proj)
+        return out.unsqueeze(1), conv_state, ssm_state
 
     def _ssm_constants(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(A = -exp(A_log), D, dt_proj.bias), all fp32, as the scan and the state update take them.

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ..buffers import empty
+from ..decode_linear import decode_linear
 from ..launch import CachedLaunch, cdiv
 from ..selective_scan.triton_kernels import _softplus
 
@@ -196,7 +197,7 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
         if (DECODE_DT_PROJ_ROWS is not None and G_B == 1
                 and (state.element_size() < 4 or DECODE_DT_PROJ_ROWS_FP32_STATE)):
             return _update_row_blocks(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight, out)
-        dt = torch.nn.functional.linear(dt, dt_proj_weight)  # (batch, dim)
+        dt = decode_linear(dt, dt_proj_weight)  # (batch, dim); cuBLAS or the split-K kernel, by its rule
         dt_proj_weight = None
     zz = z if z is not None else x
     W = dt_proj_weight if dt_proj_weight is not None else A

@@ -1,0 +1,3 @@
+from .interface import decode_linear
+
+__all__ = ["decode_linear"]

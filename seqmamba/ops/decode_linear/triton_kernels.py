@@ -1,0 +1,194 @@
+"""A decode step's projections on the tensor cores, split over K: y = x @ W^T (+ bias) for a few rows.
+
+At decode the rows are the batch (1-256) and each weight is read once per step: the GEMM is a read of W at
+the memory's bandwidth, if enough of the GPU reads it. cuBLAS tiles such shapes by output blocks only, so a
+(128 x 4096) @ (4096 x 2048) product runs on 16-32 SMs, and a (128 x 4096) @ (4096 x 160) one on a handful
+(bench_decode_kernels.py, 1.4B at batch 128: out_proj 2-3x its weight-read floor, x_proj ~11x).
+
+Here one program takes (BLOCK_M rows, BLOCK_N outputs) over one of SPLIT_K ranges of K. Each program writes
+its fp32 partial tile to a scratch slot, then counts itself in with an atomic on its tile's counter; the
+program that arrives last sums the SPLIT_K slots in slot order (so the result does not depend on which
+program finished when: runs are bitwise repeatable), adds the bias, stores y in x's dtype and resets the
+counter. One launch, no zeroed buffer per call (the scratch is fully written before it is read; the counters
+are zeroed once and every launch leaves them at zero), so it can be captured in a CUDA graph.
+
+The scratch and counters are kept per (device, shape) and reused by every launch of that shape, which is safe
+while launches of one shape run one after another (one stream, as in generation; a CUDA graph warmed up eagerly
+before capture shares them with eager calls). Two streams running the same shape at once would share them:
+don't, or use F.linear there.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backend import records_autograd
+from ..buffers import empty
+from ..launch import CachedLaunch, cdiv, sm_count
+
+
+@triton.jit
+def _decode_linear_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr, part_ptr, count_ptr,
+    M, N, K, k_per_split,
+    s_x_m, s_x_k, s_w_n, s_w_k, s_y_m, s_y_n,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
+):
+    pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    m_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_idx = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_idx = tl.arange(0, BLOCK_K)
+    mask_m, mask_n = m_idx < M, n_idx < N
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+
+    x_ptrs = x_ptr + m_idx.to(tl.int64)[:, None] * s_x_m + (k_start + k_idx)[None, :] * s_x_k  # (BLOCK_M, BLOCK_K)
+    w_ptrs = w_ptr + n_idx.to(tl.int64)[None, :] * s_w_n + (k_start + k_idx)[:, None] * s_w_k  # (BLOCK_K, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        mask_k = (k0 + k_idx) < k_end
+        a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if FP32_DOT:
+            # fp32 inputs, and the interpreter (a 16-bit tl.dot is wrong under triton 3.6's: errors ~1e10)
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        x_ptrs += BLOCK_K * s_x_k
+        w_ptrs += BLOCK_K * s_w_k
+
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    y_ptrs = y_ptr + m_idx.to(tl.int64)[:, None] * s_y_m + n_idx[None, :] * s_y_n
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + n_idx, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)
+    else:
+        # scratch: SPLIT_K slots of (M, N) fp32
+        slot = part_ptr + m_idx.to(tl.int64)[:, None] * N + n_idx[None, :]
+        tl.store(slot + pid_k * M * N, acc, mask=mask_mn)
+        # Every thread's partial is written before one thread counts the program in (release at GPU scope);
+        # the program that sees SPLIT_K - 1 earlier arrivals acquires their partials.
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # slot order, whoever came last: a repeatable sum
+                total += tl.load(slot + s * M * N, mask=mask_mn, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + n_idx, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask_mn)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+
+
+class Config(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# Set False to keep F.linear for every decode projection under backend="auto" (the benchmarks' baseline).
+ENABLED = True
+# Rows (batch) above this take F.linear under backend="auto": the kernel is for decode, not prefill.
+MAX_ROWS = 256
+# Launch configs chosen by a sweep (bench_decode_kernels.py --kernels linear), keyed by (rows bucket, N, K);
+# the rows bucket is BLOCK_M's choice: max(16, next power of two of the rows), at most 128. Shapes not listed
+# take ``heuristic_config``.
+CONFIGS: Dict[Tuple[int, int, int], Config] = {}
+# The heuristic aims at this many programs per SM (output tiles x K splits).
+PROGRAMS_PER_SM = 1
+
+
+def block_rows(M: int) -> int:
+    return min(128, max(16, triton.next_power_of_2(M)))
+
+
+def heuristic_config(M: int, N: int, K: int, device_index: int = 0, sms: Optional[int] = None) -> Config:
+    """Output tiles of (rows, 64) (32 for narrow outputs), K split so that tiles x splits reach
+    PROGRAMS_PER_SM per SM, each split at least two BLOCK_K steps long."""
+    block_m = block_rows(M)
+    block_n = 64 if N >= 1024 else 32
+    block_k = 128 if K >= 256 else max(16, triton.next_power_of_2(K))
+    tiles = cdiv(M, block_m) * cdiv(N, block_n)
+    sms = sms if sms is not None else sm_count(device_index)
+    split = 1
+    while tiles * split * 2 <= sms * PROGRAMS_PER_SM and K // (split * 2) >= 2 * block_k:
+        split *= 2
+    return Config(block_m, block_n, block_k, split)
+
+
+def launch_config(M: int, N: int, K: int, device: torch.device) -> Config:
+    config = CONFIGS.get((block_rows(M), N, K))
+    if config is not None:
+        return config
+    if device.type != "cuda":  # the interpreter: a few splits still exercise the sum
+        return Config(block_rows(M), 32, 32, min(4, max(1, K // 64)))
+    return heuristic_config(M, N, K, device.index or 0)
+
+
+def use_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """backend="auto"'s rule: CUDA, 16-bit x and weight of one dtype, no autograd, at most MAX_ROWS rows."""
+    return (ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype) and x.shape[0] <= MAX_ROWS
+            and not records_autograd(x, weight, bias))
+
+
+# (device, scratch elements, tiles) -> (fp32 scratch, int32 counters), allocated once and kept: a CUDA graph
+# keeps the addresses it captured, so nothing here is ever freed or replaced.
+_SCRATCH: Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scratch(device: torch.device, part_numel: int, tiles: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    key = (device.index if device.type == "cuda" else -1, part_numel, tiles)
+    found = _SCRATCH.get(key)
+    if found is not None:
+        return found
+    part = empty((part_numel,), device, torch.float32)
+    count = torch.zeros(tiles, device=device, dtype=torch.int32)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # First seen inside a graph capture (no warm-up call before it): the counters' zero fill is captured
+        # and runs before the kernel at every replay, but has not run now, so eager calls must not share them.
+        return part, count
+    _SCRATCH[key] = (part, count)
+    return part, count
+
+
+_launch = CachedLaunch(_decode_linear_kernel)
+
+
+def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         config: Optional[Config] = None) -> torch.Tensor:
+    """y = x @ weight^T (+ bias) in x's dtype, fp32 accumulation; ``config`` overrides the launch config."""
+    M, K = x.shape
+    N = weight.shape[0]
+    y = empty((M, N), x.device, x.dtype)
+    if M == 0 or N == 0:
+        return y
+    if K == 0:
+        return y.zero_() if bias is None else y.copy_(bias.expand(M, N))
+    cfg = config or launch_config(M, N, K, x.device)
+    block_m = max(16, cfg.block_m)  # tl.dot's smallest tile side
+    block_n, block_k = max(16, cfg.block_n), max(16, cfg.block_k)
+    k_per_split = cdiv(cdiv(K, cfg.split_k), block_k) * block_k
+    split = cdiv(K, k_per_split)
+    grid = (cdiv(N, block_n), split, cdiv(M, block_m))
+    if split > 1:
+        part, count = _scratch(x.device, split * M * N, grid[0] * grid[2])
+    else:
+        part, count = y, y  # unused
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    _launch(grid, (x, weight, bias if bias is not None else weight, y, part, count),
+            (M, N, K, k_per_split, *x.stride(), *weight.stride(), *y.stride()),
+            dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                 FP32_DOT=interpret or x.dtype == torch.float32 or weight.dtype == torch.float32),
+            cfg.num_warps, options={"num_stages": cfg.num_stages})
+    return y
