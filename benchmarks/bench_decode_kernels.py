@@ -177,13 +177,13 @@ def linear_configs(M, N, K):
     block_m = dl.block_rows(M)
     block_k = 128 if K >= 256 else max(16, triton_next_pow2(K))
     seen = set()
-    for block_n in (32, 64, 128):
+    for block_n in (32, 64, 128, 256):
         tiles = -(-M // block_m) * -(-N // block_n)
         for split in (1, 2, 4, 8, 16, 32):
             programs = tiles * split
             if split > 1 and (K // split < block_k or not 33 <= programs <= 528):
                 continue  # each split at least one BLOCK_K step; 1/4 to 4 programs per SM
-            for warps in ((4, 8) if block_n == 128 else (4,)):
+            for warps in ((4, 8) if block_n >= 128 else (4,)):
                 config = dl.Config(block_m, block_n, block_k, split, warps, 3)
                 if config not in seen:
                     seen.add(config)

@@ -33,8 +33,8 @@
 #            DNA step without and with it)
 #          | scstep (the selective-copying step with PROJECT_CHANNELS_INPUT_GRAD off, then on)
 #          | decodelinear (the decode projections' split-K kernel: its tests and the generation tests on the GPU, then
-#            the 1.4B projections at batch 128 and 1 against F.linear, weights from HBM) | decodegen (the 1.4B decode
-#            step's profile and generation at batch 128, projections by cuBLAS, then by the split-K kernel)
+#            the 1.4B projections at batch 128 and 1 against F.linear, weights from HBM) | decodegen (generation at
+#            DECODE_SIZES (1.4b) x DECODE_BATCHES (1), projections by cuBLAS, then by decode_linear's rule)
 #          | splitpasses (the L split's no-carry passes as scans or reductions: their tests on the GPU, per-pass
 #            times and tiles (bench_split_passes.py), then the DNA step both ways)
 set -o pipefail
@@ -162,11 +162,12 @@ for step in $steps; do
                     | tail -4 | tee "$OUT/decodelinear.log"
                   timeout 300 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 1.4b --batches 128 1 \
                     --json "$OUT/decodelinear.json" 2>&1 | tee -a "$OUT/decodelinear.log" ;;
-    decodegen) for impl in cublas triton; do  # the whole decode step, projections by cuBLAS / the split-K kernel
-                 timeout 120 python benchmarks/profile_decode.py --size 1.4b --batch 128 --decode-linear $impl 2>&1 \
-                   | tail -22 | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
-                 timeout 150 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 --decode-linear $impl \
-                   2>&1 | tail -6 | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
+    decodegen) for impl in cublas triton; do  # generation with the projections by cuBLAS / by decode_linear's rule
+                 for size in ${DECODE_SIZES:-1.4b}; do for batch in ${DECODE_BATCHES:-1}; do
+                   timeout 150 python benchmarks/bench_generation.py --sizes $size --batch-sizes $batch \
+                     --max-batch $batch --decode-linear $impl --out "$OUT/gen_${impl}_${size}_b$batch.json" 2>&1 \
+                     | tail -4 | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
+                 done; done
                done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac

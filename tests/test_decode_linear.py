@@ -107,6 +107,7 @@ def test_auto_rule_keeps_autograd_fp32_and_large_batches_on_f_linear():
         assert not dl.use_kernel(x, w, None)  # CPU tensors: F.linear
         return
     assert dl.use_kernel(x, w, None) == dl.ENABLED
+    assert not dl.use_kernel(x, torch.zeros(16 * (dl.MAX_OUT_PER_IN + 1), 16, device=DEVICE, dtype=x.dtype), None)
     assert not dl.use_kernel(x.float(), w.float(), None)
     assert not dl.use_kernel(x, w.detach().requires_grad_(True), None)
     big = torch.zeros(dl.MAX_ROWS + 1, 16, device=DEVICE, dtype=torch.bfloat16)
@@ -114,12 +115,18 @@ def test_auto_rule_keeps_autograd_fp32_and_large_batches_on_f_linear():
 
 
 def test_heuristic_fills_the_gpu_without_splitting_past_two_steps():
-    """At the 1.4B model's shapes on 132 SMs: tiles x splits within one program per SM, each split >= 2 steps."""
-    for M, N, K in [(128, 8192, 2048), (128, 2048, 4096), (128, 160, 4096), (1, 2048, 4096), (128, 4096, 128)]:
+    """At the 1.4B model's shapes on 132 SMs: tiles x splits within PROGRAMS_PER_SM per SM, each split >= 2
+    steps, and no further doubling of the split would keep both; the H200 sweep's best splits at batch 1."""
+    limit = 132 * dl.PROGRAMS_PER_SM
+    for M, N, K in [(128, 8192, 2048), (128, 2048, 4096), (128, 160, 4096), (1, 2048, 4096), (1, 160, 4096),
+                    (128, 4096, 128)]:
         c = dl.heuristic_config(M, N, K, sms=132)
         programs = -(-M // c.block_m) * -(-N // c.block_n) * c.split_k
-        assert programs <= 132 and K // c.split_k >= min(K, 2 * c.block_k), (M, N, K, c)
-        assert programs * 2 > 132 or K // (2 * c.split_k) < 2 * c.block_k, (M, N, K, c)
+        assert programs <= limit and K // c.split_k >= min(K, 2 * c.block_k), (M, N, K, c)
+        assert programs * 2 > limit or K // (2 * c.split_k) < 2 * c.block_k, (M, N, K, c)
+    if dl.PROGRAMS_PER_SM == 2:
+        assert dl.heuristic_config(1, 2048, 4096, sms=132).split_k == 8  # out_proj: 7.79 us (best 7.70)
+        assert dl.heuristic_config(1, 160, 4096, sms=132).split_k == 16  # x_proj: 4.51 us (best)
 
 
 @gpu

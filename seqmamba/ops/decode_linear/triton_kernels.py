@@ -37,7 +37,7 @@ def _decode_linear_kernel(
     M, N, K, k_per_split,
     s_x_m, s_x_k, s_w_n, s_w_k, s_y_m, s_y_n,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr,
+    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -51,9 +51,13 @@ def _decode_linear_kernel(
     w_ptrs = w_ptr + n_idx.to(tl.int64)[None, :] * s_w_n + (k_start + k_idx)[:, None] * s_w_k  # (BLOCK_K, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        mask_k = (k0 + k_idx) < k_end
-        a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if EVEN_K:  # every K range a whole number of BLOCK_K steps: no mask along K, so the loads vectorize
+            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=mask_n[None, :], other=0.0)
+        else:
+            mask_k = (k0 + k_idx) < k_end
+            a = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if FP32_DOT:
             # fp32 inputs, and the interpreter (a 16-bit tl.dot is wrong under triton 3.6's: errors ~1e10)
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -98,14 +102,21 @@ class Config(NamedTuple):
 
 # Set False to keep F.linear for every decode projection under backend="auto" (the benchmarks' baseline).
 ENABLED = True
-# Rows (batch) above this take F.linear under backend="auto": the kernel is for decode, not prefill.
-MAX_ROWS = 256
-# Launch configs chosen by a sweep (bench_decode_kernels.py --kernels linear), keyed by (rows bucket, N, K);
-# the rows bucket is BLOCK_M's choice: max(16, next power of two of the rows), at most 128. Shapes not listed
-# take ``heuristic_config``.
+# backend="auto" takes the kernel for at most MAX_ROWS rows and outputs at most MAX_OUT_PER_IN x the inputs.
+# H200, 1.4B projections, weights from HBM (bench_decode_kernels.py --kernels linear, BENCHMARKS.md): at batch 1
+# the kernel beats cuBLAS on out_proj (4096 -> 2048: 7.70 vs 9.72 us), x_proj (4096 -> 160: 4.51 vs 6.98) and
+# dt_proj (128 -> 4096: 2.47 vs 2.99), and loses on in_proj (2048 -> 8192: 11.38 vs 10.66). At batch 128 it lost
+# on all four but dt_proj (in_proj 14.9 vs 11.8, out_proj 13.3 vs 9.7, x_proj 8.2 vs 7.7): there every
+# (128-row) tile re-reads x from L2 and the split's fp32 partials cost as much as the weight.
+MAX_ROWS = 16
+MAX_OUT_PER_IN = 2
+# Launch configs chosen by a sweep, keyed by (rows bucket, N, K); the rows bucket is BLOCK_M's choice:
+# max(16, next power of two of the rows), at most 128. Shapes not listed take ``heuristic_config``, which picks
+# the sweep's best or within 1% of it at the 1.4B shapes at batch 1.
 CONFIGS: Dict[Tuple[int, int, int], Config] = {}
-# The heuristic aims at this many programs per SM (output tiles x K splits).
-PROGRAMS_PER_SM = 1
+# The heuristic aims at this many programs per SM (output tiles x K splits): 2 beat 1 at batch 1 (out_proj split
+# 8 at 7.70-7.79 us against split 4 at 8.24-8.70).
+PROGRAMS_PER_SM = 2
 
 
 def block_rows(M: int) -> int:
@@ -113,8 +124,8 @@ def block_rows(M: int) -> int:
 
 
 def heuristic_config(M: int, N: int, K: int, device_index: int = 0, sms: Optional[int] = None) -> Config:
-    """Output tiles of (rows, 64) (32 for narrow outputs), K split so that tiles x splits reach
-    PROGRAMS_PER_SM per SM, each split at least two BLOCK_K steps long."""
+    """Output tiles of (rows, 64) (32 for outputs narrower than 1024), K split in powers of two while tiles x
+    splits stay within PROGRAMS_PER_SM per SM and each split is at least two BLOCK_K steps long."""
     block_m = block_rows(M)
     block_n = 64 if N >= 1024 else 32
     block_k = 128 if K >= 256 else max(16, triton.next_power_of_2(K))
@@ -136,10 +147,11 @@ def launch_config(M: int, N: int, K: int, device: torch.device) -> Config:
 
 
 def use_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """backend="auto"'s rule: CUDA, 16-bit x and weight of one dtype, no autograd, at most MAX_ROWS rows."""
+    """backend="auto"'s rule: CUDA, 16-bit x and weight of one dtype, no autograd, at most MAX_ROWS rows and
+    MAX_OUT_PER_IN outputs per input (wide outputs have enough output tiles for cuBLAS)."""
     return (ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.shape[0] <= MAX_ROWS
-            and not records_autograd(x, weight, bias))
+            and weight.shape[0] <= MAX_OUT_PER_IN * weight.shape[1] and not records_autograd(x, weight, bias))
 
 
 # (device, scratch elements, tiles) -> (fp32 scratch, int32 counters), allocated once and kept: a CUDA graph
@@ -189,6 +201,7 @@ def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     _launch(grid, (x, weight, bias if bias is not None else weight, y, part, count),
             (M, N, K, k_per_split, *x.stride(), *weight.stride(), *y.stride()),
             dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                 FP32_DOT=interpret or x.dtype == torch.float32 or weight.dtype == torch.float32),
+                 FP32_DOT=interpret or x.dtype == torch.float32 or weight.dtype == torch.float32,
+                 EVEN_K=K % block_k == 0),
             cfg.num_warps, options={"num_stages": cfg.num_stages})
     return y
