@@ -166,7 +166,7 @@ for step in $steps; do
                  for size in ${DECODE_SIZES:-1.4b}; do for batch in ${DECODE_BATCHES:-1}; do
                    timeout 150 python benchmarks/bench_generation.py --sizes $size --batch-sizes $batch \
                      --max-batch $batch --decode-linear $impl --out "$OUT/gen_${impl}_${size}_b$batch.json" 2>&1 \
-                     | tail -4 | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
+                     | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
                  done; done
                done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
