@@ -57,7 +57,7 @@ par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tes
   python -m pytest --collect-only -q "$@" 2>/dev/null | grep "::" > "$OUT/$log.ids"
   for i in $(seq 0 $(( shards - 1 ))); do
     awk -v n="$shards" -v i="$i" 'NR % n == i' "$OUT/$log.ids" > "$OUT/$log.ids_$i"
-    [ -s "$OUT/$log.ids_$i" ] && (timeout "$limit" xargs -a "$OUT/$log.ids_$i" python -m pytest -q -rf \
+    [ -s "$OUT/$log.ids_$i" ] && (timeout "$limit" xargs -d "\n" -a "$OUT/$log.ids_$i" python -m pytest -q -rf \
       > "$OUT/${log}_$i.log" 2>&1; echo "shard $i exit $?" >> "$OUT/${log}_$i.log") &
   done
   wait

@@ -133,7 +133,7 @@ def test_heuristic_fills_the_gpu_without_splitting_past_two_steps():
 @pytest.mark.gpu
 @pytest.mark.parametrize("M", [1, 2, 16, 64, 128, 200])
 @pytest.mark.parametrize("name,K,N", [("in_proj", 2048, 8192), ("out_proj", 4096, 2048), ("x_proj", 4096, 160),
-                                      ("dt_proj", 128, 4096), ("130m x_proj", 1536, 80)])
+                                      ("dt_proj", 128, 4096), ("130m_x_proj", 1536, 80)])
 def test_gpu_decode_linear_at_paper_shapes(M, name, K, N):
     """The rule's config (CONFIGS or the heuristic) at the 1.4B / 130M projections, edge batches included."""
     x, w, _ = operands(M, K, N, torch.bfloat16, seed=M)
