@@ -107,11 +107,20 @@ def test_auto_rule_keeps_autograd_fp32_and_large_batches_on_f_linear():
         assert not dl.use_kernel(x, w, None)  # CPU tensors: F.linear
         return
     assert dl.use_kernel(x, w, None) == dl.ENABLED
-    assert not dl.use_kernel(x, torch.zeros(16 * (dl.MAX_OUT_PER_IN + 1), 16, device=DEVICE, dtype=x.dtype), None)
     assert not dl.use_kernel(x.float(), w.float(), None)
     assert not dl.use_kernel(x, w.detach().requires_grad_(True), None)
     big = torch.zeros(dl.MAX_ROWS + 1, 16, device=DEVICE, dtype=torch.bfloat16)
     assert not dl.use_kernel(big, w, None)
+
+
+def test_rule_follows_the_measured_shapes():
+    """kernel_wins at the 1.4B projections (N, K) and batches the H200 sweep measured: the kernel where it won."""
+    in_proj, out_proj, x_proj, dt_proj = (8192, 2048), (2048, 4096), (160, 4096), (4096, 128)
+    won = {1: {out_proj, x_proj, dt_proj}, 16: {out_proj, x_proj, dt_proj}, 32: {x_proj, dt_proj},
+           64: {dt_proj}, 128: set()}
+    for M, shapes in won.items():
+        for shape in (in_proj, out_proj, x_proj, dt_proj):
+            assert dl.kernel_wins(M, *shape) == (shape in shapes), (M, shape)
 
 
 def test_heuristic_fills_the_gpu_without_splitting_past_two_steps():

@@ -18,7 +18,7 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     GEMM is a memory-bound read of the weight. cuBLAS runs such shapes on few tiles (out_proj of the 1.4B
     model at batch 128: 2-3x its weight-read floor; x_proj, 160 outputs from 4096, ~11x). On CUDA, for 16-bit
     x and weight without autograd, ``backend="auto"`` takes the Triton kernel when ``triton_kernels.use_kernel``
-    says so (rows at most ``MAX_ROWS``, the shape's measured rule), else F.linear. ``backend="triton"``
+    says so (``kernel_wins``: the rows and shapes where it beat cuBLAS), else F.linear. ``backend="triton"``
     forces the kernel (CPU only under TRITON_INTERPRET=1), "torch" / "reference" force F.linear.
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:

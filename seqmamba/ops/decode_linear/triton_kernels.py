@@ -102,14 +102,28 @@ class Config(NamedTuple):
 
 # Set False to keep F.linear for every decode projection under backend="auto" (the benchmarks' baseline).
 ENABLED = True
-# backend="auto" takes the kernel for at most MAX_ROWS rows and outputs at most MAX_OUT_PER_IN x the inputs.
-# H200, 1.4B projections, weights from HBM (bench_decode_kernels.py --kernels linear, BENCHMARKS.md): at batch 1
-# the kernel beats cuBLAS on out_proj (4096 -> 2048: 7.70 vs 9.72 us), x_proj (4096 -> 160: 4.51 vs 6.98) and
-# dt_proj (128 -> 4096: 2.47 vs 2.99), and loses on in_proj (2048 -> 8192: 11.38 vs 10.66). At batch 128 it lost
-# on all four but dt_proj (in_proj 14.9 vs 11.8, out_proj 13.3 vs 9.7, x_proj 8.2 vs 7.7): there every
-# (128-row) tile re-reads x from L2 and the split's fp32 partials cost as much as the weight.
-MAX_ROWS = 16
-MAX_OUT_PER_IN = 2
+# backend="auto" takes the kernel where ``kernel_wins`` says it beat cuBLAS on the H200 (1.4B and 130M
+# projections, weights from HBM, bench_decode_kernels.py --kernels linear; BENCHMARKS.md "fourteenth session"):
+# - up to 16 rows, on every projection but in_proj (4 outputs per input: enough output tiles for cuBLAS). Batch 1,
+#   1.4B: out_proj 7.70 vs 9.72 us, x_proj 4.51 vs 6.98, dt_proj 2.47 vs 2.99; in_proj lost, 11.38 vs 10.66.
+# - 17-32 rows, on the narrow x_proj (outputs <= inputs / 4) and the short-K dt_proj (K <= 256). Batch 32:
+#   x_proj 5.56 vs 7.44 (1.4B), 3.96 vs 4.23 (130M); out_proj even (9.78 vs 10.13, 5.22 vs 5.14).
+# - 33-64 rows, on dt_proj only (3.00 vs 3.33, 1.97 vs 2.36 at batch 64; x_proj split: 6.96 vs 7.72 at 1.4B, 4.51
+#   vs 4.27 at 130M).
+# - past 64 rows, never: at batch 128 it lost on in_proj, out_proj and x_proj (14.9 vs 11.8, 13.3 vs 9.7, 8.2 vs
+#   7.7 us): each 128-row tile re-reads x from L2 and the split's fp32 partials cost as much as the weight.
+MAX_ROWS = 64
+
+
+def kernel_wins(M: int, N: int, K: int) -> bool:
+    """Whether the kernel beat cuBLAS at M rows of an (N outputs, K inputs) projection (the measurements above)."""
+    if M <= 16:
+        return N <= 2 * K or K <= 256
+    if M <= 32:
+        return 4 * N <= K or K <= 256
+    return M <= MAX_ROWS and K <= 256
+
+
 # Launch configs chosen by a sweep, keyed by (rows bucket, N, K); the rows bucket is BLOCK_M's choice:
 # max(16, next power of two of the rows), at most 128. Shapes not listed take ``heuristic_config``, which picks
 # the sweep's best or within 1% of it at the 1.4B shapes at batch 1.
@@ -147,11 +161,11 @@ def launch_config(M: int, N: int, K: int, device: torch.device) -> Config:
 
 
 def use_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """backend="auto"'s rule: CUDA, 16-bit x and weight of one dtype, no autograd, at most MAX_ROWS rows and
-    MAX_OUT_PER_IN outputs per input (wide outputs have enough output tiles for cuBLAS)."""
+    """backend="auto"'s rule: CUDA, 16-bit x and weight of one dtype, no autograd, and a shape where the kernel
+    was measured faster than cuBLAS (``kernel_wins``)."""
     return (ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
-            and (bias is None or bias.dtype == x.dtype) and x.shape[0] <= MAX_ROWS
-            and weight.shape[0] <= MAX_OUT_PER_IN * weight.shape[1] and not records_autograd(x, weight, bias))
+            and (bias is None or bias.dtype == x.dtype) and kernel_wins(x.shape[0], *weight.shape)
+            and not records_autograd(x, weight, bias))
 
 
 # (device, scratch elements, tiles) -> (fp32 scratch, int32 counters), allocated once and kept: a CUDA graph
