@@ -170,14 +170,14 @@ LINEAR_SHAPES = [("1.4b", 48, GEMMS), ("130m", 24, [("in_proj", 768, 3072), ("ou
                                                     ("x_proj", 1536, 80), ("dt_proj", 48, 1536)])]
 
 
-def linear_configs(M, N, K):
-    """The split-K kernel's configs worth timing at one shape: output tiles of 32-128 columns, K splits giving
-    33-528 programs (1/4 to 4 per SM), BLOCK_K 128 (64 below K 256)."""
+def linear_configs(M, N, K, block_ms=None):
+    """The split-K kernel's configs worth timing at one shape: row tiles of ``block_ms`` (default: all rows, up
+    to 128), output tiles of 32-256 columns, K splits giving 33-528 programs (1/4 to 4 per SM), BLOCK_K 128
+    (the next power of two below K 256)."""
     dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
-    block_m = dl.block_rows(M)
     block_k = 128 if K >= 256 else max(16, triton_next_pow2(K))
     seen = set()
-    for block_n in (32, 64, 128, 256):
+    for block_m, block_n in itertools.product(block_ms or [dl.block_rows(M)], (32, 64, 128, 256)):
         tiles = -(-M // block_m) * -(-N // block_n)
         for split in (1, 2, 4, 8, 16, 32):
             programs = tiles * split
@@ -194,13 +194,15 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def linear_rows(size, layers, shapes, batch, bandwidth, configs=True):
+def linear_rows(size, layers, shapes, batch, bandwidth, configs=True, block_ms=None, gemms=None):
     """A decode step's projections at ``batch``: F.linear against the split-K kernel (its rule's config, then a
     sweep). Each launch reads a different layer's weight and input (``layers`` of them in turn, as a step does),
     so the weights come from HBM, not from the L2 a repeated launch would leave them in."""
     dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
     rows = []
     for name, n_in, n_out in shapes:
+        if gemms and name not in gemms:
+            continue
         g = torch.Generator(device="cuda").manual_seed(3)
         xs = [torch.randn(batch, n_in, device="cuda", generator=g).to(torch.bfloat16) for _ in range(layers)]
         ws = [(torch.randn(n_out, n_in, device="cuda", generator=g) * n_in ** -0.5).to(torch.bfloat16)
@@ -210,7 +212,7 @@ def linear_rows(size, layers, shapes, batch, bandwidth, configs=True):
         variants = [("F.linear", None), ("kernel (rule)", dl.launch_config(batch, n_out, n_in, xs[0].device))]
         if configs:
             variants += [(f"{c.block_m}x{c.block_n}x{c.block_k} split {c.split_k} w{c.num_warps}", c)
-                         for c in linear_configs(batch, n_out, n_in)]
+                         for c in linear_configs(batch, n_out, n_in, block_ms)]
         for label, config in variants:
             if config is None:
                 def fn(i):
@@ -262,6 +264,9 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128],
                         help="--kernels linear: batch sizes (1.4B; 130M at the first and 64)")
     parser.add_argument("--no-sweep", action="store_true", help="--kernels linear: F.linear and the rule only")
+    parser.add_argument("--block-m", type=int, nargs="+", default=None,
+                        help="--kernels linear: sweep these row tiles (default: all rows, up to 128)")
+    parser.add_argument("--gemms", nargs="+", default=None, help="--kernels linear: only these projections")
     parser.add_argument("--sizes", nargs="+", default=None, help="only these of 1.4b / 130m")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
@@ -296,7 +301,8 @@ def main():
             if args.sizes and size not in args.sizes:
                 continue
             for batch in args.batches:
-                shape_rows = linear_rows(size, layers, shapes, batch, bandwidth, not args.no_sweep)
+                shape_rows = linear_rows(size, layers, shapes, batch, bandwidth, not args.no_sweep, args.block_m,
+                                         args.gemms)
                 rows += shape_rows
                 for gemm in dict.fromkeys(r["gemm"] for r in shape_rows):
                     these = [r for r in shape_rows if r["gemm"] == gemm]
