@@ -15,8 +15,8 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     """``F.linear(x, weight, bias)`` for x (rows, in_features), weight (out_features, in_features).
 
     A decode step multiplies a few rows (the batch) by each layer's weights: the weights are read once, so the
-    GEMM is a memory-bound read of the weight. cuBLAS runs such shapes on few tiles (out_proj of the 1.4B
-    model at batch 128: 2-3x its weight-read floor; x_proj, 160 outputs from 4096, ~11x). On CUDA, for 16-bit
+    GEMM is a memory-bound read of the weight, and with few rows cuBLAS has few output tiles to spread over the
+    GPU (1.4B at batch 1 on the H200: out_proj 2.5x its weight-read floor, x_proj 22x). On CUDA, for 16-bit
     x and weight without autograd, ``backend="auto"`` takes the Triton kernel when ``triton_kernels.use_kernel``
     says so (``kernel_wins``: the rows and shapes where it beat cuBLAS), else F.linear. ``backend="triton"``
     forces the kernel (CPU only under TRITON_INTERPRET=1), "torch" / "reference" force F.linear.

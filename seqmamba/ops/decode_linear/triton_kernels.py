@@ -1,9 +1,10 @@
 """A decode step's projections on the tensor cores, split over K: y = x @ W^T (+ bias) for a few rows.
 
-At decode the rows are the batch (1-256) and each weight is read once per step: the GEMM is a read of W at
-the memory's bandwidth, if enough of the GPU reads it. cuBLAS tiles such shapes by output blocks only, so a
-(128 x 4096) @ (4096 x 2048) product runs on 16-32 SMs, and a (128 x 4096) @ (4096 x 160) one on a handful
-(bench_decode_kernels.py, 1.4B at batch 128: out_proj 2-3x its weight-read floor, x_proj ~11x).
+At decode the rows are the batch and each weight is read once per step, so a projection is a read of its weight,
+and it runs at the memory's bandwidth only if enough SMs read it. With a few rows, cuBLAS has few output tiles to
+spread (1.4B at batch 1 on the H200: out_proj 2.5x its weight-read floor, x_proj, 160 outputs from 4096, 22x).
+This kernel splits K as well, which fills the GPU at small batch; at batch 128 it loses to cuBLAS (``kernel_wins``
+keeps the measured cases apart).
 
 Here one program takes (BLOCK_M rows, BLOCK_N outputs) over one of SPLIT_K ranges of K. Each program writes
 its fp32 partial tile to a scratch slot, then counts itself in with an atomic on its tile's counter; the
@@ -126,7 +127,7 @@ def kernel_wins(M: int, N: int, K: int) -> bool:
 
 # Launch configs chosen by a sweep, keyed by (rows bucket, N, K); the rows bucket is BLOCK_M's choice:
 # max(16, next power of two of the rows), at most 128. Shapes not listed take ``heuristic_config``, which picks
-# the sweep's best or within 1% of it at the 1.4B shapes at batch 1.
+# the sweep's best or within 2% of it at the 1.4B shapes at batch 1.
 CONFIGS: Dict[Tuple[int, int, int], Config] = {}
 # The heuristic aims at this many programs per SM (output tiles x K splits): 2 beat 1 at batch 1 (out_proj split
 # 8 at 7.70-7.79 us against split 4 at 8.24-8.70).
