@@ -81,16 +81,22 @@ def test_every_split_of_K_gives_the_product_and_leaves_the_counters_at_zero(spli
 
 
 def test_split_sum_is_in_slot_order():
-    """The split result equals the slots summed in order 0..S-1 in fp32 (the last program to arrive sums them,
-    whichever it is), so the output does not depend on the programs' timing."""
-    x, w, _ = operands(4, 128, 32, torch.float32)
-    y = dl.decode_linear_triton(x, w, None, dl.Config(16, 32, 32, 4))
-    slots = [F.linear(x[:, i * 32:(i + 1) * 32].double(), w[:, i * 32:(i + 1) * 32].double()).float()
-             for i in range(4)]
-    total = slots[0]
-    for s in slots[1:]:
-        total = total + s
-    assert (y - total).abs().max().item() <= 1e-5 * total.abs().max().item()
+    """The output is the scratch's K-range partials summed in slot order 0..S-1 in fp32, bit for bit (the program
+    that arrives last sums them in that order, whichever it is), so it does not depend on the programs' timing."""
+    M, K, N, split = 4, 128, 32, 4
+    x, w, _ = operands(M, K, N, torch.float32, seed=3)
+    y = dl.decode_linear_triton(x, w, None, dl.Config(16, 32, 32, split))
+    device_index = x.device.index if x.is_cuda else -1
+    part, _ = dl._SCRATCH[(device_index, split * M * N, 1)]
+    slots = part[:split * M * N].view(split, M, N)
+    for i in range(split):  # each slot holds its K range's product
+        ref = F.linear(x[:, i * 32:(i + 1) * 32].double(), w[:, i * 32:(i + 1) * 32].double())
+        assert (slots[i].double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    total = torch.zeros(M, N, device=x.device)
+    for i in range(split):
+        total = total + slots[i]
+    assert torch.equal(y, total)
+    assert not torch.equal(y, ((slots[3] + slots[2]) + slots[1]) + slots[0]), "choose data where order shows"
 
 
 def test_bad_shapes_name_the_problem():
