@@ -173,7 +173,7 @@ LINEAR_SHAPES = [("1.4b", 48, GEMMS), ("130m", 24, [("in_proj", 768, 3072), ("ou
 def linear_configs(M, N, K, block_ms=None):
     """The split-K kernel's configs worth timing at one shape: row tiles of ``block_ms`` (default: all rows, up
     to 128), output tiles of 32-256 columns, K splits giving 33-528 programs (1/4 to 4 per SM), BLOCK_K 128
-    (the next power of two below K 256)."""
+    (K rounded up to a power of two when K < 256)."""
     dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
     block_k = 128 if K >= 256 else max(16, triton_next_pow2(K))
     seen = set()
