@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmamba.models import MambaLM
+from seqmamba.ops import decode_linear
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from switches import add_switches, apply_switches  # noqa: E402
@@ -59,6 +60,15 @@ MODELS = ("Mamba", "Transformer")
 
 
 # ------------------------------------------------------------------------------------------ GPT baseline
+def project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x); for one token per sequence (decode), through ``decode_linear`` as Mamba's step does, so both
+    models' projections take the same kernel by the same rule (cuBLAS or the split-K kernel; --decode-linear)."""
+    if x.shape[1] != 1:
+        return linear(x)
+    y = decode_linear(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int):
         super().__init__()
@@ -73,14 +83,14 @@ class CausalSelfAttention(nn.Module):
         Prefill (attn_mask None) attends causally within x; decode attends over the whole cache under
         ``attn_mask`` (batch or 1, 1, 1, max_len), so the shapes never change and the step can be graph-captured."""
         batch, T, d = x.shape
-        q, k, v = self.qkv(x).view(batch, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = project(self.qkv, x).view(batch, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         kv_cache[0].index_copy_(2, positions, k)
         kv_cache[1].index_copy_(2, positions, v)
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, kv_cache[0], kv_cache[1], attn_mask=attn_mask)
-        return self.proj(y.transpose(1, 2).reshape(batch, T, d))
+        return project(self.proj, y.transpose(1, 2).reshape(batch, T, d))
 
 
 class GPTBlock(nn.Module):
@@ -93,7 +103,8 @@ class GPTBlock(nn.Module):
 
     def forward(self, x, kv_cache, positions, attn_mask):
         x = x + self.attn(self.ln_1(x), kv_cache, positions, attn_mask)
-        return x + self.mlp(self.ln_2(x))
+        up, act, down = self.mlp
+        return x + project(down, act(project(up, self.ln_2(x))))
 
 
 class GPT(nn.Module):

@@ -273,3 +273,28 @@ def test_greedy_generation_with_every_kind_of_mixer_equals_the_parallel_argmax()
     assert torch.equal(logits[:, 4:].argmax(-1), out[:, 5:])
     with pytest.raises(ValueError, match="CausalSelfAttention, HyenaInner index their cache by position"):
         model.generate(prompt, max_new_tokens=2, cg=True)
+
+
+def test_generation_benchmark_gpt_decodes_its_projections_through_decode_linear(monkeypatch):
+    """Both models' decode projections take decode_linear (one rule, one kernel choice: --decode-linear), and the
+    GPT's one-token step equals its prompt forward's last position."""
+    bench = _load_generation_benchmark()
+    calls = []
+
+    def counting(x, weight, bias=None, backend="auto"):
+        calls.append(tuple(weight.shape))
+        return torch.nn.functional.linear(x, weight, bias)
+
+    monkeypatch.setattr(bench, "decode_linear", counting)
+    torch.manual_seed(0)
+    gpt = bench.GPT(vocab_size=32, d_model=16, n_layer=2, n_head=4, max_len=8).eval()
+    ids = torch.randint(0, 32, (3, 5))
+    with torch.no_grad():
+        full = gpt(ids, gpt.allocate_kv_cache(3), torch.arange(5))
+        assert calls == []  # the prompt's forward: plain nn.Linear
+        cache = gpt.allocate_kv_cache(3)
+        gpt(ids[:, :4], cache, torch.arange(4))
+        mask = (torch.arange(8) <= 4).view(1, 1, 1, -1)
+        step = gpt(ids[:, 4:], cache, torch.tensor([4]), mask)
+    assert calls == [(48, 16), (16, 16), (64, 16), (16, 64)] * 2  # qkv, proj, MLP up, MLP down per block
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
