@@ -6,5 +6,4 @@ from .selective_scan import selective_scan, selective_scan_ref
 from .selective_state_update import selective_state_update
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_state_update", "causal_conv1d", "causal_conv1d_update",
-           "decode_linear",
-           "layer_norm_fn", "rms_norm_fn"]
+           "decode_linear", "layer_norm_fn", "rms_norm_fn"]
