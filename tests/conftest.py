@@ -31,3 +31,16 @@ def _process_wide_torch_switches_restored():
     yield
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     torch.backends.cudnn.benchmark = benchmark
+
+
+@pytest.fixture
+def nan_filled_buffers():
+    """Every buffer the op wrappers allocate starts as NaN (integers: a sentinel; seqmamba/ops/buffers.py), so an
+    element a kernel reads without having written it shows up (the interpreter's fresh memory is zeros, a GPU's
+    whatever its last user left). The op test modules use it for every test:
+    ``pytestmark = pytest.mark.usefixtures("nan_filled_buffers")``."""
+    from seqmamba.ops import buffers
+
+    previous = buffers.set_debug_nan_fill(True)
+    yield
+    buffers.set_debug_nan_fill(previous)

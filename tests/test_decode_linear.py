@@ -22,18 +22,13 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)", allow_module_level=True)
 
 dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
-buffers = importlib.import_module("seqmamba.ops.buffers")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
 gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+# The output and the split-K scratch start as NaN (conftest.py): a slot summed before it was written, or an output
+# element never stored, shows up.
+pytestmark = pytest.mark.usefixtures("nan_filled_buffers")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_buffers():
-    """The output and the split-K scratch start as NaN (seqmamba/ops/buffers.py): a slot summed before it was
-    written, or an output element never stored, shows up."""
-    previous = buffers.set_debug_nan_fill(True)
-    yield
-    buffers.set_debug_nan_fill(previous)
 
 
 def operands(M, K, N, dtype, bias=False, x_row_stride=None, seed=0):

@@ -12,16 +12,10 @@ from seqmamba.ops.selective_state_update.reference import selective_state_update
 from helpers import force_lanes_forward, rel_err
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("nan_filled_buffers")]  # conftest.py
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_buffers():
-    """Every buffer the op wrappers allocate starts as NaN (seqmamba/ops/buffers.py): unwritten reads show up."""
-    buffers = importlib.import_module("seqmamba.ops.buffers")
-    previous = buffers.set_debug_nan_fill(True)
-    yield
-    buffers.set_debug_nan_fill(previous)
 
 
 def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, time_major=True, seed=0):

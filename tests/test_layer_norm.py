@@ -5,7 +5,6 @@ relative, bf16 1e-2 relative (outputs rounded to bf16; sums and statistics are f
 """
 from __future__ import annotations
 
-import importlib
 
 import os
 
@@ -17,18 +16,12 @@ from seqmamba.ops.layer_norm import layer_norm_ref
 from helpers import cuda_only, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("nan_filled_buffers")  # conftest.py
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 needs_triton = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
                                   reason="no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_buffers():
-    """Every buffer the op wrappers allocate starts as NaN (seqmamba/ops/buffers.py): unwritten reads show up."""
-    buffers = importlib.import_module("seqmamba.ops.buffers")
-    previous = buffers.set_debug_nan_fill(True)
-    yield
-    buffers.set_debug_nan_fill(previous)
 
 
 def make_inputs(shape, dtype, with_residual, residual_dtype, with_bias, device=DEVICE, seed=0):

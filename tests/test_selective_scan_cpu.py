@@ -17,19 +17,13 @@ from helpers import rel_err
 
 # `seqmamba.ops.selective_scan` is the function; import the module by its full dotted name.
 torch_chunked = importlib.import_module("seqmamba.ops.selective_scan.torch_chunked")
+pytestmark = pytest.mark.usefixtures("nan_filled_buffers")  # conftest.py
 selective_scan_torch = torch_chunked.selective_scan_torch
 
 RTOL_FP32 = 1e-5
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_buffers():
-    """Every buffer the op wrappers allocate starts as NaN (seqmamba/ops/buffers.py): unwritten reads show up."""
-    buffers = importlib.import_module("seqmamba.ops.buffers")
-    previous = buffers.set_debug_nan_fill(True)
-    yield
-    buffers.set_debug_nan_fill(previous)
 
 
 def make_inputs(batch=2, dim=4, N=3, L=10, layout="shared", D=True, z=True, delta_bias=True,

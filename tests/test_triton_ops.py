@@ -27,17 +27,10 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 scan_launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")  # configs and launch rules
 scan_autograd = importlib.import_module("seqmamba.ops.selective_scan.triton_autograd")
-buffers = importlib.import_module("seqmamba.ops.buffers")
+pytestmark = pytest.mark.usefixtures("nan_filled_buffers")  # conftest.py
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_buffers():
-    """Every buffer the op wrappers allocate starts as NaN (integers: a sentinel; seqmamba/ops/buffers.py), so an
-    element a kernel reads without having written it shows up (the interpreter's fresh memory is zeros)."""
-    previous = buffers.set_debug_nan_fill(True)
-    yield
-    buffers.set_debug_nan_fill(previous)
 
 
 @pytest.fixture
