@@ -172,10 +172,10 @@ LINEAR_SHAPES = [("1.4b", 48, GEMMS), ("130m", 24, [("in_proj", 768, 3072), ("ou
 
 def linear_configs(M, N, K, block_ms=None):
     """The split-K kernel's configs worth timing at one shape: row tiles of ``block_ms`` (default: all rows, up
-    to 128), output tiles of 32-256 columns, K splits giving 33-528 programs (1/4 to 4 per SM), BLOCK_K 128
-    (K rounded up to a power of two when K < 256)."""
+    to 128), output tiles of 32-256 columns, K splits giving 33-528 programs (1/4 to 4 per SM), the kernel's
+    BLOCK_K rule."""
     dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
-    block_k = 128 if K >= 256 else max(16, triton_next_pow2(K))
+    block_k = dl.k_step(K)
     seen = set()
     for block_m, block_n in itertools.product(block_ms or [dl.block_rows(M)], (32, 64, 128, 256)):
         tiles = -(-M // block_m) * -(-N // block_n)
@@ -188,10 +188,6 @@ def linear_configs(M, N, K, block_ms=None):
                 if config not in seen:
                     seen.add(config)
                     yield config
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def linear_rows(size, layers, shapes, batch, bandwidth, configs=True, block_ms=None, gemms=None):

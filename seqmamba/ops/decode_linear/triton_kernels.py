@@ -138,18 +138,22 @@ def block_rows(M: int) -> int:
     return min(128, max(16, triton.next_power_of_2(M)))
 
 
+def k_step(K: int) -> int:
+    """The K step: 128, or K rounded up to a power of two (at least 16, tl.dot's smallest side) below 256."""
+    return 128 if K >= 256 else max(16, triton.next_power_of_2(K))
+
+
 def heuristic_config(M: int, N: int, K: int, device_index: int = 0, sms: Optional[int] = None) -> Config:
     """Output tiles of (rows, 64) (32 for outputs narrower than 1024), K split in powers of two while tiles x
     splits stay within PROGRAMS_PER_SM per SM and each split is at least two BLOCK_K steps long."""
-    block_m = block_rows(M)
+    block_m, step = block_rows(M), k_step(K)
     block_n = 64 if N >= 1024 else 32
-    block_k = 128 if K >= 256 else max(16, triton.next_power_of_2(K))
     tiles = cdiv(M, block_m) * cdiv(N, block_n)
     sms = sms if sms is not None else sm_count(device_index)
     split = 1
-    while tiles * split * 2 <= sms * PROGRAMS_PER_SM and K // (split * 2) >= 2 * block_k:
+    while tiles * split * 2 <= sms * PROGRAMS_PER_SM and K // (split * 2) >= 2 * step:
         split *= 2
-    return Config(block_m, block_n, block_k, split)
+    return Config(block_m, block_n, step, split)
 
 
 def launch_config(M: int, N: int, K: int, device: torch.device) -> Config:
