@@ -626,11 +626,9 @@ def _segment_end_state_kernel(u_ptr, delta_ptr, dbias_ptr, A_ptr, B_ptr, h_ptr, 
     # once at the end (a reduction across threads per chunk cost more than the whole scan).
     acc = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
+    t_loc = tl.arange(0, BLOCK_L)
     for t0 in range(0, seg_len, BLOCK_L):
-        t_idx = t0 + tl.arange(0, BLOCK_L)
-        mask_t = t_idx < seg_len
-        t64 = t_idx.to(tl.int64)
-        mask_dt = mask_d[:, None] & mask_t[None, :]
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(t0 // BLOCK_L, BLOCK_L, t_loc, seg_len, mask_d)
         delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         uu = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
         rest = tl.cumsum(delta, axis=1, reverse=True) - delta
@@ -664,11 +662,9 @@ def _segment_start_grad_kernel(delta_ptr, dbias_ptr, A_ptr, C_ptr, z_ptr, dout_p
     do_row = dout_ptr + d64[:, None] * s_do_d + start * s_do_l
     g = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_L], dtype=tl.float32)  # per step column, reduced at the end
     before = tl.zeros([BLOCK_D], dtype=tl.float32)  # the deltas' sum over the segment's earlier chunks
+    t_loc = tl.arange(0, BLOCK_L)
     for t0 in range(0, seg_len, BLOCK_L):
-        t_idx = t0 + tl.arange(0, BLOCK_L)
-        mask_t = t_idx < seg_len
-        t64 = t_idx.to(tl.int64)
-        mask_dt = mask_d[:, None] & mask_t[None, :]
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(t0 // BLOCK_L, BLOCK_L, t_loc, seg_len, mask_d)
         delta, _raw = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         S = before[:, None] + tl.cumsum(delta, axis=1)
