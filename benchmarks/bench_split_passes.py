@@ -66,28 +66,23 @@ def main():
         segments = args.segments
         chunk_t = launch.BWD_CONFIG["T"]
         seg_len, _ = launch._split_layout(L, segments, chunk_t)
-        seg = lambda t: launch._segments_of(t, 0, segments, seg_len)  # noqa: E731
-        sb = dict(u=seg(x["u"]), delta=seg(x["delta"]), B=seg(x["B"]), C=seg(x["C"]), z=seg(x["z"]),
-                  dout=seg(x["dout"]))
-        out = torch.empty_like(x["u"])
-        A32 = x["A"].float()
+        out = torch.empty_like(x["u"])  # the scan pass writes an output there (the real pass would overwrite it)
+        fwd_args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, 0, segments,
+                    seg_len, out)
+        bwd_args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["z"], x["dout"], x["delta_bias"], True, 0, segments,
+                    seg_len)
 
         def fwd_scan():
-            _, h0, _ = launch.scan_forward(sb["u"], sb["delta"], x["A"], sb["B"], sb["C"], x["D"], sb["z"],
-                                           x["delta_bias"], True, None, False, out=seg(out))
-            return h0, launch._segment_decay(x["delta"], x["delta_bias"], True, A32, 0, segments, seg_len)
+            return launch.segment_end_states(*fwd_args, reduction=False)
 
         def fwd_red():
-            return launch._segment_end_states(x["u"], x["delta"], x["A"], x["B"], x["delta_bias"], True, 0,
-                                              segments, seg_len)
+            return launch.segment_end_states(*fwd_args, reduction=True)
 
         def bwd_scan():
-            return launch.scan_state_grad(sb["u"], sb["delta"], x["A"], sb["B"], sb["C"], sb["z"], x["delta_bias"],
-                                          True, sb["dout"])
+            return launch.segment_start_grads(*bwd_args, reduction=False)
 
         def bwd_red():
-            return launch._segment_start_grads(x["delta"], x["A"], x["C"], x["z"], x["dout"], x["delta_bias"], True,
-                                               0, segments, seg_len)
+            return launch.segment_start_grads(*bwd_args, reduction=True)
 
         h_ref, decay_ref = fwd_scan()
         g_ref = bwd_scan()

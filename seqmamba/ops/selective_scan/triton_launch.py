@@ -556,6 +556,33 @@ def _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, 
     return g
 
 
+def segment_end_states(u, delta, A, B, C, D, z, delta_bias, delta_softplus, row, segments, seg_len, out,
+                       reduction: Optional[bool] = None):
+    """The split forward's pass (1) for batch row ``row``: (each segment's end state from a zero state, each
+    segment's decay P_s), both (segments, dim, N) fp32. As a reduction (``_segment_end_states``) or, with
+    ``reduction`` False (default: SPLIT_REDUCTION_PASSES), by the scan kernels: a forward over the segments that
+    writes an output into ``out``'s segments (the next pass overwrites it), and the delta sums."""
+    if SPLIT_REDUCTION_PASSES if reduction is None else reduction:
+        return _segment_end_states(u, delta, A, B, delta_bias, delta_softplus, row, segments, seg_len)
+    seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
+    _, h0, _ = scan_forward(*seg, delta_bias, delta_softplus, None, False, out=_segments_of(out, row, segments,
+                                                                                             seg_len))
+    return h0, _segment_decay(delta, delta_bias, delta_softplus, A.float(), row, segments, seg_len)
+
+
+def segment_start_grads(u, delta, A, B, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len,
+                        reduction: Optional[bool] = None):
+    """The split backward's local pass for batch row ``row``: dL/d(the state entering each segment) with no
+    gradient entering at its end, (segments, dim, N) fp32. As a reduction (``_segment_start_grads``) or, with
+    ``reduction`` False (default: SPLIT_REDUCTION_PASSES), by the state-gradient recurrence over the segments as a
+    batch (``scan_state_grad``, ~ a third of a backward)."""
+    if SPLIT_REDUCTION_PASSES if reduction is None else reduction:
+        return _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len)
+    seg_u, seg_delta, seg_B, seg_C, seg_z, seg_dout = (_segments_of(t, row, segments, seg_len)
+                                                       for t in (u, delta, B, C, z, dout))
+    return scan_state_grad(seg_u, seg_delta, A, seg_B, seg_C, seg_z, delta_bias, delta_softplus, seg_dout)
+
+
 def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments, seg_len,
                    save_states):
     """Both split forwards: per batch row, segment end states from zero (1), the carry h_{s+1} = P_s h_s + h0_s
@@ -566,17 +593,13 @@ def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     main = segments * seg_len
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last = empty((batch, dim, A.shape[1]), u.device, torch.float32)
-    A32 = A.float()
     rows = []
     for row in range(batch):
         seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
         args = seg + [delta_bias, delta_softplus]
         seg_out = _segments_of(out, row, segments, seg_len)
-        if SPLIT_REDUCTION_PASSES:                                                      # (1) end states from zero
-            h0, decay = _segment_end_states(u, delta, A, B, delta_bias, delta_softplus, row, segments, seg_len)
-        else:
-            _, h0, _ = scan_forward(*args, None, False, out=seg_out)
-            decay = _segment_decay(delta, delta_bias, delta_softplus, A32, row, segments, seg_len)
+        h0, decay = segment_end_states(u, delta, A, B, C, D, z, delta_bias, delta_softplus, row,   # (1) from zero
+                                       segments, seg_len, out)
         h_in = empty(h0.shape, u.device, torch.float32)                                 # (2) carry across
         h = initial_state[row].float() if initial_state is not None else torch.zeros_like(h0[0])
         for s in range(segments):
@@ -702,15 +725,10 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
                                   grads_out=tuple(_tail_of(t, row, main) for t in (du, ddelta, dz, dB, dC)))
             collect(grads)
             g = grads[8][0]
-        seg_u, seg_delta, _, seg_B, seg_C, _, seg_z = seg = [_segments_of(t, row, segments, seg_len)
-                                                             for t in (u, delta, A, B, C, D, z)]
+        seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
         seg_dout = _segments_of(dout, row, segments, seg_len)
-        # dL/dh_in_s with no carry into the segment's end: one reduction per segment (SPLIT_REDUCTION_PASSES), or
-        # the state-gradient recurrence alone (~ a third of a backward)
-        if SPLIT_REDUCTION_PASSES:
-            local = _segment_start_grads(delta, A, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len)
-        else:
-            local = scan_state_grad(seg_u, seg_delta, A, seg_B, seg_C, seg_z, delta_bias, delta_softplus, seg_dout)
+        # dL/dh_in_s with no carry into the segment's end
+        local = segment_start_grads(u, delta, A, B, C, z, dout, delta_bias, delta_softplus, row, segments, seg_len)
         carry = empty(local.shape, u.device, torch.float32)
         for s in range(segments - 1, -1, -1):
             carry[s] = g
