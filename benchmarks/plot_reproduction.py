@@ -113,7 +113,7 @@ def main():
             style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls=ARCH_LINES.get(arch, "-"))
             ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name, lw=1.2, **style)
         label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows as far as each was run (H200)",
-              "upper left")
+              "lower right")
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 
