@@ -37,6 +37,9 @@
 #            DECODE_SIZES (1.4b) x DECODE_BATCHES (1), projections by cuBLAS, then by decode_linear's rule)
 #          | splitpasses (the L split's no-carry passes as scans or reductions: their tests on the GPU, per-pass
 #            times and tiles (bench_split_passes.py), then the DNA step both ways)
+#          | tailsteps (BWD_CONFIG tail_launch, a length just past whole chunks as two launches per pass: its GPU
+#            tests, the scan's fwd+bwd at selective copying's (64, 128, 4112) one launch / two, then the
+#            selective-copying step both ways)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -168,6 +171,16 @@ for step in $steps; do
                      --max-batch $batch --decode-linear $impl --out "$OUT/gen_${impl}_${size}_b$batch.json" 2>&1 \
                      | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
                  done; done
+               done ;;
+    tailsteps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k tail_launch 2>&1 \
+                 | tail -4 | tee "$OUT/tailsteps.log"
+               timeout 150 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4112 \
+                 --block-d 1 --T 256 --maxnreg 168 --fast-flip on --dout-copy on --tail-launch off on 2>&1 \
+                 | grep -E "fwd\+bwd|device" | tee -a "$OUT/tailsteps.log"
+               for tail in false true; do
+                 SEQMAMBA_SCAN_BWD_CONFIG="tail_launch=$tail" timeout 150 python benchmarks/bench_train_step.py \
+                   --cases selective_copying --steps 300 --out "$OUT/ts_tail_$tail" 2>&1 | grep -E "^selective_copying" \
+                   | sed "s/^/tail_launch=$tail /" | tee -a "$OUT/tailsteps.log"
                done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac

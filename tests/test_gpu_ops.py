@@ -128,6 +128,40 @@ def test_gpu_gluon_training_forward_saves_the_states_the_backward_needs(monkeypa
             assert rel_err(split_g[name].float(), split_t[name].float()) < 1e-3, name
 
 
+@pytest.mark.parametrize("batch,dim,L,time_major", [(4, 128, 4112, False),   # selective copying: 8 x 512 + 16
+                                                     (2, 64, 513, False),      # one step past a chunk
+                                                     (2, 64, 4352, False),     # half a chunk: the largest tail
+                                                     (2, 64, 516, True)])      # the block layout's 32-step chunks
+def test_gpu_training_scan_with_a_tail_launch_matches_one_launch_and_float64(monkeypatch, batch, dim, L, time_major):
+    """BWD_CONFIG tail_launch on the GPU (buffers NaN-filled): the whole chunks and the short tail as two launches
+    per pass, the tail with chunks of its own length (the fast flip off there, on in the first launch). Out and
+    every gradient equal the one-launch run's (to the dB / dC atomics' run-to-run noise) and are as close to
+    float64 as it is."""
+    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    autograd = importlib.import_module("seqmamba.ops.selective_scan.triton_autograd")
+    starts = []
+    tail_forward = autograd.scan_forward_tail
+    monkeypatch.setattr(autograd, "scan_forward_tail", lambda *a: starts.append(a[-1]) or tail_forward(*a))
+    inputs = scan_inputs(batch, dim, L, dtype=torch.bfloat16, time_major=time_major, seed=L)
+    dout = torch.randn(batch, dim, L, device="cuda").to(torch.bfloat16)
+
+    def run(tail):
+        monkeypatch.setattr(kernels, "FORCE_TAIL", tail)
+        return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
+
+    (out_one, grads_one), (out_two, grads_two) = run(False), run(True)
+    assert starts and starts[0] > 0 and L - starts[0] <= 256, starts
+    ref_out, ref_grads = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()},
+                                         dout.double())
+    assert torch.isfinite(out_two).all() and rel_err(out_two.float(), out_one.float()) < 1e-3
+    assert rel_err(out_two.double(), ref_out) < 1e-2
+    for name in grads_one:
+        assert torch.isfinite(grads_two[name]).all(), name
+        assert rel_err(grads_two[name].float(), grads_one[name].float()) < 1e-3, name
+        assert rel_err(grads_two[name].double(), ref_grads[name]) <= 1.05 * rel_err(
+            grads_one[name].double(), ref_grads[name]) + 1e-4, name
+
+
 # The configs apply to L-contiguous inputs (time-major ones use the *_CHANNEL_LAST configs), and "2ch" needs
 # min_programs_per_sm 0, or the occupancy rule turns the 128 programs of (2, 64) back into one-channel ones. Until
 # the sixth session this test passed time-major inputs, so its three variants all ran the same kernels.

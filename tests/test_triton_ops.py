@@ -668,6 +668,56 @@ def test_triton_training_scan_with_L_split_across_programs_matches_float64_refer
     assert scan_launch.split_segments_train(inputs["u"], inputs["A"], inputs["A"], 16) == 1
 
 
+@pytest.mark.parametrize("L,bc_layout,time_major,use,chunk_t", [
+    (35, "variable", False, ALL_OPTIONAL, 16),           # 2 x 16 + 3
+    (20, "grouped", True, ("z", "initial_state"), 16),   # 16 + 4, the Mamba block's layout
+    (24, "constant", False, ("D", "z", "delta_bias"), 16),  # 16 + 8: half a chunk, the largest tail taken
+    (520, "variable", False, ALL_OPTIONAL, None),        # the default chunks: 512 + 8, the tail's own 16-step chunk
+])
+def test_triton_training_scan_with_a_tail_launch_matches_float64_reference(monkeypatch, L, bc_layout, time_major,
+                                                                           use, chunk_t):
+    """The training scan as two launches per pass (whole chunks, then the short tail from the state the first
+    leaves; the tail's state gradient carried back into the first): out, last state and every gradient against
+    float64. A backward that dropped the carried gradient fails here (mutation-checked)."""
+    monkeypatch.setattr(scan_launch, "FORCE_CHUNK_T", chunk_t)
+    monkeypatch.setattr(scan_launch, "FORCE_TAIL", True)
+    batch, dim, N = (2, 4, 3) if chunk_t else (1, 2, 2)
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L, time_major=time_major)
+    inputs["delta"] = inputs["delta"] - 4.0  # slow decay: the state and its gradient cross the launch boundary
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    starts, lengths = [], []
+    tail_forward, forward = scan_autograd.scan_forward_tail, scan_launch.scan_forward
+    monkeypatch.setattr(scan_autograd, "scan_forward_tail", lambda *a: starts.append(a[-1]) or tail_forward(*a))
+    monkeypatch.setattr(scan_launch, "scan_forward", lambda u, *a, **k: lengths.append(u.shape[-1]) or forward(u, *a, **k))
+    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+    start = L // (chunk_t or 512) * (chunk_t or 512)
+    assert starts == [start] and lengths == [start, L - start], "the tail ran as its own launch"
+    if chunk_t is None:  # the tail's chunks fit the tail, not the default 512 / 256
+        args = (dim, N, L - start, dim)
+        assert scan_launch._launch_config(*args, backward=False)[1] == scan_launch._launch_config(*args, backward=True)[1] == 16
+
+
+def test_tail_launch_rule():
+    """tail_start: whole forward chunks, then a tail of at most half a chunk whose padding is at least L / 32,
+    only when switched on."""
+    def start(L, chunk_t=None):
+        u = torch.zeros(1, 4, L)
+        return scan_launch.tail_start(u, u, None, torch.zeros(4, 3), u[:, :3], u[:, :3])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_launch, "FORCE_TAIL", True)
+        # default chunks on the CPU: forward 512 (a multiple of the backward's 256)
+        assert [start(L) for L in (4112, 4096, 4352, 4353, 520, 512, 16, 300, 2**13 + 16, 2**14 + 16)] == \
+            [4096, 0, 4096, 0, 512, 0, 0, 0, 2**13, 0]
+        mp.setattr(scan_launch, "FORCE_CHUNK_T", 16)
+        assert [start(L) for L in (35, 41, 24, 25, 32, 8)] == [32, 0, 16, 0, 0, 0]
+        mp.setattr(scan_launch, "FORCE_TAIL", False)
+        assert start(35) == 0
+    assert scan_launch.BWD_CONFIG["tail_launch"] is False  # off until timed on a GPU
+    assert scan_launch.tail_start(torch.zeros(1, 4, 4112), torch.zeros(1, 4, 4112), None, torch.zeros(4, 3),
+                                  torch.zeros(1, 3, 4112), torch.zeros(1, 3, 4112)) == 0
+
+
 @pytest.mark.parametrize("bc_layout,time_major,use", [("variable", False, ("z", "delta_bias")),
                                                       ("grouped", True, ("z",)),
                                                       ("constant", False, ("delta_bias",))])

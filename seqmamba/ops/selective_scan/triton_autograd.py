@@ -9,8 +9,9 @@ import torch
 
 from ..backend import records_autograd
 from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
-                            backward_dout, is_block_layout, scan_backward, scan_backward_split, scan_forward,
-                            scan_forward_split, scan_forward_split_train, split_segments, split_segments_train)
+                            backward_dout, is_block_layout, scan_backward, scan_backward_split, scan_backward_tail,
+                            scan_forward, scan_forward_split, scan_forward_split_train, scan_forward_tail,
+                            split_segments, split_segments_train, tail_start)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -123,11 +124,16 @@ class _SelectiveScanEager(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
         # few programs for the GPU (small batch x channels, long L): L split across programs, forward and backward
         segments = split_segments_train(u, B, C, _backward_chunk_len(u, delta, z, A, B, C)) if save_states else 1
-        ctx.split = None
+        start = tail_start(u, delta, z, A, B, C) if save_states and segments == 1 else 0
+        ctx.split = ctx.tail = None
         if segments > 1:
             out, last_state, ctx.split = scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias,
                                                                   delta_softplus, initial_state, segments)
             chunk_states = u.new_empty((1,), dtype=torch.float32)  # the split keeps its own (ctx.split)
+        elif start:  # whole chunks, then a short tail: two launches (BWD_CONFIG tail_launch)
+            out, last_state, ctx.tail = scan_forward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                          initial_state, start)
+            chunk_states = u.new_empty((1,), dtype=torch.float32)  # kept in ctx.tail, like the split's
         else:
             out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                          initial_state, save_states)
@@ -143,6 +149,9 @@ class _SelectiveScanEager(torch.autograd.Function):
         if ctx.split is not None:
             split, ctx.split = ctx.split, None  # its saved states are freed with the gradients
             return _gradients(ctx, dout, dlast, scan_backward_split, states=split)
+        if ctx.tail is not None:
+            tail, ctx.tail = ctx.tail, None
+            return _gradients(ctx, dout, dlast, scan_backward_tail, states=tail)
         return _gradients(ctx, dout, dlast, scan_backward)
 
 

@@ -116,9 +116,11 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
                   lanes_fast_math=True, lanes_bc_pairs=True, split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
+# tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
+# per pass, the whole chunks and then the short tail with chunks of its own size. Off until timed on a GPU.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, vector_red=False)
+                  dout_copy=True, vector_red=False, tail_launch=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -742,6 +744,73 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         collect(grads)
         dh0[row] = grads[8][0]
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dh0
+
+
+# Tests and benchmarks set this to force the tail launch on or off (None: BWD_CONFIG's tail_launch).
+FORCE_TAIL: Optional[bool] = None
+
+
+def _steps(t, start: int, stop: Optional[int] = None):
+    """Steps ``start .. stop`` of a sequence tensor (a view); others (A, D, a constant B / C, None) as given."""
+    return t[..., start:stop] if t is not None and t.dim() >= 3 else t
+
+
+def tail_start(u, delta, z, A, B, C) -> int:
+    """Where the training scan's tail launch starts; 0 for one launch.
+
+    The kernels walk whole chunks, and a masked step costs what a valid one does. So a length just past a whole
+    number of forward chunks pays a whole chunk for a few steps. The paper's selective copying (L = 4112 = 8 x 512
+    + 16) spends 9 forward chunks and 17 backward chunks where 8.03 and 16.06 hold data: 12% and 6% of the work.
+    With BWD_CONFIG tail_launch (or FORCE_TAIL), the whole chunks run as one launch and the tail as a second. The
+    second launch's chunks are sized to the tail (``_launch_config`` clamps T to the length). That happens when
+    the tail fills at most half of a forward chunk and the padding it saves is at least 1/32 of L (a longer
+    sequence would not gain the second launch's cost)."""
+    if not (BWD_CONFIG.get("tail_launch", False) if FORCE_TAIL is None else FORCE_TAIL):
+        return 0
+    batch, dim, L = u.shape
+    N, cpg, block_layout = A.shape[1], _bc_layout(B, C, dim)[-1], is_block_layout(u, delta, z)
+    T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
+    T_fwd = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout, batch=batch, device=u.device,
+                           save_states=True)[1]
+    if T_fwd < T_bwd or T_fwd % T_bwd:  # as scan_forward chooses when it saves the backward's states
+        T_fwd = T_bwd
+    start = L // T_fwd * T_fwd
+    padding = start + T_fwd - L
+    return start if start > 0 and 0 < L - start <= T_fwd // 2 and 32 * padding >= L else 0
+
+
+def scan_forward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, start):
+    """The training forward as two launches: steps ``0 .. start`` (whole chunks), then the rest from the state the
+    first leaves. Returns (out, last_state, saved), ``saved`` being what ``scan_backward_tail`` needs."""
+    out = _empty_like_layout(u, is_block_layout(u, delta, z))
+    parts, state, saved = ((0, start), (start, None)), initial_state, [start]
+    for a, b in parts:
+        _, state, chunk_states = scan_forward(*(_steps(t, a, b) for t in (u, delta)), A, _steps(B, a, b),
+                                              _steps(C, a, b), D, _steps(z, a, b), delta_bias, delta_softplus,
+                                              state, True, out=_steps(out, a, b))
+        saved.append(chunk_states)
+    return out, state, tuple(saved)
+
+
+def scan_backward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dout, dlast):
+    """Backward of ``scan_forward_tail``: the tail with the caller's dlast, then the whole chunks with the
+    gradient of the state entering the tail. du / ddelta / dz / dB / dC are written into views of the whole;
+    dA / dD / ddelta_bias are the two launches' sums. Returns what ``scan_backward`` returns."""
+    start, states_head, states_tail = saved
+    du, ddelta, dz = _input_grads_like(u, delta, z)
+    dB_out, dC_out = (empty(t.shape, t.device, t.dtype) if t.dim() >= 3 else None for t in (B, C))
+    grads = []
+    for (a, b), states in (((start, None), states_tail), ((0, start), states_head)):
+        grads.append(scan_backward(
+            *(_steps(t, a, b) for t in (u, delta)), A, _steps(B, a, b), _steps(C, a, b), D, _steps(z, a, b),
+            delta_bias, delta_softplus, states, _steps(dout, a, b), dlast,
+            grads_out=tuple(_steps(t, a, b) for t in (du, ddelta, dz, dB_out, dC_out))))
+        dlast = grads[-1][8]  # the gradient of the state entering the tail, carried into the whole chunks
+    tail, head = grads
+    # a constant B / C's gradient comes back per launch in B / C's dtype; dA / dD / ddelta_bias in fp32
+    dB = dB_out if dB_out is not None else head[3] + tail[3]
+    dC = dC_out if dC_out is not None else head[4] + tail[4]
+    return du, ddelta, head[2] + tail[2], dB, dC, head[5] + tail[5], dz, head[7] + tail[7], head[8]
 
 
 def backward_dout(u, delta, z, dout):
