@@ -179,8 +179,8 @@ for step in $steps; do
                  | grep -E "fwd\+bwd|device" | tee -a "$OUT/tailsteps.log"
                for tail in false true; do
                  SEQMAMBA_SCAN_BWD_CONFIG="tail_launch=$tail" timeout 150 python benchmarks/bench_train_step.py \
-                   --cases selective_copying --steps 300 --out "$OUT/ts_tail_$tail" 2>&1 | grep -E "^selective_copying" \
-                   | sed "s/^/tail_launch=$tail /" | tee -a "$OUT/tailsteps.log"
+                   --cases selective_copying --steps 300 --out "$OUT/ts_tail_$tail" 2>&1 \
+                   | grep -E "^selective_copying" | sed "s/^/tail_launch=$tail /" | tee -a "$OUT/tailsteps.log"
                done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac

@@ -688,13 +688,15 @@ def test_triton_training_scan_with_a_tail_launch_matches_float64_reference(monke
     starts, lengths = [], []
     tail_forward, forward = scan_autograd.scan_forward_tail, scan_launch.scan_forward
     monkeypatch.setattr(scan_autograd, "scan_forward_tail", lambda *a: starts.append(a[-1]) or tail_forward(*a))
-    monkeypatch.setattr(scan_launch, "scan_forward", lambda u, *a, **k: lengths.append(u.shape[-1]) or forward(u, *a, **k))
+    monkeypatch.setattr(scan_launch, "scan_forward",
+                        lambda u, *a, **k: lengths.append(u.shape[-1]) or forward(u, *a, **k))
     float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
     start = L // (chunk_t or 512) * (chunk_t or 512)
     assert starts == [start] and lengths == [start, L - start], "the tail ran as its own launch"
     if chunk_t is None:  # the tail's chunks fit the tail, not the default 512 / 256
         args = (dim, N, L - start, dim)
-        assert scan_launch._launch_config(*args, backward=False)[1] == scan_launch._launch_config(*args, backward=True)[1] == 16
+        chunks = [scan_launch._launch_config(*args, backward=backward)[1] for backward in (False, True)]
+        assert chunks == [16, 16]
 
 
 def test_tail_launch_rule():
