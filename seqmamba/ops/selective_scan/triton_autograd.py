@@ -125,15 +125,18 @@ class _SelectiveScanEager(torch.autograd.Function):
         # few programs for the GPU (small batch x channels, long L): L split across programs, forward and backward
         segments = split_segments_train(u, B, C, _backward_chunk_len(u, delta, z, A, B, C)) if save_states else 1
         start = tail_start(u, delta, z, A, B, C) if save_states and segments == 1 else 0
-        ctx.split = ctx.tail = None
+        # A forward of several launches keeps what its backward needs in ctx.launches: (backward, saved states)
+        ctx.launches = None
         if segments > 1:
-            out, last_state, ctx.split = scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias,
-                                                                  delta_softplus, initial_state, segments)
-            chunk_states = u.new_empty((1,), dtype=torch.float32)  # the split keeps its own (ctx.split)
+            out, last_state, saved = scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                              initial_state, segments)
+            ctx.launches = (scan_backward_split, saved)
         elif start:  # whole chunks, then a short tail: two launches (BWD_CONFIG tail_launch)
-            out, last_state, ctx.tail = scan_forward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                                          initial_state, start)
-            chunk_states = u.new_empty((1,), dtype=torch.float32)  # kept in ctx.tail, like the split's
+            out, last_state, saved = scan_forward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                       initial_state, start)
+            ctx.launches = (scan_backward_tail, saved)
+        if ctx.launches is not None:
+            chunk_states = u.new_empty((1,), dtype=torch.float32)  # the saved states are in ctx.launches
         else:
             out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                                          initial_state, save_states)
@@ -146,12 +149,9 @@ class _SelectiveScanEager(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         if dout is None:  # only the last state was used
             dout = torch.zeros_like(ctx.saved_tensors[0])
-        if ctx.split is not None:
-            split, ctx.split = ctx.split, None  # its saved states are freed with the gradients
-            return _gradients(ctx, dout, dlast, scan_backward_split, states=split)
-        if ctx.tail is not None:
-            tail, ctx.tail = ctx.tail, None
-            return _gradients(ctx, dout, dlast, scan_backward_tail, states=tail)
+        if ctx.launches is not None:
+            (backward, saved), ctx.launches = ctx.launches, None  # the saved states are freed with the gradients
+            return _gradients(ctx, dout, dlast, backward, states=saved)
         return _gradients(ctx, dout, dlast, scan_backward)
 
 

@@ -230,6 +230,12 @@ def _empty_like_layout(ref: torch.Tensor, channel_last: bool, dtype=None) -> tor
     return empty((batch, dim, L), ref.device, dtype)
 
 
+def _saving_chunk(T: int, T_bwd: int) -> int:
+    """The training forward's chunk: its own T when that is a whole number of the backward's chunks (it then saves
+    the state entering each of them, SAVES_PER_CHUNK per chunk), else the backward's."""
+    return T if T >= T_bwd and T % T_bwd == 0 else T_bwd
+
+
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return empty((1,), ref.device, torch.float32)
 
@@ -251,8 +257,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out,
                                    (B_var, sB, C_var, sC, cpg))
     if save_states:  # save the state entering each of the backward's chunks
-        if T < T_bwd or T % T_bwd != 0:
-            T = T_bwd
+        T = _saving_chunk(T, T_bwd)
         saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
     n_chunks = _n_chunks(L, T)
     if out is None:
@@ -770,10 +775,8 @@ def tail_start(u, delta, z, A, B, C) -> int:
     batch, dim, L = u.shape
     N, cpg, block_layout = A.shape[1], _bc_layout(B, C, dim)[-1], is_block_layout(u, delta, z)
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1]
-    T_fwd = _launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout, batch=batch, device=u.device,
-                           save_states=True)[1]
-    if T_fwd < T_bwd or T_fwd % T_bwd:  # as scan_forward chooses when it saves the backward's states
-        T_fwd = T_bwd
+    T_fwd = _saving_chunk(_launch_config(dim, N, L, cpg, backward=False, block_layout=block_layout, batch=batch,
+                                         device=u.device, save_states=True)[1], T_bwd)
     start = L // T_fwd * T_fwd
     padding = start + T_fwd - L
     return start if start > 0 and 0 < L - start <= T_fwd // 2 and 32 * padding >= L else 0
