@@ -29,8 +29,6 @@ gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
 pytestmark = pytest.mark.usefixtures("nan_filled_buffers")
 
 
-
-
 def operands(M, K, N, dtype, bias=False, x_row_stride=None, seed=0):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     width = x_row_stride or K

@@ -16,8 +16,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.usefixtures("nan_filled_buffers")]  # conftest.py
 
 
-
-
 def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, time_major=True, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731

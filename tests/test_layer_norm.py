@@ -5,7 +5,6 @@ relative, bf16 1e-2 relative (outputs rounded to bf16; sums and statistics are f
 """
 from __future__ import annotations
 
-
 import os
 
 import pytest
@@ -20,8 +19,6 @@ pytestmark = pytest.mark.usefixtures("nan_filled_buffers")  # conftest.py
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 needs_triton = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
                                   reason="no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)")
-
-
 
 
 def make_inputs(shape, dtype, with_residual, residual_dtype, with_bias, device=DEVICE, seed=0):

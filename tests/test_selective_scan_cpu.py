@@ -24,8 +24,6 @@ RTOL_FP32 = 1e-5
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-
-
 def make_inputs(batch=2, dim=4, N=3, L=10, layout="shared", D=True, z=True, delta_bias=True,
                 initial_state=True, groups=2, dtype=torch.float32, seed=0):
     """Random inputs for selective_scan as a dict of the nine tensor arguments (None = absent)."""

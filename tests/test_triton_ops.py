@@ -31,8 +31,6 @@ pytestmark = pytest.mark.usefixtures("nan_filled_buffers")  # conftest.py
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
-
-
 @pytest.fixture
 def short_chunks(monkeypatch):
     """Chunks of 16 steps, so tiny sequences still cross several chunk boundaries."""
