@@ -256,7 +256,8 @@ def sweep(kernel, size, batch, dim, state, configs, run, floor_us):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
-    parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"], choices=["state", "conv", "gemm", "linear"])
+    parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"],
+                        choices=["state", "conv", "gemm", "linear"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128],
                         help="--kernels linear: batch sizes (1.4B; 130M at the first and 64)")
     parser.add_argument("--no-sweep", action="store_true", help="--kernels linear: F.linear and the rule only")
