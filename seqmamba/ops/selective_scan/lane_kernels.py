@@ -367,3 +367,296 @@ def _selective_scan_fwd_lanes_kernel(
                               HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)
+
+
+@triton.jit
+def _bwd_lanes_inputs(u_row, dt_row, z_row, do_row, t0, L, s_u_l, s_dt_l, s_z_l, s_do_l, dbias, mask_d,
+                      BLOCK_D: tl.constexpr, TB: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, WITH_DY: tl.constexpr):
+    """Steps t0 .. t0 + TB - 1 of the program's channels as TB-tuples of (BLOCK_D,) fp32 columns: (u, delta after
+    bias and softplus, delta u, the pre-softplus delta, dy = dout silu(z) (zeros without WITH_DY), the steps'
+    validity). Steps past L get delta = 0 (the identity map), lanes past dim dy = 0 (they add nothing)."""
+    us = _columns(_tile(u_row, t0, L, s_u_l, TB, True).to(tl.float32), BLOCK_D, TB)
+    raw = _columns(_tile(dt_row, t0, L, s_dt_l, TB, True).to(tl.float32), BLOCK_D, TB)
+    if WITH_DY:
+        dos = _columns(_tile(do_row, t0, L, s_do_l, TB, True).to(tl.float32), BLOCK_D, TB)
+        if HAS_Z:
+            zs = _columns(_tile(z_row, t0, L, s_z_l, TB, True).to(tl.float32), BLOCK_D, TB)
+    deltas = ()
+    dus = ()
+    pres = ()
+    dys = ()
+    valid = ()
+    for j in tl.static_range(TB):
+        ok = t0 + j < L
+        pre = raw[j]
+        if HAS_DBIAS:
+            pre = pre + dbias
+        delta = pre
+        if SOFTPLUS:
+            delta = _softplus(pre)
+        delta = tl.where(ok, delta, 0.0)
+        deltas = deltas + (delta,)
+        dus = dus + (delta * us[j],)
+        pres = pres + (pre,)
+        valid = valid + (ok,)
+        if WITH_DY:
+            dy = dos[j]
+            if HAS_Z:
+                dy = dy * (zs[j] * tl.sigmoid(zs[j]))
+            dys = dys + (tl.where(mask_d, dy, 0.0),)
+        else:
+            dys = dys + (us[j],)
+    return us, deltas, dus, pres, dys, valid
+
+
+@triton.jit
+def _selective_scan_bwd_lanes_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, chunk_states_ptr,
+    dout_ptr, dstate_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddbias_ptr, scratch_ptr,
+    dim, L, channels_per_group, n_chunks, G_B, G_C,
+    s_u_b, s_u_d, s_u_l,
+    s_dt_b, s_dt_d, s_dt_l,
+    s_z_b, s_z_d, s_z_l,
+    s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l,
+    s_C_b, s_C_g, s_C_n, s_C_l,
+    s_do_b, s_do_d, s_do_l,
+    s_du_b, s_du_d, s_du_l,
+    s_ddt_b, s_ddt_d, s_ddt_l,
+    s_dz_b, s_dz_d, s_dz_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, TB: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr,
+):
+    """The scan's backward with one channel per lane (BWD_CONFIG ``lanes``): the same inputs and outputs as
+    triton_kernels._selective_scan_bwd_kernel (chunk_states: the state entering every T steps, as the training
+    forwards save it; dstate: dL/d(last state) in, dL/d(initial state) out), for BLOCK_D channels of one B / C
+    group per program. A lane holds its channel's N state components and their gradients in registers and walks
+    time, so nothing crosses lanes except the sums over channels of the time-varying dB / dC.
+
+    Chunk by chunk of T steps, last to first: (1) the chunk's states are recomputed from its saved entering state
+    and the state entering every TB steps goes to ``scratch`` (program, T / TB, N, BLOCK_D) fp32, each lane's own
+    slots (L1 / L2 traffic, no barrier); (2) sub-chunk by sub-chunk of TB steps, last to first, per component n:
+    the TB states again from the scratch slot (the exponents a_t kept in registers), then the reverse recurrence
+    dh_t = C_t dy_t + a_{t+1} dh_{t+1} with every gradient's share of step t. Two exps per state element (one per
+    pass) against the chunked kernel's one plus two warp scans. Steps past L (the last chunk's tail) are skipped
+    by whole sub-chunks, and the last sub-chunk's padded steps are the identity."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    d_in = tl.minimum(d64, dim - 1)  # lanes past dim read channel dim - 1 and store nothing
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d_in).to(tl.float32)
+    dbias = 0.0
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d_in).to(tl.float32)
+    group = (pid_d * BLOCK_D) // channels_per_group  # the launch keeps a block inside one group
+    lane_group = d_in // channels_per_group  # the same for every lane, as pointers per lane (broadcast loads)
+    B_rows = B_ptr + pid_b * s_B_b + lane_group * s_B_g
+    C_rows = C_ptr + pid_b * s_C_b + lane_group * s_C_g
+    dB_rows = dB_ptr + (pid_b * G_B + group) * N * L
+    dC_rows = dC_ptr + (pid_b * G_C + group) * N * L
+    u_row = u_ptr + pid_b * s_u_b + d_in * s_u_d
+    dt_row = delta_ptr + pid_b * s_dt_b + d_in * s_dt_d
+    z_row = z_ptr + pid_b * s_z_b + d_in * s_z_d
+    do_row = dout_ptr + pid_b * s_do_b + d_in * s_do_d
+    du_row = du_ptr + pid_b * s_du_b + d64 * s_du_d
+    ddt_row = ddelta_ptr + pid_b * s_ddt_b + d64 * s_ddt_d
+    dz_row = dz_ptr + pid_b * s_dz_b + d64 * s_dz_d
+    state_row = (pid_b * dim + d64) * N
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
+    SUBS: tl.constexpr = T // TB
+    scratch_row = scratch_ptr + (pid_b * tl.num_programs(0) + pid_d) * (SUBS * N * BLOCK_D) + tl.arange(0, BLOCK_D)
+
+    A2s = ()
+    As = ()
+    carries = ()  # dL/dh after the step being processed, times nothing yet: the gradient entering from later steps
+    dAs = ()
+    dB_acc = ()
+    dC_acc = ()
+    Bs = ()
+    Cs = ()
+    for n in tl.static_range(N):
+        A = tl.load(A_ptr + d_in * s_A_d + n * s_A_n).to(tl.float32)
+        As = As + (A,)
+        A2s = A2s + (A * 1.4426950408889634,)
+        carries = carries + (tl.load(dstate_ptr + state_row + n, mask=mask_d, other=0.0),)
+        dAs = dAs + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+        dB_acc = dB_acc + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+        dC_acc = dC_acc + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+        if not B_VAR:
+            Bs = Bs + (tl.load(B_ptr + d_in * s_B_g + n * s_B_n).to(tl.float32),)
+        if not C_VAR:
+            Cs = Cs + (tl.load(C_ptr + d_in * s_C_g + n * s_C_n).to(tl.float32),)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    ddbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t_c = c * T
+        n_sub = tl.cdiv(tl.minimum(L - t_c, T), TB)
+        # (1) the states entering each sub-chunk, from the chunk's saved entering state
+        hs = ()
+        for n in tl.static_range(N):
+            hs = hs + (tl.load(chunk_row + c * N + n, mask=mask_d, other=0.0),)
+        for s in range(0, n_sub):
+            t0 = t_c + s * TB
+            _us, deltas, dus, _pres, _dys, _valid = _bwd_lanes_inputs(
+                u_row, dt_row, z_row, do_row, t0, L, s_u_l, s_dt_l, s_z_l, s_do_l, dbias, mask_d, BLOCK_D, TB,
+                HAS_Z, HAS_DBIAS, SOFTPLUS, False)
+            new_hs = ()
+            for n in tl.static_range(N):
+                h = hs[n]
+                tl.store(scratch_row + (s * N + n) * BLOCK_D, h)
+                if B_VAR:
+                    bn = _bc_columns(_bc_tile(B_rows, n, s_B_n, t0, L, s_B_l, TB, True, False), BLOCK_D, TB, False)
+                for j in tl.static_range(TB):
+                    if B_VAR:
+                        b = bn[j]
+                    else:
+                        b = Bs[n]
+                    h = tl.exp2(deltas[j] * A2s[n]) * h + b * dus[j]
+                new_hs = new_hs + (h,)
+            hs = new_hs
+        # (2) the gradients, sub-chunk by sub-chunk from the last
+        for k in range(0, n_sub):
+            s = n_sub - 1 - k
+            t0 = t_c + s * TB
+            us, deltas, dus, pres, dys, valid = _bwd_lanes_inputs(
+                u_row, dt_row, z_row, do_row, t0, L, s_u_l, s_dt_l, s_z_l, s_do_l, dbias, mask_d, BLOCK_D, TB,
+                HAS_Z, HAS_DBIAS, SOFTPLUS, True)
+            t64 = (t0 + tl.arange(0, TB)).to(tl.int64)
+            mask_t = t64 < L
+            sum_dh_B = ()  # per step: sum_n dh B, sum_n dh a h_prev A, y = sum_n C h
+            sum_w_A = ()
+            ys = ()
+            for j in tl.static_range(TB):
+                sum_dh_B = sum_dh_B + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+                sum_w_A = sum_w_A + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+                ys = ys + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+            new_carries = ()
+            new_dAs = ()
+            new_dB_acc = ()
+            new_dC_acc = ()
+            for n in tl.static_range(N):
+                if B_VAR:
+                    bn = _bc_columns(_bc_tile(B_rows, n, s_B_n, t0, L, s_B_l, TB, True, False), BLOCK_D, TB, False)
+                if C_VAR:
+                    cn = _bc_columns(_bc_tile(C_rows, n, s_C_n, t0, L, s_C_l, TB, True, False), BLOCK_D, TB, False)
+                h_first = tl.load(scratch_row + (s * N + n) * BLOCK_D)
+                # forward over the sub-chunk: a_t, and a_t h_{t-1} (the dA / ddelta factor)
+                h = h_first
+                a_s = ()
+                ah_s = ()
+                h_s = ()
+                for j in tl.static_range(TB):
+                    if B_VAR:
+                        b = bn[j]
+                    else:
+                        b = Bs[n]
+                    a = tl.exp2(deltas[j] * A2s[n])
+                    ah = a * h
+                    h = ah + b * dus[j]
+                    a_s = a_s + (a,)
+                    ah_s = ah_s + (ah,)
+                    h_s = h_s + (h,)
+                # reverse over the sub-chunk
+                dh_carry = carries[n]
+                dA_n = dAs[n]
+                dBn = dB_acc[n]
+                dCn = dC_acc[n]
+                dB_cols = ()
+                dC_cols = ()
+                new_sum_dh_B = ()
+                new_sum_w_A = ()
+                new_ys = ()
+                for j in tl.static_range(TB - 1, -1, -1):
+                    if B_VAR:
+                        b = bn[j]
+                    else:
+                        b = Bs[n]
+                    if C_VAR:
+                        cc = cn[j]
+                    else:
+                        cc = Cs[n]
+                    dh = cc * dys[j] + dh_carry
+                    w = dh * ah_s[j]
+                    dA_n += w * deltas[j]
+                    new_sum_dh_B = (sum_dh_B[j] + dh * b,) + new_sum_dh_B
+                    new_sum_w_A = (sum_w_A[j] + w * As[n],) + new_sum_w_A
+                    new_ys = (ys[j] + cc * h_s[j],) + new_ys
+                    if B_VAR:
+                        dB_cols = (dh * dus[j],) + dB_cols
+                    else:
+                        dBn += dh * dus[j]
+                    if C_VAR:
+                        dC_cols = (h_s[j] * dys[j],) + dC_cols
+                    else:
+                        dCn += h_s[j] * dys[j]
+                    dh_carry = a_s[j] * dh
+                sum_dh_B = new_sum_dh_B
+                sum_w_A = new_sum_w_A
+                ys = new_ys
+                if B_VAR:
+                    tl.atomic_add(dB_rows + n * L + t64, tl.sum(_join_columns(dB_cols, BLOCK_D, TB), axis=0),
+                                  mask=mask_t, sem="relaxed")
+                if C_VAR:
+                    tl.atomic_add(dC_rows + n * L + t64, tl.sum(_join_columns(dC_cols, BLOCK_D, TB), axis=0),
+                                  mask=mask_t, sem="relaxed")
+                new_carries = new_carries + (dh_carry,)
+                new_dAs = new_dAs + (dA_n,)
+                new_dB_acc = new_dB_acc + (dBn,)
+                new_dC_acc = new_dC_acc + (dCn,)
+            carries = new_carries
+            dAs = new_dAs
+            dB_acc = new_dB_acc
+            dC_acc = new_dC_acc
+            # the step-wise gradients of the sub-chunk
+            du_cols = ()
+            ddt_cols = ()
+            dz_cols = ()
+            for j in tl.static_range(TB):
+                du = sum_dh_B[j] * deltas[j]
+                ddt = sum_dh_B[j] * us[j] + sum_w_A[j]
+                y = ys[j]
+                if HAS_D:
+                    du += Dv * dys[j]
+                    y += Dv * us[j]
+                    dD_acc += dys[j] * us[j]
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(pres[j])
+                ddt = tl.where(valid[j], ddt, 0.0)
+                if HAS_DBIAS:
+                    ddbias_acc += ddt
+                du_cols = du_cols + (du,)
+                ddt_cols = ddt_cols + (ddt,)
+                if HAS_Z:
+                    dz_cols = dz_cols + (y,)
+            mask_st = mask_d[:, None] & mask_t[None, :]
+            tl.store(du_row[:, None] + t64[None, :] * s_du_l,
+                     _join_columns(du_cols, BLOCK_D, TB).to(du_ptr.dtype.element_ty), mask=mask_st)
+            tl.store(ddt_row[:, None] + t64[None, :] * s_ddt_l,
+                     _join_columns(ddt_cols, BLOCK_D, TB).to(ddelta_ptr.dtype.element_ty), mask=mask_st)
+            if HAS_Z:
+                y = _join_columns(dz_cols, BLOCK_D, TB)
+                zv = _tile(z_row, t0, L, s_z_l, TB, True).to(tl.float32)
+                dout = _tile(do_row, t0, L, s_do_l, TB, True).to(tl.float32)
+                sig_z = tl.sigmoid(zv)
+                dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
+                tl.store(dz_row[:, None] + t64[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_st)
+
+    for n in tl.static_range(N):
+        tl.store(dstate_ptr + state_row + n, carries[n], mask=mask_d)
+        tl.atomic_add(dA_ptr + d64 * N + n, dAs[n], mask=mask_d, sem="relaxed")
+        if not B_VAR:
+            tl.atomic_add(dB_ptr + d64 * N + n, dB_acc[n], mask=mask_d, sem="relaxed")
+        if not C_VAR:
+            tl.atomic_add(dC_ptr + d64 * N + n, dC_acc[n], mask=mask_d, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dD_ptr + d64, dD_acc, mask=mask_d, sem="relaxed")
+    if HAS_DBIAS:
+        tl.atomic_add(ddbias_ptr + d64, ddbias_acc, mask=mask_d, sem="relaxed")
