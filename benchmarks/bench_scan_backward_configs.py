@@ -14,8 +14,6 @@ config's gradients against the default's, and prints a table, fastest first.
         --dout-copy off on                      # the Mamba layer's strided dout, read as is or copied first
     python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 --block-d 1 --T 256 --maxnreg 168 \
         --fast-flip on --dout-copy on --tail-launch off on   # a length just past whole chunks: one launch or two
-    python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 --fast-flip on \
-        --dout-copy on --lanes off 8 4       # the chunked backward, then one channel per lane (sub-chunks of 8 / 4)
 """
 from __future__ import annotations
 
@@ -69,9 +67,6 @@ def main():
                         help="BWD_CONFIG vector_red values (dB / dC by inline red.v4 where the fast flip runs)")
     parser.add_argument("--tail-launch", nargs="+", default=["off"], choices=["off", "on"],
                         help="BWD_CONFIG tail_launch: whole chunks and a short tail as two launches per pass")
-    parser.add_argument("--lanes", nargs="+", default=["off"],
-                        help="BWD_CONFIG lanes: off, or its sub-chunk lanes_tb (4 or 8) for the one-channel-per-lane "
-                             "backward")
     parser.add_argument("--json", default=None, help="write all rows here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -89,21 +84,18 @@ def main():
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
                  {True: "on", "shift": "shift"}.get(default.get("fast_flip"), "off"),
                  "on" if default.get("dout_copy") else "off", "on" if default.get("vector_red") else "off",
-                 "on" if default.get("tail_launch") else "off",
-                 str(default["lanes_tb"]) if default.get("lanes") else "off")
-        for block_d, T, reg, flip, copy, red, tail, lanes in itertools.chain([first], itertools.product(
+                 "on" if default.get("tail_launch") else "off")
+        for block_d, T, reg, flip, copy, red, tail in itertools.chain([first], itertools.product(
                 args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.vector_red,
-                args.tail_launch, args.lanes)):
+                args.tail_launch)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
                                             fast_flip={"on": True, "shift": "shift"}.get(flip, False),
                                             dout_copy=copy == "on", vector_red=red == "on",
-                                            tail_launch=tail == "on", lanes=lanes != "off",
-                                            lanes_tb=default["lanes_tb"] if lanes == "off" else int(lanes))
+                                            tail_launch=tail == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = (f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} red {red} tail {tail} "
-                    f"lanes {lanes}")
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} red {red} tail {tail}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:
@@ -126,7 +118,7 @@ def main():
         ok = sorted((r for r in rows if r["shape"] == shape and "error" not in r), key=lambda r: r["fwd_bwd_ms"])
         base = next((r["fwd_bwd_ms"] for r in rows if r["shape"] == shape and "error" not in r), None)
         for r in ok[:8]:
-            print(f"{shape:25s} {r['config']:78s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
+            print(f"{shape:25s} {r['config']:69s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
                   f"x default {base / r['fwd_bwd_ms']:5.2f}  err {r['max_rel_err']:.1e}")
 
 

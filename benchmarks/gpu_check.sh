@@ -40,8 +40,6 @@
 #          | tailsteps (BWD_CONFIG tail_launch, a length just past whole chunks as two launches per pass: its GPU
 #            tests, the scan's fwd+bwd at selective copying's (64, 128, 4112) one launch / two, then the
 #            selective-copying step both ways)
-#          | lanesbwd (BWD_CONFIG lanes, the one-channel-per-lane backward: its GPU tests, fwd+bwd against the chunked
-#            backward at three shapes, the selective-copying step both ways)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -183,15 +181,6 @@ for step in $steps; do
                  SEQMAMBA_SCAN_BWD_CONFIG="tail_launch=$tail" timeout 150 python benchmarks/bench_train_step.py \
                    --cases selective_copying --steps 300 --out "$OUT/ts_tail_$tail" 2>&1 \
                    | grep -E "^selective_copying" | sed "s/^/tail_launch=$tail /" | tee -a "$OUT/tailsteps.log"
-               done ;;
-    lanesbwd) par_pytest 6 200 lanesbwd tests/test_gpu_ops.py -k lanes_backward
-               timeout 200 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096 \
-                 16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on --dout-copy on --lanes off 8 4 2>&1 \
-                 | grep -E "fwd\+bwd|device|error" | tee "$OUT/lanesbwd.log"
-               for lanes in false true; do
-                 SEQMAMBA_SCAN_BWD_CONFIG="lanes=$lanes" timeout 100 python benchmarks/bench_train_step.py \
-                   --cases selective_copying --steps 300 --out "$OUT/ts_lanes_$lanes" 2>&1 \
-                   | grep -E "^selective_copying" | sed "s/^/lanes=$lanes /" | tee -a "$OUT/lanesbwd.log"
                done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac

@@ -160,35 +160,6 @@ def test_gpu_training_scan_with_a_tail_launch_matches_one_launch_and_float64(mon
             grads_one[name].double(), ref_grads[name]) + 1e-4, name
 
 
-@pytest.mark.parametrize("batch,dim,L,tb", [(2, 64, 1, 8), (2, 64, 2, 8), (2, 48, 257, 8),  # edges; lanes past dim
-                                              (2, 64, 4112, 8), (2, 64, 4112, 4),       # selective copying's L
-                                              (1, 96, 1500, 8)])
-def test_gpu_lanes_backward_matches_the_chunked_backward_and_float64(monkeypatch, batch, dim, L, tb):
-    """The one-channel-per-lane backward on the GPU (buffers NaN-filled): out and every gradient equal the chunked
-    backward's (to the dB / dC atomics' run-to-run noise) and are as close to float64 as they are."""
-    kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    monkeypatch.setitem(kernels.BWD_CONFIG, "lanes_tb", tb)
-    launches = []
-    lanes = kernels._launch_bwd_lanes
-    monkeypatch.setattr(kernels, "_launch_bwd_lanes", lambda *a, **k: launches.append(1) or lanes(*a, **k))
-    inputs = scan_inputs(batch, dim, L, dtype=torch.bfloat16, time_major=False, seed=L)
-    dout = torch.randn(batch, dim, L, device="cuda").to(torch.bfloat16)
-
-    def run(on):
-        monkeypatch.setattr(kernels, "FORCE_LANES_BACKWARD", on)
-        return scan_with_grads(lambda **k: selective_scan(**k, backend="triton"), inputs, dout)
-
-    (out_chunked, grads_chunked), (out_lanes, grads_lanes) = run(False), run(True)
-    assert launches, "the lanes backward ran"
-    ref_out, ref_grads = scan_with_grads(selective_scan_ref, {k: v.double() for k, v in inputs.items()},
-                                         dout.double())
-    for name in grads_chunked:
-        assert torch.isfinite(grads_lanes[name]).all(), name
-        assert rel_err(grads_lanes[name].float(), grads_chunked[name].float()) < 2e-3, name
-        assert rel_err(grads_lanes[name].double(), ref_grads[name]) <= 1.1 * rel_err(
-            grads_chunked[name].double(), ref_grads[name]) + 1e-4, name
-
-
 # The configs apply to L-contiguous inputs (time-major ones use the *_CHANNEL_LAST configs), and "2ch" needs
 # min_programs_per_sm 0, or the occupancy rule turns the 128 programs of (2, 64) back into one-channel ones. Until
 # the sixth session this test passed time-major inputs, so its three variants all ran the same kernels.

@@ -14,7 +14,7 @@ import triton
 from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
-from .lane_kernels import _selective_scan_bwd_lanes_kernel, _selective_scan_fwd_lanes_kernel
+from .lane_kernels import _selective_scan_fwd_lanes_kernel
 from .triton_kernels import (_segment_delta_sum_kernel, _segment_end_state_kernel, _segment_start_grad_kernel,
                              _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel)
 
@@ -26,7 +26,6 @@ _launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
 _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
 _launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
 _launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel)
-_launch_bwd_lanes = CachedLaunch(_selective_scan_bwd_lanes_kernel)
 _launch_segment_delta_sum = CachedLaunch(_segment_delta_sum_kernel)
 _launch_segment_end_state = CachedLaunch(_segment_end_state_kernel)
 _launch_segment_start_grad = CachedLaunch(_segment_start_grad_kernel)
@@ -121,8 +120,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # per pass, the whole chunks and then the short tail with chunks of its own size. Off until timed on a GPU.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, vector_red=False, tail_launch=False, lanes=False, lanes_tb=8,
-                  lanes_min_warps_per_sm=0)
+                  dout_copy=True, vector_red=False, tail_launch=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -838,32 +836,6 @@ def _input_grads_like(u, delta, z):
             _empty_like_layout(z, _is_channel_last(z)) if z is not None else None)
 
 
-# Channels per program of the lanes backward (one warp, a channel per lane).
-LANE_BLOCK = 32
-# Tests and benchmarks set this to force the lanes backward on or off (None: BWD_CONFIG's lanes and its rule).
-FORCE_LANES_BACKWARD: Optional[bool] = None
-
-
-def _lanes_backward_ok(u: torch.Tensor, N: int, block_layout: bool, cpg: int, T: int) -> bool:
-    """Whether the backward runs as the one-channel-per-lane kernel (lane_kernels._selective_scan_bwd_lanes_kernel):
-    BWD_CONFIG lanes (or FORCE_LANES_BACKWARD), channels-first inputs, N <= 16 (the states and their gradients
-    are unrolled in registers), every block of LANE_BLOCK channels inside one B / C group, the chunk a whole number
-    of lanes_tb; and with lanes_min_warps_per_sm > 0 only on CUDA with at least that many warps per SM."""
-    wanted = BWD_CONFIG.get("lanes", False) if FORCE_LANES_BACKWARD is None else FORCE_LANES_BACKWARD
-    batch, dim, _ = u.shape
-    if not wanted or block_layout or N > 16 or T % BWD_CONFIG.get("lanes_tb", 8) != 0:
-        return False
-    if cpg != dim and cpg % LANE_BLOCK != 0:
-        return False
-    min_warps = BWD_CONFIG.get("lanes_min_warps_per_sm", 0)
-    if not min_warps or FORCE_LANES_BACKWARD:
-        return True
-    if u.device.type != "cuda":
-        return False
-    index = u.device.index if u.device.index is not None else torch.cuda.current_device()
-    return batch * cdiv(dim, LANE_BLOCK) >= min_warps * _sm_count(index)
-
-
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states, dout, dlast, grads_out=None):
     """Runs the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state).
     ``grads_out``: (du, ddelta, dz, dB, dC) to write into (any strides; dz None without z; dB / dC shaped like a
@@ -899,23 +871,13 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
             *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
-    if _lanes_backward_ok(u, N, block_layout, cpg, T):
-        TB = BWD_CONFIG.get("lanes_tb", 8)
-        programs = cdiv(dim, LANE_BLOCK)
-        scratch = empty((batch * programs, T // TB, N, LANE_BLOCK), u.device, torch.float32)
-        _launch_bwd_lanes(
-            (programs, batch), tensors + (scratch,), ints[:2] + ints[3:],
-            dict(N=N, BLOCK_D=LANE_BLOCK, T=T, TB=TB, HAS_D=D is not None, HAS_Z=z is not None,
-                 HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var),
-            1, {})
-    else:
-        fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
-        _launch_bwd(
-            grid, tensors, ints,
-            dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-                 VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
-            num_warps, options)
+    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
+    _launch_bwd(
+        grid, tensors, ints,
+        dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
+             VECTOR_RED=bool(fast_flip and BWD_CONFIG.get("vector_red") and _has_vector_red(u.device))),
+        num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
