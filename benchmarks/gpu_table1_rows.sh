@@ -7,7 +7,8 @@
 # The paper-config step of these 2-layer D 64 models does not fill an H200 (small kernels, graph replays with
 # gaps), so the rows share the GPUs, round-robin; with MPS available (nvidia-cuda-mps-control) their kernels
 # also overlap instead of time-slicing. Each row logs to $OUT/<row>.log and packs its run directory into
-# $OUT/selective_copying_<row>.tgz (see gpu_paper_synthetic.sh), to be unpacked under outputs/paper/ to continue.
+# $OUT/selective_copying_<row>.tgz (see gpu_paper_synthetic.sh), to be unpacked under outputs/paper/ to continue
+# (more than 8 files come back as $OUT/rows.tar holding them all).
 set -u
 limit=${1:?usage: gpu_table1_rows.sh SECONDS "ROW ..." [overrides]}
 rows=${2:?usage: gpu_table1_rows.sh SECONDS "ROW ..." [overrides]}
@@ -37,4 +38,11 @@ for row in $rows; do  # per row: its last in-run evaluation, and where it paused
   echo "== $row: $(grep -E 'val/acc=' "$OUT/$row.log" | tail -1 | sed 's/.* - //') $(grep -E -o '(paused|finished) at step [0-9]+' "$OUT/$row.log" | tail -1)"
 done
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+# The device returns at most 8 files from $OUT: with 4 rows (a log and an archive each, plus mps.err) one row's
+# archive was left behind (sixteenth session), so more than 8 files go back as one archive of them all.
+n_files=$(find "$OUT" -type f | wc -l)
+if [ "$n_files" -gt 8 ]; then
+  tar cf /tmp/table1_rows.tar -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/table1_rows.tar "$OUT/rows.tar" \
+    && echo "($n_files files under $OUT packed into $OUT/rows.tar)"
+fi
 exit 0
