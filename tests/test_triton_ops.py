@@ -713,7 +713,7 @@ def test_tail_launch_rule():
         assert [start(L) for L in (35, 41, 24, 25, 32, 8)] == [32, 0, 16, 0, 0, 0]
         mp.setattr(scan_launch, "FORCE_TAIL", False)
         assert start(35) == 0
-    assert scan_launch.BWD_CONFIG["tail_launch"] is False  # off until timed on a GPU
+    assert scan_launch.BWD_CONFIG["tail_launch"] is False  # off: neutral on the H200 (BENCHMARKS.md, sixteenth session)
     assert scan_launch.tail_start(torch.zeros(1, 4, 4112), torch.zeros(1, 4, 4112), None, torch.zeros(4, 3),
                                   torch.zeros(1, 3, 4112), torch.zeros(1, 3, 4112)) == 0
 

@@ -117,7 +117,8 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_fast_math=True, lanes_bc_pairs=True, split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
-# per pass, the whole chunks and then the short tail with chunks of its own size. Off until timed on a GPU.
+# per pass, the whole chunks and then the short tail with chunks of its own size. Off: on the H200 (sixteenth
+# session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
                   dout_copy=True, vector_red=False, tail_launch=False)
