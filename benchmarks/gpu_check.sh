@@ -40,6 +40,8 @@
 #          | tailsteps (BWD_CONFIG tail_launch, a length just past whole chunks as two launches per pass: its GPU
 #            tests, the scan's fwd+bwd at selective copying's (64, 128, 4112) one launch / two, then the
 #            selective-copying step both ways)
+#          | blaslt (the 1.4B decode at batch 128 with every F.linear by cuBLAS, PyTorch's default, then by cuBLASLt
+#            (TORCH_BLAS_PREFER_CUBLASLT=1): the projections alone, then generation for both models)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -182,6 +184,14 @@ for step in $steps; do
                    --cases selective_copying --steps 300 --out "$OUT/ts_tail_$tail" 2>&1 \
                    | grep -E "^selective_copying" | sed "s/^/tail_launch=$tail /" | tee -a "$OUT/tailsteps.log"
                done ;;
+    blaslt) for lt in 0 1; do  # every F.linear by cuBLAS (PyTorch's default) / by cuBLASLt, both models alike
+              TORCH_BLAS_PREFER_CUBLASLT=$lt timeout 120 python benchmarks/bench_decode_kernels.py --kernels linear \
+                --sizes 1.4b --batches 128 --no-sweep 2>&1 | grep -E "^linear" | sed "s/^/cublaslt=$lt /" \
+                | tee -a "$OUT/blaslt.log"
+              TORCH_BLAS_PREFER_CUBLASLT=$lt timeout 150 python benchmarks/bench_generation.py --sizes 1.4b \
+                --batch-sizes 128 --max-batch 128 --out "$OUT/gen_lt$lt.json" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" \
+                | sed "s/^/cublaslt=$lt /" | tee -a "$OUT/blaslt.log"
+            done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done
