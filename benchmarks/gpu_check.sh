@@ -195,9 +195,4 @@ for step in $steps; do
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done
-# The device returns at most 8 files from $OUT (and none deeper than 2 folders): with more, all go back in one archive.
-n_files=$(find "$OUT" -type f | wc -l)
-if [ "$n_files" -gt 8 ]; then
-  tar czf /tmp/gpu_check_logs.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/gpu_check_logs.tgz "$OUT/logs.tgz" \
-    && echo "($n_files files under $OUT packed into $OUT/logs.tgz)"
-fi
+bash benchmarks/pack_out.sh "$OUT" logs.tgz  # more than the 8 files the device returns: all in one archive

@@ -40,9 +40,5 @@ done
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 # The device returns at most 8 files from $OUT: with 4 rows (a log and an archive each, plus mps.err) one row's
 # archive was left behind (sixteenth session), so more than 8 files go back as one archive of them all.
-n_files=$(find "$OUT" -type f | wc -l)
-if [ "$n_files" -gt 8 ]; then
-  tar cf /tmp/table1_rows.tar -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/table1_rows.tar "$OUT/rows.tar" \
-    && echo "($n_files files under $OUT packed into $OUT/rows.tar)"
-fi
+bash "$(dirname "$0")/pack_out.sh" "$OUT" rows.tar
 exit 0

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the benchmark shell scripts call `python`: this interpreter's first on PATH
 ENV = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
@@ -82,6 +84,32 @@ def test_table1_rows_script_trains_each_row_in_its_own_resumable_run_and_packs_i
         with tarfile.open(tmp_path / "out" / f"selective_copying_{row}.tgz") as packed:
             names = packed.getnames()
         assert f"selective_copying_{row}/checkpoints/last.pt" in names
+
+
+@pytest.mark.parametrize("archive", ["rows.tar", "logs.tgz"])
+def test_pack_out_packs_more_than_eight_files_into_one_archive_and_leaves_eight_alone(tmp_path, archive):
+    """benchmarks/pack_out.sh (the device returns at most 8 files from $OUT; a Table 1 call once lost a row's run
+    directory as the ninth): 8 files stay as they are; 9, one of them in a sub-folder, become one archive holding
+    every one of them with its contents."""
+    import tarfile
+
+    script = os.path.join(REPO, "benchmarks", "pack_out.sh")
+    out = tmp_path / "out"
+    (out / "run").mkdir(parents=True)
+    files = {f"row{i}.log": f"log {i}" for i in range(7)}
+    files["run/last.pt"] = "weights"
+    for name, text in files.items():
+        (out / name).write_text(text)
+    subprocess.run(["bash", script, str(out), archive], check=True, capture_output=True, text=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(files)
+    files["mps.err"] = "ninth"
+    (out / "mps.err").write_text("ninth")
+    done = subprocess.run(["bash", script, str(out), archive], check=True, capture_output=True, text=True)
+    assert "9 files" in done.stdout and [p.name for p in out.iterdir()] == [archive]
+    with tarfile.open(out / archive) as packed:
+        packed_files = {os.path.normpath(m.name): packed.extractfile(m).read().decode()
+                        for m in packed.getmembers() if m.isfile()}
+    assert packed_files == files
 
 
 def test_profile_decode_builds_both_runners_from_bench_generations_options():
