@@ -470,9 +470,12 @@ def _segments_of(t, row: int, segments: int, seg_len: int):
     return _segment_view(t, row, segments, seg_len) if t is not None and t.dim() >= 3 else t
 
 
-def _tail_of(t, row: int, start: int):
-    """Steps ``start ..`` of batch row ``row`` of a sequence tensor, as a batch of one; others as given."""
-    return t[row:row + 1, ..., start:] if t is not None and t.dim() >= 3 else t
+def _steps(t, start: int, stop: Optional[int] = None, row: Optional[int] = None):
+    """Steps ``start .. stop`` of a sequence tensor (a view), of batch row ``row`` alone (a batch of one) if given;
+    others (A, D, a constant B / C, None) as given."""
+    if t is None or t.dim() < 3:
+        return t
+    return t[..., start:stop] if row is None else t[row:row + 1, ..., start:stop]
 
 
 def _split_layout(L: int, segments: int, chunk_t: int):
@@ -616,9 +619,9 @@ def _split_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
         _, h_seg, states = scan_forward(*args, h_in, save_states, out=seg_out)       # (3) out from the true states
         h_last, tail_states = h_seg[segments - 1], None
         if main < L:  # the tail
-            tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
+            tail = [_steps(t, main, row=row) for t in (u, delta, A, B, C, D, z)]
             _, h_tail, tail_states = scan_forward(*tail, delta_bias, delta_softplus, h_last[None], save_states,
-                                                  out=_tail_of(out, row, main))
+                                                  out=_steps(out, main, row=row))
             h_last = h_tail[0]
         last[row] = h_last
         rows.append((states, tail_states, decay))
@@ -728,9 +731,9 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
         states, tail_states, decay = saved["rows"][row]
         g = dlast[row].float() if dlast is not None else torch.zeros_like(decay[0])
         if tail_states is not None:
-            tail = [_tail_of(t, row, main) for t in (u, delta, A, B, C, D, z)]
-            grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _tail_of(dout, row, main), g[None],
-                                  grads_out=tuple(_tail_of(t, row, main) for t in (du, ddelta, dz, dB, dC)))
+            tail = [_steps(t, main, row=row) for t in (u, delta, A, B, C, D, z)]
+            grads = scan_backward(*tail, delta_bias, delta_softplus, tail_states, _steps(dout, main, row=row), g[None],
+                                  grads_out=tuple(_steps(t, main, row=row) for t in (du, ddelta, dz, dB, dC)))
             collect(grads)
             g = grads[8][0]
         seg = [_segments_of(t, row, segments, seg_len) for t in (u, delta, A, B, C, D, z)]
@@ -754,11 +757,6 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
 
 # Tests and benchmarks set this to force the tail launch on or off (None: BWD_CONFIG's tail_launch).
 FORCE_TAIL: Optional[bool] = None
-
-
-def _steps(t, start: int, stop: Optional[int] = None):
-    """Steps ``start .. stop`` of a sequence tensor (a view); others (A, D, a constant B / C, None) as given."""
-    return t[..., start:stop] if t is not None and t.dim() >= 3 else t
 
 
 def tail_start(u, delta, z, A, B, C) -> int:
@@ -789,9 +787,8 @@ def scan_forward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initi
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     parts, state, saved = ((0, start), (start, None)), initial_state, [start]
     for a, b in parts:
-        _, state, chunk_states = scan_forward(*(_steps(t, a, b) for t in (u, delta)), A, _steps(B, a, b),
-                                              _steps(C, a, b), D, _steps(z, a, b), delta_bias, delta_softplus,
-                                              state, True, out=_steps(out, a, b))
+        _, state, chunk_states = scan_forward(*(_steps(t, a, b) for t in (u, delta, A, B, C, D, z)), delta_bias,
+                                              delta_softplus, state, True, out=_steps(out, a, b))
         saved.append(chunk_states)
     return out, state, tuple(saved)
 
@@ -806,8 +803,8 @@ def scan_backward_tail(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
     grads = []
     for (a, b), states in (((start, None), states_tail), ((0, start), states_head)):
         grads.append(scan_backward(
-            *(_steps(t, a, b) for t in (u, delta)), A, _steps(B, a, b), _steps(C, a, b), D, _steps(z, a, b),
-            delta_bias, delta_softplus, states, _steps(dout, a, b), dlast,
+            *(_steps(t, a, b) for t in (u, delta, A, B, C, D, z)), delta_bias, delta_softplus, states,
+            _steps(dout, a, b), dlast,
             grads_out=tuple(_steps(t, a, b) for t in (du, ddelta, dz, dB_out, dC_out))))
         dlast = grads[-1][8]  # the gradient of the state entering the tail, carried into the whole chunks
     tail, head = grads
