@@ -9,9 +9,7 @@ has (and, for context, the step's GEMMs against a split over K):
 - state update: dt projected inside the kernel, by one GEMM first (``DECODE_DT_PROJ_MAX_BYTES``), or by one
   tensor-core product per (batch rows x channels) block (``DECODE_DT_PROJ_ROWS``); channels per program and
   warps; fp32 or bf16 state;
-- conv update: channels per program and warps (``UPDATE_CONFIGS``);
-- conv update + x_proj (``--kernels convproj``): the two launches the step makes (the conv kernel, then
-  decode_linear's choice) against the fused kernel (``causal_conv1d_update_proj``) in each launch config.
+- conv update: channels per program and warps (``UPDATE_CONFIGS``).
 
 Each row prints us per launch and the memory floor (the bytes the launch must move at the copy bandwidth
 measured in the same run); the best config per shape last. Outputs are checked against the default config's.
@@ -33,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import copy_bandwidth  # noqa: E402
 
-from seqmamba.ops import causal_conv1d_update, causal_conv1d_update_proj, selective_state_update  # noqa: E402
+from seqmamba.ops import causal_conv1d_update, selective_state_update  # noqa: E402
 
 SSU = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
@@ -133,37 +131,6 @@ def run_conv_update(batch, dim, config):
     finally:
         CONV.UPDATE_CONFIGS.update(saved)
 
-
-
-def conv_proj_configs(batch):
-    yield {"label": "conv kernel, then x_proj"}
-    for block_m, block_d, d_steps, warps in [(16, 32, 1, 4), (16, 32, 2, 4), (16, 32, 4, 4), (16, 32, 8, 4),
-                                             (16, 64, 1, 4), (16, 64, 2, 4), (16, 64, 4, 4), (16, 64, 4, 8),
-                                             (16, 64, 8, 8), (16, 128, 1, 4), (16, 128, 2, 8), (16, 128, 4, 8),
-                                             (32, 32, 2, 4), (32, 64, 2, 8), (32, 64, 4, 8)]:
-        if block_m <= max(16, batch):
-            yield {"label": f"fused {block_m} x {block_d} x {d_steps}, {warps} w",
-                   "config": CONV.ProjConfig(block_m, block_d, d_steps, warps)}
-
-
-def run_conv_proj(batch, dim, n_out, config):
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(batch, 2 * dim, device="cuda", generator=g).to(torch.bfloat16)[:, :dim]  # xz's x half
-    state0 = torch.randn(batch, dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
-    weight = torch.randn(dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
-    bias = torch.randn(dim, device="cuda", generator=g).to(torch.bfloat16)
-    proj_weight = (torch.randn(n_out, dim, device="cuda", generator=g) * dim ** -0.5).to(torch.bfloat16)
-    state = state0.clone()
-    if "config" in config:
-        def fn():
-            return CONV.causal_conv1d_update_proj_triton(x, state, weight, bias, "silu", proj_weight,
-                                                         config["config"])
-    else:
-        def fn():
-            return causal_conv1d_update_proj(x, state, weight, bias, "silu", proj_weight, fused=False)
-    result = tuple(t.float().clone() for t in fn()) + (state.float().clone(),)
-    state.copy_(state0)
-    return graphed_us(fn), result
 
 # the decode step's projections at 1.4B (d_model 2048, d_inner 4096, dt_rank 128, N 16): (name, in, out)
 GEMMS = [("in_proj", 2048, 8192), ("out_proj", 4096, 2048), ("x_proj", 4096, 160), ("dt_proj", 128, 4096)]
@@ -290,7 +257,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write every row here")
     parser.add_argument("--kernels", nargs="+", default=["state", "conv", "gemm"],
-                        choices=["state", "conv", "convproj", "gemm", "linear"])
+                        choices=["state", "conv", "gemm", "linear"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128],
                         help="--kernels linear: batch sizes (1.4B; 130M at the first and 64)")
     parser.add_argument("--no-sweep", action="store_true", help="--kernels linear: F.linear and the rule only")
@@ -321,14 +288,6 @@ def main():
             nbytes = 2 * batch * dim * WIDTH * 2 + 2 * batch * dim * 2 + dim * (WIDTH + 1) * 2
             shape_rows = sweep("conv_update", name, batch, dim, "bfloat16", conv_update_configs(),
                                lambda config: run_conv_update(batch, dim, config), nbytes / bandwidth * 1e6)
-            rows += shape_rows
-            best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
-        if "convproj" in args.kernels:
-            n_out = R + 2 * N_STATE
-            nbytes = (2 * batch * dim * WIDTH * 2 + 2 * batch * dim * 2 + dim * (WIDTH + 1) * 2 + n_out * dim * 2
-                      + batch * n_out * 2)
-            shape_rows = sweep("convproj_update", name, batch, dim, "bfloat16", conv_proj_configs(batch),
-                               lambda config: run_conv_proj(batch, dim, n_out, config), nbytes / bandwidth * 1e6)
             rows += shape_rows
             best.append(min(shape_rows, key=lambda r: r["us"]) | {"default_us": shape_rows[0]["us"]})
     if "gemm" in args.kernels:

@@ -42,9 +42,6 @@
 #            selective-copying step both ways)
 #          | blaslt (the 1.4B decode at batch 128 with every F.linear by cuBLAS, PyTorch's default, then by cuBLASLt
 #            (TORCH_BLAS_PREFER_CUBLASLT=1): the projections alone, then generation for both models)
-#          | convproj (the decode step's conv update fused with x_proj: its tests on the GPU, then its launch configs
-#            against the two launches it replaces) | convprojgen (1.4B decode at batch 128, fp32 / bf16 states, the
-#            two launches / the fused kernel)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -195,19 +192,6 @@ for step in $steps; do
                 --batch-sizes 128 --max-batch 128 --out "$OUT/gen_lt$lt.json" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" \
                 | sed "s/^/cublaslt=$lt /" | tee -a "$OUT/blaslt.log"
             done ;;
-    convproj) timeout 150 python -m pytest -q -rf tests/test_conv_update_proj.py 2>&1 | tail -4 | tee "$OUT/convproj.log"
-              timeout 200 python benchmarks/bench_decode_kernels.py --kernels convproj --json "$OUT/convproj.json" 2>&1 \
-                | grep -vE "^$" | tee -a "$OUT/convproj.log" ;;
-    convprojgen) [ -f "$OUT/convproj.json" ] && export SEQMAMBA_CONV_PROJ_CONFIG=$(python -c "import json
-rows = [r for r in json.load(open('$OUT/convproj.json'))['rows'] if r['size'] == '1.4b' and r['batch'] == 128
-        and 'config' in r['config'] and r['matches_default']]
-print(','.join(map(str, min(rows, key=lambda r: r['us'])['config']['config'])) if rows else '')")
-            echo "fused config: ${SEQMAMBA_CONV_PROJ_CONFIG:-default}" | tee -a "$OUT/convprojgen.log"
-            for states in float32 bfloat16; do for cp in separate fused; do  # 1.4B decode at batch 128
-              timeout 150 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
-                --ssm-state-dtype $states --conv-proj $cp --out "$OUT/gen_${states}_$cp.json" 2>&1 \
-                | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/states=$states conv-proj=$cp /" | tee -a "$OUT/convprojgen.log"
-            done; done ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

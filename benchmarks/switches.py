@@ -27,10 +27,6 @@ SWITCHES = {
         "seqmamba.ops.decode_linear.triton_kernels", "ENABLED", {"triton": True, "cublas": False},
         "a decode step's projections by the split-K Triton kernel where its rule says so (triton) or all by "
         "F.linear (cublas)"),
-    "conv-proj": (
-        "seqmamba.ops.causal_conv1d.triton_kernels", "PROJ_ENABLED", {"fused": True, "separate": False},
-        "the decode step's conv update and x_proj as one kernel where its rule says so (fused) or as two launches "
-        "(separate)"),
 }
 
 

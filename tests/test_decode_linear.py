@@ -22,7 +22,6 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not set (conftest.py sets it)", allow_module_level=True)
 
 dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
-buffers = importlib.import_module("seqmamba.ops.buffers")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
 gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
 # The output and the split-K scratch start as NaN (conftest.py): a slot summed before it was written, or an output
@@ -48,7 +47,7 @@ def check(y, x, w, b):
 
 
 def counters_are_zero():
-    return all(int(count.abs().sum()) == 0 for _, count in buffers.SPLIT_SCRATCH.values())
+    return all(int(count.abs().sum()) == 0 for _, count in dl._SCRATCH.values())
 
 
 # (M, K, N): one row, rows past BLOCK_M's 16 / 32, K and N off the tile sizes, a K shorter than one tile
@@ -81,7 +80,7 @@ def test_split_sum_is_in_slot_order():
     x, w, _ = operands(M, K, N, torch.float32, seed=3)
     y = dl.decode_linear_triton(x, w, None, dl.Config(16, 32, 32, split))
     device_index = x.device.index if x.is_cuda else -1
-    part, _ = buffers.SPLIT_SCRATCH[(device_index, split * M * N, 1)]
+    part, _ = dl._SCRATCH[(device_index, split * M * N, 1)]
     slots = part[:split * M * N].view(split, M, N)
     for i in range(split):  # each slot holds its K range's product
         ref = F.linear(x[:, i * 32:(i + 1) * 32].double(), w[:, i * 32:(i + 1) * 32].double())

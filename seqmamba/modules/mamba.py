@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import (causal_conv1d, causal_conv1d_update_proj, decode_linear, selective_scan,
-                   selective_state_update)
+from ..ops import causal_conv1d, causal_conv1d_update, decode_linear, selective_scan, selective_state_update
 from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
@@ -293,10 +292,9 @@ class Mamba(nn.Module):
         xz = decode_linear(hidden_states.squeeze(1), self.in_proj.weight, self.in_proj.bias,
                            backend=proj)  # (batch, 2 d_inner)
         x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
-        # The conv update, then x_proj (batch, dt_rank + 2N) of its output; at large batch on CUDA one kernel
-        # (causal_conv1d_update_proj's rule), else the conv kernel and decode_linear.
-        x, x_dbl = causal_conv1d_update_proj(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                             self.activation, self.x_proj.weight, backend=self.scan_backend)
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 self.activation, backend=self.scan_backend)
+        x_dbl = decode_linear(x, self.x_proj.weight, backend=proj)  # (batch, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         A, D, dt_bias = self._ssm_constants()
         y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,

@@ -9,7 +9,7 @@ Buffers that kernels accumulate into with atomics start as zeros on purpose (``l
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
@@ -51,26 +51,3 @@ def empty_like(ref: torch.Tensor, dtype: Optional[torch.dtype] = None, **kwargs)
     DEBUG_NAN_FILL); keyword arguments go to torch.empty_like (e.g. memory_format)."""
     t = torch.empty_like(ref, dtype=dtype, **kwargs)
     return poison(t) if DEBUG_NAN_FILL else t
-
-
-# The split kernels' scratch (decode_linear's split-K GEMM, the conv update fused with x_proj): each program
-# writes its fp32 partial to a slot, and the last of a tile's programs to count itself in sums the slots and
-# zeroes the tile's counter. (device, scratch elements, tiles) -> (fp32 scratch, int32 counters), allocated once
-# and kept: a CUDA graph keeps the addresses it captured, so nothing here is ever freed or replaced. Launches that
-# share a key must run one after another (one stream).
-SPLIT_SCRATCH: Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def split_scratch(device: torch.device, part_numel: int, tiles: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    key = (device.index if device.type == "cuda" else -1, part_numel, tiles)
-    found = SPLIT_SCRATCH.get(key)
-    if found is not None:
-        return found
-    part = empty((part_numel,), device, torch.float32)
-    count = torch.zeros(tiles, device=device, dtype=torch.int32)
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        # First seen inside a graph capture (no warm-up call before it): the counters' zero fill is captured
-        # and runs before the kernel at every replay, but has not run now, so eager calls must not share them.
-        return part, count
-    SPLIT_SCRATCH[key] = (part, count)
-    return part, count

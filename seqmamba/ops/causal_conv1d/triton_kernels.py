@@ -8,15 +8,14 @@ overlap comes from L1/L2, so x is read from memory about once). Accumulation is 
 """
 from __future__ import annotations
 
-import os
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from ..backend import records_autograd
-from ..buffers import empty, split_scratch
+from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, zeroed_views
 
 
@@ -135,66 +134,6 @@ def _causal_conv1d_update_kernel(
     tl.store(out_ptr + pid_b * s_o_b + d_idx * s_o_d, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-
-@triton.jit
-def _conv_update_proj_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, pw_ptr, proj_ptr, part_ptr, count_ptr,
-    batch, dim, n_out, m_pad,
-    s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d, s_pw_n, s_pw_d, s_p_b, s_p_n,
-    WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, D_STEPS: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLITS: tl.constexpr, FP32_DOT: tl.constexpr,
-):
-    """The conv update of (BLOCK_M rows, D_STEPS x BLOCK_D channels), then those channels' share of
-    x_proj: out @ pw[:, channels]^T into an fp32 scratch slot; the program of a row block that arrives last
-    sums its SPLITS slots in slot order (bitwise repeatable) and stores proj."""
-    pid_s, pid_m = tl.program_id(0), tl.program_id(1)
-    m_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_idx = tl.arange(0, BLOCK_N)
-    k_idx = tl.arange(0, BLOCK_W)
-    mask_m, mask_n = m_idx < batch, n_idx < n_out
-    m64 = m_idx.to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for step in tl.static_range(D_STEPS):
-        d_idx = (pid_s * D_STEPS + step) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = d_idx < dim
-        mask_md = mask_m[:, None] & mask_d[None, :]
-        # (BLOCK_M, BLOCK_D, BLOCK_W): shift each state row left by one and append x, as the update kernel does
-        rows = state_ptr + m64[:, None, None] * s_s_b + d_idx[None, :, None] * s_s_d + k_idx[None, None, :] * s_s_k
-        mask_k = mask_md[:, :, None] & (k_idx[None, None, :] < WIDTH)
-        shifted = tl.load(rows + s_s_k, mask=mask_k & (k_idx[None, None, :] + 1 < WIDTH), other=0.0)
-        xv = tl.load(x_ptr + m64[:, None] * s_x_b + d_idx[None, :] * s_x_d, mask=mask_md, other=0.0)
-        new_state = tl.where(k_idx[None, None, :] == WIDTH - 1, xv[:, :, None].to(shifted.dtype), shifted)
-        tl.debug_barrier()  # every old value of these rows is read before any is overwritten, whatever the layouts
-        tl.store(rows, new_state, mask=mask_k)
-        w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k,
-                    mask=mask_d[:, None] & (k_idx[None, :] < WIDTH), other=0.0).to(tl.float32)
-        y = tl.sum(new_state.to(tl.float32) * w[None, :, :], axis=2)
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        if SILU:
-            y = y * tl.sigmoid(y)
-        y = y.to(out_ptr.dtype.element_ty)  # x_proj reads the stored (rounded) conv output, as F.linear would
-        tl.store(out_ptr + m64[:, None] * s_o_b + d_idx[None, :] * s_o_d, y, mask=mask_md)
-        pw = tl.load(pw_ptr + n_idx[None, :] * s_pw_n + d_idx[:, None] * s_pw_d,
-                     mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
-        if FP32_DOT:  # fp32 operands, and the interpreter (a 16-bit tl.dot is wrong under triton 3.6's)
-            acc = tl.dot(y.to(tl.float32), pw.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(y, pw, acc)
-    # scratch: SPLITS slots of (m_pad, BLOCK_N) fp32, every element of a program's tile written (no masks)
-    slot = part_ptr + m64[:, None] * BLOCK_N + n_idx[None, :]
-    tl.store(slot + pid_s * m_pad * BLOCK_N, acc)
-    tl.debug_barrier()  # all of this program's partial is written before it counts itself in (release, GPU scope)
-    arrived = tl.atomic_add(count_ptr + pid_m, 1, sem="acq_rel", scope="gpu")
-    if arrived == SPLITS - 1:
-        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for s in tl.static_range(SPLITS):
-            total += tl.load(slot + s * m_pad * BLOCK_N, cache_modifier=".cg")
-        tl.store(proj_ptr + m64[:, None] * s_p_b + n_idx[None, :] * s_p_n, total.to(proj_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
-        tl.atomic_xchg(count_ptr + pid_m, 0, sem="relaxed", scope="gpu")  # zero for the next launch
-
 # The decode step's launch, (channels per program, warps), by batch x dim. H200, 100 launches per CUDA graph
 # (bench_decode_kernels.py, BENCHMARKS.md eleventh session): 1.4B (dim 4096) batch 128: 64 x 4 6.79 us, 256 x 4
 # 4.89, 128 x 1 4.82, 512 x 4 4.89; 130M (1536) batch 64: 2.40 -> 2.15 with 256 x 4; at batch 1, 64 x 4 stays
@@ -223,7 +162,6 @@ _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
 _launch_update = CachedLaunch(_causal_conv1d_update_kernel)
-_launch_update_proj = CachedLaunch(_conv_update_proj_kernel)
 
 
 def _grid(batch, dim, L, block_d, block_l):
@@ -347,71 +285,3 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
                         SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D),
                    num_warps)
     return out
-
-
-class ProjConfig(NamedTuple):
-    """The fused conv update + x_proj launch: (rows, channels per step, steps) per program, and warps."""
-    block_m: int = 16
-    block_d: int = 64
-    d_steps: int = 4
-    num_warps: int = 4
-
-
-# The fused decode kernel (``causal_conv1d_update_proj``) and the rule that takes it in the Mamba block's decode
-# step: CUDA, 16-bit, no autograd, and at least PROJ_MIN_ROWS batch rows. Not yet timed on a GPU: off until
-# bench_decode_kernels.py --kernels convproj measures it against the conv update + F.linear it replaces.
-PROJ_ENABLED = False
-PROJ_MIN_ROWS = 64
-PROJ_CONFIG = ProjConfig()
-
-
-def _proj_config_from_env(text: str) -> ProjConfig:
-    """Developer switch for benchmarks: ``SEQMAMBA_CONV_PROJ_CONFIG="16,64,4,4"`` (rows, channels, steps, warps)
-    replaces PROJ_CONFIG at import."""
-    try:
-        values = [int(v) for v in text.split(",")]
-        return ProjConfig(*values)
-    except (ValueError, TypeError):
-        raise ValueError(f"SEQMAMBA_CONV_PROJ_CONFIG: {text!r} is not 1-4 comma-separated integers "
-                         f"({', '.join(ProjConfig._fields)})") from None
-
-
-if os.environ.get("SEQMAMBA_CONV_PROJ_CONFIG", "").strip():
-    PROJ_CONFIG = _proj_config_from_env(os.environ["SEQMAMBA_CONV_PROJ_CONFIG"].strip())
-
-
-def use_update_proj(x: torch.Tensor, weight: torch.Tensor, proj_weight: torch.Tensor) -> bool:
-    """The Mamba block's rule for its decode step's conv and x_proj (see PROJ_ENABLED)."""
-    return (PROJ_ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and proj_weight.dtype == x.dtype and x.shape[0] >= PROJ_MIN_ROWS
-            and not records_autograd(x, weight, proj_weight))
-
-
-def causal_conv1d_update_proj_triton(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                                     bias: Optional[torch.Tensor], activation: Optional[str],
-                                     proj_weight: torch.Tensor, config: Optional[ProjConfig] = None
-                                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of the conv (conv_state updated in place) and x_proj of its output, in one launch:
-    returns (out (batch, dim) in x's dtype, out @ proj_weight^T (batch, n_out) in x's dtype)."""
-    batch, dim = x.shape
-    width, n_out = weight.shape[1], proj_weight.shape[0]
-    cfg = config or PROJ_CONFIG
-    block_m, block_n = max(16, cfg.block_m), max(16, triton.next_power_of_2(n_out))  # tl.dot's smallest side
-    block_d = max(16, cfg.block_d)
-    splits = cdiv(dim, block_d * cfg.d_steps)
-    row_blocks = cdiv(batch, block_m)
-    m_pad = row_blocks * block_m
-    out = empty((batch, dim), x.device, x.dtype)
-    proj = empty((batch, n_out), x.device, x.dtype)
-    part, count = split_scratch(x.device, splits * m_pad * block_n, row_blocks)
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    _launch_update_proj(
-        (splits, row_blocks),
-        (x, conv_state, weight, bias if bias is not None else weight, out, proj_weight, proj, part, count),
-        (batch, dim, n_out, m_pad, *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
-         *proj_weight.stride(), *proj.stride()),
-        dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
-             SILU=activation in ("silu", "swish"), BLOCK_M=block_m, BLOCK_D=block_d, D_STEPS=cfg.d_steps,
-             BLOCK_N=block_n, SPLITS=splits, FP32_DOT=interpret or x.dtype == torch.float32),
-        cfg.num_warps)
-    return out, proj

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..backend import records_autograd
-from ..buffers import empty, split_scratch
+from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, sm_count
 
 
@@ -173,6 +173,26 @@ def use_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
             and not records_autograd(x, weight, bias))
 
 
+# (device, scratch elements, tiles) -> (fp32 scratch, int32 counters), allocated once and kept: a CUDA graph
+# keeps the addresses it captured, so nothing here is ever freed or replaced.
+_SCRATCH: Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scratch(device: torch.device, part_numel: int, tiles: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    key = (device.index if device.type == "cuda" else -1, part_numel, tiles)
+    found = _SCRATCH.get(key)
+    if found is not None:
+        return found
+    part = empty((part_numel,), device, torch.float32)
+    count = torch.zeros(tiles, device=device, dtype=torch.int32)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # First seen inside a graph capture (no warm-up call before it): the counters' zero fill is captured
+        # and runs before the kernel at every replay, but has not run now, so eager calls must not share them.
+        return part, count
+    _SCRATCH[key] = (part, count)
+    return part, count
+
+
 _launch = CachedLaunch(_decode_linear_kernel)
 
 
@@ -193,7 +213,7 @@ def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     split = cdiv(K, k_per_split)
     grid = (cdiv(N, block_n), split, cdiv(M, block_m))
     if split > 1:
-        part, count = split_scratch(x.device, split * M * N, grid[0] * grid[2])
+        part, count = _scratch(x.device, split * M * N, grid[0] * grid[2])
     else:
         part, count = y, y  # unused
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
