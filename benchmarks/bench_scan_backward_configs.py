@@ -63,8 +63,6 @@ def main():
                         help="dout layouts: L-contiguous, or the Mamba layer's ((batch, L, dim) storage)")
     parser.add_argument("--dout-copy", nargs="+", default=["off"], choices=["off", "on"],
                         help="BWD_CONFIG dout_copy values (copy a strided dout to L-contiguous first)")
-    parser.add_argument("--vector-red", nargs="+", default=["off"], choices=["off", "on"],
-                        help="BWD_CONFIG vector_red values (dB / dC by inline red.v4 where the fast flip runs)")
     parser.add_argument("--tail-launch", nargs="+", default=["off"], choices=["off", "on"],
                         help="BWD_CONFIG tail_launch: whole chunks and a short tail as two launches per pass")
     parser.add_argument("--json", default=None, help="write all rows here")
@@ -83,19 +81,16 @@ def main():
         reference = None
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
                  {True: "on", "shift": "shift"}.get(default.get("fast_flip"), "off"),
-                 "on" if default.get("dout_copy") else "off", "on" if default.get("vector_red") else "off",
-                 "on" if default.get("tail_launch") else "off")
-        for block_d, T, reg, flip, copy, red, tail in itertools.chain([first], itertools.product(
-                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.vector_red,
-                args.tail_launch)):
+                 "on" if default.get("dout_copy") else "off", "on" if default.get("tail_launch") else "off")
+        for block_d, T, reg, flip, copy, tail in itertools.chain([first], itertools.product(
+                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.tail_launch)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
                                             fast_flip={"on": True, "shift": "shift"}.get(flip, False),
-                                            dout_copy=copy == "on", vector_red=red == "on",
-                                            tail_launch=tail == "on")
+                                            dout_copy=copy == "on", tail_launch=tail == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} red {red} tail {tail}"
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} tail {tail}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:

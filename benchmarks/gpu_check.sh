@@ -9,8 +9,7 @@
 #          lanes step runs; in 4 processes at once) | alltests (every GPU test, the lanes kernel's too, in 12
 #          processes; the 2^20-step ones alone after them) | split (L split tables)
 #          | gpusplit (the L split's GPU tests) | fwdsweep (forward configs vs mamba_ssm and attention)
-#          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift, each with
-#            tl.atomic_add or the inline red.v4 for dB / dC)
+#          | fastflip (the backward's fast flip: its GPU tests, then fwd+bwd with flips / flips + shift)
 #          | normstep (the selective-copying step with PyTorch's RMSNorm, then with the fused Triton add + norm in
 #            row tiles; the norm GPU tests first) | dnastep (the 1.4M DNA model's step at (1, 2^20) and
 #            (1024, 2^10), the training split at 16-128 programs per SM, then all with the fused add + norm)
@@ -98,7 +97,7 @@ for step in $steps; do
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \
                 --shapes 8x1536x4096 64x128x4112 1x1536x262144 16x2048x2048 --dout contiguous layer \
-                --dout-copy on --fast-flip on shift --vector-red off on 2>&1 | tee -a "$OUT/fastflip.log" ;;
+                --dout-copy on --fast-flip on shift 2>&1 | tee -a "$OUT/fastflip.log" ;;
     fwdsweep) timeout 330 python benchmarks/bench_scan_forward_configs.py --json "$OUT/fwdsweep.json" 2>&1 | tee "$OUT/fwdsweep.log" ;;
     split) timeout 200 python benchmarks/bench_selective_scan.py --split-l --extras-only 2>&1 | tee "$OUT/split.log" ;;
     normstep) timeout 120 python -m pytest -q -m gpu tests/test_layer_norm.py 2>&1 | tail -4 | tee "$OUT/normstep.log"

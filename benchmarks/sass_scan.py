@@ -56,7 +56,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     fn = KERNELS[name]
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
-                  FAST_FLIP=False, VECTOR_RED=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
+                  FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
                   HAS_INIT=False, FAST_MATH=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
@@ -163,16 +163,15 @@ def inline_asm_layouts(ttgir: str):
 
 
 def fast_flip_report(variants=FAST_FLIP_VARIANTS):
-    """Per variant, fast-flip mode (1: flips, 2: flips and the one-step shift) and, for the backward, vector_red (dB /
-    dC added by inline red.v4): the layouts of every inline asm operand, and the loop's SHFL count against the
-    plain kernel's (what tests/test_triton_ops.py checks)."""
+    """Per variant and fast-flip mode (1: flips, 2: flips and the one-step shift): the layouts of every inline asm
+    operand, and the loop's SHFL count against the plain kernel's (what tests/test_triton_ops.py checks)."""
     rows = []
     for name, variant in variants:
         kw = dict(maxnreg=168 if name == "bwd" else None, prefetch=name == "bwd", **variant)
         plain = innermost_loop(sass_and_resources(compile_kernel(name, 1, 256, 1, FAST_FLIP=0, **kw))[0])
-        for mode, vector_red in [(1, False), (2, False)] + ([(1, True), (2, True)] if name == "bwd" else []):
-            fast = compile_kernel(name, 1, 256, 1, FAST_FLIP=mode, VECTOR_RED=vector_red, **kw)
-            rows.append(dict(kernel=name, variant=variant, mode=mode, vector_red=vector_red,
+        for mode in (1, 2):
+            fast = compile_kernel(name, 1, 256, 1, FAST_FLIP=mode, **kw)
+            rows.append(dict(kernel=name, variant=variant, mode=mode,
                              layouts=inline_asm_layouts(fast.asm["ttgir"]),
                              loop_shuffles=innermost_loop(sass_and_resources(fast)[0]).get("SHFL", 0),
                              loop_shuffles_plain=plain.get("SHFL", 0)))
@@ -250,8 +249,6 @@ def main():
     parser.add_argument("--fast-flip", action="store_true", help="backward / dstate: the one-shuffle flips")
     parser.add_argument("--fast-flip-shift", action="store_true",
                         help="backward / dstate: the flips and the one-step shift (BWD_CONFIG fast_flip 'shift')")
-    parser.add_argument("--vector-red", action="store_true",
-                        help="backward, with a fast flip: dB / dC by inline red.v4 (BWD_CONFIG vector_red)")
     parser.add_argument("--histogram", action="store_true", help="print the loop's opcode counts")
     parser.add_argument("--sass", default=None, help="write the whole SASS here (one kernel)")
     parser.add_argument("--fast-flip-layouts", action="store_true",
@@ -279,8 +276,7 @@ def main():
         cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
         report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],
                args.maxnreg, args.prefetch or (name == "bwd" and cfg.get("prefetch") is True), args.histogram,
-               args.sass, arch=args.arch, FAST_FLIP=2 if args.fast_flip_shift else int(args.fast_flip),
-               VECTOR_RED=args.vector_red)
+               args.sass, arch=args.arch, FAST_FLIP=2 if args.fast_flip_shift else int(args.fast_flip))
 
 
 if __name__ == "__main__":

@@ -74,23 +74,6 @@ def _shift_one_step(x, R: tl.constexpr):
 
 
 @triton.jit
-def _red_add_8(ptrs, values, mask):
-    """Atomic add of a lane's 8 consecutive fp32 values (the layout _fast_flip assumes) as two red.global.add.v4.f32.
-    tl.atomic_add gives its operand a layout of 4 values per lane (one 16-byte red) and converts the 8-per-lane dB /
-    dC rows to it through shuffles and selects: 48 instructions per row in the sm_90 SASS, 8 SHFL and 16 FSEL of
-    them (the backward's loop 409 -> 357 without them). ``mask`` is uniform over a lane's 8 steps (the launch allows
-    this only where L is a multiple of 16) and the addresses 16-byte aligned (so are L and the buffers there)."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $16, 0; "
-        "@p red.global.add.v4.f32 [$24], {$8, $9, $10, $11}; "
-        "@p red.global.add.v4.f32 [$24+16], {$12, $13, $14, $15}; "
-        "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; "
-        "mov.b32 $4, 0; mov.b32 $5, 0; mov.b32 $6, 0; mov.b32 $7, 0; }",
-        "=r,=r,=r,=r,=r,=r,=r,=r," + "r," * 8 + "r," * 8 + "l,l,l,l,l,l,l,l",
-        [values, mask.to(tl.int32), ptrs.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=8)
-
-
-@triton.jit
 def _softplus(x):
     """log(1 + exp(x)) to fp32 accuracy: x itself above 20 (mamba_ssm's threshold), and log1p(e) for e = exp(x)
     computed as log(1 + e) * e / ((1 + e) - 1), which cancels the rounding of 1 + e (Goldberg's log1p). The plain
@@ -369,7 +352,7 @@ def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last
 def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy,
                          t64, mask_t, mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L,
                          is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr, FAST_FLIP: tl.constexpr,
-                         R: tl.constexpr, VECTOR_RED: tl.constexpr = False):
+                         R: tl.constexpr):
     """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
     A2 = A * 1.4426950408889634
     # Recompute the chunk's states from the saved boundary state.
@@ -389,15 +372,11 @@ def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, del
     w = dh * tl.where(is_first, ah_first, h - b)
     sum_w_A += w * A[:, None]
     tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
-    if B_VAR and VECTOR_RED:
-        _red_add_8(dB_base + n * L + t64[None, :], dh * delta_u, mask_t[None, :])
-    elif B_VAR:
+    if B_VAR:
         tl.atomic_add(dB_base + n * L + t64, tl.sum(dh * delta_u, axis=0), mask=mask_t, sem="relaxed")
     else:
         tl.atomic_add(dB_ptr + d64 * N + n, tl.sum(dh * delta_u, axis=1), mask=mask_d, sem="relaxed")
-    if C_VAR and VECTOR_RED:
-        _red_add_8(dC_base + n * L + t64[None, :], h * dy, mask_t[None, :])
-    elif C_VAR:
+    if C_VAR:
         tl.atomic_add(dC_base + n * L + t64, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
     else:
         tl.atomic_add(dC_ptr + d64 * N + n, tl.sum(h * dy, axis=1), mask=mask_d, sem="relaxed")
@@ -424,7 +403,6 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    VECTOR_RED: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
@@ -472,7 +450,7 @@ def _selective_scan_bwd_kernel(
             y, sum_dh_B, sum_w_A = _bwd_state_component(
                 n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy, t64, mask_t,
                 mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                B_VAR, C_VAR, FAST_FLIP, T // 32, VECTOR_RED)
+                B_VAR, C_VAR, FAST_FLIP, T // 32)
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
         # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
