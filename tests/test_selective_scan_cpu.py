@@ -77,10 +77,15 @@ OPTION_SETS = {
 }
 
 
+@pytest.mark.parametrize("saved", [True, False], ids=["states-saved", "states-recomputed"])
 @pytest.mark.parametrize("layout", ["constant", "shared", "grouped"])
 @pytest.mark.parametrize("L, chunk_size", [(1, 4), (7, 3), (10, 4), (12, 4), (9, None)])
 @pytest.mark.parametrize("options", list(OPTION_SETS))
-def test_forward_and_all_gradients_match_reference(layout, L, chunk_size, options):
+def test_forward_and_all_gradients_match_reference(monkeypatch, layout, L, chunk_size, options, saved):
+    """Both backward paths: the chunk states kept by the forward (within SAVE_STATES_BYTES, as these tiny shapes
+    are by default) and recomputed per chunk (SAVE_STATES_BYTES = 0)."""
+    if not saved:
+        monkeypatch.setattr(torch_chunked, "SAVE_STATES_BYTES", 0)
     D, z, bias, init, softplus, ret_last = OPTION_SETS[options]
     inputs = make_inputs(L=L, layout=layout, D=D, z=z, delta_bias=bias, initial_state=init)
     out_ref, last_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, softplus, ret_last)
@@ -254,3 +259,39 @@ def test_chunk_size_below_one_is_rejected():
     inputs = make_inputs(L=4)
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
         selective_scan_torch(*(inputs[k] for k in ARG_NAMES[:8]), chunk_size=0)
+
+
+def test_chunk_states_are_kept_only_for_a_backward_that_will_run(monkeypatch):
+    """The forward keeps every chunk's states (one workspace per chunk) when autograd records and an input needs a
+    gradient, within SAVE_STATES_BYTES; otherwise one workspace serves every chunk. A second backward through a
+    retained graph (the kept states are released by the first) recomputes them and gives the same gradients."""
+    created = []
+
+    class Counting(torch_chunked._ChunkWorkspace):
+        def __init__(self, *args, **kwargs):
+            created.append(kwargs.get("adjoint"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch_chunked, "_ChunkWorkspace", Counting)
+    inputs = make_inputs(L=10, layout="shared", D=True, z=True, delta_bias=True, initial_state=False)
+    args = [inputs[k] for k in ARG_NAMES[:8]]
+
+    with torch.no_grad():
+        selective_scan_torch(*args, True, chunk_size=4)
+    assert created == [False]  # 3 chunks, one forward workspace
+    created.clear()
+    leaves = [a.clone().requires_grad_(True) if a is not None else None for a in args]
+    out = selective_scan_torch(*leaves, True, chunk_size=4)
+    assert created == [False, False, False]  # one per chunk: kept for the backward
+    created.clear()
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    present = [t for t in leaves if t is not None]
+    first = torch.autograd.grad(out, present, dout, retain_graph=True)
+    second = torch.autograd.grad(out, present, dout)
+    assert created == [True, True]  # the backward's adjoint workspace, twice
+    for a, b in zip(first, second):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(torch_chunked, "SAVE_STATES_BYTES", 2 * 11 * 2 * 4 * 3 * 4 - 1)  # one byte short
+    created.clear()
+    selective_scan_torch(*leaves, True, chunk_size=4)
+    assert created == [False]

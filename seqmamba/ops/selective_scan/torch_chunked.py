@@ -12,8 +12,10 @@ ONE op per step, and moves everything else into a few bulk ops per chunk of T st
     state[t+1] += decay[t] * state[t]   (t = 0 .. T-1)   one addcmul_ per step (state[0]: carried in)
     y           = sum_N state[1:] * C                    one bmm for the whole chunk
 
-Only the chunk-boundary states are kept for the backward; the backward recomputes each chunk's
-states and runs the adjoint recurrence in reverse, again one addcmul_ per step:
+Only the chunk-boundary states are kept for the backward, which recomputes each chunk's states,
+unless all of them fit in SAVE_STATES_BYTES (small models, short sequences: the CPU tasks' defaults):
+then the forward keeps every chunk's decays and states and the backward skips the recompute. The
+backward runs the adjoint recurrence in reverse, again one addcmul_ per step:
     g_t = C_t dy_t + decay_{t+1} g_{t+1}          (g_t = dLoss/dh_t)
 then every parameter gradient is a bulk contraction over the chunk.
 
@@ -38,6 +40,11 @@ from ..buffers import empty
 # at (2, 256, 16), L = 4096, 1 and 2 threads, 1 MB was 20-35% slower than 4 MB (= 128 steps), 8 MB
 # ~5% faster, 16 MB slower again. Tests shrink it to force many chunks.
 CHUNK_BYTES = 4 * 1024 * 1024
+# With autograd recording, a call whose decays and states for the whole length (2 x L x batch x dim x N
+# elements) fit in this many bytes keeps them from the forward instead of recomputing them in the backward:
+# the recompute (a mul, an exp and a mul per chunk, one addcmul_ per step) is about a third of the backward.
+# Beyond it, memory stays at the chunk-boundary states. 0 turns the saving off.
+SAVE_STATES_BYTES = 128 * 1024 * 1024
 
 
 def default_chunk_size(batch: int, dim: int, d_state: int, L: int, element_size: int = 4) -> int:
@@ -89,14 +96,18 @@ class _BCLayout:
         T = v.shape[0]
         return v.view(T, self.batch, self.groups, self.per_group, 1)
 
-    def contract_state(self, S: torch.Tensor, chunk: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out[t, b, d] = sum_n S[t, b, d, n] * X[t, b, group(d), n]   (out: (T, batch, dim))."""
-        if self.constant:
-            return torch.sum(S * chunk, dim=-1, out=out)
-        T, N = S.shape[0], S.shape[-1]
-        rows = T * self.batch * self.groups
-        torch.bmm(S.view(rows, self.per_group, N), chunk.reshape(rows, N, 1), out=out.view(rows, self.per_group, 1))
-        return out
+    def contract_state(self, S: torch.Tensor, chunk: torch.Tensor, out: torch.Tensor,
+                       scratch: torch.Tensor) -> torch.Tensor:
+        """out[t, b, d] = sum_n S[t, b, d, n] * X[t, b, group(d), n]   (out: (T, batch, dim)); scratch: a
+        (T, batch, dim, N) buffer for the product.
+
+        A product into scratch, then a sum over N, rather than a batched matrix-vector product: torch.bmm with
+        (dim x N) @ (N x 1) blocks ran on one thread, and at 2 threads took 2x the time (1.07-1.11 ms against
+        0.51-0.56 at (T, batch, dim) = (16, 32, 128), (128, 2, 256), (8, 64, 128), N 16; BENCHMARKS.md "CPU
+        selective scan").
+        """
+        torch.mul(self.state_view(S), self.broadcast(chunk), out=self.state_view(scratch))
+        return torch.sum(scratch, dim=-1, out=out)
 
     def grad_from(self, S: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Gradient of X from terms S[t, b, d, n] * v[t, b, d] * X[.., n], summed over what X is shared by.
@@ -152,12 +163,13 @@ class _ChunkWorkspace:
     """
 
     def __init__(self, T: int, batch: int, dim: int, N: int, dtype: torch.dtype, adjoint: bool,
-                 device: torch.device):
-        self.decay = empty((T, batch, dim, N), device, dtype)  # exp(delta_t A)
-        self.state = empty((T + 1, batch, dim, N), device, dtype)  # [0]: carried in; [t+1]: after step t
+                 device: torch.device, states: bool = True):
+        if states:  # (the backward of a call that saved its states reads theirs instead)
+            self.decay = empty((T, batch, dim, N), device, dtype)  # exp(delta_t A)
+            self.state = empty((T + 1, batch, dim, N), device, dtype)  # [0]: carried in; [t+1]: after step t
+            self._decays = self.decay.unbind(0)
+            self._states = self.state.unbind(0)
         self.per_channel = empty((T, batch, dim), device, dtype)  # one contraction over N
-        self._decays = self.decay.unbind(0)
-        self._states = self.state.unbind(0)
         if adjoint:
             self.adjoint = empty((T, batch, dim, N), device, dtype)  # dLoss/dh_t
             self.work = empty((T, batch, dim, N), device, dtype)
@@ -177,16 +189,18 @@ class _ChunkWorkspace:
             states[t + 1].addcmul_(decays[t], states[t])
         return decay, state
 
-    def run_adjoint(self, T, carry, dy_steps, C_layout, C_chunk):
+    def run_adjoint(self, T, carry, dy_steps, C_layout, C_chunk, decay=None):
         """g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}, with g_{T-1} also receiving `carry`.
 
-        Needs `run_states` of the same chunk first (reads its decays).
+        Reads the chunk's decays: ``decay`` (T, batch, dim, N) where given, else those `run_states` of the same
+        chunk left in this workspace.
         """
         adjoint = self.adjoint[:T]
         torch.mul(C_layout.vector_view(dy_steps), C_layout.broadcast(C_chunk), out=C_layout.state_view(adjoint))
         if carry is not None:
             adjoint[T - 1].add_(carry)
-        adjoints, decays = self._adjoints, self._decays
+        adjoints = self._adjoints
+        decays = self._decays if decay is None else decay.unbind(0)
         for t in range(T - 2, -1, -1):
             adjoints[t].addcmul_(decays[t + 1], adjoints[t + 1])
         return adjoint
@@ -194,7 +208,7 @@ class _ChunkWorkspace:
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size, save_states):
         ctx.set_materialize_grads(False)
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -218,19 +232,28 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
                                                                                    device=device)
         y = empty((batch, dim, L), device, dtype)
         boundaries = empty((num_chunks, batch, dim, N), device, dtype)  # state entering each chunk
+        # every chunk's (decay, state) for the backward, each chunk in its own workspace (see SAVE_STATES_BYTES)
+        saved = [] if save_states and 2 * (L + 1) * batch * dim * N * u32.element_size() <= SAVE_STATES_BYTES else None
         if L > 0:
+            scratch = empty((min(T_max, L), batch, dim, N), device, dtype)  # contract_state's product
+        if L > 0 and saved is None:
             ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=device)
         for index in range(num_chunks):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
+            if saved is not None:
+                ws = _ChunkWorkspace(T, batch, dim, N, dtype, adjoint=False, device=device)
             boundaries[index].copy_(h)
             _, state = ws.run_states(
                 T, h, _steps(delta32, start, stop), _steps(delta_u, start, stop),
                 A32, B_layout, B_layout.chunk(start, stop),
             )
-            y_steps = C_layout.contract_state(state[1:], C_layout.chunk(start, stop), out=ws.per_channel[:T])
+            y_steps = C_layout.contract_state(state[1:], C_layout.chunk(start, stop), ws.per_channel[:T],
+                                              scratch[:T])
             y[:, :, start:stop].copy_(y_steps.permute(1, 2, 0))
             h = state[T]
+            if saved is not None:
+                saved.append((ws.decay, ws.state))
         last_state = h.clone()  # h is a view into the workspace (or the caller's initial_state)
 
         if D32 is not None:
@@ -240,6 +263,9 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
         ctx.delta_softplus = delta_softplus
         ctx.T_max = T_max
+        # Intermediate buffers of this call only (no input or output aliases them): kept on ctx, not through
+        # save_for_backward, which exists to check inputs and outputs for in-place changes.
+        ctx.saved_chunks = saved
         ctx.layouts = (B_layout, C_layout)
         ctx.input_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
         # B, C (in compute layout) go through save_for_backward like every other tensor, so autograd
@@ -261,7 +287,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         N = A32.shape[1]
         dtype = delta32.dtype
         T_max = ctx.T_max
-        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, -, -
+        needs = ctx.needs_input_grad  # u, delta, A, B, C, D, z, delta_bias, initial_state, -, -, -
         input_dtypes = ctx.input_dtypes
 
         device = u32.device
@@ -286,15 +312,21 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
         # dLoss/dh after the current chunk's last step, from the later chunks (or from last_state).
         carry = grad_last_state.to(dtype) if grad_last_state is not None else None
+        saved, ctx.saved_chunks = ctx.saved_chunks, None
         if L > 0:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True, device=device)
+            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=True, device=device,
+                                 states=saved is None)
         for index in reversed(range(boundaries.shape[0])):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
             delta_steps, delta_u_steps, dy_steps = (_steps(x, start, stop) for x in (delta32, delta_u, dy))
             B_chunk, C_chunk = B_layout.chunk(start, stop), C_layout.chunk(start, stop)
-            decay, state = ws.run_states(T, boundaries[index], delta_steps, delta_u_steps, A32, B_layout, B_chunk)
-            adjoint = ws.run_adjoint(T, carry, dy_steps, C_layout, C_chunk)
+            if saved is not None:
+                decay, state = saved.pop()  # this chunk's, kept by the forward (freed as the backward goes)
+            else:
+                decay, state = ws.run_states(T, boundaries[index], delta_steps, delta_u_steps, A32, B_layout,
+                                             B_chunk)
+            adjoint = ws.run_adjoint(T, carry, dy_steps, C_layout, C_chunk, decay)
             carry = decay[0] * adjoint[0]
 
             # y_t = C_t . h_t
@@ -303,7 +335,9 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             grad_B_chunk = B_layout.grad_from(adjoint, delta_u_steps)
             B_layout.add_chunk_grad(grad_B, grad_B_chunk, start, stop)
             C_layout.add_chunk_grad(grad_C, grad_C_chunk, start, stop)
-            grad_delta_u = B_layout.contract_state(adjoint, B_chunk, out=ws.per_channel[:T]).permute(1, 2, 0)
+            # (ws.work is free until grad_delta_A below)
+            grad_delta_u = B_layout.contract_state(adjoint, B_chunk, ws.per_channel[:T], ws.work[:T]).permute(
+                1, 2, 0)
             grad_delta[:, :, start:stop].addcmul_(grad_delta_u, u32[:, :, start:stop])
             grad_u[:, :, start:stop].addcmul_(grad_delta_u, delta32[:, :, start:stop])
             # h_t receives exp(delta_t A) h_{t-1}: dLoss/d(delta_t A) = g_t h_{t-1} exp(delta_t A)
@@ -333,6 +367,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             grad_initial_state,
             None,
             None,
+            None,
         )
 
 
@@ -357,7 +392,10 @@ def selective_scan_torch(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"selective_scan_torch: chunk_size must be >= 1, got {chunk_size}")
+    # Keep the chunk states for the backward only when one will run (autograd recording, an input needing grad).
+    save_states = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     out, last_state = _ChunkedSelectiveScan.apply(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), chunk_size
+        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), chunk_size, save_states
     )
     return (out, last_state) if return_last_state else out
