@@ -10,7 +10,7 @@ ONE op per step, and moves everything else into a few bulk ops per chunk of T st
     decay[t]    = exp(delta_t A)                         one mul + one exp_ for the whole chunk
     state[t+1]  = delta_t u_t B_t                        one mul for the whole chunk
     state[t+1] += decay[t] * state[t]   (t = 0 .. T-1)   one addcmul_ per step (state[0]: carried in)
-    y           = sum_N state[1:] * C                    one bmm for the whole chunk
+    y           = sum_N state[1:] * C                    one mul and one sum for the whole chunk
 
 Only the chunk-boundary states are kept for the backward, which recomputes each chunk's states,
 unless all of them fit in SAVE_STATES_BYTES (small models, short sequences: the CPU tasks' defaults):
