@@ -193,18 +193,14 @@ class _ChunkWorkspace:
             states[t + 1].addcmul_(decays[t], states[t])
         return decay, state
 
-    def run_adjoint(self, T, carry, dy_steps, C_layout, C_chunk, decay=None):
-        """g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}, with g_{T-1} also receiving `carry`.
-
-        Reads the chunk's decays: ``decay`` (T, batch, dim, N) where given, else those `run_states` of the same
-        chunk left in this workspace.
-        """
+    def run_adjoint(self, T, carry, dy_steps, C_layout, C_chunk, decay):
+        """g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}, with g_{T-1} also receiving `carry`; ``decay``: the
+        chunk's (T, batch, dim, N) decays (from `run_states`, or kept by the forward)."""
         adjoint = self.adjoint[:T]
         torch.mul(C_layout.vector_view(dy_steps), C_layout.broadcast(C_chunk), out=C_layout.state_view(adjoint))
         if carry is not None:
             adjoint[T - 1].add_(carry)
-        adjoints = self._adjoints
-        decays = self._decays if decay is None else decay.unbind(0)
+        adjoints, decays = self._adjoints, decay.unbind(0)
         for t in range(T - 2, -1, -1):
             adjoints[t].addcmul_(decays[t + 1], adjoints[t + 1])
         return adjoint
@@ -240,8 +236,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         saved = [] if save_states and 2 * (L + 1) * batch * dim * N * u32.element_size() <= SAVE_STATES_BYTES else None
         if L > 0:
             scratch = empty((min(T_max, L), batch, dim, N), device, dtype)  # contract_state's product
-        if L > 0 and saved is None:
-            ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=device)
+            if saved is None:  # one workspace for every chunk
+                ws = _ChunkWorkspace(min(T_max, L), batch, dim, N, dtype, adjoint=False, device=device)
         for index in range(num_chunks):
             start, stop = index * T_max, min((index + 1) * T_max, L)
             T = stop - start
