@@ -41,6 +41,9 @@
 #            selective-copying step both ways)
 #          | blaslt (the 1.4B decode at batch 128 with every F.linear by cuBLAS, PyTorch's default, then by cuBLASLt
 #            (TORCH_BLAS_PREFER_CUBLASLT=1): the projections alone, then generation for both models)
+#          | pdl (programmatic dependent launch, SEQMAMBA_PDL=1: the decode / norm tests on CUDA with it, then 1.4B
+#            generation at batch $PDL_BATCHES (128) and the selective-copying step, off / on alternately)
+#          | pdltests (every GPU test but the lanes kernel's with SEQMAMBA_PDL=1, in 4 processes)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -191,6 +194,18 @@ for step in $steps; do
                 --batch-sizes 128 --max-batch 128 --out "$OUT/gen_lt$lt.json" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" \
                 | sed "s/^/cublaslt=$lt /" | tee -a "$OUT/blaslt.log"
             done ;;
+    pdl) SEQMAMBA_PDL=1 timeout 200 python -m pytest -q -rf tests/test_decode_linear.py tests/test_generation.py \
+           tests/test_layer_norm.py 2>&1 | tail -4 | sed "s/^/pdl=1 tests: /" | tee "$OUT/pdl.log"
+         for batch in ${PDL_BATCHES:-128}; do for pdl in ${PDL_ORDER:-0 1}; do
+           SEQMAMBA_PDL=$pdl timeout 150 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes $batch \
+             --max-batch $batch --out "$OUT/gen_pdl${pdl}_b$batch.json" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" \
+             | sed "s/^/pdl=$pdl /" | tee -a "$OUT/pdl.log"
+         done; done
+         for pdl in ${PDL_ORDER:-0 1}; do
+           SEQMAMBA_PDL=$pdl timeout 150 python benchmarks/bench_train_step.py --cases selective_copying --steps 300 \
+             --out "$OUT/ts_pdl$pdl" 2>&1 | grep -E "^selective_copying" | sed "s/^/pdl=$pdl /" | tee -a "$OUT/pdl.log"
+         done ;;
+    pdltests) SEQMAMBA_PDL=1 par_pytest 4 420 pdltests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/pdltests.log" ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

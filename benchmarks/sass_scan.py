@@ -57,7 +57,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False)
+                  HAS_INIT=False, FAST_MATH=False, PDL=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -237,6 +237,56 @@ def gluon_report(variants=GLUON_VARIANTS):
     return rows
 
 
+# The kernels launched with programmatic dependent launch (``CachedLaunch(fn, pdl=True)``), each with constexprs of
+# a decode-step launch; pointers are bf16 but for those named (fp32 / int32).
+PDL_KERNELS = {
+    "state_update": ("seqmamba.ops.selective_state_update.triton_kernels", "_selective_state_update_kernel",
+                     dict(HAS_D=True, HAS_Z=True, HAS_DT_BIAS=True, SOFTPLUS=True, BLOCK_D=64, BLOCK_N=16,
+                          DT_PROJ=False, BLOCK_R=2, ONE_GROUP=True), {"A_ptr", "D_ptr", "dt_bias_ptr", "state_ptr"}),
+    "state_update_rows": ("seqmamba.ops.selective_state_update.triton_kernels", "_selective_state_update_rows_kernel",
+                          dict(HAS_D=True, HAS_Z=True, HAS_DT_BIAS=True, SOFTPLUS=True, BLOCK_B=16, BLOCK_D=32,
+                               BLOCK_N=16, BLOCK_R=128, FP32_DOT=False), {"A_ptr", "D_ptr", "dt_bias_ptr"}),
+    "conv_update": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_update_kernel",
+                    dict(WIDTH=4, BLOCK_W=4, HAS_BIAS=True, SILU=True, BLOCK_D=256), set()),
+    "decode_linear": ("seqmamba.ops.decode_linear.triton_kernels", "_decode_linear_kernel",
+                      dict(HAS_BIAS=False, SPLIT_K=8, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, FP32_DOT=False,
+                           EVEN_K=True), {"part_ptr", "count_ptr:i32"}),
+    "add_norm_fwd": ("seqmamba.ops.layer_norm.triton_kernels", "_add_norm_fwd_kernel",
+                     dict(HAS_RESIDUAL=True, STORE_RESIDUAL_OUT=True, HAS_BIAS=False, IS_RMS_NORM=True, ROWS=1,
+                          BLOCK_N=2048), {"RES", "RES_OUT", "MEAN", "RSTD"}),
+}
+_POINTER_NAMES = {"X", "RES", "W", "B", "Y", "RES_OUT", "MEAN", "RSTD"}
+_GLOBAL_MEMORY = re.compile(r"^(LDG|STG|RED|ATOM|ATOMG|LDGSTS|LDGDEPBAR|UTMALDG|UBLKCP)")
+
+
+def pdl_report(arch: int = 90):
+    """For each PDL kernel compiled with PDL on and off: the positions (instruction index) of the grid dependency
+    wait (ACQBULK), the trigger (PREEXIT) and the first global memory instruction; -1 where absent."""
+    import importlib
+    rows = []
+    for name, (module, attr, constexprs, special) in PDL_KERNELS.items():
+        fn = getattr(importlib.import_module(module), attr)
+        typed = dict(item.split(":") if ":" in item else (item, "fp32") for item in special)
+        for pdl in (True, False):
+            signature, constants = {}, {}
+            for arg, param in zip(fn.arg_names, fn.params):
+                if param.is_constexpr:
+                    signature[arg], constants[arg] = "constexpr", dict(constexprs, PDL=pdl)[arg]
+                elif arg.endswith("_ptr") or arg in _POINTER_NAMES:
+                    signature[arg] = "*" + typed.get(arg, "bf16")
+                else:
+                    signature[arg] = "fp32" if arg == "eps" else "i32"
+            compiled = triton.compile(ASTSource(fn, signature, constants, {}), target=GPUTarget("cuda", arch, 32),
+                                      options=dict(num_warps=4, launch_pdl=pdl))
+            sass, _, _ = sass_and_resources(compiled)
+            ops = [m.group(2) for m in map(_LINE.match, sass.splitlines()) if m]
+            first = lambda test: next((i for i, op in enumerate(ops) if test(op)), -1)  # noqa: E731
+            rows.append(dict(kernel=name, pdl=pdl, launch_pdl=bool(compiled.metadata.launch_pdl),
+                             wait=first(lambda op: op == "ACQBULK"), trigger=first(lambda op: op == "PREEXIT"),
+                             first_global=first(lambda op: bool(_GLOBAL_MEMORY.match(op))), instructions=len(ops)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", choices=list(KERNELS) + ["all"], default="all")
@@ -257,7 +307,12 @@ def main():
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
     parser.add_argument("--lanes-report", action="store_true",
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
+    parser.add_argument("--pdl-report", action="store_true",
+                        help="JSON: where the PDL kernels wait, trigger and first touch global memory")
     args = parser.parse_args()
+    if args.pdl_report:
+        print(json.dumps(pdl_report(args.arch)))
+        return
     if args.lanes_report:
         print(json.dumps(lanes_report()))
         return

@@ -797,6 +797,56 @@ def test_fast_flip_shuffles_only_in_the_layout_it_assumes():
         assert row["loop_shuffles"] < row["loop_shuffles_plain"] - 48, row
 
 
+def test_programmatic_launch_kernels_wait_before_any_global_memory_access():
+    """Under programmatic dependent launch (launch.PROGRAMMATIC_LAUNCH) a kernel's programs may start while the
+    kernel before it still runs, so nothing may touch global memory before the grid dependency wait. Compiled for
+    sm_90 (Triton's ptxas, no GPU): with PDL every such kernel waits (ACQBULK), then lets the next kernel start
+    (PREEXIT), and only then loads or stores; without it neither instruction is there."""
+    rows = sass_scan_report("--pdl-report")
+    assert {row["kernel"] for row in rows} >= {"state_update", "state_update_rows", "conv_update", "decode_linear",
+                                              "add_norm_fwd"}
+    for row in rows:
+        assert row["launch_pdl"] == row["pdl"], row
+        if row["pdl"]:
+            assert 0 <= row["wait"] < row["trigger"] < row["first_global"], row
+        else:
+            assert row["wait"] == row["trigger"] == -1 and row["first_global"] >= 0, row
+
+
+def test_programmatic_launch_rule(monkeypatch):
+    """PDL only when switched on, on CUDA devices of compute capability 9.0 or later, and never under the
+    interpreter; a kernel built with pdl=True gets its PDL constexpr from the rule at every launch."""
+    from seqmamba.ops import launch
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(launch, "_capability_major", lambda index: 9)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(launch, "PROGRAMMATIC_LAUNCH", True)
+    assert launch.programmatic_launch(cuda) and not launch.programmatic_launch(cpu)
+    monkeypatch.setattr(launch, "_capability_major", lambda index: 8)
+    assert not launch.programmatic_launch(cuda)
+    monkeypatch.setattr(launch, "_capability_major", lambda index: 9)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not launch.programmatic_launch(cuda)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(launch, "PROGRAMMATIC_LAUNCH", False)
+    assert not launch.programmatic_launch(cuda)
+
+    seen = []
+
+    class Kernel:  # records what CachedLaunch hands Triton
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(kwargs)
+
+    for enabled in (False, True):
+        monkeypatch.setattr(launch, "programmatic_launch", lambda device, enabled=enabled: enabled)
+        launch.CachedLaunch(Kernel(), pdl=True)((1,), (torch.zeros(1),), (), dict(X=1))
+        launch.CachedLaunch(Kernel())((1,), (torch.zeros(1),), (), dict(X=1))
+    off, plain_off, on, plain_on = seen
+    assert off["PDL"] is False and "launch_pdl" not in off
+    assert on["PDL"] is True and on["launch_pdl"] is True
+    assert "PDL" not in plain_off and "PDL" not in plain_on and "launch_pdl" not in plain_on
+
+
 def test_gluon_forward_compiles_for_sm90_with_fewer_instructions_than_the_triton_forward():
     """The inference forward in Gluon (FWD_CONFIG gluon; no interpreter exists for Gluon, so its results are checked
     by the GPU tests): every specialisation compiles for sm_90 (Triton's ptxas, no GPU), and its loop over state

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import List, Sequence
 
 import torch
 import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 # Set False to launch every time through Triton's JITFunction (the cached launcher is skipped).
 FAST_LAUNCH = True
+# Programmatic dependent launch (sm_90 and later) for the kernels built with ``CachedLaunch(fn, pdl=True)``: such a
+# kernel is launched with CUDA's programmatic-stream-serialization attribute, so the GPU may start its programs
+# while the kernel before it in the stream drains, and each program waits (``grid_dependency_wait``) for that
+# kernel to complete before its first global memory access. The result is the same as in plain stream order; what
+# can change is the gap between kernels (a decode step is ~7 short kernels per layer). Also under CUDA graph
+# capture (programmatic edges). SEQMAMBA_PDL=1 / 0 sets the default.
+PROGRAMMATIC_LAUNCH = os.environ.get("SEQMAMBA_PDL", "0") not in ("", "0")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -29,6 +39,33 @@ def cdiv(a: int, b: int) -> int:
 def sm_count(device_index: int) -> int:
     """Streaming multiprocessors of a CUDA device (cached: the property query costs host time)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def programmatic_launch(device: torch.device) -> bool:
+    """Whether kernels built with ``pdl=True`` launch with programmatic dependent launch on this device: the switch
+    is on, the device is CUDA of compute capability 9.0 or later, and Triton is not interpreting."""
+    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and not _interpreting()
+            and _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_major(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
+@triton.jit
+def grid_dependency_wait(PDL: tl.constexpr):
+    """First statement of a kernel built with ``pdl=True``, before any global load or store. Under programmatic
+    launch: wait until the kernel before this one has completed and its writes are visible, then let the kernel
+    after this one start its programs (only now, so that at most the kernel just before a running one is still
+    incomplete: none of them reads anything before its own wait). Nothing when PDL is False."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def zeroed_views(device, shapes: Sequence[Sequence[int]]) -> List[torch.Tensor]:
@@ -62,8 +99,11 @@ class CachedLaunch:
     # cache rather than let it grow without bound; the next launch of each goes through Triton once more.
     MAX_ENTRIES = 4096
 
-    def __init__(self, fn):
+    def __init__(self, fn, pdl: bool = False):
         self.fn = fn
+        # pdl: the kernel takes a PDL constexpr and starts with ``grid_dependency_wait(PDL)``; each launch sets it
+        # (and the launch attribute) by ``programmatic_launch``.
+        self.pdl = pdl
         # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
         self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
         self.compiled = {}
@@ -73,6 +113,11 @@ class CachedLaunch:
                  num_warps: int = 4, options: dict | None = None) -> None:
         options = options or {}
         device = tensors[0].device
+        if self.pdl:
+            enabled = programmatic_launch(device)
+            constexprs = {**constexprs, "PDL": enabled}
+            if enabled:
+                options = {**options, "launch_pdl": True}
         key = None
         if FAST_LAUNCH and self.usable and device.type == "cuda" and _no_launch_hooks():
             values = tuple(constexprs[name] for name in self.constexpr_names)

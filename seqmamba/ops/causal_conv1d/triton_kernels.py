@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ..backend import records_autograd
 from ..buffers import empty
-from ..launch import CachedLaunch, cdiv, zeroed_views
+from ..launch import CachedLaunch, cdiv, grid_dependency_wait, zeroed_views
 
 
 @triton.jit
@@ -39,7 +39,9 @@ def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_o_b, s_o_d, s_o_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -59,8 +61,10 @@ def _causal_conv1d_dpre_kernel(
     x_ptr, w_ptr, bias_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, L,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """dpre = dout * act'(pre) (fp32, contiguous), plus the weight and bias gradients (atomics over tiles)."""
+    grid_dependency_wait(PDL)
     pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -90,8 +94,10 @@ def _causal_conv1d_dpre_kernel(
 def _causal_conv1d_dx_kernel(
     dpre_ptr, w_ptr, dx_ptr, dim, L, s_w_d, s_w_k,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """dx[t] = sum_k weight[k] dpre[t + width - 1 - k] (the transposed, anti-causal conv)."""
+    grid_dependency_wait(PDL)
     pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -112,7 +118,9 @@ def _causal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
     s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
     WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     k_idx = tl.arange(0, BLOCK_W)
@@ -158,10 +166,10 @@ BWD_MAX_TIME_TILES = 2048
 # instead of passing it through memory in fp32 (6 bytes moved per element instead of 14). It lost at every tile and
 # shape: best 2.013 vs 1.619 ms at 64x1536x2048, 0.515 vs 0.417 at 8x1536x4096, 0.357 vs 0.294 at 64x128x4112 (four
 # conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves).
-_launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel)
-_launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel)
-_launch_dx = CachedLaunch(_causal_conv1d_dx_kernel)
-_launch_update = CachedLaunch(_causal_conv1d_update_kernel)
+_launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel, pdl=True)
+_launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel, pdl=True)
+_launch_dx = CachedLaunch(_causal_conv1d_dx_kernel, pdl=True)
+_launch_update = CachedLaunch(_causal_conv1d_update_kernel, pdl=True)
 
 
 def _grid(batch, dim, L, block_d, block_l):

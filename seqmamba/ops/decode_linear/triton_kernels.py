@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..backend import records_autograd
 from ..buffers import empty
-from ..launch import CachedLaunch, cdiv, sm_count
+from ..launch import CachedLaunch, cdiv, grid_dependency_wait, sm_count
 
 
 @triton.jit
@@ -38,8 +38,9 @@ def _decode_linear_kernel(
     M, N, K, k_per_split,
     s_x_m, s_x_k, s_w_n, s_w_k, s_y_m, s_y_n,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m_idx = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n_idx = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -193,7 +194,7 @@ def _scratch(device: torch.device, part_numel: int, tiles: int) -> Tuple[torch.T
     return part, count
 
 
-_launch = CachedLaunch(_decode_linear_kernel)
+_launch = CachedLaunch(_decode_linear_kernel, pdl=True)
 
 
 def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

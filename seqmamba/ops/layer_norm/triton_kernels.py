@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..buffers import empty, empty_like
-from ..launch import CachedLaunch, cdiv, sm_count
+from ..launch import CachedLaunch, cdiv, grid_dependency_wait, sm_count
 
 
 @triton.jit
@@ -29,8 +29,9 @@ def _add_norm_fwd_kernel(
     X, RES, W, B, Y, RES_OUT, MEAN, RSTD,
     s_x, s_res, s_y, s_res_out, M, N, eps,
     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL_OUT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    IS_RMS_NORM: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < M
     cols = tl.arange(0, BLOCK_N)
@@ -63,7 +64,9 @@ def _add_norm_bwd_kernel(
     s_x, s_dy, s_dx, s_dres_out, s_dres_in, M, N, tiles_per_program,
     HAS_DRESIDUAL_OUT: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr, HAS_BIAS: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid = tl.program_id(0)
     first_row = pid.to(tl.int64) * tiles_per_program * ROWS
     cols = tl.arange(0, BLOCK_N)
@@ -104,8 +107,8 @@ def _add_norm_bwd_kernel(
         tl.store(DB_PART + pid * N + cols, tl.sum(db, axis=0), mask=col_mask)
 
 
-_launch_fwd = CachedLaunch(_add_norm_fwd_kernel)
-_launch_bwd = CachedLaunch(_add_norm_bwd_kernel)
+_launch_fwd = CachedLaunch(_add_norm_fwd_kernel, pdl=True)
+_launch_bwd = CachedLaunch(_add_norm_bwd_kernel, pdl=True)
 
 
 def _tile(N: int) -> Tuple[int, int, int]:

@@ -27,6 +27,7 @@ at 4.8, 0.88x at 2.9, where one warp per sub-partition cannot hide its loads; th
 import triton
 import triton.language as tl
 
+from ..launch import grid_dependency_wait
 from .triton_kernels import _softplus
 
 
@@ -291,10 +292,12 @@ def _selective_scan_fwd_lanes_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
     FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program: batch row program_id(1), channels program_id(0) * BLOCK_D + lane. state_in / last:
     (batch, dim, N) fp32 (state_in read only with HAS_INIT). B / C: time-varying through (batch, group, n, l)
     strides, the group of channel d being d // channels_per_group; else (dim, N) through (group = channel, n)."""
+    grid_dependency_wait(PDL)
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)

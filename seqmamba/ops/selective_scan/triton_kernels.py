@@ -27,6 +27,8 @@ torch.compile: triton_autograd.py; measurements behind each choice: notes/triton
 import triton
 import triton.language as tl
 
+from ..launch import grid_dependency_wait
+
 
 @triton.jit
 def _first_order_combine(a_left, b_left, a_right, b_right):
@@ -233,12 +235,14 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
     overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2.
     With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK steps goes to chunk_states
     (batch, dim, n_saved, N)."""
+    grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
         BLOCK_D, HAS_D, HAS_DBIAS)
@@ -403,9 +407,11 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state)."""
+    grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
         BLOCK_D, HAS_D, HAS_DBIAS)
@@ -498,12 +504,14 @@ def _selective_scan_dstate_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, C_VAR: tl.constexpr,
     FAST_FLIP: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """dL/d(initial state) alone, with no gradient on the last state: the backward's reverse recurrence
     dh_t = C_t dy_t + a_{t+1} dh_{t+1} and nothing else (no recomputed states, no other gradient, no atomics).
     What the training split needs per segment (triton_launch.scan_backward_split). Same operations as the
     backward kernel's, so the same numbers. dstate_ptr: (batch, dim, N) fp32 zeros; it carries a_t dh_t of each
     chunk's first step into the previous chunk and ends holding the result."""
+    grid_dependency_wait(PDL)
     # (Triton: a name bound before the loop must keep its type inside it, so no '_' reused for two values.)
     pid_b, d64, mask_d, _no_D, dbias, group, _no_B, C_base = _program_channels(
         dim, channels_per_group, dbias_ptr, dbias_ptr, C_ptr, s_C_b, s_C_g, C_ptr, s_C_b, s_C_g,

@@ -22,10 +22,10 @@ from .triton_kernels import (_segment_delta_sum_kernel, _segment_end_state_kerne
 FORCE_CHUNK_T: Optional[int] = None
 
 # Repeat launches skip Triton's JITFunction.run (seqmamba/ops/launch.py).
-_launch_fwd = CachedLaunch(_selective_scan_fwd_kernel)
-_launch_bwd = CachedLaunch(_selective_scan_bwd_kernel)
-_launch_dstate = CachedLaunch(_selective_scan_dstate_kernel)
-_launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel)
+_launch_fwd = CachedLaunch(_selective_scan_fwd_kernel, pdl=True)
+_launch_bwd = CachedLaunch(_selective_scan_bwd_kernel, pdl=True)
+_launch_dstate = CachedLaunch(_selective_scan_dstate_kernel, pdl=True)
+_launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel, pdl=True)
 _launch_segment_delta_sum = CachedLaunch(_segment_delta_sum_kernel)
 _launch_segment_end_state = CachedLaunch(_segment_end_state_kernel)
 _launch_segment_start_grad = CachedLaunch(_segment_start_grad_kernel)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..buffers import empty
 from ..decode_linear import decode_linear
-from ..launch import CachedLaunch, cdiv
+from ..launch import CachedLaunch, cdiv, grid_dependency_wait
 from ..selective_scan.triton_kernels import _softplus
 
 
@@ -30,8 +30,9 @@ def _selective_state_update_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr,
-    ONE_GROUP: tl.constexpr,
+    ONE_GROUP: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_idx = tl.arange(0, BLOCK_N)
@@ -85,11 +86,12 @@ def _selective_state_update_rows_kernel(
     s_B_b, s_B_n, s_C_b, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    FP32_DOT: tl.constexpr,
+    FP32_DOT: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """One decode step for a (BLOCK_B batch rows, BLOCK_D channels) block, B / C in one group, with dt = dt_low @
     W^T formed by one tensor-core product per block (W's rows read once per BLOCK_B batch rows, dt kept in fp32).
     The state block is (BLOCK_B, BLOCK_D, BLOCK_N)."""
+    grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     b_idx = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -161,8 +163,8 @@ DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = (16, 32, 4)
 DECODE_DT_PROJ_ROWS_FP32_STATE: bool = False
 
 
-_launch = CachedLaunch(_selective_state_update_kernel)
-_launch_rows = CachedLaunch(_selective_state_update_rows_kernel)
+_launch = CachedLaunch(_selective_state_update_kernel, pdl=True)
+_launch_rows = CachedLaunch(_selective_state_update_rows_kernel, pdl=True)
 
 
 def _bc_strides(X: torch.Tensor):
