@@ -26,8 +26,10 @@ FAST_LAUNCH = True
 # while the kernel before it in the stream drains, and each program waits (``grid_dependency_wait``) for that
 # kernel to complete before its first global memory access. The result is the same as in plain stream order; what
 # can change is the gap between kernels (a decode step is ~7 short kernels per layer). Also under CUDA graph
-# capture (programmatic edges). SEQMAMBA_PDL=1 / 0 sets the default.
-PROGRAMMATIC_LAUNCH = os.environ.get("SEQMAMBA_PDL", "0") not in ("", "0")
+# capture (programmatic edges). On by default; SEQMAMBA_PDL=0 turns it off. H200, in one run (BENCHMARKS.md,
+# eighteenth session): 1.4B decode at batch 128 39,080 -> 40,358 tokens/s (fp32 states), 43,468 -> 45,387 (bf16),
+# batch 1 597 -> 650; the selective-copying training step 79.3 -> 89.2 steps/s eager, 115.1 -> 117.5 graphed.
+PROGRAMMATIC_LAUNCH = os.environ.get("SEQMAMBA_PDL", "1") not in ("", "0")
 
 
 def cdiv(a: int, b: int) -> int:
