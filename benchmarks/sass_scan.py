@@ -254,16 +254,55 @@ PDL_KERNELS = {
     "add_norm_fwd": ("seqmamba.ops.layer_norm.triton_kernels", "_add_norm_fwd_kernel",
                      dict(HAS_RESIDUAL=True, STORE_RESIDUAL_OUT=True, HAS_BIAS=False, IS_RMS_NORM=True, ROWS=1,
                           BLOCK_N=2048), {"RES", "RES_OUT", "MEAN", "RSTD"}),
+    "add_norm_bwd": ("seqmamba.ops.layer_norm.triton_kernels", "_add_norm_bwd_kernel",
+                     dict(HAS_DRESIDUAL_OUT=True, STORE_DRESIDUAL_IN=True, HAS_BIAS=False, IS_RMS_NORM=True, ROWS=1,
+                          BLOCK_N=2048), {"DW_PART", "DB_PART", "MEAN", "RSTD"}),
+    "conv_fwd": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_fwd_kernel",
+                 dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=8, BLOCK_L=256), set()),
+    "conv_dpre": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dpre_kernel",
+                  dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256), {"dpre_ptr", "dw_ptr", "dbias_ptr"}),
+    "conv_dx": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dx_kernel",
+                dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256), {"dpre_ptr"}),
 }
-_POINTER_NAMES = {"X", "RES", "W", "B", "Y", "RES_OUT", "MEAN", "RSTD"}
+# The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
+PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",
+                    "dstate": "_selective_scan_dstate_kernel", "lanes_fwd": "_selective_scan_fwd_lanes_kernel"}
+_POINTER_NAMES = {"X", "RES", "W", "B", "Y", "RES_OUT", "MEAN", "RSTD", "DY", "DX", "DRES_OUT", "DRES_IN", "DW_PART",
+                  "DB_PART"}
 _GLOBAL_MEMORY = re.compile(r"^(LDG|STG|RED|ATOM|ATOMG|LDGSTS|LDGDEPBAR|UTMALDG|UBLKCP)")
 
 
 def pdl_report(arch: int = 90):
     """For each PDL kernel compiled with PDL on and off: the positions (instruction index) of the grid dependency
-    wait (ACQBULK), the trigger (PREEXIT) and the first global memory instruction; -1 where absent."""
+    wait (ACQBULK), the trigger (PREEXIT) and the first global memory instruction; -1 where absent. The scan's
+    kernels with PDL on only (their plain compiles are the other reports'). Last row: every kernel name that
+    ``CachedLaunch(..., pdl=True)`` registered, to check that none is left out here."""
     import importlib
+    import pkgutil
+
+    import seqmamba.ops
+    from seqmamba.ops import launch
+    for module in pkgutil.walk_packages(seqmamba.ops.__path__, "seqmamba.ops."):  # every kernel registers itself
+        importlib.import_module(module.name)
     rows = []
+
+    def row(name, pdl, compiled):
+        sass, _, _ = sass_and_resources(compiled)
+        ops = [m.group(2) for m in map(_LINE.match, sass.splitlines()) if m]
+        first = lambda test: next((i for i, op in enumerate(ops) if test(op)), -1)  # noqa: E731
+        return dict(kernel=name, pdl=pdl, launch_pdl=bool(compiled.metadata.launch_pdl),
+                    wait=first(lambda op: op == "ACQBULK"), trigger=first(lambda op: op == "PREEXIT"),
+                    first_global=first(lambda op: bool(_GLOBAL_MEMORY.match(op))), instructions=len(ops))
+
+    for short, name in PDL_SCAN_KERNELS.items():
+        if short == "lanes_fwd":
+            warps = triton_launch.FWD_CONFIG["lanes_num_warps"]
+            compiled = compile_kernel(short, 32 * warps, 4, warps, PDL=True)
+        else:
+            cfg = triton_launch.BWD_CONFIG if short in ("bwd", "dstate") else triton_launch.FWD_CONFIG
+            compiled = compile_kernel(short, cfg["block_d"], cfg["T"], cfg["num_warps"], PDL=True)
+        rows.append(row(name, True, compiled))
+        rows[-1]["launch_pdl"] = True  # compile_kernel leaves the launch option out; the code is the same
     for name, (module, attr, constexprs, special) in PDL_KERNELS.items():
         fn = getattr(importlib.import_module(module), attr)
         typed = dict(item.split(":") if ":" in item else (item, "fp32") for item in special)
@@ -278,12 +317,8 @@ def pdl_report(arch: int = 90):
                     signature[arg] = "fp32" if arg == "eps" else "i32"
             compiled = triton.compile(ASTSource(fn, signature, constants, {}), target=GPUTarget("cuda", arch, 32),
                                       options=dict(num_warps=4, launch_pdl=pdl))
-            sass, _, _ = sass_and_resources(compiled)
-            ops = [m.group(2) for m in map(_LINE.match, sass.splitlines()) if m]
-            first = lambda test: next((i for i, op in enumerate(ops) if test(op)), -1)  # noqa: E731
-            rows.append(dict(kernel=name, pdl=pdl, launch_pdl=bool(compiled.metadata.launch_pdl),
-                             wait=first(lambda op: op == "ACQBULK"), trigger=first(lambda op: op == "PREEXIT"),
-                             first_global=first(lambda op: bool(_GLOBAL_MEMORY.match(op))), instructions=len(ops)))
+            rows.append(row(attr, pdl, compiled))
+    rows.append(dict(registered=sorted(launch.PDL_KERNELS)))
     return rows
 
 

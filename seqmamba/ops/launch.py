@@ -30,6 +30,8 @@ FAST_LAUNCH = True
 # eighteenth session): 1.4B decode at batch 128 39,080 -> 40,358 tokens/s (fp32 states), 43,468 -> 45,387 (bf16),
 # batch 1 597 -> 650; the selective-copying training step 79.3 -> 89.2 steps/s eager, 115.1 -> 117.5 graphed.
 PROGRAMMATIC_LAUNCH = os.environ.get("SEQMAMBA_PDL", "1") not in ("", "0")
+# Names of the kernels built with ``CachedLaunch(fn, pdl=True)`` (a test checks each one's compiled order).
+PDL_KERNELS: set = set()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -106,6 +108,8 @@ class CachedLaunch:
         # pdl: the kernel takes a PDL constexpr and starts with ``grid_dependency_wait(PDL)``; each launch sets it
         # (and the launch attribute) by ``programmatic_launch``.
         self.pdl = pdl
+        if pdl:
+            PDL_KERNELS.add(getattr(getattr(fn, "fn", fn), "__name__", repr(fn)))
         # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
         self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
         self.compiled = {}
