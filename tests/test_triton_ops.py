@@ -816,8 +816,8 @@ def test_programmatic_launch_kernels_wait_before_any_global_memory_access():
 
 
 def test_programmatic_launch_rule(monkeypatch):
-    """PDL only when switched on, on CUDA devices of compute capability 9.0 or later, and never under the
-    interpreter; a kernel built with pdl=True gets its PDL constexpr from the rule at every launch."""
+    """PDL only when switched on, on NVIDIA devices of compute capability 9.0 or later (not ROCm), and never under
+    the interpreter; a kernel built with pdl=True gets its PDL constexpr from the rule at every launch."""
     from seqmamba.ops import launch
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(launch, "_capability_major", lambda index: 9)
@@ -827,6 +827,9 @@ def test_programmatic_launch_rule(monkeypatch):
     monkeypatch.setattr(launch, "_capability_major", lambda index: 8)
     assert not launch.programmatic_launch(cuda)
     monkeypatch.setattr(launch, "_capability_major", lambda index: 9)
+    monkeypatch.setattr(torch.version, "hip", "6.4")  # ROCm: MI300 reports capability 9.4
+    assert not launch.programmatic_launch(cuda)
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not launch.programmatic_launch(cuda)
     monkeypatch.delenv("TRITON_INTERPRET")

@@ -47,8 +47,9 @@ def sm_count(device_index: int) -> int:
 
 def programmatic_launch(device: torch.device) -> bool:
     """Whether kernels built with ``pdl=True`` launch with programmatic dependent launch on this device: the switch
-    is on, the device is CUDA of compute capability 9.0 or later, and Triton is not interpreting."""
-    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and not _interpreting()
+    is on, the device is an NVIDIA GPU of compute capability 9.0 or later (not ROCm, whose capabilities are
+    numbered otherwise and whose Triton backend has no grid dependency control), and Triton is not interpreting."""
+    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and torch.version.hip is None and not _interpreting()
             and _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9)
 
 
