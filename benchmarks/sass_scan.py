@@ -318,7 +318,7 @@ def pdl_report(arch: int = 90):
             compiled = triton.compile(ASTSource(fn, signature, constants, {}), target=GPUTarget("cuda", arch, 32),
                                       options=dict(num_warps=4, launch_pdl=pdl))
             rows.append(row(attr, pdl, compiled))
-    rows.append(dict(registered=sorted(launch.PDL_KERNELS)))
+    rows.append(dict(registered=sorted(launch.PDL_KERNEL_NAMES)))
     return rows
 
 

@@ -31,7 +31,7 @@ FAST_LAUNCH = True
 # batch 1 597 -> 650; the selective-copying training step 79.3 -> 89.2 steps/s eager, 115.1 -> 117.5 graphed.
 PROGRAMMATIC_LAUNCH = os.environ.get("SEQMAMBA_PDL", "1") not in ("", "0")
 # Names of the kernels built with ``CachedLaunch(fn, pdl=True)`` (a test checks each one's compiled order).
-PDL_KERNELS: set = set()
+PDL_KERNEL_NAMES: set = set()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -110,7 +110,7 @@ class CachedLaunch:
         # (and the launch attribute) by ``programmatic_launch``.
         self.pdl = pdl
         if pdl:
-            PDL_KERNELS.add(getattr(getattr(fn, "fn", fn), "__name__", repr(fn)))
+            PDL_KERNEL_NAMES.add(getattr(getattr(fn, "fn", fn), "__name__", repr(fn)))
         # (under TRITON_INTERPRET the kernel is an InterpretedFunction without params: no fast path there)
         self.constexpr_names = [p.name for p in getattr(fn, "params", ()) if p.is_constexpr]
         self.compiled = {}
