@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import copy_bandwidth  # noqa: E402
 
 from seqmamba.ops import causal_conv1d_update, selective_state_update  # noqa: E402
+from seqmamba.ops import launch  # noqa: E402
 
 SSU = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
@@ -268,7 +269,9 @@ def main():
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; us per launch, "
-          f"100 launches per CUDA graph", flush=True)
+          f"100 launches per CUDA graph; programmatic launch {'on' if launch.PROGRAMMATIC_LAUNCH else 'off'} "
+          f"(back to back, PDL overlaps a launch's start with the last one's end; SEQMAMBA_PDL=0 for plain order)",
+          flush=True)
     rows, best = [], []
     for name, batch, dim, R in SHAPES:
         if args.sizes and name not in args.sizes:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmamba.models import MambaLM
-from seqmamba.ops import decode_linear
+from seqmamba.ops import decode_linear, launch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from switches import add_switches, apply_switches  # noqa: E402
@@ -765,7 +765,8 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     total_gb = torch.cuda.get_device_properties(device).total_memory / 1e9 if cuda else None
     meta = {"device": name, "device_memory_gb": total_gb, "torch": torch.__version__, "dtype": args.dtype,
-            "cuda_graphs": use_cg, "fused_add_norm": not args.no_fused_add_norm, "prompt_len": args.prompt_len,
+            "cuda_graphs": use_cg, "programmatic_launch": launch.PROGRAMMATIC_LAUNCH,
+            "fused_add_norm": not args.no_fused_add_norm, "prompt_len": args.prompt_len,
             "gen_len": args.gen_len, "vocab_size": args.vocab_size, "batch_sizes": args.batch_sizes,
             "max_batch": args.max_batch, "repeats": args.repeats, "row_budget_s": args.row_budget_s,
             "time_limit_s": args.time_limit_s,

@@ -29,6 +29,7 @@ import torch
 import triton
 
 from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
+from seqmamba.ops import launch
 
 scan_launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")  # launch configs
 
@@ -322,6 +323,7 @@ def block_layout_table(sweep_first: bool):
         del block
         torch.cuda.empty_cache()
     print(f"\nGPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}; "
+          f"programmatic launch {'on' if launch.PROGRAMMATIC_LAUNCH else 'off'}; "
           f"block-layout check {'PASS' if ok else 'FAIL'}")
     print("| (batch, dim, L) | layout | fwd ms | fwd+bwd ms |")
     print("|---|---|---|---|")
