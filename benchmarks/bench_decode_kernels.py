@@ -174,7 +174,7 @@ LINEAR_SHAPES = [("1.4b", 48, GEMMS), ("130m", 24, [("in_proj", 768, 3072), ("ou
 def linear_configs(M, N, K, block_ms=None):
     """The split-K kernel's configs worth timing at one shape: row tiles of ``block_ms`` (default: all rows, up
     to 128), output tiles of 32-256 columns, K splits giving 33-528 programs (1/4 to 4 per SM), the kernel's
-    BLOCK_K rule."""
+    BLOCK_K rule; every split both with the last arriver's sum and with the two-pass sum."""
     dl = importlib.import_module("seqmamba.ops.decode_linear.triton_kernels")
     block_k = dl.k_step(K)
     seen = set()
@@ -185,10 +185,11 @@ def linear_configs(M, N, K, block_ms=None):
             if split > 1 and (K // split < block_k or not 33 <= programs <= 528):
                 continue  # each split at least one BLOCK_K step; 1/4 to 4 programs per SM
             for warps in ((4, 8) if block_n >= 128 else (4,)):
-                config = dl.Config(block_m, block_n, block_k, split, warps, 3)
-                if config not in seen:
-                    seen.add(config)
-                    yield config
+                for two_pass in ((False, True) if split > 1 else (False,)):  # the slots summed by a second launch
+                    config = dl.Config(block_m, block_n, block_k, split, warps, 3, two_pass)
+                    if config not in seen:
+                        seen.add(config)
+                        yield config
 
 
 def linear_rows(size, layers, shapes, batch, bandwidth, configs=True, block_ms=None, gemms=None):
@@ -208,7 +209,8 @@ def linear_rows(size, layers, shapes, batch, bandwidth, configs=True, block_ms=N
         refs = [torch.nn.functional.linear(x.float(), w.float()) for x, w in zip(xs[:2], ws[:2])]
         variants = [("F.linear", None), ("kernel (rule)", dl.launch_config(batch, n_out, n_in, xs[0].device))]
         if configs:
-            variants += [(f"{c.block_m}x{c.block_n}x{c.block_k} split {c.split_k} w{c.num_warps}", c)
+            variants += [(f"{c.block_m}x{c.block_n}x{c.block_k} split {c.split_k}{' 2pass' if c.two_pass else ''} "
+                          f"w{c.num_warps}", c)
                          for c in linear_configs(batch, n_out, n_in, block_ms)]
         for label, config in variants:
             if config is None:

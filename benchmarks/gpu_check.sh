@@ -44,6 +44,8 @@
 #          | pdl (programmatic dependent launch, SEQMAMBA_PDL=1: the decode / norm tests on CUDA with it, then 1.4B
 #            generation at batch $PDL_BATCHES (128) and the selective-copying step, off / on alternately)
 #          | pdltests (every GPU test but the lanes kernel's with SEQMAMBA_PDL=1, in 4 processes)
+#          | twopass (decode_linear's two-pass split sum: its tests on the GPU, then the 1.4B x_proj / dt_proj /
+#            out_proj at batch 128 and 64, every config with the last arriver's sum and with the second launch)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -206,6 +208,22 @@ for step in $steps; do
              --out "$OUT/ts_pdl$pdl" 2>&1 | grep -E "^selective_copying" | sed "s/^/pdl=$pdl /" | tee -a "$OUT/pdl.log"
          done ;;
     pdltests) SEQMAMBA_PDL=1 par_pytest 4 420 pdltests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/pdltests.log" ;;
+    twopass) timeout 150 python -m pytest -q -rf tests/test_decode_linear.py 2>&1 | tail -3 | tee "$OUT/twopass.log"
+             timeout 400 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 1.4b --batches 128 64 \
+               --gemms x_proj dt_proj out_proj --json "$OUT/twopass.json" >> "$OUT/twopass.log" 2>&1
+             python - "$OUT/twopass.json" <<'PY' | tee -a "$OUT/twopass.log"  # the best of each kind per projection
+import json, sys
+best = {}
+for r in json.load(open(sys.argv[1]))["rows"]:
+    label = r["config"]["label"]
+    kind = "F.linear" if label == "F.linear" else "2pass" if "2pass" in label else "last arriver"
+    key = (r["gemm"], r["batch"], kind)
+    if r["matches_default"] and r["repeatable"] and (key not in best or r["us"] < best[key][0]):
+        best[key] = (r["us"], label)
+for (gemm, batch, kind), (us, label) in sorted(best.items()):
+    print(f"{gemm:8s} b{batch:<4d} {kind:13s} {us:7.2f} us  {label}")
+PY
+             ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
 done

@@ -62,15 +62,28 @@ def test_decode_linear_matches_float64_product(M, K, N, dtype):
     assert counters_are_zero()
 
 
+@pytest.mark.parametrize("two_pass", [False, True])
 @pytest.mark.parametrize("split", [1, 2, 3, 5])
-def test_every_split_of_K_gives_the_product_and_leaves_the_counters_at_zero(split):
-    """K split in 1-5 ranges (5 of 32-wide steps over K = 150: the last range is short), strided x, bias."""
+def test_every_split_of_K_gives_the_product_and_leaves_the_counters_at_zero(split, two_pass):
+    """K split in 1-5 ranges (5 of 32-wide steps over K = 150: the last range is short), strided x, bias; the
+    partials summed by the last program to arrive, or by a second launch (two_pass: sum_block 16 over 250
+    outputs, so the last sum program is partial)."""
     x, w, b = operands(5, 150, 50, torch.bfloat16, bias=True, x_row_stride=160)
-    config = dl.Config(16, 32, 32, split)
+    config = dl.Config(16, 32, 32, split, two_pass=two_pass, sum_block=16)
     y = dl.decode_linear_triton(x, w, b, config)
     check(y, x, w, b)
     assert counters_are_zero()
     assert torch.equal(y, dl.decode_linear_triton(x, w, b, config)), "the same launch twice differs"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_two_pass_sum_gives_the_last_arrivers_bits(bias):
+    """The second launch adds the slots (and the bias) in the last arriver's order, so both give the same bits."""
+    x, w, b = operands(20, 200, 70, torch.float32, bias=bias, seed=5)
+    last = dl.decode_linear_triton(x, w, b, dl.Config(32, 32, 32, 4))
+    two = dl.decode_linear_triton(x, w, b, dl.Config(32, 32, 32, 4, two_pass=True, sum_block=64))
+    assert torch.equal(last, two)
+    check(two, x, w, b)
 
 
 def test_split_sum_is_in_slot_order():
@@ -143,22 +156,29 @@ def test_heuristic_fills_the_gpu_without_splitting_past_two_steps():
 @pytest.mark.parametrize("name,K,N", [("in_proj", 2048, 8192), ("out_proj", 4096, 2048), ("x_proj", 4096, 160),
                                       ("dt_proj", 128, 4096), ("130m_x_proj", 1536, 80)])
 def test_gpu_decode_linear_at_paper_shapes(M, name, K, N):
-    """The rule's config (CONFIGS or the heuristic) at the 1.4B / 130M projections, edge batches included."""
+    """The rule's config (CONFIGS or the heuristic) at the 1.4B / 130M projections, edge batches included; and the
+    same config with the two-pass sum, which must give the same bits."""
     x, w, _ = operands(M, K, N, torch.bfloat16, seed=M)
     y = dl.decode_linear_triton(x, w)
     check(y, x, w, None)
     assert torch.equal(y, dl.decode_linear_triton(x, w)), "not bitwise repeatable"
     assert counters_are_zero()
+    config = dl.launch_config(M, N, K, x.device)
+    if config.split_k > 1:
+        assert torch.equal(y, dl.decode_linear_triton(x, w, None, config._replace(two_pass=True)))
+    two = dl.decode_linear_triton(x, w, None, config._replace(split_k=16, two_pass=True))  # batch 128's candidate
+    check(two, x, w, None)
 
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("two_pass", [False, True])
 @pytest.mark.parametrize("warm_up", [True, False])
-def test_gpu_decode_linear_under_cuda_graph(warm_up):
+def test_gpu_decode_linear_under_cuda_graph(warm_up, two_pass):
     """Captured with and without an eager call first (without: the counters are new inside the capture and
     their zero fill is part of the graph); replays give the eager result, eager calls after it too."""
     x, w, b = operands(64, 1024, 520, torch.bfloat16, bias=True, seed=7 + warm_up)
-    config = dl.Config(64, 64, 128, 4)
+    config = dl.Config(64, 64, 128, 4, two_pass=two_pass)
     expected = F.linear(x.float(), w.float(), b.float()).to(x.dtype)
     if warm_up:
         side = torch.cuda.Stream()

@@ -11,7 +11,8 @@ its fp32 partial tile to a scratch slot, then counts itself in with an atomic on
 program that arrives last sums the SPLIT_K slots in slot order (so the result does not depend on which
 program finished when: runs are bitwise repeatable), adds the bias, stores y in x's dtype and resets the
 counter. One launch, no zeroed buffer per call (the scratch is fully written before it is read; the counters
-are zeroed once and every launch leaves them at zero), so it can be captured in a CUDA graph.
+are zeroed once and every launch leaves them at zero), so it can be captured in a CUDA graph. A config with
+``two_pass`` leaves the sum to a second launch over all outputs, in the same slot order (so the same bits).
 
 The scratch and counters are kept per (device, shape) and reused by every launch of that shape, which is safe
 while launches of one shape run one after another (one stream, as in generation; a CUDA graph warmed up eagerly
@@ -38,7 +39,8 @@ def _decode_linear_kernel(
     M, N, K, k_per_split,
     s_x_m, s_x_k, s_w_n, s_w_k, s_y_m, s_y_n,
     HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_K: tl.constexpr, FP32_DOT: tl.constexpr, EVEN_K: tl.constexpr, LAST_ARRIVER_SUMS: tl.constexpr = True,
+    PDL: tl.constexpr = False,
 ):
     grid_dependency_wait(PDL)
     pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -78,19 +80,40 @@ def _decode_linear_kernel(
         # scratch: SPLIT_K slots of (M, N) fp32
         slot = part_ptr + m_idx.to(tl.int64)[:, None] * N + n_idx[None, :]
         tl.store(slot + pid_k * M * N, acc, mask=mask_mn)
-        # Every thread's partial is written before one thread counts the program in (release at GPU scope);
-        # the program that sees SPLIT_K - 1 earlier arrivals acquires their partials.
-        tl.debug_barrier()
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in tl.static_range(SPLIT_K):  # slot order, whoever came last: a repeatable sum
-                total += tl.load(slot + s * M * N, mask=mask_mn, other=0.0, cache_modifier=".cg")
-            if HAS_BIAS:
-                total += tl.load(bias_ptr + n_idx, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask_mn)
-            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+        # (without LAST_ARRIVER_SUMS, the two-pass split: _decode_linear_sum_kernel sums the slots next)
+        if LAST_ARRIVER_SUMS:
+            # Every thread's partial is written before one thread counts the program in (release at GPU scope);
+            # the program that sees SPLIT_K - 1 earlier arrivals acquires their partials.
+            tl.debug_barrier()
+            tile = pid_m * tl.num_programs(0) + pid_n
+            arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(SPLIT_K):  # slot order, whoever came last: a repeatable sum
+                    total += tl.load(slot + s * M * N, mask=mask_mn, other=0.0, cache_modifier=".cg")
+                if HAS_BIAS:
+                    total += tl.load(bias_ptr + n_idx, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask_mn)
+                tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+
+
+@triton.jit
+def _decode_linear_sum_kernel(
+    part_ptr, bias_ptr, y_ptr, M, N, s_y_m, s_y_n,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """The two-pass split's second pass: y = the SPLIT_K (M, N) fp32 slots summed in slot order (+ bias), for BLOCK
+    outputs per program; the same additions in the same order as the last arriver's sum, so the same bits."""
+    grid_dependency_wait(PDL)
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < M * N
+    m, n = idx // N, idx % N
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        total += tl.load(part_ptr + s * M * N + idx, mask=mask, other=0.0)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * s_y_m + n * s_y_n, total.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 class Config(NamedTuple):
@@ -100,6 +123,11 @@ class Config(NamedTuple):
     split_k: int
     num_warps: int = 4
     num_stages: int = 3
+    # two_pass: the split's partials are summed by a second launch over all outputs (sum_block outputs per
+    # program) instead of by the last program of each tile to arrive, one tile's slots through one SM. The
+    # candidate for many rows (batch 128: x_proj's 5 tiles of 128 x 32 outputs, 16-32 slots each), not yet timed.
+    two_pass: bool = False
+    sum_block: int = 256
 
 
 # Set False to keep F.linear for every decode projection under backend="auto" (the benchmarks' baseline).
@@ -195,6 +223,7 @@ def _scratch(device: torch.device, part_numel: int, tiles: int) -> Tuple[torch.T
 
 
 _launch = CachedLaunch(_decode_linear_kernel, pdl=True)
+_launch_sum = CachedLaunch(_decode_linear_sum_kernel, pdl=True)
 
 
 def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -218,10 +247,15 @@ def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     else:
         part, count = y, y  # unused
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    two_pass = split > 1 and cfg.two_pass
     _launch(grid, (x, weight, bias if bias is not None else weight, y, part, count),
             (M, N, K, k_per_split, *x.stride(), *weight.stride(), *y.stride()),
             dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                  FP32_DOT=interpret or x.dtype == torch.float32 or weight.dtype == torch.float32,
-                 EVEN_K=K % block_k == 0),
+                 EVEN_K=K % block_k == 0, LAST_ARRIVER_SUMS=not two_pass),
             cfg.num_warps, options={"num_stages": cfg.num_stages})
+    if two_pass:
+        block = max(16, triton.next_power_of_2(cfg.sum_block))
+        _launch_sum((cdiv(M * N, block),), (part, bias if bias is not None else weight, y), (M, N, *y.stride()),
+                    dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=block), 4)
     return y
