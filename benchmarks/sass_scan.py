@@ -250,7 +250,7 @@ PDL_KERNELS = {
                     dict(WIDTH=4, BLOCK_W=4, HAS_BIAS=True, SILU=True, BLOCK_D=256), set()),
     "decode_linear": ("seqmamba.ops.decode_linear.triton_kernels", "_decode_linear_kernel",
                       dict(HAS_BIAS=False, SPLIT_K=8, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, FP32_DOT=False,
-                           EVEN_K=True), {"part_ptr", "count_ptr:i32"}),
+                           EVEN_K=True, LAST_ARRIVER_SUMS=True), {"part_ptr", "count_ptr:i32"}),
     "decode_linear_sum": ("seqmamba.ops.decode_linear.triton_kernels", "_decode_linear_sum_kernel",
                           dict(HAS_BIAS=True, SPLIT_K=16, BLOCK=256), {"part_ptr"}),
     "add_norm_fwd": ("seqmamba.ops.layer_norm.triton_kernels", "_add_norm_fwd_kernel",
