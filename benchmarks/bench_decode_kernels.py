@@ -184,7 +184,9 @@ def linear_configs(M, N, K, block_ms=None):
             programs = tiles * split
             if split > 1 and (K // split < block_k or not 33 <= programs <= 528):
                 continue  # each split at least one BLOCK_K step; 1/4 to 4 programs per SM
-            for warps in ((4, 8) if block_n >= 128 else (4,)):
+            # 8 warps for wide output tiles and for 64-128 row tiles: compiled for sm_90, 128 x 32 x 128 at 4 warps
+            # spills (255 registers, 216-752 bytes of stack), at 8 warps not (244, none)
+            for warps in ((4, 8) if block_n >= 128 or block_m >= 64 else (4,)):
                 for two_pass in ((False, True) if split > 1 else (False,)):  # the slots summed by a second launch
                     config = dl.Config(block_m, block_n, block_k, split, warps, 3, two_pass)
                     if config not in seen:
