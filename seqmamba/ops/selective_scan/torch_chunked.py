@@ -231,7 +231,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype,
                                                                                    device=device)
         y = empty((batch, dim, L), device, dtype)
-        boundaries = empty((num_chunks, batch, dim, N), device, dtype)  # state entering each chunk
+        # the state entering each chunk, for the backward's recompute (not kept when no backward will run)
+        boundaries = empty((num_chunks, batch, dim, N), device, dtype) if save_states else None
         # every chunk's (decay, state) for the backward, each chunk in its own workspace (see SAVE_STATES_BYTES)
         saved = [] if save_states and 2 * (L + 1) * batch * dim * N * u32.element_size() <= SAVE_STATES_BYTES else None
         if L > 0:
@@ -243,7 +244,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             T = stop - start
             if saved is not None:
                 ws = _ChunkWorkspace(T, batch, dim, N, dtype, adjoint=False, device=device)
-            boundaries[index].copy_(h)
+            if boundaries is not None:
+                boundaries[index].copy_(h)
             _, state = ws.run_states(
                 T, h, _steps(delta32, start, stop), _steps(delta_u, start, stop),
                 A32, B_layout, B_layout.chunk(start, stop),
