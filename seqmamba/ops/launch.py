@@ -49,11 +49,12 @@ def programmatic_launch(device: torch.device) -> bool:
     """Whether kernels built with ``pdl=True`` launch with programmatic dependent launch on this device: the switch
     is on, the device is an NVIDIA GPU of compute capability 9.0 or later (not ROCm, whose capabilities are
     numbered otherwise and whose Triton backend has no grid dependency control), and Triton is not interpreting."""
-    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and torch.version.hip is None and not _interpreting()
+    return (PROGRAMMATIC_LAUNCH and device.type == "cuda" and torch.version.hip is None and not interpreting()
             and _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9)
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1: the CPU tests)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -21,7 +21,6 @@ don't, or use F.linear there.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -30,7 +29,7 @@ import triton.language as tl
 
 from ..backend import records_autograd
 from ..buffers import empty
-from ..launch import CachedLaunch, cdiv, grid_dependency_wait, sm_count
+from ..launch import CachedLaunch, cdiv, grid_dependency_wait, interpreting, sm_count
 
 
 @triton.jit
@@ -246,12 +245,11 @@ def decode_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         part, count = _scratch(x.device, split * M * N, grid[0] * grid[2])
     else:
         part, count = y, y  # unused
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     two_pass = split > 1 and cfg.two_pass
     _launch(grid, (x, weight, bias if bias is not None else weight, y, part, count),
             (M, N, K, k_per_split, *x.stride(), *weight.stride(), *y.stride()),
             dict(HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                 FP32_DOT=interpret or x.dtype == torch.float32 or weight.dtype == torch.float32,
+                 FP32_DOT=interpreting() or x.dtype == torch.float32 or weight.dtype == torch.float32,
                  EVEN_K=K % block_k == 0, LAST_ARRIVER_SUMS=not two_pass),
             cfg.num_warps, options={"num_stages": cfg.num_stages})
     if two_pass:

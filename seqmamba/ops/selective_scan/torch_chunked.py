@@ -231,7 +231,8 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         h = initial_state.to(dtype) if initial_state is not None else torch.zeros(batch, dim, N, dtype=dtype,
                                                                                    device=device)
         y = empty((batch, dim, L), device, dtype)
-        # the state entering each chunk, for the backward's recompute (not kept when no backward will run)
+        # the state entering each chunk, for the backward's recompute (not kept when no backward will run); also when
+        # every chunk's states are kept below, for a second backward through a retained graph (the first frees them)
         boundaries = empty((num_chunks, batch, dim, N), device, dtype) if save_states else None
         # every chunk's (decay, state) for the backward, each chunk in its own workspace (see SAVE_STATES_BYTES)
         saved = [] if save_states and 2 * (L + 1) * batch * dim * N * u32.element_size() <= SAVE_STATES_BYTES else None

@@ -12,7 +12,7 @@ import torch
 import triton
 
 from ..buffers import empty
-from ..launch import CachedLaunch, cdiv, zeroed_views
+from ..launch import CachedLaunch, cdiv, interpreting, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 from .lane_kernels import _selective_scan_fwd_lanes_kernel
 from .triton_kernels import (_segment_delta_sum_kernel, _segment_end_state_kernel, _segment_start_grad_kernel,
@@ -360,7 +360,7 @@ def _gluon_forward_ok(device: torch.device, BLOCK_D: int, T: int, num_warps: int
     case). Inference and training forwards alike; shorter chunks run the Triton kernel."""
     if not FWD_CONFIG.get("gluon") or device.type != "cuda" or torch.version.hip is not None:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         return False
     from . import gluon_kernels
 
@@ -652,7 +652,7 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     Triton, where the flip would be wrong: those run the plain reverse scans."""
     if not BWD_CONFIG.get("fast_flip") or device.type != "cuda" or torch.version.hip is not None:
         return False
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         return False
     if BLOCK_D != 1 or num_warps != 1 or T != 32 * 8:
         return False
