@@ -686,9 +686,9 @@ def parse_args(argv: list[str] | None):
                              "SSM states (default: the module's, 16,32,4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
-    add_switches(parser, "decode-linear")
+    add_switches(parser, "decode-linear", "decode-prefetch")
     args = parser.parse_args(argv)
-    apply_switches(args)
+    args.switched = apply_switches(args)
     if args.decode_dt_proj_max_bytes is not None or args.decode_dt_proj_rows:
         from seqmamba.ops.selective_state_update import triton_kernels as state_update
 
@@ -769,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
             "fused_add_norm": not args.no_fused_add_norm, "prompt_len": args.prompt_len,
             "gen_len": args.gen_len, "vocab_size": args.vocab_size, "batch_sizes": args.batch_sizes,
             "max_batch": args.max_batch, "repeats": args.repeats, "row_budget_s": args.row_budget_s,
-            "time_limit_s": args.time_limit_s,
+            "time_limit_s": args.time_limit_s, "switches": args.switched,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"device: {name}" + (f" ({total_gb:.1f} GB)" if cuda else "") + f"; torch {torch.__version__}; "
           f"dtype {args.dtype}; CUDA graphs: {use_cg}; Mamba fused add+norm: {not args.no_fused_add_norm}; "

@@ -129,7 +129,7 @@ def test_rule_follows_the_measured_shapes():
     """kernel_wins at the 1.4B projections (N, K) and batches the H200 sweep measured: the kernel where it won."""
     in_proj, out_proj, x_proj, dt_proj = (8192, 2048), (2048, 4096), (160, 4096), (4096, 128)
     won = {1: {out_proj, x_proj, dt_proj}, 16: {out_proj, x_proj, dt_proj}, 32: {x_proj, dt_proj},
-           64: {dt_proj}, 128: set()}
+           64: {out_proj, x_proj, dt_proj}, 128: {x_proj, dt_proj}, 129: set()}
     for M, shapes in won.items():
         for shape in (in_proj, out_proj, x_proj, dt_proj):
             assert dl.kernel_wins(M, *shape) == (shape in shapes), (M, shape)
@@ -148,6 +148,11 @@ def test_heuristic_fills_the_gpu_without_splitting_past_two_steps():
     if dl.PROGRAMS_PER_SM == 2:
         assert dl.heuristic_config(1, 2048, 4096, sms=132).split_k == 8  # out_proj: 7.79 us (best 7.70)
         assert dl.heuristic_config(1, 160, 4096, sms=132).split_k == 16  # x_proj: 4.51 us (best)
+        # from 64 rows the sweep's best: the two-pass sum, 8 warps on 128-row tiles (4 spill)
+        assert dl.heuristic_config(128, 160, 4096, sms=132) == dl.Config(128, 32, 128, 16, 8, two_pass=True)
+        assert dl.heuristic_config(64, 160, 4096, sms=132) == dl.Config(64, 32, 128, 16, 4, two_pass=True)
+    assert not dl.heuristic_config(16, 160, 4096, sms=132).two_pass  # the last arriver's sum below 64 rows
+    assert not dl.heuristic_config(128, 4096, 128, sms=132).two_pass  # no split, nothing to sum
 
 
 @gpu

@@ -3,8 +3,9 @@
 At decode the rows are the batch and each weight is read once per step, so a projection is a read of its weight,
 and it runs at the memory's bandwidth only if enough SMs read it. With a few rows, cuBLAS has few output tiles to
 spread (1.4B at batch 1 on the H200: out_proj 2.5x its weight-read floor, x_proj, 160 outputs from 4096, 22x).
-This kernel splits K as well, which fills the GPU at small batch; at batch 128 it loses to cuBLAS (``kernel_wins``
-keeps the measured cases apart).
+This kernel splits K as well, which fills the GPU at small batch; from 64 rows its partials are summed by a second
+launch (``two_pass``), which at batch 128 still wins on the narrow x_proj and the short-K dt_proj and loses on
+in_proj / out_proj (``kernel_wins`` keeps the measured cases apart).
 
 Here one program takes (BLOCK_M rows, BLOCK_N outputs) over one of SPLIT_K ranges of K. Each program writes
 its fp32 partial tile to a scratch slot, then counts itself in with an atomic on its tile's counter; the
@@ -123,8 +124,9 @@ class Config(NamedTuple):
     num_warps: int = 4
     num_stages: int = 3
     # two_pass: the split's partials are summed by a second launch over all outputs (sum_block outputs per
-    # program) instead of by the last program of each tile to arrive, one tile's slots through one SM. The
-    # candidate for many rows (batch 128: x_proj's 5 tiles of 128 x 32 outputs, 16-32 slots each), not yet timed.
+    # program) instead of by the last program of each tile to arrive, one tile's slots through one SM. From 64 rows
+    # it wins (H200, 1.4B, bench_decode_kernels.py, BENCHMARKS.md nineteenth session): x_proj at batch 128 4.49 us
+    # against 7.61 for the last arriver (cuBLAS 7.70), at batch 64 3.69 against 5.52; out_proj at 64 8.36 / 9.63.
     two_pass: bool = False
     sum_block: int = 256
 
@@ -137,11 +139,14 @@ ENABLED = True
 #   1.4B: out_proj 7.70 vs 9.72 us, x_proj 4.51 vs 6.98, dt_proj 2.47 vs 2.99; in_proj lost, 11.38 vs 10.66.
 # - 17-32 rows, on the narrow x_proj (outputs <= inputs / 4) and the short-K dt_proj (K <= 256). Batch 32:
 #   x_proj 5.56 vs 7.44 (1.4B), 3.96 vs 4.23 (130M); out_proj even (9.78 vs 10.13, 5.22 vs 5.14).
-# - 33-64 rows, on dt_proj only (3.00 vs 3.33, 1.97 vs 2.36 at batch 64; x_proj split: 6.96 vs 7.72 at 1.4B, 4.51
-#   vs 4.27 at 130M).
-# - past 64 rows, never: at batch 128 it lost on in_proj, out_proj and x_proj (14.9 vs 11.8, 13.3 vs 9.7, 8.2 vs
-#   7.7 us): each 128-row tile re-reads x from L2 and the split's fp32 partials cost as much as the weight.
-MAX_ROWS = 64
+# - 33-64 rows, on dt_proj (3.00 vs 3.33, 1.97 vs 2.36 at batch 64) and, with the two-pass sum (nineteenth
+#   session, 1.4B), on x_proj (3.69 vs 7.68) and out_proj (8.36 vs 10.53). The last arriver's sum had lost
+#   x_proj at 130M (4.51 vs 4.27).
+# - 65-128 rows, on x_proj (two-pass, 4.49 vs 7.70 at batch 128) and dt_proj (2.65 vs 3.59); out_proj and in_proj
+#   lose (10.32 vs 9.67 two-pass; 14.9 vs 11.8 before): with 128-row tiles each program re-reads x from L2, and
+#   the split's fp32 partials cost as much as the weight.
+# - past 128 rows, never (not measured).
+MAX_ROWS = 128
 
 
 def kernel_wins(M: int, N: int, K: int) -> bool:
@@ -150,13 +155,20 @@ def kernel_wins(M: int, N: int, K: int) -> bool:
         return N <= 2 * K or K <= 256
     if M <= 32:
         return 4 * N <= K or K <= 256
-    return M <= MAX_ROWS and K <= 256
+    if M <= 64:
+        return 2 * N <= K or K <= 256
+    return M <= MAX_ROWS and (4 * N <= K or K <= 256)
 
 
 # Launch configs chosen by a sweep, keyed by (rows bucket, N, K); the rows bucket is BLOCK_M's choice:
 # max(16, next power of two of the rows), at most 128. Shapes not listed take ``heuristic_config``, which picks
 # the sweep's best or within 2% of it at the 1.4B shapes at batch 1.
-CONFIGS: Dict[Tuple[int, int, int], Config] = {}
+CONFIGS: Dict[Tuple[int, int, int], Config] = {
+    # 1.4B's dt_proj (4096 outputs from rank 128): 32-wide output tiles, one K step (H200, nineteenth session):
+    # batch 64 2.21 us (the heuristic's 64-wide tiles 2.41), batch 128 2.65 (3.00).
+    (64, 4096, 128): Config(64, 32, 128, 1),
+    (128, 4096, 128): Config(128, 32, 128, 1, num_warps=8),
+}
 # The heuristic aims at this many programs per SM (output tiles x K splits): 2 beat 1 at batch 1 (out_proj split
 # 8 at 7.70-7.79 us against split 4 at 8.24-8.70).
 PROGRAMS_PER_SM = 2
@@ -173,7 +185,9 @@ def k_step(K: int) -> int:
 
 def heuristic_config(M: int, N: int, K: int, device_index: int = 0, sms: Optional[int] = None) -> Config:
     """Output tiles of (rows, 64) (32 for outputs narrower than 1024), K split in powers of two while tiles x
-    splits stay within PROGRAMS_PER_SM per SM and each split is at least two BLOCK_K steps long."""
+    splits stay within PROGRAMS_PER_SM per SM and each split is at least two BLOCK_K steps long. From 64 rows a
+    split is summed by the second launch (``two_pass``); 128-row tiles take 8 warps (on 4, the 128 x 32 x 128 tile
+    compiles to 255 registers and spills: sm_90, eighteenth session)."""
     block_m, step = block_rows(M), k_step(K)
     block_n = 64 if N >= 1024 else 32
     tiles = cdiv(M, block_m) * cdiv(N, block_n)
@@ -181,7 +195,8 @@ def heuristic_config(M: int, N: int, K: int, device_index: int = 0, sms: Optiona
     split = 1
     while tiles * split * 2 <= sms * PROGRAMS_PER_SM and K // (split * 2) >= 2 * step:
         split *= 2
-    return Config(block_m, block_n, step, split)
+    return Config(block_m, block_n, step, split, num_warps=8 if block_m >= 128 else 4,
+                  two_pass=split > 1 and block_m >= 64)
 
 
 def launch_config(M: int, N: int, K: int, device: torch.device) -> Config:
