@@ -46,10 +46,9 @@
 #          | pdltests (every GPU test but the lanes kernel's with SEQMAMBA_PDL=1, in 4 processes)
 #          | twopass (decode_linear's two-pass split sum: its tests on the GPU, then the 1.4B x_proj / dt_proj /
 #            out_proj at batch 128 and 64, every config with the last arriver's sum and with the second launch)
-#          | prefetch (the decode tests on CUDA (decode_linear's two-pass rule, the state update's prefetch_state),
-#            then 1.4B generation at batch 128: the default, projections by cuBLAS without prefetch (the eighteenth
-#            session's default), the rule without prefetch; bf16 states; 130M at batch 64 by the rule / by cuBLAS;
-#            130M's projections at batch 64 / 128, the rule against F.linear)
+#          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
+#            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
+#            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -211,24 +210,20 @@ for step in $steps; do
            SEQMAMBA_PDL=$pdl timeout 150 python benchmarks/bench_train_step.py --cases selective_copying --steps 300 \
              --out "$OUT/ts_pdl$pdl" 2>&1 | grep -E "^selective_copying" | sed "s/^/pdl=$pdl /" | tee -a "$OUT/pdl.log"
          done ;;
-    prefetch) (timeout 200 python -m pytest -q -rf tests/test_triton_ops.py -k state_update 2>&1 | tail -3 \
-                 > "$OUT/prefetch_tests1.txt") &
-              timeout 200 python -m pytest -q -rf tests/test_decode_linear.py tests/test_generation.py 2>&1 | tail -3 \
-                | tee "$OUT/prefetch.log"; wait; cat "$OUT/prefetch_tests1.txt" | tee -a "$OUT/prefetch.log"
-              rm -f "$OUT/prefetch_tests1.txt"
+    decoderule) timeout 200 python -m pytest -q -rf tests/test_decode_linear.py tests/test_generation.py 2>&1 | tail -3 \
+                  | tee "$OUT/decoderule.log"
               gen() {  # gen LABEL SIZE BATCH ARGS...: one generation row, tagged
                 local label=$1 size=$2 batch=$3; shift 3
                 timeout 150 python benchmarks/bench_generation.py --sizes $size --batch-sizes $batch --max-batch $batch \
                   --out "$OUT/gen_${label}.json" "$@" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$label /" \
-                  | tee -a "$OUT/prefetch.log"; }
-              gen default_1.4b_b128 1.4b 128
-              gen cublas_noprefetch_1.4b_b128 1.4b 128 --decode-linear cublas --decode-prefetch off
-              gen rule_noprefetch_1.4b_b128 1.4b 128 --decode-prefetch off
-              gen default_bf16_1.4b_b128 1.4b 128 --ssm-state-dtype bfloat16
-              gen default_130m_b64 130m 64
+                  | tee -a "$OUT/decoderule.log"; }
+              gen rule_1.4b_b128 1.4b 128
+              gen cublas_1.4b_b128 1.4b 128 --decode-linear cublas
+              gen rule_bf16_1.4b_b128 1.4b 128 --ssm-state-dtype bfloat16
+              gen rule_130m_b64 130m 64
               gen cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
-                --no-sweep 2>&1 | tail -12 | tee -a "$OUT/prefetch.log" ;;
+                --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
     pdltests) SEQMAMBA_PDL=1 par_pytest 4 420 pdltests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/pdltests.log" ;;
     twopass) timeout 150 python -m pytest -q -rf tests/test_decode_linear.py 2>&1 | tail -3 | tee "$OUT/twopass.log"
              timeout 400 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 1.4b --batches 128 64 \

@@ -27,10 +27,6 @@ SWITCHES = {
         "seqmamba.ops.decode_linear.triton_kernels", "ENABLED", {"triton": True, "cublas": False},
         "a decode step's projections by the split-K Triton kernel where its rule says so (triton) or all by "
         "F.linear (cublas)"),
-    "decode-prefetch": (
-        "seqmamba.ops.selective_state_update.triton_kernels", "PREFETCH_STATE", {"on": True, "off": False},
-        "Mamba.step's state update reads the state before waiting on the projection before it (on, the default "
-        "under programmatic launch) or after (off)"),
 }
 
 

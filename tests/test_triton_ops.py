@@ -335,56 +335,6 @@ def test_selective_state_update_row_blocks_with_the_dt_projection_match_the_refe
     assert used == [1, 1] if state_dtype == torch.bfloat16 else used == [1]
 
 
-@pytest.mark.parametrize("kernel", ["channels", "row-blocks"])
-def test_selective_state_update_prefetching_the_state_gives_the_same_bits(monkeypatch, kernel):
-    """prefetch_state=True reads the state and x before the kernel's wait on the launch before it (programmatic
-    dependent launch, on a GPU of compute capability 9+). Mamba.step's sequence, 4 decode steps: x written by
-    the conv, then the dt / B / C projection (decode_linear at 128 rows: the rule's split-K kernel on CUDA), then
-    the update, which must give the bits of the update without prefetching at every step (the state of step t is
-    the one step t - 1 wrote). Both kernels: per channel block (fp32 state, dt by a GEMM first) and row blocks
-    (bf16 state, dt inside)."""
-    from seqmamba.ops.decode_linear import decode_linear
-
-    module = importlib.import_module("seqmamba.ops.selective_state_update.triton_kernels")
-    monkeypatch.setattr(module, "PREFETCH_STATE", True)
-    rows = kernel == "row-blocks"
-    monkeypatch.setattr(module, "DECODE_DT_PROJ_MAX_BYTES", 0)  # the large-batch paths
-    prefetched, launch = [], module._launch_rows if rows else module._launch
-    monkeypatch.setattr(module, "_launch_rows" if rows else "_launch",
-                        lambda *a, **k: prefetched.append(a[3]["PREFETCH_STATE"]) or launch(*a, **k))
-    batch, dim, N, R, K = 128, 64, 16, 8, 256
-    g = torch.Generator().manual_seed(11)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    dtype = torch.bfloat16
-    xs = [r(batch, K).to(dtype).to(DEVICE) for _ in range(4)]
-    W_x = (r(R + 2 * N, K) / K ** 0.5).to(dtype).to(DEVICE)
-    W_dt = (0.5 * r(dim, R)).to(dtype).to(DEVICE)
-    W_in = (r(dim, K) / K ** 0.5).to(dtype).to(DEVICE)
-    A = -(torch.rand(dim, N, generator=g) + 0.3).to(DEVICE)
-    D, dt_bias = r(dim).to(DEVICE), r(dim).to(DEVICE)
-    z = r(batch, dim).to(dtype).to(DEVICE)
-    state0 = r(batch, dim, N).to(torch.bfloat16 if rows else torch.float32).to(DEVICE)
-    outputs = {}
-    for prefetch in (False, True):
-        state, ys = state0.clone(), []
-        for u in xs:
-            x = torch.nn.functional.silu(u.float() @ W_in.float().t()).to(dtype)  # the conv's output
-            x_dbl = decode_linear(u, W_x)
-            dt_low, B, C = torch.split(x_dbl, [R, N, N], dim=-1)
-            ys.append(selective_state_update(state, x, dt_low, A, B, C, D, z, dt_bias, True, backend="triton",
-                                             dt_proj_weight=W_dt, prefetch_state=prefetch))
-        outputs[prefetch] = (state, torch.stack(ys))
-    assert prefetched == [False] * 4 + [True] * 4
-    assert torch.equal(outputs[True][0], outputs[False][0]) and torch.equal(outputs[True][1], outputs[False][1])
-    assert outputs[True][1].isfinite().all()
-    state_ref = state0.clone()
-    for u in xs:  # and against the reference, so that both arms cannot be wrong alike
-        x = torch.nn.functional.silu(u.float() @ W_in.float().t()).to(dtype)
-        dt_low, B, C = torch.split(decode_linear(u, W_x), [R, N, N], dim=-1)
-        y_ref = selective_state_update_ref(state_ref, x, dt_low, A, B, C, D, z, dt_bias, True, dt_proj_weight=W_dt)
-    assert rel_err(outputs[True][1][-1], y_ref) < 2e-2 and rel_err(outputs[True][0], state_ref) < 2e-2
-
-
 @pytest.mark.parametrize("bc_layout", ["variable", "grouped", "constant"])
 def test_triton_scan_with_several_channels_per_program_matches_reference(monkeypatch, bc_layout):
     """BLOCK_D = 2 on 4 warps: B / C shared by the block's channels, dB / dC reduced over them."""

@@ -297,10 +297,8 @@ class Mamba(nn.Module):
         x_dbl = decode_linear(x, self.x_proj.weight, backend=proj)  # (batch, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         A, D, dt_bias = self._ssm_constants()
-        # prefetch_state: the kernels just before it (x_proj, or the constants' refresh) write neither ssm_state nor x
         y = selective_state_update(ssm_state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
-                                   backend=self.scan_backend, dt_proj_weight=self.dt_proj.weight,
-                                   prefetch_state=True)
+                                   backend=self.scan_backend, dt_proj_weight=self.dt_proj.weight)
         out = decode_linear(y, self.out_proj.weight, self.out_proj.bias, backend=proj)
         return out.unsqueeze(1), conv_state, ssm_state
 

@@ -13,18 +13,11 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                            z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
                            dt_softplus: bool = False, backend: str = "auto",
-                           dt_proj_weight: Optional[torch.Tensor] = None,
-                           prefetch_state: bool = False) -> torch.Tensor:
+                           dt_proj_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One decode step; ``state`` is updated in place and y (batch, dim) returned.
 
     ``dt_proj_weight`` (dim, R): dt is then the (batch, R) input of Mamba's dt projection, applied inside
-    the step (one kernel fewer per layer and token on CUDA).
-
-    ``prefetch_state``: a promise that the last GPU work queued on this stream before the call writes neither
-    ``state`` nor ``x`` (in Mamba.step that work is the x / dt projection). Under programmatic dependent launch
-    (CUDA, compute capability 9+) the kernel may then read both before that work has finished, so its state reads
-    overlap the work's tail. Without the promise kept, the step may read a stale state: after ``state.zero_()`` or
-    a copy into ``state``, leave it False. It changes nothing elsewhere (CPU, older GPUs, ``SEQMAMBA_PDL=0``)."""
+    the step (one kernel fewer per layer and token on CUDA)."""
     if state.dim() != 3:
         raise ValueError(f"selective_state_update: state has shape {tuple(state.shape)}, expected (batch, dim, N)")
     batch, dim, N = state.shape
@@ -49,6 +42,5 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     if resolve_backend("selective_state_update", backend, state.is_cuda) == "triton":
         from .triton_kernels import selective_state_update_triton
 
-        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight,
-                                             prefetch_state)
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight)
     return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight)

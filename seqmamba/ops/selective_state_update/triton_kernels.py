@@ -10,7 +10,6 @@ math is fp32 whatever the state's dtype. Designed to be captured in a CUDA graph
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -31,8 +30,9 @@ def _selective_state_update_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr,
-    ONE_GROUP: tl.constexpr, PREFETCH_STATE: tl.constexpr = False, PDL: tl.constexpr = False,
+    ONE_GROUP: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n_idx = tl.arange(0, BLOCK_N)
@@ -40,14 +40,8 @@ def _selective_state_update_kernel(
     mask_dn = mask_d[:, None] & (n_idx < N)[None, :]
 
     state_ptrs = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d + n_idx[None, :] * s_s_n
-    if PREFETCH_STATE:  # the caller vouches that the kernel just before this one writes neither (see the op)
-        state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
-        grid_dependency_wait(PDL)
-    else:
-        grid_dependency_wait(PDL)
-        state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
     if DT_PROJ:  # dt = W @ dt_low: the (BLOCK_D, R) rows of the dt projection times the (R,) low-rank input
         r_idx = tl.arange(0, BLOCK_R)
         mask_r = r_idx < R
@@ -92,11 +86,12 @@ def _selective_state_update_rows_kernel(
     s_B_b, s_B_n, s_C_b, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    FP32_DOT: tl.constexpr, PREFETCH_STATE: tl.constexpr = False, PDL: tl.constexpr = False,
+    FP32_DOT: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """One decode step for a (BLOCK_B batch rows, BLOCK_D channels) block, B / C in one group, with dt = dt_low @
     W^T formed by one tensor-core product per block (W's rows read once per BLOCK_B batch rows, dt kept in fp32).
     The state block is (BLOCK_B, BLOCK_D, BLOCK_N)."""
+    grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     b_idx = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -105,17 +100,6 @@ def _selective_state_update_rows_kernel(
     mask_b, mask_d, mask_n, mask_r = b_idx < batch, d_idx < dim, n_idx < N, r_idx < R
     b64 = b_idx.to(tl.int64)
     mask_bd = mask_b[:, None] & mask_d[None, :]
-    state_ptrs = (state_ptr + b64[:, None, None] * s_s_b + d_idx[None, :, None] * s_s_d
-                  + n_idx[None, None, :] * s_s_n)
-    mask_s = mask_bd[:, :, None] & mask_n[None, None, :]
-    if PREFETCH_STATE:  # the caller vouches that the kernel just before this one writes neither (see the op)
-        state = tl.load(state_ptrs, mask=mask_s, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + b64[:, None] * s_x_b + d_idx[None, :] * s_x_d, mask=mask_bd, other=0.0).to(tl.float32)
-        grid_dependency_wait(PDL)
-    else:
-        grid_dependency_wait(PDL)
-        state = tl.load(state_ptrs, mask=mask_s, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + b64[:, None] * s_x_b + d_idx[None, :] * s_x_d, mask=mask_bd, other=0.0).to(tl.float32)
 
     dt_low = tl.load(dt_ptr + b64[:, None] * s_dt_b + r_idx[None, :] * s_dt_r,
                      mask=mask_b[:, None] & mask_r[None, :], other=0.0)  # (BLOCK_B, BLOCK_R)
@@ -132,12 +116,17 @@ def _selective_state_update_rows_kernel(
         dt += tl.load(dt_bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
         dt = _softplus(dt)
+    x = tl.load(x_ptr + b64[:, None] * s_x_b + d_idx[None, :] * s_x_d, mask=mask_bd, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + d_idx[:, None] * s_A_d + n_idx[None, :] * s_A_n,
                 mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
     mask_bn = mask_b[:, None] & mask_n[None, :]
     B = tl.load(B_ptr + b64[:, None] * s_B_b + n_idx[None, :] * s_B_n, mask=mask_bn, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + b64[:, None] * s_C_b + n_idx[None, :] * s_C_n, mask=mask_bn, other=0.0).to(tl.float32)
 
+    state_ptrs = (state_ptr + b64[:, None, None] * s_s_b + d_idx[None, :, None] * s_s_d
+                  + n_idx[None, None, :] * s_s_n)
+    mask_s = mask_bd[:, :, None] & mask_n[None, None, :]
+    state = tl.load(state_ptrs, mask=mask_s, other=0.0).to(tl.float32)
     state = state * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * x)[:, :, None] * B[:, None, :]
     tl.store(state_ptrs, state.to(state_ptr.dtype.element_ty), mask=mask_s)
     y = tl.sum(state * C[:, None, :], axis=2)  # (BLOCK_B, BLOCK_D)
@@ -172,11 +161,6 @@ DECODE_DT_PROJ_MAX_BYTES: Optional[int] = 16 * 2 ** 20
 # states: 42,440 -> 43,354 tokens/s.
 DECODE_DT_PROJ_ROWS: Optional[Tuple[int, int, int]] = (16, 32, 4)
 DECODE_DT_PROJ_ROWS_FP32_STATE: bool = False
-# ``prefetch_state=True`` (Mamba.step passes it): under programmatic dependent launch the kernel reads the state and
-# x before it waits for the kernel launched just before it (the dt GEMM or x_proj), so that its first programs'
-# state reads overlap that kernel's tail. SEQMAMBA_DECODE_PREFETCH=0 ignores the argument (the benchmarks' other
-# arm). See selective_state_update for when it is safe.
-PREFETCH_STATE = os.environ.get("SEQMAMBA_DECODE_PREFETCH", "1") not in ("", "0")
 
 
 _launch = CachedLaunch(_selective_state_update_kernel, pdl=True)
@@ -193,11 +177,9 @@ def _bc_strides(X: torch.Tensor):
 def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                                   B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                                   z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
-                                  dt_softplus: bool = False, dt_proj_weight: Optional[torch.Tensor] = None,
-                                  prefetch_state: bool = False) -> torch.Tensor:
-    """Same contract as ``selective_state_update_ref``: updates ``state`` in place, returns y (batch, dim).
-    ``prefetch_state``: see ``selective_state_update``."""
-    prefetch = bool(prefetch_state and PREFETCH_STATE)
+                                  dt_softplus: bool = False,
+                                  dt_proj_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Same contract as ``selective_state_update_ref``: updates ``state`` in place, returns y (batch, dim)."""
     batch, dim, N = state.shape
     G_B, sB = _bc_strides(B)
     G_C, sC = _bc_strides(C)
@@ -216,8 +198,7 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
             and batch * dt_proj_weight.numel() * dt_proj_weight.element_size() > DECODE_DT_PROJ_MAX_BYTES):
         if (DECODE_DT_PROJ_ROWS is not None and G_B == 1
                 and (state.element_size() < 4 or DECODE_DT_PROJ_ROWS_FP32_STATE)):
-            return _update_row_blocks(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight, out,
-                                      prefetch)
+            return _update_row_blocks(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight, out)
         dt = decode_linear(dt, dt_proj_weight)  # (batch, dim); cuBLAS or the split-K kernel, by its rule
         dt_proj_weight = None
     zz = z if z is not None else x
@@ -231,12 +212,12 @@ def selective_state_update_triton(state: torch.Tensor, x: torch.Tensor, dt: torc
          *out.stride()),
         dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
              BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, DT_PROJ=dt_proj_weight is not None,
-             BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1, PREFETCH_STATE=prefetch),
+             BLOCK_R=max(triton.next_power_of_2(R), 2), ONE_GROUP=G_B == 1),
         num_warps)
     return out
 
 
-def _update_row_blocks(state, x, dt_low, A, B, C, D, z, dt_bias, dt_softplus, W, out, prefetch=False):
+def _update_row_blocks(state, x, dt_low, A, B, C, D, z, dt_bias, dt_softplus, W, out):
     """The decode step by (batch rows x channels) blocks, dt = dt_low @ W^T inside (DECODE_DT_PROJ_ROWS)."""
     batch, dim, N = state.shape
     R = W.shape[1]
@@ -252,6 +233,6 @@ def _update_row_blocks(state, x, dt_low, A, B, C, D, z, dt_bias, dt_softplus, W,
         dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
              BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_N=max(triton.next_power_of_2(N), 2),
              BLOCK_R=max(16, triton.next_power_of_2(R)),
-             FP32_DOT=dt_low.dtype == torch.float32 or W.dtype == torch.float32, PREFETCH_STATE=prefetch),
+             FP32_DOT=dt_low.dtype == torch.float32 or W.dtype == torch.float32),
         num_warps)
     return out
