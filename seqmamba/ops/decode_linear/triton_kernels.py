@@ -140,11 +140,11 @@ ENABLED = True
 # - 17-32 rows, on the narrow x_proj (outputs <= inputs / 4) and the short-K dt_proj (K <= 256). Batch 32:
 #   x_proj 5.56 vs 7.44 (1.4B), 3.96 vs 4.23 (130M); out_proj even (9.78 vs 10.13, 5.22 vs 5.14).
 # - 33-64 rows, on dt_proj (3.00 vs 3.33, 1.97 vs 2.36 at batch 64) and, with the two-pass sum (nineteenth
-#   session, 1.4B), on x_proj (3.69 vs 7.68) and out_proj (8.36 vs 10.53). The last arriver's sum had lost
-#   x_proj at 130M (4.51 vs 4.27).
-# - 65-128 rows, on x_proj (two-pass, 4.49 vs 7.70 at batch 128) and dt_proj (2.65 vs 3.59); out_proj and in_proj
-#   lose (10.32 vs 9.67 two-pass; 14.9 vs 11.8 before): with 128-row tiles each program re-reads x from L2, and
-#   the split's fp32 partials cost as much as the weight.
+#   session), on x_proj (1.4B 3.69 vs 7.68; 130M 3.01 vs 4.26, where the last arriver's sum had lost, 4.51 vs
+#   4.27) and out_proj (8.36 vs 10.53; 130M 4.07 vs 5.16).
+# - 65-128 rows, on x_proj (two-pass, 4.49 vs 7.70 at batch 128; 130M 3.97 vs 4.31) and dt_proj (2.65 vs 3.59;
+#   2.02 vs 2.42). out_proj and in_proj lose at 1.4B (10.32 vs 9.67 two-pass; 14.9 vs 11.8 before): with 128-row
+#   tiles each program re-reads x from L2, and the split's fp32 partials cost as much as the weight.
 # - past 128 rows, never (not measured).
 MAX_ROWS = 128
 
