@@ -49,6 +49,9 @@
 #          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
 #            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
 #            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
+#          | xzgrad (SPLIT_XZ_GRAD: the Mamba block's compile test and the table-1 mixers on CUDA, then the
+#            selective-copying step (CUDA-graphed and eager) and the DNA step with in_proj's x / z gradients
+#            concatenated by autograd (off) / taken apart (on))
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -224,6 +227,14 @@ for step in $steps; do
               gen cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
+    xzgrad) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_mixers_table1.py -k \
+              "mamba_block_under_torch_compile or table1" 2>&1 | tail -3 | tee "$OUT/xzgrad.log"
+            for flag in off on on off; do
+              timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_xz_$flag" --cases selective_copying \
+                --split-xz-grad $flag 2>&1 | tail -3 | sed "s/^/split xz grad $flag: /" | tee -a "$OUT/xzgrad.log"; done
+            for flag in off on; do
+              timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna_xz_$flag" --skip train,kmer,chunked \
+                --split-xz-grad $flag 2>&1 | grep -E "^ +[0-9]+ x" | sed "s/^/$flag /" | tee -a "$OUT/xzgrad.log"; done ;;
     pdltests) SEQMAMBA_PDL=1 par_pytest 4 420 pdltests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/pdltests.log" ;;
     twopass) timeout 150 python -m pytest -q -rf tests/test_decode_linear.py 2>&1 | tail -3 | tee "$OUT/twopass.log"
              timeout 400 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 1.4b --batches 128 64 \

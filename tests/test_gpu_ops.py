@@ -332,9 +332,11 @@ def test_gpu_scan_under_torch_compile_fullgraph_matches_eager():
     _compiled_matches_eager(LinearScanLinear().cuda(), torch.randn(2, 300, 64, device="cuda"))
 
 
-@pytest.mark.parametrize("project_grad", [False, True], ids=["bmm-autograd", "project-channels-input-grad"])
-def test_gpu_mamba_block_under_torch_compile_fullgraph_matches_eager(monkeypatch, project_grad):
+@pytest.mark.parametrize("project_grad,split", [(False, False), (True, False), (True, True)],
+                         ids=["bmm-autograd", "project-channels-input-grad", "split-xz-grad"])
+def test_gpu_mamba_block_under_torch_compile_fullgraph_matches_eager(monkeypatch, project_grad, split):
     monkeypatch.setattr(importlib.import_module("seqmamba.modules.mamba"), "PROJECT_CHANNELS_INPUT_GRAD", project_grad)
+    monkeypatch.setattr(importlib.import_module("seqmamba.modules.mamba"), "SPLIT_XZ_GRAD", split)
     try:
         Mamba = importlib.import_module("seqmamba.modules.mamba").Mamba
     except ImportError:

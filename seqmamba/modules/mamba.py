@@ -35,6 +35,12 @@ CHANNELS_FIRST_LINEAR_GRAD = True
 #: 21.09 ms at (64, 2048), 5.79 -> 5.45 ms at (8, 4096); the 1.4M DNA step 510 -> 486 ms at (1, 2^20), 378 -> 369
 #: at (1024, 2^10).
 PROJECT_CHANNELS_INPUT_GRAD = True
+#: whether in_proj (channels-first, through ``_LayoutKeepingLinear``) returns x and z as two outputs and takes their
+#: gradients apart: x's input gradient as two accumulating GEMMs, the weight gradient by row blocks. Otherwise
+#: ``xz.chunk(2, dim=1)``'s autograd first concatenates the two gradients into one (batch, 2 d_inner, L) tensor:
+#: a `cat` per layer, 66 us each in the selective-copying step's H200 profile (fifteenth session; ~1.5% of the
+#: step). Off until timed on a GPU (gpu_check.sh xzgrad).
+SPLIT_XZ_GRAD = False
 
 
 def _takes_gradient(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -73,10 +79,14 @@ class _LayoutKeepingLinear(torch.autograd.Function):
     scan's dout, copied to L-contiguous first: ~220 us each, 4 per selective-copying step of ~9.2 ms, H200);
     in_proj's input is the time-major residual stream, and its gradient reached the norm transposed and was
     copied there (~30 ms per DNA step at (1, 2^20, 128) against 12.6 at (1024, 2^10); twelfth session). The weight
-    gradient is summed over the batch in fp32 (the expand's autograd sums in the GEMM's dtype)."""
+    gradient is summed over the batch in fp32 (the expand's autograd sums in the GEMM's dtype).
+
+    With ``chunks`` > 1 the output comes back as that many blocks of its features (``Tensor.chunk``), and their
+    gradients are used where they arrive (``SPLIT_XZ_GRAD``): x's gradient by one GEMM per block, accumulated, the
+    weight's and the bias's by row blocks, never a concatenated output gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, channels_first):
+    def forward(ctx, x, weight, bias, channels_first, chunks=1):
         ctx.save_for_backward(x, weight)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.channels_first = channels_first
@@ -86,31 +96,62 @@ class _LayoutKeepingLinear(torch.autograd.Function):
         else:
             out = torch.bmm(x, weight.t().expand(batch, -1, -1))  # (batch, L, out)
         ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
-        if bias is None:
+        if bias is not None:
+            out = out + (bias[:, None] if channels_first else bias)
+        if chunks == 1:
             return out
-        return out + (bias[:, None] if channels_first else bias)
+        # ``chunks`` outputs, the output features in equal blocks (as Tensor.chunk): their gradients come back
+        # apart and are never concatenated; one that is not used comes back as None.
+        parts = out.chunk(chunks, dim=1 if channels_first else 2)
+        ctx.sizes = [part.shape[1 if channels_first else 2] for part in parts]
+        ctx.set_materialize_grads(False)
+        return parts
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, *douts):
         x, weight = ctx.saved_tensors
         dtype = ctx.gemm_dtype
-        g = dout.to(dtype)
-        g = g.transpose(1, 2) if ctx.channels_first else g  # (batch, L, out) either way
         batch = x.shape[0]
+        sizes = getattr(ctx, "sizes", [weight.shape[0]])
+        blocks = []  # (first output row, rows, gradient (batch, L, rows)) of each output with a gradient
+        start = 0
+        for size, dout in zip(sizes, douts):
+            if dout is not None:
+                g = dout.to(dtype)
+                blocks.append((start, size, g.transpose(1, 2) if ctx.channels_first else g))
+            start += size
         dx = dw = db = None
+        if not blocks:
+            return dx, dw, db, None, None
         if ctx.needs_input_grad[0]:
             w = weight.to(dtype)
-            if x.stride(1) == 1:  # a view of (batch, in, L) storage: W^T @ dout^T, written L-contiguous
-                dx = torch.bmm(w.t().expand(batch, -1, -1), g.transpose(1, 2)).transpose(1, 2)
-            else:
-                dx = torch.bmm(g, w.expand(batch, -1, -1))
-            dx = dx.to(x.dtype)
-        acc = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
+            lcontig = x.stride(1) == 1  # a view of (batch, in, L) storage: W^T @ dout^T, written L-contiguous
+            acc = None
+            for first, rows, g in blocks:
+                w_rows = w[first:first + rows]
+                if lcontig:
+                    a, b = w_rows.t().expand(batch, -1, -1), g.transpose(1, 2)
+                else:
+                    a, b = g, w_rows.expand(batch, -1, -1)
+                acc = torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
+            dx = (acc.transpose(1, 2) if lcontig else acc).to(x.dtype)
+        acc_dtype = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
+        whole = len(blocks) == len(sizes)
         if ctx.needs_input_grad[1]:
-            dw = torch.bmm(g.transpose(1, 2), x.to(dtype)).sum(0, dtype=acc).to(weight.dtype)
+            xg = x.to(dtype)
+            if len(sizes) == 1:
+                dw = torch.bmm(blocks[0][2].transpose(1, 2), xg).sum(0, dtype=acc_dtype)
+            else:
+                dw = (torch.empty if whole else torch.zeros)(weight.shape, dtype=acc_dtype, device=weight.device)
+                for first, rows, g in blocks:
+                    torch.sum(torch.bmm(g.transpose(1, 2), xg), 0, dtype=acc_dtype, out=dw[first:first + rows])
+            dw = dw.to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            db = g.sum((0, 1), dtype=acc).to(ctx.bias_dtype)
-        return dx, dw, db, None
+            db = (torch.empty if whole else torch.zeros)(weight.shape[0], dtype=acc_dtype, device=weight.device)
+            for first, rows, g in blocks:
+                torch.sum(g, (0, 1), dtype=acc_dtype, out=db[first:first + rows])
+            db = db.to(ctx.bias_dtype)
+        return dx, dw, db, None, None
 
 
 #: how ``_project_channels`` forms W @ x^T: "mm" = one GEMM over the folded (batch * L) columns, as mamba_ssm
@@ -121,8 +162,10 @@ PROJECT_CHANNELS = "bmm"
 
 
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      channels_first: bool) -> torch.Tensor:
-    """x (batch, L, in) -> (batch, out, L), the layout the scan takes.
+                      channels_first: bool, chunks: int = 1):
+    """x (batch, L, in) -> (batch, out, L), the layout the scan takes; with ``chunks`` > 1, a tuple of that many
+    (batch, out / chunks, L) blocks of the output features (``Tensor.chunk``; with ``SPLIT_XZ_GRAD`` their
+    gradients are taken apart, never concatenated).
 
     ``channels_first``: computed as W @ x^T, so L is contiguous, as mamba_ssm does; otherwise a transposed
     view of the time-major (batch, L, out) product (the ops take any strides). Neither copies x or the
@@ -131,16 +174,21 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     (64, 3072, 2048) bf16 on an H100.)
     """
     if not channels_first:
-        return F.linear(x, weight, bias).transpose(1, 2)
+        out = F.linear(x, weight, bias).transpose(1, 2)
+        return out if chunks == 1 else out.chunk(chunks, dim=1)
     batch, L, n_in = x.shape
     if PROJECT_CHANNELS == "mm" and x.stride(0) == x.stride(1) * L and x.stride(2) == 1:
         out = torch.mm(weight, x.reshape(batch * L, n_in).t())  # (out, batch * L), one GEMM
         out = out.view(-1, batch, L).transpose(0, 1)  # (batch, out, L), L contiguous
     elif PROJECT_CHANNELS_INPUT_GRAD and _takes_gradient(x, weight):
-        return _LayoutKeepingLinear.apply(x, weight, bias, True)
+        if chunks > 1 and SPLIT_XZ_GRAD:
+            return _LayoutKeepingLinear.apply(x, weight, bias, True, chunks)
+        out = _LayoutKeepingLinear.apply(x, weight, bias, True)
+        return out if chunks == 1 else out.chunk(chunks, dim=1)
     else:
         out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))
-    return out if bias is None else out + bias[:, None]
+    out = out if bias is None else out + bias[:, None]
+    return out if chunks == 1 else out.chunk(chunks, dim=1)
 
 
 @MIXERS.register("mamba")
@@ -235,8 +283,8 @@ class Mamba(nn.Module):
         # Channels-first (L contiguous) is the layout the Triton scan reads fastest (H100, (64, 1536, 2048)
         # bf16: fwd 2.8 ms vs 5.2 ms time-major, fwd+bwd 18.7 vs 27.4 ms; BENCHMARKS.md), at no extra copy.
         channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
-        xz = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first)
-        x, z = xz.chunk(2, dim=1)  # (batch, d_inner, L) each
+        x, z = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
+                                 chunks=2)  # (batch, d_inner, L) each
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         if continuing:
             # Prepend the previous d_conv - 1 inputs so the convolution runs on across the chunk boundary.
