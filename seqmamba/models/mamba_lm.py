@@ -169,7 +169,10 @@ class MambaBackbone(nn.Module):
         )
         self.norm_f = norm_cls(d_model)
 
-    def forward(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, inference_params=None, num_last_tokens: int = 0,
+                **mixer_kwargs) -> torch.Tensor:
+        """(batch, L) ids -> final-norm features (batch, L, d_model); with ``num_last_tokens`` > 0 only the last
+        that many positions go through the final add + norm (a prompt's forward needs the last one)."""
         hidden_states = embed_tokens(self.embedding, input_ids)
         residual = None
         recompute = self.activation_checkpointing and inference_params is None and torch.is_grad_enabled()
@@ -182,6 +185,9 @@ class MambaBackbone(nn.Module):
             else:
                 hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params,
                                                 **mixer_kwargs)
+        if num_last_tokens > 0:
+            hidden_states = hidden_states[:, -num_last_tokens:]
+            residual = residual[:, -num_last_tokens:] if residual is not None else None
         return add_norm(hidden_states, residual, self.norm_f, prenorm=False, residual_in_fp32=self.residual_in_fp32,
                         fused=self.fused_add_norm)
 
@@ -288,13 +294,14 @@ class MambaLM(nn.Module):
         ``position_ids`` is accepted and ignored (mamba_ssm's signature). With ``inference_params`` the
         per-layer states are read from and written to its cache (see :class:`InferenceParams`).
         """
-        hidden_states = self.features(input_ids, inference_params=inference_params, **mixer_kwargs)
-        if num_last_tokens > 0:
-            hidden_states = hidden_states[:, -num_last_tokens:]
+        hidden_states = self.features(input_ids, inference_params=inference_params, num_last_tokens=num_last_tokens,
+                                      **mixer_kwargs)
         return self.lm_head(hidden_states)
 
-    def features(self, input_ids: torch.Tensor, inference_params=None, **mixer_kwargs) -> torch.Tensor:
-        """The one way to get hidden states: the final-norm features (batch, L, d_model).
+    def features(self, input_ids: torch.Tensor, inference_params=None, num_last_tokens: int = 0,
+                 **mixer_kwargs) -> torch.Tensor:
+        """The one way to get hidden states: the final-norm features (batch, L, d_model), or of the last
+        ``num_last_tokens`` positions only (the others skip the final add + norm).
 
         With ``inference_params`` the layers continue from (and update) the cached states, so
         consecutive chunks give the same features as one pass (:mod:`seqmamba.models.chunked`).
@@ -303,7 +310,8 @@ class MambaLM(nn.Module):
             raise ValueError(f"MambaLM: input_ids has shape {tuple(input_ids.shape)}, expected (batch, L)")
         if inference_params is not None:
             _check_cache_capacity(inference_params, input_ids.shape)
-        return self.backbone(input_ids, inference_params=inference_params, **mixer_kwargs)
+        return self.backbone(input_ids, inference_params=inference_params, num_last_tokens=num_last_tokens,
+                             **mixer_kwargs)
 
     # ------------------------------------------------------------------ recurrent inference
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None, **kwargs) -> Dict[int, Any]:
