@@ -65,6 +65,12 @@ ncu_runs() {  # ncu_runs "IMPLS" "KERNELS": one launch of each kernel (fwd / bwd
     grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|Theoretical Occ|Stall" \
       "$OUT/ncu_${impl}_${k}.txt" | head -20 | sed "s/^/$impl $k: /"; done; done
 }
+gen_row() {  # gen_row LOG LABEL SIZE BATCH ARGS...: one bench_generation.py row (Mamba and GPT at SIZE, BATCH), its
+  # JSON in $OUT/gen_LABEL.json and its table line, tagged LABEL, appended to $OUT/LOG.log
+  local log=$1 label=$2 size=$3 batch=$4; shift 4
+  timeout 150 python benchmarks/bench_generation.py --sizes "$size" --batch-sizes "$batch" --max-batch "$batch" \
+    --out "$OUT/gen_$label.json" "$@" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$label /" | tee -a "$OUT/$log.log"
+}
 par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tests in SHARDS processes at once, round
   # robin (Triton / ptxas compiles are CPU-bound and single-threaded: the lanes kernel takes ~25 s per
   # specialisation, so one process ran out of a 240-s budget after 8 tests); each shard's log in $OUT/LOG_<i>.log
@@ -179,9 +185,7 @@ for step in $steps; do
                     --json "$OUT/decodelinear.json" 2>&1 | tee -a "$OUT/decodelinear.log" ;;
     decodegen) for impl in cublas triton; do  # generation with the projections by cuBLAS / by decode_linear's rule
                  for size in ${DECODE_SIZES:-1.4b}; do for batch in ${DECODE_BATCHES:-1}; do
-                   timeout 150 python benchmarks/bench_generation.py --sizes $size --batch-sizes $batch \
-                     --max-batch $batch --decode-linear $impl --out "$OUT/gen_${impl}_${size}_b$batch.json" 2>&1 \
-                     | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$impl /" | tee -a "$OUT/decodegen.log"
+                   gen_row decodegen "${impl}_${size}_b$batch" "$size" "$batch" --decode-linear $impl
                  done; done
                done ;;
     tailsteps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k tail_launch 2>&1 \
@@ -205,9 +209,7 @@ for step in $steps; do
     pdl) SEQMAMBA_PDL=1 timeout 200 python -m pytest -q -rf tests/test_decode_linear.py tests/test_generation.py \
            tests/test_layer_norm.py 2>&1 | tail -4 | sed "s/^/pdl=1 tests: /" | tee "$OUT/pdl.log"
          for batch in ${PDL_BATCHES:-128}; do for pdl in ${PDL_ORDER:-0 1}; do
-           SEQMAMBA_PDL=$pdl timeout 150 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes $batch \
-             --max-batch $batch --out "$OUT/gen_pdl${pdl}_b$batch.json" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" \
-             | sed "s/^/pdl=$pdl /" | tee -a "$OUT/pdl.log"
+           SEQMAMBA_PDL=$pdl gen_row pdl "pdl${pdl}_b$batch" 1.4b "$batch"
          done; done
          for pdl in ${PDL_ORDER:-0 1}; do
            SEQMAMBA_PDL=$pdl timeout 150 python benchmarks/bench_train_step.py --cases selective_copying --steps 300 \
@@ -215,16 +217,11 @@ for step in $steps; do
          done ;;
     decoderule) timeout 200 python -m pytest -q -rf tests/test_decode_linear.py tests/test_generation.py 2>&1 | tail -3 \
                   | tee "$OUT/decoderule.log"
-              gen() {  # gen LABEL SIZE BATCH ARGS...: one generation row, tagged
-                local label=$1 size=$2 batch=$3; shift 3
-                timeout 150 python benchmarks/bench_generation.py --sizes $size --batch-sizes $batch --max-batch $batch \
-                  --out "$OUT/gen_${label}.json" "$@" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$label /" \
-                  | tee -a "$OUT/decoderule.log"; }
-              gen rule_1.4b_b128 1.4b 128
-              gen cublas_1.4b_b128 1.4b 128 --decode-linear cublas
-              gen rule_bf16_1.4b_b128 1.4b 128 --ssm-state-dtype bfloat16
-              gen rule_130m_b64 130m 64
-              gen cublas_130m_b64 130m 64 --decode-linear cublas
+              gen_row decoderule rule_1.4b_b128 1.4b 128
+              gen_row decoderule cublas_1.4b_b128 1.4b 128 --decode-linear cublas
+              gen_row decoderule rule_bf16_1.4b_b128 1.4b 128 --ssm-state-dtype bfloat16
+              gen_row decoderule rule_130m_b64 130m 64
+              gen_row decoderule cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
     xzgrad) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_mixers_table1.py -k \
