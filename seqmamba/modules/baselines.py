@@ -162,10 +162,8 @@ class GatedMixer(nn.Module):
             channels_first = hidden_states.is_cuda and hidden_states.shape[1] > 1
         else:
             channels_first = self.channels_first
-        blocks = self.in_proj.weight.shape[0] // self.d_inner
         xs = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
-                               chunks=blocks)  # (B, E, L) each
-        xs = xs if blocks > 1 else (xs,)
+                               chunks=self.in_proj.weight.shape[0] // self.d_inner)  # (B, E, L) each
         if self.arch == "nogate":
             y = self.inner(xs[0], cache, offset)
         elif self.arch == "h3":

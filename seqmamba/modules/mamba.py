@@ -136,18 +136,16 @@ class _LayoutKeepingLinear(torch.autograd.Function):
                 acc = torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
             dx = (acc.transpose(1, 2) if lcontig else acc).to(x.dtype)
         acc_dtype = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
-        whole = len(blocks) == len(sizes)
+        # rows of outputs whose gradient never arrived stay zero
+        new = torch.empty if len(blocks) == len(sizes) else torch.zeros
         if ctx.needs_input_grad[1]:
             xg = x.to(dtype)
-            if len(sizes) == 1:
-                dw = torch.bmm(blocks[0][2].transpose(1, 2), xg).sum(0, dtype=acc_dtype)
-            else:
-                dw = (torch.empty if whole else torch.zeros)(weight.shape, dtype=acc_dtype, device=weight.device)
-                for first, rows, g in blocks:
-                    torch.sum(torch.bmm(g.transpose(1, 2), xg), 0, dtype=acc_dtype, out=dw[first:first + rows])
+            dw = new(weight.shape, dtype=acc_dtype, device=weight.device)
+            for first, rows, g in blocks:
+                torch.sum(torch.bmm(g.transpose(1, 2), xg), 0, dtype=acc_dtype, out=dw[first:first + rows])
             dw = dw.to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            db = (torch.empty if whole else torch.zeros)(weight.shape[0], dtype=acc_dtype, device=weight.device)
+            db = new(weight.shape[0], dtype=acc_dtype, device=weight.device)
             for first, rows, g in blocks:
                 torch.sum(g, (0, 1), dtype=acc_dtype, out=db[first:first + rows])
             db = db.to(ctx.bias_dtype)
@@ -162,8 +160,8 @@ PROJECT_CHANNELS = "bmm"
 
 
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      channels_first: bool, chunks: int = 1):
-    """x (batch, L, in) -> (batch, out, L), the layout the scan takes; with ``chunks`` > 1, a tuple of that many
+                      channels_first: bool, chunks: Optional[int] = None):
+    """x (batch, L, in) -> (batch, out, L), the layout the scan takes; with ``chunks``, a tuple of that many
     (batch, out / chunks, L) blocks of the output features (``Tensor.chunk``; with ``SPLIT_XZ_GRAD`` their
     gradients are taken apart, never concatenated).
 
@@ -173,22 +171,22 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     makes the transposed result contiguous, a strided copy of the whole output, ~0.9 ms per call at
     (64, 3072, 2048) bf16 on an H100.)
     """
+    batch, L, n_in = x.shape
+    folded = PROJECT_CHANNELS == "mm" and x.stride(0) == x.stride(1) * L and x.stride(2) == 1
     if not channels_first:
         out = F.linear(x, weight, bias).transpose(1, 2)
-        return out if chunks == 1 else out.chunk(chunks, dim=1)
-    batch, L, n_in = x.shape
-    if PROJECT_CHANNELS == "mm" and x.stride(0) == x.stride(1) * L and x.stride(2) == 1:
-        out = torch.mm(weight, x.reshape(batch * L, n_in).t())  # (out, batch * L), one GEMM
-        out = out.view(-1, batch, L).transpose(0, 1)  # (batch, out, L), L contiguous
-    elif PROJECT_CHANNELS_INPUT_GRAD and _takes_gradient(x, weight):
-        if chunks > 1 and SPLIT_XZ_GRAD:
+    elif not folded and PROJECT_CHANNELS_INPUT_GRAD and _takes_gradient(x, weight):
+        if chunks is not None and chunks > 1 and SPLIT_XZ_GRAD:
             return _LayoutKeepingLinear.apply(x, weight, bias, True, chunks)
         out = _LayoutKeepingLinear.apply(x, weight, bias, True)
-        return out if chunks == 1 else out.chunk(chunks, dim=1)
     else:
-        out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))
-    out = out if bias is None else out + bias[:, None]
-    return out if chunks == 1 else out.chunk(chunks, dim=1)
+        if folded:
+            out = torch.mm(weight, x.reshape(batch * L, n_in).t())  # (out, batch * L), one GEMM
+            out = out.view(-1, batch, L).transpose(0, 1)  # (batch, out, L), L contiguous
+        else:
+            out = torch.bmm(weight.expand(batch, -1, -1), x.transpose(1, 2))
+        out = out if bias is None else out + bias[:, None]
+    return out if chunks is None else out.chunk(chunks, dim=1)
 
 
 @MIXERS.register("mamba")
