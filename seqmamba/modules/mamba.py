@@ -35,8 +35,9 @@ CHANNELS_FIRST_LINEAR_GRAD = True
 #: 21.09 ms at (64, 2048), 5.79 -> 5.45 ms at (8, 4096); the 1.4M DNA step 510 -> 486 ms at (1, 2^20), 378 -> 369
 #: at (1024, 2^10).
 PROJECT_CHANNELS_INPUT_GRAD = True
-#: whether in_proj (channels-first, through ``_LayoutKeepingLinear``) returns x and z as two outputs and takes their
-#: gradients apart: x's input gradient as two accumulating GEMMs, the weight gradient by row blocks. Otherwise
+#: whether in_proj (channels-first, through ``_LayoutKeepingLinear``) returns x and z (H3: q, k, v) as separate
+#: outputs and takes their gradients apart: its input's gradient one GEMM per block, accumulated, the weight
+#: gradient by row blocks. Otherwise
 #: ``xz.chunk(2, dim=1)``'s autograd first concatenates the two gradients into one (batch, 2 d_inner, L) tensor:
 #: a `cat` per layer, 66 us each in the selective-copying step's H200 profile (fifteenth session; ~1.5% of the
 #: step). Off until timed on a GPU (gpu_check.sh xzgrad).
