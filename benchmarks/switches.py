@@ -20,10 +20,6 @@ SWITCHES = {
         "seqmamba.modules.mamba", "PROJECT_CHANNELS_INPUT_GRAD", {"on": True, "off": False},
         "in_proj / dt_proj hand their input's gradient back time-major, as the residual stream stores it (on, the "
         "default) or transposed, as the batched matmul's autograd does (off)"),
-    "split-xz-grad": (
-        "seqmamba.modules.mamba", "SPLIT_XZ_GRAD", {"on": True, "off": False},
-        "in_proj returns x and z apart and takes their gradients apart (on) or autograd concatenates them (off, "
-        "the default)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

@@ -64,15 +64,11 @@ def test_causal_chunked_and_trainable(name):
         assert rel_err(chunked, y) < 1e-4
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["joined", "split-grad"])
 @pytest.mark.parametrize("name", [f"{a}_{i}" for a in ARCHS for i in INNERS])
-def test_table1_mixers_channels_first_equals_time_major(monkeypatch, name, split):
+def test_table1_mixers_channels_first_equals_time_major(name):
     """GatedMixer's CUDA layout (in_proj as W @ h^T: the inner layer, and S6's delta / B / C, L-contiguous;
     out_proj through y's strides) forced on the CPU gives the time-major layout's outputs and gradients, for
-    the parallel pass and chunked inference; also with in_proj's blocks as separate outputs (SPLIT_XZ_GRAD)."""
-    from seqmamba.modules import mamba as mamba_module
-
-    monkeypatch.setattr(mamba_module, "SPLIT_XZ_GRAD", split)
+    the parallel pass and chunked inference."""
     x = torch.randn(2, 14, D, dtype=torch.float64)
     results = []
     for channels_first in (False, True):

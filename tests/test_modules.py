@@ -193,15 +193,13 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
         torch.testing.assert_close(new_residual, expected_residual)
 
 
-@pytest.mark.parametrize("project", ["mm", "bmm", "bmm-input-grad", "bmm-input-grad-split"])
+@pytest.mark.parametrize("project", ["mm", "bmm", "bmm-input-grad"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project):
     # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
-    # "bmm-input-grad": the batched GEMM through _LayoutKeepingLinear (PROJECT_CHANNELS_INPUT_GRAD); "-split": with
-    # x and z as its two outputs, their gradients taken apart (SPLIT_XZ_GRAD).
+    # "bmm-input-grad": the batched GEMM through _LayoutKeepingLinear (PROJECT_CHANNELS_INPUT_GRAD).
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project.split("-")[0])
-    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", project.startswith("bmm-input-grad"))
-    monkeypatch.setattr(mamba_module, "SPLIT_XZ_GRAD", project.endswith("split"))
+    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", project == "bmm-input-grad")
     torch.manual_seed(0)
     layer = Mamba(24, d_state=8, bias=bias).double()
     h = torch.randn(2, 13, 24, dtype=torch.double, requires_grad=True)
@@ -356,81 +354,3 @@ def test_project_channels_returns_its_inputs_gradient_time_major(monkeypatch, bi
     assert dx16.is_contiguous()
     torch.testing.assert_close(dw.double(), grads[1], rtol=3e-2, atol=3e-2 * grads[1].abs().max().item())
 
-
-@pytest.mark.parametrize("x_layout", ["time-major", "L-contiguous"])
-@pytest.mark.parametrize("used", ["all", "first", "last"])
-@pytest.mark.parametrize("bias", [False, True])
-def test_project_channels_in_blocks_takes_the_blocks_gradients_apart(monkeypatch, bias, used, x_layout):
-    """_project_channels(chunks=3) through _LayoutKeepingLinear with SPLIT_XZ_GRAD: three (batch, out / 3, L)
-    outputs equal to F.linear's blocks, and every gradient equal to F.linear's (fp64), also when only some blocks
-    are used (the others' gradients never arrive: their weight / bias rows get zeros), for x time-major and for x a
-    view of L-contiguous storage (its gradient then L-contiguous too)."""
-    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", True)
-    monkeypatch.setattr(mamba_module, "SPLIT_XZ_GRAD", True)
-    torch.manual_seed(1)
-    if x_layout == "time-major":
-        x = torch.randn(2, 7, 5, dtype=torch.double, requires_grad=True)
-    else:
-        x = torch.randn(2, 5, 7, dtype=torch.double).transpose(1, 2).requires_grad_()
-    weight = torch.randn(6, 5, dtype=torch.double, requires_grad=True)
-    b = torch.randn(6, dtype=torch.double, requires_grad=True) if bias else None
-    parts = mamba_module._project_channels(x, weight, b, channels_first=True, chunks=3)
-    expected = F.linear(x, weight, b).transpose(1, 2).chunk(3, dim=1)
-    assert isinstance(parts, tuple) and len(parts) == 3
-    assert all(p.grad_fn is not None and "LayoutKeeping" in type(p.grad_fn).__name__ for p in parts)
-    for got, want in zip(parts, expected):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    pick = {"all": [0, 1, 2], "first": [0], "last": [2]}[used]
-    torch.manual_seed(2)
-    gs = [torch.randn_like(parts[i]) for i in pick]
-    leaves = [x, weight] + ([b] if bias else [])
-    loss = sum((parts[i] * g).sum() for i, g in zip(pick, gs))
-    loss_ref = sum((expected[i] * g).sum() for i, g in zip(pick, gs))
-    grads = torch.autograd.grad(loss, leaves)
-    for got, want in zip(grads, torch.autograd.grad(loss_ref, leaves)):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert grads[0].stride() == x.stride(), (grads[0].stride(), x.stride())  # x's own layout
-    if used == "all":  # bf16 autocast: 16-bit outputs and input gradient, fp32 weight gradient (accumulated in fp32)
-        x16 = x.detach().bfloat16().requires_grad_()
-        weight32 = weight.detach().float().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            parts16 = mamba_module._project_channels(x16, weight32, None, True, chunks=3)
-        dx16, dw = torch.autograd.grad(sum((p * g.bfloat16()).sum() for p, g in zip(parts16, gs)), [x16, weight32])
-        assert all(p.dtype == torch.bfloat16 for p in parts16) and dx16.dtype == torch.bfloat16
-        assert dw.dtype == torch.float32
-        torch.testing.assert_close(dw.double(), grads[1], rtol=3e-2, atol=3e-2 * grads[1].abs().max().item())
-        torch.testing.assert_close(dx16.double(), grads[0], rtol=3e-2, atol=3e-2 * grads[0].abs().max().item())
-
-
-@pytest.mark.parametrize("split", [False, True])
-def test_mamba_backward_concatenates_the_x_and_z_gradients_unless_split(monkeypatch, split):
-    """Channels-first through _LayoutKeepingLinear: without SPLIT_XZ_GRAD, autograd joins x's and z's gradients
-    into one (batch, 2 d_inner, L) tensor (aten.cat) before in_proj's backward; with it, nothing of that size is
-    concatenated or copied in the backward."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", "bmm")
-    monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", True)
-    monkeypatch.setattr(mamba_module, "SPLIT_XZ_GRAD", split)
-    torch.manual_seed(0)
-    batch, L, d_model = 2, 24, 8
-    layer = Mamba(d_model, d_state=4)
-    layer.channels_first = True
-    h = torch.randn(batch, L, d_model, requires_grad=True)
-    joined = batch * 2 * layer.d_inner * L
-    big = []
-
-    class Log(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func in (torch.ops.aten.cat.default, torch.ops.aten.copy_.default, torch.ops.aten.clone.default):
-                if isinstance(out, torch.Tensor) and out.numel() >= joined:
-                    big.append(func)
-            return out
-
-    out = layer(h)
-    with Log():
-        out.square().sum().backward()
-    assert (torch.ops.aten.cat.default in big) == (not split), big
-    if split:
-        assert not big, big

@@ -35,13 +35,6 @@ CHANNELS_FIRST_LINEAR_GRAD = True
 #: 21.09 ms at (64, 2048), 5.79 -> 5.45 ms at (8, 4096); the 1.4M DNA step 510 -> 486 ms at (1, 2^20), 378 -> 369
 #: at (1024, 2^10).
 PROJECT_CHANNELS_INPUT_GRAD = True
-#: whether in_proj (channels-first, through ``_LayoutKeepingLinear``) returns x and z (H3: q, k, v) as separate
-#: outputs and takes their gradients apart: its input's gradient one GEMM per block, accumulated, the weight
-#: gradient by row blocks. Otherwise
-#: ``xz.chunk(2, dim=1)``'s autograd first concatenates the two gradients into one (batch, 2 d_inner, L) tensor:
-#: a `cat` per layer, 66 us each in the selective-copying step's H200 profile (fifteenth session; ~1.5% of the
-#: step). Off until timed on a GPU (gpu_check.sh xzgrad).
-SPLIT_XZ_GRAD = False
 
 
 def _takes_gradient(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -80,14 +73,10 @@ class _LayoutKeepingLinear(torch.autograd.Function):
     scan's dout, copied to L-contiguous first: ~220 us each, 4 per selective-copying step of ~9.2 ms, H200);
     in_proj's input is the time-major residual stream, and its gradient reached the norm transposed and was
     copied there (~30 ms per DNA step at (1, 2^20, 128) against 12.6 at (1024, 2^10); twelfth session). The weight
-    gradient is summed over the batch in fp32 (the expand's autograd sums in the GEMM's dtype).
-
-    With ``chunks`` > 1 the output comes back as that many blocks of its features (``Tensor.chunk``), and their
-    gradients are used where they arrive (``SPLIT_XZ_GRAD``): x's gradient by one GEMM per block, accumulated, the
-    weight's and the bias's by row blocks, never a concatenated output gradient."""
+    gradient is summed over the batch in fp32 (the expand's autograd sums in the GEMM's dtype)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, channels_first, chunks=1):
+    def forward(ctx, x, weight, bias, channels_first):
         ctx.save_for_backward(x, weight)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.channels_first = channels_first
@@ -97,60 +86,31 @@ class _LayoutKeepingLinear(torch.autograd.Function):
         else:
             out = torch.bmm(x, weight.t().expand(batch, -1, -1))  # (batch, L, out)
         ctx.gemm_dtype = out.dtype  # autocast's, or the inputs'
-        if bias is not None:
-            out = out + (bias[:, None] if channels_first else bias)
-        if chunks == 1:
+        if bias is None:
             return out
-        # ``chunks`` outputs, the output features in equal blocks (as Tensor.chunk): their gradients come back
-        # apart and are never concatenated; one that is not used comes back as None.
-        parts = out.chunk(chunks, dim=1 if channels_first else 2)
-        ctx.sizes = [part.shape[1 if channels_first else 2] for part in parts]
-        ctx.set_materialize_grads(False)
-        return parts
+        return out + (bias[:, None] if channels_first else bias)
 
     @staticmethod
-    def backward(ctx, *douts):
+    def backward(ctx, dout):
         x, weight = ctx.saved_tensors
         dtype = ctx.gemm_dtype
+        g = dout.to(dtype)
+        g = g.transpose(1, 2) if ctx.channels_first else g  # (batch, L, out) either way
         batch = x.shape[0]
-        sizes = getattr(ctx, "sizes", [weight.shape[0]])
-        blocks = []  # (first output row, rows, gradient (batch, L, rows)) of each output with a gradient
-        start = 0
-        for size, dout in zip(sizes, douts):
-            if dout is not None:
-                g = dout.to(dtype)
-                blocks.append((start, size, g.transpose(1, 2) if ctx.channels_first else g))
-            start += size
         dx = dw = db = None
-        if not blocks:
-            return dx, dw, db, None, None
         if ctx.needs_input_grad[0]:
             w = weight.to(dtype)
-            lcontig = x.stride(1) == 1  # a view of (batch, in, L) storage: W^T @ dout^T, written L-contiguous
-            acc = None
-            for first, rows, g in blocks:
-                w_rows = w[first:first + rows]
-                if lcontig:
-                    a, b = w_rows.t().expand(batch, -1, -1), g.transpose(1, 2)
-                else:
-                    a, b = g, w_rows.expand(batch, -1, -1)
-                acc = torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
-            dx = (acc.transpose(1, 2) if lcontig else acc).to(x.dtype)
+            if x.stride(1) == 1:  # a view of (batch, in, L) storage: W^T @ dout^T, written L-contiguous
+                dx = torch.bmm(w.t().expand(batch, -1, -1), g.transpose(1, 2)).transpose(1, 2)
+            else:
+                dx = torch.bmm(g, w.expand(batch, -1, -1))
+            dx = dx.to(x.dtype)
         acc_dtype = torch.promote_types(dtype, torch.float32)  # fp32 for 16-bit GEMMs, fp64 stays fp64
-        # rows of outputs whose gradient never arrived stay zero
-        new = torch.empty if len(blocks) == len(sizes) else torch.zeros
         if ctx.needs_input_grad[1]:
-            xg = x.to(dtype)
-            dw = new(weight.shape, dtype=acc_dtype, device=weight.device)
-            for first, rows, g in blocks:
-                torch.sum(torch.bmm(g.transpose(1, 2), xg), 0, dtype=acc_dtype, out=dw[first:first + rows])
-            dw = dw.to(weight.dtype)
+            dw = torch.sum(torch.bmm(g.transpose(1, 2), x.to(dtype)), 0, dtype=acc_dtype).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            db = new(weight.shape[0], dtype=acc_dtype, device=weight.device)
-            for first, rows, g in blocks:
-                torch.sum(g, (0, 1), dtype=acc_dtype, out=db[first:first + rows])
-            db = db.to(ctx.bias_dtype)
-        return dx, dw, db, None, None
+            db = torch.sum(g, (0, 1), dtype=acc_dtype).to(ctx.bias_dtype)
+        return dx, dw, db, None
 
 
 #: how ``_project_channels`` forms W @ x^T: "mm" = one GEMM over the folded (batch * L) columns, as mamba_ssm
@@ -163,8 +123,7 @@ PROJECT_CHANNELS = "bmm"
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       channels_first: bool, chunks: Optional[int] = None):
     """x (batch, L, in) -> (batch, out, L), the layout the scan takes; with ``chunks``, a tuple of that many
-    (batch, out / chunks, L) blocks of the output features (``Tensor.chunk``; with ``SPLIT_XZ_GRAD`` their
-    gradients are taken apart, never concatenated).
+    (batch, out / chunks, L) blocks of the output features (``Tensor.chunk``).
 
     ``channels_first``: computed as W @ x^T, so L is contiguous, as mamba_ssm does; otherwise a transposed
     view of the time-major (batch, L, out) product (the ops take any strides). Neither copies x or the
@@ -177,8 +136,6 @@ def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     if not channels_first:
         out = F.linear(x, weight, bias).transpose(1, 2)
     elif not folded and PROJECT_CHANNELS_INPUT_GRAD and _takes_gradient(x, weight):
-        if chunks is not None and chunks > 1 and SPLIT_XZ_GRAD:
-            return _LayoutKeepingLinear.apply(x, weight, bias, True, chunks)
         out = _LayoutKeepingLinear.apply(x, weight, bias, True)
     else:
         if folded:
