@@ -8,10 +8,14 @@ This script times (channels, time steps, warps) per program for the forward and 
 library runs it) at the shapes the toolkit runs: the 130M prefill and training width,
 the selective-copying model, the DNA model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
 contiguous and a batch stride of 2 x d_inner x L. Outputs and gradients of every config are checked against
-the default's.
+the first row's (the default tiles with the first --taps).
+
+``--taps columns shifted`` times each config both ways to the taps (``COLUMN_TAPS``: the columns of two aligned
+loads, or one shifted load per tap); ``--tiles default`` times the library's tiles only.
 
     python benchmarks/bench_conv_configs.py                 # GPU, ~2 min
     python benchmarks/bench_conv_configs.py --json out.json --shapes 64x1536x2048
+    python benchmarks/bench_conv_configs.py --taps shifted columns --tiles default
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
 SHAPES = ["64x1536x2048", "8x1536x4096", "64x128x4112", "1x256x1048576"]
 
 
-def configs():
+def configs(tiles="all"):
     yield None  # the default
+    if tiles == "default":
+        return
     for block_d, block_l in itertools.product([1, 2, 4, 8, 16, 32], [128, 256, 512, 1024]):
         if 1024 <= block_d * block_l <= 8192:
             yield (block_d, block_l, 4)
@@ -53,6 +59,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxDIMxL")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--taps", nargs="+", choices=["columns", "shifted"], default=["columns"],
+                        help="COLUMN_TAPS on (columns) / off (shifted): each config is timed each way")
+    parser.add_argument("--tiles", choices=["all", "default"], default="all")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (do_bench median)")
@@ -66,8 +75,9 @@ def main():
         ref = None
         best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
         default = {}
-        for launch in configs():
-            saved, saved_cap = dict(CONV.LAUNCH), CONV.BWD_MAX_TIME_TILES
+        for taps, launch in itertools.product(args.taps, list(configs(args.tiles))):
+            saved, saved_cap, saved_taps = dict(CONV.LAUNCH), CONV.BWD_MAX_TIME_TILES, CONV.COLUMN_TAPS
+            CONV.COLUMN_TAPS = taps == "columns"
             if launch is not None:
                 CONV.LAUNCH.update(fwd=launch, bwd=launch)
                 CONV.BWD_MAX_TIME_TILES = float("inf")  # the config's tiles as given
@@ -81,26 +91,27 @@ def main():
                 bwd = triton.testing.do_bench(lambda: CONV._conv_gradients(x, weight, bias, True, dout),
                                               return_mode="median")
             finally:
+                CONV.COLUMN_TAPS = saved_taps
                 CONV.BWD_MAX_TIME_TILES = saved_cap
                 CONV.LAUNCH.clear()
                 CONV.LAUNCH.update(saved)
-            label = ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd")) if launch is None
-                     else "x".join(map(str, launch)))
-            rows.append({"shape": shape, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd, "fwd_floor_ms": fwd_floor,
-                         "bwd_floor_ms": bwd_floor, "matches_default": ok})
-            print(f"{shape:16s} {label:24s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
+            label = taps + " " + ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd"))
+                                  if launch is None else "x".join(map(str, launch)))
+            rows.append({"shape": shape, "taps": taps, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd,
+                         "fwd_floor_ms": fwd_floor, "bwd_floor_ms": bwd_floor, "matches_default": ok})
+            print(f"{shape:16s} {label:32s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
                   f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
-            if launch is None:
+            if launch is None and taps == args.taps[0]:
                 default = {"fwd": fwd, "bwd": bwd}
             for kind, ms in (("fwd", fwd), ("bwd", bwd)):
                 if ok and ms < best[kind][0]:
                     best[kind] = (ms, label)
         for kind in ("fwd", "bwd"):
-            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:24s} {best[kind][0]:7.3f} ms, default "
+            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:32s} {best[kind][0]:7.3f} ms, first row "
                            f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "
                            f"{fwd_floor if kind == 'fwd' else bwd_floor:7.3f}")
         del x, weight, bias, dout
-    print("\nbest per shape (tiles: channels x steps x warps):")
+    print("\nbest per shape (taps, tiles: channels x steps x warps):")
     print("\n".join(summary))
     if args.json:
         with open(args.json, "w") as f:

@@ -49,9 +49,10 @@
 #          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
 #            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
 #            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
-#          | xzgrad (SPLIT_XZ_GRAD: the Mamba block's compile test and the table-1 mixers on CUDA, then the
-#            selective-copying step (CUDA-graphed and eager) and the DNA step with in_proj's x / z gradients
-#            concatenated by autograd (off) / taken apart (on))
+#          | convtaps (the causal conv's taps from aligned columns, COLUMN_TAPS: the conv tests on CUDA, the conv's
+#            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
+#            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
+#            both ways)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -224,14 +225,22 @@ for step in $steps; do
               gen_row decoderule cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
-    xzgrad) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_mixers_table1.py -k \
-              "mamba_block_under_torch_compile or table1" 2>&1 | tail -3 | tee "$OUT/xzgrad.log"
-            for flag in off on on off; do
-              timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_xz_$flag" --cases selective_copying \
-                --split-xz-grad $flag 2>&1 | tail -3 | sed "s/^/split xz grad $flag: /" | tee -a "$OUT/xzgrad.log"; done
-            for flag in off on; do
-              timeout 120 python benchmarks/gpu_dna.py --out "$OUT/dna_xz_$flag" --skip train,kmer,chunked \
-                --split-xz-grad $flag 2>&1 | grep -E "^ +[0-9]+ x" | sed "s/^/$flag /" | tee -a "$OUT/xzgrad.log"; done ;;
+    convtaps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv" 2>&1 | tail -3 \
+                | tee "$OUT/convtaps.log"
+              timeout 120 python benchmarks/bench_conv_configs.py --taps shifted columns --tiles default \
+                --json "$OUT/convtaps_default.json" 2>&1 | sed -n '/best per shape/,$p' | tee -a "$OUT/convtaps.log"
+              timeout 200 python benchmarks/bench_conv_configs.py --taps columns --shapes 64x1536x2048 64x128x4112 \
+                --json "$OUT/convtaps_tiles.json" 2>&1 | sed -n '/best per shape/,$p' | tee -a "$OUT/convtaps.log"
+              for taps in shifted columns shifted columns; do
+                gen_row convtaps "prefill_$taps" 130m 64 --cg-prefill --conv-taps $taps
+              done
+              timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 8 2>&1 \
+                | grep -E "GPU time|conv|^Mamba|^Transformer" | tee -a "$OUT/convtaps.log"
+              for taps in shifted columns; do
+                timeout 150 python benchmarks/bench_train_step.py --cases selective_copying --steps 300 \
+                  --out "$OUT/ts_$taps" --conv-taps $taps 2>&1 | grep -E "^selective_copying" | sed "s/^/$taps /" \
+                  | tee -a "$OUT/convtaps.log"
+              done ;;
     pdltests) SEQMAMBA_PDL=1 par_pytest 4 420 pdltests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/pdltests.log" ;;
     twopass) timeout 150 python -m pytest -q -rf tests/test_decode_linear.py 2>&1 | tail -3 | tee "$OUT/twopass.log"
              timeout 400 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 1.4b --batches 128 64 \

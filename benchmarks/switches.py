@@ -20,6 +20,10 @@ SWITCHES = {
         "seqmamba.modules.mamba", "PROJECT_CHANNELS_INPUT_GRAD", {"on": True, "off": False},
         "in_proj / dt_proj hand their input's gradient back time-major, as the residual stream stores it (on, the "
         "default) or transposed, as the batched matmul's autograd does (off)"),
+    "conv-taps": (
+        "seqmamba.ops.causal_conv1d.triton_kernels", "COLUMN_TAPS", {"columns": True, "shifted": False},
+        "the causal conv's taps from the columns of two aligned loads (columns, the default) or one shifted load "
+        "per tap (shifted)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

@@ -164,17 +164,23 @@ def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
         causal_conv1d_update(x[:, :, 0], torch.zeros(1, 3, 4), weight, activation="relu")
 
 
+@pytest.mark.parametrize("column_taps", [True, False], ids=["column-taps", "shifted-loads"])
 @pytest.mark.parametrize("time_cap", [None, 4], ids=["backward-tiles-as-set", "backward-time-tiles-capped"])
 @pytest.mark.parametrize("launch", [None, (4, 32, 1), (8, 256, 8)], ids=["default-tiles", "4x32-tiles", "8x256-tiles"])
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
-    (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
+    (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True),
+    (torch.float32, "silu", 9, False)])
 def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch, dtype, activation, width, time_major,
-                                                                    launch, time_cap):
+                                                                    launch, time_cap, column_taps):
     """Forward and every gradient; the default tiles, 4 x 32 tiles (5 channels over two channel blocks, 150 steps
     over five time tiles, the last partial) and one tile of 8 x 256 covering everything (LAUNCH sets the forward's
     and the backward's). With BWD_MAX_TIME_TILES = 4 the backward's time tile grows past the forward's (4 x 32:
-    2 x 5 tiles -> 64 steps -> 128 steps, 2 x 2 tiles), so its two kernels run other tiles than the forward's."""
+    2 x 5 tiles -> 64 steps -> 128 steps, 2 x 2 tiles), so its two kernels run other tiles than the forward's.
+    Both ways to the taps: columns of aligned loads (width 9 reaches a whole group back) and shifted loads."""
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(module, "COLUMN_TAPS", column_taps)
+    if width == 9 and not column_taps or width == 9 and launch == (8, 256, 8):
+        pytest.skip("width 9 runs once per tile shape, with the column taps")
     if time_cap is not None:
         monkeypatch.setattr(module, "BWD_MAX_TIME_TILES", time_cap)
     if launch is not None:
@@ -199,6 +205,16 @@ def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch,
     for name, tri, ref in zip(("out", "dx", "dweight", "dbias"), results[1], results[0]):
         assert tri.dtype == ref.dtype, name
         assert rel_err(tri, ref) < tol, name
+
+
+def test_conv_column_taps_rule(monkeypatch):
+    """The column taps run where a tile is whole 8-step groups and a tap reaches back at most one group."""
+    module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    assert module._column_taps(4, 256) and module._column_taps(9, 8)
+    assert not module._column_taps(10, 256)  # a tap 9 steps back is past the previous group
+    assert not module._column_taps(4, 4)  # a 4-step tile is not a whole group
+    monkeypatch.setattr(module, "COLUMN_TAPS", False)
+    assert not module._column_taps(4, 256)
 
 
 def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):

@@ -3,8 +3,14 @@ state). Autograd: a plain autograd.Function in eager mode, torch.library custom 
 custom ops' dispatcher round trips cost host time; notes/triton_scan.md "Session 3").
 
 out[b, d, t] = act(bias[d] + sum_k weight[d, k] x[b, d, t - width + 1 + k]), zero padding on the left.
-Each program takes a (BLOCK_D, BLOCK_L) tile and reads the width shifted copies of x it needs (the
-overlap comes from L1/L2, so x is read from memory about once). Accumulation is fp32.
+Each program takes a (BLOCK_D, BLOCK_L) tile. Accumulation is fp32. The taps x[t - s] come one of two ways:
+* column taps (``COLUMN_TAPS``, the default where the time axis is contiguous and a tile is whole 8-step groups):
+  two aligned loads, the tile's own steps and the 8 before them, each taken apart into its 8 columns
+  (tile_columns.py); the tap at shift s of column j is column j - s of the tile, or column j - s + 8 of the
+  previous group. Every load is a 16-byte vector.
+* shifted loads: the width shifted copies of x, one load each. A shift that is not a multiple of 8 steps makes
+  the load's addresses misaligned for a vector, so Triton issues 2-byte loads (sm_90 SASS of the forward at
+  (8, 256, 4): 48 LDG.E.U16 for the three shifted taps against 2 LDG.E.128 for the aligned one).
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import triton.language as tl
 from ..backend import records_autograd
 from ..buffers import empty
 from ..launch import CachedLaunch, cdiv, grid_dependency_wait, zeroed_views
+from ..tile_columns import _columns, _join_columns
 
 
 @triton.jit
@@ -34,12 +41,78 @@ def _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d
     return acc
 
 
+# Steps per column group of the column taps: 8 bf16 = one 16-byte vector. A tap shifts by at most width - 1 steps.
+GROUP_STEPS = 8
+GROUP = tl.constexpr(GROUP_STEPS)  # the same, for the kernels
+
+
+@triton.jit
+def _load_columns(row, t0, L, s_l, mask_d, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, V: tl.constexpr):
+    """Steps t0 .. t0 + BLOCK_L - 1 of the rows (zero outside [0, L)) as V fp32 columns of BLOCK_D x BLOCK_L / V
+    rows: column j holds the steps t0 + g V + j of every group g, row-major over (channel, group)."""
+    t = t0 + tl.arange(0, BLOCK_L)
+    m = mask_d[:, None] & ((t >= 0) & (t < L))[None, :]
+    tile = tl.load(row + t[None, :].to(tl.int64) * s_l, mask=m, other=0.0).to(tl.float32)
+    return _columns(tl.reshape(tile, (BLOCK_D * (BLOCK_L // V), V)), BLOCK_D * (BLOCK_L // V), V)
+
+
+@triton.jit
+def _tap(cur, other, j: tl.constexpr, s: tl.constexpr, V: tl.constexpr):
+    """Column j of the tile shifted by s steps (x[t + s], |s| <= V): a column of ``cur`` (the tile's own groups)
+    or, past its group's edge, of ``other`` (the groups V steps before the tile for s < 0, after it for s > 0)."""
+    if j + s < 0:
+        return other[j + s + V]
+    elif j + s >= V:
+        return other[j + s - V]
+    else:
+        return cur[j + s]
+
+
+@triton.jit
+def _per_row(ptr, d_idx, mask_d, BLOCK_D: tl.constexpr, G: tl.constexpr):
+    """A per-channel value (fp32) broadcast to the columns' rows (channel, group)."""
+    v = tl.load(ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+    return tl.reshape(tl.broadcast_to(v[:, None], (BLOCK_D, G)), (BLOCK_D * G,))
+
+
+@triton.jit
+def _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, t0, mask_d, L, s_x_l, s_w_d, s_w_k,
+                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The pre-activation tile as GROUP columns (column taps), with the columns of x it used and the weights:
+    (pre columns, x columns, previous group's x columns, per-row weights)."""
+    V: tl.constexpr = GROUP
+    G: tl.constexpr = BLOCK_L // V
+    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    ws = ()
+    for k in tl.static_range(WIDTH):
+        ws = ws + (_per_row(w_ptr + k * s_w_k, d_idx * s_w_d, mask_d, BLOCK_D, G),)
+    pres = ()
+    for j in tl.static_range(V):
+        if HAS_BIAS:
+            acc = _per_row(bias_ptr, d_idx, mask_d, BLOCK_D, G)
+        else:
+            acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
+        for k in tl.static_range(WIDTH):
+            acc += ws[k] * _tap(xs, xp, j, k - (WIDTH - 1), V)
+        pres = pres + (acc,)
+    return pres, xs, xp, ws
+
+
+@triton.jit
+def _store_columns(ptrs, cols, mask, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The inverse of _load_columns: GROUP columns -> one (BLOCK_D, BLOCK_L) vector store."""
+    V: tl.constexpr = GROUP
+    tile = tl.reshape(_join_columns(cols, BLOCK_D * (BLOCK_L // V), V), (BLOCK_D, BLOCK_L))
+    tl.store(ptrs, tile.to(ptrs.dtype.element_ty), mask=mask)
+
+
 @triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_o_b, s_o_d, s_o_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    PDL: tl.constexpr = False,
+    COLUMN_TAPS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     grid_dependency_wait(PDL)
     pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -47,13 +120,56 @@ def _causal_conv1d_fwd_kernel(
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = d_idx < dim
     x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-    acc = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
-                         WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
     mask = mask_d[:, None] & (t_idx < L)[None, :]
-    tl.store(out_ptr + pid_b * s_o_b + d_idx[:, None].to(tl.int64) * s_o_d + t_idx[None, :].to(tl.int64) * s_o_l,
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
+    ptrs = out_ptr + pid_b * s_o_b + d_idx[:, None].to(tl.int64) * s_o_d + t_idx[None, :].to(tl.int64) * s_o_l
+    if COLUMN_TAPS:
+        pres, _, _, _ = _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, pid_l * BLOCK_L, mask_d, L, s_x_l, s_w_d,
+                                          s_w_k, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        if SILU:
+            outs = ()
+            for j in tl.static_range(GROUP):
+                outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
+            pres = outs
+        _store_columns(ptrs, pres, mask, BLOCK_D, BLOCK_L)
+    else:
+        acc = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
+                             WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        if SILU:
+            acc = acc * tl.sigmoid(acc)
+        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbias_ptr, d_idx, t0, mask_d, mask, L,
+                       s_x_l, s_w_d, s_w_k, s_do_l, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The dpre kernel's tile by column taps: dpre stored, the weight and bias gradients' tile sums added."""
+    V: tl.constexpr = GROUP
+    G: tl.constexpr = BLOCK_L // V
+    douts = _load_columns(dout_row, t0, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
+    if SILU:
+        pres, xs, xp, _ = _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, t0, mask_d, L, s_x_l, s_w_d, s_w_k,
+                                            WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        dpres = ()
+        for j in tl.static_range(V):
+            sig = tl.sigmoid(pres[j])
+            dpres = dpres + (douts[j] * sig * (1.0 + pres[j] * (1.0 - sig)),)
+    else:
+        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+        xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+        dpres = douts
+    _store_columns(dpre_ptrs, dpres, mask, BLOCK_D, BLOCK_L)
+    for k in tl.static_range(WIDTH):
+        acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
+        for j in tl.static_range(V):
+            acc += dpres[j] * _tap(xs, xp, j, k - (WIDTH - 1), V)
+        tl.atomic_add(dw_ptr + d_idx * WIDTH + k, tl.sum(tl.reshape(acc, (BLOCK_D, G)), axis=1), mask=mask_d,
+                      sem="relaxed")
+    if HAS_BIAS:
+        acc = dpres[0]
+        for j in tl.static_range(1, V):
+            acc += dpres[j]
+        tl.atomic_add(dbias_ptr + d_idx, tl.sum(tl.reshape(acc, (BLOCK_D, G)), axis=1), mask=mask_d, sem="relaxed")
 
 
 @triton.jit
@@ -61,7 +177,7 @@ def _causal_conv1d_dpre_kernel(
     x_ptr, w_ptr, bias_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, L,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    PDL: tl.constexpr = False,
+    COLUMN_TAPS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """dpre = dout * act'(pre) (fp32, contiguous), plus the weight and bias gradients (atomics over tiles)."""
     grid_dependency_wait(PDL)
@@ -71,6 +187,12 @@ def _causal_conv1d_dpre_kernel(
     mask_d = d_idx < dim
     mask = mask_d[:, None] & (t_idx < L)[None, :]
     x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+    if COLUMN_TAPS:
+        _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d,
+                           dpre_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dw_ptr, dbias_ptr, d_idx,
+                           pid_l * BLOCK_L, mask_d, mask, L, s_x_l, s_w_d, s_w_k, s_do_l,
+                           WIDTH, HAS_BIAS, SILU, BLOCK_D, BLOCK_L)
+        return
     dout = tl.load(dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
                    + t_idx[None, :].to(tl.int64) * s_do_l, mask=mask, other=0.0).to(tl.float32)
     if SILU:
@@ -94,7 +216,7 @@ def _causal_conv1d_dpre_kernel(
 def _causal_conv1d_dx_kernel(
     dpre_ptr, w_ptr, dx_ptr, dim, L, s_w_d, s_w_k,
     WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    PDL: tl.constexpr = False,
+    COLUMN_TAPS: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """dx[t] = sum_k weight[k] dpre[t + width - 1 - k] (the transposed, anti-causal conv)."""
     grid_dependency_wait(PDL)
@@ -103,6 +225,23 @@ def _causal_conv1d_dx_kernel(
     t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = d_idx < dim
     row = (pid_b * dim + d_idx[:, None]) * L
+    if COLUMN_TAPS:  # the taps reach forward: the tile's groups and the next group's
+        V: tl.constexpr = GROUP
+        G: tl.constexpr = BLOCK_L // V
+        t0 = pid_l * BLOCK_L
+        gs = _load_columns(dpre_ptr + row, t0, L, 1, mask_d, BLOCK_D, BLOCK_L, V)
+        gn = _load_columns(dpre_ptr + row, t0 + V, L, 1, mask_d, BLOCK_D, BLOCK_L, V)
+        ws = ()
+        for k in tl.static_range(WIDTH):
+            ws = ws + (_per_row(w_ptr + k * s_w_k, d_idx * s_w_d, mask_d, BLOCK_D, G),)
+        dxs = ()
+        for j in tl.static_range(V):
+            acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
+            for k in tl.static_range(WIDTH):
+                acc += ws[k] * _tap(gs, gn, j, (WIDTH - 1) - k, V)
+            dxs = dxs + (acc,)
+        _store_columns(dx_ptr + row + t_idx[None, :], dxs, mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
+        return
     acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for k in tl.static_range(WIDTH):
         src = t_idx + (WIDTH - 1) - k
@@ -166,6 +305,15 @@ BWD_MAX_TIME_TILES = 2048
 # instead of passing it through memory in fp32 (6 bytes moved per element instead of 14). It lost at every tile and
 # shape: best 2.013 vs 1.619 ms at 64x1536x2048, 0.515 vs 0.417 at 8x1536x4096, 0.357 vs 0.294 at 64x128x4112 (four
 # conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves).
+# The taps from the columns of two aligned loads (module docstring) where a tile is whole groups and the width
+# fits a group; False: one shifted load per tap everywhere.
+COLUMN_TAPS = True
+
+
+def _column_taps(width: int, block_l: int) -> bool:
+    return COLUMN_TAPS and block_l % GROUP_STEPS == 0 and width - 1 <= GROUP_STEPS
+
+
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel, pdl=True)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel, pdl=True)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel, pdl=True)
@@ -192,7 +340,8 @@ def _conv_forward(x, weight, bias, silu):
     block_d, block_l, num_warps = LAUNCH["fwd"]
     _launch_fwd(_grid(batch, dim, L, block_d, block_l), (x, weight, bias if bias is not None else weight, out),
                 (dim, L, *x.stride(), *weight.stride(), *out.stride()),
-                dict(WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                dict(WIDTH=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l,
+                     COLUMN_TAPS=_column_taps(weight.shape[1], block_l)),
                 num_warps)
     return out
 
@@ -206,12 +355,14 @@ def _conv_gradients(x, weight, bias, silu, dout):
         dpre = empty((batch, dim, L), x.device, torch.float32)
         block_d, block_l, num_warps = _backward_launch(batch, L)
         grid = _grid(batch, dim, L, block_d, block_l)
+        columns = _column_taps(width, block_l)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
                      (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
-                     dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                     dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l,
+                          COLUMN_TAPS=columns),
                      num_warps)
         _launch_dx(grid, (dpre, weight, dx), (dim, L, *weight.stride()),
-                   dict(WIDTH=width, BLOCK_D=block_d, BLOCK_L=block_l), num_warps)
+                   dict(WIDTH=width, BLOCK_D=block_d, BLOCK_L=block_l, COLUMN_TAPS=columns), num_warps)
     return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
 
 
