@@ -229,9 +229,9 @@ for step in $steps; do
                 | tee "$OUT/convtaps.log"
               timeout 120 python benchmarks/bench_conv_configs.py --taps shifted columns --tiles default \
                 --json "$OUT/convtaps_default.json" 2>&1 | sed -n '/best per shape/,$p' | tee -a "$OUT/convtaps.log"
-              timeout 200 python benchmarks/bench_conv_configs.py --taps columns --shapes 64x1536x2048 64x128x4112 \
+              timeout 200 python benchmarks/bench_conv_configs.py --taps columns --shapes 64x1536x2048 \
                 --json "$OUT/convtaps_tiles.json" 2>&1 | sed -n '/best per shape/,$p' | tee -a "$OUT/convtaps.log"
-              for taps in shifted columns shifted columns; do
+              for taps in shifted columns; do
                 gen_row convtaps "prefill_$taps" 130m 64 --cg-prefill --conv-taps $taps
               done
               timeout 200 python benchmarks/profile_decode.py --phase prefill --size 130m --batch 64 --top 8 2>&1 \
