@@ -168,19 +168,28 @@ def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
 @pytest.mark.parametrize("time_cap", [None, 4], ids=["backward-tiles-as-set", "backward-time-tiles-capped"])
 @pytest.mark.parametrize("launch", [None, (4, 32, 1), (8, 256, 8)], ids=["default-tiles", "4x32-tiles", "8x256-tiles"])
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
-    (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True),
-    (torch.float32, "silu", 9, False)])
+    (torch.float32, "silu", 4, False), (torch.float32, None, 3, True), (torch.bfloat16, "silu", 4, True)])
 def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch, dtype, activation, width, time_major,
                                                                     launch, time_cap, column_taps):
     """Forward and every gradient; the default tiles, 4 x 32 tiles (5 channels over two channel blocks, 150 steps
     over five time tiles, the last partial) and one tile of 8 x 256 covering everything (LAUNCH sets the forward's
     and the backward's). With BWD_MAX_TIME_TILES = 4 the backward's time tile grows past the forward's (4 x 32:
     2 x 5 tiles -> 64 steps -> 128 steps, 2 x 2 tiles), so its two kernels run other tiles than the forward's.
-    Both ways to the taps: columns of aligned loads (width 9 reaches a whole group back) and shifted loads."""
+    Both ways to the taps: the columns of aligned loads and shifted loads."""
+    _check_triton_conv(monkeypatch, dtype, activation, width, time_major, launch, time_cap, column_taps)
+
+
+@pytest.mark.parametrize("time_cap", [None, 4], ids=["backward-tiles-as-set", "backward-time-tiles-capped"])
+@pytest.mark.parametrize("launch", [None, (4, 32, 1)], ids=["default-tiles", "4x32-tiles"])
+def test_triton_causal_conv1d_column_taps_reach_a_whole_group_back(monkeypatch, launch, time_cap):
+    """Width 9: the first tap is 8 steps back, a whole group, all of it from the previous group's columns."""
+    _check_triton_conv(monkeypatch, torch.float32, "silu", 9, False, launch, time_cap, True)
+
+
+def _check_triton_conv(monkeypatch, dtype, activation, width, time_major, launch, time_cap, column_taps):
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
     monkeypatch.setattr(module, "COLUMN_TAPS", column_taps)
-    if width == 9 and not column_taps or width == 9 and launch == (8, 256, 8):
-        pytest.skip("width 9 runs once per tile shape, with the column taps")
+    assert module._column_taps(width, (launch or module.LAUNCH["fwd"])[1]) == column_taps
     if time_cap is not None:
         monkeypatch.setattr(module, "BWD_MAX_TIME_TILES", time_cap)
     if launch is not None:

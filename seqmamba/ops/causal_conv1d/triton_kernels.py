@@ -294,7 +294,9 @@ UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
 # first sessions' (16, 128, 4) at 64x1536x2048 / 8x1536x4096 / 64x128x4112 / 1x256x2^20 (batch x dim x L):
 # forward (8, 256, 4) 0.96-0.99x the time at every shape (0.367 / 0.096 / 0.069 / 0.488 ms; floors 0.190 / 0.047 /
 # 0.032 / 0.253), best geometric mean of 24 configs; backward (4, 256, 4) 0.91x at the first three (1.619 / 0.419 /
-# 0.296 ms) and 0.68x at 2^20 (2.788 ms), best geometric mean.
+# 0.296 ms) and 0.68x at 2^20 (2.788 ms), best geometric mean. (Those were shifted loads; with the column taps, a
+# sweep at 64x1536x2048 (twentieth session) found the forward's best 4 x 1024 x 4 at 0.203 ms against these tiles'
+# 0.213, and the backward's 8 x 128 x 4 at 0.778 against 0.791: within 5%, so the tiles stayed.)
 LAUNCH = {"fwd": (8, 256, 4), "bwd": (4, 256, 4)}
 # The backward's weight and bias gradients are atomic adds, one per program and channel, so one address takes
 # batch x (L / time tile) of them in turn. Past BWD_MAX_TIME_TILES the time tile doubles (up to 1024): at 1 x 2^20,
@@ -306,7 +308,11 @@ BWD_MAX_TIME_TILES = 2048
 # shape: best 2.013 vs 1.619 ms at 64x1536x2048, 0.515 vs 0.417 at 8x1536x4096, 0.357 vs 0.294 at 64x128x4112 (four
 # conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves).
 # The taps from the columns of two aligned loads (module docstring) where a tile is whole groups and the width
-# fits a group; False: one shifted load per tap everywhere.
+# fits a group; False: one shifted load per tap everywhere. H200, bf16, the default tiles, in one run
+# (bench_conv_configs.py --taps shifted columns, twentieth session), shifted -> columns, ms (x the memory floor):
+# forward 0.366 -> 0.213 (1.93 -> 1.13x) at 64x1536x2048, 0.097 -> 0.059 at 8x1536x4096, 0.068 -> 0.042 at
+# 64x128x4112, 0.487 -> 0.283 at 1x256x2^20; backward 1.622 -> 0.791 (2.44 -> 1.19x), 0.419 -> 0.211, 0.296 ->
+# 0.166, 2.480 -> 1.419. The 130M prefill at batch 64: 100.2 -> 97.3 ms.
 COLUMN_TAPS = True
 
 
