@@ -4,10 +4,10 @@ custom ops' dispatcher round trips cost host time; notes/triton_scan.md "Session
 
 out[b, d, t] = act(bias[d] + sum_k weight[d, k] x[b, d, t - width + 1 + k]), zero padding on the left.
 Each program takes a (BLOCK_D, BLOCK_L) tile. Accumulation is fp32. The taps x[t - s] come one of two ways:
-* column taps (``COLUMN_TAPS``, the default where the time axis is contiguous and a tile is whole 8-step groups):
+* column taps (``COLUMN_TAPS``, the default wherever a tile is whole 8-step groups and the width is at most 9):
   two aligned loads, the tile's own steps and the 8 before them, each taken apart into its 8 columns
   (tile_columns.py); the tap at shift s of column j is column j - s of the tile, or column j - s + 8 of the
-  previous group. Every load is a 16-byte vector.
+  previous group. With the time axis contiguous every load is a 16-byte vector.
 * shifted loads: the width shifted copies of x, one load each. A shift that is not a multiple of 8 steps makes
   the load's addresses misaligned for a vector, so Triton issues 2-byte loads (sm_90 SASS of the forward at
   (8, 256, 4): 48 LDG.E.U16 for the three shifted taps against 2 LDG.E.128 for the aligned one).
@@ -69,9 +69,9 @@ def _tap(cur, other, j: tl.constexpr, s: tl.constexpr, V: tl.constexpr):
 
 
 @triton.jit
-def _per_row(ptr, d_idx, mask_d, BLOCK_D: tl.constexpr, G: tl.constexpr):
-    """A per-channel value (fp32) broadcast to the columns' rows (channel, group)."""
-    v = tl.load(ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
+def _per_row(ptr, offsets, mask_d, BLOCK_D: tl.constexpr, G: tl.constexpr):
+    """A per-channel value (fp32, at ptr + offsets) broadcast to the columns' rows (channel, group)."""
+    v = tl.load(ptr + offsets, mask=mask_d, other=0.0).to(tl.float32)
     return tl.reshape(tl.broadcast_to(v[:, None], (BLOCK_D, G)), (BLOCK_D * G,))
 
 
