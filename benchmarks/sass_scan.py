@@ -260,11 +260,12 @@ PDL_KERNELS = {
                      dict(HAS_DRESIDUAL_OUT=True, STORE_DRESIDUAL_IN=True, HAS_BIAS=False, IS_RMS_NORM=True, ROWS=1,
                           BLOCK_N=2048), {"DW_PART", "DB_PART", "MEAN", "RSTD"}),
     "conv_fwd": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_fwd_kernel",
-                 dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=8, BLOCK_L=256), set()),
+                 dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=8, BLOCK_L=256, COLUMN_TAPS=True), set()),
     "conv_dpre": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dpre_kernel",
-                  dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256), {"dpre_ptr", "dw_ptr", "dbias_ptr"}),
+                  dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True),
+                  {"dpre_ptr", "dw_ptr", "dbias_ptr"}),
     "conv_dx": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dx_kernel",
-                dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256), {"dpre_ptr"}),
+                dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True), {"dpre_ptr"}),
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
 PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",
