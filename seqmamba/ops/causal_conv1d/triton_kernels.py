@@ -76,27 +76,43 @@ def _per_row(ptr, offsets, mask_d, BLOCK_D: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
-def _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, t0, mask_d, L, s_x_l, s_w_d, s_w_k,
-                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The pre-activation tile as GROUP columns (column taps), with the columns of x it used and the weights:
-    (pre columns, x columns, previous group's x columns, per-row weights)."""
-    V: tl.constexpr = GROUP
-    G: tl.constexpr = BLOCK_L // V
-    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
-    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+def _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH: tl.constexpr, BLOCK_D: tl.constexpr, G: tl.constexpr):
+    """The WIDTH weights of each channel, each broadcast to the columns' rows."""
     ws = ()
     for k in tl.static_range(WIDTH):
         ws = ws + (_per_row(w_ptr + k * s_w_k, d_idx * s_w_d, mask_d, BLOCK_D, G),)
-    pres = ()
+    return ws
+
+
+@triton.jit
+def _weighted_taps(init, ws, cur, other, WIDTH: tl.constexpr, CAUSAL: tl.constexpr):
+    """Per column j: init + sum_k ws[k] x[t - (WIDTH - 1 - k)] (CAUSAL, the forward: ``other`` the groups before
+    the tile) or init + sum_k ws[k] x[t + WIDTH - 1 - k] (the transposed conv: ``other`` the groups after it)."""
+    V: tl.constexpr = GROUP
+    sums = ()
     for j in tl.static_range(V):
-        if HAS_BIAS:
-            acc = _per_row(bias_ptr, d_idx, mask_d, BLOCK_D, G)
-        else:
-            acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
+        acc = init
         for k in tl.static_range(WIDTH):
-            acc += ws[k] * _tap(xs, xp, j, k - (WIDTH - 1), V)
-        pres = pres + (acc,)
-    return pres, xs, xp, ws
+            if CAUSAL:
+                acc += ws[k] * _tap(cur, other, j, k - (WIDTH - 1), V)
+            else:
+                acc += ws[k] * _tap(cur, other, j, (WIDTH - 1) - k, V)
+        sums = sums + (acc,)
+    return sums
+
+
+@triton.jit
+def _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The pre-activation tile as GROUP columns (column taps), from the columns of x (xs) and of the groups
+    before the tile (xp)."""
+    G: tl.constexpr = BLOCK_L // GROUP
+    ws = _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, BLOCK_D, G)
+    if HAS_BIAS:
+        init = _per_row(bias_ptr, d_idx, mask_d, BLOCK_D, G)
+    else:
+        init = tl.zeros([BLOCK_D * G], dtype=tl.float32)
+    return _weighted_taps(init, ws, xs, xp, WIDTH, True)
 
 
 @triton.jit
@@ -123,8 +139,11 @@ def _causal_conv1d_fwd_kernel(
     mask = mask_d[:, None] & (t_idx < L)[None, :]
     ptrs = out_ptr + pid_b * s_o_b + d_idx[:, None].to(tl.int64) * s_o_d + t_idx[None, :].to(tl.int64) * s_o_l
     if COLUMN_TAPS:
-        pres, _, _, _ = _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, pid_l * BLOCK_L, mask_d, L, s_x_l, s_w_d,
-                                          s_w_k, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        t0 = pid_l * BLOCK_L
+        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
+                                 BLOCK_L)
         if SILU:
             outs = ()
             for j in tl.static_range(GROUP):
@@ -147,16 +166,16 @@ def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbia
     V: tl.constexpr = GROUP
     G: tl.constexpr = BLOCK_L // V
     douts = _load_columns(dout_row, t0, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
     if SILU:
-        pres, xs, xp, _ = _conv_fwd_columns(x_row, w_ptr, bias_ptr, d_idx, t0, mask_d, L, s_x_l, s_w_d, s_w_k,
-                                            WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
+                                 BLOCK_L)
         dpres = ()
         for j in tl.static_range(V):
             sig = tl.sigmoid(pres[j])
             dpres = dpres + (douts[j] * sig * (1.0 + pres[j] * (1.0 - sig)),)
     else:
-        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
-        xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
         dpres = douts
     _store_columns(dpre_ptrs, dpres, mask, BLOCK_D, BLOCK_L)
     for k in tl.static_range(WIDTH):
@@ -231,15 +250,8 @@ def _causal_conv1d_dx_kernel(
         t0 = pid_l * BLOCK_L
         gs = _load_columns(dpre_ptr + row, t0, L, 1, mask_d, BLOCK_D, BLOCK_L, V)
         gn = _load_columns(dpre_ptr + row, t0 + V, L, 1, mask_d, BLOCK_D, BLOCK_L, V)
-        ws = ()
-        for k in tl.static_range(WIDTH):
-            ws = ws + (_per_row(w_ptr + k * s_w_k, d_idx * s_w_d, mask_d, BLOCK_D, G),)
-        dxs = ()
-        for j in tl.static_range(V):
-            acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
-            for k in tl.static_range(WIDTH):
-                acc += ws[k] * _tap(gs, gn, j, (WIDTH - 1) - k, V)
-            dxs = dxs + (acc,)
+        ws = _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, BLOCK_D, G)
+        dxs = _weighted_taps(tl.zeros([BLOCK_D * G], dtype=tl.float32), ws, gs, gn, WIDTH, False)
         _store_columns(dx_ptr + row + t_idx[None, :], dxs, mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
         return
     acc = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
