@@ -110,12 +110,11 @@ def run_state_update(inputs, config):
 
 def conv_update_configs():
     yield {"label": "default"}
-    for row_columns in (False, True):  # UPDATE_ROW_COLUMNS: the state's shift by an offset load / the row's columns
-        if row_columns:
-            yield {"label": "default, row columns", "row_columns": True}
-        for block_d, warps in itertools.product([64, 128, 256, 512, 1024], [1, 2, 4, 8]):
-            yield {"label": f"{block_d} ch x {warps} w{', row columns' if row_columns else ''}",
-                   "launch": (block_d, warps), "row_columns": row_columns}
+    yield {"label": "default, row columns", "row_columns": True}
+    # UPDATE_ROW_COLUMNS: the state's shift by an offset load / from the row's columns
+    for row_columns, block_d, warps in itertools.product((False, True), [64, 128, 256, 512, 1024], [1, 2, 4, 8]):
+        yield {"label": f"{block_d} ch x {warps} w{', row columns' if row_columns else ''}",
+               "launch": (block_d, warps), "row_columns": row_columns}
 
 
 def run_conv_update(batch, dim, config):
