@@ -36,13 +36,13 @@ def column(rows, key, since=0):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def label(ax, xlabel, ylabel, top, title, legend_loc):
+def label(ax, xlabel, ylabel, top, title, legend_loc, legend_cols=1):
     """Axis labels, y range 0 .. top, title and a small legend."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, top)
     ax.set_title(title)
-    ax.legend(loc=legend_loc, fontsize=8)
+    ax.legend(loc=legend_loc, fontsize=8, ncol=legend_cols)
 
 
 def save(fig, out_dir, name):
@@ -113,7 +113,8 @@ def main():
             style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls=ARCH_LINES.get(arch, "-"))
             ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name, lw=1.2, **style)
         label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows as far as each was run (H200)",
-              "lower right")
+              "lower right", legend_cols=2)
+        ax.get_legend().set_bbox_to_anchor((1.0, 0.04))  # below the long curves, right of the short ones
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 
