@@ -110,11 +110,8 @@ def run_state_update(inputs, config):
 
 def conv_update_configs():
     yield {"label": "default"}
-    yield {"label": "default, row columns", "row_columns": True}
-    # UPDATE_ROW_COLUMNS: the state's shift by an offset load / from the row's columns
-    for row_columns, block_d, warps in itertools.product((False, True), [64, 128, 256, 512, 1024], [1, 2, 4, 8]):
-        yield {"label": f"{block_d} ch x {warps} w{', row columns' if row_columns else ''}",
-               "launch": (block_d, warps), "row_columns": row_columns}
+    for block_d, warps in itertools.product([64, 128, 256, 512, 1024], [1, 2, 4, 8]):
+        yield {"label": f"{block_d} ch x {warps} w", "launch": (block_d, warps)}
 
 
 def run_conv_update(batch, dim, config):
@@ -123,11 +120,9 @@ def run_conv_update(batch, dim, config):
     state0 = torch.randn(batch, dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
     weight = torch.randn(dim, WIDTH, device="cuda", generator=g).to(torch.bfloat16)
     bias = torch.randn(dim, device="cuda", generator=g).to(torch.bfloat16)
-    saved, saved_rows = dict(CONV.UPDATE_CONFIGS), CONV.UPDATE_ROW_COLUMNS
+    saved = dict(CONV.UPDATE_CONFIGS)
     if "launch" in config:
         CONV.UPDATE_CONFIGS.update(small=config["launch"], large=config["launch"])
-    if "row_columns" in config:
-        CONV.UPDATE_ROW_COLUMNS = config["row_columns"]
     try:
         state = state0.clone()
         out = causal_conv1d_update(x, state, weight, bias, "silu", backend="triton")
@@ -136,7 +131,6 @@ def run_conv_update(batch, dim, config):
         return us, result
     finally:
         CONV.UPDATE_CONFIGS.update(saved)
-        CONV.UPDATE_ROW_COLUMNS = saved_rows
 
 
 # the decode step's projections at 1.4B (d_model 2048, d_inner 4096, dt_rank 128, N 16): (name, in, out)

@@ -49,9 +49,6 @@
 #          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
 #            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
 #            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
-#          | convupdate (UPDATE_ROW_COLUMNS, the decode conv's state shift from aligned rows: the conv / generation
-#            tests on CUDA both ways, the conv update's launch configs both ways (bench_decode_kernels.py --kernels
-#            conv), then 1.4B generation at batch 128 and 130M at batch 64, offset load / row columns alternately)
 #          | convtaps (the causal conv's taps from aligned columns, COLUMN_TAPS: the conv tests on CUDA, the conv's
 #            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
 #            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
@@ -228,14 +225,6 @@ for step in $steps; do
               gen_row decoderule cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
-    convupdate) timeout 200 python -m pytest -q -rf tests/test_triton_ops.py tests/test_generation.py -k "conv1d_update or generat" \
-                  2>&1 | tail -3 | tee "$OUT/convupdate.log"
-                timeout 150 python benchmarks/bench_decode_kernels.py --kernels conv --json "$OUT/convupdate.json" 2>&1 \
-                  | grep -E "default|^  " | tee -a "$OUT/convupdate.log"
-                for mode in offset row-columns offset row-columns; do
-                  gen_row convupdate "${mode}_1.4b_b128" 1.4b 128 --conv-update $mode
-                done
-                for mode in offset row-columns; do gen_row convupdate "${mode}_130m_b64" 130m 64 --conv-update $mode; done ;;
     convtaps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv" 2>&1 | tail -3 \
                 | tee "$OUT/convtaps.log"
               timeout 120 python benchmarks/bench_conv_configs.py --taps shifted columns --tiles default \

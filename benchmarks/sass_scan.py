@@ -247,7 +247,7 @@ PDL_KERNELS = {
                           dict(HAS_D=True, HAS_Z=True, HAS_DT_BIAS=True, SOFTPLUS=True, BLOCK_B=16, BLOCK_D=32,
                                BLOCK_N=16, BLOCK_R=128, FP32_DOT=False), {"A_ptr", "D_ptr", "dt_bias_ptr"}),
     "conv_update": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_update_kernel",
-                    dict(WIDTH=4, BLOCK_W=4, HAS_BIAS=True, SILU=True, BLOCK_D=256, ROW_COLUMNS=False), set()),
+                    dict(WIDTH=4, BLOCK_W=4, HAS_BIAS=True, SILU=True, BLOCK_D=256), set()),
     "decode_linear": ("seqmamba.ops.decode_linear.triton_kernels", "_decode_linear_kernel",
                       dict(HAS_BIAS=False, SPLIT_K=8, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, FP32_DOT=False,
                            EVEN_K=True, LAST_ARRIVER_SUMS=True), {"part_ptr", "count_ptr:i32"}),

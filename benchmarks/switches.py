@@ -24,10 +24,6 @@ SWITCHES = {
         "seqmamba.ops.causal_conv1d.triton_kernels", "COLUMN_TAPS", {"columns": True, "shifted": False},
         "the causal conv's taps from the columns of two aligned loads (columns, the default) or one shifted load "
         "per tap (shifted)"),
-    "conv-update": (
-        "seqmamba.ops.causal_conv1d.triton_kernels", "UPDATE_ROW_COLUMNS", {"row-columns": True, "offset": False},
-        "the decode step's conv shifts its state from one aligned load of each row (row-columns) or from a load at "
-        "a one-step offset (offset, the default)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

@@ -269,7 +269,7 @@ def _causal_conv1d_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim,
     s_x_b, s_x_d, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d,
     WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROW_COLUMNS: tl.constexpr = False, PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     grid_dependency_wait(PDL)
     pid_d, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -277,33 +277,15 @@ def _causal_conv1d_update_kernel(
     k_idx = tl.arange(0, BLOCK_W)
     mask_d = d_idx < dim
     state_row = state_ptr + pid_b * s_s_b + d_idx[:, None] * s_s_d
-    xv = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0)
-    mask_dk = mask_d[:, None] & (k_idx[None, :] < WIDTH)
     # Shift left by one and append x: new[k] = old[k + 1] for k < width - 1, new[width - 1] = x.
-    if ROW_COLUMNS:
-        # The whole row in one aligned load (BLOCK_W == WIDTH), its columns moved one place left in registers
-        # (tile_columns.py). Every stored value depends on this program's loads of its rows, so no store
-        # overtakes a load of the value it replaces.
-        old = tl.load(state_row + k_idx[None, :] * s_s_k, mask=mask_dk, other=0.0)
-        cols = _columns(old, BLOCK_D, WIDTH)
-        new_cols = ()
-        for k in tl.static_range(1, WIDTH):
-            new_cols = new_cols + (cols[k],)
-        new_cols = new_cols + (xv.to(old.dtype),)
-        tl.store(state_row + k_idx[None, :] * s_s_k, _join_columns(new_cols, BLOCK_D, WIDTH), mask=mask_dk)
-        ws = _columns(tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0),
-                      BLOCK_D, WIDTH)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for k in tl.static_range(WIDTH):
-            acc += new_cols[k].to(tl.float32) * ws[k].to(tl.float32)
-    else:
-        # One load at a one-step offset: misaligned for a vector, so element by element.
-        shifted = tl.load(state_row + (k_idx[None, :] + 1) * s_s_k,
-                          mask=mask_d[:, None] & (k_idx[None, :] + 1 < WIDTH), other=0.0)
-        new_state = tl.where(k_idx[None, :] == WIDTH - 1, xv[:, None].to(shifted.dtype), shifted)
-        tl.store(state_row + k_idx[None, :] * s_s_k, new_state, mask=mask_dk)
-        w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0).to(tl.float32)
-        acc = tl.sum(new_state.to(tl.float32) * w, axis=1)
+    shifted = tl.load(state_row + (k_idx[None, :] + 1) * s_s_k, mask=mask_d[:, None] & (k_idx[None, :] + 1 < WIDTH),
+                      other=0.0)
+    xv = tl.load(x_ptr + pid_b * s_x_b + d_idx * s_x_d, mask=mask_d, other=0.0)
+    new_state = tl.where(k_idx[None, :] == WIDTH - 1, xv[:, None].to(shifted.dtype), shifted)
+    mask_dk = mask_d[:, None] & (k_idx[None, :] < WIDTH)
+    tl.store(state_row + k_idx[None, :] * s_s_k, new_state, mask=mask_dk)
+    w = tl.load(w_ptr + d_idx[:, None] * s_w_d + k_idx[None, :] * s_w_k, mask=mask_dk, other=0.0).to(tl.float32)
+    acc = tl.sum(new_state.to(tl.float32) * w, axis=1)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d_idx, mask=mask_d, other=0.0).to(tl.float32)
     if SILU:
@@ -318,12 +300,6 @@ def _causal_conv1d_update_kernel(
 # at batch 128) and raced where a row spanned warps (the new x stored before another lane's read).
 UPDATE_CONFIGS = {"small": (64, 4), "large": (256, 4)}
 UPDATE_LARGE_FROM = 16384  # batch x dim from which the "large" launch runs
-# The decode step's state shift from one aligned load of each whole row, its columns moved in registers
-# (ROW_COLUMNS; where the width is a power of two up to 8), instead of one load at a one-step offset, which is
-# misaligned for a vector: sm_90 SASS at 256 channels x 4 warps, bf16 state, 6 LDG.E.U16 per thread -> 2 LDG.E.64
-# (fp32 state: 8 LDG.E -> 2 LDG.E.128), the same instruction count. Off until timed on a GPU (gpu_check.sh
-# convupdate): the step is ~2x its memory floor at 1.4B batch 128 (4.89 us, eleventh session).
-UPDATE_ROW_COLUMNS = False
 
 # The parallel kernels' tiles, (channels, time steps, warps) per program: "fwd" for the forward, "bwd" for the
 # backward's two kernels. H200, bf16, bench_conv_configs.py (gpu_check.sh convsweep, twelfth session), against the
@@ -480,11 +456,9 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
     width = weight.shape[1]
     out = empty((batch, dim), x.device, x.dtype)
     BLOCK_D, num_warps = UPDATE_CONFIGS["large" if batch * dim >= UPDATE_LARGE_FROM else "small"]
-    block_w = triton.next_power_of_2(width)
     _launch_update((cdiv(dim, BLOCK_D), batch), (x, conv_state, weight, bias if bias is not None else weight, out),
                    (dim, *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride()),
-                   dict(WIDTH=width, BLOCK_W=block_w, HAS_BIAS=bias is not None,
-                        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D,
-                        ROW_COLUMNS=UPDATE_ROW_COLUMNS and block_w == width and width <= 8),
+                   dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), HAS_BIAS=bias is not None,
+                        SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D),
                    num_warps)
     return out
