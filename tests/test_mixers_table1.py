@@ -187,3 +187,39 @@ def test_mamba_lm_weight_init_keeps_the_inner_layers_own_biases():
     dt = torch.nn.functional.softplus(s6.inner.dt_proj.bias)
     assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.std() > 0
     assert hyena.inner.filter.mlp[0].bias.abs().sum() > 0
+
+
+@pytest.mark.parametrize("inner", ["s4d", "hyena"])
+def test_nogate_lti_mixer_is_linear_and_its_activation_is_not(inner):
+    """Without an activation the nogate mixer around an LTI inner layer is a linear map of its input (why the
+    nogate S4D row of Table 1 cannot leave chance, REPRODUCTION.md); with activation="gelu" the output is the
+    GELU of the inner layer's, before out_proj, and chunked / stepped inference still equals one pass."""
+    name = f"nogate_{inner}"
+    torch.manual_seed(0)
+    linear = MIXERS.get(name)(D, layer_idx=0, **SMALL[name]).double()
+    torch.manual_seed(0)
+    gelu = MIXERS.get(name)(D, layer_idx=0, activation="gelu", **SMALL[name]).double()
+    x1, x2 = torch.randn(2, 2, 14, D, dtype=torch.float64)
+    with torch.no_grad():
+        combo = linear(2.0 * x1 - 3.0 * x2)
+        # 1e-6: the inner layers compute their kernels / FFTs in fp32 whatever the module's dtype
+        assert rel_err(combo, 2.0 * linear(x1) - 3.0 * linear(x2)) < 1e-6
+        y = gelu(x1)
+        xs = x1 @ gelu.in_proj.weight.T
+        inner = gelu.inner(xs.transpose(1, 2).contiguous(), None, 0).transpose(1, 2)
+        assert rel_err(y, torch.nn.functional.gelu(inner) @ gelu.out_proj.weight.T) < 1e-6
+        assert rel_err(gelu(2.0 * x1 - 3.0 * x2), 2.0 * y - 3.0 * gelu(x2)) > 1e-2
+        assert rel_err(run_in_chunks(gelu, x1, [(0, 3), (3, 4), (4, 11), (11, 14)]), y) < 1e-5
+    assert "activation='gelu'" in repr(gelu)
+
+
+def test_activation_is_for_the_nogate_architecture_only():
+    with pytest.raises(ValueError, match="only the nogate architecture takes one"):
+        MIXERS.get("h3_s4d")(D, layer_idx=0, activation="gelu", d_state=8)
+    with pytest.raises(ValueError, match=r"must be one of \['gelu', 'silu'\]"):
+        MIXERS.get("nogate_s4d")(D, layer_idx=0, activation="relu", d_state=8)
+    with pytest.warns(UserWarning, match=r"\['activation'\] are taken by none of this model's mixers"):
+        MambaLM(d_model=D, n_layer=1, vocab_size=11, ssm_cfg={"layer": "h3_s4d", "activation": "gelu"})
+    model = MambaLM(d_model=D, n_layer=2, vocab_size=11,
+                    ssm_cfg={"layer": ["nogate_s4d", "mamba"], "activation": "silu", "d_state": 8})
+    assert model.backbone.layers[0].mixer.activation == "silu"

@@ -8,7 +8,11 @@ Inner layers (channels-first (B, E, L) -> (B, E, L), each with a per-channel ski
 
 Architectures around an inner layer of width E = expand * d_model (``GatedMixer``):
 
-* ``nogate``  in_proj (D -> E) -> inner -> out_proj: the inner layer alone, with the projections;
+* ``nogate``  in_proj (D -> E) -> inner -> [activation] -> out_proj: the inner layer alone, with the projections
+              and, with ``activation="gelu"`` (or "silu"), a pointwise nonlinearity after it, as in S4's own block.
+              Without one the mixer is linear, and with an LTI inner layer (S4D, Hyena) the whole model is linear
+              up to its norms: every marker of selective copying then sees the same history one step shifted, so
+              it cannot pick "the j-th data token" and stays at the data tokens' marginal (REPRODUCTION.md);
 * ``h3``      in_proj (D -> 3E) = q, k, v; k -> short causal conv (H3's shift SSM, width ``d_conv``);
               y = q * inner(k * v) -> out_proj (H3 with head dimension 1);
 * ``mamba``   in_proj (D -> 2E) = x, z; x -> short causal conv -> SiLU -> inner; y = inner(x) * SiLU(z)
@@ -41,6 +45,7 @@ from .mamba import _linear, _project_channels
 
 ARCHS = ("nogate", "h3", "mamba")
 INNERS = ("s4d", "hyena", "s6")
+ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}  # the nogate architecture's optional nonlinearity
 
 
 class S6Inner(nn.Module):
@@ -131,10 +136,14 @@ class GatedMixer(nn.Module):
     channels_first: Optional[bool] = None
 
     def __init__(self, d_model: int, expand: float = 2, d_conv: int = 4, layer_idx: Optional[int] = None,
-                 device=None, dtype=None, **inner_kwargs):
+                 device=None, dtype=None, activation: Optional[str] = None, **inner_kwargs):
         super().__init__()
         if self.arch not in ARCHS:
             raise ValueError(f"architecture must be one of {ARCHS}, got {self.arch!r}")
+        if activation is not None and (self.arch != "nogate" or activation not in ACTIVATIONS):
+            raise ValueError(f"{type(self).__name__}: activation={activation!r}: only the nogate architecture takes "
+                             f"one (h3 / mamba fix their own), and it must be one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.layer_idx = d_model, layer_idx
         self.d_inner = E = int(expand * d_model)
@@ -150,7 +159,7 @@ class GatedMixer(nn.Module):
 
         inner_cls = {"s4d": S4DInner, "hyena": HyenaInner, "s6": S6Inner}[cls.inner_kind]
         inner = set(inspect.signature(inner_cls.__init__).parameters) - {"self", "channels", "device", "dtype"}
-        return inner | {"expand", "d_conv"}
+        return inner | {"expand", "d_conv"} | ({"activation"} if cls.arch == "nogate" else set())
 
     def forward(self, hidden_states: torch.Tensor, inference_params=None, **kwargs) -> torch.Tensor:
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
@@ -166,6 +175,8 @@ class GatedMixer(nn.Module):
                                chunks=self.in_proj.weight.shape[0] // self.d_inner)  # (B, E, L) each
         if self.arch == "nogate":
             y = self.inner(xs[0], cache, offset)
+            if self.activation is not None:
+                y = ACTIVATIONS[self.activation](y)
         elif self.arch == "h3":
             q, k, v = xs
             y = q * self.inner(self.conv(k, cache, offset) * v, cache, offset)
@@ -181,7 +192,8 @@ class GatedMixer(nn.Module):
         return cache
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, inner={self.inner_kind!r}, d_model={self.d_model}, d_inner={self.d_inner}"
+        act = f", activation={self.activation!r}" if self.activation is not None else ""
+        return f"arch={self.arch!r}, inner={self.inner_kind!r}, d_model={self.d_model}, d_inner={self.d_inner}{act}"
 
 
 for _arch in ARCHS:
