@@ -36,13 +36,13 @@ def column(rows, key, since=0):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def label(ax, xlabel, ylabel, top, title, legend_loc, legend_cols=1):
+def label(ax, xlabel, ylabel, top, title, legend_loc):
     """Axis labels, y range 0 .. top, title and a small legend."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, top)
     ax.set_title(title)
-    ax.legend(loc=legend_loc, fontsize=8, ncol=legend_cols)
+    ax.legend(loc=legend_loc, fontsize=8)
 
 
 def save(fig, out_dir, name):
@@ -92,7 +92,7 @@ def main():
 
     sc = read(os.path.join(args.runs, "selective_copying", "metrics.csv"))
     rows = sorted(glob.glob(os.path.join(args.runs, "selective_copying_*", "metrics.csv")))
-    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(12 if rows else 7, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if rows else 1, figsize=(13.5 if rows else 7, 3.8), squeeze=False)
     ax = axes[0][0]
     s, a = column(sc, "train/acc")
     ax.plot([x / 1000 for x in s], [100 * v for v in a], label="train acc (fresh batches)")
@@ -110,11 +110,12 @@ def main():
             s, a = column(rs, "train/acc")
             keep = [i for i, x in enumerate(s) if x <= last]
             arch, _, inner = name.partition("_")  # the fused Mamba run's name has no "_": the Mamba S6 style
-            style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls=ARCH_LINES.get(arch, "-"))
+            inner, _, variant = inner.partition("_")  # e.g. nogate_s4d_gelu: the nogate S4D row with a GELU
+            style = dict(color=INNER_COLOURS.get(inner, "tab:green"), ls="-." if variant else ARCH_LINES.get(arch, "-"))
             ax.plot([s[i] / 1000 for i in keep], [100 * a[i] for i in keep], label=name, lw=1.2, **style)
         label(ax, "thousand steps", "train accuracy (%)", 102, "Table 1 rows as far as each was run (H200)",
-              "lower right", legend_cols=2)
-        ax.get_legend().set_bbox_to_anchor((1.0, 0.04))  # below the long curves, right of the short ones
+              "upper left")
+        ax.get_legend().set_bbox_to_anchor((1.01, 1.0))  # outside: the rows' curves fill the axes
     save(fig, args.out, "repro_selective_copying.png")
     print("wrote", os.path.join(args.out, "repro_induction_heads.png"), "and repro_selective_copying.png")
 
