@@ -44,6 +44,10 @@ CONFIGS = [
     # with fast math alone (13.0; the default's pairs take it to 10.9, no spill)
     ("lanes plain", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=False, lanes_bc_pairs=False)),
     ("lanes fast", dict(lanes=True, lanes_min_warps_per_sm=0, lanes_fast_math=True, lanes_bc_pairs=False)),
+    # FWD_CONFIG lanes_maxnreg (wherever the lanes kernel runs): uncapped it takes 253 registers, 8 warps per SM;
+    # sm_90 SASS per cap: 224 -> 9 warps, no spill; 200 -> 10, 24 bytes; 184 -> 11, 128 bytes; 168 -> 12, 248 bytes
+    # (loop 699 -> 700 / 703 / 718 / 757 instructions per 64 state elements)
+    *((f"lanes reg{cap}", dict(lanes_maxnreg=cap, lanes_maxnreg_min_warps_per_sm=0)) for cap in (224, 200, 184, 168)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

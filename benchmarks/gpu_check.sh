@@ -49,6 +49,9 @@
 #          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
 #            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
 #            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
+#          | lanesreg (FWD_CONFIG lanes_maxnreg, a register cap for the lanes forward: its GPU test with and without
+#            the cap, the lanes forward at caps 224 / 200 / 184 / 168 (9-12 resident warps per SM instead of 8), then
+#            the 130M prefill at batch 64 uncapped / capped at $LANES_CAP (200) alternately)
 #          | convtaps (the causal conv's taps from aligned columns, COLUMN_TAPS: the conv tests on CUDA, the conv's
 #            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
 #            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
@@ -225,6 +228,14 @@ for step in $steps; do
               gen_row decoderule cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
+    lanesreg) timeout 240 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "fast_math_and_bf16_pairs" 2>&1 | tail -3 \
+                | tee "$OUT/lanesreg.log"
+              timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "lanes reg224" "lanes reg200" \
+                "lanes reg184" "lanes reg168" --shapes 16x2048x2048 32x1536x2048 64x1536x2048 \
+                --json "$OUT/lanesreg.json" 2>&1 | tee -a "$OUT/lanesreg.log" | grep -v "^  "
+              for cap in none "${LANES_CAP:-200}" none "${LANES_CAP:-200}"; do  # the 130M prefill at batch 64
+                export SEQMAMBA_SCAN_FWD_CONFIG="lanes_maxnreg=$cap"; gen_row lanesreg "prefill_cap_$cap" 130m 64
+              done; unset SEQMAMBA_SCAN_FWD_CONFIG ;;
     convtaps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv" 2>&1 | tail -3 \
                 | tee "$OUT/convtaps.log"
               timeout 120 python benchmarks/bench_conv_configs.py --taps shifted columns --tiles default \

@@ -1094,6 +1094,20 @@ def test_lanes_forward_rule(monkeypatch):
     assert ok(Seq(15, 2000), 16, False, 0) == (15 * 32 * 2 >= 7 * 132)
 
 
+def test_lanes_register_cap_rule(monkeypatch):
+    """_lanes_options: FWD_CONFIG lanes_maxnreg as maxnreg only on NVIDIA and from lanes_maxnreg_min_warps_per_sm
+    warps per SM; nothing when the cap is None (the default until timed)."""
+    cfg = dict(scan_launch.FWD_CONFIG, lanes_maxnreg=None, lanes_maxnreg_min_warps_per_sm=10)
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", cfg)
+    opts = scan_launch._lanes_options
+    assert opts(64 * 48, 132, True) == {}  # no cap asked for
+    cfg["lanes_maxnreg"] = 200
+    assert opts(64 * 48, 132, True) == {"maxnreg": 200}  # the 130M prefill at batch 64: 23 warps per SM
+    assert opts(16 * 64, 132, True) == {}  # (16, 2048, ...): 7.8 per SM, all resident uncapped
+    assert opts(1320, 132, True) == {"maxnreg": 200} and opts(1319, 132, True) == {}
+    assert opts(64 * 48, 132, False) == {}  # the interpreter / ROCm: no cap
+
+
 def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
     """The lanes kernel's layout (a channel's chunk whole in one lane; tl.split takes it apart) leaves its loop
     without a shuffle or a shared-memory access in every specialisation compiled for sm_90 (Triton's ptxas, no
@@ -1109,3 +1123,8 @@ def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
     # and nothing spilled
     fast = next(row for row in rows if row["variant"] == {"FAST_MATH": True, "BC_PAIRS": True})
     assert fast["per_element"] < rows[0]["per_element"] - 3 and fast["stack"] == 0, fast
+    # FWD_CONFIG lanes_maxnreg's candidate: 200 registers (10 resident warps per SM instead of 8) for a small spill
+    # and under 2% more loop instructions
+    capped = next(row for row in rows if row["variant"].get("maxnreg") == 200)
+    assert capped["registers"] <= 200 and capped["stack"] <= 32, capped
+    assert capped["per_element"] < 1.02 * fast["per_element"], (capped, fast)

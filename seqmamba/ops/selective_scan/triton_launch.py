@@ -102,6 +102,11 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   warps at small batch (0.81-0.94x the chunked forward wherever it would run: the per-step work is repeated per
 #   lane) and the same fast math in the chunked forward (0.88-0.98x: more registers under its cap of 96) and
 #   backward (1.00x).
+# - lanes_maxnreg (off until timed: gpu_check.sh lanesreg): a register cap for the lanes kernel where its grid has
+#   at least lanes_maxnreg_min_warps_per_sm warps per SM. Uncapped it takes 253 registers (sm_90 SASS with fast
+#   math and pairs): 8 resident warps per SM, while the 130M prefill's (64, 1536, 2048) has 23 per SM of work and
+#   runs latency-bound (~50% of its issue / MUFU bound). At 200 it keeps 10 warps resident for a 24-byte spill and
+#   4 more loop instructions (703 against 699 per 64 state elements); 168 (12 warps) spills 248 bytes, +8%.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
@@ -110,7 +115,8 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True, split_below_programs_per_sm=4,
+                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_maxnreg=None, lanes_maxnreg_min_warps_per_sm=10,
+                  split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
 # per pass, the whole chunks and then the short tail with chunks of its own size. Off: on the H200 (sixteenth
@@ -320,6 +326,16 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     return warps >= min_warps * _sm_count(index)
 
 
+def _lanes_options(warps: int, sms: int, on_nvidia: bool) -> dict:
+    """The lanes kernel's compiler options for a grid of ``warps`` warps on ``sms`` SMs: FWD_CONFIG lanes_maxnreg
+    as Triton's maxnreg on NVIDIA GPUs where the grid has at least lanes_maxnreg_min_warps_per_sm warps per SM (a
+    cap pays only where more warps wait than fit uncapped); no options elsewhere."""
+    cap = FWD_CONFIG.get("lanes_maxnreg")
+    if cap is None or not on_nvidia or warps < FWD_CONFIG.get("lanes_maxnreg_min_warps_per_sm", 0) * sms:
+        return {}
+    return {"maxnreg": cap}
+
+
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc):
     """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
     every T_save steps is saved (batch, dim, n_saved, N) for the backward. ``bc``: (B_var, B strides, C_var,
@@ -329,6 +345,9 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     B_var, sB, C_var, sC, cpg = bc
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
+    on_cuda = u.device.type == "cuda"
+    sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if on_cuda else 1
+    options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps, sms, on_cuda and torch.version.hip is None)
     if out is None:
         out = _empty_like_layout(u, False)
     last = empty((batch, dim, N), u.device, torch.float32)
@@ -348,7 +367,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
                            and _bf16_pairs_ok(B, C, L))),
-        num_warps, {})
+        num_warps, options)
     return out, last, chunk_states
 
 
