@@ -191,8 +191,8 @@ def test_mamba_lm_weight_init_keeps_the_inner_layers_own_biases():
 
 @pytest.mark.parametrize("inner", ["s4d", "hyena"])
 def test_nogate_lti_mixer_is_linear_and_its_activation_is_not(inner):
-    """Without an activation the nogate mixer around an LTI inner layer is a linear map of its input (why the
-    nogate S4D row of Table 1 cannot leave chance, REPRODUCTION.md); with activation="gelu" the output is the
+    """Without an activation the nogate mixer around an LTI inner layer is a linear map of its input (why it
+    cannot select the j-th data token in selective copying, REPRODUCTION.md); with activation="gelu" the output is the
     GELU of the inner layer's, before out_proj, and chunked / stepped inference still equals one pass."""
     name = f"nogate_{inner}"
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ Architectures around an inner layer of width E = expand * d_model (``GatedMixer`
               and, with ``activation="gelu"`` (or "silu"), a pointwise nonlinearity after it, as in S4's own block.
               Without one the mixer is linear, and with an LTI inner layer (S4D, Hyena) the whole model is linear
               up to its norms: every marker of selective copying then sees the same history one step shifted, so
-              it cannot pick "the j-th data token" and stays at the data tokens' marginal (REPRODUCTION.md);
+              it cannot pick "the j-th data token" (at best the most frequent one at every marker; REPRODUCTION.md);
 * ``h3``      in_proj (D -> 3E) = q, k, v; k -> short causal conv (H3's shift SSM, width ``d_conv``);
               y = q * inner(k * v) -> out_proj (H3 with head dimension 1);
 * ``mamba``   in_proj (D -> 2E) = x, z; x -> short causal conv -> SiLU -> inner; y = inner(x) * SiLU(z)
