@@ -239,11 +239,11 @@ def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["small-launch", "large-launch"])
-@pytest.mark.parametrize("width", [4, 3])
+@pytest.mark.parametrize("width", [4, 3, 2, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_causal_conv1d_update_matches_reference_and_updates_state(monkeypatch, dtype, width, large):
-    """Both launches of the decode step's conv (UPDATE_CONFIGS, chosen by batch x dim); width 3 leaves a padded
-    lane in the (channels, 4) tile; 70 channels are not a multiple of the block."""
+    """Both launches of the decode step's conv (UPDATE_CONFIGS, chosen by batch x dim) at widths 2 to 8; width 3
+    leaves a padded lane in the (channels, 4) tile; 70 channels are not a multiple of the block."""
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
     monkeypatch.setattr(module, "UPDATE_LARGE_FROM", 0 if large else 10 ** 9)
     batch, dim = 3, 70
