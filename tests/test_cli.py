@@ -91,6 +91,40 @@ def test_a_paused_run_resumed_to_the_end_reports_its_last_step_not_the_pause(tmp
     assert json.loads((run_dir / "eval_results.json").read_text())["train"]["step"] == 4
 
 
+def test_eval_of_another_models_checkpoint_names_the_settings_and_the_overrides_that_build_it(trained_run, tmp_path,
+                                                                                             capsys):
+    """A checkpoint trained with other model settings than the command's: one line naming each differing model.*
+    setting (checkpoint vs here) and the overrides that build the checkpoint's model; with them the eval runs."""
+    ckpt = trained_run / "checkpoints" / "last.pt"
+    common = ["eval", "task=induction_heads", f"ckpt={ckpt}", "eval.max_log2_len=6", "eval.max_samples=8",
+              "trainer.device=cpu", "task.val_samples=8"]
+    other = ["model.n_layer=3", "+model.ssm_cfg.dt_min=0.01"]
+    rc = main(common + [f"hydra.run.dir={tmp_path / 'a'}"] + other)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert "2 model settings differ" in err and "model.n_layer: 2 in the checkpoint, 3 here" in err, err
+    assert "model.ssm_cfg.dt_min: unset in the checkpoint, 0.01 here" in err, err
+    fixes = err.split("build the checkpoint's model by adding: ")[1].split()
+    assert fixes == ["model.n_layer=2", "~model.ssm_cfg.dt_min"], fixes
+    assert main(common + [f"hydra.run.dir={tmp_path / 'b'}"] + other + fixes) == 0
+
+
+def test_model_mismatch_overrides_add_set_and_delete():
+    """The overrides _model_mismatch proposes: + for a setting only the checkpoint has, plain for one both have, ~ for
+    one only the command has; values as Hydra writes them (null, lowercase booleans, lists)."""
+    from seqmamba.commands.verbs import _model_mismatch
+
+    saved = "model:\n  n_layer: 2\n  ssm_cfg:\n    layer: nogate_s4d\n    activation: gelu\n  tie: true\n  ids: [1, 2]\n"
+    here = OmegaConf.create({"n_layer": 4, "ssm_cfg": {"d_conv": 3}, "tie": False, "ids": None})
+    line = _model_mismatch("x.pt", saved, here, RuntimeError("size mismatch"))
+    assert "6 model settings differ" in line and "'nogate_s4d' in the checkpoint, unset here" in line, line
+    assert line.split("adding: ")[1].split() == [
+        "model.ids=[1,2]", "model.n_layer=2", "+model.ssm_cfg.activation=gelu", "~model.ssm_cfg.d_conv",
+        "+model.ssm_cfg.layer=nogate_s4d", "model.tie=true"]
+    same = _model_mismatch("x.pt", "model:\n  n_layer: 2\n", OmegaConf.create({"n_layer": 2}), RuntimeError("odd"))
+    assert "no difference in model.*" in same and "odd" in same
+
+
 def test_eval_scores_a_checkpoint_at_lengths_2_to_the_6_up_to_the_override(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     rc = main(["eval", "task=induction_heads", f"ckpt={trained_run / 'checkpoints' / 'best.pt'}",
