@@ -109,10 +109,24 @@ def test_eval_of_another_models_checkpoint_names_the_settings_and_the_overrides_
     assert main(common + [f"hydra.run.dir={tmp_path / 'b'}"] + other + fixes) == 0
 
 
+def test_resuming_with_another_model_fails_in_one_line_and_keeps_the_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["run", "task=induction_heads", f"hydra.run.dir={run_dir}", "trainer.resume=auto"] + TINY[1:]
+    assert main(common + ["trainer.max_steps=2"]) == 0
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    capsys.readouterr()
+    rc = main(common + ["trainer.max_steps=4", "model.n_layer=3"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert "model.n_layer: 2 in the checkpoint, 3 here" in err and "adding: model.n_layer=2" in err, err
+    assert last.read_bytes() == before
+
+
 def test_model_mismatch_overrides_add_set_and_delete():
     """The overrides _model_mismatch proposes: + for a setting only the checkpoint has, plain for one both have, ~ for
     one only the command has; values as Hydra writes them (null, lowercase booleans, lists)."""
-    from seqmamba.commands.verbs import _model_mismatch
+    from seqmamba.train.checkpoint import model_mismatch_message as _model_mismatch
 
     saved = "model:\n  n_layer: 2\n  ssm_cfg:\n    layer: nogate_s4d\n    activation: gelu\n  tie: true\n  ids: [1, 2]\n"
     here = OmegaConf.create({"n_layer": 4, "ssm_cfg": {"d_conv": 3}, "tie": False, "ids": None})

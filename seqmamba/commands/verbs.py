@@ -39,76 +39,15 @@ def _device(cfg):
 
 
 def model_from_checkpoint(task, cfg):
-    from seqmamba.train.checkpoint import load_checkpoint
+    from seqmamba.train.checkpoint import load_model_weights
 
     path = cfg.get("ckpt")
     if not path:
         raise CliError(f"'{PROG} {cfg.verb}' needs a checkpoint: add ckpt=<path to best.pt or last.pt>")
     model = task.build_model()
-    ckpt = load_checkpoint(str(path))  # a missing or foreign file fails there, naming the path
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:  # weights of another model: say which settings differ and how to build it
-        raise CliError(_model_mismatch(str(path), ckpt.get("config"), cfg.get("model"), err)) from None
+    # a missing or foreign file fails there, naming the path; weights of another model name the settings that differ
+    load_model_weights(model, str(path), model_cfg=cfg.get("model"))
     return model.to(_device(cfg)).eval()
-
-
-_UNSET = object()
-
-
-def _flatten(node: Any, prefix: str) -> Dict[str, Any]:
-    """{dotted key: value} of a nested dict; lists (and empty dicts) stay whole values."""
-    if isinstance(node, dict) and node:
-        out: Dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}"))
-        return out
-    return {prefix: node}
-
-
-def model_config_differences(saved_config_yaml: Optional[str], model_cfg: Any) -> List[tuple]:
-    """(dotted key, value in the checkpoint's config, value in ``model_cfg``) for every ``model.*`` setting that
-    differs, _UNSET where one side lacks it; [] when the checkpoint carries no readable config."""
-    from omegaconf import OmegaConf
-
-    try:
-        saved = OmegaConf.to_container(OmegaConf.create(saved_config_yaml or ""), resolve=True).get("model") or {}
-    except Exception:  # an older or foreign config: nothing to compare
-        return []
-    now = OmegaConf.to_container(model_cfg, resolve=True) if model_cfg is not None else {}
-    a, b = _flatten(saved, "model"), _flatten(now, "model")
-    return [(key, a.get(key, _UNSET), b.get(key, _UNSET)) for key in sorted(set(a) | set(b))
-            if a.get(key, _UNSET) != b.get(key, _UNSET)]
-
-
-def _override_value(value: Any) -> str:
-    """A config value as a Hydra override writes it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def _model_mismatch(path: str, saved_config_yaml: Optional[str], model_cfg: Any, err: Exception) -> str:
-    """One line: the checkpoint's weights do not fit the model this command builds, which model settings differ
-    (checkpoint vs command) and the overrides that build the checkpoint's model."""
-    diffs = model_config_differences(saved_config_yaml, model_cfg)
-    torch_error = " ".join(str(err).split())
-    if not diffs:
-        return (f"checkpoint {path} does not fit the model this command builds, and its saved model config does not "
-                f"explain why (no difference in model.*): {torch_error[:400]}")
-    shown = lambda v: "unset" if v is _UNSET else repr(v)  # noqa: E731
-    what = "; ".join(f"{key}: {shown(saved)} in the checkpoint, {shown(now)} here" for key, saved, now in diffs)
-    fixes = " ".join(f"~{key}" if saved is _UNSET else f"{'+' if now is _UNSET else ''}{key}={_override_value(saved)}"
-                     for key, saved, now in diffs)
-    count = f"{len(diffs)} model setting{'s differ' if len(diffs) > 1 else ' differs'}"
-    return (f"checkpoint {path} holds a different model than this command builds ({count}: {what}); build the "
-            f"checkpoint's model by adding: {fixes}")
 
 
 def write_json(path: str, payload: Any) -> None:

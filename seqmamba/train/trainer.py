@@ -208,7 +208,7 @@ class Trainer:
 
     def load(self, path: str) -> None:
         """Restore the full training state from ``path`` (every rank reads the same file)."""
-        ckpt = load_model_weights(self.model, path)
+        ckpt = load_model_weights(self.model, path, model_cfg=config_get(self.cfg, "model", None))
         if ckpt.get("optimizer") is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") is not None:
