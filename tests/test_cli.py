@@ -109,6 +109,13 @@ def test_eval_of_another_models_checkpoint_names_the_settings_and_the_overrides_
     assert main(common + [f"hydra.run.dir={tmp_path / 'b'}"] + other + fixes) == 0
 
 
+def test_eval_of_a_run_directory_names_the_checkpoints_in_it(trained_run, tmp_path, capsys):
+    rc = main(["eval", "task=induction_heads", f"ckpt={trained_run}", f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert "is a directory, not a checkpoint file" in err and "checkpoints/best.pt, checkpoints/last.pt" in err, err
+
+
 def test_resuming_with_another_model_fails_in_one_line_and_keeps_the_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "run"
     common = ["run", "task=induction_heads", f"hydra.run.dir={run_dir}", "trainer.resume=auto"] + TINY[1:]

@@ -33,6 +33,12 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a checkpoint with the safe unpickler; a clear error if the file is missing or not ours.
     Every loader (resume, ``seqmamba eval`` / ``generate``) comes through here."""
     path = os.path.expanduser(str(path))
+    if os.path.isdir(path):  # a run directory or its checkpoints/: name the files in it
+        found = sorted(os.path.relpath(os.path.join(root, name), path) for root, _, names in os.walk(path)
+                       for name in names if name.endswith(".pt"))
+        hint = (f"; it holds {', '.join(found[:6])}{' ...' if len(found) > 6 else ''}: pass one of them"
+                if found else "; no .pt file in it")
+        raise FileNotFoundError(f"checkpoint {path} is a directory, not a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
