@@ -49,9 +49,10 @@
 #          | decoderule (the decode tests on CUDA, then 1.4B generation at batch 128 with decode_linear's rule (two-pass
 #            from 64 rows) and with every projection by cuBLAS (the rule of the eighteenth session at batch 128);
 #            bf16 states; 130M at batch 64 both ways; 130M's projections at batch 64 / 128, kernel against F.linear)
-#          | lanesreg (FWD_CONFIG lanes_maxnreg, a register cap for the lanes forward: its GPU test with and without
-#            the cap, the lanes forward at caps 224 / 200 / 184 / 168 (9-12 resident warps per SM instead of 8), then
-#            the 130M prefill at batch 64 uncapped / capped at $LANES_CAP (200) alternately)
+#          | lanesreg (FWD_CONFIG lanes_maxnreg / lanes_chunk, more resident warps for the lanes forward: its GPU test
+#            uncapped, capped and at 2 steps per chunk, the lanes forward at caps 224 / 200 / 184 / 168 (9-12
+#            resident warps per SM instead of 8) and at lanes_chunk 2 (12), then the 130M prefill at batch 64 as
+#            is / capped at $LANES_CAP (200) / chunk 2, twice)
 #          | convtaps (the causal conv's taps from aligned columns, COLUMN_TAPS: the conv tests on CUDA, the conv's
 #            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
 #            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
@@ -231,10 +232,11 @@ for step in $steps; do
     lanesreg) timeout 240 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "fast_math_and_bf16_pairs" 2>&1 | tail -3 \
                 | tee "$OUT/lanesreg.log"
               timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "lanes reg224" "lanes reg200" \
-                "lanes reg184" "lanes reg168" --shapes 16x2048x2048 32x1536x2048 64x1536x2048 \
+                "lanes reg184" "lanes reg168" "lanes tc2" --shapes 16x2048x2048 32x1536x2048 64x1536x2048 \
                 --json "$OUT/lanesreg.json" 2>&1 | tee -a "$OUT/lanesreg.log" | grep -v "^  "
-              for cap in none "${LANES_CAP:-200}" none "${LANES_CAP:-200}"; do  # the 130M prefill at batch 64
-                export SEQMAMBA_SCAN_FWD_CONFIG="lanes_maxnreg=$cap"; gen_row lanesreg "prefill_cap_$cap" 130m 64
+              for cfg in lanes_chunk=4 "lanes_maxnreg=${LANES_CAP:-200}" lanes_chunk=2 lanes_chunk=4 \
+                         "lanes_maxnreg=${LANES_CAP:-200}" lanes_chunk=2; do  # the 130M prefill at batch 64
+                export SEQMAMBA_SCAN_FWD_CONFIG="$cfg"; gen_row lanesreg "prefill_${cfg/=/_}" 130m 64
               done; unset SEQMAMBA_SCAN_FWD_CONFIG ;;
     convtaps) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv" 2>&1 | tail -3 \
                 | tee "$OUT/convtaps.log"

@@ -197,6 +197,7 @@ LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
     dict(FAST_MATH=True, BC_PAIRS=True), dict(FAST_MATH=True, BC_PAIRS=True, maxnreg=200),  # lanes_maxnreg
+    dict(FAST_MATH=True, BC_PAIRS=True, TC=2),  # lanes_chunk 2
 ]
 
 

@@ -1050,6 +1050,29 @@ def test_lanes_bf16_pairs_with_fast_math_match_reference(monkeypatch, short_chun
     assert lanes_forward and all(lanes_forward) and asked and all(a == pairs for a in asked)
 
 
+@pytest.mark.parametrize("chunk", [2, 8])
+@pytest.mark.parametrize("L,dtype", [(1, torch.float32), (3, torch.float32), (17, torch.float32),
+                                     (18, torch.bfloat16)])
+def test_lanes_chunk_of_2_and_8_steps_match_float64_reference(monkeypatch, short_chunks, lanes_forward, chunk, L,
+                                                             dtype):
+    """FWD_CONFIG lanes_chunk (TC, 4 by default; 2 fits 12 warps per SM in registers): at 2 and 8 steps per chunk the
+    masked last chunk alone (1, 3), whole and partial chunks with the 16-step saved states (17), and bf16 B / C as
+    int32 pairs with fast math (18); out, last state and every gradient through the saved states."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_chunk", chunk)
+    for key in ("lanes_fast_math", "lanes_bc_pairs"):
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, dtype == torch.bfloat16)
+    inputs = make_scan_inputs(2, 40, L, 3, "variable", dtype, seed=L)
+    dout, dlast = torch.randn(2, 40, L), torch.randn(2, 40, 3)
+    if dtype == torch.float32:
+        float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+    else:
+        triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, TOL[dtype])
+    assert lanes_forward and all(lanes_forward)
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_chunk", 3)
+    with pytest.raises(ValueError, match="lanes_chunk=3: the lanes kernel takes 2, 4 or 8 steps per chunk"):
+        scan_launch._lane_chunk()
+
+
 def test_scan_config_environment_switch_parses_values_and_names_an_unknown_key(monkeypatch):
     """SEQMAMBA_SCAN_FWD_CONFIG (a benchmark switch read at import): int, true / false / none, else a string; an unknown
     key or an item without '=' is a ValueError naming the variable, the item and the keys."""
@@ -1128,3 +1151,7 @@ def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
     capped = next(row for row in rows if row["variant"].get("maxnreg") == 200)
     assert capped["registers"] <= 200 and capped["stack"] <= 32, capped
     assert capped["per_element"] < 1.02 * fast["per_element"], (capped, fast)
+    # FWD_CONFIG lanes_chunk 2: 12 resident warps per SM (168 registers or fewer) without a spill, for at most 15%
+    # more instructions per element
+    tc2 = next(row for row in rows if row["variant"].get("TC") == 2)
+    assert tc2["registers"] <= 168 and tc2["stack"] == 0 and tc2["per_element"] < 1.15 * fast["per_element"], tc2

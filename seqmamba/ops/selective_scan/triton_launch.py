@@ -107,6 +107,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   math and pairs): 8 resident warps per SM, while the 130M prefill's (64, 1536, 2048) has 23 per SM of work and
 #   runs latency-bound (~50% of its issue / MUFU bound). At 200 it keeps 10 warps resident for a 24-byte spill and
 #   4 more loop instructions (703 against 699 per 64 state elements); 168 (12 warps) spills 248 bytes, +8%.
+# - lanes_chunk: the lanes kernel's steps per loop iteration (TC; 2, 4 or 8). 4 (the default): 253 registers, 10.9
+#   instructions per state element; 2: 168 registers (12 resident warps per SM) with no spill, 12.3 per element
+#   (off until timed with the caps above: gpu_check.sh lanesreg); 8 spills 208 bytes.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
@@ -115,7 +118,8 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_maxnreg=None, lanes_maxnreg_min_warps_per_sm=10,
+                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_chunk=4, lanes_maxnreg=None,
+                  lanes_maxnreg_min_warps_per_sm=10,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -297,9 +301,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     return out, state[n_chunks % 2], chunk_states
 
 
-# Steps per chunk of the lanes kernel (a lane's loads: 8 bytes of bf16, 16 of fp32; its registers hold the next
-# chunk's N B / C tiles too).
-LANE_CHUNK = 4
+def _lane_chunk() -> int:
+    """Steps per chunk of the lanes kernel, FWD_CONFIG lanes_chunk (default 4: a lane's loads are 8 bytes of bf16,
+    16 of fp32; its registers hold the next chunk's N B / C tiles too)."""
+    chunk = FWD_CONFIG.get("lanes_chunk", 4)
+    if chunk not in (2, 4, 8):
+        raise ValueError(f"FWD_CONFIG lanes_chunk={chunk!r}: the lanes kernel takes 2, 4 or 8 steps per chunk")
+    return chunk
 
 
 def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) -> bool:
@@ -312,7 +320,7 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     cfg = FWD_CONFIG
     if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
         return False
-    if T_save and (not cfg.get("lanes_training") or T_save % LANE_CHUNK != 0):
+    if T_save and (not cfg.get("lanes_training") or T_save % _lane_chunk() != 0):
         return False
     min_warps = cfg.get("lanes_min_warps_per_sm", 0)
     if not min_warps:
@@ -361,7 +369,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     ints = (dim, L, cpg, n_saved, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
     _launch_fwd_lanes(
         (cdiv(dim, BLOCK_D), batch), tensors, ints,
-        dict(N=N, BLOCK_D=BLOCK_D, TC=LANE_CHUNK, T_SAVE=max(T_save, 1), HAS_D=D is not None,
+        dict(N=N, BLOCK_D=BLOCK_D, TC=_lane_chunk(), T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
