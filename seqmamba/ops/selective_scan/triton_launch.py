@@ -174,6 +174,11 @@ def _config(backward: bool, block_layout: bool) -> dict:
     return BWD_CONFIG if backward else FWD_CONFIG
 
 
+def _sms(device: torch.device) -> int:
+    """SMs of a CUDA device (its index, or the current device's for a bare "cuda")."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
                    batch: Optional[int] = None, device: Optional[torch.device] = None, save_states: bool = False):
     """(BLOCK_D, T, num_warps, compiler options, prefetch) for one launch.
@@ -184,7 +189,7 @@ def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: 
     Elsewhere (the interpreter, or only T wanted) the options are empty and prefetch is on only when the
     config says True. Cached per shape and config (host time matters at small shapes)."""
     on_cuda = batch is not None and device is not None and device.type == "cuda"
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else 0
+    sms = _sms(device) if on_cuda else 0
     cfg = tuple(sorted(_config(backward, block_layout).items()))
     return _launch_config_cached(cfg, dim, L, channels_per_group, batch if on_cuda else None, sms, FORCE_CHUNK_T,
                                  save_states)
@@ -330,8 +335,7 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     batch, dim, _ = u.shape
     warps_per_program = cfg.get("lanes_num_warps", 1)
     warps = batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
-    index = u.device.index if u.device.index is not None else torch.cuda.current_device()
-    return warps >= min_warps * _sm_count(index)
+    return warps >= min_warps * _sms(u.device)
 
 
 def _lanes_options(warps: int, sms: int, on_nvidia: bool) -> dict:
@@ -354,7 +358,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
     on_cuda = u.device.type == "cuda"
-    sms = _sm_count(u.device.index if u.device.index is not None else torch.cuda.current_device()) if on_cuda else 1
+    sms = _sms(u.device) if on_cuda else 1
     options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps, sms, on_cuda and torch.version.hip is None)
     if out is None:
         out = _empty_like_layout(u, False)
@@ -428,7 +432,7 @@ def _split_rule(config: dict, programs: int, L: int, device: torch.device) -> in
     target = config.get("split_programs_per_sm", 0)
     if not target or device.type != "cuda":
         return 1
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _sms(device)
     if programs >= config.get("split_below_programs_per_sm", target) * sms:
         return 1  # enough programs: the split's no-carry pass would cost more than its parallelism gains
     segments = 1
