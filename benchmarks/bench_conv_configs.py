@@ -31,8 +31,10 @@ import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import copy_bandwidth  # noqa: E402
+from switches import SWITCHES  # noqa: E402
 
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+TAPS = SWITCHES["conv-taps"][2]  # --taps value -> COLUMN_TAPS, the names the other benchmarks' --conv-taps use
 SHAPES = ["64x1536x2048", "8x1536x4096", "64x128x4112", "1x256x1048576"]
 
 
@@ -59,7 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="BATCHxDIMxL")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--taps", nargs="+", choices=["columns", "shifted"], default=["columns"],
+    parser.add_argument("--taps", nargs="+", choices=sorted(TAPS), default=["columns"],
                         help="COLUMN_TAPS on (columns) / off (shifted): each config is timed each way")
     parser.add_argument("--tiles", choices=["all", "default"], default="all")
     args = parser.parse_args()
@@ -77,7 +79,7 @@ def main():
         default = {}
         for taps, launch in itertools.product(args.taps, list(configs(args.tiles))):
             saved, saved_cap, saved_taps = dict(CONV.LAUNCH), CONV.BWD_MAX_TIME_TILES, CONV.COLUMN_TAPS
-            CONV.COLUMN_TAPS = taps == "columns"
+            CONV.COLUMN_TAPS = TAPS[taps]
             if launch is not None:
                 CONV.LAUNCH.update(fwd=launch, bwd=launch)
                 CONV.BWD_MAX_TIME_TILES = float("inf")  # the config's tiles as given
