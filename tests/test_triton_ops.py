@@ -1068,9 +1068,6 @@ def test_lanes_chunk_of_2_and_8_steps_match_float64_reference(monkeypatch, short
     else:
         triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, TOL[dtype])
     assert lanes_forward and all(lanes_forward)
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_chunk", 3)
-    with pytest.raises(ValueError, match="lanes_chunk=3: the lanes kernel takes 2, 4 or 8 steps per chunk"):
-        scan_launch._lane_chunk()
 
 
 def test_scan_config_environment_switch_parses_values_and_names_an_unknown_key(monkeypatch):
@@ -1098,6 +1095,12 @@ def test_lanes_forward_rule(monkeypatch):
     assert not ok(bf16, 16, True, 0)  # time-major
     assert not ok(bf16, 17, False, 0)  # more states than the unrolled registers hold
     assert not ok(bf16, 16, False, 6) and ok(bf16, 16, False, 12)
+    cfg["lanes_chunk"] = 2  # FWD_CONFIG lanes_chunk: 6-step saved states are whole 2-step chunks
+    assert ok(bf16, 16, False, 6)
+    cfg["lanes_chunk"] = 3
+    with pytest.raises(ValueError, match="lanes_chunk=3: the lanes kernel takes 2, 4 or 8 steps per chunk"):
+        ok(bf16, 16, False, 6)
+    cfg["lanes_chunk"] = 4
     cfg["lanes_training"] = False
     assert ok(bf16, 16, False, 0) and not ok(bf16, 16, False, 256)
     cfg["lanes"] = False
