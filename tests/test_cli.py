@@ -131,18 +131,20 @@ def test_resuming_with_another_model_fails_in_one_line_and_keeps_the_checkpoint(
 
 
 def test_model_mismatch_overrides_add_set_and_delete():
-    """The overrides _model_mismatch proposes: + for a setting only the checkpoint has, plain for one both have, ~ for
-    one only the command has; values as Hydra writes them (null, lowercase booleans, lists)."""
-    from seqmamba.train.checkpoint import model_mismatch_message as _model_mismatch
+    """The overrides model_mismatch_message proposes: + for a setting only the checkpoint has, plain for one both
+    have, ~ for one only the command has; values as Hydra writes them (null, lowercase booleans, lists)."""
+    from seqmamba.train.checkpoint import model_mismatch_message
 
-    saved = "model:\n  n_layer: 2\n  ssm_cfg:\n    layer: nogate_s4d\n    activation: gelu\n  tie: true\n  ids: [1, 2]\n"
+    saved = ("model:\n  n_layer: 2\n  ssm_cfg:\n    layer: nogate_s4d\n    activation: gelu\n  tie: true\n"
+             "  ids: [1, 2]\n")
     here = OmegaConf.create({"n_layer": 4, "ssm_cfg": {"d_conv": 3}, "tie": False, "ids": None})
-    line = _model_mismatch("x.pt", saved, here, RuntimeError("size mismatch"))
+    line = model_mismatch_message("x.pt", saved, here, RuntimeError("size mismatch"))
     assert "6 model settings differ" in line and "'nogate_s4d' in the checkpoint, unset here" in line, line
     assert line.split("adding: ")[1].split() == [
         "model.ids=[1,2]", "model.n_layer=2", "+model.ssm_cfg.activation=gelu", "~model.ssm_cfg.d_conv",
         "+model.ssm_cfg.layer=nogate_s4d", "model.tie=true"]
-    same = _model_mismatch("x.pt", "model:\n  n_layer: 2\n", OmegaConf.create({"n_layer": 2}), RuntimeError("odd"))
+    same = model_mismatch_message("x.pt", "model:\n  n_layer: 2\n", OmegaConf.create({"n_layer": 2}),
+                                  RuntimeError("odd"))
     assert "no difference in model.*" in same and "odd" in same
 
 
