@@ -1131,7 +1131,7 @@ def test_lanes_register_cap_rule(monkeypatch):
     assert opts(64 * 48, 132, True) == {"maxnreg": 200}  # the 130M prefill at batch 64: 23 warps per SM
     assert opts(16 * 64, 132, True) == {}  # (16, 2048, ...): 7.8 per SM, all resident uncapped
     assert opts(1320, 132, True) == {"maxnreg": 200} and opts(1319, 132, True) == {}
-    assert opts(64 * 48, 132, False) == {}  # the interpreter / ROCm: no cap
+    assert opts(64 * 48, 132, False) == {}  # off CUDA (the interpreter): no cap
 
 
 def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():

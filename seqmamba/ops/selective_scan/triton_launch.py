@@ -179,6 +179,14 @@ def _sms(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def _register_cap(cap: Optional[int], count: int, min_per_sm: int, sms: int) -> dict:
+    """Triton's maxnreg = ``cap`` on NVIDIA GPUs when ``count`` programs / warps reach ``min_per_sm`` per SM (a cap
+    pays only where more of them wait than fit uncapped); no options otherwise (no cap asked for, ROCm)."""
+    if cap is None or torch.version.hip is not None or count < min_per_sm * sms:
+        return {}
+    return {"maxnreg": cap}
+
+
 def _launch_config(dim: int, N: int, L: int, channels_per_group: int, backward: bool, block_layout: bool = False,
                    batch: Optional[int] = None, device: Optional[torch.device] = None, save_states: bool = False):
     """(BLOCK_D, T, num_warps, compiler options, prefetch) for one launch.
@@ -209,11 +217,8 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     if force_chunk_t is not None:
         T = force_chunk_t
     options = {}
-    if on_cuda:
-        if (cfg.get("maxnreg") is not None and torch.version.hip is None
-                and batch * cdiv(dim, BLOCK_D) >= min_per_sm * sms and L >= cfg.get("maxnreg_min_L", 0)
-                and not (save_states and cfg.get("maxnreg_inference_only", False))):
-            options["maxnreg"] = cfg["maxnreg"]
+    if on_cuda and L >= cfg.get("maxnreg_min_L", 0) and not (save_states and cfg.get("maxnreg_inference_only", False)):
+        options = _register_cap(cfg.get("maxnreg"), batch * cdiv(dim, BLOCK_D), min_per_sm, sms)
     num_warps = cfg["num_warps"]
     rule = cfg.get("prefetch", False)
     if rule == "latency":  # few programs per SM and no states to save
@@ -338,14 +343,13 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     return warps >= min_warps * _sms(u.device)
 
 
-def _lanes_options(warps: int, sms: int, on_nvidia: bool) -> dict:
+def _lanes_options(warps: int, sms: int, on_cuda: bool) -> dict:
     """The lanes kernel's compiler options for a grid of ``warps`` warps on ``sms`` SMs: FWD_CONFIG lanes_maxnreg
-    as Triton's maxnreg on NVIDIA GPUs where the grid has at least lanes_maxnreg_min_warps_per_sm warps per SM (a
-    cap pays only where more warps wait than fit uncapped); no options elsewhere."""
-    cap = FWD_CONFIG.get("lanes_maxnreg")
-    if cap is None or not on_nvidia or warps < FWD_CONFIG.get("lanes_maxnreg_min_warps_per_sm", 0) * sms:
+    from lanes_maxnreg_min_warps_per_sm warps per SM (_register_cap); none off CUDA."""
+    if not on_cuda:
         return {}
-    return {"maxnreg": cap}
+    return _register_cap(FWD_CONFIG.get("lanes_maxnreg"), warps, FWD_CONFIG.get("lanes_maxnreg_min_warps_per_sm", 0),
+                         sms)
 
 
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc):
@@ -359,7 +363,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     BLOCK_D = 32 * num_warps
     on_cuda = u.device.type == "cuda"
     sms = _sms(u.device) if on_cuda else 1
-    options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps, sms, on_cuda and torch.version.hip is None)
+    options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps, sms, on_cuda)
     if out is None:
         out = _empty_like_layout(u, False)
     last = empty((batch, dim, N), u.device, torch.float32)
