@@ -229,8 +229,8 @@ for step in $steps; do
               gen_row decoderule cublas_130m_b64 130m 64 --decode-linear cublas
               timeout 100 python benchmarks/bench_decode_kernels.py --kernels linear --sizes 130m --batches 64 128 \
                 --no-sweep 2>&1 | tail -12 | tee -a "$OUT/decoderule.log" ;;
-    lanesreg) timeout 240 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "fast_math_and_bf16_pairs" 2>&1 | tail -3 \
-                | tee "$OUT/lanesreg.log"
+    lanesreg) par_pytest 3 200 lanesregtests -m gpu tests/test_gpu_ops.py -k "fast_math_and_bf16_pairs" 2>&1 \
+                | grep -E "tests in|passed|failed|FAILED|exit" | tee "$OUT/lanesreg.log"
               timeout 300 python benchmarks/bench_scan_forward_configs.py --configs default "lanes reg224" "lanes reg200" \
                 "lanes reg184" "lanes reg168" "lanes tc2" --shapes 16x2048x2048 32x1536x2048 64x1536x2048 \
                 --json "$OUT/lanesreg.json" 2>&1 | tee -a "$OUT/lanesreg.log" | grep -v "^  "
