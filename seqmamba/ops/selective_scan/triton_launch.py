@@ -102,14 +102,15 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   warps at small batch (0.81-0.94x the chunked forward wherever it would run: the per-step work is repeated per
 #   lane) and the same fast math in the chunked forward (0.88-0.98x: more registers under its cap of 96) and
 #   backward (1.00x).
-# - lanes_maxnreg (off until timed: gpu_check.sh lanesreg): a register cap for the lanes kernel where its grid has
-#   at least lanes_maxnreg_min_warps_per_sm warps per SM. Uncapped it takes 253 registers (sm_90 SASS with fast
-#   math and pairs): 8 resident warps per SM, while the 130M prefill's (64, 1536, 2048) has 23 per SM of work and
-#   runs latency-bound (~50% of its issue / MUFU bound). At 200 it keeps 10 warps resident for a 24-byte spill and
-#   4 more loop instructions (703 against 699 per 64 state elements); 168 (12 warps) spills 248 bytes, +8%.
+# - lanes_maxnreg (off): a register cap for the lanes kernel where its grid has at least
+#   lanes_maxnreg_min_warps_per_sm warps per SM. Uncapped it takes 253 registers (sm_90 SASS with fast math and
+#   pairs), 8 resident warps per SM. H200, twenty-second session (gpu_check.sh lanesreg): caps of 200 / 184 / 168
+#   (10-12 warps, 24-248 bytes of spill) were 0.79-0.88x at (16, 2048, 2048), (32, 1536, 2048) and (64, 1536, 2048)
+#   (1.07x once); 224 (9 warps, no spill) 1.01x / 1.16x / 1.01x; the 130M prefill at batch 64 97 -> 106 ms at 200.
+#   Kept as a switch; more warps are not what this kernel lacks.
 # - lanes_chunk: the lanes kernel's steps per loop iteration (TC; 2, 4 or 8). 4 (the default): 253 registers, 10.9
-#   instructions per state element; 2: 168 registers (12 resident warps per SM) with no spill, 12.3 per element
-#   (off until timed with the caps above: gpu_check.sh lanesreg); 8 spills 208 bytes.
+#   instructions per state element; 2: 168 registers (12 resident warps per SM), no spill, 12.3 per element, timed
+#   the same session at 0.65-0.84x (prefill 97 -> 120 ms); 8 spills 208 bytes.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
