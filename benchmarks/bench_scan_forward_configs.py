@@ -51,6 +51,10 @@ CONFIGS = [
     # FWD_CONFIG lanes_chunk 2: 2 steps per iteration, 168 registers (12 warps per SM) without a spill, 12.3
     # instructions per state element against 10.9
     ("lanes tc2", dict(lanes_chunk=2)),
+    # 8 steps per iteration: 254 registers, a 208-byte spill (17 LDL per iteration), 10.7 instructions per element,
+    # but half the L1 wavefronts per element of 4: each load of u / delta / z and each store of y touches 32 rows
+    # (one per lane) whatever its width
+    ("lanes tc8", dict(lanes_chunk=8)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

@@ -20,6 +20,7 @@
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
 #            per issued instruction, and at the first shape the stall samples of each SASS instruction as CSV)
+#          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
 #          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
 #          | prefillprof (the 130M prompt forward at batch 64, Mamba and GPT, kernels grouped by kind)
@@ -163,17 +164,24 @@ for step in $steps; do
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
     nculanes) for shape in 64x1536x2048 16x2048x2048; do
-                timeout 120 ncu --clock-control none $NCU_SECTIONS --section SourceCounters \
+                timeout 120 ncu --clock-control none $NCU_SECTIONS --section SourceCounters --section MemoryWorkloadAnalysis \
+                  --section MemoryWorkloadAnalysis_Tables \
                   --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
                   -k regex:_selective_scan_fwd_lanes --launch-skip 2 --launch-count 1 -o "$OUT/lanes_$shape" \
                   python benchmarks/ncu_scan.py --shape $shape > "$OUT/nculanes_$shape.log" 2>&1
-                ncu -i "$OUT/lanes_$shape.ncu-rep" --print-details all > "$OUT/nculanes_$shape.txt" 2>&1
-                grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|stalled_" \
-                  "$OUT/nculanes_$shape.txt" | sort -k3 -g -r | head -40 | sed "s/^/$shape: /"
+                ncu -i "$OUT/lanes_$shape.ncu-rep" --print-details all > "$OUT/nculanes_$shape.txt" 2>&1 \
+                  || ncu -i "$OUT/lanes_$shape.ncu-rep" > "$OUT/nculanes_$shape.txt" 2>&1
+                ncu -i "$OUT/lanes_$shape.ncu-rep" --page raw --csv > "$OUT/nculanes_raw_$shape.csv" 2>&1
+                grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Executed Ipc A|L1/TEX|Mem Pipes|stalled_" \
+                  "$OUT/nculanes_$shape.txt" | head -60 | sed "s/^/$shape: /"
               done
               ncu -i "$OUT/lanes_64x1536x2048.ncu-rep" --page source --print-source sass --csv \
                 > "$OUT/nculanes_sass.csv" 2>&1; head -c 600 "$OUT/nculanes_sass.csv"; echo
               rm -f "$OUT"/lanes_*.ncu-rep ;;
+    lanestc8) for run in 1 2; do
+                timeout 150 python benchmarks/bench_scan_forward_configs.py --configs default "lanes tc8" \
+                  --shapes 16x2048x2048 64x1536x2048 --json "$OUT/lanestc8_$run.json" 2>&1 | tee -a "$OUT/lanestc8.log"
+              done ;;
     lanes) par_pytest 6 300 lanes_tests -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tee "$OUT/lanes_tests.log"
            timeout 330 python benchmarks/bench_scan_forward_configs.py --configs chunked default lanes "lanes plain" \
              --shapes 8x1536x2048 8x1536x4096 10x2048x2048 12x2048x2048 16x2048x2048 64x128x4112 64x1536x2048 \
