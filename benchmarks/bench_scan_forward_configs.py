@@ -55,6 +55,10 @@ CONFIGS = [
     # but half the L1 wavefronts per element of 4: each load of u / delta / z and each store of y touches 32 rows
     # (one per lane) whatever its width
     ("lanes tc8", dict(lanes_chunk=8)),
+    # FWD_CONFIG lanes_seq_pairs: u / delta / z as int32 pairs of bf16 steps, carried through the loop as loaded (the
+    # repacking of the bf16 tiles into the loop's registers waited on the prefetch loads: 13% of the stall samples)
+    ("lanes seq pairs", dict(lanes_seq_pairs=True)),
+    ("lanes seq pairs tc8", dict(lanes_seq_pairs=True, lanes_chunk=8)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

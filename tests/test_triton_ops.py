@@ -1039,15 +1039,19 @@ def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
 def test_lanes_bf16_pairs_with_fast_math_match_reference(monkeypatch, short_chunks, lanes_forward, L, bc_layout,
                                                          pairs):
     """FWD_CONFIG lanes_bc_pairs: bf16 B / C read as int32 pairs of steps (even L only: at 37 the pairs are off and
-    the plain loads run), with fast math; out, last state and every gradient against the reference."""
-    for key in ("lanes_fast_math", "lanes_bc_pairs"):
+    the plain loads run), with fast math, and lanes_seq_pairs: u / delta / z the same way (the other bf16 lanes
+    tests run them as plain tiles); out, last state and every gradient against the reference."""
+    for key in ("lanes_fast_math", "lanes_bc_pairs", "lanes_seq_pairs"):
         monkeypatch.setitem(scan_launch.FWD_CONFIG, key, True)
     asked, check = [], scan_launch._bf16_pairs_ok
     monkeypatch.setattr(scan_launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])
+    rows, rows_check = [], scan_launch._bf16_pair_rows
+    monkeypatch.setattr(scan_launch, "_bf16_pair_rows", lambda *a: rows.append(rows_check(*a)) or rows[-1])
     inputs = make_scan_inputs(2, 4, L, 4, bc_layout, torch.bfloat16, seed=L)
     dout, dlast = torch.randn(2, 4, L), torch.randn(2, 4, 4)
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, TOL[torch.bfloat16])
     assert lanes_forward and all(lanes_forward) and asked and all(a == pairs for a in asked)
+    assert pairs == bool(rows) and all(rows)  # B / C and u / delta / z checked as pair rows at even L only
 
 
 @pytest.mark.parametrize("chunk", [2, 8])

@@ -114,14 +114,27 @@ def _component_tiles(rows, s_n, t0, L, s_l, N: tl.constexpr, TC: tl.constexpr, M
 
 
 @triton.jit
+def _sequence_tile(row, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
+    """One sequence tensor's raw tile of steps t0 .. t0 + TC - 1: (ROWS, TC) of its dtype, or with PAIRS (bf16,
+    unit time stride, rows 4-byte aligned, L even: the launch checks) (ROWS, TC / 2) int32 pairs of steps, which
+    the loop carries as loaded (_bc_columns widens them)."""
+    if PAIRS:
+        tile = _bc_tile(row, 0, 0, t0, L, s_l, TC, MASKED, True)
+    else:
+        tile = _tile(row, t0, L, s_l, TC, MASKED)
+    return tile
+
+
+@triton.jit
 def _sequence_tiles(u_row, dt_row, z_row, t0, L, s_u_l, s_dt_l, s_z_l, TC: tl.constexpr, MASKED: tl.constexpr,
-                    HAS_Z: tl.constexpr):
-    """The raw (u, delta, z) tiles of steps t0 .. t0 + TC - 1; without z its slot holds u's tile (never read)."""
-    u = _tile(u_row, t0, L, s_u_l, TC, MASKED)
-    dt = _tile(dt_row, t0, L, s_dt_l, TC, MASKED)
+                    HAS_Z: tl.constexpr, PAIRS: tl.constexpr = False):
+    """The raw (u, delta, z) tiles of steps t0 .. t0 + TC - 1 (_sequence_tile); without z its slot holds u's tile
+    (never read)."""
+    u = _sequence_tile(u_row, t0, L, s_u_l, TC, MASKED, PAIRS)
+    dt = _sequence_tile(dt_row, t0, L, s_dt_l, TC, MASKED, PAIRS)
     z = u
     if HAS_Z:
-        z = _tile(z_row, t0, L, s_z_l, TC, MASKED)
+        z = _sequence_tile(z_row, t0, L, s_z_l, TC, MASKED, PAIRS)
     return u, dt, z
 
 
@@ -157,13 +170,14 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
            B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t_next, N: tl.constexpr,
            BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
            HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-           MASKED: tl.constexpr, PREFETCH: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
+           MASKED: tl.constexpr, PREFETCH: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr,
+           SEQ_PAIRS: tl.constexpr = False):
     """Steps t0 .. t0 + TC - 1 of the program's channels from their loaded tiles (u, delta, z; the N B / C tiles
     when time-varying): writes y, returns (the N states after them, the next chunk's B / C tiles). MASKED: steps
     past L are the identity. PREFETCH: as component n's tiles are used up, the next chunk's (steps t_next ..,
     in bounds, unmasked) are loaded into their registers; else the returned tiles are the ones given."""
-    us = _columns(u_t.to(tl.float32), BLOCK_D, TC)
-    raw = _columns(dt_t.to(tl.float32), BLOCK_D, TC)
+    us = _bc_columns(u_t, BLOCK_D, TC, SEQ_PAIRS)
+    raw = _bc_columns(dt_t, BLOCK_D, TC, SEQ_PAIRS)
     dls = ()
     dus = ()
     ys = ()
@@ -213,7 +227,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
         ys = new_ys
         new_hs = new_hs + (h,)
     if HAS_Z:
-        zs = _columns(z_t.to(tl.float32), BLOCK_D, TC)
+        zs = _bc_columns(z_t, BLOCK_D, TC, SEQ_PAIRS)
         gated = ()
         for j in tl.static_range(TC):
             if FAST_MATH:
@@ -250,7 +264,7 @@ def _selective_scan_fwd_lanes_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, TC: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
-    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr,
+    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     """One program: batch row program_id(1), channels program_id(0) * BLOCK_D + lane. state_in / last:
@@ -301,9 +315,9 @@ def _selective_scan_fwd_lanes_kernel(
     # chunk re-read it (in bounds, unmasked); the partial last chunk loads its own, masked.
     n_full = L // TC
     last_full = tl.maximum(n_full - 1, 0)
-    u_n, dt_n, z_n = _sequence_tiles(u_row, dt_row, z_row, 0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z)
+    u_n, dt_n, z_n = _sequence_tiles(u_row, dt_row, z_row, 0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z, SEQ_PAIRS)
     u_nn, dt_nn, z_nn = _sequence_tiles(u_row, dt_row, z_row, tl.minimum(1, last_full) * TC, L, s_u_l, s_dt_l,
-                                        s_z_l, TC, True, HAS_Z)
+                                        s_z_l, TC, True, HAS_Z, SEQ_PAIRS)
     B_n, C_n = _bc_component_tiles(B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, 0, L, A2s, N, TC, B_VAR, C_VAR,
                                    BC_PAIRS)
     for c in range(0, n_full):
@@ -312,20 +326,21 @@ def _selective_scan_fwd_lanes_kernel(
         u_t, dt_t, z_t, B_t, C_t = u_n, dt_n, z_n, B_n, C_n  # B / C: _chunk loads the next ones as it goes
         u_n, dt_n, z_n = u_nn, dt_nn, z_nn
         u_nn, dt_nn, z_nn = _sequence_tiles(u_row, dt_row, z_row, tl.minimum(c + 2, last_full) * TC, L, s_u_l,
-                                            s_dt_l, s_z_l, TC, False, HAS_Z)
+                                            s_dt_l, s_z_l, TC, False, HAS_Z, SEQ_PAIRS)
         hs, B_n, C_n = _chunk(c * TC, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l,
                               mask_d, B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l,
                               tl.minimum(c + 1, last_full) * TC, N, BLOCK_D, TC, HAS_D, HAS_Z, HAS_DBIAS,
-                              SOFTPLUS, B_VAR, C_VAR, False, True, FAST_MATH, BC_PAIRS)
+                              SOFTPLUS, B_VAR, C_VAR, False, True, FAST_MATH, BC_PAIRS, SEQ_PAIRS)
     if n_full * TC < L:  # the last, partial chunk
         t0 = n_full * TC
         if SAVE_STATES:
             _save_states_entering(chunk_row, t0, hs, mask_d, N, T_SAVE)
         B_t, C_t = _bc_component_tiles(B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, L, A2s, N, TC, B_VAR, C_VAR,
                                        BC_PAIRS)
-        u_t, dt_t, z_t = _sequence_tiles(u_row, dt_row, z_row, t0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z)
+        u_t, dt_t, z_t = _sequence_tiles(u_row, dt_row, z_row, t0, L, s_u_l, s_dt_l, s_z_l, TC, True, HAS_Z,
+                                         SEQ_PAIRS)
         hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d,
                               B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
-                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS)
+                              HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS, SEQ_PAIRS)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)

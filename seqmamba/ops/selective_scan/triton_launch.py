@@ -111,6 +111,11 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # - lanes_chunk: the lanes kernel's steps per loop iteration (TC; 2, 4 or 8). 4 (the default): 253 registers, 10.9
 #   instructions per state element; 2: 168 registers (12 resident warps per SM), no spill, 12.3 per element, timed
 #   the same session at 0.65-0.84x (prefill 97 -> 120 ms); 8 spills 208 bytes.
+# - lanes_seq_pairs (off until timed: gpu_check.sh seqpairs): u / delta / z read and carried through the loop as
+#   int32 pairs of bf16 steps, widened by bit operations like B / C. Nsight Compute on the H200 (twenty-third
+#   session, (64, 1536, 2048)): 13% of the kernel's stall samples sat on three PRMTs at the end of the loop that
+#   repack each just-loaded bf16 tile into the registers the loop carries, waiting on the load issued two chunks
+#   ahead: the prefetch was undone by the repacking.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
@@ -119,7 +124,8 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_chunk=4, lanes_maxnreg=None,
+                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=False, lanes_chunk=4,
+                  lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
@@ -383,7 +389,9 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
              C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
              FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
              BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
-                           and _bf16_pairs_ok(B, C, L))),
+                           and _bf16_pairs_ok(B, C, L)),
+             SEQ_PAIRS=bool(FWD_CONFIG.get("lanes_seq_pairs", False) and L % 2 == 0
+                            and _bf16_pair_rows(u, delta, z))),
         num_warps, options)
     return out, last, chunk_states
 
@@ -409,8 +417,14 @@ def _bf16_pairs_ok(B: torch.Tensor, C: torch.Tensor, L: int, T: Optional[int] = 
     even and the data 4-byte aligned (each pair one aligned int32), L even (a pair never straddles the end); with a
     chunk T (the Gluon kernel's layout of pairs over lanes), T / 2 a multiple of 32 x warps."""
     return (L % 2 == 0 and (T is None or T % (64 * num_warps) == 0)
-            and all(t.dtype == torch.bfloat16 and t.stride(-1) == 1 and t.data_ptr() % 4 == 0
-                    and all(st % 2 == 0 for st in t.stride()[:-1]) for t in (B, C)))
+            and _bf16_pair_rows(B, C))
+
+
+def _bf16_pair_rows(*tensors) -> bool:
+    """Whether every tensor (None skipped) is bf16 with unit time stride, every other stride even and the data
+    4-byte aligned: each pair of steps one aligned int32 (with L even, checked by the caller)."""
+    return all(t.dtype == torch.bfloat16 and t.stride(-1) == 1 and t.data_ptr() % 4 == 0
+               and all(st % 2 == 0 for st in t.stride()[:-1]) for t in tensors if t is not None)
 
 
 class _GluonLaunch:
