@@ -192,12 +192,13 @@ GLUON_VARIANTS = [
 
 
 # The lanes forward's specialisations (FWD_CONFIG lanes: one channel per lane); the default launch is the last
-# (fast math, bf16 B / C as int32 pairs).
+# (fast math, bf16 B / C and u / delta / z as int32 pairs, 8-step chunks).
 LANES_VARIANTS = [
     dict(), dict(SAVE_STATES=True), dict(HAS_Z=False, HAS_D=False, HAS_DBIAS=False, SOFTPLUS=False),
     dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
     dict(FAST_MATH=True, BC_PAIRS=True), dict(FAST_MATH=True, BC_PAIRS=True, maxnreg=200),  # lanes_maxnreg
     dict(FAST_MATH=True, BC_PAIRS=True, TC=2),  # lanes_chunk 2
+    dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8),  # the default: lanes_seq_pairs, lanes_chunk 8
 ]
 
 

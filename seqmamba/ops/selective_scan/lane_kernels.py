@@ -6,10 +6,11 @@ chunk, 4x the exp floor. Here a lane owns one channel and all N of its state com
 time step by step: per state element one exp2 (the SFU), one multiply for the exponent, one for B delta u and two
 FMAs (h and y). No shuffles, no shared memory, no barriers; a warp's 32 lanes are 32 neighbouring channels.
 
-* Memory: a lane reads its channel's rows of u / delta / z and writes y in chunks of TC = 4 consecutive steps (one
-  8-byte vector for bf16), then takes the chunk apart column by column with ``tl.split`` (register renaming:
-  the load's layout gives each lane the whole row). B / C rows are the same for all lanes of a group: each lane
-  loads the same bytes (one broadcast transaction per warp).
+* Memory: a lane reads its channel's rows of u / delta / z and writes y in chunks of TC consecutive steps (FWD_CONFIG
+  lanes_chunk, 8 by default: one 16-byte vector for bf16), then takes the chunk apart column by column with
+  ``tl.split`` (register renaming: the load's layout gives each lane the whole row). B / C rows are the same for
+  all lanes of a group: each lane loads the same bytes (one broadcast transaction per warp). bf16 B / C (and with
+  lanes_seq_pairs u / delta / z) are read and carried as int32 pairs of steps and widened by bit operations.
 * Latency: a warp is often alone on its SM sub-partition (batch x dim / 32 warps in all), so its loads must hide
   behind its own work: u / delta / z are loaded two chunks ahead, B / C one chunk ahead (loop-carried tiles).
 * The N states, N exponents A_n log2(e) and the chunk's TC columns are tuples of (BLOCK_D,) vectors unrolled at
@@ -23,6 +24,8 @@ H200 (BENCHMARKS.md, tenth session), with fast math (_softplus_fast, _silu_fast)
 both on by default: 1.16x the chunked forward at 5.8 of its warps per SM, 1.39x at 7.8 (1.73x mamba_ssm's), level
 at 4.8, 0.88x at 2.9, where one warp per sub-partition cannot hide its loads; the launch
 (triton_launch._lanes_forward_ok) runs it from 5 warps per SM, for the inference forward only (prefill, eval).
+Twenty-third session: its stalls are on its loads (Nsight Compute), and 8-step chunks with u / delta / z as pairs
+make it 1.14-1.15x faster than 4-step chunks (triton_launch.py, the lanes_chunk comment).
 """
 import triton
 import triton.language as tl

@@ -108,14 +108,19 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   (10-12 warps, 24-248 bytes of spill) were 0.79-0.88x at (16, 2048, 2048), (32, 1536, 2048) and (64, 1536, 2048)
 #   (1.07x once); 224 (9 warps, no spill) 1.01x / 1.16x / 1.01x; the 130M prefill at batch 64 97 -> 106 ms at 200.
 #   Kept as a switch; more warps are not what this kernel lacks.
-# - lanes_chunk: the lanes kernel's steps per loop iteration (TC; 2, 4 or 8). 4 (the default): 253 registers, 10.9
-#   instructions per state element; 2: 168 registers (12 resident warps per SM), no spill, 12.3 per element, timed
-#   the same session at 0.65-0.84x (prefill 97 -> 120 ms); 8 spills 208 bytes.
-# - lanes_seq_pairs (off until timed: gpu_check.sh seqpairs): u / delta / z read and carried through the loop as
-#   int32 pairs of bf16 steps, widened by bit operations like B / C. Nsight Compute on the H200 (twenty-third
-#   session, (64, 1536, 2048)): 13% of the kernel's stall samples sat on three PRMTs at the end of the loop that
-#   repack each just-loaded bf16 tile into the registers the loop carries, waiting on the load issued two chunks
-#   ahead: the prefetch was undone by the repacking.
+# - lanes_chunk: the lanes kernel's steps per loop iteration (TC; 2, 4 or 8), and lanes_seq_pairs: u / delta / z
+#   read and carried through the loop as int32 pairs of bf16 steps, widened by bit operations like B / C. Nsight
+#   Compute on the H200 (twenty-third session, (64, 1536, 2048), TC 4) put the kernel's stalls on its loads (long
+#   scoreboard 0.71 and wait 0.61 per issued instruction, math-pipe throttle 0.07): 13% of the samples on the PRMTs
+#   that repacked each prefetched bf16 tile into the loop's registers (consuming the load as it was issued), 8% on
+#   the first B / C tile of each chunk (ptxas sinks the next chunk's B / C loads to the end of the loop). Halving the
+#   loop's trips halves those waits per element. sm_90 SASS, loop instructions per state element: TC 4 10.9 (253
+#   registers), 4 + pairs 10.7 (251), 8 10.7 (208-byte spill), 8 + pairs 10.2 (168-byte spill); 2: 12.3 (168
+#   registers, 12 warps per SM). H200, ms at (16, 2048, 2048) / (64, 1536, 2048): TC 4 0.669 / 1.955; 4 + pairs
+#   0.684 / 1.997 (0.98x: the stalls moved to the loop's register moves); 8 0.599 / 1.771 (1.09-1.11x); **8 + pairs
+#   0.585 / 1.704 (1.14-1.15x, the default)**; 2 (twenty-second session) 0.65-0.84x. The 130M prefill at batch 64:
+#   97.4-97.6 -> 91.7-92.6 ms (1.40-1.41x -> 1.33-1.35x the GPT's). Pairs need bf16, unit time stride, even L and
+#   4-byte aligned rows (_bf16_pair_rows); otherwise the plain tiles run.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
@@ -124,7 +129,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=False, lanes_chunk=4,
+                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10,
                   split_below_programs_per_sm=4,
@@ -319,9 +324,9 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
 
 
 def _lane_chunk() -> int:
-    """Steps per chunk of the lanes kernel, FWD_CONFIG lanes_chunk (default 4: a lane's loads are 8 bytes of bf16,
-    16 of fp32; its registers hold the next chunk's N B / C tiles too)."""
-    chunk = FWD_CONFIG.get("lanes_chunk", 4)
+    """Steps per chunk of the lanes kernel, FWD_CONFIG lanes_chunk (default 8: a lane's loads are 16 bytes of bf16;
+    its registers hold the next chunk's N B / C tiles too, with a 168-byte spill that pays: the comment above)."""
+    chunk = FWD_CONFIG.get("lanes_chunk", 8)
     if chunk not in (2, 4, 8):
         raise ValueError(f"FWD_CONFIG lanes_chunk={chunk!r}: the lanes kernel takes 2, 4 or 8 steps per chunk")
     return chunk
