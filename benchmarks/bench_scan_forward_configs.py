@@ -51,14 +51,13 @@ CONFIGS = [
     # FWD_CONFIG lanes_chunk 2: 2 steps per iteration, 168 registers (12 warps per SM) without a spill, 12.3
     # instructions per state element against 10.9
     ("lanes tc2", dict(lanes_chunk=2)),
-    # 8 steps per iteration: 254 registers, a 208-byte spill (17 LDL per iteration), 10.7 instructions per element,
-    # but half the L1 wavefronts per element of 4: each load of u / delta / z and each store of y touches 32 rows
-    # (one per lane) whatever its width
-    ("lanes tc8", dict(lanes_chunk=8)),
-    # FWD_CONFIG lanes_seq_pairs: u / delta / z as int32 pairs of bf16 steps, carried through the loop as loaded (the
-    # repacking of the bf16 tiles into the loop's registers waited on the prefetch loads: 13% of the stall samples)
-    ("lanes seq pairs", dict(lanes_seq_pairs=True)),
-    ("lanes seq pairs tc8", dict(lanes_seq_pairs=True, lanes_chunk=8)),
+    # the default since the twenty-third session is 8 steps per iteration with u / delta / z as int32 pairs of bf16
+    # steps (lanes_seq_pairs): its loads' waits (Nsight Compute: long scoreboard) come half as often per element
+    # as at 4 steps, for a 168-byte spill. The variants around it: 4 steps as plain tiles (the old default), 4 with
+    # pairs, 8 without
+    ("lanes tc4", dict(lanes_chunk=4, lanes_seq_pairs=False)),
+    ("lanes seq pairs tc4", dict(lanes_chunk=4, lanes_seq_pairs=True)),
+    ("lanes tc8", dict(lanes_chunk=8, lanes_seq_pairs=False)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

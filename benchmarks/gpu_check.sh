@@ -22,6 +22,8 @@
 #            per issued instruction, and at the first shape the stall samples of each SASS instruction as CSV)
 #          | seqpairs (lanes_seq_pairs: its GPU test, the lanes forward with and without it (and at 8-step chunks) twice,
 #            then the 130M prefill at batch 64 off / on twice)
+#          | lanescross (the chunked forward, the lanes forward everywhere and the default where the rule
+#            lanes_min_warps_per_sm = 5 decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
 #          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
 #          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
@@ -181,19 +183,22 @@ for step in $steps; do
                 > "$OUT/nculanes_sass.csv" 2>&1; head -c 600 "$OUT/nculanes_sass.csv"; echo
               rm -f "$OUT"/lanes_*.ncu-rep ;;
     lanestc8) for run in 1 2; do
-                timeout 150 python benchmarks/bench_scan_forward_configs.py --configs default "lanes tc8" \
+                timeout 150 python benchmarks/bench_scan_forward_configs.py --configs "lanes tc4" "lanes tc8" \
                   --shapes 16x2048x2048 64x1536x2048 --json "$OUT/lanestc8_$run.json" 2>&1 | tee -a "$OUT/lanestc8.log"
               done ;;
     seqpairs) par_pytest 3 200 seqpairstests -m gpu tests/test_gpu_ops.py -k "fast_math_and_bf16_pairs and (seqpairs or default)" \
                 2>&1 | grep -E "tests in|passed|failed|FAILED|exit" | tee "$OUT/seqpairs.log"
               for run in 1 2; do
-                timeout 200 python benchmarks/bench_scan_forward_configs.py --configs default "lanes seq pairs" \
-                  "lanes seq pairs tc8" --shapes 16x2048x2048 64x1536x2048 --json "$OUT/seqpairs_$run.json" 2>&1 \
+                timeout 200 python benchmarks/bench_scan_forward_configs.py --configs "lanes tc4" "lanes seq pairs tc4" \
+                  default --shapes 16x2048x2048 64x1536x2048 --json "$OUT/seqpairs_$run.json" 2>&1 \
                   | tee -a "$OUT/seqpairs.log" | grep -v "^  "
               done
               for cfg in lanes_seq_pairs=0 lanes_seq_pairs=1 lanes_seq_pairs=0 lanes_seq_pairs=1; do  # 130M prefill, b64
                 export SEQMAMBA_SCAN_FWD_CONFIG="$cfg"; gen_row seqpairs "prefill_${cfg/=/_}" 130m 64
               done; unset SEQMAMBA_SCAN_FWD_CONFIG ;;
+    lanescross) timeout 300 python benchmarks/bench_scan_forward_configs.py --configs chunked lanes default \
+                  --shapes 8x1536x2048 8x1536x4096 8x1536x16384 10x2048x2048 64x128x4112 --json "$OUT/lanescross.json" \
+                  2>&1 | tee "$OUT/lanescross.log" | grep -v "^  " ;;
     lanes) par_pytest 6 300 lanes_tests -m gpu tests/test_gpu_ops.py -k lanes 2>&1 | tee "$OUT/lanes_tests.log"
            timeout 330 python benchmarks/bench_scan_forward_configs.py --configs chunked default lanes "lanes plain" \
              --shapes 8x1536x2048 8x1536x4096 10x2048x2048 12x2048x2048 16x2048x2048 64x128x4112 64x1536x2048 \
