@@ -28,7 +28,7 @@ from seqmamba.ops.selective_scan import triton_launch
 # that, not their label).
 MULTI = dict(min_programs_per_sm=8, prefetch=False, maxnreg=None)
 CONFIGS = [
-    ("default", {}),  # the lanes kernel (fast math, B / C pairs) from 5 of its warps per SM (inference), else chunked
+    ("default", {}),  # the lanes kernel (fast math, B / C pairs) from 4 of its warps per SM (inference), else chunked
     ("chunked", dict(lanes=False)),  # the chunked kernel everywhere (the default before the ninth session)
     ("no cap", dict(maxnreg=None)),
     ("1x512 reg80", dict(maxnreg=80)),

@@ -24,6 +24,10 @@
 #            then the 130M prefill at batch 64 off / on twice)
 #          | lanescross (the chunked forward, the lanes forward everywhere and the default where the rule
 #            lanes_min_warps_per_sm = 5 decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
+#          | lanesmisc (the lanes forward at 2 warps per program and under a 224-register cap against the default,
+#            at three shapes, then the 130M prefill at batch 64 each way)
+#          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
+#            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
 #          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
 #          | lanes (the lanes forward's GPU tests, then the default (fast math, B / C pairs) and its plain variants
 #            against the chunked forward) | prefill (the 130M prefill with the chunked forward, then the default)
@@ -148,6 +152,21 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_embed_$rows" --cases selective_copying \
                    --embedding-gemm-rows $rows $([ $rows = 64 ] && echo --profile) 2>&1 | tail -45 \
                    | tee -a "$OUT/embedstep.log"; done ;;
+    lanesmisc) for run in 1; do  # the default lanes forward against 2 warps per program and a 224-register cap
+                 timeout 150 python benchmarks/bench_scan_forward_configs.py --configs default "lanes 2 warps" \
+                   "lanes reg224" --shapes 64x1536x2048 32x1536x2048 16x2048x2048 --json "$OUT/lanesmisc_$run.json" \
+                   2>&1 | grep -v "^  " | tee -a "$OUT/lanesmisc.log"; done
+               for cfg in "" lanes_num_warps=2 lanes_maxnreg=224 ""; do  # the 130M prefill at batch 64
+                 SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 80 python benchmarks/bench_generation.py --sizes 130m \
+                   --batch-sizes 64 --max-batch 64 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m +64" \
+                   | sed "s/^/${cfg:-default} /" | tee -a "$OUT/lanesmisc.log"; done ;;
+    headline) for run in 1 2; do  # issue 9's generation targets at the current defaults: 130M prefill, 1.4B decode
+                timeout 120 python benchmarks/bench_generation.py --sizes 130m --batch-sizes 1 64 --max-batch 64 \
+                  --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m" | sed "s/^/run $run /" | tee -a "$OUT/headline.log"
+                for opt in "" "--ssm-state-dtype bfloat16"; do
+                  timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
+                    $opt 2>&1 | grep -E "^ *1.4b" | sed "s/^/run $run ${opt:-fp32 states} /" | tee -a "$OUT/headline.log"
+                done; done ;;
     decodestep) for opt in "" "--decode-dt-proj-max-bytes 16777216" "--ssm-state-dtype bfloat16" \
                    "--decode-dt-proj-max-bytes 16777216 --ssm-state-dtype bfloat16"; do  # 1.4B decode, each lever
                   echo "== $opt" | tee -a "$OUT/decodestep.log"

@@ -1097,6 +1097,7 @@ def test_lanes_forward_rule(monkeypatch):
     lanes_min_warps_per_sm only on CUDA from that many of its warps per SM (132 SMs faked here)."""
     bf16 = torch.zeros(2, 64, 8, dtype=torch.bfloat16)
     ok = scan_launch._lanes_forward_ok
+    default_min_warps = scan_launch.FWD_CONFIG["lanes_min_warps_per_sm"]
     cfg = dict(scan_launch.FWD_CONFIG, lanes=True, lanes_min_warps_per_sm=0, lanes_training=True, lanes_num_warps=1,
                lanes_chunk=4)
     monkeypatch.setattr(scan_launch, "FWD_CONFIG", cfg)
@@ -1127,6 +1128,10 @@ def test_lanes_forward_rule(monkeypatch):
     assert not ok(Seq(8, 1536), 16, False, 0) and not ok(Seq(64, 128), 16, False, 0)  # 2.9 / 1.9
     cfg["lanes_num_warps"] = 2  # 64 channels per program: 2000 channels round up to 32 programs of 2 warps
     assert ok(Seq(15, 2000), 16, False, 0) == (15 * 32 * 2 >= 7 * 132)
+    # the default threshold (4 since the twenty-fourth session): the 8-step kernel won at 4.8 warps per SM on the
+    # H200 (1.06x the chunked forward at (10, 2048, 2048)) and lost at 2.9 ((8, 1536, L): 0.93x)
+    cfg.update(lanes_num_warps=1, lanes_min_warps_per_sm=default_min_warps)
+    assert ok(Seq(10, 2048), 16, False, 0) and not ok(Seq(8, 1536), 16, False, 0)
 
 
 def test_lanes_register_cap_rule(monkeypatch):

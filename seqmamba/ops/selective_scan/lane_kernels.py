@@ -22,10 +22,10 @@ FMAs (h and y). No shuffles, no shared memory, no barriers; a warp's 32 lanes ar
 
 H200 (BENCHMARKS.md, tenth session), with fast math (_softplus_fast, _silu_fast) and bf16 B / C as int32 pairs,
 both on by default: 1.16x the chunked forward at 5.8 of its warps per SM, 1.39x at 7.8 (1.73x mamba_ssm's), level
-at 4.8, 0.88x at 2.9, where one warp per sub-partition cannot hide its loads; the launch
-(triton_launch._lanes_forward_ok) runs it from 5 warps per SM, for the inference forward only (prefill, eval).
-Twenty-third session: its stalls are on its loads (Nsight Compute), and 8-step chunks with u / delta / z as pairs
-make it 1.14-1.15x faster than 4-step chunks (triton_launch.py, the lanes_chunk comment).
+at 4.8, 0.88x at 2.9, where one warp per sub-partition cannot hide its loads. Twenty-third session: its stalls are on
+its loads (Nsight Compute), and 8-step chunks with u / delta / z as pairs make it 1.14-1.15x faster than 4-step
+chunks (triton_launch.py, the lanes_chunk comment); with them it is 1.06x the chunked forward at 4.8 warps per SM,
+so the launch (triton_launch._lanes_forward_ok) runs it from 4 (5 before), for the inference forward only.
 """
 import triton
 import triton.language as tl

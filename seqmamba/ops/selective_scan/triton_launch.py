@@ -98,7 +98,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   widened by one bit operation per value (lane_kernels._bc_columns; with fast math -> 10.9 per element, no spill).
 #   H200, tenth session: both on, 1.39x the chunked forward at (16, 2048, 2048) (7.8 warps per SM; plain lanes
 #   1.10x), 1.16x at (12, 2048, 2048) (5.8), 0.99x at (10, 2048, 2048) (4.8), 0.88x at (8, 1536, 4096) (2.9),
-#   hence from 5 warps per SM. Tried and dropped the same session: a channel's components over 2 / 4 lanes for more
+#   hence from 5 warps per SM; twenty-fourth session, with the 8-step pairs kernel (gpu_check.sh lanescross): 1.06x
+#   at 4.8, 0.93x at 2.9 (8, 1536, 2048 / 4096 / 16384), 0.74x at 1.9 (64, 128, 4112), hence from 4. Tried and
+#   dropped the tenth session: a channel's components over 2 / 4 lanes for more
 #   warps at small batch (0.81-0.94x the chunked forward wherever it would run: the per-step work is repeated per
 #   lane) and the same fast math in the chunked forward (0.88-0.98x: more registers under its cap of 96) and
 #   backward (1.00x).
@@ -120,7 +122,11 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   0.684 / 1.997 (0.98x: the stalls moved to the loop's register moves); 8 0.599 / 1.771 (1.09-1.11x); **8 + pairs
 #   0.585 / 1.704 (1.14-1.15x, the default)**; 2 (twenty-second session) 0.65-0.84x. The 130M prefill at batch 64:
 #   97.4-97.6 -> 91.7-92.6 ms (1.40-1.41x -> 1.33-1.35x the GPT's). Pairs need bf16, unit time stride, even L and
-#   4-byte aligned rows (_bf16_pair_rows); otherwise the plain tiles run.
+#   4-byte aligned rows (_bf16_pair_rows); otherwise the plain tiles run. Tried and taken out the twenty-fourth
+#   session: each B / C tile loaded where its component is used instead of one chunk ahead in registers (168
+#   registers, no spill, 12 warps per SM; with or without an inline-PTX prefetch.global.L1 of the next chunk's rows):
+#   correct, and 0.50-0.66x at (16, 2048, 2048) / (64, 1536, 2048) (0.39-0.54x with the L1 prefetch), the 130M
+#   prefill 91 -> 126 ms. The L2 latency of each load lands on the chunk's path; the register prefetch hides it.
 # H200, thirteenth session (bench_selective_scan.py --split-l --split-forward-only, the no-carry pass as a reduction):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
@@ -128,7 +134,7 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
-                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=5, lanes_training=False,
+                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=4, lanes_training=False,
                   lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10,
