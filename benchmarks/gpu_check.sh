@@ -26,6 +26,8 @@
 #            lanes_min_warps_per_sm = 5 decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
 #          | lanesmisc (the lanes forward at 2 warps per program and under a 224-register cap against the default,
 #            at three shapes, then the 130M prefill at batch 64 each way)
+#          | prefillgap (the 130M prefill's wall time at batch 64 and 1 taken apart: eager, graph replay, generate's
+#            host preamble, bench_generation's mark; the GPT's eager forward and mark)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
 #            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
 #          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
@@ -160,6 +162,9 @@ for step in $steps; do
                  SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 80 python benchmarks/bench_generation.py --sizes 130m \
                    --batch-sizes 64 --max-batch 64 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m +64" \
                    | sed "s/^/${cfg:-default} /" | tee -a "$OUT/lanesmisc.log"; done ;;
+    prefillgap) for batch in 64 1; do  # the 130M prompt forward's wall time taken apart (bench_prefill_gap.py)
+                  timeout 150 python benchmarks/bench_prefill_gap.py --size 130m --batch $batch 2>&1 \
+                    | tee -a "$OUT/prefillgap.log"; done ;;
     headline) for run in 1 2; do  # issue 9's generation targets at the current defaults: 130M prefill, 1.4B decode
                 timeout 120 python benchmarks/bench_generation.py --sizes 130m --batch-sizes 1 64 --max-batch 64 \
                   --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m" | sed "s/^/run $run /" | tee -a "$OUT/headline.log"
