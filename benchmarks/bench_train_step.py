@@ -103,7 +103,7 @@ def main():
     parser.add_argument("--embedding-gemm-rows", type=int, default=None,
                         help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
                              "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
-    add_switches(parser, "channels-first-linear", "project-channels-grad", "conv-taps")  # for every case
+    add_switches(parser, "channels-first-linear", "project-channels-grad", "conv-taps", "x-proj-layout")  # for every case
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()

@@ -26,6 +26,8 @@
 #            lanes_min_warps_per_sm = 5 decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
 #          | lanesmisc (the lanes forward at 2 warps per program and under a 224-register cap against the default,
 #            at three shapes, then the 130M prefill at batch 64 each way)
+#          | xprojcf (X_PROJ_CHANNELS_FIRST: its GPU test, the 130M prefill at batch 64 with x_proj time-major /
+#            channels-first alternately, twice, then the selective-copying step both ways)
 #          | prefillgap (the 130M prefill's wall time at batch 64 and 1 taken apart: eager, graph replay, generate's
 #            host preamble, bench_generation's mark; the GPT's eager forward and mark)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
@@ -162,6 +164,15 @@ for step in $steps; do
                  SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 80 python benchmarks/bench_generation.py --sizes 130m \
                    --batch-sizes 64 --max-batch 64 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m +64" \
                    | sed "s/^/${cfg:-default} /" | tee -a "$OUT/lanesmisc.log"; done ;;
+    xprojcf) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "x_proj_channels_first" 2>&1 | tail -3 \
+               | tee "$OUT/xprojcf.log"
+             for layout in time-major channels-first time-major channels-first; do  # the 130M prefill at batch 64
+               timeout 80 python benchmarks/bench_generation.py --sizes 130m --batch-sizes 64 --max-batch 64 \
+                 --cg-prefill --repeats 2 --x-proj-layout $layout 2>&1 | grep -E "^ *130m +64" \
+                 | sed "s/^/$layout /" | tee -a "$OUT/xprojcf.log"; done
+             for layout in time-major channels-first; do  # the selective-copying step
+               timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_$layout" --cases selective_copying \
+                 --x-proj-layout $layout 2>&1 | tail -3 | sed "s/^/$layout: /" | tee -a "$OUT/xprojcf.log"; done ;;
     prefillgap) for batch in 64 1; do  # the 130M prompt forward's wall time taken apart (bench_prefill_gap.py)
                   timeout 150 python benchmarks/bench_prefill_gap.py --size 130m --batch $batch 2>&1 \
                     | tee -a "$OUT/prefillgap.log"; done ;;

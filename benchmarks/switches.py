@@ -20,6 +20,10 @@ SWITCHES = {
         "seqmamba.modules.mamba", "PROJECT_CHANNELS_INPUT_GRAD", {"on": True, "off": False},
         "in_proj / dt_proj hand their input's gradient back time-major, as the residual stream stores it (on, the "
         "default) or transposed, as the batched matmul's autograd does (off)"),
+    "x-proj-layout": (
+        "seqmamba.modules.mamba", "X_PROJ_CHANNELS_FIRST", {"channels-first": True, "time-major": False},
+        "x_proj in the channels-first forward as W @ x_conv, B / C handed to the scan as rows of its output "
+        "(channels-first), or time-major with B / C copied contiguous (time-major, the default)"),
     "conv-taps": (
         "seqmamba.ops.causal_conv1d.triton_kernels", "COLUMN_TAPS", {"columns": True, "shifted": False},
         "the causal conv's taps from the columns of two aligned loads (columns, the default) or one shifted load "

@@ -377,6 +377,39 @@ def test_gpu_mamba_block_under_torch_compile_fullgraph_matches_eager(monkeypatch
     _compiled_matches_eager(Mamba(64).cuda(), torch.randn(2, 300, 64, device="cuda"))
 
 
+@pytest.mark.parametrize("L", [1, 2, 9, 300, 4100])
+def test_gpu_mamba_x_proj_channels_first_matches_time_major(monkeypatch, L):
+    """X_PROJ_CHANNELS_FIRST: x_proj as W @ x_conv, B / C handed to the scan as L-contiguous rows of its output
+    (batch stride (dt_rank + 2N) L). Training (fp32: the chunked forward, the backward, every gradient) and bf16
+    inference at 1024 lanes warps ((16, 2048 channels): the lanes forward, B / C as int32 pairs where L is even)
+    against the time-major x_proj with B / C copied contiguous (the switch off)."""
+    mamba = importlib.import_module("seqmamba.modules.mamba")
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    pairs, check = [], launch._bf16_pairs_ok
+    monkeypatch.setattr(launch, "_bf16_pairs_ok", lambda *a: pairs.append(check(*a)) or pairs[-1])
+    torch.manual_seed(0)
+    layer = mamba.Mamba(64, d_state=16).cuda()
+    h = torch.randn(3, L, 64, device="cuda", requires_grad=True)
+    runs = []
+    for flag in (False, True):
+        monkeypatch.setattr(mamba, "X_PROJ_CHANNELS_FIRST", flag)
+        out = layer(h)
+        runs.append((out, torch.autograd.grad(out.square().sum(), [h, *layer.parameters()])))
+    assert rel_err(runs[1][0], runs[0][0]) < 1e-5
+    for got, want in zip(runs[1][1], runs[0][1]):
+        assert rel_err(got, want) < 1e-4
+    big = mamba.Mamba(1024, d_state=16).cuda().to(torch.bfloat16)
+    x = torch.randn(16, L, 1024, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    with torch.no_grad():
+        for flag in (False, True):
+            monkeypatch.setattr(mamba, "X_PROJ_CHANNELS_FIRST", flag)
+            pairs.clear()
+            outs.append(big(x).float())
+            assert pairs == [L % 2 == 0], (flag, pairs)  # the lanes forward ran and took the pairs where it can
+    assert torch.isfinite(outs[1]).all() and rel_err(outs[1], outs[0]) < 1e-2
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_gpu_decode_step_under_cuda_graph_matches_reference(batch):
     dim, N = 1536, 16

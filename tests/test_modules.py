@@ -193,13 +193,17 @@ def test_fused_add_norm_helper_equals_the_blocks_unfused_add_and_norm():
         torch.testing.assert_close(new_residual, expected_residual)
 
 
+@pytest.mark.parametrize("x_proj_cf", [False, True], ids=["x_proj-time-major", "x_proj-channels-first"])
 @pytest.mark.parametrize("project", ["mm", "bmm", "bmm-input-grad"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project):
+def test_mamba_channels_first_and_time_major_layouts_give_the_same_outputs_and_gradients(monkeypatch, bias, project,
+                                                                                        x_proj_cf):
     # CUDA takes the channels-first layout (in_proj as W @ h^T); CI has no GPU, so force both here.
-    # "bmm-input-grad": the batched GEMM through _LayoutKeepingLinear (PROJECT_CHANNELS_INPUT_GRAD).
+    # "bmm-input-grad": the batched GEMM through _LayoutKeepingLinear (PROJECT_CHANNELS_INPUT_GRAD);
+    # x_proj_cf: X_PROJ_CHANNELS_FIRST, x_proj as W @ x_conv too (dt / B / C as row blocks of its output).
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project.split("-")[0])
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS_INPUT_GRAD", project == "bmm-input-grad")
+    monkeypatch.setattr(mamba_module, "X_PROJ_CHANNELS_FIRST", x_proj_cf)
     torch.manual_seed(0)
     layer = Mamba(24, d_state=8, bias=bias).double()
     h = torch.randn(2, 13, 24, dtype=torch.double, requires_grad=True)
@@ -243,6 +247,42 @@ def test_mamba_channels_first_forward_copies_no_sequence_sized_tensor(monkeypatc
     with torch.no_grad(), CopyLog():
         layer(torch.randn(batch, L, d_model))
     assert copied and max(copied) <= batch * layer.d_state * L, copied
+    # X_PROJ_CHANNELS_FIRST: B / C are rows of x_proj's channels-first output, handed over without a copy
+    monkeypatch.setattr(mamba_module, "X_PROJ_CHANNELS_FIRST", True)
+    copied.clear()
+    with torch.no_grad(), CopyLog():
+        layer(torch.randn(batch, L, d_model))
+    assert copied == [], copied
+
+
+def test_mamba_x_proj_channels_first_hands_the_scan_b_and_c_as_l_contiguous_views(monkeypatch):
+    """X_PROJ_CHANNELS_FIRST: the scan gets B / C (batch, N, L) with unit time stride as views of one
+    (batch, dt_rank + 2N, L) tensor (batch stride (dt_rank + 2N) L, so not contiguous), and its outputs and every
+    gradient match the time-major x_proj's (the switch off)."""
+    seen = []
+    real = mamba_module.selective_scan
+
+    def spy(u, delta, A, B, C, *args, **kwargs):
+        seen.append((B.shape, B.stride(), C.stride(), B.is_contiguous()))
+        return real(u, delta, A, B, C, *args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", spy)
+    torch.manual_seed(0)
+    layer = Mamba(24, d_state=8).double()
+    layer.channels_first = True
+    h = torch.randn(3, 13, 24, dtype=torch.double, requires_grad=True)
+    results = []
+    for flag in (False, True):
+        monkeypatch.setattr(mamba_module, "X_PROJ_CHANNELS_FIRST", flag)
+        out = layer(h)
+        results.append((out, torch.autograd.grad(out.square().sum(), [h, *layer.parameters()])))
+    (shape, b_stride, c_stride, contiguous) = seen[1]
+    rows = layer.dt_rank + 2 * layer.d_state
+    assert shape == (3, 8, 13) and b_stride == c_stride == (rows * 13, 13, 1) and not contiguous, seen
+    assert seen[0][3]  # off: B made contiguous
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -119,6 +119,14 @@ class _LayoutKeepingLinear(torch.autograd.Function):
 #: (d_model 768, bf16) fwd+bwd 28.8 (bmm) vs 29.5 ms (mm) at (64, 2048), 7.53 vs 7.67 ms at (8, 4096).
 PROJECT_CHANNELS = "bmm"
 
+#: whether the channels-first forward computes x_proj channels-first too, (batch, dt_rank + 2N, L) = W @ x_conv,
+#: so that dt, B and C are L-contiguous row blocks of one tensor: B / C go to the scan as views (no copy) and dt
+#: to dt_proj's batched GEMM as is, and in the backward their gradients are joined along the rows. Off (until
+#: timed): x_proj time-major, (batch, L, dt_rank + 2N), and B / C copied to (batch, N, L) contiguous (two copies
+#: per layer: 0.5 ms of the 130M prefill's 89.6 ms at batch 64 on an H200, twenty-fourth session's profile).
+#: gpu_check.sh xprojcf times it.
+X_PROJ_CHANNELS_FIRST = False
+
 
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       channels_first: bool, chunks: Optional[int] = None):
@@ -255,13 +263,19 @@ class Mamba(nn.Module):
         if conv_state is not None:
             conv_state.copy_(new_conv_state)
 
-        x_dbl = _linear(x_conv.transpose(1, 2), self.x_proj.weight)  # (batch, L, dt_rank + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        B, C = B.transpose(1, 2), C.transpose(1, 2)  # (batch, N, L)
+        sizes = [self.dt_rank, self.d_state, self.d_state]
+        if channels_first and X_PROJ_CHANNELS_FIRST:
+            x_dbl = _project_channels(x_conv.transpose(1, 2), self.x_proj.weight, None, True)  # (batch, R + 2N, L)
+            dt, B, C = torch.split(x_dbl, sizes, dim=1)  # L-contiguous rows, B / C as the scan takes them
+            dt = dt.transpose(1, 2)  # (batch, L, dt_rank), the view _project_channels takes
+        else:
+            x_dbl = _linear(x_conv.transpose(1, 2), self.x_proj.weight)  # (batch, L, dt_rank + 2N)
+            dt, B, C = torch.split(x_dbl, sizes, dim=-1)
+            B, C = B.transpose(1, 2), C.transpose(1, 2)  # (batch, N, L)
+            if channels_first:
+                B, C = B.contiguous(), C.contiguous()  # small (N rows); contiguous time rows read faster
         # dt_proj's bias is added inside the scan (delta_bias), as mamba_ssm does
         delta = _project_channels(dt, self.dt_proj.weight, None, channels_first)  # (batch, d_inner, L)
-        if channels_first:
-            B, C = B.contiguous(), C.contiguous()  # small (N rows); contiguous time rows read faster
         A, D, dt_bias = self._ssm_constants()
         result = selective_scan(
             x_conv, delta, A, B, C, D,
