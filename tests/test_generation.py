@@ -275,6 +275,25 @@ def test_greedy_generation_with_every_kind_of_mixer_equals_the_parallel_argmax()
         model.generate(prompt, max_new_tokens=2, cg=True)
 
 
+def test_graph_walk_keys_the_parameters_as_model_parameters_orders_them_and_names_position_indexed_modules():
+    """generate(cg=True)'s one walk over the modules (_walk_for_graphs): the graph cache's key is every parameter's
+    (address, version) in model.parameters() order (a shared parameter once); an in-place update changes it; the
+    position-indexed mixers are named as the separate module walk named them."""
+    from seqmamba.models.generation import _walk_for_graphs
+
+    layers = ["mamba", "attention", {"layer": "hyena", "l_max": 16, "filter_order": 8, "bands": 2}]
+    model = MambaLM(d_model=16, n_layer=len(layers), vocab_size=13, ssm_cfg={"layer": layers},
+                    attn_cfg={"num_heads": 2})
+    key, by_position = _walk_for_graphs(model)
+    assert key == tuple((p.data_ptr(), p._version) for p in model.parameters())
+    assert by_position == sorted({type(m).__name__ for m in model.modules() if getattr(m, "step_reads_offset", False)})
+    assert by_position == ["CausalSelfAttention", "HyenaInner"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert _walk_for_graphs(model)[0] != key
+    assert _walk_for_graphs(MambaLM(d_model=16, n_layer=2, vocab_size=13))[1] == []
+
+
 def test_generation_benchmark_gpt_decodes_its_projections_through_decode_linear(monkeypatch):
     """Both models' decode projections take decode_linear (one rule, one kernel choice: --decode-linear), and the
     GPT's one-token step equals its prompt forward's last position."""

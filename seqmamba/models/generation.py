@@ -14,7 +14,7 @@ top-p (nucleus), min-p, then a draw from a seeded ``torch.Generator`` when one i
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -151,14 +151,40 @@ class CUDAGraphPrefill:
         return self.static_logits
 
 
-def _graph_for(model, batch_size: int, max_seqlen: int, dtype, cache_kwargs: dict) -> CUDAGraphStep:
+def _walk_for_graphs(model) -> Tuple[tuple, list]:
+    """One pass over the model's modules for ``generate(cg=True)``: (the parameters' (address, version) pairs, in
+    ``model.parameters()`` order, the graph cache's key; the sorted names of the module types whose step indexes
+    its cache by position, which a graph cannot decode). It runs on the host before any GPU work of the call, so
+    it is one walk without module names, not two walks of model.modules() / model.parameters(): those took
+    ~0.9 ms for the 130M model's 198 modules on a 2-core host."""
+    modules, seen, key, by_position = set(), set(), [], set()
+    stack = [model]
+    while stack:  # model.modules()'s order (pre-order, children as registered) without its name strings
+        module = stack.pop()
+        if id(module) in modules:
+            continue
+        modules.add(id(module))
+        if getattr(module, "step_reads_offset", False):
+            by_position.add(type(module).__name__)
+        for p in module._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                key.append((p.data_ptr(), p._version))
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return tuple(key), sorted(by_position)
+
+
+def _graph_for(model, batch_size: int, max_seqlen: int, dtype, cache_kwargs: dict,
+               params_key: Optional[tuple] = None) -> CUDAGraphStep:
     """One captured step per (batch, max_seqlen, dtype, cache options, parameter storage), cached on the model.
 
     The key holds the parameters' addresses: after ``model.to(...)`` the old graph would read freed memory.
+    ``params_key``: _walk_for_graphs(model)'s, when the caller has it.
     """
     # Versions too: an in-place update (optimizer step, load_state_dict) must recapture, since the step
     # caches values derived from parameters (Mamba._ssm_constants) that a replay would not recompute.
-    params_key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    if params_key is None:
+        params_key = _walk_for_graphs(model)[0]
     key = (batch_size, max_seqlen, dtype, tuple(sorted(cache_kwargs.items())), params_key)
     cache = model.__dict__.setdefault("_cuda_graph_steps", {})
     if key not in cache:
@@ -205,8 +231,9 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
 
+    params_key = None
     if cg:
-        by_position = sorted({type(m).__name__ for m in model.modules() if getattr(m, "step_reads_offset", False)})
+        params_key, by_position = _walk_for_graphs(model)
         if by_position:
             raise ValueError(f"cg=True: {', '.join(by_position)} index their cache by position, which a captured "
                              "CUDA graph would freeze at the capture step; decode these models with cg=False")
@@ -222,7 +249,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     cache_kwargs = {} if ssm_state_dtype is None else {"ssm_state_dtype": ssm_state_dtype}
 
     if cg:
-        graph_step = _graph_for(model, batch_size, max_seqlen, dtype, cache_kwargs)
+        graph_step = _graph_for(model, batch_size, max_seqlen, dtype, cache_kwargs, params_key)
         inference_params = graph_step.inference_params
         inference_params.reset(max_seqlen, batch_size)
         step = graph_step
