@@ -23,7 +23,7 @@
 #          | seqpairs (lanes_seq_pairs: its GPU test, the lanes forward with and without it (and at 8-step chunks) twice,
 #            then the 130M prefill at batch 64 off / on twice)
 #          | lanescross (the chunked forward, the lanes forward everywhere and the default where the rule
-#            lanes_min_warps_per_sm = 5 decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
+#            lanes_min_warps_per_sm decides between them: at 1.9-4.8 lanes warps per SM, against SDPA flash)
 #          | lanesmisc (the lanes forward at 2 warps per program and under a 224-register cap against the default,
 #            at three shapes, then the 130M prefill at batch 64 each way)
 #          | xprojcf (X_PROJ_CHANNELS_FIRST: its GPU test, the 130M prefill at batch 64 with x_proj time-major /
@@ -156,20 +156,17 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/step_embed_$rows" --cases selective_copying \
                    --embedding-gemm-rows $rows $([ $rows = 64 ] && echo --profile) 2>&1 | tail -45 \
                    | tee -a "$OUT/embedstep.log"; done ;;
-    lanesmisc) for run in 1; do  # the default lanes forward against 2 warps per program and a 224-register cap
-                 timeout 150 python benchmarks/bench_scan_forward_configs.py --configs default "lanes 2 warps" \
-                   "lanes reg224" --shapes 64x1536x2048 32x1536x2048 16x2048x2048 --json "$OUT/lanesmisc_$run.json" \
-                   2>&1 | grep -v "^  " | tee -a "$OUT/lanesmisc.log"; done
+    lanesmisc) timeout 150 python benchmarks/bench_scan_forward_configs.py --configs default "lanes 2 warps" \
+                 "lanes reg224" --shapes 64x1536x2048 32x1536x2048 16x2048x2048 --json "$OUT/lanesmisc.json" \
+                 2>&1 | grep -v "^  " | tee -a "$OUT/lanesmisc.log"
                for cfg in "" lanes_num_warps=2 lanes_maxnreg=224 ""; do  # the 130M prefill at batch 64
-                 SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 80 python benchmarks/bench_generation.py --sizes 130m \
-                   --batch-sizes 64 --max-batch 64 --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m +64" \
-                   | sed "s/^/${cfg:-default} /" | tee -a "$OUT/lanesmisc.log"; done ;;
+                 label=${cfg:-default}
+                 SEQMAMBA_SCAN_FWD_CONFIG="$cfg" gen_row lanesmisc "prefill_${label/=/_}" 130m 64 --cg-prefill \
+                   --repeats 2; done ;;
     xprojcf) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "x_proj_channels_first" 2>&1 | tail -3 \
                | tee "$OUT/xprojcf.log"
              for layout in time-major channels-first time-major channels-first; do  # the 130M prefill at batch 64
-               timeout 80 python benchmarks/bench_generation.py --sizes 130m --batch-sizes 64 --max-batch 64 \
-                 --cg-prefill --repeats 2 --x-proj-layout $layout 2>&1 | grep -E "^ *130m +64" \
-                 | sed "s/^/$layout /" | tee -a "$OUT/xprojcf.log"; done
+               gen_row xprojcf "prefill_$layout" 130m 64 --cg-prefill --repeats 2 --x-proj-layout $layout; done
              for layout in time-major channels-first; do  # the selective-copying step
                timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_$layout" --cases selective_copying \
                  --x-proj-layout $layout 2>&1 | tail -3 | sed "s/^/$layout: /" | tee -a "$OUT/xprojcf.log"; done ;;
@@ -177,12 +174,10 @@ for step in $steps; do
                   timeout 150 python benchmarks/bench_prefill_gap.py --size 130m --batch $batch 2>&1 \
                     | tee -a "$OUT/prefillgap.log"; done ;;
     headline) for run in 1 2; do  # issue 9's generation targets at the current defaults: 130M prefill, 1.4B decode
-                timeout 120 python benchmarks/bench_generation.py --sizes 130m --batch-sizes 1 64 --max-batch 64 \
-                  --cg-prefill --repeats 2 2>&1 | grep -E "^ *130m" | sed "s/^/run $run /" | tee -a "$OUT/headline.log"
-                for opt in "" "--ssm-state-dtype bfloat16"; do
-                  timeout 140 python benchmarks/bench_generation.py --sizes 1.4b --batch-sizes 128 --max-batch 128 \
-                    $opt 2>&1 | grep -E "^ *1.4b" | sed "s/^/run $run ${opt:-fp32 states} /" | tee -a "$OUT/headline.log"
-                done; done ;;
+                for batch in 1 64; do gen_row headline "run${run}_130m_b$batch" 130m $batch --cg-prefill --repeats 2; done
+                gen_row headline "run${run}_1.4b_fp32" 1.4b 128
+                gen_row headline "run${run}_1.4b_bf16" 1.4b 128 --ssm-state-dtype bfloat16
+              done ;;
     decodestep) for opt in "" "--decode-dt-proj-max-bytes 16777216" "--ssm-state-dtype bfloat16" \
                    "--decode-dt-proj-max-bytes 16777216 --ssm-state-dtype bfloat16"; do  # 1.4B decode, each lever
                   echo "== $opt" | tee -a "$OUT/decodestep.log"

@@ -152,25 +152,19 @@ class CUDAGraphPrefill:
 
 
 def _walk_for_graphs(model) -> Tuple[tuple, list]:
-    """One pass over the model's modules for ``generate(cg=True)``: (the parameters' (address, version) pairs, in
+    """One pass over ``model.modules()`` for ``generate(cg=True)``: (the parameters' (address, version) pairs, in
     ``model.parameters()`` order, the graph cache's key; the sorted names of the module types whose step indexes
     its cache by position, which a graph cannot decode). It runs on the host before any GPU work of the call, so
-    it is one walk without module names, not two walks of model.modules() / model.parameters(): those took
-    ~0.9 ms for the 130M model's 198 modules on a 2-core host."""
-    modules, seen, key, by_position = set(), set(), [], set()
-    stack = [model]
-    while stack:  # model.modules()'s order (pre-order, children as registered) without its name strings
-        module = stack.pop()
-        if id(module) in modules:
-            continue
-        modules.add(id(module))
+    one walk, not two (model.modules() for the check, then model.parameters(), which walks the modules again):
+    for the 130M model's 198 modules 1.2-1.5 ms instead of 1.8-2.3 on a 2-core host."""
+    seen, key, by_position = set(), [], set()
+    for module in model.modules():
         if getattr(module, "step_reads_offset", False):
             by_position.add(type(module).__name__)
         for p in module._parameters.values():
             if p is not None and id(p) not in seen:
                 seen.add(id(p))
                 key.append((p.data_ptr(), p._version))
-        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
     return tuple(key), sorted(by_position)
 
 

@@ -93,8 +93,9 @@ def _bc_tile(rows, n, s_n, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr, P
 
 @triton.jit
 def _bc_columns(tile, ROWS: tl.constexpr, TC: tl.constexpr, PAIRS: tl.constexpr):
-    """The TC fp32 columns of a _bc_tile. Pairs widen by bit operations, one per value (x << 16 for the earlier
-    step, x & 0xffff0000 for the later one) where the bf16 conversion of packed halves costs ptxas ~2."""
+    """The TC fp32 columns of a raw tile (_bc_tile, or _sequence_tile for u / delta / z). Pairs widen by bit
+    operations, one per value (x << 16 for the earlier step, x & 0xffff0000 for the later one) where the bf16
+    conversion of packed halves costs ptxas ~2."""
     if PAIRS:
         early = _columns((tile << 16).to(tl.float32, bitcast=True), ROWS, TC // 2)
         late = _columns((tile & -65536).to(tl.float32, bitcast=True), ROWS, TC // 2)
