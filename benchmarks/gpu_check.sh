@@ -30,6 +30,9 @@
 #            channels-first alternately, twice, then the selective-copying step both ways)
 #          | prefillgap (the 130M prefill's wall time at batch 64 and 1 taken apart: eager, graph replay, generate's
 #            host preamble, bench_generation's mark; the GPT's eager forward and mark)
+#          | convxproj (the conv fused with x_proj, FUSED_X_PROJ: its GPU and interpreter-suite tests on CUDA, the
+#            fused kernel's tiles against the separate conv + GEMM (bench_conv_x_proj.py), then the 130M prefill at
+#            batch 64 separate / fused alternately, twice, and at batch 16 both ways)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
 #            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
 #          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
@@ -170,6 +173,14 @@ for step in $steps; do
              for layout in time-major channels-first; do  # the selective-copying step
                timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_$layout" --cases selective_copying \
                  --x-proj-layout $layout 2>&1 | tail -3 | sed "s/^/$layout: /" | tee -a "$OUT/xprojcf.log"; done ;;
+    convxproj) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv_x_proj" 2>&1 \
+                 | tail -3 | tee "$OUT/convxproj.log"
+               timeout 240 python benchmarks/bench_conv_x_proj.py --json "$OUT/convxproj.json" 2>&1 \
+                 | tee "$OUT/convxproj_bench.log" | sed -n '/best per shape/,$p' | tee -a "$OUT/convxproj.log"
+               for mode in separate fused separate fused; do  # the 130M prefill at batch 64
+                 gen_row convxproj "prefill_$mode" 130m 64 --cg-prefill --repeats 2 --conv-x-proj $mode; done
+               for mode in separate fused; do gen_row convxproj "prefill16_$mode" 130m 16 --cg-prefill --repeats 2 \
+                 --conv-x-proj $mode; done ;;
     prefillgap) for batch in 64 1; do  # the 130M prompt forward's wall time taken apart (bench_prefill_gap.py)
                   timeout 150 python benchmarks/bench_prefill_gap.py --size 130m --batch $batch 2>&1 \
                     | tee -a "$OUT/prefillgap.log"; done ;;

@@ -230,6 +230,7 @@ def test_mamba_channels_first_forward_copies_no_sequence_sized_tensor(monkeypatc
     from torch.utils._python_dispatch import TorchDispatchMode
 
     monkeypatch.setattr(mamba_module, "PROJECT_CHANNELS", project)
+    monkeypatch.setattr(mamba_module, "X_PROJ_CHANNELS_FIRST", False)  # x_proj time-major: B / C copied (N rows)
     package_dir = os.path.dirname(os.path.dirname(mamba_module.__file__))  # .../seqmamba (installed or not)
     batch, L, d_model = 3, 40, 16
     layer = Mamba(d_model, d_state=4).eval()
@@ -247,7 +248,7 @@ def test_mamba_channels_first_forward_copies_no_sequence_sized_tensor(monkeypatc
     with torch.no_grad(), CopyLog():
         layer(torch.randn(batch, L, d_model))
     assert copied and max(copied) <= batch * layer.d_state * L, copied
-    # X_PROJ_CHANNELS_FIRST: B / C are rows of x_proj's channels-first output, handed over without a copy
+    # X_PROJ_CHANNELS_FIRST (the default): B / C are rows of x_proj's channels-first output, handed over as is
     monkeypatch.setattr(mamba_module, "X_PROJ_CHANNELS_FIRST", True)
     copied.clear()
     with torch.no_grad(), CopyLog():

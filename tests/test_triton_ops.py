@@ -238,6 +238,90 @@ def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
     assert module._backward_launch(1, 1) == (4, 256, 4)
 
 
+@pytest.mark.parametrize("L", [1, 2, 9, 40], ids=lambda L: f"L{L}")
+@pytest.mark.parametrize("case", [
+    dict(activation="silu", width=4, bias=True, rows=20, time_major=False),
+    dict(activation=None, width=3, bias=False, rows=16, time_major=True),
+    dict(activation="silu", width=9, bias=True, rows=33, time_major=False)],
+    ids=["silu-w4-bias-20rows", "linear-w3-16rows-time-major", "silu-w9-33rows"])
+def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
+    """The fused conv + x_proj kernel (one pass over x: each conv tile stored as u and multiplied into x_dbl)
+    against causal_conv1d_ref and a float64 matmul: 37 channels over three 16-channel blocks (the last partial),
+    rows padded to the next power of two (20 -> 32, 33 -> 64), 16-step time tiles (40 steps: three tiles, the
+    last partial; 1 and 2: a tile shorter than a tap's reach), with NaN-filled buffers."""
+    from seqmamba.ops.causal_conv1d.triton_kernels import causal_conv1d_x_proj_triton
+
+    g = torch.Generator().manual_seed(L)
+    batch, dim, rows, width = 2, 37, case["rows"], case["width"]
+    if case["time_major"]:  # the kernel takes any strides of x
+        x = torch.randn(batch, L, dim, generator=g).transpose(1, 2)
+    else:
+        x = torch.randn(batch, 2 * dim, L, generator=g)[:, :dim]  # the x half of in_proj's output
+    weight, proj = torch.randn(dim, width, generator=g), torch.randn(rows, dim, generator=g) / dim ** 0.5
+    bias = torch.randn(dim, generator=g) if case["bias"] else None
+    u_ref = causal_conv1d_ref(x.double(), weight.double(), None if bias is None else bias.double(),
+                              case["activation"])
+    dbl_ref = torch.matmul(proj.double(), u_ref)
+    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4)
+    u, dbl = causal_conv1d_x_proj_triton(*(t.to(DEVICE) if t is not None else None for t in (x, weight, bias)),
+                                         case["activation"], proj.to(DEVICE), launch=launch)
+    assert u.shape == (batch, dim, L) and dbl.shape == (batch, rows, L) and u.is_contiguous() and dbl.is_contiguous()
+    assert torch.isfinite(u).all() and torch.isfinite(dbl).all()
+    assert rel_err(u.cpu(), u_ref) < 1e-5
+    assert rel_err(dbl.cpu(), dbl_ref) < 1e-5
+
+
+def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to_conv_then_matmul():
+    """causal_conv1d_x_proj: without autograd the Triton backend fuses (the interpreter's grid is not held to the
+    SM rule); with autograd, the torch backend, or a projection of another dtype it runs the conv op and a
+    matmul, whose gradients reach x, the conv's weight and bias, and the projection."""
+    from seqmamba.ops import causal_conv1d_x_proj, conv_x_proj_fuses
+
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(2, 24, 33, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
+    proj = torch.randn(20, 24, generator=g)
+    x, weight, bias, proj = (t.to(DEVICE) for t in (x, weight, bias, proj))
+    assert conv_x_proj_fuses(x, weight, bias, proj, "triton")
+    assert not conv_x_proj_fuses(x, weight, bias, proj, "torch")
+    assert not conv_x_proj_fuses(x, weight, bias, proj.double(), "triton")
+    u_ref = causal_conv1d_ref(x, weight, bias, "silu")
+    u, dbl = causal_conv1d_x_proj(x, weight, bias, "silu", proj, backend="triton")
+    assert rel_err(u, u_ref) < 1e-5 and rel_err(dbl, proj @ u_ref) < 1e-5
+    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias, proj)]
+    assert not conv_x_proj_fuses(*leaves, "triton")
+    u, dbl = causal_conv1d_x_proj(*leaves[:3], "silu", leaves[3], backend="triton")
+    grads = torch.autograd.grad((u.sum() + dbl.square().sum()), leaves)
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+    with pytest.raises(ValueError, match=r"proj_weight has shape \(20, 23\), expected \(rows, 24\)"):
+        causal_conv1d_x_proj(x, weight, bias, "silu", proj[:, :23])
+
+
+def test_mamba_inference_forward_with_the_fused_conv_x_proj_matches_the_separate_ops(monkeypatch):
+    """The Mamba block's channels-first inference forward (the prefill's) takes the fused conv + x_proj kernel
+    (FUSED_X_PROJ, the grid rule lifted for these tiny shapes) and gives the separate conv and GEMM's output; with
+    autograd recording it does not take it."""
+    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    from seqmamba.modules.mamba import Mamba
+
+    monkeypatch.setattr(kernels, "X_PROJ_MIN_PROGRAMS_PER_SM", 0)
+    monkeypatch.setitem(kernels.X_PROJ_LAUNCH, 32, (16, 16, 4))  # 2 channel blocks, 2 time tiles
+    calls, fused = [], kernels.causal_conv1d_x_proj_triton
+    monkeypatch.setattr(kernels, "causal_conv1d_x_proj_triton", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    layer = Mamba(16, d_state=8, scan_backend="triton").to(DEVICE)  # 32 channels, x_proj rows 1 + 16 -> 32
+    layer.channels_first = True
+    h = torch.randn(2, 23, 16, device=DEVICE)
+    results = []
+    for flag in (False, True):
+        monkeypatch.setattr(kernels, "FUSED_X_PROJ", flag)
+        with torch.no_grad():
+            results.append(layer(h))
+    assert len(calls) == 1
+    assert rel_err(results[1], results[0]) < 1e-5
+    layer(h.requires_grad_(True)).sum().backward()  # training: the separate ops, with autograd
+    assert len(calls) == 1 and h.grad is not None
+
+
 @pytest.mark.parametrize("large", [False, True], ids=["small-launch", "large-launch"])
 @pytest.mark.parametrize("width", [4, 3, 2, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

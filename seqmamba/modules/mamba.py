@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import causal_conv1d, causal_conv1d_update, decode_linear, selective_scan, selective_state_update
+from ..ops import (causal_conv1d, causal_conv1d_update, causal_conv1d_x_proj, conv_x_proj_fuses, decode_linear,
+                   selective_scan, selective_state_update)
 from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
@@ -121,11 +122,11 @@ PROJECT_CHANNELS = "bmm"
 
 #: whether the channels-first forward computes x_proj channels-first too, (batch, dt_rank + 2N, L) = W @ x_conv,
 #: so that dt, B and C are L-contiguous row blocks of one tensor: B / C go to the scan as views (no copy) and dt
-#: to dt_proj's batched GEMM as is, and in the backward their gradients are joined along the rows. Off (until
-#: timed): x_proj time-major, (batch, L, dt_rank + 2N), and B / C copied to (batch, N, L) contiguous (two copies
-#: per layer: 0.5 ms of the 130M prefill's 89.6 ms at batch 64 on an H200, twenty-fourth session's profile).
-#: gpu_check.sh xprojcf times it.
-X_PROJ_CHANNELS_FIRST = False
+#: to dt_proj's batched GEMM as is, and in the backward their gradients are joined along the rows. Off: x_proj
+#: time-major, (batch, L, dt_rank + 2N), and B / C copied to (batch, N, L) contiguous (two copies per layer).
+#: On (twenty-fifth session, H200, gpu_check.sh xprojcf): the paper's selective-copying step 126.2 -> 132.7
+#: steps/s CUDA-graphed (94.9 -> 104.7 eager); the 130M prefill at batch 64 91.1-91.2 -> 90.4-90.9 ms.
+X_PROJ_CHANNELS_FIRST = True
 
 
 def _project_channels(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -250,6 +251,7 @@ class Mamba(nn.Module):
         x, z = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
                                  chunks=2)  # (batch, d_inner, L) each
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        x_dbl = None  # x_proj's output, when the fused conv + x_proj kernel gives it
         if continuing:
             # Prepend the previous d_conv - 1 inputs so the convolution runs on across the chunk boundary.
             x_ext = torch.cat([conv_state[:, :, 1:].to(x.dtype), x], dim=-1)
@@ -257,7 +259,14 @@ class Mamba(nn.Module):
                                    backend=self.scan_backend)[..., self.d_conv - 1:]
             new_conv_state = x_ext[..., -self.d_conv:]
         else:
-            x_conv = causal_conv1d(x, conv_weight, self.conv1d.bias, self.activation, backend=self.scan_backend)
+            if channels_first and X_PROJ_CHANNELS_FIRST and conv_x_proj_fuses(
+                    x, conv_weight, self.conv1d.bias, self.x_proj.weight, self.scan_backend):
+                # inference on the GPU: the conv and x_proj in one kernel, x_proj multiplying each conv tile as it
+                # is stored instead of reading x_conv back (ops/causal_conv1d, causal_conv1d_x_proj)
+                x_conv, x_dbl = causal_conv1d_x_proj(x, conv_weight, self.conv1d.bias, self.activation,
+                                                     self.x_proj.weight, backend=self.scan_backend)
+            else:
+                x_conv = causal_conv1d(x, conv_weight, self.conv1d.bias, self.activation, backend=self.scan_backend)
             # The last d_conv inputs, left-zero-padded when the prompt is shorter than the kernel.
             new_conv_state = F.pad(x, (self.d_conv - seqlen, 0))
         if conv_state is not None:
@@ -265,7 +274,8 @@ class Mamba(nn.Module):
 
         sizes = [self.dt_rank, self.d_state, self.d_state]
         if channels_first and X_PROJ_CHANNELS_FIRST:
-            x_dbl = _project_channels(x_conv.transpose(1, 2), self.x_proj.weight, None, True)  # (batch, R + 2N, L)
+            if x_dbl is None:
+                x_dbl = _project_channels(x_conv.transpose(1, 2), self.x_proj.weight, None, True)  # (batch, R+2N, L)
             dt, B, C = torch.split(x_dbl, sizes, dim=1)  # L-contiguous rows, B / C as the scan takes them
             dt = dt.transpose(1, 2)  # (batch, L, dt_rank), the view _project_channels takes
         else:

@@ -462,3 +462,115 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
                         SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D),
                    num_warps)
     return out
+
+
+# ------------------------------------------------------------------------------------ conv fused with x_proj
+@triton.jit
+def _conv_x_proj_kernel(
+    x_ptr, w_ptr, bias_ptr, pw_ptr, u_ptr, dbl_ptr, dim, L, M,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_pw_m, s_pw_d, s_u_b, s_u_d, s_u_l, s_o_b, s_o_m, s_o_l,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """u = act(conv(x)) and x_dbl = proj_weight @ u in one pass over x: a program owns BLOCK_L steps of one
+    sequence and walks the channels in blocks of BLOCK_D. Each block's conv tile (column taps) is stored as u and,
+    rounded to u's dtype as the separate GEMM would read it, multiplied into the (BLOCK_M, BLOCK_L) fp32
+    accumulator of x_dbl. The projection never reads u back from memory."""
+    grid_dependency_wait(PDL)
+    pid_l, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    G: tl.constexpr = BLOCK_L // GROUP
+    t0 = pid_l * BLOCK_L
+    t_idx = t0 + tl.arange(0, BLOCK_L)
+    mask_t = t_idx < L
+    m_idx = tl.arange(0, BLOCK_M)
+    mask_m = m_idx < M
+    acc = tl.zeros([BLOCK_M, BLOCK_L], dtype=tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        d_idx = d0 + tl.arange(0, BLOCK_D)
+        mask_d = d_idx < dim
+        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
+                                 BLOCK_L)
+        if SILU:
+            outs = ()
+            for j in tl.static_range(GROUP):
+                outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
+            pres = outs
+        tile = tl.reshape(_join_columns(pres, BLOCK_D * G, GROUP), (BLOCK_D, BLOCK_L)).to(u_ptr.dtype.element_ty)
+        # channels past dim load as zeros and their weight columns are masked to zero, so they add nothing
+        tl.store(u_ptr + pid_b * s_u_b + d_idx[:, None].to(tl.int64) * s_u_d + t_idx[None, :].to(tl.int64) * s_u_l,
+                 tile, mask=mask_d[:, None] & mask_t[None, :])
+        pw = tl.load(pw_ptr + m_idx[:, None] * s_pw_m + d_idx[None, :] * s_pw_d,
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        if DOT_IEEE:
+            acc = tl.dot(pw, tile, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(pw, tile, acc)
+    tl.store(dbl_ptr + pid_b * s_o_b + m_idx[:, None].to(tl.int64) * s_o_m + t_idx[None, :].to(tl.int64) * s_o_l,
+             acc.to(dbl_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_t[None, :])
+
+
+# The fused conv + x_proj's tiles, (channels per block, time steps, warps) per program, by the padded projection
+# rows (BLOCK_M). Not yet timed on a GPU: benchmarks/bench_conv_x_proj.py sweeps them (gpu_check.sh convxproj).
+X_PROJ_LAUNCH = {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 4), 128: (32, 64, 4), 256: (32, 32, 4)}
+# The fusion runs one program per (sequence, BLOCK_L steps), each walking every channel: with few sequences the
+# grid is too small to fill the GPU (at batch 1, L 2048: 32 programs for 132 SMs), so the separate conv and GEMM
+# run instead below this many programs per SM.
+X_PROJ_MIN_PROGRAMS_PER_SM = 4
+# Whether the Mamba block's inference forward takes the fused kernel where conv_x_proj_launch allows it (False:
+# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate).
+FUSED_X_PROJ = True
+
+
+def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional[tuple]:
+    """(BLOCK_D, BLOCK_L, BLOCK_M, num_warps) of the fused conv + x_proj at this shape, or None where it does
+    not pay (too few programs for the device's SMs, more than 256 projection rows)."""
+    from ..launch import sm_count
+
+    if not FUSED_X_PROJ:
+        return None
+    block_m = max(16, triton.next_power_of_2(M))
+    if block_m not in X_PROJ_LAUNCH:
+        return None
+    block_d, block_l, num_warps = X_PROJ_LAUNCH[block_m]
+    if device.type == "cuda" and batch * cdiv(L, block_l) < X_PROJ_MIN_PROGRAMS_PER_SM * sm_count(device.index):
+        return None
+    return block_d, block_l, block_m, num_warps
+
+
+_launch_conv_x_proj = CachedLaunch(_conv_x_proj_kernel, pdl=True)
+
+
+def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                activation: Optional[str], proj_weight: torch.Tensor,
+                                launch: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """u = causal_conv1d(x, weight, bias, activation) (batch, dim, L) and x_dbl = proj_weight @ u (batch, M, L),
+    both contiguous, in one kernel; no autograd (the inference forward). ``launch``: (BLOCK_D, BLOCK_L, BLOCK_M,
+    num_warps), default conv_x_proj_launch's tile for the shape (the benchmark sweeps others)."""
+    batch, dim, L = x.shape
+    M = proj_weight.shape[0]
+    width = weight.shape[1]
+    if proj_weight.shape != (M, dim) or proj_weight.dtype != x.dtype or x.dtype not in (torch.float16, torch.bfloat16,
+                                                                                      torch.float32):
+        raise ValueError(f"causal_conv1d_x_proj: proj_weight {tuple(proj_weight.shape)} {proj_weight.dtype} for x "
+                         f"{tuple(x.shape)} {x.dtype}; expected ({M}, {dim}) of x's dtype, fp16 / bf16 / fp32")
+    if width - 1 > GROUP_STEPS:
+        raise ValueError(f"causal_conv1d_x_proj: conv width {width} > {GROUP_STEPS + 1} is not supported")
+    u = empty((batch, dim, L), x.device, x.dtype)
+    x_dbl = empty((batch, M, L), x.device, x.dtype)
+    if L == 0:
+        return u, x_dbl
+    if launch is None:
+        block_m = max(16, triton.next_power_of_2(M))
+        launch = (*X_PROJ_LAUNCH[block_m][:2], block_m, X_PROJ_LAUNCH[block_m][2])
+    block_d, block_l, block_m, num_warps = launch
+    _launch_conv_x_proj((cdiv(L, block_l), batch),
+                        (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
+                        (dim, L, M, *x.stride(), *weight.stride(), *proj_weight.stride(), *u.stride(),
+                         *x_dbl.stride()),
+                        dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
+                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32),
+                        num_warps)
+    return u, x_dbl
