@@ -6,7 +6,8 @@ timed prefill sat 0.9-2.5 ms above its profiled GPU time, the GPT's below its ow
 number apart, each part timed on its own (median of --repeats, synchronized before and after):
 
   eager prefill     model.prefill, launched from Python (wall; and CUDA events around it: the GPU's span)
-  graph replay      the captured prefill alone (CUDAGraphPrefill: the input copy + graph.replay())
+  graph replay      the captured prefill alone (CUDAGraphPrefill: the input copy + graph.replay()), timed in turn
+                    with the eager prefill
   generate preamble the host time generate(cg=True, cg_prefill=True) takes before the replay starts (argument
                     checks, the module walk for position-indexed caches, the graph cache's parameter key)
   generate mark     what bench_generation.py times: generate from a synchronized start to the prefill's end
@@ -32,20 +33,23 @@ from bench_generation import GPTGenerator, build_runner, resolve_sizes, timed_ge
 from bench_generation import parse_args as parse_generation_args  # noqa: E402
 
 
-def wall_and_span(fn, repeats: int) -> tuple[float, float]:
-    """(median wall ms, median GPU span ms by CUDA events) of ``fn()``, synchronized before and after each call."""
-    walls, spans = [], []
+def wall_and_span(*fns, repeats: int) -> list[tuple[float, float]]:
+    """Per function, (median wall ms, median GPU span ms by CUDA events) of ``fn()``, synchronized before and after
+    each call. Several functions are timed in turn within each repeat, so a drift of the GPU's clock over the run
+    (4-5% between processes at the 130M prefill, twenty-fifth session) falls on all of them alike."""
+    walls, spans = [[] for _ in fns], [[] for _ in fns]
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        walls.append((time.perf_counter() - t0) * 1e3)
-        spans.append(start.elapsed_time(end))
-    return statistics.median(walls), statistics.median(spans)
+        for i, fn in enumerate(fns):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            walls[i].append((time.perf_counter() - t0) * 1e3)
+            spans[i].append(start.elapsed_time(end))
+    return [(statistics.median(w), statistics.median(s)) for w, s in zip(walls, spans)]
 
 
 def mamba_rows(runner, prompt: torch.Tensor, gen_len: int, repeats: int) -> list[tuple[str, float, float]]:
@@ -67,13 +71,12 @@ def mamba_rows(runner, prompt: torch.Tensor, gen_len: int, repeats: int) -> list
         with torch.no_grad():
             model.prefill(prompt, params)
 
-    rows.append(("eager prefill", *wall_and_span(eager, repeats)))
-
     def replay():
         params.seqlen_offset = 0
         prefill_graph(prompt, params)
 
-    rows.append(("graph replay", *wall_and_span(replay, repeats)))
+    (eager_times, replay_times) = wall_and_span(eager, replay, repeats=repeats)
+    rows += [("eager prefill", *eager_times), ("graph replay", *replay_times)]
 
     # the host time from generate's entry to the replay call (the GPU idles: the start is synchronized)
     preambles, original = [], generation.CUDAGraphPrefill.__call__
@@ -111,7 +114,7 @@ def gpt_rows(runner, prompt: torch.Tensor, gen_len: int, repeats: int) -> list[t
         with torch.no_grad():
             model(prompt, generator.kv_cache, positions)
 
-    rows = [("eager forward", *wall_and_span(eager, repeats))]
+    rows = [("eager forward", *wall_and_span(eager, repeats=repeats)[0])]
     marks = [timed_generate(runner, prompt, gen_len, device)[0] for _ in range(repeats)]
     rows.append(("generate mark (bench_generation)", statistics.median(marks), float("nan")))
     return rows

@@ -33,6 +33,7 @@
 #          | convxproj (the conv fused with x_proj, FUSED_X_PROJ: its GPU and interpreter-suite tests on CUDA, the
 #            fused kernel's tiles against the separate conv + GEMM (bench_conv_x_proj.py), then the 130M prefill at
 #            batch 64 separate / fused alternately, twice, and at batch 16 both ways)
+#          | scprof (the selective-copying step, CUDA-graphed and eager, then the profile of 8 eager steps)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
 #            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
 #          | lanestc8 (the lanes forward at 4 and at 8 steps per iteration, twice, at (16, 2048, 2048), (64, 1536, 2048))
@@ -181,6 +182,8 @@ for step in $steps; do
                  gen_row convxproj "prefill_$mode" 130m 64 --cg-prefill --repeats 2 --conv-x-proj $mode; done
                for mode in separate fused; do gen_row convxproj "prefill16_$mode" 130m 16 --cg-prefill --repeats 2 \
                  --conv-x-proj $mode; done ;;
+    scprof) timeout 200 python benchmarks/bench_train_step.py --out "$OUT/scprof" --cases selective_copying --profile \
+              2>&1 | tail -45 | tee "$OUT/scprof.log" ;;
     prefillgap) for batch in 64 1; do  # the 130M prompt forward's wall time taken apart (bench_prefill_gap.py)
                   timeout 150 python benchmarks/bench_prefill_gap.py --size 130m --batch $batch 2>&1 \
                     | tee -a "$OUT/prefillgap.log"; done ;;

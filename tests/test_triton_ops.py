@@ -238,13 +238,14 @@ def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
     assert module._backward_launch(1, 1) == (4, 256, 4)
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
 @pytest.mark.parametrize("L", [1, 2, 9, 40], ids=lambda L: f"L{L}")
 @pytest.mark.parametrize("case", [
     dict(activation="silu", width=4, bias=True, rows=20, time_major=False),
     dict(activation=None, width=3, bias=False, rows=16, time_major=True),
     dict(activation="silu", width=9, bias=True, rows=33, time_major=False)],
     ids=["silu-w4-bias-20rows", "linear-w3-16rows-time-major", "silu-w9-33rows"])
-def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
+def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case, prefetch):
     """The fused conv + x_proj kernel (one pass over x: each conv tile stored as u and multiplied into x_dbl)
     against causal_conv1d_ref and a float64 matmul: 37 channels over three 16-channel blocks (the last partial),
     rows padded to the next power of two (20 -> 32, 33 -> 64), 16-step time tiles (40 steps: three tiles, the
@@ -262,7 +263,7 @@ def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
     u_ref = causal_conv1d_ref(x.double(), weight.double(), None if bias is None else bias.double(),
                               case["activation"])
     dbl_ref = torch.matmul(proj.double(), u_ref)
-    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4)
+    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4, prefetch)
     u, dbl = causal_conv1d_x_proj_triton(*(t.to(DEVICE) if t is not None else None for t in (x, weight, bias)),
                                          case["activation"], proj.to(DEVICE), launch=launch)
     assert u.shape == (batch, dim, L) and dbl.shape == (batch, rows, L) and u.is_contiguous() and dbl.is_contiguous()
@@ -271,12 +272,14 @@ def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
     assert rel_err(dbl.cpu(), dbl_ref) < 1e-5
 
 
-def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to_conv_then_matmul():
+def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to_conv_then_matmul(monkeypatch):
     """causal_conv1d_x_proj: without autograd the Triton backend fuses (the interpreter's grid is not held to the
     SM rule); with autograd, the torch backend, or a projection of another dtype it runs the conv op and a
     matmul, whose gradients reach x, the conv's weight and bias, and the projection."""
     from seqmamba.ops import causal_conv1d_x_proj, conv_x_proj_fuses
 
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels"),
+                        "X_PROJ_MIN_PROGRAMS_PER_SM", 0)  # tiny shapes on a GPU too
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(2, 24, 33, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
     proj = torch.randn(20, 24, generator=g)

@@ -470,7 +470,7 @@ def _conv_x_proj_kernel(
     x_ptr, w_ptr, bias_ptr, pw_ptr, u_ptr, dbl_ptr, dim, L, M,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_pw_m, s_pw_d, s_u_b, s_u_d, s_u_l, s_o_b, s_o_m, s_o_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PREFETCH: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """u = act(conv(x)) and x_dbl = proj_weight @ u in one pass over x: a program owns BLOCK_L steps of one
     sequence and walks the channels in blocks of BLOCK_D. Each block's conv tile (column taps) is stored as u and,
@@ -485,12 +485,24 @@ def _conv_x_proj_kernel(
     m_idx = tl.arange(0, BLOCK_M)
     mask_m = m_idx < M
     acc = tl.zeros([BLOCK_M, BLOCK_L], dtype=tl.float32)
+    if PREFETCH:  # the first block's x tiles; each iteration then loads the next block's before its own math
+        d_idx = tl.arange(0, BLOCK_D)
+        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+        xs_next = _load_columns(x_row, t0, L, s_x_l, d_idx < dim, BLOCK_D, BLOCK_L, GROUP)
+        xp_next = _load_columns(x_row, t0 - GROUP, L, s_x_l, d_idx < dim, BLOCK_D, BLOCK_L, GROUP)
     for d0 in range(0, dim, BLOCK_D):
         d_idx = d0 + tl.arange(0, BLOCK_D)
         mask_d = d_idx < dim
-        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        if PREFETCH:
+            xs, xp = xs_next, xp_next
+            n_idx = d_idx + BLOCK_D
+            n_row = x_ptr + pid_b * s_x_b + n_idx[:, None].to(tl.int64) * s_x_d
+            xs_next = _load_columns(n_row, t0, L, s_x_l, n_idx < dim, BLOCK_D, BLOCK_L, GROUP)
+            xp_next = _load_columns(n_row, t0 - GROUP, L, s_x_l, n_idx < dim, BLOCK_D, BLOCK_L, GROUP)
+        else:
+            x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+            xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+            xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
         pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
                                  BLOCK_L)
         if SILU:
@@ -565,12 +577,13 @@ def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
     if launch is None:
         block_m = max(16, triton.next_power_of_2(M))
         launch = (*X_PROJ_LAUNCH[block_m][:2], block_m, X_PROJ_LAUNCH[block_m][2])
-    block_d, block_l, block_m, num_warps = launch
+    block_d, block_l, block_m, num_warps, *prefetch = launch
     _launch_conv_x_proj((cdiv(L, block_l), batch),
                         (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
                         (dim, L, M, *x.stride(), *weight.stride(), *proj_weight.stride(), *u.stride(),
                          *x_dbl.stride()),
                         dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
-                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32),
+                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32,
+                             PREFETCH=bool(prefetch and prefetch[0])),
                         num_warps)
     return u, x_dbl
