@@ -62,7 +62,9 @@ def main():
         ref_u, ref_dbl = separate(x, weight, bias, proj)
         base = triton.testing.do_bench(lambda: separate(x, weight, bias, proj), return_mode="median")
         conv_only = triton.testing.do_bench(lambda: CONV._conv_forward(x, weight, bias, True), return_mode="median")
+        switch, CONV.FUSED_X_PROJ = CONV.FUSED_X_PROJ, True  # the grid rule, whatever the switch says
         rule = CONV.conv_x_proj_launch(batch, dim, L, n_rows, x.device)
+        CONV.FUSED_X_PROJ = switch
         print(f"{shape:18s} separate {base:7.3f} (conv {conv_only:.3f}; {base / floor:4.2f}x floor {floor:.3f}); "
               f"the rule {'fuses' if rule else 'keeps them separate'}", flush=True)
         block_m = max(16, triton.next_power_of_2(n_rows))

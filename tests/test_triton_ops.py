@@ -273,13 +273,14 @@ def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case, prefet
 
 
 def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to_conv_then_matmul(monkeypatch):
-    """causal_conv1d_x_proj: without autograd the Triton backend fuses (the interpreter's grid is not held to the
-    SM rule); with autograd, the torch backend, or a projection of another dtype it runs the conv op and a
+    """causal_conv1d_x_proj with FUSED_X_PROJ on: without autograd the Triton backend fuses (the grid rule lifted);
+    switched off, with autograd, the torch backend, or a projection of another dtype it runs the conv op and a
     matmul, whose gradients reach x, the conv's weight and bias, and the projection."""
     from seqmamba.ops import causal_conv1d_x_proj, conv_x_proj_fuses
 
-    monkeypatch.setattr(importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels"),
-                        "X_PROJ_MIN_PROGRAMS_PER_SM", 0)  # tiny shapes on a GPU too
+    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
+    monkeypatch.setattr(kernels, "X_PROJ_MIN_PROGRAMS_PER_SM", 0)  # tiny shapes on a GPU too
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(2, 24, 33, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
     proj = torch.randn(20, 24, generator=g)
@@ -287,6 +288,9 @@ def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to
     assert conv_x_proj_fuses(x, weight, bias, proj, "triton")
     assert not conv_x_proj_fuses(x, weight, bias, proj, "torch")
     assert not conv_x_proj_fuses(x, weight, bias, proj.double(), "triton")
+    monkeypatch.setattr(kernels, "FUSED_X_PROJ", False)
+    assert not conv_x_proj_fuses(x, weight, bias, proj, "triton")
+    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
     u_ref = causal_conv1d_ref(x, weight, bias, "silu")
     u, dbl = causal_conv1d_x_proj(x, weight, bias, "silu", proj, backend="triton")
     assert rel_err(u, u_ref) < 1e-5 and rel_err(dbl, proj @ u_ref) < 1e-5

@@ -525,15 +525,21 @@ def _conv_x_proj_kernel(
 
 
 # The fused conv + x_proj's tiles, (channels per block, time steps, warps) per program, by the padded projection
-# rows (BLOCK_M). Not yet timed on a GPU: benchmarks/bench_conv_x_proj.py sweeps them (gpu_check.sh convxproj).
+# rows (BLOCK_M). benchmarks/bench_conv_x_proj.py sweeps them (gpu_check.sh convxproj). H200, bf16, twenty-fifth
+# session, without PREFETCH, ms: at the 130M prefill's (64, 1536, 2048, 80 rows) the separate conv + GEMM take 0.320
+# (1.65x their memory floor, 0.195), the fused kernel 0.403 at best (32 x 128 x 8; 0.47-0.80x the pair over nine
+# tiles); at (16, 4096, 2048, 160 rows) 0.218 against 0.450 at best. Only at batch 1-4 (the grid rule's separate
+# side) did a tile win (128 x 64 x 8: 0.046 against 0.074 ms at batch 4, 0.041 against 0.064 at batch 1). The
+# 130M prefill at batch 64: 90.1-90.7 ms separate, 94.8-95.4 fused. Hence FUSED_X_PROJ off.
 X_PROJ_LAUNCH = {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 4), 128: (32, 64, 4), 256: (32, 32, 4)}
 # The fusion runs one program per (sequence, BLOCK_L steps), each walking every channel: with few sequences the
 # grid is too small to fill the GPU (at batch 1, L 2048: 32 programs for 132 SMs), so the separate conv and GEMM
 # run instead below this many programs per SM.
 X_PROJ_MIN_PROGRAMS_PER_SM = 4
 # Whether the Mamba block's inference forward takes the fused kernel where conv_x_proj_launch allows it (False:
-# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate).
-FUSED_X_PROJ = True
+# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate / fused). Off: it lost where the
+# rule would take it (above).
+FUSED_X_PROJ = False
 
 
 def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional[tuple]:
