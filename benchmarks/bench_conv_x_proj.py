@@ -29,10 +29,11 @@ from profile_decode import copy_bandwidth  # noqa: E402
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
 # batch x d_inner x L x x_proj rows: the 130M prefill at batch 64 / 16 / 4 / 1 (rows 48 + 2 x 16), the 1.4B
 # block at batch 16 (rows 128 + 32), the selective-copying model's (rows 4 + 32) at its training shape
-SHAPES = ["64x1536x2048x80", "16x1536x2048x80", "16x4096x2048x160", "4x1536x2048x80", "64x128x4112x36"]
+SHAPES = ["64x1536x2048x80", "16x1536x2048x80", "4x1536x2048x80", "1x1536x2048x80", "1x1536x8192x80",
+          "8x1536x2048x80", "1x4096x2048x160"]
 # candidate tiles: (channels per block, time steps, warps, the next block's x loaded before a block's math)
-TILES = [(32, 128, 8, 0), (32, 128, 8, 1), (32, 64, 4, 1), (64, 64, 8, 0), (64, 64, 8, 1), (32, 256, 8, 1),
-         (64, 32, 4, 1), (128, 64, 8, 1), (16, 128, 4, 1)]
+TILES = [(32, 128, 8, 0), (64, 64, 8, 0), (64, 32, 4, 0), (128, 64, 8, 1), (128, 32, 8, 0), (256, 64, 8, 0),
+         (128, 128, 8, 0)]
 
 
 def separate(x, weight, bias, proj):
@@ -48,7 +49,7 @@ def main():
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; bf16; ms (do_bench median); "
-          f"default fused launch rule: at least {CONV.X_PROJ_MIN_PROGRAMS_PER_SM} programs per SM")
+          f"the fused launch rule: at most {CONV.X_PROJ_MAX_PROGRAMS_PER_SM} programs per SM")
     rows, summary = [], []
     for shape in args.shapes:
         batch, dim, L, n_rows = (int(v) for v in shape.split("x"))
@@ -68,7 +69,8 @@ def main():
         print(f"{shape:18s} separate {base:7.3f} (conv {conv_only:.3f}; {base / floor:4.2f}x floor {floor:.3f}); "
               f"the rule {'fuses' if rule else 'keeps them separate'}", flush=True)
         block_m = max(16, triton.next_power_of_2(n_rows))
-        default = (*CONV.X_PROJ_LAUNCH[block_m][:2], block_m, CONV.X_PROJ_LAUNCH[block_m][2])
+        block_d, block_l, warps = CONV.X_PROJ_LAUNCH.get(block_m, (32, 32, 4))
+        default = (block_d, block_l, block_m, warps)
         candidates = [default] + ([] if args.tiles == "default" else
                                   [(d, t, block_m, w, p) for d, t, w, p in TILES if (d, t, block_m, w) != default[:4]
                                    or p])

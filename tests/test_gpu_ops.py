@@ -440,7 +440,7 @@ def test_gpu_mamba_prefill_with_the_fused_conv_x_proj_matches_the_separate_ops(m
     kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
     from seqmamba.modules.mamba import Mamba
 
-    monkeypatch.setattr(kernels, "X_PROJ_MIN_PROGRAMS_PER_SM", 0)
+    monkeypatch.setattr(kernels, "X_PROJ_MAX_PROGRAMS_PER_SM", 1e9)
     calls, fused = [], kernels.causal_conv1d_x_proj_triton
     monkeypatch.setattr(kernels, "causal_conv1d_x_proj_triton", lambda *a, **k: calls.append(1) or fused(*a, **k))
     torch.manual_seed(0)

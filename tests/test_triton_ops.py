@@ -280,7 +280,7 @@ def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to
 
     kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
     monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
-    monkeypatch.setattr(kernels, "X_PROJ_MIN_PROGRAMS_PER_SM", 0)  # tiny shapes on a GPU too
+    monkeypatch.setattr(kernels, "X_PROJ_MAX_PROGRAMS_PER_SM", 1e9)  # tiny shapes on a GPU too
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(2, 24, 33, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
     proj = torch.randn(20, 24, generator=g)
@@ -303,6 +303,25 @@ def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to
         causal_conv1d_x_proj(x, weight, bias, "silu", proj[:, :23])
 
 
+def test_conv_x_proj_rule_fuses_small_grids_only(monkeypatch):
+    """The fused conv + x_proj runs where the grid has at most X_PROJ_MAX_PROGRAMS_PER_SM programs per SM (the
+    H200's 132 SMs here: batch 1 and 4 at L 2048 fuse, batch 16 does not), for padded projection rows up to 128,
+    and nowhere with FUSED_X_PROJ off."""
+    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.launch"), "sm_count", lambda index: 132)
+    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
+    cuda = torch.device("cuda", 0)
+    assert kernels.conv_x_proj_launch(1, 1536, 2048, 80, cuda) == (128, 64, 128, 8)
+    assert kernels.conv_x_proj_launch(4, 1536, 2048, 80, cuda) == (128, 64, 128, 8)  # 128 programs
+    assert kernels.conv_x_proj_launch(5, 1536, 2048, 80, cuda) is None  # 160 programs
+    assert kernels.conv_x_proj_launch(16, 1536, 2048, 80, cuda) is None
+    assert kernels.conv_x_proj_launch(1, 1536, 16384, 80, cuda) is None  # 256 programs
+    assert kernels.conv_x_proj_launch(1, 4096, 2048, 160, cuda) is None  # rows pad to 256: not measured
+    assert kernels.conv_x_proj_launch(2, 256, 1000, 36, cuda) == (128, 64, 64, 8)
+    monkeypatch.setattr(kernels, "FUSED_X_PROJ", False)
+    assert kernels.conv_x_proj_launch(1, 1536, 2048, 80, cuda) is None
+
+
 def test_mamba_inference_forward_with_the_fused_conv_x_proj_matches_the_separate_ops(monkeypatch):
     """The Mamba block's channels-first inference forward (the prefill's) takes the fused conv + x_proj kernel
     (FUSED_X_PROJ, the grid rule lifted for these tiny shapes) and gives the separate conv and GEMM's output; with
@@ -310,7 +329,7 @@ def test_mamba_inference_forward_with_the_fused_conv_x_proj_matches_the_separate
     kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
     from seqmamba.modules.mamba import Mamba
 
-    monkeypatch.setattr(kernels, "X_PROJ_MIN_PROGRAMS_PER_SM", 0)
+    monkeypatch.setattr(kernels, "X_PROJ_MAX_PROGRAMS_PER_SM", 1e9)
     monkeypatch.setitem(kernels.X_PROJ_LAUNCH, 32, (16, 16, 4))  # 2 channel blocks, 2 time tiles
     calls, fused = [], kernels.causal_conv1d_x_proj_triton
     monkeypatch.setattr(kernels, "causal_conv1d_x_proj_triton", lambda *a, **k: calls.append(1) or fused(*a, **k))

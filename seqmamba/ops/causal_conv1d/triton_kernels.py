@@ -524,27 +524,29 @@ def _conv_x_proj_kernel(
              acc.to(dbl_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_t[None, :])
 
 
-# The fused conv + x_proj's tiles, (channels per block, time steps, warps) per program, by the padded projection
-# rows (BLOCK_M). benchmarks/bench_conv_x_proj.py sweeps them (gpu_check.sh convxproj). H200, bf16, twenty-fifth
-# session, without PREFETCH, ms: at the 130M prefill's (64, 1536, 2048, 80 rows) the separate conv + GEMM take 0.320
-# (1.65x their memory floor, 0.195), the fused kernel 0.403 at best (32 x 128 x 8; 0.47-0.80x the pair over nine
-# tiles); at (16, 4096, 2048, 160 rows) 0.218 against 0.450 at best. Only at batch 1-4 (the grid rule's separate
-# side) did a tile win (128 x 64 x 8: 0.046 against 0.074 ms at batch 4, 0.041 against 0.064 at batch 1). The
-# 130M prefill at batch 64: 90.1-90.7 ms separate, 94.8-95.4 fused. Hence FUSED_X_PROJ off.
-X_PROJ_LAUNCH = {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 4), 128: (32, 64, 4), 256: (32, 32, 4)}
-# The fusion runs one program per (sequence, BLOCK_L steps), each walking every channel: with few sequences the
-# grid is too small to fill the GPU (at batch 1, L 2048: 32 programs for 132 SMs), so the separate conv and GEMM
-# run instead below this many programs per SM.
-X_PROJ_MIN_PROGRAMS_PER_SM = 4
+# Where the fused conv + x_proj pays, and its tiles. H200, bf16, benchmarks/bench_conv_x_proj.py (gpu_check.sh
+# convxproj), twenty-fifth session, ms:
+# * On a full GPU it loses. At the 130M prefill's (64, 1536, 2048, 80 rows) the separate conv + GEMM take 0.320 (1.65x
+#   their memory floor) and the fused kernel 0.403 at best of 16 tiles (32 x 128 x 8; 0.38-0.80x), with or without
+#   the next block's x loaded ahead (PREFETCH); at (16, 1536, 2048) 0.105 against 0.090; at the 1.4B width (16, 4096,
+#   2048, 160 rows) 0.450 against 0.218. Each program reads the whole projection weight once per time tile, and the
+#   loop's loads are not pipelined. The 130M prefill at batch 64: 94.8-95.4 ms fused, 90.1-90.7 separate.
+# * On a small grid it wins: there the pair is two latency-bound launches. (128 channels x 64 steps x 8 warps) at
+#   batch 1: 0.041 against 0.064 (1.58x); at batch 4: 0.046 against 0.074 (1.59x) (1536 channels, L 2048, 80 rows:
+#   32 and 128 programs for 132 SMs).
+# So the fused kernel runs where the grid has at most X_PROJ_MAX_PROGRAMS_PER_SM programs per SM (measured: 0.24 and
+# 0.97 won, 3.9 lost), with padded rows up to 128 (the 130M, 370M and 790M blocks; 1.4B's 160 rows pad to 256, not
+# measured there): the inference forward of short or few sequences, the graph-replayed prefill at small batch.
+X_PROJ_LAUNCH = {16: (128, 64, 8), 32: (128, 64, 8), 64: (128, 64, 8), 128: (128, 64, 8)}
+X_PROJ_MAX_PROGRAMS_PER_SM = 1
 # Whether the Mamba block's inference forward takes the fused kernel where conv_x_proj_launch allows it (False:
-# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate / fused). Off: it lost where the
-# rule would take it (above).
+# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate / fused).
 FUSED_X_PROJ = False
 
 
 def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional[tuple]:
     """(BLOCK_D, BLOCK_L, BLOCK_M, num_warps) of the fused conv + x_proj at this shape, or None where it does
-    not pay (too few programs for the device's SMs, more than 256 projection rows)."""
+    not pay (more programs than X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device, projection rows past the table)."""
     from ..launch import sm_count
 
     if not FUSED_X_PROJ:
@@ -553,7 +555,7 @@ def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional
     if block_m not in X_PROJ_LAUNCH:
         return None
     block_d, block_l, num_warps = X_PROJ_LAUNCH[block_m]
-    if device.type == "cuda" and batch * cdiv(L, block_l) < X_PROJ_MIN_PROGRAMS_PER_SM * sm_count(device.index):
+    if device.type == "cuda" and batch * cdiv(L, block_l) > X_PROJ_MAX_PROGRAMS_PER_SM * sm_count(device.index):
         return None
     return block_d, block_l, block_m, num_warps
 
@@ -582,7 +584,8 @@ def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
         return u, x_dbl
     if launch is None:
         block_m = max(16, triton.next_power_of_2(M))
-        launch = (*X_PROJ_LAUNCH[block_m][:2], block_m, X_PROJ_LAUNCH[block_m][2])
+        block_d, block_l, num_warps = X_PROJ_LAUNCH.get(block_m, (32, 32, 4))  # past the table: a small tile
+        launch = (block_d, block_l, block_m, num_warps)
     block_d, block_l, block_m, num_warps, *prefetch = launch
     _launch_conv_x_proj((cdiv(L, block_l), batch),
                         (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
