@@ -950,6 +950,18 @@ def test_programmatic_launch_kernels_wait_before_any_global_memory_access():
             assert row["wait"] == row["trigger"] == -1 and row["first_global"] >= 0, row
 
 
+def test_conv_x_proj_tiles_fit_an_sm90_program():
+    """Every tile the fused conv + x_proj's launch picks (each X_PROJ_LAUNCH row and past the table, bf16 / fp16 /
+    fp32), compiled for sm_90 on the CPU as a launch at 1536 channels and L 2048 specialises it: its shared memory
+    within the 227 KB an H100 / H200 program may have (the 128-channel tile needed 300 KB with fp32 operands and
+    failed to launch on the H200)."""
+    rows = sass_scan_report("--conv-x-proj-report")
+    assert len(rows) == 3 * 5
+    for row in rows:
+        assert row["shared"] <= 232448, row
+    assert {tuple(r["tile"]) for r in rows if r["dtype"] == "bf16" and r["block_m"] == 128} == {(128, 64, 8)}
+
+
 def test_programmatic_launch_rule(monkeypatch):
     """PDL only when switched on, on NVIDIA devices of compute capability 9.0 or later (not ROCm), and never under
     the interpreter; a kernel built with pdl=True gets its PDL constexpr from the rule at every launch."""

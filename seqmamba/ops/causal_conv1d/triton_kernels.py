@@ -560,6 +560,17 @@ def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional
     return block_d, block_l, block_m, num_warps
 
 
+def x_proj_tile(M: int, dtype: torch.dtype) -> tuple:
+    """The fused kernel's (BLOCK_D, BLOCK_L, BLOCK_M, num_warps) for M projection rows: X_PROJ_LAUNCH's tile (a
+    small one past the table), with at most 32 channels per block for 4-byte operands (the 128-channel bf16 tile's
+    operand staging takes 180 KB of shared memory, 300 KB in fp32: past the 227 KB an sm_90 program may have)."""
+    block_m = max(16, triton.next_power_of_2(M))
+    block_d, block_l, num_warps = X_PROJ_LAUNCH.get(block_m, (32, 32, 4))
+    if dtype.itemsize == 4:
+        block_d = min(block_d, 32)
+    return block_d, block_l, block_m, num_warps
+
+
 _launch_conv_x_proj = CachedLaunch(_conv_x_proj_kernel, pdl=True)
 
 
@@ -583,9 +594,7 @@ def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
     if L == 0:
         return u, x_dbl
     if launch is None:
-        block_m = max(16, triton.next_power_of_2(M))
-        block_d, block_l, num_warps = X_PROJ_LAUNCH.get(block_m, (32, 32, 4))  # past the table: a small tile
-        launch = (block_d, block_l, block_m, num_warps)
+        launch = x_proj_tile(M, x.dtype)
     block_d, block_l, block_m, num_warps, *prefetch = launch
     _launch_conv_x_proj((cdiv(L, block_l), batch),
                         (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
