@@ -31,8 +31,9 @@
 #          | prefillgap (the 130M prefill's wall time at batch 64 and 1 taken apart: eager, graph replay, generate's
 #            host preamble, bench_generation's mark; the GPT's eager forward and mark)
 #          | convxproj (the conv fused with x_proj, FUSED_X_PROJ: its GPU and interpreter-suite tests on CUDA, the
-#            fused kernel's tiles against the separate conv + GEMM (bench_conv_x_proj.py), then the 130M prefill at
-#            batch 64 separate / fused alternately, twice, and at batch 16 both ways)
+#            fused kernel's tiles against the separate conv + GEMM (bench_conv_x_proj.py), then the graphed 130M
+#            prefill at batch 1 separate / fused alternately, twice, and at batch 4 both ways: the small grids where
+#            its rule fuses)
 #          | scprof (the selective-copying step, CUDA-graphed and eager, then the profile of 8 eager steps)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
 #            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
@@ -178,9 +179,9 @@ for step in $steps; do
                  | tail -3 | tee "$OUT/convxproj.log"
                timeout 240 python benchmarks/bench_conv_x_proj.py --json "$OUT/convxproj.json" 2>&1 \
                  | tee "$OUT/convxproj_bench.log" | sed -n '/best per shape/,$p' | tee -a "$OUT/convxproj.log"
-               for mode in separate fused separate fused; do  # the 130M prefill at batch 64
-                 gen_row convxproj "prefill_$mode" 130m 64 --cg-prefill --repeats 2 --conv-x-proj $mode; done
-               for mode in separate fused; do gen_row convxproj "prefill16_$mode" 130m 16 --cg-prefill --repeats 2 \
+               for mode in separate fused separate fused; do  # the 130M prefill (graphed) at batch 1, where it fuses
+                 gen_row convxproj "prefill1_$mode" 130m 1 --cg-prefill --repeats 3 --conv-x-proj $mode; done
+               for mode in separate fused; do gen_row convxproj "prefill4_$mode" 130m 4 --cg-prefill --repeats 3 \
                  --conv-x-proj $mode; done ;;
     scprof) timeout 200 python benchmarks/bench_train_step.py --out "$OUT/scprof" --cases selective_copying --profile \
               2>&1 | tail -45 | tee "$OUT/scprof.log" ;;
