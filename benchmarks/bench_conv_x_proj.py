@@ -31,9 +31,8 @@ CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
 # block at batch 16 (rows 128 + 32), the selective-copying model's (rows 4 + 32) at its training shape
 SHAPES = ["64x1536x2048x80", "16x1536x2048x80", "4x1536x2048x80", "1x1536x2048x80", "1x1536x8192x80",
           "8x1536x2048x80", "1x4096x2048x160"]
-# candidate tiles: (channels per block, time steps, warps, the next block's x loaded before a block's math)
-TILES = [(32, 128, 8, 0), (64, 64, 8, 0), (64, 32, 4, 0), (128, 64, 8, 1), (128, 32, 8, 0), (256, 64, 8, 0),
-         (128, 128, 8, 0)]
+# candidate tiles: (channels per block, time steps, warps)
+TILES = [(32, 128, 8), (64, 64, 8), (64, 32, 4), (32, 64, 4), (128, 32, 8), (256, 64, 8), (128, 128, 8)]
 
 
 def separate(x, weight, bias, proj):
@@ -72,8 +71,7 @@ def main():
         block_d, block_l, warps = CONV.X_PROJ_LAUNCH.get(block_m, (32, 32, 4))
         default = (block_d, block_l, block_m, warps)
         candidates = [default] + ([] if args.tiles == "default" else
-                                  [(d, t, block_m, w, p) for d, t, w, p in TILES if (d, t, block_m, w) != default[:4]
-                                   or p])
+                                  [(d, t, block_m, w) for d, t, w in TILES if (d, t, block_m, w) != default])
         best = (base, "separate")
         for launch in candidates:
             try:
@@ -86,8 +84,7 @@ def main():
             ms = triton.testing.do_bench(
                 lambda: CONV.causal_conv1d_x_proj_triton(x, weight, bias, "silu", proj, launch=launch),
                 return_mode="median")
-            label = (("default " if launch == default else "") + "x".join(map(str, (launch[0], launch[1], launch[3])))
-                     + (" prefetch" if launch[4:] and launch[4] else ""))
+            label = ("default " if launch == default else "") + "x".join(map(str, (launch[0], launch[1], launch[3])))
             rows.append({"shape": shape, "launch": launch, "fused_ms": ms, "separate_ms": base, "conv_ms": conv_only,
                          "floor_ms": floor, "matches": ok, "rule_fuses": rule is not None})
             print(f"{shape:18s} fused {label:18s} {ms:7.3f} ({base / ms:4.2f}x the separate pair, {ms / floor:4.2f}x "

@@ -269,8 +269,8 @@ PDL_KERNELS = {
     "conv_dx": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dx_kernel",
                 dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True), {"dpre_ptr"}),
     "conv_x_proj": ("seqmamba.ops.causal_conv1d.triton_kernels", "_conv_x_proj_kernel",
-                    dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=128, BLOCK_L=64, BLOCK_M=128, DOT_IEEE=False,
-                         PREFETCH=False), {"x_ptr:bf16", "w_ptr:bf16", "bias_ptr:bf16", "pw_ptr:bf16", "u_ptr:bf16",
+                    dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=128, BLOCK_L=64, BLOCK_M=128, DOT_IEEE=False),
+                    {"x_ptr:bf16", "w_ptr:bf16", "bias_ptr:bf16", "pw_ptr:bf16", "u_ptr:bf16",
                                            "dbl_ptr:bf16"}),
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
@@ -345,7 +345,7 @@ def conv_x_proj_report(arch: int = 90):
         for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
             block_d, block_l, _, warps = conv.x_proj_tile(block_m, dtype)
             values = dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m,
-                          DOT_IEEE=dtype == torch.float32, PREFETCH=False, PDL=False)
+                          DOT_IEEE=dtype == torch.float32, PDL=False)
             signature, constants, attrs = {}, {}, {}
             for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
                 if param.is_constexpr or arg in ones:

@@ -238,14 +238,13 @@ def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
     assert module._backward_launch(1, 1) == (4, 256, 4)
 
 
-@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
 @pytest.mark.parametrize("L", [1, 2, 9, 40], ids=lambda L: f"L{L}")
 @pytest.mark.parametrize("case", [
     dict(activation="silu", width=4, bias=True, rows=20, time_major=False),
     dict(activation=None, width=3, bias=False, rows=16, time_major=True),
     dict(activation="silu", width=9, bias=True, rows=33, time_major=False)],
     ids=["silu-w4-bias-20rows", "linear-w3-16rows-time-major", "silu-w9-33rows"])
-def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case, prefetch):
+def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
     """The fused conv + x_proj kernel (one pass over x: each conv tile stored as u and multiplied into x_dbl)
     against causal_conv1d_ref and a float64 matmul: 37 channels over three 16-channel blocks (the last partial),
     rows padded to the next power of two (20 -> 32, 33 -> 64), 16-step time tiles (40 steps: three tiles, the
@@ -263,7 +262,7 @@ def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case, prefet
     u_ref = causal_conv1d_ref(x.double(), weight.double(), None if bias is None else bias.double(),
                               case["activation"])
     dbl_ref = torch.matmul(proj.double(), u_ref)
-    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4, prefetch)
+    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4)
     u, dbl = causal_conv1d_x_proj_triton(*(t.to(DEVICE) if t is not None else None for t in (x, weight, bias)),
                                          case["activation"], proj.to(DEVICE), launch=launch)
     assert u.shape == (batch, dim, L) and dbl.shape == (batch, rows, L) and u.is_contiguous() and dbl.is_contiguous()

@@ -116,6 +116,19 @@ def _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDT
 
 
 @triton.jit
+def _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The forward's output tile as GROUP columns: the pre-activation (_conv_pre_columns), then the SiLU if asked."""
+    pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+    if SILU:
+        outs = ()
+        for j in tl.static_range(GROUP):
+            outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
+        pres = outs
+    return pres
+
+
+@triton.jit
 def _store_columns(ptrs, cols, mask, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """The inverse of _load_columns: GROUP columns -> one (BLOCK_D, BLOCK_L) vector store."""
     V: tl.constexpr = GROUP
@@ -142,14 +155,9 @@ def _causal_conv1d_fwd_kernel(
         t0 = pid_l * BLOCK_L
         xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
         xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
-                                 BLOCK_L)
-        if SILU:
-            outs = ()
-            for j in tl.static_range(GROUP):
-                outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
-            pres = outs
-        _store_columns(ptrs, pres, mask, BLOCK_D, BLOCK_L)
+        outs = _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
+                                 BLOCK_D, BLOCK_L)
+        _store_columns(ptrs, outs, mask, BLOCK_D, BLOCK_L)
     else:
         acc = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
                              WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
@@ -470,7 +478,7 @@ def _conv_x_proj_kernel(
     x_ptr, w_ptr, bias_ptr, pw_ptr, u_ptr, dbl_ptr, dim, L, M,
     s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_pw_m, s_pw_d, s_u_b, s_u_d, s_u_l, s_o_b, s_o_m, s_o_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PREFETCH: tl.constexpr = False, PDL: tl.constexpr = False,
+    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """u = act(conv(x)) and x_dbl = proj_weight @ u in one pass over x: a program owns BLOCK_L steps of one
     sequence and walks the channels in blocks of BLOCK_D. Each block's conv tile (column taps) is stored as u and,
@@ -485,32 +493,15 @@ def _conv_x_proj_kernel(
     m_idx = tl.arange(0, BLOCK_M)
     mask_m = m_idx < M
     acc = tl.zeros([BLOCK_M, BLOCK_L], dtype=tl.float32)
-    if PREFETCH:  # the first block's x tiles; each iteration then loads the next block's before its own math
-        d_idx = tl.arange(0, BLOCK_D)
-        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-        xs_next = _load_columns(x_row, t0, L, s_x_l, d_idx < dim, BLOCK_D, BLOCK_L, GROUP)
-        xp_next = _load_columns(x_row, t0 - GROUP, L, s_x_l, d_idx < dim, BLOCK_D, BLOCK_L, GROUP)
     for d0 in range(0, dim, BLOCK_D):
         d_idx = d0 + tl.arange(0, BLOCK_D)
         mask_d = d_idx < dim
-        if PREFETCH:
-            xs, xp = xs_next, xp_next
-            n_idx = d_idx + BLOCK_D
-            n_row = x_ptr + pid_b * s_x_b + n_idx[:, None].to(tl.int64) * s_x_d
-            xs_next = _load_columns(n_row, t0, L, s_x_l, n_idx < dim, BLOCK_D, BLOCK_L, GROUP)
-            xp_next = _load_columns(n_row, t0 - GROUP, L, s_x_l, n_idx < dim, BLOCK_D, BLOCK_L, GROUP)
-        else:
-            x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-            xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-            xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
-                                 BLOCK_L)
-        if SILU:
-            outs = ()
-            for j in tl.static_range(GROUP):
-                outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
-            pres = outs
-        tile = tl.reshape(_join_columns(pres, BLOCK_D * G, GROUP), (BLOCK_D, BLOCK_L)).to(u_ptr.dtype.element_ty)
+        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
+        outs = _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
+                                 BLOCK_D, BLOCK_L)
+        tile = tl.reshape(_join_columns(outs, BLOCK_D * G, GROUP), (BLOCK_D, BLOCK_L)).to(u_ptr.dtype.element_ty)
         # channels past dim load as zeros and their weight columns are masked to zero, so they add nothing
         tl.store(u_ptr + pid_b * s_u_b + d_idx[:, None].to(tl.int64) * s_u_d + t_idx[None, :].to(tl.int64) * s_u_l,
                  tile, mask=mask_d[:, None] & mask_t[None, :])
@@ -528,8 +519,8 @@ def _conv_x_proj_kernel(
 # convxproj), twenty-fifth session, ms:
 # * On a full GPU it loses. At the 130M prefill's (64, 1536, 2048, 80 rows) the separate conv + GEMM take 0.320 (1.65x
 #   their memory floor) and the fused kernel 0.403 at best of 16 tiles (32 x 128 x 8; 0.38-0.80x), with or without
-#   the next block's x loaded ahead (PREFETCH); at (16, 1536, 2048) 0.105 against 0.090; at the 1.4B width (16, 4096,
-#   2048, 160 rows) 0.450 against 0.218. Each program reads the whole projection weight once per time tile, and the
+#   the next block's x loaded ahead (a PREFETCH option, since taken out); at (16, 1536, 2048) 0.105 against 0.090;
+#   at the 1.4B width (16, 4096, 2048, 160 rows) 0.450 against 0.218. Each program reads the whole projection weight once per time tile, and the
 #   loop's loads are not pipelined. The 130M prefill at batch 64: 94.8-95.4 ms fused, 90.1-90.7 separate.
 # * On a small grid it wins: there the pair is two latency-bound launches. (128 channels x 64 steps x 8 warps) at
 #   batch 1: 0.041 against 0.064 (1.58x); at batch 4: 0.046 against 0.074 (1.59x) (1536 channels, L 2048, 80 rows:
@@ -595,13 +586,12 @@ def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
         return u, x_dbl
     if launch is None:
         launch = x_proj_tile(M, x.dtype)
-    block_d, block_l, block_m, num_warps, *prefetch = launch
+    block_d, block_l, block_m, num_warps = launch
     _launch_conv_x_proj((cdiv(L, block_l), batch),
                         (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
                         (dim, L, M, *x.stride(), *weight.stride(), *proj_weight.stride(), *u.stride(),
                          *x_dbl.stride()),
                         dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
-                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32,
-                             PREFETCH=bool(prefetch and prefetch[0])),
+                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32),
                         num_warps)
     return u, x_dbl
