@@ -56,19 +56,22 @@ def _check_proj(x, proj_weight):
 
 def conv_x_proj_fuses(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                       proj_weight: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether ``causal_conv1d_x_proj`` on these tensors runs as one Triton kernel: the Triton backend, nothing
-    recorded by autograd (the fused kernel is the inference forward), no autocast, one 16/32-bit dtype for x and
-    the projection, and a grid that fills the GPU (``triton_kernels.conv_x_proj_launch``)."""
-    if resolve_backend("causal_conv1d", backend, x.is_cuda) != "triton" or records_autograd(x, weight, bias, proj_weight):
+    """Whether ``causal_conv1d_x_proj`` on these tensors runs as one Triton kernel: the Triton backend, the switch
+    ``triton_kernels.FUSED_X_PROJ`` on, nothing recorded by autograd (the fused kernel is the inference forward), no
+    autocast, one 16/32-bit dtype for x and the projection, and a grid small enough for the fused kernel to win
+    (``triton_kernels.conv_x_proj_launch``)."""
+    if resolve_backend("causal_conv1d", backend, x.is_cuda) != "triton":
+        return False
+    from . import triton_kernels  # the switch first: the Mamba block asks this in every forward
+
+    if not triton_kernels.FUSED_X_PROJ or records_autograd(x, weight, bias, proj_weight):
         return False
     if torch.is_autocast_enabled(x.device.type) or proj_weight.dtype != x.dtype:
         return False
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.shape[1] > 9:
         return False
-    from .triton_kernels import conv_x_proj_launch
-
     batch, dim, L = x.shape
-    return conv_x_proj_launch(batch, dim, L, proj_weight.shape[0], x.device) is not None
+    return triton_kernels.conv_x_proj_launch(batch, dim, L, proj_weight.shape[0], x.device) is not None
 
 
 def causal_conv1d_x_proj(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

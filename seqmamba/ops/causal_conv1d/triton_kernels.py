@@ -536,8 +536,9 @@ FUSED_X_PROJ = False
 
 
 def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional[tuple]:
-    """(BLOCK_D, BLOCK_L, BLOCK_M, num_warps) of the fused conv + x_proj at this shape, or None where it does
-    not pay (more programs than X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device, projection rows past the table)."""
+    """(BLOCK_D, BLOCK_L, BLOCK_M, num_warps) of the fused conv + x_proj at this shape in 16-bit dtypes (x_proj_tile
+    narrows fp32's channel blocks), or None where it does not pay: FUSED_X_PROJ off, more programs than
+    X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device, projection rows past the table."""
     from ..launch import sm_count
 
     if not FUSED_X_PROJ:
@@ -570,7 +571,7 @@ def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Opt
                                 launch: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """u = causal_conv1d(x, weight, bias, activation) (batch, dim, L) and x_dbl = proj_weight @ u (batch, M, L),
     both contiguous, in one kernel; no autograd (the inference forward). ``launch``: (BLOCK_D, BLOCK_L, BLOCK_M,
-    num_warps), default conv_x_proj_launch's tile for the shape (the benchmark sweeps others)."""
+    num_warps), default x_proj_tile(M, x.dtype) (the benchmark sweeps others)."""
     batch, dim, L = x.shape
     M = proj_weight.shape[0]
     width = weight.shape[1]
