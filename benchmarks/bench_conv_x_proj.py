@@ -63,13 +63,12 @@ def main():
         base = triton.testing.do_bench(lambda: separate(x, weight, bias, proj), return_mode="median")
         conv_only = triton.testing.do_bench(lambda: CONV._conv_forward(x, weight, bias, True), return_mode="median")
         switch, CONV.FUSED_X_PROJ = CONV.FUSED_X_PROJ, True  # the grid rule, whatever the switch says
-        rule = CONV.conv_x_proj_launch(batch, dim, L, n_rows, x.device)
+        rule = CONV.conv_x_proj_launch(batch, dim, L, n_rows, x.device, x.dtype)
         CONV.FUSED_X_PROJ = switch
         print(f"{shape:18s} separate {base:7.3f} (conv {conv_only:.3f}; {base / floor:4.2f}x floor {floor:.3f}); "
               f"the rule {'fuses' if rule else 'keeps them separate'}", flush=True)
-        block_m = max(16, triton.next_power_of_2(n_rows))
-        block_d, block_l, warps = CONV.X_PROJ_LAUNCH.get(block_m, (32, 32, 4))
-        default = (block_d, block_l, block_m, warps)
+        default = CONV.x_proj_tile(n_rows, x.dtype)
+        block_m = default[2]
         candidates = [default] + ([] if args.tiles == "default" else
                                   [(d, t, block_m, w) for d, t, w in TILES if (d, t, block_m, w) != default])
         best = (base, "separate")

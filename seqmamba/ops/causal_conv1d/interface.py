@@ -62,16 +62,15 @@ def conv_x_proj_fuses(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     (``triton_kernels.conv_x_proj_launch``)."""
     if resolve_backend("causal_conv1d", backend, x.is_cuda) != "triton":
         return False
-    from . import triton_kernels  # the switch first: the Mamba block asks this in every forward
+    from .triton_kernels import conv_x_proj_launch
 
-    if not triton_kernels.FUSED_X_PROJ or records_autograd(x, weight, bias, proj_weight):
+    batch, dim, L = x.shape  # the switch and the grid rule first: the Mamba block asks this in every forward
+    if conv_x_proj_launch(batch, dim, L, proj_weight.shape[0], x.device, x.dtype) is None:
         return False
-    if torch.is_autocast_enabled(x.device.type) or proj_weight.dtype != x.dtype:
+    if records_autograd(x, weight, bias, proj_weight) or torch.is_autocast_enabled(x.device.type):
         return False
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.shape[1] > 9:
-        return False
-    batch, dim, L = x.shape
-    return triton_kernels.conv_x_proj_launch(batch, dim, L, proj_weight.shape[0], x.device) is not None
+    return proj_weight.dtype == x.dtype and x.dtype in (torch.float16, torch.bfloat16, torch.float32) \
+        and weight.shape[1] <= 9
 
 
 def causal_conv1d_x_proj(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

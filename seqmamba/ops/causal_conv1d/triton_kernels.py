@@ -535,23 +535,6 @@ X_PROJ_MAX_PROGRAMS_PER_SM = 1
 FUSED_X_PROJ = False
 
 
-def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device) -> Optional[tuple]:
-    """(BLOCK_D, BLOCK_L, BLOCK_M, num_warps) of the fused conv + x_proj at this shape in 16-bit dtypes (x_proj_tile
-    narrows fp32's channel blocks), or None where it does not pay: FUSED_X_PROJ off, more programs than
-    X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device, projection rows past the table."""
-    from ..launch import sm_count
-
-    if not FUSED_X_PROJ:
-        return None
-    block_m = max(16, triton.next_power_of_2(M))
-    if block_m not in X_PROJ_LAUNCH:
-        return None
-    block_d, block_l, num_warps = X_PROJ_LAUNCH[block_m]
-    if device.type == "cuda" and batch * cdiv(L, block_l) > X_PROJ_MAX_PROGRAMS_PER_SM * sm_count(device.index):
-        return None
-    return block_d, block_l, block_m, num_warps
-
-
 def x_proj_tile(M: int, dtype: torch.dtype) -> tuple:
     """The fused kernel's (BLOCK_D, BLOCK_L, BLOCK_M, num_warps) for M projection rows: X_PROJ_LAUNCH's tile (a
     small one past the table), with at most 32 channels per block for 4-byte operands (the 128-channel bf16 tile's
@@ -561,6 +544,20 @@ def x_proj_tile(M: int, dtype: torch.dtype) -> tuple:
     if dtype.itemsize == 4:
         block_d = min(block_d, 32)
     return block_d, block_l, block_m, num_warps
+
+
+def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device,
+                       dtype: torch.dtype = torch.bfloat16) -> Optional[tuple]:
+    """x_proj_tile(M, dtype) where the fused conv + x_proj pays at this shape, or None: FUSED_X_PROJ off,
+    projection rows past X_PROJ_LAUNCH, more programs than X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device."""
+    from ..launch import sm_count
+
+    if not FUSED_X_PROJ or max(16, triton.next_power_of_2(M)) not in X_PROJ_LAUNCH:
+        return None
+    tile = x_proj_tile(M, dtype)
+    if device.type == "cuda" and batch * cdiv(L, tile[1]) > X_PROJ_MAX_PROGRAMS_PER_SM * sm_count(device.index):
+        return None
+    return tile
 
 
 _launch_conv_x_proj = CachedLaunch(_conv_x_proj_kernel, pdl=True)
