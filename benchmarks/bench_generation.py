@@ -686,7 +686,7 @@ def parse_args(argv: list[str] | None):
                              "SSM states (default: the module's, 16,32,4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (--quick uses 1: on a busy small machine OpenMP barriers dominate)")
-    add_switches(parser, "decode-linear", "conv-taps", "x-proj-layout", "conv-x-proj")
+    add_switches(parser, "decode-linear", "conv-taps", "x-proj-layout")
     args = parser.parse_args(argv)
     args.switched = apply_switches(args)
     if args.decode_dt_proj_max_bytes is not None or args.decode_dt_proj_rows:

@@ -18,6 +18,11 @@
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
+#          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
+#            samples of every SASS instruction as CSV in $OUT/ncubwd_sass.csv)
+#          | suffix (BWD_CONFIG fast_flip "suffix": the fast-flip GPU tests (every mode), the backward's fwd+bwd with
+#            flips / suffix at three shapes, the selective-copying step each way twice, and Nsight Compute's stall
+#            reasons of one backward launch at (64, 128, 4112) each way)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
 #            per issued instruction, and at the first shape the stall samples of each SASS instruction as CSV)
 #          | seqpairs (lanes_seq_pairs: its GPU test, the lanes forward with and without it (and at 8-step chunks) twice,
@@ -30,10 +35,6 @@
 #            channels-first alternately, twice, then the selective-copying step both ways)
 #          | prefillgap (the 130M prefill's wall time at batch 64 and 1 taken apart: eager, graph replay, generate's
 #            host preamble, bench_generation's mark; the GPT's eager forward and mark)
-#          | convxproj (the conv fused with x_proj, FUSED_X_PROJ: its GPU and interpreter-suite tests on CUDA, the
-#            fused kernel's tiles against the separate conv + GEMM (bench_conv_x_proj.py), then the graphed 130M
-#            prefill at batch 1 separate / fused alternately, twice, and at batch 4 both ways: the small grids where
-#            its rule fuses)
 #          | scprof (the selective-copying step, CUDA-graphed and eager, then the profile of 8 eager steps)
 #          | headline (issue 9's generation rows at the current defaults, twice: the 130M prefill at batch 1 and 64
 #            with a graphed prefill, the 1.4B decode at batch 128 with fp32 and bf16 states)
@@ -175,14 +176,6 @@ for step in $steps; do
              for layout in time-major channels-first; do  # the selective-copying step
                timeout 150 python benchmarks/bench_train_step.py --out "$OUT/sc_$layout" --cases selective_copying \
                  --x-proj-layout $layout 2>&1 | tail -3 | sed "s/^/$layout: /" | tee -a "$OUT/xprojcf.log"; done ;;
-    convxproj) timeout 200 python -m pytest -q -rf tests/test_gpu_ops.py tests/test_triton_ops.py -k "conv_x_proj" 2>&1 \
-                 | tail -3 | tee "$OUT/convxproj.log"
-               timeout 240 python benchmarks/bench_conv_x_proj.py --json "$OUT/convxproj.json" 2>&1 \
-                 | tee "$OUT/convxproj_bench.log" | sed -n '/best per shape/,$p' | tee -a "$OUT/convxproj.log"
-               for mode in separate fused separate fused; do  # the 130M prefill (graphed) at batch 1, where it fuses
-                 gen_row convxproj "prefill1_$mode" 130m 1 --cg-prefill --repeats 3 --conv-x-proj $mode; done
-               for mode in separate fused; do gen_row convxproj "prefill4_$mode" 130m 4 --cg-prefill --repeats 3 \
-                 --conv-x-proj $mode; done ;;
     scprof) timeout 200 python benchmarks/bench_train_step.py --out "$OUT/scprof" --cases selective_copying --profile \
               2>&1 | tail -45 | tee "$OUT/scprof.log" ;;
     prefillgap) for batch in 64 1; do  # the 130M prompt forward's wall time taken apart (bench_prefill_gap.py)
@@ -212,6 +205,30 @@ for step in $steps; do
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
+    ncubwd) timeout 150 ncu --clock-control none $NCU_SECTIONS --section SourceCounters \
+              --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+              -k regex:selective_scan_bwd --launch-skip 2 --launch-count 1 -o "$OUT/bwd" \
+              python benchmarks/ncu_scan.py --shape ${NCU_SHAPE:-64x128x4112} > "$OUT/ncubwd.log" 2>&1
+            ncu -i "$OUT/bwd.ncu-rep" --print-details all > "$OUT/ncubwd.txt" 2>&1 || ncu -i "$OUT/bwd.ncu-rep" > "$OUT/ncubwd.txt" 2>&1
+            grep -E "Duration|Issue Slots Busy|No Eligible|stalled_(long|short|wait|not_sel)" "$OUT/ncubwd.txt" | head -12
+            ncu -i "$OUT/bwd.ncu-rep" --page source --print-source sass --csv > "$OUT/ncubwd_sass.csv" 2>&1
+            head -c 400 "$OUT/ncubwd_sass.csv"; echo; rm -f "$OUT/bwd.ncu-rep" ;;
+    suffix) timeout 200 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -3 \
+              | tee "$OUT/suffix.log"
+            timeout 200 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096 \
+              16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on suffix on suffix \
+              --json "$OUT/suffix.json" 2>&1 | sed -n '/^device/,$p' | tee -a "$OUT/suffix.log"
+            for flip in true suffix true suffix; do  # the selective-copying step, CUDA-graphed
+              SEQMAMBA_SCAN_BWD_CONFIG="fast_flip=$flip" timeout 100 python benchmarks/bench_train_step.py \
+                --out "$OUT/sc_$flip" --cases selective_copying --steps 300 2>&1 | tail -2 | sed "s/^/$flip: /" \
+                | tee -a "$OUT/suffix.log"; done
+            for flip in true suffix; do  # one backward launch at selective copying's shape under Nsight Compute
+              SEQMAMBA_SCAN_BWD_CONFIG="fast_flip=$flip" timeout 90 ncu --clock-control none $NCU_SECTIONS \
+                --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+                -k regex:selective_scan_bwd --launch-skip 2 --launch-count 1 python benchmarks/ncu_scan.py \
+                --shape 64x128x4112 > "$OUT/ncu_bwd_$flip.txt" 2>&1
+              grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|stalled_" \
+                "$OUT/ncu_bwd_$flip.txt" | sort -t' ' -k1,1 | head -40 | sed "s/^/ncu $flip: /"; done ;;
     nculanes) for shape in ${NCU_SHAPES:-64x1536x2048 16x2048x2048}; do
                 timeout 120 ncu --clock-control none $NCU_SECTIONS --section SourceCounters --section MemoryWorkloadAnalysis \
                   --section MemoryWorkloadAnalysis_Tables \

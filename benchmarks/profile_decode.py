@@ -132,7 +132,7 @@ def main() -> None:
                         help="Mamba's SSM cache states (default: fp32, generate's default)")
     parser.add_argument("--phase", choices=["decode", "prefill"], default="decode",
                         help="one decode step (default) or the prompt's forward (prefill)")
-    add_switches(parser, "decode-linear", "conv-taps", "x-proj-layout", "conv-x-proj")
+    add_switches(parser, "decode-linear", "conv-taps", "x-proj-layout")
     args = parser.parse_args()
     apply_switches(args)
     if not torch.cuda.is_available():

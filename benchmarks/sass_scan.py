@@ -268,10 +268,6 @@ PDL_KERNELS = {
                   {"dpre_ptr", "dw_ptr", "dbias_ptr"}),
     "conv_dx": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dx_kernel",
                 dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True), {"dpre_ptr"}),
-    "conv_x_proj": ("seqmamba.ops.causal_conv1d.triton_kernels", "_conv_x_proj_kernel",
-                    dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=128, BLOCK_L=64, BLOCK_M=128, DOT_IEEE=False),
-                    {"x_ptr:bf16", "w_ptr:bf16", "bias_ptr:bf16", "pw_ptr:bf16", "u_ptr:bf16",
-                                           "dbl_ptr:bf16"}),
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
 PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",
@@ -331,39 +327,6 @@ def pdl_report(arch: int = 90):
     return rows
 
 
-def conv_x_proj_report(arch: int = 90):
-    """The fused conv + x_proj (causal_conv1d_x_proj_triton) at every tile its launch picks (x_proj_tile: each
-    X_PROJ_LAUNCH row and one past the table, in bf16 / fp16 / fp32): the shared memory, registers and stack of the
-    sm_<arch> compile, to hold against the device's limits without a GPU."""
-    import torch
-
-    from seqmamba.ops.causal_conv1d import triton_kernels as conv
-
-    fn, rows = conv._conv_x_proj_kernel, []
-    ones = {"s_x_l", "s_w_k", "s_pw_d", "s_u_l", "s_o_l"}  # unit strides, as Triton specialises them
-    for block_m in sorted(conv.X_PROJ_LAUNCH) + [256]:
-        for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
-            block_d, block_l, _, warps = conv.x_proj_tile(block_m, dtype)
-            values = dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m,
-                          DOT_IEEE=dtype == torch.float32, PDL=False)
-            signature, constants, attrs = {}, {}, {}
-            for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
-                if param.is_constexpr or arg in ones:
-                    signature[arg], constants[arg] = "constexpr", values.get(arg, 1)
-                elif arg.endswith("_ptr"):
-                    signature[arg], attrs[(i,)] = "*" + name, [["tt.divisibility", 16]]
-                else:  # sizes and strides divisible by 16 (1536 channels, L 2048) but M (80 rows is, 36 is not):
-                    signature[arg] = "i32"  # the specialisation with the most shared memory (aligned, pipelined)
-                    if arg != "M":
-                        attrs[(i,)] = [["tt.divisibility", 16]]
-            compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
-                                      options=dict(num_warps=warps))
-            _, regs, stack = sass_and_resources(compiled)
-            rows.append(dict(block_m=block_m, dtype=name, tile=[block_d, block_l, warps],
-                             shared=compiled.metadata.shared, registers=regs, stack=stack))
-    return rows
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", choices=list(KERNELS) + ["all"], default="all")
@@ -386,12 +349,7 @@ def main():
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
     parser.add_argument("--pdl-report", action="store_true",
                         help="JSON: where the PDL kernels wait, trigger and first touch global memory")
-    parser.add_argument("--conv-x-proj-report", action="store_true",
-                        help="JSON: the fused conv + x_proj's shared memory / registers at every tile its launch picks")
     args = parser.parse_args()
-    if args.conv_x_proj_report:
-        print(json.dumps(conv_x_proj_report(args.arch)))
-        return
     if args.pdl_report:
         print(json.dumps(pdl_report(args.arch)))
         return

@@ -28,10 +28,6 @@ SWITCHES = {
         "seqmamba.ops.causal_conv1d.triton_kernels", "COLUMN_TAPS", {"columns": True, "shifted": False},
         "the causal conv's taps from the columns of two aligned loads (columns, the default) or one shifted load "
         "per tap (shifted)"),
-    "conv-x-proj": (
-        "seqmamba.ops.causal_conv1d.triton_kernels", "FUSED_X_PROJ", {"fused": True, "separate": False},
-        "the Mamba block's inference forward runs its conv and x_proj as one kernel where the grid rule allows "
-        "(fused) or as the conv kernel and a GEMM (separate, the default)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

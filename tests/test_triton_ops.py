@@ -238,115 +238,6 @@ def test_conv_backward_time_tile_grows_past_the_atomic_cap(monkeypatch):
     assert module._backward_launch(1, 1) == (4, 256, 4)
 
 
-@pytest.mark.parametrize("L", [1, 2, 9, 40], ids=lambda L: f"L{L}")
-@pytest.mark.parametrize("case", [
-    dict(activation="silu", width=4, bias=True, rows=20, time_major=False),
-    dict(activation=None, width=3, bias=False, rows=16, time_major=True),
-    dict(activation="silu", width=9, bias=True, rows=33, time_major=False)],
-    ids=["silu-w4-bias-20rows", "linear-w3-16rows-time-major", "silu-w9-33rows"])
-def test_triton_conv_x_proj_matches_the_conv_then_the_projection(L, case):
-    """The fused conv + x_proj kernel (one pass over x: each conv tile stored as u and multiplied into x_dbl)
-    against causal_conv1d_ref and a float64 matmul: 37 channels over three 16-channel blocks (the last partial),
-    rows padded to the next power of two (20 -> 32, 33 -> 64), 16-step time tiles (40 steps: three tiles, the
-    last partial; 1 and 2: a tile shorter than a tap's reach), with NaN-filled buffers."""
-    from seqmamba.ops.causal_conv1d.triton_kernels import causal_conv1d_x_proj_triton
-
-    g = torch.Generator().manual_seed(L)
-    batch, dim, rows, width = 2, 37, case["rows"], case["width"]
-    if case["time_major"]:  # the kernel takes any strides of x
-        x = torch.randn(batch, L, dim, generator=g).transpose(1, 2)
-    else:
-        x = torch.randn(batch, 2 * dim, L, generator=g)[:, :dim]  # the x half of in_proj's output
-    weight, proj = torch.randn(dim, width, generator=g), torch.randn(rows, dim, generator=g) / dim ** 0.5
-    bias = torch.randn(dim, generator=g) if case["bias"] else None
-    u_ref = causal_conv1d_ref(x.double(), weight.double(), None if bias is None else bias.double(),
-                              case["activation"])
-    dbl_ref = torch.matmul(proj.double(), u_ref)
-    launch = (16, 16, max(16, 1 << (rows - 1).bit_length()), 4)
-    u, dbl = causal_conv1d_x_proj_triton(*(t.to(DEVICE) if t is not None else None for t in (x, weight, bias)),
-                                         case["activation"], proj.to(DEVICE), launch=launch)
-    assert u.shape == (batch, dim, L) and dbl.shape == (batch, rows, L) and u.is_contiguous() and dbl.is_contiguous()
-    assert torch.isfinite(u).all() and torch.isfinite(dbl).all()
-    assert rel_err(u.cpu(), u_ref) < 1e-5
-    assert rel_err(dbl.cpu(), dbl_ref) < 1e-5
-
-
-def test_conv_x_proj_dispatch_fuses_only_the_inference_forward_and_falls_back_to_conv_then_matmul(monkeypatch):
-    """causal_conv1d_x_proj with FUSED_X_PROJ on: without autograd the Triton backend fuses (the grid rule lifted);
-    switched off, with autograd, the torch backend, or a projection of another dtype it runs the conv op and a
-    matmul, whose gradients reach x, the conv's weight and bias, and the projection."""
-    from seqmamba.ops import causal_conv1d_x_proj, conv_x_proj_fuses
-
-    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
-    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
-    monkeypatch.setattr(kernels, "X_PROJ_MAX_PROGRAMS_PER_SM", 1e9)  # tiny shapes on a GPU too
-    g = torch.Generator().manual_seed(0)
-    x, weight, bias = torch.randn(2, 24, 33, generator=g), torch.randn(24, 4, generator=g), torch.randn(24, generator=g)
-    proj = torch.randn(20, 24, generator=g)
-    x, weight, bias, proj = (t.to(DEVICE) for t in (x, weight, bias, proj))
-    assert conv_x_proj_fuses(x, weight, bias, proj, "triton")
-    assert not conv_x_proj_fuses(x, weight, bias, proj, "torch")
-    assert not conv_x_proj_fuses(x, weight, bias, proj.double(), "triton")
-    monkeypatch.setattr(kernels, "FUSED_X_PROJ", False)
-    assert not conv_x_proj_fuses(x, weight, bias, proj, "triton")
-    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
-    u_ref = causal_conv1d_ref(x, weight, bias, "silu")
-    u, dbl = causal_conv1d_x_proj(x, weight, bias, "silu", proj, backend="triton")
-    assert rel_err(u, u_ref) < 1e-5 and rel_err(dbl, proj @ u_ref) < 1e-5
-    leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias, proj)]
-    assert not conv_x_proj_fuses(*leaves, "triton")
-    u, dbl = causal_conv1d_x_proj(*leaves[:3], "silu", leaves[3], backend="triton")
-    grads = torch.autograd.grad((u.sum() + dbl.square().sum()), leaves)
-    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
-    with pytest.raises(ValueError, match=r"proj_weight has shape \(20, 23\), expected \(rows, 24\)"):
-        causal_conv1d_x_proj(x, weight, bias, "silu", proj[:, :23])
-
-
-def test_conv_x_proj_rule_fuses_small_grids_only(monkeypatch):
-    """The fused conv + x_proj runs where the grid has at most X_PROJ_MAX_PROGRAMS_PER_SM programs per SM (the
-    H200's 132 SMs here: batch 1 and 4 at L 2048 fuse, batch 16 does not), for padded projection rows up to 128,
-    and nowhere with FUSED_X_PROJ off."""
-    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
-    monkeypatch.setattr(importlib.import_module("seqmamba.ops.launch"), "sm_count", lambda index: 132)
-    monkeypatch.setattr(kernels, "FUSED_X_PROJ", True)
-    cuda = torch.device("cuda", 0)
-    assert kernels.conv_x_proj_launch(1, 1536, 2048, 80, cuda) == (128, 64, 128, 8)
-    assert kernels.conv_x_proj_launch(4, 1536, 2048, 80, cuda) == (128, 64, 128, 8)  # 128 programs
-    assert kernels.conv_x_proj_launch(5, 1536, 2048, 80, cuda) is None  # 160 programs
-    assert kernels.conv_x_proj_launch(16, 1536, 2048, 80, cuda) is None
-    assert kernels.conv_x_proj_launch(1, 1536, 16384, 80, cuda) is None  # 256 programs
-    assert kernels.conv_x_proj_launch(1, 4096, 2048, 160, cuda) is None  # rows pad to 256: not measured
-    assert kernels.conv_x_proj_launch(2, 256, 1000, 36, cuda) == (128, 64, 64, 8)
-    monkeypatch.setattr(kernels, "FUSED_X_PROJ", False)
-    assert kernels.conv_x_proj_launch(1, 1536, 2048, 80, cuda) is None
-
-
-def test_mamba_inference_forward_with_the_fused_conv_x_proj_matches_the_separate_ops(monkeypatch):
-    """The Mamba block's channels-first inference forward (the prefill's) takes the fused conv + x_proj kernel
-    (FUSED_X_PROJ, the grid rule lifted for these tiny shapes) and gives the separate conv and GEMM's output; with
-    autograd recording it does not take it."""
-    kernels = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
-    from seqmamba.modules.mamba import Mamba
-
-    monkeypatch.setattr(kernels, "X_PROJ_MAX_PROGRAMS_PER_SM", 1e9)
-    monkeypatch.setitem(kernels.X_PROJ_LAUNCH, 32, (16, 16, 4))  # 2 channel blocks, 2 time tiles
-    calls, fused = [], kernels.causal_conv1d_x_proj_triton
-    monkeypatch.setattr(kernels, "causal_conv1d_x_proj_triton", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    torch.manual_seed(0)
-    layer = Mamba(16, d_state=8, scan_backend="triton").to(DEVICE)  # 32 channels, x_proj rows 1 + 16 -> 32
-    layer.channels_first = True
-    h = torch.randn(2, 23, 16, device=DEVICE)
-    results = []
-    for flag in (False, True):
-        monkeypatch.setattr(kernels, "FUSED_X_PROJ", flag)
-        with torch.no_grad():
-            results.append(layer(h))
-    assert len(calls) == 1
-    assert rel_err(results[1], results[0]) < 1e-5
-    layer(h.requires_grad_(True)).sum().backward()  # training: the separate ops, with autograd
-    assert len(calls) == 1 and h.grad is not None
-
-
 @pytest.mark.parametrize("large", [False, True], ids=["small-launch", "large-launch"])
 @pytest.mark.parametrize("width", [4, 3, 2, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -800,6 +691,33 @@ def test_triton_training_scan_with_L_split_across_programs_matches_float64_refer
     assert scan_launch.split_segments_train(inputs["u"], inputs["A"], inputs["A"], 16) == 1
 
 
+@pytest.mark.parametrize("L,T,bc_layout,use,segments", [
+    (33, 32, "variable", ALL_OPTIONAL, 1),              # one step per lane; a second chunk of one step (lane 0)
+    (130, 64, "grouped", ("z", "initial_state"), 1),    # 2 x 64 + 2, two steps per lane
+    (70, 64, "constant", ("D", "z", "delta_bias"), 1),  # constant B / C
+    (281, 64, "variable", ALL_OPTIONAL, 4),             # the training split (4 x 64 + 25): the state-gradient kernel
+])
+def test_triton_backward_lane_suffix_matches_float64_reference(monkeypatch, L, T, bc_layout, use, segments):
+    """BWD_CONFIG fast_flip "suffix" (FAST_FLIP 3 on the GPU, 4 here): each lane scans its own steps in registers
+    and the lanes compose through _lane_suffix. Under the interpreter the composition is the portable form (the
+    PTX is checked by the GPU tests), so this covers the in-lane scans, the lanes' maps, the carry entering as the
+    last lane's successor and the carry into the previous chunk stored from lane 0, in the backward and in the
+    training split's state-gradient kernel; delta shifted so the state and its gradient carry across chunks."""
+    cfg = dict(scan_launch.BWD_CONFIG, block_d=1, T=T, num_warps=1, fast_flip="suffix")
+    monkeypatch.setattr(scan_launch, "BWD_CONFIG", cfg)
+    modes = []
+    mode = scan_launch._fast_flip_mode
+    monkeypatch.setattr(scan_launch, "_fast_flip_mode", lambda *a: modes.append(mode(*a)) or modes[-1])
+    if segments > 1:
+        monkeypatch.setattr(scan_launch, "FORCE_TRAIN_SEGMENTS", segments)
+    batch, dim, N = 2, 4, 4
+    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L)
+    inputs["delta"] = inputs["delta"] - 3.0
+    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
+    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
+    assert modes and set(modes) == {4}, modes
+
+
 @pytest.mark.parametrize("L,bc_layout,time_major,use,chunk_t", [
     (35, "variable", False, ALL_OPTIONAL, 16),           # 2 x 16 + 3
     (20, "grouped", True, ("z", "initial_state"), 16),   # 16 + 4, the Mamba block's layout
@@ -947,18 +865,6 @@ def test_programmatic_launch_kernels_wait_before_any_global_memory_access():
             assert 0 <= row["wait"] < row["trigger"] < row["first_global"], row
         else:
             assert row["wait"] == row["trigger"] == -1 and row["first_global"] >= 0, row
-
-
-def test_conv_x_proj_tiles_fit_an_sm90_program():
-    """Every tile the fused conv + x_proj's launch picks (each X_PROJ_LAUNCH row and past the table, bf16 / fp16 /
-    fp32), compiled for sm_90 on the CPU as a launch at 1536 channels and L 2048 specialises it: its shared memory
-    within the 227 KB an H100 / H200 program may have (the 128-channel tile needed 300 KB with fp32 operands and
-    failed to launch on the H200)."""
-    rows = sass_scan_report("--conv-x-proj-report")
-    assert len(rows) == 3 * 5
-    for row in rows:
-        assert row["shared"] <= 232448, row
-    assert {tuple(r["tile"]) for r in rows if r["dtype"] == "bf16" and r["block_m"] == 128} == {(128, 64, 8)}
 
 
 def test_programmatic_launch_rule(monkeypatch):

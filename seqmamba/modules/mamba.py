@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import (causal_conv1d, causal_conv1d_update, causal_conv1d_x_proj, conv_x_proj_fuses, decode_linear,
-                   selective_scan, selective_state_update)
+from ..ops import causal_conv1d, causal_conv1d_update, decode_linear, selective_scan, selective_state_update
 from ..ops.backend import records_autograd
 from ..registry import MIXERS
 
@@ -251,8 +250,6 @@ class Mamba(nn.Module):
         x, z = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
                                  chunks=2)  # (batch, d_inner, L) each
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        x_proj_channels_first = channels_first and X_PROJ_CHANNELS_FIRST
-        x_dbl = None  # x_proj's output, when the fused conv + x_proj kernel gives it
         if continuing:
             # Prepend the previous d_conv - 1 inputs so the convolution runs on across the chunk boundary.
             x_ext = torch.cat([conv_state[:, :, 1:].to(x.dtype), x], dim=-1)
@@ -260,23 +257,15 @@ class Mamba(nn.Module):
                                    backend=self.scan_backend)[..., self.d_conv - 1:]
             new_conv_state = x_ext[..., -self.d_conv:]
         else:
-            if x_proj_channels_first and conv_x_proj_fuses(
-                    x, conv_weight, self.conv1d.bias, self.x_proj.weight, self.scan_backend):
-                # inference on the GPU: the conv and x_proj in one kernel, x_proj multiplying each conv tile as it
-                # is stored instead of reading x_conv back (ops/causal_conv1d, causal_conv1d_x_proj)
-                x_conv, x_dbl = causal_conv1d_x_proj(x, conv_weight, self.conv1d.bias, self.activation,
-                                                     self.x_proj.weight, backend=self.scan_backend)
-            else:
-                x_conv = causal_conv1d(x, conv_weight, self.conv1d.bias, self.activation, backend=self.scan_backend)
+            x_conv = causal_conv1d(x, conv_weight, self.conv1d.bias, self.activation, backend=self.scan_backend)
             # The last d_conv inputs, left-zero-padded when the prompt is shorter than the kernel.
             new_conv_state = F.pad(x, (self.d_conv - seqlen, 0))
         if conv_state is not None:
             conv_state.copy_(new_conv_state)
 
         sizes = [self.dt_rank, self.d_state, self.d_state]
-        if x_proj_channels_first:
-            if x_dbl is None:
-                x_dbl = _project_channels(x_conv.transpose(1, 2), self.x_proj.weight, None, True)  # (batch, R+2N, L)
+        if channels_first and X_PROJ_CHANNELS_FIRST:
+            x_dbl = _project_channels(x_conv.transpose(1, 2), self.x_proj.weight, None, True)  # (batch, R + 2N, L)
             dt, B, C = torch.split(x_dbl, sizes, dim=1)  # L-contiguous rows, B / C as the scan takes them
             dt = dt.transpose(1, 2)  # (batch, L, dt_rank), the view _project_channels takes
         else:

@@ -116,19 +116,6 @@ def _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDT
 
 
 @triton.jit
-def _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH: tl.constexpr,
-                      HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The forward's output tile as GROUP columns: the pre-activation (_conv_pre_columns), then the SiLU if asked."""
-    pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
-    if SILU:
-        outs = ()
-        for j in tl.static_range(GROUP):
-            outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
-        pres = outs
-    return pres
-
-
-@triton.jit
 def _store_columns(ptrs, cols, mask, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """The inverse of _load_columns: GROUP columns -> one (BLOCK_D, BLOCK_L) vector store."""
     V: tl.constexpr = GROUP
@@ -155,9 +142,14 @@ def _causal_conv1d_fwd_kernel(
         t0 = pid_l * BLOCK_L
         xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
         xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        outs = _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
-                                 BLOCK_D, BLOCK_L)
-        _store_columns(ptrs, outs, mask, BLOCK_D, BLOCK_L)
+        pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
+                                 BLOCK_L)
+        if SILU:
+            outs = ()
+            for j in tl.static_range(GROUP):
+                outs = outs + (pres[j] * tl.sigmoid(pres[j]),)
+            pres = outs
+        _store_columns(ptrs, pres, mask, BLOCK_D, BLOCK_L)
     else:
         acc = _conv_fwd_tile(x_row, w_ptr, bias_ptr, d_idx, t_idx, mask_d, L, s_x_l, s_w_d, s_w_k,
                              WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
@@ -470,126 +462,3 @@ def causal_conv1d_update_triton(x: torch.Tensor, conv_state: torch.Tensor, weigh
                         SILU=activation in ("silu", "swish"), BLOCK_D=BLOCK_D),
                    num_warps)
     return out
-
-
-# ------------------------------------------------------------------------------------ conv fused with x_proj
-@triton.jit
-def _conv_x_proj_kernel(
-    x_ptr, w_ptr, bias_ptr, pw_ptr, u_ptr, dbl_ptr, dim, L, M,
-    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_pw_m, s_pw_d, s_u_b, s_u_d, s_u_l, s_o_b, s_o_m, s_o_l,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_IEEE: tl.constexpr, PDL: tl.constexpr = False,
-):
-    """u = act(conv(x)) and x_dbl = proj_weight @ u in one pass over x: a program owns BLOCK_L steps of one
-    sequence and walks the channels in blocks of BLOCK_D. Each block's conv tile (column taps) is stored as u and,
-    rounded to u's dtype as the separate GEMM would read it, multiplied into the (BLOCK_M, BLOCK_L) fp32
-    accumulator of x_dbl. The projection never reads u back from memory."""
-    grid_dependency_wait(PDL)
-    pid_l, pid_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    G: tl.constexpr = BLOCK_L // GROUP
-    t0 = pid_l * BLOCK_L
-    t_idx = t0 + tl.arange(0, BLOCK_L)
-    mask_t = t_idx < L
-    m_idx = tl.arange(0, BLOCK_M)
-    mask_m = m_idx < M
-    acc = tl.zeros([BLOCK_M, BLOCK_L], dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
-        d_idx = d0 + tl.arange(0, BLOCK_D)
-        mask_d = d_idx < dim
-        x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
-        xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        xp = _load_columns(x_row, t0 - GROUP, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, GROUP)
-        outs = _conv_out_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
-                                 BLOCK_D, BLOCK_L)
-        tile = tl.reshape(_join_columns(outs, BLOCK_D * G, GROUP), (BLOCK_D, BLOCK_L)).to(u_ptr.dtype.element_ty)
-        # channels past dim load as zeros and their weight columns are masked to zero, so they add nothing
-        tl.store(u_ptr + pid_b * s_u_b + d_idx[:, None].to(tl.int64) * s_u_d + t_idx[None, :].to(tl.int64) * s_u_l,
-                 tile, mask=mask_d[:, None] & mask_t[None, :])
-        pw = tl.load(pw_ptr + m_idx[:, None] * s_pw_m + d_idx[None, :] * s_pw_d,
-                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        if DOT_IEEE:
-            acc = tl.dot(pw, tile, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(pw, tile, acc)
-    tl.store(dbl_ptr + pid_b * s_o_b + m_idx[:, None].to(tl.int64) * s_o_m + t_idx[None, :].to(tl.int64) * s_o_l,
-             acc.to(dbl_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_t[None, :])
-
-
-# Where the fused conv + x_proj pays, and its tiles. H200, bf16, benchmarks/bench_conv_x_proj.py (gpu_check.sh
-# convxproj), twenty-fifth session, ms:
-# * On a full GPU it loses. At the 130M prefill's (64, 1536, 2048, 80 rows) the separate conv + GEMM take 0.320 (1.65x
-#   their memory floor) and the fused kernel 0.403 at best of 16 tiles (32 x 128 x 8; 0.38-0.80x), with or without
-#   the next block's x loaded ahead (a PREFETCH option, since taken out); at (16, 1536, 2048) 0.105 against 0.090;
-#   at the 1.4B width (16, 4096, 2048, 160 rows) 0.450 against 0.218. Each program reads the whole projection weight once per time tile, and the
-#   loop's loads are not pipelined. The 130M prefill at batch 64: 94.8-95.4 ms fused, 90.1-90.7 separate.
-# * On a small grid it wins: there the pair is two latency-bound launches. (128 channels x 64 steps x 8 warps) at
-#   batch 1: 0.041 against 0.064 (1.58x); at batch 4: 0.046 against 0.074 (1.59x) (1536 channels, L 2048, 80 rows:
-#   32 and 128 programs for 132 SMs).
-# So the fused kernel runs where the grid has at most X_PROJ_MAX_PROGRAMS_PER_SM programs per SM (measured: 0.24 and
-# 0.97 won, 3.9 lost), with padded rows up to 128 (the 130M, 370M and 790M blocks; 1.4B's 160 rows pad to 256, not
-# measured there): the inference forward of short or few sequences, the graph-replayed prefill at small batch.
-X_PROJ_LAUNCH = {16: (128, 64, 8), 32: (128, 64, 8), 64: (128, 64, 8), 128: (128, 64, 8)}
-X_PROJ_MAX_PROGRAMS_PER_SM = 1
-# Whether the Mamba block's inference forward takes the fused kernel where conv_x_proj_launch allows it (False:
-# the separate conv and x_proj GEMM everywhere; benchmarks' --conv-x-proj separate / fused).
-FUSED_X_PROJ = False
-
-
-def x_proj_tile(M: int, dtype: torch.dtype) -> tuple:
-    """The fused kernel's (BLOCK_D, BLOCK_L, BLOCK_M, num_warps) for M projection rows: X_PROJ_LAUNCH's tile (a
-    small one past the table), with at most 32 channels per block for 4-byte operands (the 128-channel bf16 tile's
-    operand staging takes 180 KB of shared memory, 300 KB in fp32: past the 227 KB an sm_90 program may have)."""
-    block_m = max(16, triton.next_power_of_2(M))
-    block_d, block_l, num_warps = X_PROJ_LAUNCH.get(block_m, (32, 32, 4))
-    if dtype.itemsize == 4:
-        block_d = min(block_d, 32)
-    return block_d, block_l, block_m, num_warps
-
-
-def conv_x_proj_launch(batch: int, dim: int, L: int, M: int, device,
-                       dtype: torch.dtype = torch.bfloat16) -> Optional[tuple]:
-    """x_proj_tile(M, dtype) where the fused conv + x_proj pays at this shape, or None: FUSED_X_PROJ off,
-    projection rows past X_PROJ_LAUNCH, more programs than X_PROJ_MAX_PROGRAMS_PER_SM per SM of the device."""
-    from ..launch import sm_count
-
-    if not FUSED_X_PROJ or max(16, triton.next_power_of_2(M)) not in X_PROJ_LAUNCH:
-        return None
-    tile = x_proj_tile(M, dtype)
-    if device.type == "cuda" and batch * cdiv(L, tile[1]) > X_PROJ_MAX_PROGRAMS_PER_SM * sm_count(device.index):
-        return None
-    return tile
-
-
-_launch_conv_x_proj = CachedLaunch(_conv_x_proj_kernel, pdl=True)
-
-
-def causal_conv1d_x_proj_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                activation: Optional[str], proj_weight: torch.Tensor,
-                                launch: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """u = causal_conv1d(x, weight, bias, activation) (batch, dim, L) and x_dbl = proj_weight @ u (batch, M, L),
-    both contiguous, in one kernel; no autograd (the inference forward). ``launch``: (BLOCK_D, BLOCK_L, BLOCK_M,
-    num_warps), default x_proj_tile(M, x.dtype) (the benchmark sweeps others)."""
-    batch, dim, L = x.shape
-    M = proj_weight.shape[0]
-    width = weight.shape[1]
-    if proj_weight.shape != (M, dim) or proj_weight.dtype != x.dtype or x.dtype not in (torch.float16, torch.bfloat16,
-                                                                                      torch.float32):
-        raise ValueError(f"causal_conv1d_x_proj: proj_weight {tuple(proj_weight.shape)} {proj_weight.dtype} for x "
-                         f"{tuple(x.shape)} {x.dtype}; expected ({M}, {dim}) of x's dtype, fp16 / bf16 / fp32")
-    if width - 1 > GROUP_STEPS:
-        raise ValueError(f"causal_conv1d_x_proj: conv width {width} > {GROUP_STEPS + 1} is not supported")
-    u = empty((batch, dim, L), x.device, x.dtype)
-    x_dbl = empty((batch, M, L), x.device, x.dtype)
-    if L == 0:
-        return u, x_dbl
-    if launch is None:
-        launch = x_proj_tile(M, x.dtype)
-    block_d, block_l, block_m, num_warps = launch
-    _launch_conv_x_proj((cdiv(L, block_l), batch),
-                        (x, weight, bias if bias is not None else weight, proj_weight, u, x_dbl),
-                        (dim, L, M, *x.stride(), *weight.stride(), *proj_weight.stride(), *u.stride(),
-                         *x_dbl.stride()),
-                        dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
-                             BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_M=block_m, DOT_IEEE=x.dtype == torch.float32),
-                        num_warps)
-    return u, x_dbl
