@@ -56,10 +56,9 @@ def main():
     parser.add_argument("--block-d", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--T", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--maxnreg", nargs="+", default=["168", "none"])
-    parser.add_argument("--fast-flip", nargs="+", default=["off", "on"], choices=["off", "on", "shift", "suffix"],
+    parser.add_argument("--fast-flip", nargs="+", default=["off", "on"], choices=["off", "on", "shift"],
                         help="BWD_CONFIG fast_flip values to sweep (the one-shuffle chunk flips of the backward; "
-                             "shift: with the one-step shift and a two-operand reverse scan; suffix: no flips, "
-                             "each lane's steps scanned in registers and the lanes composed by shfl.down)")
+                             "shift: with the one-step shift and a two-operand reverse scan)")
     parser.add_argument("--dout", nargs="+", default=["contiguous"], choices=["contiguous", "layer"],
                         help="dout layouts: L-contiguous, or the Mamba layer's ((batch, L, dim) storage)")
     parser.add_argument("--dout-copy", nargs="+", default=["off"], choices=["off", "on"],
@@ -81,14 +80,14 @@ def main():
                                                     delta_softplus=True, backend="triton"), return_mode="median")
         reference = None
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
-                 {True: "on", "shift": "shift", "suffix": "suffix"}.get(default.get("fast_flip"), "off"),
+                 {True: "on", "shift": "shift"}.get(default.get("fast_flip"), "off"),
                  "on" if default.get("dout_copy") else "off", "on" if default.get("tail_launch") else "off")
         for block_d, T, reg, flip, copy, tail in itertools.chain([first], itertools.product(
                 args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.tail_launch)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
-                                            fast_flip={"on": True, "shift": "shift", "suffix": "suffix"}.get(flip, False),
+                                            fast_flip={"on": True, "shift": "shift"}.get(flip, False),
                                             dout_copy=copy == "on", tail_launch=tail == "on")
             triton_launch._launch_config_cached.cache_clear()
             name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} tail {tail}"

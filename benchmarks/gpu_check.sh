@@ -20,9 +20,6 @@
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
 #          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
 #            samples of every SASS instruction as CSV in $OUT/ncubwd_sass.csv)
-#          | suffix (BWD_CONFIG fast_flip "suffix": the fast-flip GPU tests (every mode), the backward's fwd+bwd with
-#            flips / suffix at three shapes, the selective-copying step each way twice, and Nsight Compute's stall
-#            reasons of one backward launch at (64, 128, 4112) each way)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
 #            per issued instruction, and at the first shape the stall samples of each SASS instruction as CSV)
 #          | seqpairs (lanes_seq_pairs: its GPU test, the lanes forward with and without it (and at 8-step chunks) twice,
@@ -213,22 +210,6 @@ for step in $steps; do
             grep -E "Duration|Issue Slots Busy|No Eligible|stalled_(long|short|wait|not_sel)" "$OUT/ncubwd.txt" | head -12
             ncu -i "$OUT/bwd.ncu-rep" --page source --print-source sass --csv > "$OUT/ncubwd_sass.csv" 2>&1
             head -c 400 "$OUT/ncubwd_sass.csv"; echo; rm -f "$OUT/bwd.ncu-rep" ;;
-    suffix) timeout 200 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -3 \
-              | tee "$OUT/suffix.log"
-            timeout 200 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096 \
-              16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on suffix on suffix \
-              --json "$OUT/suffix.json" 2>&1 | sed -n '/^device/,$p' | tee -a "$OUT/suffix.log"
-            for flip in true suffix true suffix; do  # the selective-copying step, CUDA-graphed
-              SEQMAMBA_SCAN_BWD_CONFIG="fast_flip=$flip" timeout 100 python benchmarks/bench_train_step.py \
-                --out "$OUT/sc_$flip" --cases selective_copying --steps 300 2>&1 | tail -2 | sed "s/^/$flip: /" \
-                | tee -a "$OUT/suffix.log"; done
-            for flip in true suffix; do  # one backward launch at selective copying's shape under Nsight Compute
-              SEQMAMBA_SCAN_BWD_CONFIG="fast_flip=$flip" timeout 90 ncu --clock-control none $NCU_SECTIONS \
-                --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-                -k regex:selective_scan_bwd --launch-skip 2 --launch-count 1 python benchmarks/ncu_scan.py \
-                --shape 64x128x4112 > "$OUT/ncu_bwd_$flip.txt" 2>&1
-              grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|stalled_" \
-                "$OUT/ncu_bwd_$flip.txt" | sort -t' ' -k1,1 | head -40 | sed "s/^/ncu $flip: /"; done ;;
     nculanes) for shape in ${NCU_SHAPES:-64x1536x2048 16x2048x2048}; do
                 timeout 120 ncu --clock-control none $NCU_SECTIONS --section SourceCounters --section MemoryWorkloadAnalysis \
                   --section MemoryWorkloadAnalysis_Tables \

@@ -558,7 +558,7 @@ def test_torch_backend_runs_on_cuda_and_is_bitwise_repeatable():
         assert torch.equal(first_grads[name], again_grads[name]), name
 
 
-@pytest.mark.parametrize("mode", [True, "shift", "suffix"], ids=["flip", "flip-shift", "lane-suffix"])
+@pytest.mark.parametrize("mode", [True, "shift"], ids=["flip", "flip-shift"])
 @pytest.mark.parametrize("L", [256, 272, 4096, 1500])
 def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode):
     """BWD_CONFIG fast_flip (the backward's and the state-gradient kernel's reverse scans run forward over chunks
@@ -567,9 +567,8 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode):
     compiled and layout-checked on the CPU), not at 1500. The training split's state-gradient kernel at (1, 64, 2^14)
     in 4 segments likewise. dB / dC add over channels with atomics, so two plain runs already differ in the last bf16
     bit (2.6e-5 relative, measured on the H200 at L = 1500, where the flip is not used): the bound between builds is
-    1e-3, far below what a wrong flip gives (a reversed chunk is O(1) off). Every mode: the flips with the
-    three-operand scan, with the one-step shift and a two-operand scan ("shift"), and no flips, each lane's steps
-    scanned in registers and the lanes composed by shfl.down in PTX ("suffix")."""
+    1e-3, far below what a wrong flip gives (a reversed chunk is O(1) off). Both modes: the flips with the
+    three-operand scan, and with the one-step shift and a two-operand scan ("shift")."""
     kernels = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     used = []
     check = kernels._fast_flip_ok

@@ -691,33 +691,6 @@ def test_triton_training_scan_with_L_split_across_programs_matches_float64_refer
     assert scan_launch.split_segments_train(inputs["u"], inputs["A"], inputs["A"], 16) == 1
 
 
-@pytest.mark.parametrize("L,T,bc_layout,use,segments", [
-    (33, 32, "variable", ALL_OPTIONAL, 1),              # one step per lane; a second chunk of one step (lane 0)
-    (130, 64, "grouped", ("z", "initial_state"), 1),    # 2 x 64 + 2, two steps per lane
-    (70, 64, "constant", ("D", "z", "delta_bias"), 1),  # constant B / C
-    (281, 64, "variable", ALL_OPTIONAL, 4),             # the training split (4 x 64 + 25): the state-gradient kernel
-])
-def test_triton_backward_lane_suffix_matches_float64_reference(monkeypatch, L, T, bc_layout, use, segments):
-    """BWD_CONFIG fast_flip "suffix" (FAST_FLIP 3 on the GPU, 4 here): each lane scans its own steps in registers
-    and the lanes compose through _lane_suffix. Under the interpreter the composition is the portable form (the
-    PTX is checked by the GPU tests), so this covers the in-lane scans, the lanes' maps, the carry entering as the
-    last lane's successor and the carry into the previous chunk stored from lane 0, in the backward and in the
-    training split's state-gradient kernel; delta shifted so the state and its gradient carry across chunks."""
-    cfg = dict(scan_launch.BWD_CONFIG, block_d=1, T=T, num_warps=1, fast_flip="suffix")
-    monkeypatch.setattr(scan_launch, "BWD_CONFIG", cfg)
-    modes = []
-    mode = scan_launch._fast_flip_mode
-    monkeypatch.setattr(scan_launch, "_fast_flip_mode", lambda *a: modes.append(mode(*a)) or modes[-1])
-    if segments > 1:
-        monkeypatch.setattr(scan_launch, "FORCE_TRAIN_SEGMENTS", segments)
-    batch, dim, N = 2, 4, 4
-    inputs = make_scan_inputs(batch, dim, L, N, bc_layout, torch.float32, seed=L)
-    inputs["delta"] = inputs["delta"] - 3.0
-    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
-    assert modes and set(modes) == {4}, modes
-
-
 @pytest.mark.parametrize("L,bc_layout,time_major,use,chunk_t", [
     (35, "variable", False, ALL_OPTIONAL, 16),           # 2 x 16 + 3
     (20, "grouped", True, ("z", "initial_state"), 16),   # 16 + 4, the Mamba block's layout

@@ -75,42 +75,6 @@ def _shift_one_step(x, R: tl.constexpr):
         "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", [x], dtype=tl.float32, is_pure=True, pack=8)
 
 
-# The cross-lane half of the backward's reverse scan (FAST_FLIP 3): per lane l one segment's (alpha, beta), the map
-# E -> beta + alpha E from the gradient entering the segment after it to a_t dh_t at its first step t. Five levels of
-# shfl.down compose each lane's map with those of the lanes after it (the predicate is false past lane 31, which keeps
-# its own), so lane l ends holding E_l = beta* + alpha* carry; then each lane takes its successor's E_{l+1}, lane 31
-# the carry itself. Outputs: $0 = E_{l+1}, $1 = E_l.
-_LANE_SUFFIX_PTX = tl.constexpr(
-    "{ .reg .pred %p; .reg .f32 %a, %b, %ao, %bo; mov.b32 %a, $2; mov.b32 %b, $3; "
-    + " ".join(f"shfl.sync.down.b32 %ao|%p, %a, {o}, 31, -1; shfl.sync.down.b32 %bo|%p, %b, {o}, 31, -1; "
-               f"@%p fma.rn.f32 %b, %a, %bo, %b; @%p mul.rn.f32 %a, %a, %ao;" for o in (1, 2, 4, 8, 16))
-    + " fma.rn.f32 $1, %a, $4, %b; shfl.sync.down.b32 $0|%p, $1, 1, 31, -1; @!%p mov.b32 $0, $4; }")
-
-
-@triton.jit
-def _lane_suffix(alpha, beta, carry, PTX: tl.constexpr):
-    """(E_{l+1}, E_l) per lane of E_l = beta_l + alpha_l E_{l+1}, E_32 = carry: one value per lane in and out.
-    PTX: _LANE_SUFFIX_PTX (NVIDIA only); otherwise the same composition as a scan over the lanes in reverse order and
-    a one-lane shift by selection (what the interpreter runs, to test everything else of FAST_FLIP 3)."""
-    if PTX:
-        return tl.inline_asm_elementwise(_LANE_SUFFIX_PTX, "=r,=r,r,r,r", [alpha, beta, carry],
-                                         dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
-    else:
-        # lane l's map composed with those after it: (A, B_) with E_l = B_ + A E_32
-        A, B_ = tl.associative_scan((tl.flip(alpha, 0), tl.flip(beta, 0)), 0, _first_order_combine)
-        E = tl.flip(B_ + A * carry, 0)
-        lane = tl.arange(0, 32)
-        successor = lane[:, None] + 1 == lane[None, :]
-        E_next = tl.where(lane == 31, carry, tl.sum(tl.where(successor, E[None, :], 0.0), axis=1))
-        return E_next, E
-
-
-@triton.jit
-def _take_later(f_a, g_a, p_a, f_b, g_b, p_b):
-    # a "reduction" that keeps its second operand: the last element of an in-thread axis, at no cost
-    return f_b, g_b, p_b
-
-
 @triton.jit
 def _softplus(x):
     """log(1 + exp(x)) to fp32 accuracy: x itself above 20 (mamba_ssm's threshold), and log1p(e) for e = exp(x)
@@ -361,28 +325,6 @@ def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
 
 
 @triton.jit
-def _lane_suffix_state_grad(n, a, g, carry, dstate_row, mask_d, R: tl.constexpr, PTX: tl.constexpr):
-    """FAST_FLIP 3: the reverse scan dh_t = g_t + a_{t+1} dh_{t+1} of a (1, 32 R) chunk held as R consecutive steps
-    per lane (one warp, one channel: the layout _fast_flip assumes), with no flip and no Triton scan across lanes.
-    Each lane scans its own R steps backwards (an in-thread axis: tl.flip and the scan move no data between lanes):
-    local dh_t = G_t and P_t = a_{t+1} .. a_e up to its last step e, so dh_t = G_t + P_t E_{l+1}, where
-    E_{l+1} = a dh at the next lane's first step. The lanes' (a_s P_s, a_s G_s) at their first steps s compose
-    across lanes in _lane_suffix (five shfl.down levels, against three flips, a shifted and two Triton scans'
-    shuffles), which also gives E_0 = a_0 dh_0, the carry into the previous chunk, in lane 0: stored from there
-    rather than summed over the warp. carry (the gradient entering from the next chunk) enters as E_32."""
-    a2 = tl.flip(tl.reshape(a, (32, R)), 1)  # per lane, its steps last to first
-    g2 = tl.flip(tl.reshape(g, (32, R)), 1)
-    ones = tl.full(a2.shape, 1.0, tl.float32)
-    f, G, P = tl.associative_scan((a2, g2, ones), axis=1, combine_fn=_shifted_reverse_combine)
-    f_first, G_first, P_first = tl.reduce((f, G, P), 1, _take_later)  # the lane's first step
-    lane = tl.arange(0, 32)
-    E_next, E_self = _lane_suffix(f_first * P_first, f_first * G_first, carry + tl.zeros([32], tl.float32), PTX)
-    tl.store(dstate_row + n + lane * 0, E_self, mask=(lane == 0) & mask_d)
-    dh = G + P * E_next[:, None]
-    return tl.reshape(tl.flip(dh, 1), (1, 32 * R))
-
-
-@triton.jit
 def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last,
                       FAST_FLIP: tl.constexpr, R: tl.constexpr):
     """Reverse scan of state component n over one chunk: dh_t = C_t dy_t + a_{t+1} dh_{t+1}, with the gradient
@@ -392,11 +334,8 @@ def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last
     five times the shuffles); the combine is the same function, its first operand still the later segment.
     FAST_FLIP 2: over the flipped chunk dh'_s = g'_s + a'_{s-1} dh'_{s-1}, a first-order scan of (a' one step
     later, g'): two operands instead of three (sm_90 SASS: the backward's loop 422 -> 409 instructions, the
-    state-gradient kernel's 138 -> 134). The first step's a' is never used: its state enters through g.
-    FAST_FLIP 3: no flips across lanes at all (_lane_suffix_state_grad; 4: its portable form, for the interpreter)."""
+    state-gradient kernel's 138 -> 134). The first step's a' is never used: its state enters through g."""
     g = Cn * dy
-    if FAST_FLIP >= 3:
-        return _lane_suffix_state_grad(n, a, g, carry, dstate_row, mask_d, R, FAST_FLIP == 3)
     g = tl.where(is_last, g + carry[:, None], g)
     ones = tl.full(a.shape, 1.0, tl.float32)
     if FAST_FLIP == 2:

@@ -73,9 +73,6 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   sass_scan.py --fast-flip; GPU tests: tests/test_gpu_ops.py -k fast_flip);
 #   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
 #   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); H200: no faster (1.00x);
-#   "suffix" flips nothing: each lane scans its own 8 steps in registers, the lanes compose with five shfl.down in
-#   PTX, and the carry into the previous chunk is stored from lane 0 instead of summed over the warp (FAST_FLIP 3:
-#   SASS 422 -> 373, 75 -> 42 shuffles; the state-gradient kernel 138 -> 102);
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
@@ -727,17 +724,11 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
 
 
 def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> int:
-    """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan), 2 (BWD_CONFIG
-    fast_flip "shift": fast flips and a one-step shift, two-operand scan) or 3 ("suffix": each lane scans its own
-    steps, the lanes compose by shfl.down in PTX), where _fast_flip_ok allows it. Under the interpreter "suffix"
-    runs as 4 (the same kernel with the lanes' composition in plain Triton) on any one-warp, one-channel tile of
-    whole lanes, so the CPU tests cover all of it but the PTX."""
-    mode = BWD_CONFIG.get("fast_flip")
-    if mode == "suffix" and interpreting():
-        return 4 if BLOCK_D == 1 and num_warps == 1 and T % 32 == 0 else 0
+    """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan) or 2 (BWD_CONFIG
+    fast_flip "shift": fast flips and a one-step shift, two-operand scan), where _fast_flip_ok allows it."""
     if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints):
         return 0
-    return {"shift": 2, "suffix": 3}.get(mode, 1)
+    return 2 if BWD_CONFIG.get("fast_flip") == "shift" else 1
 
 
 def scan_state_grad(u, delta, A, B, C, z, delta_bias, delta_softplus, dout):
