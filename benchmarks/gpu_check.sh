@@ -18,8 +18,6 @@
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
-#          | carrypad (BWD_CONFIG carry_stride 1 / 32: the scan's GPU edge and fast-flip tests with the padded carries,
-#            then fwd+bwd at three shapes and the selective-copying step each way, alternately, twice)
 #          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
 #            samples of every SASS instruction as CSV in $OUT/ncubwd_sass.csv)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
@@ -204,16 +202,6 @@ for step in $steps; do
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
-    carrypad) SEQMAMBA_SCAN_BWD_CONFIG="carry_stride=32" timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py \
-                -k "scan_edge or fast_flip" 2>&1 | tail -3 | tee "$OUT/carrypad.log"
-              for cs in 1 32 1 32; do  # the backward's carries padded to a line per state component, or not
-                SEQMAMBA_SCAN_BWD_CONFIG="carry_stride=$cs" timeout 100 python benchmarks/bench_scan_backward_configs.py \
-                  --shapes 64x128x4112 8x1536x4096 16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on \
-                  2>&1 | grep -E "^[0-9]+x" | head -3 | sed "s/^/carry_stride $cs: /" | tee -a "$OUT/carrypad.log"; done
-              for cs in 1 32 1 32; do  # the selective-copying step, CUDA-graphed
-                SEQMAMBA_SCAN_BWD_CONFIG="carry_stride=$cs" timeout 100 python benchmarks/bench_train_step.py \
-                  --out "$OUT/sc_$cs" --cases selective_copying --steps 300 2>&1 | tail -1 \
-                  | sed "s/^/carry_stride $cs: /" | tee -a "$OUT/carrypad.log"; done ;;
     ncubwd) timeout 150 ncu --clock-control none $NCU_SECTIONS --section SourceCounters \
               --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
               -k regex:selective_scan_bwd --launch-skip 2 --launch-count 1 -o "$OUT/bwd" \

@@ -406,18 +406,6 @@ def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypat
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_triton_scan_backward_with_padded_carries_matches_reference(monkeypatch, prefetch):
-    """BWD_CONFIG carry_stride 32: the state gradient carried between chunks in a padded buffer (one 128-byte line
-    per state component), the initial state's gradient copied out of it; 16-step chunks, L = 37 (two carries)."""
-    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=1, T=16, num_warps=1, prefetch=prefetch,
-                                                         carry_stride=32))
-    batch, dim, L, N = 2, 3, 37, 4
-    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=9)
-    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
-
-
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
     monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1))

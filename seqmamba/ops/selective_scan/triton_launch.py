@@ -74,10 +74,6 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
 #   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); H200: no faster (1.00x);
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
-# - carry_stride (backward): floats between state components' carries in the dstate buffer the kernel passes
-#   between chunks (1: the (batch, dim, N) result itself; 32: each in its own 128-byte line, the result copied out).
-#   Nsight Compute at (64, 128, 4112) put 5.9% of the backward's stall samples on the carry loaded one component
-#   ahead, the line it shares with the carry just stored (the only prefetched load that had not arrived).
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
 #   _gluon_forward_ok allows it. H200 (eighth session): 0.97x at (8, 1536, 4096 / 16384), 1.07-1.21x at
@@ -149,7 +145,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False, carry_stride=1)
+                  dout_copy=True, tail_launch=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -911,13 +907,9 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     # does not hold the fp32 dB / dC alive once they are converted to B / C's dtype.
     dB, dC = zeroed_views(u.device, [(batch, G_B, N, L) if B_var else (dim, N),
                                       (batch, G_C, N, L) if C_var else (dim, N)])
-    carry_stride = _config(True, block_layout).get("carry_stride", 1)
     dA, dD, ddbias, dstate = zeroed_views(u.device, [
         (dim, N), (dim,) if D is not None else (1,),
-        (dim,) if delta_bias is not None else (1,), (batch, dim, N) if carry_stride == 1 else (1,)])
-    if carry_stride > 1:  # each state component's carry in its own 128-byte line (BWD_CONFIG carry_stride)
-        dstate = empty((batch, dim, N, carry_stride), device=u.device, dtype=torch.float32)[..., 0]
-        dstate.zero_()
+        (dim,) if delta_bias is not None else (1,), (batch, dim, N)])
     # dstate carries the state gradient between chunks and ends as the initial state's gradient.
     if dlast is not None:
         dstate.copy_(dlast)
@@ -932,12 +924,11 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             CARRY_STRIDE=carry_stride),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
-    return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate if carry_stride == 1 else dstate.contiguous()
+    return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
 
 
 def _cast_into(grad32, like, time_varying, out):
