@@ -92,7 +92,14 @@ def _softplus(x):
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value)."""
-    raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
+    raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0)
+    return _delta_of(raw, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+
+
+@triton.jit
+def _delta_of(raw, dbias, mask_dt, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """_load_delta's results from the loaded delta tile (any float dtype)."""
+    raw = raw.to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]
     delta = raw
@@ -317,10 +324,27 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 @triton.jit
 def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
     """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
-    dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
+    dout, zv = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+    return _dy_of(dout, zv, HAS_Z)
+
+
+@triton.jit
+def _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
+    """One chunk's dout and z tiles as stored (dout twice without z)."""
+    dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0)
+    zv = dout
     if HAS_Z:
-        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dy = dy * zv * tl.sigmoid(zv)
+        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0)
+    return dout, zv
+
+
+@triton.jit
+def _dy_of(dout, zv, HAS_Z: tl.constexpr):
+    """_load_dy's dy from the loaded dout / z tiles."""
+    dy = dout.to(tl.float32)
+    if HAS_Z:
+        zf = zv.to(tl.float32)
+        dy = dy * zf * tl.sigmoid(zf)
     return dy
 
 
@@ -407,10 +431,11 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, CHUNK_PREFETCH: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state)."""
+    first step into the previous chunk and ends holding dL/d(initial state). CHUNK_PREFETCH: the next chunk's
+    u / delta / dout / z loads are issued before this chunk's epilogue instead of at the next chunk's top."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -433,12 +458,23 @@ def _selective_scan_bwd_kernel(
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first, is_last = _chunk_ends(t_loc, T)
 
+    if CHUNK_PREFETCH:  # the last chunk's u / delta / dout / z tiles, as stored
+        t_idx, mask_t, mask_dt, t64 = _chunk_steps(n_chunks - 1, T, t_loc, L, mask_d)
+        u_raw = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0)
+        dt_raw = tl.load(dt_row + t64[None, :] * s_dt_l, mask=mask_dt, other=0.0)
+        do_raw, z_raw = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
-        u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
-        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+        if CHUNK_PREFETCH:  # loaded during the previous chunk's epilogue
+            u = u_raw.to(tl.float32)
+            delta, delta_pre = _delta_of(dt_raw, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+            dy = _dy_of(do_raw, z_raw, HAS_Z)
+        else:
+            u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+            delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+            dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         delta_u = delta * u
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
@@ -459,6 +495,11 @@ def _selective_scan_bwd_kernel(
                 B_VAR, C_VAR, FAST_FLIP, T // 32)
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
+        if CHUNK_PREFETCH:  # the next chunk's tiles, in flight while this chunk's epilogue runs
+            _, _, mask_next, t64_next = _chunk_steps(c - 1, T, t_loc, L, mask_d & (c > 0))
+            u_raw = tl.load(u_row + t64_next[None, :] * s_u_l, mask=mask_next, other=0.0)
+            dt_raw = tl.load(dt_row + t64_next[None, :] * s_dt_l, mask=mask_next, other=0.0)
+            do_raw, z_raw = _chunk_seq_loads(do_row, z_row, t64_next, s_do_l, s_z_l, mask_next, HAS_Z)
         # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
         # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
