@@ -18,8 +18,8 @@
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
-#          | chunkpf (BWD_CONFIG chunk_prefetch: the scan's GPU edge tests with it, then fwd+bwd at two shapes and the
-#            selective-copying step without / with it)
+#          | chunkpf (BWD_CONFIG chunk_prefetch true / 2: the scan's GPU edge tests with each, then fwd+bwd at two shapes
+#            and the selective-copying step without / with each)
 #          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
 #            samples of every SASS instruction as CSV in $OUT/ncubwd_sass.csv)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
@@ -204,13 +204,13 @@ for step in $steps; do
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
-    chunkpf) SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=true" timeout 100 python -m pytest -q -rf -m gpu \
-               tests/test_gpu_ops.py -k "scan_edge" 2>&1 | tail -2 | tee "$OUT/chunkpf.log"
-             for cp in false true; do  # the backward's next-chunk loads during the epilogue, or at the chunk's top
+    chunkpf) for cp in true 2; do SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 100 python -m pytest -q -rf \
+               -m gpu tests/test_gpu_ops.py -k "scan_edge" 2>&1 | tail -2 | tee -a "$OUT/chunkpf.log"; done
+             for cp in false true 2; do  # the backward's next-chunk loads during the epilogue, or at the chunk's top
                SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 60 python benchmarks/bench_scan_backward_configs.py \
                  --shapes 64x128x4112 8x1536x4096 --block-d 1 --T 256 --maxnreg 168 --fast-flip on 2>&1 \
                  | grep -E "^[0-9]+x" | head -2 | sed "s/^/chunk_prefetch $cp: /" | tee -a "$OUT/chunkpf.log"; done
-             for cp in false true; do  # the selective-copying step, CUDA-graphed
+             for cp in false true 2; do  # the selective-copying step, CUDA-graphed
                SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 60 python benchmarks/bench_train_step.py \
                  --out "$OUT/sc_$cp" --cases selective_copying --steps 300 2>&1 | tail -1 \
                  | sed "s/^/chunk_prefetch $cp: /" | tee -a "$OUT/chunkpf.log"; done ;;

@@ -435,7 +435,8 @@ def _selective_scan_bwd_kernel(
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state). CHUNK_PREFETCH: the next chunk's
-    u / delta / dout / z loads are issued before this chunk's epilogue instead of at the next chunk's top."""
+    u / delta / dout / z loads are issued before this chunk's epilogue instead of at the next chunk's top; 2: and the
+    epilogue uses this chunk's tiles as loaded instead of reading them again."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -468,6 +469,7 @@ def _selective_scan_bwd_kernel(
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         if CHUNK_PREFETCH:  # loaded during the previous chunk's epilogue
+            u_cur, dt_cur, do_cur, z_cur = u_raw, dt_raw, do_raw, z_raw
             u = u_raw.to(tl.float32)
             delta, delta_pre = _delta_of(dt_raw, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
             dy = _dy_of(do_raw, z_raw, HAS_Z)
@@ -500,15 +502,22 @@ def _selective_scan_bwd_kernel(
             u_raw = tl.load(u_row + t64_next[None, :] * s_u_l, mask=mask_next, other=0.0)
             dt_raw = tl.load(dt_row + t64_next[None, :] * s_dt_l, mask=mask_next, other=0.0)
             do_raw, z_raw = _chunk_seq_loads(do_row, z_row, t64_next, s_do_l, s_z_l, mask_next, HAS_Z)
-        # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
-        # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
-        u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
+        if CHUNK_PREFETCH == 2:  # this chunk's tiles as loaded, kept through the loop over N (16 registers)
+            u = u_cur.to(tl.float32)
+            dout = do_cur.to(tl.float32)
+            zv = z_cur.to(tl.float32)
+            _, delta_pre = _delta_of(dt_cur, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+        else:
+            # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
+            # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
+            u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+            dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            if SOFTPLUS:
+                _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         if HAS_Z:
-            zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
             sig_z = tl.sigmoid(zv)
-        if SOFTPLUS:
-            _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
         ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:

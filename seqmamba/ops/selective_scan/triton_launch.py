@@ -77,6 +77,8 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # - chunk_prefetch (backward): the next chunk's u / delta / dout / z loads issued before this chunk's epilogue
 #   (CHUNK_PREFETCH), not at the next chunk's top. Nsight Compute at (64, 128, 4112) (twenty-sixth session) put
 #   ~12% of the backward's stall samples on the first use of those per-chunk loads, none of them prefetched.
+#   2: the epilogue also uses the chunk's tiles as loaded (kept through the loop over N) instead of reading them
+#   again (~2.7% of the samples); sm_90 at the 168-register cap: 8 bytes of spill with z, none without.
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
 #   _gluon_forward_ok allows it. H200 (eighth session): 0.97x at (8, 1536, 4096 / 16384), 1.07-1.21x at
@@ -928,7 +930,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             CHUNK_PREFETCH=bool(_config(True, block_layout).get("chunk_prefetch"))),
+             CHUNK_PREFETCH=int(_config(True, block_layout).get("chunk_prefetch") or 0)),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
