@@ -339,6 +339,16 @@ def _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.const
 
 
 @triton.jit
+def _chunk_tiles(u_row, dt_row, do_row, z_row, t64, s_u_l, s_dt_l, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
+    """The backward's per-chunk sequence tiles as stored: (u, delta before bias / softplus, dout, z) (dout twice
+    without z); _delta_of and _dy_of turn them into what the chunk uses."""
+    u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0)
+    dt = tl.load(dt_row + t64[None, :] * s_dt_l, mask=mask_dt, other=0.0)
+    dout, zv = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+    return u, dt, dout, zv
+
+
+@triton.jit
 def _dy_of(dout, zv, HAS_Z: tl.constexpr):
     """_load_dy's dy from the loaded dout / z tiles."""
     dy = dout.to(tl.float32)
@@ -459,20 +469,18 @@ def _selective_scan_bwd_kernel(
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first, is_last = _chunk_ends(t_loc, T)
 
-    if CHUNK_PREFETCH:  # the last chunk's u / delta / dout / z tiles, as stored
+    if CHUNK_PREFETCH:  # the last chunk's tiles
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(n_chunks - 1, T, t_loc, L, mask_d)
-        u_raw = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0)
-        dt_raw = tl.load(dt_row + t64[None, :] * s_dt_l, mask=mask_dt, other=0.0)
-        do_raw, z_raw = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+        tiles = _chunk_tiles(u_row, dt_row, do_row, z_row, t64, s_u_l, s_dt_l, s_do_l, s_z_l, mask_dt, HAS_Z)
 
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         if CHUNK_PREFETCH:  # loaded during the previous chunk's epilogue
-            u_cur, dt_cur, do_cur, z_cur = u_raw, dt_raw, do_raw, z_raw
-            u = u_raw.to(tl.float32)
-            delta, delta_pre = _delta_of(dt_raw, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
-            dy = _dy_of(do_raw, z_raw, HAS_Z)
+            cur = tiles
+            u = cur[0].to(tl.float32)
+            delta, delta_pre = _delta_of(cur[1], dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+            dy = _dy_of(cur[2], cur[3], HAS_Z)
         else:
             u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
             delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
@@ -498,15 +506,16 @@ def _selective_scan_bwd_kernel(
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
         if CHUNK_PREFETCH:  # the next chunk's tiles, in flight while this chunk's epilogue runs
-            _, _, mask_next, t64_next = _chunk_steps(c - 1, T, t_loc, L, mask_d & (c > 0))
-            u_raw = tl.load(u_row + t64_next[None, :] * s_u_l, mask=mask_next, other=0.0)
-            dt_raw = tl.load(dt_row + t64_next[None, :] * s_dt_l, mask=mask_next, other=0.0)
-            do_raw, z_raw = _chunk_seq_loads(do_row, z_row, t64_next, s_do_l, s_z_l, mask_next, HAS_Z)
+            t_next, mask_t_next, mask_next, t64_next = _chunk_steps(c - 1, T, t_loc, L, mask_d & (c > 0))
+            tiles = _chunk_tiles(u_row, dt_row, do_row, z_row, t64_next, s_u_l, s_dt_l, s_do_l, s_z_l, mask_next,
+                                 HAS_Z)
         if CHUNK_PREFETCH == 2:  # this chunk's tiles as loaded, kept through the loop over N (16 registers)
-            u = u_cur.to(tl.float32)
-            dout = do_cur.to(tl.float32)
-            zv = z_cur.to(tl.float32)
-            _, delta_pre = _delta_of(dt_cur, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+            u = cur[0].to(tl.float32)
+            dout = cur[2].to(tl.float32)
+            if SOFTPLUS:
+                _, delta_pre = _delta_of(cur[1], dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
+            if HAS_Z:
+                zv = cur[3].to(tl.float32)
         else:
             # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
             # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
