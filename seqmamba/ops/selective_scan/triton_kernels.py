@@ -323,19 +323,14 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 
 @triton.jit
 def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
-    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
-    dout, zv = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
-    return _dy_of(dout, zv, HAS_Z)
-
-
-@triton.jit
-def _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
-    """One chunk's dout and z tiles as stored (dout twice without z)."""
-    dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0)
-    zv = dout
+    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u. (Each tile converted
+    as it arrives: the order the default backward was compiled and timed with; _chunk_tiles + _dy_of, loads first,
+    schedule differently on sm_90.)"""
+    dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_Z:
-        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0)
-    return dout, zv
+        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+        dy = dy * zv * tl.sigmoid(zv)
+    return dy
 
 
 @triton.jit
@@ -344,7 +339,10 @@ def _chunk_tiles(u_row, dt_row, do_row, z_row, t64, s_u_l, s_dt_l, s_do_l, s_z_l
     without z); _delta_of and _dy_of turn them into what the chunk uses."""
     u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0)
     dt = tl.load(dt_row + t64[None, :] * s_dt_l, mask=mask_dt, other=0.0)
-    dout, zv = _chunk_seq_loads(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+    dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0)
+    zv = dout
+    if HAS_Z:
+        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0)
     return u, dt, dout, zv
 
 
