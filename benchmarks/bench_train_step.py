@@ -18,6 +18,7 @@ Cases:
     python benchmarks/bench_train_step.py --out $OUT/train_step          # on the GPU, ~2 min
     python benchmarks/bench_train_step.py --cases selective_copying --overrides model.fused_add_norm=true
     python benchmarks/bench_train_step.py --cases selective_copying --embedding-gemm-rows 64
+    python benchmarks/bench_train_step.py --cases selective_copying --modes graph compiled-graph
     python benchmarks/bench_train_step.py --quick                        # CPU smoke run (eager only)
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ CASES = {
 }
 TABLE1 = ["nogate_s4d", "nogate_hyena", "nogate_s6", "h3_s4d", "h3_hyena", "h3_s6", "mamba_s4d", "mamba_hyena",
           "mamba_s6", "mamba"]
+MODES = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"],
+         "compiled": ["trainer.cuda_graph=false", "trainer.compile=true"],
+         "compiled-graph": ["trainer.cuda_graph=true", "trainer.compile=true"]}
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false", "trainer.eval_every=0", "trainer.ckpt_every=0"]
 
 
@@ -104,6 +108,9 @@ def main():
                         help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
                              "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
     add_switches(parser, "channels-first-linear", "project-channels-grad", "conv-taps", "x-proj-layout")  # for every case
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "graph"],
+                        help="how each case's step runs (on a GPU): eager, CUDA-graphed, torch.compile'd, or "
+                             "compiled and CUDA-graphed (trainer.compile=true trainer.cuda_graph=true)")
     parser.add_argument("--overrides", nargs="+", default=[],
                         help="Hydra overrides added to every case, e.g. model.fused_add_norm=true")
     args = parser.parse_args()
@@ -116,8 +123,7 @@ def main():
     apply_switches(args)
 
     cuda = torch.cuda.is_available() and not args.quick
-    modes = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"]} if cuda else \
-        {"eager": ["trainer.cuda_graph=false"]}
+    modes = {mode: MODES[mode] for mode in args.modes} if cuda else {"eager": MODES["eager"]}
     device = ["trainer.device=cuda"] if cuda else ["trainer.device=cpu", "trainer.num_threads=1"]
     shrink = []
     if args.quick:  # seconds on a CPU: short sequences, a handful of steps
@@ -132,10 +138,11 @@ def main():
                 row = measure(CASES[case] + device + mode_overrides + extra, args.steps, args.log_every,
                               os.path.join(tmp, f"{case}_{mode}"))
                 rows.append({"case": case, "mode": mode, **row})
-                print(f"{case:18s} {mode:6s} {row['steps_per_s']:8.1f} steps/s  loss {row['final_loss']:.4f}", flush=True)
+                print(f"{case:18s} {mode:14s} {row['steps_per_s']:8.1f} steps/s  loss {row['final_loss']:.4f}",
+                      flush=True)
         if args.table1:
             for layer in TABLE1 if not args.quick else ["h3_s4d", "mamba"]:
-                overrides = CASES["selective_copying"] + device + list(modes.get("graph", modes["eager"]))
+                overrides = CASES["selective_copying"] + device + list(MODES["graph"] if cuda else MODES["eager"])
                 overrides += [f"+model.ssm_cfg.layer={layer}"] if layer != "mamba" else []
                 overrides += (shrink.get("selective_copying", []) if shrink else []) + args.overrides
                 try:
@@ -153,15 +160,15 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}, f, indent=2)
     print(f"\ndevice: {torch.cuda.get_device_name() if cuda else 'cpu'}")
-    print(f"{'case':24s} {'mode':6s} {'steps/s':>9s} {'tokens/s':>12s} {'x eager':>8s} {'params':>8s}")
+    print(f"{'case':24s} {'mode':14s} {'steps/s':>9s} {'tokens/s':>12s} {'x eager':>8s} {'params':>8s}")
     eager = {r["case"]: r.get("steps_per_s") for r in rows if r["mode"] == "eager"}
     for r in rows:
         if "error" in r:
-            print(f"{r['case']:24s} {r['mode']:6s} failed: {r['error']}")
+            print(f"{r['case']:24s} {r['mode']:14s} failed: {r['error']}")
             continue
-        base = eager.get(r["case"]) if r["mode"] == "graph" else None
+        base = eager.get(r["case"]) if r["mode"] != "eager" else None
         ratio = f"{r['steps_per_s'] / base:7.2f}x" if base else "       -"
-        print(f"{r['case']:24s} {r['mode']:6s} {r['steps_per_s']:9.1f} {r['tokens_per_s']:12.0f} {ratio} "
+        print(f"{r['case']:24s} {r['mode']:14s} {r['steps_per_s']:9.1f} {r['tokens_per_s']:12.0f} {ratio} "
               f"{r['params']:8d}")
 
 

@@ -18,6 +18,8 @@
 #            against the Triton kernel, mamba_ssm and flash attention) | decodeprof (one decode step's kernels and memory floor, Mamba vs GPT, 1.4B at batch 128: profile_decode.py)
 #          | ncu (Nsight Compute on one forward and one backward launch at (8, 1536, 4096), ours and mamba_ssm's)
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
+#          | compilestep (trainer.compile under CUDA graphs: the trainer's GPU test of it, then the selective-copying
+#            step CUDA-graphed plain / compiled, alternately, twice, then the profile of 8 compiled eager steps)
 #          | chunkpf (BWD_CONFIG chunk_prefetch true / 2: the scan's GPU edge tests with each, then fwd+bwd at two shapes
 #            and the selective-copying step without / with each)
 #          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
@@ -204,6 +206,15 @@ for step in $steps; do
                    | tee "$OUT/prefillprof.log" ;;
     ncu) ncu_runs "triton mamba_ssm" "fwd bwd" ;;
     ncugluon) ncu_runs "triton gluon" fwd ;;
+    compilestep) timeout 200 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "mamba_induction_heads_model" 2>&1 \
+                   | tail -2 | tee "$OUT/compilestep.log"
+                 for run in 1 2; do  # the step plain and compiled, both CUDA-graphed
+                   timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compilestep_$run" \
+                     --cases selective_copying --modes graph compiled-graph --steps 300 2>&1 \
+                     | grep -E "^selective_copying" | sed "s/^/run $run: /" | tee -a "$OUT/compilestep.log"; done
+                 timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compileprof" --cases selective_copying \
+                   --modes compiled --steps 100 --profile --overrides trainer.compile=true trainer.cuda_graph=false 2>&1 | tail -45 \
+                   > "$OUT/compileprof.log" ;;
     chunkpf) for cp in true 2; do SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 100 python -m pytest -q -rf \
                -m gpu tests/test_gpu_ops.py -k "scan_edge" 2>&1 | tail -2 | tee -a "$OUT/chunkpf.log"; done
              for cp in false true 2; do  # the backward's next-chunk loads during the epilogue, or at the chunk's top

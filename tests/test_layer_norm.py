@@ -147,3 +147,27 @@ def test_triton_add_norm_on_cuda_at_model_width_matches_reference(is_rms_norm):
     x = torch.randn(4, 768 * 2, device="cuda", dtype=torch.bfloat16)[:, :768]  # row stride 1536
     weight = torch.randn(768, device="cuda", dtype=torch.bfloat16)
     assert rel_err(rms_norm_fn(x, weight), rms_norm_fn(x, weight, backend="reference")) < 1e-2
+
+
+def test_add_norm_under_torch_compile_is_one_graph_with_the_reference_semantics():
+    """Under torch.compile the Triton backend defers to the traced reference (Inductor fuses it): one graph, no
+    break at the kernels' launcher, the same outputs and gradients as the reference with the first block's fp32
+    residual. (A break there recompiled inside a CUDA-graph capture of the compiled training step.)"""
+    x, weight, _, residual = make_inputs((2, 5, 8), torch.bfloat16, True, torch.float32, False)
+
+    def block(x, weight, residual):
+        out, res = rms_norm_fn(x, weight, residual=residual, prenorm=True, residual_in_fp32=True, backend="triton")
+        return out.float().square().sum() + res.sum()
+
+    explained = torch._dynamo.explain(block)(x, weight, residual)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, residual)]
+    got = torch.compile(block, backend="aot_eager", fullgraph=True)(*leaves)
+    got_grads = torch.autograd.grad(got, leaves)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (x, weight, residual)]
+    out, res = layer_norm_ref(ref_leaves[0], ref_leaves[1], None, ref_leaves[2], 1e-5, True, True, True)
+    want = out.float().square().sum() + res.sum()
+    assert res.dtype == torch.float32 and rel_err(got, want) < 1e-6
+    for g, w in zip(got_grads, torch.autograd.grad(want, ref_leaves)):
+        assert rel_err(g, w) < 1e-6

@@ -531,6 +531,17 @@ def test_cuda_graph_trains_the_mamba_induction_heads_model_like_the_eager_step(t
     for (name, p_graph), p_eager in zip(graphed.model.named_parameters(), eager.model.parameters()):
         torch.testing.assert_close(p_graph, p_eager, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")
 
+    # trainer.compile under the graphs: the warmup steps compile, the capture records Inductor's kernels, and the
+    # replays train as the compiled eager step does (Inductor's fused bf16 elementwise ops round differently from
+    # eager's kernels, so against the plain eager run only the losses, loosely)
+    compiled, compiled_losses, _ = run("compiled_graph", cuda_graph=True, compile=True)
+    compiled_eager, compiled_eager_losses, _ = run("compiled_eager", compile=True)
+    assert compiled.use_cuda_graph and compiled._graph.captures == 1 and compiled._graph.replays == 21
+    assert compiled_losses == pytest.approx(compiled_eager_losses, rel=1e-4)
+    for (name, p_graph), p_eager in zip(compiled.model.named_parameters(), compiled_eager.model.parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")
+    assert compiled_losses == pytest.approx(eager_losses, rel=2e-2)
+
 
 def test_a_tie_with_the_best_metric_moves_best_to_the_later_weights(tmp_path):
     # val/acc saturates at 1.0 on the synthetic tasks; best.pt must not freeze at the first perfect step

@@ -19,8 +19,11 @@ warmup) captures again. Checkpoints store a plain optimizer state (float learnin
 optimizer's own ``capturable`` flag), so they load into eager or CPU runs.
 
 What cannot be captured is refused with the reason (``trainer.cuda_graph=true``) or silently left
-eager (``auto``): a CPU device, several processes (DDP), gradient accumulation, fp16 loss scaling,
-``trainer.compile``.
+eager (``auto``): a CPU device, several processes (DDP), gradient accumulation, fp16 loss scaling.
+
+With ``trainer.compile=true`` the captured step runs the compiled model (Inductor's fused kernels, the
+scan and the conv as opaque custom ops): its warmup steps compile the forward and the backward, and the
+capture records the compiled kernels, so a replay runs them without Dynamo's guards or any Python.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ WARMUP_STEPS = 3
 
 
 def unsupported_reason(*, device: torch.device, world_size: int, grad_accum_steps: int,
-                       autocast_dtype: Optional[torch.dtype], compile: bool) -> Optional[str]:
+                       autocast_dtype: Optional[torch.dtype]) -> Optional[str]:
     """Why this run's step cannot be graph-captured, or None when it can."""
     if device.type != "cuda":
         return f"it needs a CUDA device (this run is on {device})"
@@ -44,8 +47,6 @@ def unsupported_reason(*, device: torch.device, world_size: int, grad_accum_step
         return f"it needs trainer.grad_accum_steps=1 (got {grad_accum_steps})"
     if autocast_dtype == torch.float16:
         return "fp16 loss scaling checks the gradients on the host every step; use precision=bf16 or fp32"
-    if compile:
-        return "trainer.compile=true and CUDA graphs do not combine here; pick one"
     return None
 
 

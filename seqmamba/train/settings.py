@@ -42,7 +42,8 @@ Keys (defaults in brackets):
 - ``cuda_graph`` [false]: false | true | auto. Replay each training step from CUDA graphs (forward +
   backward + clipping, then the optimizer step; :mod:`seqmamba.train.cuda_graph`), for small models
   whose eager step is launch-bound. ``true`` fails in one line where a step cannot be captured (CPU,
-  DDP, gradient accumulation, fp16, compile); ``auto`` then trains eagerly.
+  DDP, gradient accumulation, fp16); ``auto`` then trains eagerly. With ``compile`` the graphs capture
+  the compiled model's kernels.
 """
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ class Trainer:
         if s.cuda_graph != "false":
             reason = graphs.unsupported_reason(
                 device=self.device, world_size=self.world_size, grad_accum_steps=self.grad_accum_steps,
-                autocast_dtype=self.autocast_dtype, compile=s.compile)
+                autocast_dtype=self.autocast_dtype)
             if reason is not None and s.cuda_graph == "true":
                 raise ValueError(f"trainer.cuda_graph=true cannot be used: {reason}; set it false or auto")
             if reason is not None and self.is_rank0 and self.device.type == "cuda":  # on a CPU nobody expects graphs
@@ -257,7 +257,10 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _autocast(self):
-        return autocast(self.device, self.autocast_dtype)
+        """The training step's autocast. A graphed run's eager steps (the warmup before each capture) use the
+        capture's (no cast cache, which would keep the first graph pool's casts): under ``trainer.compile`` the
+        compiled frames guard on that flag, and a guard that failed at the capture would recompile inside it."""
+        return autocast(self.device, self.autocast_dtype, cache_enabled=not self.use_cuda_graph)
 
     def evaluate(self) -> Dict[str, float]:
         """Every ``task.val_sets()`` entry through ``task.evaluate``; ``{"<set>/<metric>": value}``.
@@ -345,7 +348,7 @@ class Trainer:
             self._graph = graphs.GraphedTrainStep(
                 model=self.train_model, optimizer=self.optimizer, training_step=self.task.training_step,
                 move_to=self.task.move_to, grad_clip=self.grad_clip, device=self.device,
-                autocast=lambda: autocast(self.device, self.autocast_dtype, cache_enabled=False))
+                autocast=self._autocast)
         g = self._graph
         g.forward_backward(batch, signature)
         # the graph's outputs are overwritten by the next replay: the window keeps copies

@@ -75,7 +75,10 @@ def layer_norm_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   residual_in_fp32: bool = False, is_rms_norm: bool = False, backend: str = "auto") -> Output:
     """LayerNorm (or RMSNorm with ``is_rms_norm``) of ``x + residual`` over the last dim; see the module doc."""
     _check(x, weight, bias, residual, eps)
-    if resolve_backend("layer_norm", backend, x.is_cuda) == "triton":
+    # Under torch.compile the reference is traced instead: Inductor generates the fused add + norm (forward and
+    # backward) itself and fuses it with its neighbours, where the Triton kernels' autograd.Function would be a
+    # graph break (their launch cache reads data pointers).
+    if resolve_backend("layer_norm", backend, x.is_cuda) == "triton" and not torch.compiler.is_compiling():
         return _AddNormFunction.apply(x, weight, bias, residual, float(eps), bool(prenorm), bool(residual_in_fp32),
                                       bool(is_rms_norm))
     return layer_norm_ref(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms_norm)
