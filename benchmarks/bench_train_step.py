@@ -50,7 +50,8 @@ CASES = {
 }
 TABLE1 = ["nogate_s4d", "nogate_hyena", "nogate_s6", "h3_s4d", "h3_hyena", "h3_s6", "mamba_s4d", "mamba_hyena",
           "mamba_s6", "mamba"]
-MODES = {"eager": ["trainer.cuda_graph=false"], "graph": ["trainer.cuda_graph=true"],
+MODES = {"eager": ["trainer.cuda_graph=false", "trainer.compile=false"],
+         "graph": ["trainer.cuda_graph=true", "trainer.compile=false"],
          "compiled": ["trainer.cuda_graph=false", "trainer.compile=true"],
          "compiled-graph": ["trainer.cuda_graph=true", "trainer.compile=true"]}
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false", "trainer.eval_every=0", "trainer.ckpt_every=0"]

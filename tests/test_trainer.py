@@ -412,6 +412,12 @@ def test_cuda_graph_setting_is_checked_and_refused_where_a_step_cannot_be_captur
     assert TrainerSettings.from_config({}).cuda_graph == "false"
     with pytest.raises(ConfigValueError, match="cuda_graph='sometimes'.*true, false or auto"):
         TrainerSettings.from_config({"trainer": {"cuda_graph": "sometimes"}})
+    assert TrainerSettings.from_config({"trainer": {"compile": "auto"}}).compile == "auto"
+    assert TrainerSettings.from_config({"trainer": {"compile": True}}).compile == "true"
+    with pytest.raises(ConfigValueError, match="compile='yes'.*true, false or auto"):
+        TrainerSettings.from_config({"trainer": {"compile": "yes"}})
+    cfg = make_cfg(max_steps=2, cuda_graph="auto", compile="auto")  # compile=auto: only where the step is graphed
+    assert not Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "auto_compile")).compiled
     cfg = make_cfg(max_steps=2, cuda_graph=True)
     with pytest.raises(ValueError, match="cuda_graph=true cannot be used: it needs a CUDA device"):
         Trainer(TinyRegressionTask(cfg), cfg, str(tmp_path / "refused"))

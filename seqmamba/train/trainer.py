@@ -163,13 +163,6 @@ class Trainer:
         if self.dist_env.is_distributed:
             # distinct dropout/sampling streams per rank (rank 0 keeps the plain seed)
             seed_everything(self.seed + 1_000_003 * self.rank)
-        train_model = self.model
-        if s.compile:
-            train_model = torch.compile(train_model)
-        self.train_model = dist_utils.wrap_ddp(train_model, self.device, s.ddp_find_unused_parameters)
-        self.optimizer = task.configure_optimizer(self.model, self.device.type)
-        self.scheduler = build_scheduler(self.optimizer, section(self.cfg, "scheduler"), self.max_steps)
-        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
         # -- CUDA graphs (trainer.cuda_graph) --------------------------------------------------------
         self.use_cuda_graph = False
@@ -182,6 +175,13 @@ class Trainer:
             if reason is not None and self.is_rank0 and self.device.type == "cuda":  # on a CPU nobody expects graphs
                 log.info("trainer.cuda_graph=auto: training eagerly, as %s", reason)
             self.use_cuda_graph = reason is None
+        # trainer.compile: auto compiles where the step is graphed (the small models, where it was measured)
+        self.compiled = s.compile == "true" or (s.compile == "auto" and self.use_cuda_graph)
+        train_model = torch.compile(self.model) if self.compiled else self.model
+        self.train_model = dist_utils.wrap_ddp(train_model, self.device, s.ddp_find_unused_parameters)
+        self.optimizer = task.configure_optimizer(self.model, self.device.type)
+        self.scheduler = build_scheduler(self.optimizer, section(self.cfg, "scheduler"), self.max_steps)
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self._graph: Optional[graphs.GraphedTrainStep] = None  # built at the first captured step
         self._warm_signature: Any = None
         self._warm_shapes: Any = None
