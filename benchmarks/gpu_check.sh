@@ -20,8 +20,8 @@
 #          | ncugluon (the same for the forward as the Triton and as the Gluon kernel: their stall reasons side by side)
 #          | compilestep (trainer.compile under CUDA graphs: the trainer's GPU test of it, then the selective-copying
 #            step CUDA-graphed plain / compiled, alternately, twice, then the profile of 8 compiled eager steps)
-#          | chunkpf (BWD_CONFIG chunk_prefetch true / 2: the scan's GPU edge tests with each, then fwd+bwd at two shapes
-#            and the selective-copying step without / with each)
+#          | graphcheck (the graphed step's deferred non-finite check: the trainer's CUDA-graph GPU tests, then the
+#            selective-copying and induction-heads steps compiled and graphed, --graph-check sync / deferred twice)
 #          | ncubwd (Nsight Compute on one backward launch at NCU_SHAPE, default 64x128x4112: stall reasons, and the stall
 #            samples of every SASS instruction as CSV in $OUT/ncubwd_sass.csv)
 #          | nculanes (Nsight Compute on the lanes forward at (64, 1536, 2048) and (16, 2048, 2048): every stall reason
@@ -215,16 +215,12 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compileprof" --cases selective_copying \
                    --modes compiled --steps 100 --profile --overrides trainer.compile=true trainer.cuda_graph=false 2>&1 | tail -45 \
                    > "$OUT/compileprof.log" ;;
-    chunkpf) for cp in true 2; do SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 100 python -m pytest -q -rf \
-               -m gpu tests/test_gpu_ops.py -k "scan_edge" 2>&1 | tail -2 | tee -a "$OUT/chunkpf.log"; done
-             for cp in false true 2; do  # the backward's next-chunk loads during the epilogue, or at the chunk's top
-               SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 60 python benchmarks/bench_scan_backward_configs.py \
-                 --shapes 64x128x4112 8x1536x4096 --block-d 1 --T 256 --maxnreg 168 --fast-flip on 2>&1 \
-                 | grep -E "^[0-9]+x" | head -2 | sed "s/^/chunk_prefetch $cp: /" | tee -a "$OUT/chunkpf.log"; done
-             for cp in false true 2; do  # the selective-copying step, CUDA-graphed
-               SEQMAMBA_SCAN_BWD_CONFIG="chunk_prefetch=$cp" timeout 60 python benchmarks/bench_train_step.py \
-                 --out "$OUT/sc_$cp" --cases selective_copying --steps 300 2>&1 | tail -1 \
-                 | sed "s/^/chunk_prefetch $cp: /" | tee -a "$OUT/chunkpf.log"; done ;;
+    graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
+                  | tail -3 | tee "$OUT/graphcheck.log"
+                for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do
+                  timeout 90 python benchmarks/bench_train_step.py --out "$OUT/gc_${case}_$check" --cases $case \
+                    --modes compiled-graph --steps 400 --graph-check $check 2>&1 | grep -E "^$case  " \
+                    | sed "s/^/$check: /" | tee -a "$OUT/graphcheck.log"; done; done ;;
     ncubwd) timeout 150 ncu --clock-control none $NCU_SECTIONS --section SourceCounters \
               --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
               -k regex:selective_scan_bwd --launch-skip 2 --launch-count 1 -o "$OUT/bwd" \

@@ -35,6 +35,10 @@ SWITCHES = {
         "seqmamba.ops.decode_linear.triton_kernels", "ENABLED", {"triton": True, "cublas": False},
         "a decode step's projections by the split-K Triton kernel where its rule says so (triton) or all by "
         "F.linear (cublas)"),
+    "graph-check": (
+        "seqmamba.train.cuda_graph", "DEFERRED_CHECK", {"deferred": True, "sync": False},
+        "a graphed training step's loss / grad norm checked one step late, the update skipping itself on the "
+        "device (deferred, the default), or read by the host between the two graphs (sync)"),
 }
 
 

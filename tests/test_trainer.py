@@ -453,6 +453,28 @@ def test_graphed_step_checkpoints_a_plain_optimizer_state():
     fresh.load_state_dict(state)  # an eager CPU run takes the checkpoint as it is
 
 
+def test_the_fused_adamw_skips_a_step_on_the_device_flag_the_graphed_update_sets():
+    """The premise of the graphed step's deferred check (cuda_graph.skips_nonfinite_on_device): the fused
+    optimizer leaves weights, moments and step count untouched where ``found_inf`` is 1, and steps at 0."""
+    from seqmamba.train.cuda_graph import skips_nonfinite_on_device
+
+    model = TinyTokenRegressor()
+    assert not skips_nonfinite_on_device(build_optimizer(model, {"name": "adamw", "fused": False}, "cpu"))
+    optimizer = build_optimizer(model, {"name": "adamw", "lr": 1e-2, "fused": True}, "cpu")
+    assert skips_nonfinite_on_device(optimizer)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.found_inf = torch.tensor(1.0)
+    optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(float(s["step"]) == 0 and not s["exp_avg"].any() for s in optimizer.state.values())
+    optimizer.found_inf.zero_()
+    optimizer.step()
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(float(s["step"]) == 1 for s in optimizer.state.values())
+
+
 def _graph_cfg(**overrides):
     cfg = make_cfg(device="cuda", precision="auto", **overrides)
     return cfg
@@ -490,14 +512,26 @@ def test_cuda_graph_run_matches_the_eager_run_and_resumes(tmp_path):
 @pytest.mark.gpu
 @requires_cuda
 def test_cuda_graph_run_stops_on_a_nan_loss_before_the_update_and_recaptures_a_new_length(tmp_path):
-    cfg = _graph_cfg(max_steps=12, ckpt_every=3, cuda_graph=True)
+    # log_every 5: step 8 is no log / checkpoint step, so its values are read one step late (at step 9, before
+    # step 9's update is launched) while its own update skipped itself on the device (fused AdamW's found_inf)
+    cfg = _graph_cfg(max_steps=12, ckpt_every=3, log_every=5, cuda_graph=True)
     run_dir = tmp_path / "nan"
     trainer = Trainer(GraphableRegressionTask(cfg, nan_at_batch=7), cfg, str(run_dir))  # batch 7 = step 8
+    assert trainer._graph is None
     with pytest.raises(TrainingError, match="step 8"):
         trainer.fit()
-    assert trainer._graph is not None and trainer._graph.replays >= 4  # step 8 was a replayed one
+    assert trainer._graph.skips_nonfinite and trainer._graph.replays == 9 - 3  # step 8 was a replayed one
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+    # the weights and the optimizer's state are step 7's, exactly: as a run paused after step 7 left them
+    pause_cfg = _graph_cfg(max_steps=12, ckpt_every=3, log_every=5, cuda_graph=True, stop_at_step=7)
+    paused = Trainer(GraphableRegressionTask(pause_cfg, nan_at_batch=7), pause_cfg, str(tmp_path / "paused7"))
+    paused.fit()
+    for (name, p_nan), p_7 in zip(trainer.model.named_parameters(), paused.model.parameters()):
+        torch.testing.assert_close(p_nan, p_7, rtol=1e-6, atol=1e-7, msg=f"parameter {name}")
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(trainer.optimizer.state[p_nan][key], paused.optimizer.state[p_7][key],
+                                       rtol=1e-6, atol=1e-9, msg=f"{key} of {name}")
 
     cfg = _graph_cfg(max_steps=12, cuda_graph=True, seq_len_warmup=[[0, 6], [6, 9]])
     warm = Trainer(GraphableRegressionTask(cfg), cfg, str(tmp_path / "lengths"))

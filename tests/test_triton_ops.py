@@ -406,25 +406,6 @@ def test_triton_scan_with_prefetched_component_loads_matches_reference(monkeypat
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("mode", [True, 2])
-@pytest.mark.parametrize("L,time_major,use", [(37, False, ALL_OPTIONAL), (33, True, ("z", "delta_bias")),
-                                              (16, False, ("D", "initial_state"))])
-def test_triton_scan_backward_with_chunk_prefetch_matches_float64_reference(monkeypatch, L, time_major, use, mode):
-    """BWD_CONFIG chunk_prefetch: the next chunk's u / delta / dout / z tiles loaded during this chunk's epilogue
-    and carried into the next iteration (none past the first chunk), and with 2 this chunk's tiles kept for its
-    epilogue; 16-step chunks, one and two channels per program, with and without z / delta_bias, one chunk only
-    (L = 16)."""
-    for block_d in (1, 2):
-        monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=block_d, T=16, num_warps=1, prefetch=True,
-                                                             chunk_prefetch=mode))
-        monkeypatch.setattr(scan_launch, "BWD_CONFIG_CHANNEL_LAST", dict(scan_launch.BWD_CONFIG))
-        batch, dim, N = 2, 4, 3
-        inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=L + block_d,
-                                  time_major=time_major)
-        dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-        float64_and_triton_scans(inputs, use, dout, dlast, 1e-4)
-
-
 def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     """Forward chunks of 32 steps save the state every 16 steps for a backward walking chunks of 16."""
     monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=1, T=32, num_warps=1))

@@ -232,7 +232,8 @@ class Trainer:
 
     def save(self, name: str = LAST_NAME) -> Optional[str]:
         """Write ``checkpoints/<name>`` atomically. Collective: every rank must call it (each rank
-        contributes its RNG state); rank 0 writes."""
+        contributes its RNG state); rank 0 writes. Graphed steps not checked yet are checked first."""
+        self._settle_graphed_steps()
         rng_states = dist_utils.all_gather_object(capture_rng_state())
         if not self.is_rank0:
             return None
@@ -337,6 +338,7 @@ class Trainer:
             self._warm_signature, self._warm_shapes, self._warm_steps = signature, shapes, 0
         if self._warm_steps < graphs.WARMUP_STEPS:
             self._warm_steps += 1
+            self._settle_graphed_steps()  # an eager step's update must not follow an unchecked graphed one
             with side_stream(self.device):
                 return self._train_step(iter([batch]), sums)
         return self._graphed_train_step(batch, signature, sums)
@@ -354,12 +356,33 @@ class Trainer:
         # the graph's outputs are overwritten by the next replay: the window keeps copies
         add_sums(sums, {"loss": g.loss.clone(), "_count": 1.0, "_tokens": float(self.task.batch_tokens(batch))})
         add_sums(sums, {k: v.clone() for k, v in g.metrics.items() if k != "loss"})
-        loss, grad_norm, lr = graphs.stack_for_host([g.loss, g.grad_norm, g.current_lr()])
-        self._stop_if_nonfinite(step_number, float(not math.isfinite(loss)), grad_norm, [loss])
+        if g.skips_nonfinite:
+            # this step's values are checked at the next step (or at the next log / eval / checkpoint): its
+            # update skips itself on the device if they are not finite, the previous step's are checked here,
+            # before this update is launched. The GPU runs on meanwhile.
+            g.record(step_number)
+            self._settle_graphed_steps(keep_latest=True)
+            info: Dict[str, float] = {}
+        else:
+            loss, grad_norm, lr = graphs.stack_for_host([g.loss, g.grad_norm, g.current_lr()])
+            self._stop_if_nonfinite(step_number, float(not math.isfinite(loss)), grad_norm, [loss])
+            info = {"lr": lr, "grad_norm": grad_norm}
         g.update()
         self.scheduler.step()
         self.step = step_number
-        return {"lr": lr, "grad_norm": grad_norm}
+        return info
+
+    def _settle_graphed_steps(self, keep_latest: bool = False) -> Dict[str, float]:
+        """Check the graphed steps whose values were not read yet (all, or all but the newest): a non-finite one
+        stops the run (its update was skipped on the device, later ones were not launched). Returns the newest
+        checked step's lr and grad norm ({} when none was pending)."""
+        info: Dict[str, float] = {}
+        if self._graph is None:
+            return info
+        for step, loss, grad_norm, lr in self._graph.settle(keep_latest):
+            self._stop_if_nonfinite(step, float(not math.isfinite(loss)), grad_norm, [loss])
+            info = {"lr": lr, "grad_norm": grad_norm}
+        return info
 
     def _train_step(self, batches: Iterator[Any], sums: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches. Adds this rank's metric sums
@@ -459,6 +482,11 @@ class Trainer:
                 if batches is None:
                     batches = self._open_batches()
                 info = self._step(batches, window)
+                boundary = (self.step % self.log_every == 0 or self.step == self.max_steps
+                            or (self.eval_every > 0 and self.step % self.eval_every == 0)
+                            or (self.ckpt_every > 0 and self.step % self.ckpt_every == 0))
+                if boundary:  # a graphed step's values are read one step late; these need this step's
+                    info = {**info, **self._settle_graphed_steps()}
 
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
                     now = time.perf_counter()

@@ -92,14 +92,7 @@ def _softplus(x):
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value)."""
-    raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0)
-    return _delta_of(raw, dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
-
-
-@triton.jit
-def _delta_of(raw, dbias, mask_dt, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """_load_delta's results from the loaded delta tile (any float dtype)."""
-    raw = raw.to(tl.float32)
+    raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]
     delta = raw
@@ -323,36 +316,11 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 
 @triton.jit
 def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
-    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u. (Each tile converted
-    as it arrives: the order the default backward was compiled and timed with; _chunk_tiles + _dy_of, loads first,
-    schedule differently on sm_90.)"""
+    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
     dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
         dy = dy * zv * tl.sigmoid(zv)
-    return dy
-
-
-@triton.jit
-def _chunk_tiles(u_row, dt_row, do_row, z_row, t64, s_u_l, s_dt_l, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
-    """The backward's per-chunk sequence tiles as stored: (u, delta before bias / softplus, dout, z) (dout twice
-    without z); _delta_of and _dy_of turn them into what the chunk uses."""
-    u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0)
-    dt = tl.load(dt_row + t64[None, :] * s_dt_l, mask=mask_dt, other=0.0)
-    dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0)
-    zv = dout
-    if HAS_Z:
-        zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0)
-    return u, dt, dout, zv
-
-
-@triton.jit
-def _dy_of(dout, zv, HAS_Z: tl.constexpr):
-    """_load_dy's dy from the loaded dout / z tiles."""
-    dy = dout.to(tl.float32)
-    if HAS_Z:
-        zf = zv.to(tl.float32)
-        dy = dy * zf * tl.sigmoid(zf)
     return dy
 
 
@@ -439,12 +407,10 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    PDL: tl.constexpr = False, CHUNK_PREFETCH: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state). CHUNK_PREFETCH: the next chunk's
-    u / delta / dout / z loads are issued before this chunk's epilogue instead of at the next chunk's top; 2: and the
-    epilogue uses this chunk's tiles as loaded instead of reading them again."""
+    first step into the previous chunk and ends holding dL/d(initial state)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -467,22 +433,12 @@ def _selective_scan_bwd_kernel(
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first, is_last = _chunk_ends(t_loc, T)
 
-    if CHUNK_PREFETCH:  # the last chunk's tiles
-        t_idx, mask_t, mask_dt, t64 = _chunk_steps(n_chunks - 1, T, t_loc, L, mask_d)
-        tiles = _chunk_tiles(u_row, dt_row, do_row, z_row, t64, s_u_l, s_dt_l, s_do_l, s_z_l, mask_dt, HAS_Z)
-
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
-        if CHUNK_PREFETCH:  # loaded during the previous chunk's epilogue
-            cur = tiles
-            u = cur[0].to(tl.float32)
-            delta, delta_pre = _delta_of(cur[1], dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
-            dy = _dy_of(cur[2], cur[3], HAS_Z)
-        else:
-            u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-            delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
-            dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+        u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         delta_u = delta * u
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
@@ -503,28 +459,15 @@ def _selective_scan_bwd_kernel(
                 B_VAR, C_VAR, FAST_FLIP, T // 32)
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
-        if CHUNK_PREFETCH:  # the next chunk's tiles, in flight while this chunk's epilogue runs
-            t_next, mask_t_next, mask_next, t64_next = _chunk_steps(c - 1, T, t_loc, L, mask_d & (c > 0))
-            tiles = _chunk_tiles(u_row, dt_row, do_row, z_row, t64_next, s_u_l, s_dt_l, s_do_l, s_z_l, mask_next,
-                                 HAS_Z)
-        if CHUNK_PREFETCH == 2:  # this chunk's tiles as loaded, kept through the loop over N (16 registers)
-            u = cur[0].to(tl.float32)
-            dout = cur[2].to(tl.float32)
-            if SOFTPLUS:
-                _, delta_pre = _delta_of(cur[1], dbias, mask_dt, HAS_DBIAS, SOFTPLUS)
-            if HAS_Z:
-                zv = cur[3].to(tl.float32)
-        else:
-            # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
-            # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
-            u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-            dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            if SOFTPLUS:
-                _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the
+        # backward otherwise needs more than 255 registers per thread and spills (H100, T 256).
+        u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
+        dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_Z:
+            zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
             sig_z = tl.sigmoid(zv)
+        if SOFTPLUS:
+            _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
         ddelta = sum_dh_B * u + sum_w_A
         if HAS_D:

@@ -74,11 +74,6 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   "shift" also moves a one step later in-register (one shuffle per 8 steps), so the reverse scan takes two
 #   operands, not three: SASS 422 -> 409 (backward loop), 138 -> 134 (state gradient); H200: no faster (1.00x);
 # - dout_copy (backward): copy a dout with non-adjacent steps to L-contiguous first (backward_dout).
-# - chunk_prefetch (backward): the next chunk's u / delta / dout / z loads issued before this chunk's epilogue
-#   (CHUNK_PREFETCH), not at the next chunk's top. Nsight Compute at (64, 128, 4112) (twenty-sixth session) put
-#   ~12% of the backward's stall samples on the first use of those per-chunk loads, none of them prefetched.
-#   2: the epilogue also uses the chunk's tiles as loaded (kept through the loop over N) instead of reading them
-#   again (~2.7% of the samples); sm_90 at the 168-register cap: 8 bytes of spill with z, none without.
 # - gluon (forward): the Gluon kernel (gluon_kernels.py: one layout of T / 32 consecutive steps per lane,
 #   one warp scan per component, bf16 B / C widened in pairs; sm_90 SASS 13.3 per state element against 17.1), where
 #   _gluon_forward_ok allows it. H200 (eighth session): 0.97x at (8, 1536, 4096 / 16384), 1.07-1.21x at
@@ -150,7 +145,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False, chunk_prefetch=False)
+                  dout_copy=True, tail_launch=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -929,8 +924,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             CHUNK_PREFETCH=int(_config(True, block_layout).get("chunk_prefetch") or 0)),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
