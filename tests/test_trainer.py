@@ -576,7 +576,8 @@ def test_cuda_graph_trains_the_mamba_induction_heads_model_like_the_eager_step(t
     # eager's kernels, so against the plain eager run only the losses, loosely)
     compiled, compiled_losses, _ = run("compiled_graph", cuda_graph=True, compile=True)
     compiled_eager, compiled_eager_losses, _ = run("compiled_eager", compile=True)
-    assert compiled.use_cuda_graph and compiled._graph.captures == 1 and compiled._graph.replays == 21
+    assert compiled.compiled and compiled.use_cuda_graph and compiled._graph.captures == 1
+    assert compiled._graph.replays == 21 and compiled._graph.skips_nonfinite
     assert compiled_losses == pytest.approx(compiled_eager_losses, rel=1e-4)
     for (name, p_graph), p_eager in zip(compiled.model.named_parameters(), compiled_eager.model.parameters()):
         torch.testing.assert_close(p_graph, p_eager, rtol=1e-4, atol=1e-5, msg=f"parameter {name}")
