@@ -374,6 +374,10 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         )
 
 
+# Not traced by torch.compile (a deliberate graph break: the scan runs eagerly between compiled graphs). Traced,
+# its per-step loop unrolls into L ops per chunk, and its autograd.Function frees the forward's saved chunks as the
+# backward goes (a side effect Dynamo refuses, after tracing the whole unrolled forward first).
+@torch.compiler.disable
 def selective_scan_torch(
     u: torch.Tensor,
     delta: torch.Tensor,
