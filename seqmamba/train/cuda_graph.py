@@ -233,7 +233,3 @@ def skips_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return (getattr(optimizer, "_step_supports_amp_scaling", False) and bool(optimizer.param_groups)
             and all(group.get("fused") for group in optimizer.param_groups))
 
-
-def stack_for_host(values: List[torch.Tensor]) -> List[float]:
-    """Several device scalars to host floats in one transfer."""
-    return torch.stack([v.detach().to(torch.float64).reshape(()) for v in values]).tolist()

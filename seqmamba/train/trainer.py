@@ -356,17 +356,11 @@ class Trainer:
         # the graph's outputs are overwritten by the next replay: the window keeps copies
         add_sums(sums, {"loss": g.loss.clone(), "_count": 1.0, "_tokens": float(self.task.batch_tokens(batch))})
         add_sums(sums, {k: v.clone() for k, v in g.metrics.items() if k != "loss"})
-        if g.skips_nonfinite:
-            # this step's values are checked at the next step (or at the next log / eval / checkpoint): its
-            # update skips itself on the device if they are not finite, the previous step's are checked here,
-            # before this update is launched. The GPU runs on meanwhile.
-            g.record(step_number)
-            self._settle_graphed_steps(keep_latest=True)
-            info: Dict[str, float] = {}
-        else:
-            loss, grad_norm, lr = graphs.stack_for_host([g.loss, g.grad_norm, g.current_lr()])
-            self._stop_if_nonfinite(step_number, float(not math.isfinite(loss)), grad_norm, [loss])
-            info = {"lr": lr, "grad_norm": grad_norm}
+        g.record(step_number)
+        # Where the update skips a non-finite step on the device, this step's values are checked at the next
+        # step (or log / eval / checkpoint) and the previous step's here, before this update is launched, while the
+        # GPU runs on; otherwise this step's, now (the host waits for the graph).
+        info = self._settle_graphed_steps(keep_latest=g.skips_nonfinite)
         g.update()
         self.scheduler.step()
         self.step = step_number
@@ -482,13 +476,9 @@ class Trainer:
                 if batches is None:
                     batches = self._open_batches()
                 info = self._step(batches, window)
-                boundary = (self.step % self.log_every == 0 or self.step == self.max_steps
-                            or (self.eval_every > 0 and self.step % self.eval_every == 0)
-                            or (self.ckpt_every > 0 and self.step % self.ckpt_every == 0))
-                if boundary:  # a graphed step's values are read one step late; these need this step's
-                    info = {**info, **self._settle_graphed_steps()}
 
                 if self.step % self.log_every == 0 or self.step == self.max_steps:
+                    info = {**info, **self._settle_graphed_steps()}  # a graphed step's values come a step late
                     now = time.perf_counter()
                     elapsed = max(now - window_start, 1e-9)
                     row = self._reduce_window(window, elapsed)
@@ -562,6 +552,7 @@ class Trainer:
         return bool(over)
 
     def _evaluate_and_track(self, logger: MetricsLogger, say) -> Dict[str, float]:
+        self._settle_graphed_steps()  # no evaluation of weights whose last step is unchecked
         metrics = self.evaluate()
         if not metrics:
             return metrics
