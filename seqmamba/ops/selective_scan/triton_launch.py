@@ -145,7 +145,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False)
+                  dout_copy=True, tail_launch=False, seg_states=8)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -271,6 +271,24 @@ def _saving_chunk(T: int, T_bwd: int) -> int:
     return T if T >= T_bwd and T % T_bwd == 0 else T_bwd
 
 
+def save_interval(T_bwd: int, block_layout: bool) -> int:
+    """Steps between the states the training forward saves for a backward walking chunks of T_bwd steps:
+    BWD_CONFIG seg_states where it divides T_bwd (the backward then recomputes each segment's states from its own
+    saved state, inside a lane, instead of with a scan across the chunk), else T_bwd (one state per chunk)."""
+    seg = None if block_layout or BWD_CONFIG["block_d"] != 1 or FWD_CONFIG["block_d"] != 1 else (
+        BWD_CONFIG.get("seg_states"))
+    return seg if seg and seg < T_bwd and T_bwd % seg == 0 else T_bwd
+
+
+def saved_states_shape(u, delta, z, A, B, C) -> tuple:
+    """The training forward's saved states, (batch, dim, states, N) fp32: one entering every save_interval steps."""
+    batch, dim, L = u.shape
+    block_layout = is_block_layout(u, delta, z)
+    T_bwd = _launch_config(dim, A.shape[1], L, _bc_layout(B, C, dim)[-1], backward=True,
+                           block_layout=block_layout)[1]
+    return batch, dim, _n_chunks(L, save_interval(T_bwd, block_layout)), A.shape[1]
+
+
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return empty((1,), ref.device, torch.float32)
 
@@ -288,12 +306,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                                                               save_states=bool(save_states))
     saves_per_chunk, n_saved = 1, 1
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
-    if _lanes_forward_ok(u, N, block_layout, T_bwd):
-        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out,
+    T_save = save_interval(T_bwd, block_layout) if save_states else 0
+    if _lanes_forward_ok(u, N, block_layout, T_save):
+        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out,
                                    (B_var, sB, C_var, sC, cpg))
-    if save_states:  # save the state entering each of the backward's chunks
+    if save_states:  # save the state entering each of the backward's chunks (or segments of them)
         T = _saving_chunk(T, T_bwd)
-        saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
+        saves_per_chunk, n_saved = T // T_save, _n_chunks(L, T_save)
     n_chunks = _n_chunks(L, T)
     if out is None:
         out = _empty_like_layout(u, block_layout)
@@ -311,7 +330,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                out, state, chunk_states)
     ints = (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
-    if _gluon_forward_ok(u.device, BLOCK_D, T, num_warps, B_var, C_var):
+    if _gluon_forward_ok(u.device, BLOCK_D, T, num_warps, B_var, C_var) and T_save == T_bwd:
         _launch_fwd_gluon(grid, tensors, ints,
                           dict(T=T, WARPS=num_warps, HAS_D=D is not None, HAS_Z=z is not None,
                                HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
@@ -896,8 +915,9 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
                                                               block_layout=block_layout, batch=batch, device=u.device)
-    n_chunks = chunk_states.shape[2]
-    assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
+    n_chunks, n_saved = _n_chunks(L, T), chunk_states.shape[2]
+    T_save = save_interval(T, block_layout)
+    assert n_saved == _n_chunks(L, T_save), "forward and backward chunking disagree"
     dummy = _dummy(u)
     du, ddelta, dz, dB_out, dC_out = grads_out if grads_out is not None else (*_input_grads_like(u, delta, z),
                                                                                None, None)
@@ -917,14 +937,15 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     grid = (cdiv(dim, BLOCK_D), batch)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias)
-    ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
+    ints = (dim, L, N, cpg, n_chunks, n_saved, G_B, G_C,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
             *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
     fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, T_SAVE=T_save,
+             FAST_FLIP=fast_flip),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
