@@ -217,7 +217,7 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compileprof" --cases selective_copying \
                    --modes compiled --steps 100 --profile --overrides trainer.compile=true trainer.cuda_graph=false 2>&1 | tail -45 \
                    > "$OUT/compileprof.log" ;;
-    segstates) par_pytest 4 240 segtests -m gpu tests/test_gpu_ops.py -k "scan and not lanes and not gluon"
+    segstates) par_pytest 2 220 segtests -m gpu tests/test_gpu_ops.py -k "scan and not lanes and not gluon"
                timeout 200 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096 \
                  16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on --dout-copy on --seg-states 8 none 8 \
                  none 2>&1 | tail -24 | tee "$OUT/segbench.log" ;;

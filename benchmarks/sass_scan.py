@@ -57,7 +57,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, PDL=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, PDL=False, SEG_LAYOUT=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -375,7 +375,8 @@ def main():
         T = args.T or cfg["T"]
         saves = {}
         if args.t_save and name == "fwd":
-            saves = dict(SAVE_STATES=True, SAVES_PER_CHUNK=T // args.t_save)
+            saves = dict(SAVE_STATES=True, SAVES_PER_CHUNK=T // args.t_save,
+                         SEG_LAYOUT=args.t_save < triton_launch.BWD_CONFIG["T"])
         elif name == "bwd":
             saves = dict(T_SAVE=args.t_save or T)
         report(name, args.block_d or cfg["block_d"], T, args.num_warps or cfg["num_warps"],

@@ -168,6 +168,16 @@ def _rows(ptr, pid_b, d64, s_b, s_d):
 
 
 @triton.jit
+def _saved_state(chunk_row, k, n, N, n_saved, SEG_LAYOUT: tl.constexpr):
+    """The address of saved state k, component n, in a channel's row of the saved states: (n_saved, N), or with
+    SEG_LAYOUT (N, n_saved), where a component's consecutive segment states are contiguous (one line for a
+    chunk's 32 instead of 32 sectors)."""
+    if SEG_LAYOUT:
+        return chunk_row + n * n_saved + k
+    return chunk_row + k * N + n
+
+
+@triton.jit
 def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
                          C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """State component n's inputs: A_n log2(e), the B / C rows and the state entering the chunk (zeros for
@@ -190,10 +200,11 @@ def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_
 @triton.jit
 def _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d,
                          state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last, SAVE_STATES: tl.constexpr,
-                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr):
+                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr,
+                         SEG_LAYOUT: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
     if SAVE_STATES:
-        tl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev, mask=mask_d)
+        tl.store(_saved_state(chunk_row, c * SAVES_PER_CHUNK, n, N, n_saved, SEG_LAYOUT), h_prev, mask=mask_d)
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
     b = tl.where(is_first, b + a * h_prev[:, None], b)
@@ -215,17 +226,17 @@ def _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d,
         last = tl.sum(tl.where((tl.arange(0, T_SAVE) == T_SAVE - 1)[None, :],
                                tl.reshape(h, (SAVES_PER_CHUNK, T_SAVE)), 0.0), axis=1)
         saved = c * SAVES_PER_CHUNK + 1 + tl.arange(0, SAVES_PER_CHUNK)  # segment s's last state enters s + 1
-        tl.store(chunk_row + saved * N + n, last, mask=mask_d & (saved < n_saved))
+        tl.store(_saved_state(chunk_row, saved, n, N, n_saved, SEG_LAYOUT), last, mask=mask_d & (saved < n_saved))
     elif SAVE_STATES:
         # The backward may walk shorter chunks than this forward: save the states entering those too.
         for k in tl.static_range(1, SAVES_PER_CHUNK):
             saved = c * SAVES_PER_CHUNK + k
             if MASKED_LAST:
-                tl.store(chunk_row[:, None] + saved * N + n + zero_t, h,
+                tl.store(_saved_state(chunk_row[:, None], saved, n, N, n_saved, SEG_LAYOUT) + zero_t, h,
                          mask=mask_d[:, None] & (saved < n_saved) & (t_loc2 == k * T_SAVE - 1))
             else:
                 h_k = tl.sum(tl.where(t_loc2 == k * T_SAVE - 1, h, 0.0), axis=1)
-                tl.store(chunk_row + saved * N + n, h_k, mask=mask_d & (saved < n_saved))
+                tl.store(_saved_state(chunk_row, saved, n, N, n_saved, SEG_LAYOUT), h_k, mask=mask_d & (saved < n_saved))
     return y
 
 
@@ -245,13 +256,13 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
-    PDL: tl.constexpr = False,
+    SEG_LAYOUT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
     overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2.
     With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK steps goes to chunk_states
-    (batch, dim, n_saved, N)."""
+    (batch, dim, n_saved, N), or (batch, dim, N, n_saved) with SEG_LAYOUT (short segments, BWD_CONFIG seg_states)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -291,7 +302,7 @@ def _selective_scan_fwd_kernel(
                 A2, Bn, Cn, h_prev = loaded
             y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
                                      N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
-                                     T // SAVES_PER_CHUNK, MASKED_LAST)
+                                     T // SAVES_PER_CHUNK, MASKED_LAST, SEG_LAYOUT)
             if PREFETCH:
                 A2, Bn, Cn, h_prev = loaded
         if HAS_Z:
@@ -304,7 +315,7 @@ def _selective_scan_fwd_kernel(
 
 @triton.jit
 def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n,
-                         s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L,
+                         s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved,
                          B_VAR: tl.constexpr, C_VAR: tl.constexpr, T: tl.constexpr, T_SAVE: tl.constexpr):
     """State component n's inputs to the backward of chunk c: A_n, the B / C rows, the saved state entering
     the chunk and the state gradient carried in from the next chunk (zeros for n >= N); with T_SAVE < T, those
@@ -322,9 +333,9 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
         Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=md, other=0.0).to(tl.float32)[:, None]
     if T_SAVE < T:  # one channel per program: the (T / T_SAVE,) states entering the chunk's segments
         seg = c * (T // T_SAVE) + tl.arange(0, T // T_SAVE)
-        h_start = tl.load(chunk_row + seg * N + n, mask=md & (seg * T_SAVE < L), other=0.0)
+        h_start = tl.load(_saved_state(chunk_row, seg, n, N, n_saved, True), mask=md & (seg * T_SAVE < L), other=0.0)
     else:
-        h_start = tl.load(chunk_row + c * N + n, mask=md, other=0.0)
+        h_start = tl.load(_saved_state(chunk_row, c, n, N, n_saved, False), mask=md, other=0.0)
     carry = tl.load(dstate_row + n, mask=md, other=0.0)
     return A, Bn, Cn, h_start, carry
 
@@ -440,7 +451,8 @@ def _selective_scan_bwd_kernel(
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
     first step into the previous chunk and ends holding dL/d(initial state). chunk_states_ptr: (batch, dim,
-    n_saved, N), the states entering every T_SAVE steps (T_SAVE divides T; T_SAVE = T: one per chunk)."""
+    n_saved, N), the states entering each chunk (T_SAVE = T), or (batch, dim, N, n_saved), those entering every
+    T_SAVE steps (T_SAVE < T, dividing T)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -476,11 +488,11 @@ def _selective_scan_bwd_kernel(
         if PREFETCH:  # component n + 1's loads are issued before component n's scans (their latency hides)
             A, Bn, Cn, h_start, carry = _bwd_component_loads(
                 0, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, B_VAR, C_VAR, T, T_SAVE)
+                C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved, B_VAR, C_VAR, T, T_SAVE)
         for n in range(0, N):
             loaded = _bwd_component_loads(
                 n + 1 if PREFETCH else n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base,
-                s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, B_VAR, C_VAR,
+                s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved, B_VAR, C_VAR,
                 T, T_SAVE)
             if not PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded

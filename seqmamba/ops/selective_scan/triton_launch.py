@@ -286,7 +286,13 @@ def saved_states_shape(u, delta, z, A, B, C) -> tuple:
     block_layout = is_block_layout(u, delta, z)
     T_bwd = _launch_config(dim, A.shape[1], L, _bc_layout(B, C, dim)[-1], backward=True,
                            block_layout=block_layout)[1]
-    return batch, dim, _n_chunks(L, save_interval(T_bwd, block_layout)), A.shape[1]
+    T_save = save_interval(T_bwd, block_layout)
+    return _saved_shape(batch, dim, _n_chunks(L, T_save), A.shape[1], T_save < T_bwd)
+
+
+def _saved_shape(batch: int, dim: int, n_saved: int, N: int, seg_layout: bool) -> tuple:
+    """(batch, dim, n_saved, N), or with short segments (batch, dim, N, n_saved): a component's states contiguous."""
+    return (batch, dim, N, n_saved) if seg_layout else (batch, dim, n_saved, N)
 
 
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
@@ -307,7 +313,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     saves_per_chunk, n_saved = 1, 1
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
     T_save = save_interval(T_bwd, block_layout) if save_states else 0
-    if _lanes_forward_ok(u, N, block_layout, T_save):
+    if T_save == T_bwd and _lanes_forward_ok(u, N, block_layout, T_save):
         return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out,
                                    (B_var, sB, C_var, sC, cpg))
     if save_states:  # save the state entering each of the backward's chunks (or segments of them)
@@ -321,7 +327,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
     if initial_state is not None:
         state[0].copy_(initial_state)
-    chunk_states = (empty((batch, dim, n_saved, N), u.device, torch.float32)
+    chunk_states = (empty(_saved_shape(batch, dim, n_saved, N, T_save < T_bwd), u.device, torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
@@ -343,7 +349,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch),
+             PREFETCH=prefetch, SEG_LAYOUT=bool(save_states) and T_save < T_bwd),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
@@ -716,11 +722,13 @@ def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
 
 
-# Both kernels that take FAST_FLIP have their chunk count at this position of their integer arguments.
+# Both kernels that take FAST_FLIP have their chunk count at this position of their integer arguments (the backward
+# its saved-state count after it).
 _CHUNK_COUNT_ARG = 4
 
 
-def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> bool:
+def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints,
+                  free=(_CHUNK_COUNT_ARG,)) -> bool:
     """Whether the backward / state-gradient kernels may flip chunks with one shuffle per register (FAST_FLIP).
 
     BWD_CONFIG asks for it, an NVIDIA GPU runs the kernel (not the interpreter: the flip is inline PTX), and the
@@ -728,7 +736,7 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     _fast_flip assumes (one warp, one channel, 8 consecutive steps per lane): every time-varying sequence tensor
     (``sequences``; None and constant ones skipped) with 2-byte elements on a stride-1 time axis, T = 32 x 8, every
     tensor 16-byte aligned and every integer argument of the launch (``ints``; the chunk count, at
-    _CHUNK_COUNT_ARG, may be anything) 1 or a multiple of 16. Another specialisation could get another layout from
+    _CHUNK_COUNT_ARG, and the other counts in ``free``, may be anything) 1 or a multiple of 16. Another specialisation could get another layout from
     Triton, where the flip would be wrong: those run the plain reverse scans."""
     if not BWD_CONFIG.get("fast_flip") or device.type != "cuda" or torch.version.hip is not None:
         return False
@@ -739,13 +747,14 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     if not all(t.element_size() == 2 and t.stride(-1) == 1 for t in sequences if t is not None and t.dim() >= 3):
         return False
     return (all(t.data_ptr() % 16 == 0 for t in tensors)
-            and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i != _CHUNK_COUNT_ARG))
+            and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i not in free))
 
 
-def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> int:
+def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints,
+                    free=(_CHUNK_COUNT_ARG,)) -> int:
     """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan) or 2 (BWD_CONFIG
     fast_flip "shift": fast flips and a one-step shift, two-operand scan), where _fast_flip_ok allows it."""
-    if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints):
+    if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints, free):
         return 0
     return 2 if BWD_CONFIG.get("fast_flip") == "shift" else 1
 
@@ -915,9 +924,10 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
                                                               block_layout=block_layout, batch=batch, device=u.device)
-    n_chunks, n_saved = _n_chunks(L, T), chunk_states.shape[2]
     T_save = save_interval(T, block_layout)
-    assert n_saved == _n_chunks(L, T_save), "forward and backward chunking disagree"
+    n_chunks, n_saved = _n_chunks(L, T), _n_chunks(L, T_save)
+    assert chunk_states.shape == _saved_shape(batch, dim, n_saved, N, T_save < T), \
+        "forward and backward chunking disagree"
     dummy = _dummy(u)
     du, ddelta, dz, dB_out, dC_out = grads_out if grads_out is not None else (*_input_grads_like(u, delta, z),
                                                                                None, None)
@@ -940,7 +950,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     ints = (dim, L, N, cpg, n_chunks, n_saved, G_B, G_C,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
             *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
-    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
+    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints,
+                                free=(_CHUNK_COUNT_ARG, _CHUNK_COUNT_ARG + 1))
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
