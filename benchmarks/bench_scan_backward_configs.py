@@ -65,9 +65,6 @@ def main():
                         help="BWD_CONFIG dout_copy values (copy a strided dout to L-contiguous first)")
     parser.add_argument("--tail-launch", nargs="+", default=["off"], choices=["off", "on"],
                         help="BWD_CONFIG tail_launch: whole chunks and a short tail as two launches per pass")
-    parser.add_argument("--seg-states", nargs="+", default=None,
-                        help="BWD_CONFIG seg_states values (steps between the states the forward saves; none: one "
-                             "per backward chunk); default: the config's only")
     parser.add_argument("--json", default=None, help="write all rows here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -84,19 +81,16 @@ def main():
         reference = None
         first = (default["block_d"], default["T"], str(default.get("maxnreg")),
                  {True: "on", "shift": "shift"}.get(default.get("fast_flip"), "off"),
-                 "on" if default.get("dout_copy") else "off", "on" if default.get("tail_launch") else "off",
-                 str(default.get("seg_states")))
-        for block_d, T, reg, flip, copy, tail, seg in itertools.chain([first], itertools.product(
-                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.tail_launch,
-                args.seg_states or [first[-1]])):
+                 "on" if default.get("dout_copy") else "off", "on" if default.get("tail_launch") else "off")
+        for block_d, T, reg, flip, copy, tail in itertools.chain([first], itertools.product(
+                args.block_d, args.T, args.maxnreg, args.fast_flip, args.dout_copy, args.tail_launch)):
             triton_launch.BWD_CONFIG.clear()
             triton_launch.BWD_CONFIG.update(default, block_d=block_d, T=T,
                                             maxnreg=None if reg in ("none", "None") else int(reg),
                                             fast_flip={"on": True, "shift": "shift"}.get(flip, False),
-                                            dout_copy=copy == "on", tail_launch=tail == "on",
-                                            seg_states=None if seg in ("none", "None") else int(seg))
+                                            dout_copy=copy == "on", tail_launch=tail == "on")
             triton_launch._launch_config_cached.cache_clear()
-            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} tail {tail} seg {seg}"
+            name = f"BLOCK_D {block_d} T {T} maxnreg {reg} flip {flip} dout copy {copy} tail {tail}"
             try:
                 grads = fwd_bwd(tensors, dout)
                 if reference is None:
@@ -119,7 +113,7 @@ def main():
         ok = sorted((r for r in rows if r["shape"] == shape and "error" not in r), key=lambda r: r["fwd_bwd_ms"])
         base = next((r["fwd_bwd_ms"] for r in rows if r["shape"] == shape and "error" not in r), None)
         for r in ok[:8]:
-            print(f"{shape:25s} {r['config']:76s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
+            print(f"{shape:25s} {r['config']:69s} fwd+bwd {r['fwd_bwd_ms']:8.3f} ms  (fwd {r['fwd_ms']:.3f})  "
                   f"x default {base / r['fwd_bwd_ms']:5.2f}  err {r['max_rel_err']:.1e}")
 
 

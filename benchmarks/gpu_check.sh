@@ -79,8 +79,6 @@
 #            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
 #            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
 #            both ways)
-#          | segstates (BWD_CONFIG seg_states: the scan's GPU tests with it; fwd+bwd at three shapes with 8 and none
-#            alternately) | segstep (the selective-copying step compiled and graphed, none / 8 alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -217,15 +215,6 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compileprof" --cases selective_copying \
                    --modes compiled --steps 100 --profile --overrides trainer.compile=true trainer.cuda_graph=false 2>&1 | tail -45 \
                    > "$OUT/compileprof.log" ;;
-    segstates) par_pytest 2 220 segtests -m gpu tests/test_gpu_ops.py -k "scan and not lanes and not gluon"
-               timeout 200 python benchmarks/bench_scan_backward_configs.py --shapes 64x128x4112 8x1536x4096 \
-                 16x2048x2048 --block-d 1 --T 256 --maxnreg 168 --fast-flip on --dout-copy on --seg-states 8 none 8 \
-                 none 2>&1 | tail -24 | tee "$OUT/segbench.log" ;;
-    segstep) for run in 1 2; do for seg in none 8; do
-                 SEQMAMBA_SCAN_BWD_CONFIG="seg_states=$seg" timeout 100 python benchmarks/bench_train_step.py \
-                   --out "$OUT/segstep_${seg}_$run" --cases selective_copying --modes compiled-graph --steps 300 2>&1 \
-                   | grep -E "^selective_copying" | sed "s/^/seg $seg run $run: /" | tee -a "$OUT/segstep.log"
-             done; done ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

@@ -57,7 +57,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, PDL=False, SEG_LAYOUT=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, PDL=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -339,9 +339,6 @@ def main():
     parser.add_argument("--fast-flip", action="store_true", help="backward / dstate: the one-shuffle flips")
     parser.add_argument("--fast-flip-shift", action="store_true",
                         help="backward / dstate: the flips and the one-step shift (BWD_CONFIG fast_flip 'shift')")
-    parser.add_argument("--t-save", type=int, default=None,
-                        help="steps between saved states (BWD_CONFIG seg_states): the backward's T_SAVE, and the "
-                             "forward saves them (SAVE_STATES)")
     parser.add_argument("--histogram", action="store_true", help="print the loop's opcode counts")
     parser.add_argument("--sass", default=None, help="write the whole SASS here (one kernel)")
     parser.add_argument("--fast-flip-layouts", action="store_true",
@@ -372,16 +369,9 @@ def main():
             report(name, 32 * warps, 4, warps, args.maxnreg, False, args.histogram, args.sass, arch=args.arch)
             continue
         cfg = triton_launch.BWD_CONFIG if name in ("bwd", "dstate") else triton_launch.FWD_CONFIG
-        T = args.T or cfg["T"]
-        saves = {}
-        if args.t_save and name == "fwd":
-            saves = dict(SAVE_STATES=True, SAVES_PER_CHUNK=T // args.t_save,
-                         SEG_LAYOUT=args.t_save < triton_launch.BWD_CONFIG["T"])
-        elif name == "bwd":
-            saves = dict(T_SAVE=args.t_save or T)
-        report(name, args.block_d or cfg["block_d"], T, args.num_warps or cfg["num_warps"],
+        report(name, args.block_d or cfg["block_d"], args.T or cfg["T"], args.num_warps or cfg["num_warps"],
                args.maxnreg, args.prefetch or (name == "bwd" and cfg.get("prefetch") is True), args.histogram,
-               args.sass, arch=args.arch, FAST_FLIP=2 if args.fast_flip_shift else int(args.fast_flip), **saves)
+               args.sass, arch=args.arch, FAST_FLIP=2 if args.fast_flip_shift else int(args.fast_flip))
 
 
 if __name__ == "__main__":

@@ -416,39 +416,6 @@ def test_triton_scan_backward_with_shorter_chunks_than_forward(monkeypatch):
     triton_and_reference_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
 
 
-@pytest.mark.parametrize("fwd_T,bwd_T,seg,L", [(32, 32, 8, 41), (64, 32, 8, 65), (32, 16, 4, 37), (32, 32, None, 41),
-                                                 (256, 256, 8, 257)])
-def test_triton_scan_saved_segment_states_match_float64_reference(monkeypatch, fwd_T, bwd_T, seg, L):
-    """BWD_CONFIG seg_states: the forward saves the state entering every seg steps (through its static loop of
-    masked stores below 32 saves per chunk, its where-sum at 32 and more), the backward rescans each segment from
-    its own state. Gradients against float64, and the saved states are the reference's states at those steps."""
-    monkeypatch.setattr(scan_launch, "FWD_CONFIG", dict(block_d=1, T=fwd_T, num_warps=1, masked_last=True))
-    monkeypatch.setattr(scan_launch, "BWD_CONFIG", dict(block_d=1, T=bwd_T, num_warps=1, seg_states=seg))
-    batch, dim, N = 2, 2, 3
-    inputs = make_scan_inputs(batch, dim, L, N, "variable", torch.float32, seed=L)
-    dout, dlast = torch.randn(batch, dim, L), torch.randn(batch, dim, N)
-    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
-
-    args = {k: (v.to(DEVICE) if v is not None else None) for k, v in inputs.items()}
-    _, _, saved = scan_launch.scan_forward(args["u"], args["delta"], args["A"], args["B"], args["C"], args["D"],
-                                           args["z"], args["delta_bias"], True, args["initial_state"], True)
-    every = seg or bwd_T
-    if seg:  # short segments: a component's states contiguous, (batch, dim, N, states)
-        assert saved.shape == (batch, dim, N, -(-L // every))
-        saved = saved.transpose(2, 3)
-    assert saved.shape == (batch, dim, -(-L // every), N)
-    states = [args["initial_state"].double()]
-    for t in range(0, L - 1):  # the reference's state entering step t + 1, from its one-step scans
-        _, h = selective_scan_ref(*(x[..., t:t + 1] if x is not None and x.dim() == 3 and x.shape[-1] == L else x
-                                    for x in (args["u"].double(), args["delta"].double(), args["A"].double(),
-                                              args["B"].double(), args["C"].double(), None, None,
-                                              args["delta_bias"].double())),
-                                  delta_softplus=True, return_last_state=True, initial_state=states[-1])
-        states.append(h)
-    expect = torch.stack(states[::every], dim=2)
-    assert rel_err(saved, expect) < 1e-5
-
-
 def test_triton_scan_mamba_block_layout_matches_reference_and_keeps_the_layout():
     """The Mamba block's layouts: delta / z time-major views of (batch, L, dim), u contiguous (the conv's
     output), B / C transposed slices of one (batch, L, dt_rank + 2N) tensor. dim 20 = a full block of 16

@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 
 from ..backend import records_autograd
-from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config,
-                            backward_dout, is_block_layout, saved_states_shape, scan_backward, scan_backward_split, scan_backward_tail,
+from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
+                            backward_dout, is_block_layout, scan_backward, scan_backward_split, scan_backward_tail,
                             scan_forward, scan_forward_split, scan_forward_split_train, scan_forward_tail,
                             split_segments, split_segments_train, tail_start)
 
@@ -36,7 +36,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_s
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last_state = u.new_empty((batch, dim, N), dtype=torch.float32)
     if save_states:
-        chunk_states = u.new_empty(saved_states_shape(u, delta, z, A, B, C), dtype=torch.float32)
+        n_saved = _n_chunks(L, _backward_chunk_len(u, delta, z, A, B, C))
+        chunk_states = u.new_empty((batch, dim, n_saved, N), dtype=torch.float32)
     else:
         chunk_states = u.new_empty((1,), dtype=torch.float32)
     return out, last_state, chunk_states

@@ -168,16 +168,6 @@ def _rows(ptr, pid_b, d64, s_b, s_d):
 
 
 @triton.jit
-def _saved_state(chunk_row, k, n, N, n_saved, SEG_LAYOUT: tl.constexpr):
-    """The address of saved state k, component n, in a channel's row of the saved states: (n_saved, N), or with
-    SEG_LAYOUT (N, n_saved), where a component's consecutive segment states are contiguous (one line for a
-    chunk's 32 instead of 32 sectors)."""
-    if SEG_LAYOUT:
-        return chunk_row + n * n_saved + k
-    return chunk_row + k * N + n
-
-
-@triton.jit
 def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
                          C_ptr, C_base, s_C_g, s_C_n, s_C_l, state_in, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """State component n's inputs: A_n log2(e), the B / C rows and the state entering the chunk (zeros for
@@ -200,11 +190,10 @@ def _fwd_component_loads(n, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_
 @triton.jit
 def _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d,
                          state_out, chunk_row, N, n_saved, t_loc2, is_first, is_last, SAVE_STATES: tl.constexpr,
-                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr,
-                         SEG_LAYOUT: tl.constexpr):
+                         SAVES_PER_CHUNK: tl.constexpr, T_SAVE: tl.constexpr, MASKED_LAST: tl.constexpr):
     """Scans state component n over one chunk; returns y + C_n h_n."""
     if SAVE_STATES:
-        tl.store(_saved_state(chunk_row, c * SAVES_PER_CHUNK, n, N, n_saved, SEG_LAYOUT), h_prev, mask=mask_d)
+        tl.store(chunk_row + (c * SAVES_PER_CHUNK) * N + n, h_prev, mask=mask_d)
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
     b = tl.where(is_first, b + a * h_prev[:, None], b)
@@ -217,26 +206,16 @@ def _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d,
         tl.store(state_out[:, None] + n + zero_t, h, mask=mask_d[:, None] & is_last)
     else:
         tl.store(state_out + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=mask_d)
-    if SAVE_STATES and SAVES_PER_CHUNK >= 32:
-        # Short segments (BWD_CONFIG seg_states): each segment's last state, picked by a where-sum along the
-        # segment (inside a thread where a lane holds whole segments: the compiler folds it to register moves),
-        # one store per segment. sm_90 SASS, (1, 512) chunk, T_SAVE 8: 19.2 instructions per state element
-        # against 23.9 for one masked store of the whole tile, 19.1 when saving every 256 steps.
-        tl.static_assert(h.shape[0] == 1, "saving short segments' states takes one channel per program")
-        last = tl.sum(tl.where((tl.arange(0, T_SAVE) == T_SAVE - 1)[None, :],
-                               tl.reshape(h, (SAVES_PER_CHUNK, T_SAVE)), 0.0), axis=1)
-        saved = c * SAVES_PER_CHUNK + 1 + tl.arange(0, SAVES_PER_CHUNK)  # segment s's last state enters s + 1
-        tl.store(_saved_state(chunk_row, saved, n, N, n_saved, SEG_LAYOUT), last, mask=mask_d & (saved < n_saved))
-    elif SAVE_STATES:
+    if SAVE_STATES:
         # The backward may walk shorter chunks than this forward: save the states entering those too.
         for k in tl.static_range(1, SAVES_PER_CHUNK):
             saved = c * SAVES_PER_CHUNK + k
             if MASKED_LAST:
-                tl.store(_saved_state(chunk_row[:, None], saved, n, N, n_saved, SEG_LAYOUT) + zero_t, h,
+                tl.store(chunk_row[:, None] + saved * N + n + zero_t, h,
                          mask=mask_d[:, None] & (saved < n_saved) & (t_loc2 == k * T_SAVE - 1))
             else:
                 h_k = tl.sum(tl.where(t_loc2 == k * T_SAVE - 1, h, 0.0), axis=1)
-                tl.store(_saved_state(chunk_row, saved, n, N, n_saved, SEG_LAYOUT), h_k, mask=mask_d & (saved < n_saved))
+                tl.store(chunk_row + saved * N + n, h_k, mask=mask_d & (saved < n_saved))
     return y
 
 
@@ -256,13 +235,13 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
-    SEG_LAYOUT: tl.constexpr = False, PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
     overwrite a state another thread has yet to read); the last state ends in slot n_chunks % 2.
     With SAVE_STATES, the state entering every T / SAVES_PER_CHUNK steps goes to chunk_states
-    (batch, dim, n_saved, N), or (batch, dim, N, n_saved) with SEG_LAYOUT (short segments, BWD_CONFIG seg_states)."""
+    (batch, dim, n_saved, N)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -302,7 +281,7 @@ def _selective_scan_fwd_kernel(
                 A2, Bn, Cn, h_prev = loaded
             y = _fwd_state_component(n, c, y, A2, Bn, Cn, h_prev, delta, delta_u, mask_d, state_out, chunk_row,
                                      N, n_saved, t_loc2, is_first, is_last, SAVE_STATES, SAVES_PER_CHUNK,
-                                     T // SAVES_PER_CHUNK, MASKED_LAST, SEG_LAYOUT)
+                                     T // SAVES_PER_CHUNK, MASKED_LAST)
             if PREFETCH:
                 A2, Bn, Cn, h_prev = loaded
         if HAS_Z:
@@ -315,11 +294,10 @@ def _selective_scan_fwd_kernel(
 
 @triton.jit
 def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n,
-                         s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved,
-                         B_VAR: tl.constexpr, C_VAR: tl.constexpr, T: tl.constexpr, T_SAVE: tl.constexpr):
+                         s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row,
+                         B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """State component n's inputs to the backward of chunk c: A_n, the B / C rows, the saved state entering
-    the chunk and the state gradient carried in from the next chunk (zeros for n >= N); with T_SAVE < T, those
-    entering each T_SAVE-step segment of the chunk."""
+    the chunk and the state gradient carried in from the next chunk (zeros for n >= N)."""
     ok = n < N
     md = mask_d & ok
     A = tl.load(A_ptr + d64 * s_A_d + n * s_A_n, mask=md, other=0.0)
@@ -331,11 +309,7 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
         Cn = tl.load(C_base + n * s_C_n + t64 * s_C_l, mask=mask_t & ok, other=0.0).to(tl.float32)[None, :]
     else:
         Cn = tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=md, other=0.0).to(tl.float32)[:, None]
-    if T_SAVE < T:  # one channel per program: the (T / T_SAVE,) states entering the chunk's segments
-        seg = c * (T // T_SAVE) + tl.arange(0, T // T_SAVE)
-        h_start = tl.load(_saved_state(chunk_row, seg, n, N, n_saved, True), mask=md & (seg * T_SAVE < L), other=0.0)
-    else:
-        h_start = tl.load(_saved_state(chunk_row, c, n, N, n_saved, False), mask=md, other=0.0)
+    h_start = tl.load(chunk_row + c * N + n, mask=md, other=0.0)
     carry = tl.load(dstate_row + n, mask=md, other=0.0)
     return A, Bn, Cn, h_start, carry
 
@@ -381,39 +355,25 @@ def _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last
 @triton.jit
 def _bwd_state_component(n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy,
                          t64, mask_t, mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L,
-                         is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-                         FAST_FLIP: tl.constexpr, R: tl.constexpr, T: tl.constexpr, T_SAVE: tl.constexpr):
+                         is_first, is_last, B_VAR: tl.constexpr, C_VAR: tl.constexpr, FAST_FLIP: tl.constexpr,
+                         R: tl.constexpr):
     """Backward of state component n over one chunk; returns the updated (y, sum_n dh B, sum_n dh a h_{t-1} A)."""
     A2 = A * 1.4426950408889634
-    # Recompute the chunk's states from the saved boundary state(s).
+    # Recompute the chunk's states from the saved boundary state.
     a = tl.exp2(delta * A2[:, None])
     b = delta_u * Bn
-    if T_SAVE < T:
-        # A saved state enters every T_SAVE steps, and each segment scans from its own. The (1, T) tiles viewed as
-        # (segments, T_SAVE): with a lane's 8 consecutive steps as one segment, the scan stays inside the thread
-        # (no shuffles, no dependency chain across lanes).
-        tl.static_assert(a.shape[0] == 1, "saved segment states take one channel per program")
-        S: tl.constexpr = T // T_SAVE
-        a2 = tl.reshape(a, (S, T_SAVE))
-        b2 = tl.reshape(b, (S, T_SAVE))
-        seg_first = (tl.arange(0, T_SAVE) == 0)[None, :]
-        ah2 = a2 * h_start[:, None]
-        _, h2 = tl.associative_scan((a2, tl.where(seg_first, b2 + ah2, b2)), axis=1, combine_fn=_first_order_combine)
-        h = tl.reshape(h2, (1, T))
-        ah_prev = tl.reshape(tl.where(seg_first, ah2, h2 - b2), (1, T))   # a_t h_{t-1}
-    else:
-        ah_first = a * h_start[:, None]
-        _, h = tl.associative_scan((a, tl.where(is_first, b + ah_first, b)), axis=1, combine_fn=_first_order_combine)
-        # a_t h_{t-1} = h_t - b_t inside the chunk (no shifted state needed) but a_0 h_start at its first step:
-        # there h_t - b_t is pure cancellation, and the GPU compiler contracts it into fma(-delta_u, B, h) = the
-        # rounding error of delta_u B rather than 0 when h_start = 0. That made dA at L = 1 (where its true value
-        # is exactly 0 without an initial state) rounding noise: relative error ~1e20 on the H200 (issue 9); the
-        # interpreter does not contract and got 0.
-        ah_prev = tl.where(is_first, ah_first, h - b)
+    ah_first = a * h_start[:, None]
+    x = tl.where(is_first, b + ah_first, b)
+    _, h = tl.associative_scan((a, x), axis=1, combine_fn=_first_order_combine)
     y += h * Cn
     dh = _chunk_state_grad(n, a, Cn, dy, carry, dstate_row, mask_d, is_first, is_last, FAST_FLIP, R)
     sum_dh_B += dh * Bn
-    w = dh * ah_prev
+    # dh_t a_t h_{t-1}, with a_t h_{t-1} = h_t - b_t inside the chunk (no shifted state needed) but a_0 h_start at
+    # its first step: there h_t - b_t is pure cancellation, and the GPU compiler contracts it into
+    # fma(-delta_u, B, h) = the rounding error of delta_u B rather than 0 when h_start = 0. That made dA at L = 1
+    # (where its true value is exactly 0 without an initial state) rounding noise: relative error ~1e20 on the
+    # H200 (issue 9); the interpreter does not contract and got 0.
+    w = dh * tl.where(is_first, ah_first, h - b)
     sum_w_A += w * A[:, None]
     tl.atomic_add(dA_ptr + d64 * N + n, tl.sum(w * delta, axis=1), mask=mask_d, sem="relaxed")
     if B_VAR:
@@ -433,7 +393,7 @@ def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, chunk_states_ptr,
     dout_ptr, dstate_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddbias_ptr,
-    dim, L, N, channels_per_group, n_chunks, n_saved, G_B, G_C,
+    dim, L, N, channels_per_group, n_chunks, G_B, G_C,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -446,13 +406,11 @@ def _selective_scan_bwd_kernel(
     s_dz_b, s_dz_d, s_dz_l,
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, T_SAVE: tl.constexpr,
-    FAST_FLIP: tl.constexpr = False, PDL: tl.constexpr = False,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state). chunk_states_ptr: (batch, dim,
-    n_saved, N), the states entering each chunk (T_SAVE = T), or (batch, dim, N, n_saved), those entering every
-    T_SAVE steps (T_SAVE < T, dividing T)."""
+    first step into the previous chunk and ends holding dL/d(initial state)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -472,7 +430,7 @@ def _selective_scan_bwd_kernel(
     ddt_row = _rows(ddelta_ptr, pid_b, d64, s_ddt_b, s_ddt_d)
     dz_row = _rows(dz_ptr, pid_b, d64, s_dz_b, s_dz_d)
     dstate_row = dstate_ptr + (pid_b * dim + d64) * N
-    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
+    chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_chunks * N
     is_first, is_last = _chunk_ends(t_loc, T)
 
     for i in range(0, n_chunks):
@@ -488,18 +446,17 @@ def _selective_scan_bwd_kernel(
         if PREFETCH:  # component n + 1's loads are issued before component n's scans (their latency hides)
             A, Bn, Cn, h_start, carry = _bwd_component_loads(
                 0, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base, s_B_g, s_B_n, s_B_l,
-                C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved, B_VAR, C_VAR, T, T_SAVE)
+                C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
         for n in range(0, N):
             loaded = _bwd_component_loads(
                 n + 1 if PREFETCH else n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n, B_ptr, B_base,
-                s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, L, n_saved, B_VAR, C_VAR,
-                T, T_SAVE)
+                s_B_g, s_B_n, s_B_l, C_ptr, C_base, s_C_g, s_C_n, s_C_l, chunk_row, dstate_row, B_VAR, C_VAR)
             if not PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
             y, sum_dh_B, sum_w_A = _bwd_state_component(
                 n, y, sum_dh_B, sum_w_A, A, Bn, Cn, h_start, carry, delta, delta_u, dy, t64, mask_t,
                 mask_d, d64, dstate_row, dA_ptr, dB_ptr, dB_base, dC_ptr, dC_base, N, L, is_first, is_last,
-                B_VAR, C_VAR, FAST_FLIP, T // 32, T, T_SAVE)
+                B_VAR, C_VAR, FAST_FLIP, T // 32)
             if PREFETCH:
                 A, Bn, Cn, h_start, carry = loaded
         # Read u / z / dout / delta again (L1 / L2 hits) rather than keep them live across the loop over N: the

@@ -145,7 +145,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False, seg_states=8)
+                  dout_copy=True, tail_launch=False)
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -271,30 +271,6 @@ def _saving_chunk(T: int, T_bwd: int) -> int:
     return T if T >= T_bwd and T % T_bwd == 0 else T_bwd
 
 
-def save_interval(T_bwd: int, block_layout: bool) -> int:
-    """Steps between the states the training forward saves for a backward walking chunks of T_bwd steps:
-    BWD_CONFIG seg_states where it divides T_bwd (the backward then recomputes each segment's states from its own
-    saved state, inside a lane, instead of with a scan across the chunk), else T_bwd (one state per chunk)."""
-    seg = None if block_layout or BWD_CONFIG["block_d"] != 1 or FWD_CONFIG["block_d"] != 1 else (
-        BWD_CONFIG.get("seg_states"))
-    return seg if seg and seg < T_bwd and T_bwd % seg == 0 else T_bwd
-
-
-def saved_states_shape(u, delta, z, A, B, C) -> tuple:
-    """The training forward's saved states, (batch, dim, states, N) fp32: one entering every save_interval steps."""
-    batch, dim, L = u.shape
-    block_layout = is_block_layout(u, delta, z)
-    T_bwd = _launch_config(dim, A.shape[1], L, _bc_layout(B, C, dim)[-1], backward=True,
-                           block_layout=block_layout)[1]
-    T_save = save_interval(T_bwd, block_layout)
-    return _saved_shape(batch, dim, _n_chunks(L, T_save), A.shape[1], T_save < T_bwd)
-
-
-def _saved_shape(batch: int, dim: int, n_saved: int, N: int, seg_layout: bool) -> tuple:
-    """(batch, dim, n_saved, N), or with short segments (batch, dim, N, n_saved): a component's states contiguous."""
-    return (batch, dim, N, n_saved) if seg_layout else (batch, dim, n_saved, N)
-
-
 def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return empty((1,), ref.device, torch.float32)
 
@@ -312,13 +288,12 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                                                               save_states=bool(save_states))
     saves_per_chunk, n_saved = 1, 1
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
-    T_save = save_interval(T_bwd, block_layout) if save_states else 0
-    if T_save == T_bwd and _lanes_forward_ok(u, N, block_layout, T_save):
-        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out,
+    if _lanes_forward_ok(u, N, block_layout, T_bwd):
+        return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out,
                                    (B_var, sB, C_var, sC, cpg))
-    if save_states:  # save the state entering each of the backward's chunks (or segments of them)
+    if save_states:  # save the state entering each of the backward's chunks
         T = _saving_chunk(T, T_bwd)
-        saves_per_chunk, n_saved = T // T_save, _n_chunks(L, T_save)
+        saves_per_chunk, n_saved = T // T_bwd, _n_chunks(L, T_bwd)
     n_chunks = _n_chunks(L, T)
     if out is None:
         out = _empty_like_layout(u, block_layout)
@@ -327,7 +302,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     state = torch.zeros((2, batch, dim, N), device=u.device, dtype=torch.float32)
     if initial_state is not None:
         state[0].copy_(initial_state)
-    chunk_states = (empty(_saved_shape(batch, dim, n_saved, N, T_save < T_bwd), u.device, torch.float32)
+    chunk_states = (empty((batch, dim, n_saved, N), u.device, torch.float32)
                     if save_states else _dummy(u))
     dummy = _dummy(u)
     zz = z if z is not None else u
@@ -336,7 +311,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                out, state, chunk_states)
     ints = (dim, L, N, cpg, n_chunks, n_saved, batch * dim * N,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
-    if _gluon_forward_ok(u.device, BLOCK_D, T, num_warps, B_var, C_var) and T_save == T_bwd:
+    if _gluon_forward_ok(u.device, BLOCK_D, T, num_warps, B_var, C_var):
         _launch_fwd_gluon(grid, tensors, ints,
                           dict(T=T, WARPS=num_warps, HAS_D=D is not None, HAS_Z=z is not None,
                                HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
@@ -349,7 +324,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch, SEG_LAYOUT=bool(save_states) and T_save < T_bwd),
+             PREFETCH=prefetch),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
@@ -722,13 +697,11 @@ def scan_forward_split_train(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return out, last, {"segments": segments, "seg_len": seg_len, "rows": rows}
 
 
-# Both kernels that take FAST_FLIP have their chunk count at this position of their integer arguments (the backward
-# its saved-state count after it).
+# Both kernels that take FAST_FLIP have their chunk count at this position of their integer arguments.
 _CHUNK_COUNT_ARG = 4
 
 
-def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints,
-                  free=(_CHUNK_COUNT_ARG,)) -> bool:
+def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> bool:
     """Whether the backward / state-gradient kernels may flip chunks with one shuffle per register (FAST_FLIP).
 
     BWD_CONFIG asks for it, an NVIDIA GPU runs the kernel (not the interpreter: the flip is inline PTX), and the
@@ -736,7 +709,7 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     _fast_flip assumes (one warp, one channel, 8 consecutive steps per lane): every time-varying sequence tensor
     (``sequences``; None and constant ones skipped) with 2-byte elements on a stride-1 time axis, T = 32 x 8, every
     tensor 16-byte aligned and every integer argument of the launch (``ints``; the chunk count, at
-    _CHUNK_COUNT_ARG, and the other counts in ``free``, may be anything) 1 or a multiple of 16. Another specialisation could get another layout from
+    _CHUNK_COUNT_ARG, may be anything) 1 or a multiple of 16. Another specialisation could get another layout from
     Triton, where the flip would be wrong: those run the plain reverse scans."""
     if not BWD_CONFIG.get("fast_flip") or device.type != "cuda" or torch.version.hip is not None:
         return False
@@ -747,14 +720,13 @@ def _fast_flip_ok(BLOCK_D: int, T: int, num_warps: int, device: torch.device, se
     if not all(t.element_size() == 2 and t.stride(-1) == 1 for t in sequences if t is not None and t.dim() >= 3):
         return False
     return (all(t.data_ptr() % 16 == 0 for t in tensors)
-            and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i not in free))
+            and all(v == 1 or v % 16 == 0 for i, v in enumerate(ints) if i != _CHUNK_COUNT_ARG))
 
 
-def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints,
-                    free=(_CHUNK_COUNT_ARG,)) -> int:
+def _fast_flip_mode(BLOCK_D: int, T: int, num_warps: int, device: torch.device, sequences, tensors, ints) -> int:
     """The kernels' FAST_FLIP: 0 (Triton's reverse scans), 1 (fast flips, three-operand scan) or 2 (BWD_CONFIG
     fast_flip "shift": fast flips and a one-step shift, two-operand scan), where _fast_flip_ok allows it."""
-    if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints, free):
+    if not _fast_flip_ok(BLOCK_D, T, num_warps, device, sequences, tensors, ints):
         return 0
     return 2 if BWD_CONFIG.get("fast_flip") == "shift" else 1
 
@@ -924,10 +896,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     block_layout = is_block_layout(u, delta, z)
     BLOCK_D, T, num_warps, options, prefetch = _launch_config(dim, N, L, cpg, backward=True,
                                                               block_layout=block_layout, batch=batch, device=u.device)
-    T_save = save_interval(T, block_layout)
-    n_chunks, n_saved = _n_chunks(L, T), _n_chunks(L, T_save)
-    assert chunk_states.shape == _saved_shape(batch, dim, n_saved, N, T_save < T), \
-        "forward and backward chunking disagree"
+    n_chunks = chunk_states.shape[2]
+    assert n_chunks == _n_chunks(L, T), "forward and backward chunking disagree"
     dummy = _dummy(u)
     du, ddelta, dz, dB_out, dC_out = grads_out if grads_out is not None else (*_input_grads_like(u, delta, z),
                                                                                None, None)
@@ -947,16 +917,14 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     grid = (cdiv(dim, BLOCK_D), batch)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias)
-    ints = (dim, L, N, cpg, n_chunks, n_saved, G_B, G_C,
+    ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
             *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *dout.stride(),
             *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()))
-    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints,
-                                free=(_CHUNK_COUNT_ARG, _CHUNK_COUNT_ARG + 1))
+    fast_flip = _fast_flip_mode(BLOCK_D, T, num_warps, u.device, (u, delta, B, C, z, dout), tensors, ints)
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, T_SAVE=T_save,
-             FAST_FLIP=fast_flip),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
