@@ -35,6 +35,7 @@ from switches import SWITCHES  # noqa: E402
 
 CONV = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
 TAPS = SWITCHES["conv-taps"][2]  # --taps value -> COLUMN_TAPS, the names the other benchmarks' --conv-taps use
+FUSED = SWITCHES["conv-backward"][2]  # --backward value -> FUSED_BACKWARD
 SHAPES = ["64x1536x2048", "8x1536x4096", "64x128x4112", "1x256x1048576"]
 
 
@@ -64,6 +65,9 @@ def main():
     parser.add_argument("--taps", nargs="+", choices=sorted(TAPS), default=["columns"],
                         help="COLUMN_TAPS on (columns) / off (shifted): each config is timed each way")
     parser.add_argument("--tiles", choices=["all", "default"], default="all")
+    parser.add_argument("--backward", nargs="+", choices=sorted(FUSED), default=["one-kernel"],
+                        help="FUSED_BACKWARD (with column taps): the backward as one kernel or two, each config "
+                             "timed each way")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (do_bench median)")
@@ -77,9 +81,10 @@ def main():
         ref = None
         best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
         default = {}
-        for taps, launch in itertools.product(args.taps, list(configs(args.tiles))):
+        for taps, backward, launch in itertools.product(args.taps, args.backward, list(configs(args.tiles))):
             saved, saved_cap, saved_taps = dict(CONV.LAUNCH), CONV.BWD_MAX_TIME_TILES, CONV.COLUMN_TAPS
-            CONV.COLUMN_TAPS = TAPS[taps]
+            saved_fused = CONV.FUSED_BACKWARD
+            CONV.COLUMN_TAPS, CONV.FUSED_BACKWARD = TAPS[taps], FUSED[backward]
             if launch is not None:
                 CONV.LAUNCH.update(fwd=launch, bwd=launch)
                 CONV.BWD_MAX_TIME_TILES = float("inf")  # the config's tiles as given
@@ -93,23 +98,23 @@ def main():
                 bwd = triton.testing.do_bench(lambda: CONV._conv_gradients(x, weight, bias, True, dout),
                                               return_mode="median")
             finally:
-                CONV.COLUMN_TAPS = saved_taps
+                CONV.COLUMN_TAPS, CONV.FUSED_BACKWARD = saved_taps, saved_fused
                 CONV.BWD_MAX_TIME_TILES = saved_cap
                 CONV.LAUNCH.clear()
                 CONV.LAUNCH.update(saved)
-            label = taps + " " + ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd"))
+            label = taps + " " + backward + " " + ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd"))
                                   if launch is None else "x".join(map(str, launch)))
-            rows.append({"shape": shape, "taps": taps, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd,
+            rows.append({"shape": shape, "taps": taps, "backward": backward, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd,
                          "fwd_floor_ms": fwd_floor, "bwd_floor_ms": bwd_floor, "matches_default": ok})
-            print(f"{shape:16s} {label:32s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
+            print(f"{shape:16s} {label:43s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
                   f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
-            if launch is None and taps == args.taps[0]:
+            if launch is None and taps == args.taps[0] and backward == args.backward[0]:
                 default = {"fwd": fwd, "bwd": bwd}
             for kind, ms in (("fwd", fwd), ("bwd", bwd)):
                 if ok and ms < best[kind][0]:
                     best[kind] = (ms, label)
         for kind in ("fwd", "bwd"):
-            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:32s} {best[kind][0]:7.3f} ms, first row "
+            summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:43s} {best[kind][0]:7.3f} ms, first row "
                            f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "
                            f"{fwd_floor if kind == 'fwd' else bwd_floor:7.3f}")
         del x, weight, bias, dout

@@ -79,6 +79,8 @@
 #            forward and backward at the default tiles both ways and the column taps' tiles, then the 130M prefill
 #            at batch 64 shifted loads / columns alternately, its profile with columns, the selective-copying step
 #            both ways)
+#          | convfused (the conv's one-kernel backward: the conv GPU tests; the default tiles two / one kernel twice at
+#            four shapes; every tile one-kernel at two; the selective-copying step two / one kernel alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -215,6 +217,17 @@ for step in $steps; do
                  timeout 150 python benchmarks/bench_train_step.py --out "$OUT/compileprof" --cases selective_copying \
                    --modes compiled --steps 100 --profile --overrides trainer.compile=true trainer.cuda_graph=false 2>&1 | tail -45 \
                    > "$OUT/compileprof.log" ;;
+    convfused) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k conv 2>&1 | tail -3 \
+                 | tee "$OUT/convfused.log"
+               timeout 100 python benchmarks/bench_conv_configs.py --tiles default --backward two-kernels one-kernel \
+                 two-kernels one-kernel 2>&1 | grep -E "^[0-9]" | tee -a "$OUT/convfused.log"
+               timeout 120 python benchmarks/bench_conv_configs.py --shapes 64x128x4112 64x1536x2048 \
+                 --backward one-kernel 2>&1 | tail -6 | tee -a "$OUT/convfused.log"
+               for run in 1 2; do for bwd in two-kernels one-kernel; do
+                 timeout 90 python benchmarks/bench_train_step.py --out "$OUT/convstep_${bwd}_$run" \
+                   --cases selective_copying --modes compiled-graph --steps 300 --conv-backward $bwd 2>&1 \
+                   | grep -E "^selective_copying" | sed "s/^/$bwd run $run: /" | tee -a "$OUT/convfused.log"
+               done; done ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

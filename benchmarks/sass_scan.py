@@ -268,6 +268,8 @@ PDL_KERNELS = {
                   {"dpre_ptr", "dw_ptr", "dbias_ptr"}),
     "conv_dx": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_dx_kernel",
                 dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True), {"dpre_ptr"}),
+    "conv_bwd": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_bwd_kernel",
+                 dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256), {"dw_ptr", "dbias_ptr"}),
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
 PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",

@@ -28,6 +28,10 @@ SWITCHES = {
         "seqmamba.ops.causal_conv1d.triton_kernels", "COLUMN_TAPS", {"columns": True, "shifted": False},
         "the causal conv's taps from the columns of two aligned loads (columns, the default) or one shifted load "
         "per tap (shifted)"),
+    "conv-backward": (
+        "seqmamba.ops.causal_conv1d.triton_kernels", "FUSED_BACKWARD", {"one-kernel": True, "two-kernels": False},
+        "the causal conv's backward (with column taps) as one kernel recomputing dpre where dx needs it (one-kernel, "
+        "the default) or as the dpre and dx kernels, dpre through memory in fp32 (two-kernels)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

@@ -164,7 +164,8 @@ def test_causal_conv1d_and_its_update_reject_an_unknown_activation_naming_it():
         causal_conv1d_update(x[:, :, 0], torch.zeros(1, 3, 4), weight, activation="relu")
 
 
-@pytest.mark.parametrize("column_taps", [True, False], ids=["column-taps", "shifted-loads"])
+@pytest.mark.parametrize("column_taps", [True, "two-kernels", False],
+                         ids=["column-taps", "column-taps-two-kernel-backward", "shifted-loads"])
 @pytest.mark.parametrize("time_cap", [None, 4], ids=["backward-tiles-as-set", "backward-time-tiles-capped"])
 @pytest.mark.parametrize("launch", [None, (4, 32, 1), (8, 256, 8)], ids=["default-tiles", "4x32-tiles", "8x256-tiles"])
 @pytest.mark.parametrize("dtype,activation,width,time_major", [
@@ -175,7 +176,8 @@ def test_triton_causal_conv1d_forward_and_gradients_match_reference(monkeypatch,
     over five time tiles, the last partial) and one tile of 8 x 256 covering everything (LAUNCH sets the forward's
     and the backward's). With BWD_MAX_TIME_TILES = 4 the backward's time tile grows past the forward's (4 x 32:
     2 x 5 tiles -> 64 steps -> 128 steps, 2 x 2 tiles), so its two kernels run other tiles than the forward's.
-    Both ways to the taps: the columns of aligned loads and shifted loads."""
+    Both ways to the taps: the columns of aligned loads and shifted loads; with columns, the backward as one kernel
+    (FUSED_BACKWARD) and as two."""
     _check_triton_conv(monkeypatch, dtype, activation, width, time_major, launch, time_cap, column_taps)
 
 
@@ -188,6 +190,8 @@ def test_triton_causal_conv1d_column_taps_reach_a_whole_group_back(monkeypatch, 
 
 def _check_triton_conv(monkeypatch, dtype, activation, width, time_major, launch, time_cap, column_taps):
     module = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(module, "FUSED_BACKWARD", column_taps is True)
+    column_taps = bool(column_taps)
     monkeypatch.setattr(module, "COLUMN_TAPS", column_taps)
     assert module._column_taps(width, (launch or module.LAUNCH["fwd"])[1]) == column_taps
     if time_cap is not None:

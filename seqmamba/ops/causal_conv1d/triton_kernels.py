@@ -159,25 +159,27 @@ def _causal_conv1d_fwd_kernel(
 
 
 @triton.jit
-def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbias_ptr, d_idx, t0, mask_d, mask, L,
-                       s_x_l, s_w_d, s_w_k, s_do_l, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The dpre kernel's tile by column taps: dpre stored, the weight and bias gradients' tile sums added."""
-    V: tl.constexpr = GROUP
-    G: tl.constexpr = BLOCK_L // V
-    douts = _load_columns(dout_row, t0, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
-    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
-    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+def _dpre_columns(xs, xp, douts, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dpre = dout * act'(pre) as GROUP columns, pre recomputed from the columns of x (xs) and of the groups before
+    them (xp)."""
     if SILU:
         pres = _conv_pre_columns(xs, xp, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, BLOCK_D,
                                  BLOCK_L)
         dpres = ()
-        for j in tl.static_range(V):
+        for j in tl.static_range(GROUP):
             sig = tl.sigmoid(pres[j])
             dpres = dpres + (douts[j] * sig * (1.0 + pres[j] * (1.0 - sig)),)
-    else:
-        dpres = douts
-    _store_columns(dpre_ptrs, dpres, mask, BLOCK_D, BLOCK_L)
+        return dpres
+    return douts
+
+
+@triton.jit
+def _weight_grads_columns(dpres, xs, xp, dw_ptr, dbias_ptr, d_idx, mask_d, WIDTH: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The tile's sums of the weight and bias gradients (dpre x the taps of x), added atomically."""
+    V: tl.constexpr = GROUP
+    G: tl.constexpr = BLOCK_L // V
     for k in tl.static_range(WIDTH):
         acc = tl.zeros([BLOCK_D * G], dtype=tl.float32)
         for j in tl.static_range(V):
@@ -189,6 +191,59 @@ def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbia
         for j in tl.static_range(1, V):
             acc += dpres[j]
         tl.atomic_add(dbias_ptr + d_idx, tl.sum(tl.reshape(acc, (BLOCK_D, G)), axis=1), mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbias_ptr, d_idx, t0, mask_d, mask, L,
+                       s_x_l, s_w_d, s_w_k, s_do_l, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The dpre kernel's tile by column taps: dpre stored, the weight and bias gradients' tile sums added."""
+    V: tl.constexpr = GROUP
+    douts = _load_columns(dout_row, t0, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    dpres = _dpre_columns(xs, xp, douts, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
+                          BLOCK_D, BLOCK_L)
+    _store_columns(dpre_ptrs, dpres, mask, BLOCK_D, BLOCK_L)
+    _weight_grads_columns(dpres, xs, xp, dw_ptr, dbias_ptr, d_idx, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+
+
+@triton.jit
+def _causal_conv1d_bwd_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    """The whole backward in one pass, by column taps (FUSED_BACKWARD): dx, and the weight and bias gradients.
+    dx[t] needs dpre up to width - 1 steps after t, so besides the tile's own dpre the kernel recomputes dpre for
+    the groups one group later (only their first width - 1 columns are used; the compiler drops the rest), from x
+    and dout loaded one group later. dpre never goes through memory (the two-kernel path writes and reads it in
+    fp32: 14 bytes moved per element instead of 6). dx is (batch, dim, L) contiguous."""
+    grid_dependency_wait(PDL)
+    pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_idx = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d_idx < dim
+    V: tl.constexpr = GROUP
+    G: tl.constexpr = BLOCK_L // V
+    t0 = pid_l * BLOCK_L
+    x_row = x_ptr + pid_b * s_x_b + d_idx[:, None].to(tl.int64) * s_x_d
+    do_row = dout_ptr + pid_b * s_do_b + d_idx[:, None].to(tl.int64) * s_do_d
+    xs = _load_columns(x_row, t0, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xp = _load_columns(x_row, t0 - V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    xn = _load_columns(x_row, t0 + V, L, s_x_l, mask_d, BLOCK_D, BLOCK_L, V)
+    douts = _load_columns(do_row, t0, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
+    doutn = _load_columns(do_row, t0 + V, L, s_do_l, mask_d, BLOCK_D, BLOCK_L, V)
+    dpres = _dpre_columns(xs, xp, douts, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
+                          BLOCK_D, BLOCK_L)
+    dpren = _dpre_columns(xn, xs, doutn, w_ptr, bias_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, HAS_BIAS, SILU,
+                          BLOCK_D, BLOCK_L)   # zero past L: dout is loaded as zero there
+    _weight_grads_columns(dpres, xs, xp, dw_ptr, dbias_ptr, d_idx, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
+    ws = _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, BLOCK_D, G)
+    dxs = _weighted_taps(tl.zeros([BLOCK_D * G], dtype=tl.float32), ws, dpres, dpren, WIDTH, False)
+    _store_columns(dx_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dxs,
+                   mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
 
 
 @triton.jit
@@ -326,6 +381,9 @@ BWD_MAX_TIME_TILES = 2048
 # 64x128x4112, 0.487 -> 0.283 at 1x256x2^20; backward 1.622 -> 0.791 (2.44 -> 1.19x), 0.419 -> 0.211, 0.296 ->
 # 0.166, 2.480 -> 1.419. The 130M prefill at batch 64: 100.2 -> 97.3 ms.
 COLUMN_TAPS = True
+# The backward as one kernel where the column taps apply (_causal_conv1d_bwd_kernel: dpre recomputed for the width - 1
+# steps after each group instead of a round trip through memory in fp32); False: the dpre and dx kernels.
+FUSED_BACKWARD = True
 
 
 def _column_taps(width: int, block_l: int) -> bool:
@@ -335,6 +393,7 @@ def _column_taps(width: int, block_l: int) -> bool:
 _launch_fwd = CachedLaunch(_causal_conv1d_fwd_kernel, pdl=True)
 _launch_dpre = CachedLaunch(_causal_conv1d_dpre_kernel, pdl=True)
 _launch_dx = CachedLaunch(_causal_conv1d_dx_kernel, pdl=True)
+_launch_bwd = CachedLaunch(_causal_conv1d_bwd_kernel, pdl=True)
 _launch_update = CachedLaunch(_causal_conv1d_update_kernel, pdl=True)
 
 
@@ -374,6 +433,12 @@ def _conv_gradients(x, weight, bias, silu, dout):
         block_d, block_l, num_warps = _backward_launch(batch, L)
         grid = _grid(batch, dim, L, block_d, block_l)
         columns = _column_taps(width, block_l)
+        if columns and FUSED_BACKWARD:
+            _launch_bwd(grid, (x, weight, bias if bias is not None else weight, dout, dx, dw, dbias),
+                        (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
+                        dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
+                        num_warps)
+            return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
                      (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
                      dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l,
