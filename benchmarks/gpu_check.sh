@@ -81,6 +81,8 @@
 #            both ways)
 #          | convfused (the conv's one-kernel backward: the conv GPU tests; the default tiles two / one kernel twice at
 #            four shapes; every tile one-kernel at two; the selective-copying step two / one kernel alternately, twice)
+#          | inner (ops/mamba_inner.py: its GPU tests with the block's compile, layout and conv tests and the trainer's
+#            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -228,6 +230,15 @@ for step in $steps; do
                    --cases selective_copying --modes compiled-graph --steps 300 --conv-backward $bwd 2>&1 \
                    | grep -E "^selective_copying" | sed "s/^/$bwd run $run: /" | tee -a "$OUT/convfused.log"
                done; done ;;
+    inner) timeout 200 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "mamba or conv" 2>&1 | tail -4 \
+             | tee "$OUT/inner.log"
+           timeout 150 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 | tail -3 \
+             | tee -a "$OUT/inner.log"
+           for run in 1 2; do for inner in off on; do
+             timeout 90 python benchmarks/bench_train_step.py --out "$OUT/innerstep_${inner}_$run" \
+               --cases selective_copying --modes compiled-graph --steps 300 --mamba-inner $inner 2>&1 \
+               | grep -E "^selective_copying  " | sed "s/^/inner $inner run $run: /" | tee -a "$OUT/inner.log"
+           done; done ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

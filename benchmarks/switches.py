@@ -32,6 +32,10 @@ SWITCHES = {
         "seqmamba.ops.causal_conv1d.triton_kernels", "FUSED_BACKWARD", {"one-kernel": True, "two-kernels": False},
         "the causal conv's backward (with column taps) as one kernel recomputing dpre where dx needs it (one-kernel, "
         "the default) or as the dpre and dx kernels, dpre through memory in fp32 (two-kernels)"),
+    "mamba-inner": (
+        "seqmamba.ops.mamba_inner", "ENABLED", {"on": True, "off": False},
+        "the Mamba block's training inner path (conv, x_proj, dt_proj, scan) as one autograd node (on, the default) "
+        "or as the separate ops (off)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

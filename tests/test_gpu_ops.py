@@ -659,3 +659,32 @@ def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch,
                                            return_last_state=True)
     assert asked == [L % 2 == 0] and options == [{"maxnreg": cap} if cap else {}]
     assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4
+
+
+@pytest.mark.parametrize("L", [2, 9, 257, 4112])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_mamba_inner_node_matches_the_separate_ops(monkeypatch, L, dtype):
+    """ops/mamba_inner.py on the GPU: the block's output and every gradient with the inner node against the separate
+    ops, fp32 and under bf16 autocast (the node sums the conv output's gradient inside x_proj's GEMM in fp32, the
+    separate ops in bf16 after it), at lengths about the conv's groups, the scan's chunks and the paper's 4112."""
+    mamba_inner = importlib.import_module("seqmamba.ops.mamba_inner")
+    Mamba = importlib.import_module("seqmamba.modules.mamba").Mamba
+    torch.manual_seed(0)
+    layer = Mamba(64, d_state=16).cuda()
+    h0, dout = torch.randn(4, L, 64, device="cuda"), torch.randn(4, L, 64, device="cuda")
+    runs, calls = [], []
+    forward = mamba_inner._forward
+    monkeypatch.setattr(mamba_inner, "_forward", lambda *a: calls.append(1) or forward(*a))
+    for enabled in (True, False):
+        monkeypatch.setattr(mamba_inner, "ENABLED", enabled)
+        layer.zero_grad(set_to_none=True)
+        h = h0.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = layer(h)
+        out.float().backward(dout)
+        runs.append([out.float(), h.grad] + [p.grad for p in layer.parameters()])
+    assert len(calls) == 1  # the inner node ran in the first pass only
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(["out", "h"] + [n for n, _ in layer.named_parameters()], *runs):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv1d_update, decode_linear, selective_scan, selective_state_update
-from ..ops.backend import records_autograd
+from ..ops.backend import records_autograd, resolve_backend
 from ..registry import MIXERS
 
 
@@ -247,6 +247,14 @@ class Mamba(nn.Module):
         # Channels-first (L contiguous) is the layout the Triton scan reads fastest (H100, (64, 1536, 2048)
         # bf16: fwd 2.8 ms vs 5.2 ms time-major, fwd+bwd 18.7 vs 27.4 ms; BENCHMARKS.md), at no extra copy.
         channels_first = hidden_states.is_cuda if self.channels_first is None else self.channels_first
+        if inference_params is None and self._inner_applies(hidden_states, channels_first):
+            # training: conv, x_proj, dt_proj and the scan as one autograd node (ops/mamba_inner.py)
+            xz = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, True)
+            A, D, dt_bias = self._ssm_constants()
+            from ..ops.mamba_inner import mamba_inner  # imports Triton: only where it runs
+            y = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
+                                        self.dt_proj.weight, A, D, dt_bias, self.dt_rank, self.d_state)
+            return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
         x, z = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
                                  chunks=2)  # (batch, d_inner, L) each
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
@@ -292,6 +300,17 @@ class Mamba(nn.Module):
         # Either layout reaches out_proj without a copy: the Triton scan stores y like its inputs, and
         # _linear reads a transposed view through its strides.
         return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+
+    def _inner_applies(self, hidden_states: torch.Tensor, channels_first: bool) -> bool:
+        """Whether the training forward takes mamba_inner: a gradient to record, the Triton backend, the
+        channels-first layout with x_proj channels-first, SiLU, and a shape the scan runs in one launch."""
+        batch, seqlen, _ = hidden_states.shape
+        if not (channels_first and X_PROJ_CHANNELS_FIRST and self.activation == "silu" and seqlen > 1
+                and records_autograd(hidden_states, self.in_proj.weight)
+                and resolve_backend("selective_scan", self.scan_backend, hidden_states.is_cuda) == "triton"):
+            return False
+        from ..ops.mamba_inner import applies
+        return applies(batch, self.d_inner, seqlen, hidden_states.device)
 
     # ------------------------------------------------------------------ recurrent path
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor,

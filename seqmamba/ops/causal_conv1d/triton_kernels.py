@@ -211,7 +211,7 @@ def _conv_dpre_columns(x_row, w_ptr, bias_ptr, dout_row, dpre_ptrs, dw_ptr, dbia
 @triton.jit
 def _causal_conv1d_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L,
-    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l,
+    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_do_b, s_do_d, s_do_l, s_dx_b, s_dx_d, s_dx_l,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
@@ -219,7 +219,8 @@ def _causal_conv1d_bwd_kernel(
     dx[t] needs dpre up to width - 1 steps after t, so besides the tile's own dpre the kernel recomputes dpre for
     the groups one group later (only their first width - 1 columns are used; the compiler drops the rest), from x
     and dout loaded one group later. dpre never goes through memory (the two-kernel path writes and reads it in
-    fp32: 14 bytes moved per element instead of 6). dx is (batch, dim, L) contiguous."""
+    fp32: 14 bytes moved per element instead of 6). dx: any strides (e.g. the x half of the Mamba block's in_proj
+    gradient)."""
     grid_dependency_wait(PDL)
     pid_l, pid_d, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     d_idx = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -242,8 +243,8 @@ def _causal_conv1d_bwd_kernel(
     _weight_grads_columns(dpres, xs, xp, dw_ptr, dbias_ptr, d_idx, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
     ws = _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, BLOCK_D, G)
     dxs = _weighted_taps(tl.zeros([BLOCK_D * G], dtype=tl.float32), ws, dpres, dpren, WIDTH, False)
-    _store_columns(dx_ptr + (pid_b * dim + d_idx[:, None]) * L + t_idx[None, :], dxs,
-                   mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
+    _store_columns(dx_ptr + pid_b * s_dx_b + d_idx[:, None].to(tl.int64) * s_dx_d + t_idx[None, :].to(tl.int64) * s_dx_l,
+                   dxs, mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
 
 
 @triton.jit
@@ -423,22 +424,25 @@ def _conv_forward(x, weight, bias, silu):
     return out
 
 
-def _conv_gradients(x, weight, bias, silu, dout):
+def _conv_gradients(x, weight, bias, silu, dout, dx_out=None):
+    """(dx, dweight, dbias); dx written into ``dx_out`` (a (batch, dim, L) view, any strides) when given."""
     batch, dim, L = x.shape
     width = weight.shape[1]
     dw, dbias = zeroed_views(x.device, [(dim, width), (dim,)])
-    dx = empty((batch, dim, L), x.device, x.dtype)
+    dx = empty((batch, dim, L), x.device, x.dtype) if dx_out is None else dx_out
     if L > 0:
-        dpre = empty((batch, dim, L), x.device, torch.float32)
         block_d, block_l, num_warps = _backward_launch(batch, L)
         grid = _grid(batch, dim, L, block_d, block_l)
         columns = _column_taps(width, block_l)
         if columns and FUSED_BACKWARD:
             _launch_bwd(grid, (x, weight, bias if bias is not None else weight, dout, dx, dw, dbias),
-                        (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
+                        (dim, L, *x.stride(), *weight.stride(), *dout.stride(), *dx.stride()),
                         dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l),
                         num_warps)
             return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
+        if dx_out is not None and not dx_out.is_contiguous():  # the dx kernel writes (batch, dim, L) contiguous
+            dx = empty((batch, dim, L), x.device, x.dtype)
+        dpre = empty((batch, dim, L), x.device, torch.float32)
         _launch_dpre(grid, (x, weight, bias if bias is not None else weight, dout, dpre, dw, dbias),
                      (dim, L, *x.stride(), *weight.stride(), *dout.stride()),
                      dict(WIDTH=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l,
@@ -446,6 +450,8 @@ def _conv_gradients(x, weight, bias, silu, dout):
                      num_warps)
         _launch_dx(grid, (dpre, weight, dx), (dim, L, *weight.stride()),
                    dict(WIDTH=width, BLOCK_D=block_d, BLOCK_L=block_l, COLUMN_TAPS=columns), num_warps)
+        if dx_out is not None and dx is not dx_out:
+            dx = dx_out.copy_(dx)
     return dx, dw.to(weight.dtype), dbias.to(bias.dtype if bias is not None else torch.float32)
 
 
