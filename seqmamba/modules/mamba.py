@@ -2,7 +2,9 @@
 
 Parallel forward: in_proj -> (x, z); x -> causal depthwise conv + SiLU -> x_proj -> (dt, B, C);
 delta = dt_proj.weight @ dt (the bias goes to the scan as ``delta_bias``, softplus inside the scan);
-y = selective_scan(x, delta, A = -exp(A_log), B, C, D, z) -> out_proj.
+y = selective_scan(x, delta, A = -exp(A_log), B, C, D, z) -> out_proj. In training on the Triton backend
+(channels-first), the path from (x, z) to y is one autograd node, ``ops/mamba_inner.py`` (its backward writes the
+gradients in place of the separate ops' concatenations and sums).
 
 Recurrent inference: ``allocate_inference_cache`` gives (conv_state, ssm_state); a forward with
 ``inference_params`` at offset 0 is a prefill that leaves the last states in the cache, a one-token

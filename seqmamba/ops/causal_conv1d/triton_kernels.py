@@ -374,7 +374,8 @@ BWD_MAX_TIME_TILES = 2048
 # Tried and dropped (twelfth session): the backward as one kernel recomputing dpre at the width - 1 shifts dx needs
 # instead of passing it through memory in fp32 (6 bytes moved per element instead of 14). It lost at every tile and
 # shape: best 2.013 vs 1.619 ms at 64x1536x2048, 0.515 vs 0.417 at 8x1536x4096, 0.357 vs 0.294 at 64x128x4112 (four
-# conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves).
+# conv + sigmoid evaluations per element, and the shifted loads, cost more than the fp32 round trip saves). With the
+# column taps the recompute is cheap, and the one-kernel backward wins (FUSED_BACKWARD below).
 # The taps from the columns of two aligned loads (module docstring) where a tile is whole groups and the width
 # fits a group; False: one shifted load per tap everywhere. H200, bf16, the default tiles, in one run
 # (bench_conv_configs.py --taps shifted columns, twentieth session), shifted -> columns, ms (x the memory floor):
@@ -383,7 +384,9 @@ BWD_MAX_TIME_TILES = 2048
 # 0.166, 2.480 -> 1.419. The 130M prefill at batch 64: 100.2 -> 97.3 ms.
 COLUMN_TAPS = True
 # The backward as one kernel where the column taps apply (_causal_conv1d_bwd_kernel: dpre recomputed for the width - 1
-# steps after each group instead of a round trip through memory in fp32); False: the dpre and dx kernels.
+# steps after each group instead of a round trip through memory in fp32); False: the dpre and dx kernels. H200, bf16,
+# default tiles (twenty-eighth session, bench_conv_configs.py --backward two-kernels one-kernel), ms: 0.79 -> 0.51 at
+# 64x1536x2048, 0.21-0.22 -> 0.14 at 8x1536x4096, 0.16 -> 0.11 at 64x128x4112, 1.42-1.44 -> 0.99 at 1x256x2^20.
 FUSED_BACKWARD = True
 
 
