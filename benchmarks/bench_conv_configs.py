@@ -8,7 +8,8 @@ This script times (channels, time steps, warps) per program for the forward and 
 library runs it) at the shapes the toolkit runs: the 130M prefill and training width,
 the selective-copying model, the DNA model at 2^20. x is what Mamba hands the conv: the x half of the in_proj output, (batch, d_inner, L) with L
 contiguous and a batch stride of 2 x d_inner x L. Outputs and gradients of every config are checked against
-the first row's (the default tiles with the first --taps).
+the first row's (the default tiles with the first --taps and --backward). The backward's floor is 6 bytes per element for
+the one-kernel backward (x, dout read, dx written), 14 for the two kernels (dpre in fp32 out and back).
 
 ``--taps columns shifted`` times each config both ways to the taps (``COLUMN_TAPS``: the columns of two aligned
 loads, or one shifted load per tap); ``--tiles default`` times the library's tiles only.
@@ -77,7 +78,8 @@ def main():
         x, weight, bias, dout = inputs(batch, dim, L)
         n = batch * dim * L
         fwd_floor = 2 * n * 2 / bandwidth * 1e3  # x read, out written (bf16)
-        bwd_floor = (3 * n * 2 + 2 * n * 4) / bandwidth * 1e3  # x, dout read, dx written; dpre (fp32) out and back
+        bwd_floor_two = (3 * n * 2 + 2 * n * 4) / bandwidth * 1e3  # x, dout read, dx written; dpre (fp32) out and back
+        bwd_floor_one = 3 * n * 2 / bandwidth * 1e3  # the one-kernel backward: x, dout read, dx written
         ref = None
         best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
         default = {}
@@ -102,9 +104,11 @@ def main():
                 CONV.BWD_MAX_TIME_TILES = saved_cap
                 CONV.LAUNCH.clear()
                 CONV.LAUNCH.update(saved)
+            bwd_floor = bwd_floor_one if TAPS[taps] and FUSED[backward] else bwd_floor_two
             label = taps + " " + backward + " " + ("default " + "/".join("x".join(map(str, saved[k])) for k in ("fwd", "bwd"))
                                   if launch is None else "x".join(map(str, launch)))
-            rows.append({"shape": shape, "taps": taps, "backward": backward, "launch": launch, "fwd_ms": fwd, "bwd_ms": bwd,
+            rows.append({"shape": shape, "taps": taps, "backward": backward, "launch": launch, "fwd_ms": fwd,
+                         "bwd_ms": bwd,
                          "fwd_floor_ms": fwd_floor, "bwd_floor_ms": bwd_floor, "matches_default": ok})
             print(f"{shape:16s} {label:43s} fwd {fwd:7.3f} ({fwd / fwd_floor:4.2f}x floor)  bwd {bwd:7.3f} "
                   f"({bwd / bwd_floor:4.2f}x floor){'' if ok else '  MISMATCH'}", flush=True)
@@ -116,7 +120,8 @@ def main():
         for kind in ("fwd", "bwd"):
             summary.append(f"  {shape:16s} {kind}: best {best[kind][1]:43s} {best[kind][0]:7.3f} ms, first row "
                            f"{default[kind]:7.3f} ({default[kind] / best[kind][0]:.2f}x), floor "
-                           f"{fwd_floor if kind == 'fwd' else bwd_floor:7.3f}")
+                           + (f"{fwd_floor:7.3f}" if kind == "fwd" else
+                              f"{bwd_floor_one:7.3f} (one kernel) / {bwd_floor_two:7.3f} (two)"))
         del x, weight, bias, dout
     print("\nbest per shape (taps, tiles: channels x steps x warps):")
     print("\n".join(summary))

@@ -1,5 +1,7 @@
 """The Mamba block's inner path as one autograd node (seqmamba/ops/mamba_inner.py) against the separate ops it
 replaces: the block's output and every gradient, under the Triton interpreter at tiny shapes."""
+import importlib
+
 import pytest
 import torch
 
@@ -18,10 +20,14 @@ def _block_and_grads(m, h, dout):
     return out.detach(), {"h": h.grad, **{n: p.grad for n, p in m.named_parameters()}}
 
 
-@pytest.mark.parametrize("L,conv_bias", [(40, True), (1 + 8, False), (3, True)])
-def test_mamba_inner_node_matches_the_separate_ops(monkeypatch, L, conv_bias):
-    """Lengths around the conv's 8-step column groups (the fused conv backward's next-group recompute) and below
-    its width; with and without the conv's bias. The node must actually run (once forward, once backward)."""
+@pytest.mark.parametrize("L,conv_bias,one_kernel_conv", [(40, True, True), (1 + 8, False, True), (3, True, True),
+                                                        (40, True, False)])
+def test_mamba_inner_node_matches_the_separate_ops(monkeypatch, L, conv_bias, one_kernel_conv):
+    """Lengths around the conv's 8-step column groups (the one-kernel conv backward's next-group recompute) and
+    below its width; with and without the conv's bias; and with the two-kernel conv backward, whose dx is copied
+    into the in_proj gradient's x half. The node must actually run (once forward, once backward)."""
+    conv = importlib.import_module("seqmamba.ops.causal_conv1d.triton_kernels")
+    monkeypatch.setattr(conv, "FUSED_BACKWARD", one_kernel_conv)
     torch.manual_seed(0)
     m = Mamba(d_model=16, d_state=4, d_conv=4, expand=2, conv_bias=conv_bias, scan_backend="triton")
     m.channels_first = True  # the CUDA layout, here on the CPU under the interpreter

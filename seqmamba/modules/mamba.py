@@ -255,7 +255,7 @@ class Mamba(nn.Module):
             A, D, dt_bias = self._ssm_constants()
             from ..ops.mamba_inner import mamba_inner  # imports Triton: only where it runs
             y = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-                                        self.dt_proj.weight, A, D, dt_bias, self.dt_rank, self.d_state)
+                            self.dt_proj.weight, A, D, dt_bias, self.dt_rank, self.d_state)
             return _linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
         x, z = _project_channels(hidden_states, self.in_proj.weight, self.in_proj.bias, channels_first,
                                  chunks=2)  # (batch, d_inner, L) each

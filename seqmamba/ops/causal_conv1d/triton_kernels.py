@@ -217,8 +217,8 @@ def _causal_conv1d_bwd_kernel(
 ):
     """The whole backward in one pass, by column taps (FUSED_BACKWARD): dx, and the weight and bias gradients.
     dx[t] needs dpre up to width - 1 steps after t, so besides the tile's own dpre the kernel recomputes dpre for
-    the groups one group later (only their first width - 1 columns are used; the compiler drops the rest), from x
-    and dout loaded one group later. dpre never goes through memory (the two-kernel path writes and reads it in
+    the groups one group later (only their first width - 1 columns enter dx), from x and dout loaded one group
+    later. dpre never goes through memory (the two-kernel path writes and reads it in
     fp32: 14 bytes moved per element instead of 6). dx: any strides (e.g. the x half of the Mamba block's in_proj
     gradient)."""
     grid_dependency_wait(PDL)
@@ -243,8 +243,8 @@ def _causal_conv1d_bwd_kernel(
     _weight_grads_columns(dpres, xs, xp, dw_ptr, dbias_ptr, d_idx, mask_d, WIDTH, HAS_BIAS, BLOCK_D, BLOCK_L)
     ws = _weight_rows(w_ptr, d_idx, mask_d, s_w_d, s_w_k, WIDTH, BLOCK_D, G)
     dxs = _weighted_taps(tl.zeros([BLOCK_D * G], dtype=tl.float32), ws, dpres, dpren, WIDTH, False)
-    _store_columns(dx_ptr + pid_b * s_dx_b + d_idx[:, None].to(tl.int64) * s_dx_d + t_idx[None, :].to(tl.int64) * s_dx_l,
-                   dxs, mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
+    dx_ptrs = dx_ptr + pid_b * s_dx_b + d_idx[:, None].to(tl.int64) * s_dx_d + t_idx[None, :].to(tl.int64) * s_dx_l
+    _store_columns(dx_ptrs, dxs, mask_d[:, None] & (t_idx < L)[None, :], BLOCK_D, BLOCK_L)
 
 
 @triton.jit
