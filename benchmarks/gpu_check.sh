@@ -102,6 +102,17 @@ gen_row() {  # gen_row LOG LABEL SIZE BATCH ARGS...: one bench_generation.py row
   timeout 150 python benchmarks/bench_generation.py --sizes "$size" --batch-sizes "$batch" --max-batch "$batch" \
     --out "$OUT/gen_$label.json" "$@" 2>&1 | grep -E "^ +[^ ]+ +[0-9]+ \|" | sed "s/^/$label /" | tee -a "$OUT/$log.log"
 }
+switch_steps() {  # switch_steps LOG SWITCH VALUE...: the selective-copying step, compiled and CUDA-graphed, with
+  # bench_train_step's --SWITCH at each VALUE in turn, twice; its rows appended to $OUT/LOG.log. 150 s per run: a
+  # mode's first run on a fresh machine compiles cold (~60-90 s; at 90 s both "off" runs of the twenty-eighth
+  # session's inner call timed out)
+  local log=$1 switch=$2; shift 2
+  for run in 1 2; do for value in "$@"; do
+    timeout 150 python benchmarks/bench_train_step.py --out "$OUT/${log}_${value}_$run" --cases selective_copying \
+      --modes compiled-graph --steps 300 --$switch $value 2>&1 | grep -E "^selective_copying  " \
+      | sed "s/^/$switch $value run $run: /" | tee -a "$OUT/$log.log"
+  done; done
+}
 par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tests in SHARDS processes at once, round
   # robin (Triton / ptxas compiles are CPU-bound and single-threaded: the lanes kernel takes ~25 s per
   # specialisation, so one process ran out of a 240-s budget after 8 tests); each shard's log in $OUT/LOG_<i>.log
@@ -225,22 +236,12 @@ for step in $steps; do
                  two-kernels one-kernel 2>&1 | grep -E "^[0-9]" | tee -a "$OUT/convfused.log"
                timeout 120 python benchmarks/bench_conv_configs.py --shapes 64x128x4112 64x1536x2048 \
                  --backward one-kernel 2>&1 | tail -6 | tee -a "$OUT/convfused.log"
-               for run in 1 2; do for bwd in two-kernels one-kernel; do
-                 timeout 150 python benchmarks/bench_train_step.py --out "$OUT/convstep_${bwd}_$run" \
-                   --cases selective_copying --modes compiled-graph --steps 300 --conv-backward $bwd 2>&1 \
-                   | grep -E "^selective_copying" | sed "s/^/$bwd run $run: /" | tee -a "$OUT/convfused.log"
-               done; done ;;
+               switch_steps convfused conv-backward two-kernels one-kernel ;;
     inner) timeout 200 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "mamba or conv" 2>&1 | tail -4 \
              | tee "$OUT/inner.log"
            timeout 150 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 | tail -3 \
              | tee -a "$OUT/inner.log"
-           # 150 s each: a mode's first run on a fresh machine compiles cold (~60-90 s; at 90 s both "off" runs of the
-           # twenty-eighth session's call timed out)
-           for run in 1 2; do for inner in off on; do
-             timeout 150 python benchmarks/bench_train_step.py --out "$OUT/innerstep_${inner}_$run" \
-               --cases selective_copying --modes compiled-graph --steps 300 --mamba-inner $inner 2>&1 \
-               | grep -E "^selective_copying  " | sed "s/^/inner $inner run $run: /" | tee -a "$OUT/inner.log"
-           done; done ;;
+           switch_steps inner mamba-inner off on ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

@@ -64,3 +64,20 @@ def test_mamba_inner_applies_only_where_the_scan_runs_in_one_launch(monkeypatch)
     monkeypatch.setattr(triton_launch, "FORCE_TAIL", None)
     monkeypatch.setattr(mamba_inner, "ENABLED", False)
     assert not mamba_inner.applies(64, 128, 4112, cpu)
+
+
+def test_mamba_inner_custom_ops_fake_implementations_match_the_kernels(monkeypatch):
+    """What torch.compile traces with (the ops' fake implementations: shapes, dtypes, strides, the saved states'
+    chunk count: two 16-step chunks here) against what the kernels return, forward and backward
+    (torch.library.opcheck)."""
+    monkeypatch.setattr(importlib.import_module("seqmamba.ops.selective_scan.triton_launch"), "FORCE_CHUNK_T", 16)
+    torch.manual_seed(0)
+    m = Mamba(d_model=16, d_state=4, d_conv=4, expand=2, scan_backend="triton")
+    A, D, dt_bias = (t.detach() for t in m._ssm_constants())
+    weights = (m.conv1d.weight.squeeze(1).detach(), m.conv1d.bias.detach(), m.x_proj.weight.detach(),
+               m.dt_proj.weight.detach())
+    args = (torch.randn(2, 2 * m.d_inner, 20), *weights, A, D, dt_bias, m.dt_rank, m.d_state)
+    torch.library.opcheck(mamba_inner._mamba_inner_fwd_op, args, test_utils="test_faketensor")
+    _, x_conv, x_dbl, delta, chunk_states = mamba_inner._mamba_inner_fwd_op(*args)
+    bwd_args = (*args[:8], x_conv, x_dbl, delta, chunk_states, torch.randn(2, m.d_inner, 20), m.dt_rank, m.d_state)
+    torch.library.opcheck(mamba_inner._mamba_inner_bwd_op, bwd_args, test_utils="test_faketensor")

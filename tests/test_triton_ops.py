@@ -1182,3 +1182,14 @@ def test_lanes_forward_compiles_for_sm90_without_shuffles_or_shared_memory():
     # tiles and half the loop trips, for fewer instructions per element than at 4-step chunks (10.2 against 10.9)
     default = next(row for row in rows if row["variant"].get("TC") == 8)
     assert default["per_element"] < 0.97 * fast["per_element"], (default, fast)
+
+
+def test_scan_custom_op_fake_implementation_matches_the_kernels(short_chunks):
+    """The scan's forward op as torch.compile traces it (its fake: the saved states' shape, from
+    triton_launch.saved_states_shape: three 16-step chunks here) against the kernel's outputs (torch.library.opcheck)."""
+    from seqmamba.ops.selective_scan import triton_autograd
+    inputs = make_scan_inputs(2, 4, 40, 3, "variable", torch.float32, seed=5)
+    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+            inputs["delta_bias"], True, None, True)
+    assert triton_autograd._selective_scan_fwd_op(*args)[2].shape == (2, 4, 3, 3)
+    torch.library.opcheck(triton_autograd._selective_scan_fwd_op, args, test_utils="test_faketensor")

@@ -34,13 +34,8 @@ ENABLED = True
 def applies(batch: int, d_inner: int, L: int, device: torch.device) -> bool:
     """Whether the inner node serves this training shape: ENABLED, and the Triton scan would run as one launch per
     pass (no L split across programs for a small batch x channels, no tail launch), which is what it calls."""
-    from .selective_scan import triton_launch
-    cfg = triton_launch.BWD_CONFIG
-    if not ENABLED or triton_launch.FORCE_TRAIN_SEGMENTS not in (None, 1):
-        return False
-    if (cfg.get("tail_launch", False) if triton_launch.FORCE_TAIL is None else triton_launch.FORCE_TAIL):
-        return False
-    return triton_launch._split_rule(cfg, batch * d_inner, L, device) == 1
+    from .selective_scan.triton_launch import tail_launch_on, train_split_rule
+    return ENABLED and not tail_launch_on() and train_split_rule(batch, d_inner, L, device) <= 1
 
 
 def _rows(x_dbl: torch.Tensor, dt_rank: int, d_state: int):
@@ -96,21 +91,32 @@ def _backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_
     return dxz, dconv_w, dconv_b, dx_proj_w, ddt_proj_w, dA, dD, ddt_bias
 
 
+def _setup_context(ctx, inputs, output):
+    """What both autograd paths (the eager Function, the custom op) keep for the backward."""
+    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank, d_state = inputs
+    _, x_conv, x_dbl, delta, chunk_states = output
+    ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_dbl, delta,
+                          chunk_states)
+    ctx.ranks = (dt_rank, d_state)
+    ctx.has_conv_bias = conv_b is not None
+
+
+def _input_grads(ctx, grads):
+    """_backward's gradients as autograd takes them: None for an absent conv bias and for the two ranks."""
+    dconv_b = grads[2] if ctx.has_conv_bias else None
+    return (*grads[:2], dconv_b, *grads[3:], None, None)
+
+
 class _MambaInnerEager(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank, d_state):
-        y, x_conv, x_dbl, delta, chunk_states = _forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias,
-                                                         dt_rank, d_state, True)
-        ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_dbl, delta,
-                              chunk_states)
-        ctx.ranks = (dt_rank, d_state)
-        return y
+    def forward(ctx, *inputs):
+        output = _forward(*inputs, True)
+        _setup_context(ctx, inputs, output)
+        return output[0]
 
     @staticmethod
     def backward(ctx, dy):
-        grads = _backward(*ctx.saved_tensors, dy, *ctx.ranks)
-        dconv_b = grads[2] if ctx.needs_input_grad[2] else None
-        return (*grads[:2], dconv_b, *grads[3:], None, None)
+        return _input_grads(ctx, _backward(*ctx.saved_tensors, dy, *ctx.ranks))
 
 
 @torch.library.custom_op("seqmamba::mamba_inner_fwd", mutates_args=())
@@ -123,16 +129,14 @@ def _mamba_inner_fwd_op(xz: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional
 
 @_mamba_inner_fwd_op.register_fake
 def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank, d_state):
-    from .selective_scan import triton_launch
+    from .selective_scan.triton_launch import saved_states_shape
     batch, width2, L = xz.shape
-    d_inner, N = width2 // 2, A.shape[1]
-    x_conv = xz.new_empty((batch, d_inner, L))
+    d_inner = width2 // 2
+    x_conv, delta = xz.new_empty((batch, d_inner, L)), xz.new_empty((batch, d_inner, L))
     x_dbl = xz.new_empty((batch, x_proj_w.shape[0], L))
     _, B, C = _rows(x_dbl, dt_rank, d_state)
-    T_bwd = triton_launch._launch_config(d_inner, N, L, triton_launch._bc_layout(B, C, d_inner)[-1],
-                                         backward=True)[1]
-    chunk_states = xz.new_empty((batch, d_inner, triton_launch._n_chunks(L, T_bwd), N), dtype=torch.float32)
-    return xz.new_empty((batch, d_inner, L)), x_conv, x_dbl, xz.new_empty((batch, d_inner, L)), chunk_states
+    chunk_states = xz.new_empty(saved_states_shape(x_conv, delta, xz[:, d_inner:], A, B, C), dtype=torch.float32)
+    return xz.new_empty((batch, d_inner, L)), x_conv, x_dbl, delta, chunk_states
 
 
 @torch.library.custom_op("seqmamba::mamba_inner_bwd", mutates_args=())
@@ -161,19 +165,8 @@ def _(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_dbl, del
                                                                                                dtype=f32))
 
 
-def _setup_context(ctx, inputs, output):
-    xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank, d_state = inputs
-    _, x_conv, x_dbl, delta, chunk_states = output
-    ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_dbl, delta,
-                          chunk_states)
-    ctx.ranks = (dt_rank, d_state)
-    ctx.has_conv_bias = conv_b is not None
-
-
 def _backward_op(ctx, dy, _dx_conv, _dx_dbl, _ddelta, _dchunk_states):
-    grads = _mamba_inner_bwd_op(*ctx.saved_tensors, dy, *ctx.ranks)
-    dconv_b = grads[2] if ctx.has_conv_bias else None
-    return (*grads[:2], dconv_b, *grads[3:], None, None)
+    return _input_grads(ctx, _mamba_inner_bwd_op(*ctx.saved_tensors, dy, *ctx.ranks))
 
 
 _mamba_inner_fwd_op.register_autograd(_backward_op, setup_context=_setup_context)

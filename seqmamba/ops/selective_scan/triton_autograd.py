@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 
 from ..backend import records_autograd
-from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config, _n_chunks,
-                            backward_dout, is_block_layout, scan_backward, scan_backward_split, scan_backward_tail,
+from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config,
+                            backward_dout, is_block_layout, saved_states_shape, scan_backward, scan_backward_split, scan_backward_tail,
                             scan_forward, scan_forward_split, scan_forward_split_train, scan_forward_tail,
                             split_segments, split_segments_train, tail_start)
 
@@ -21,7 +21,11 @@ def _selective_scan_fwd_op(
     D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
     delta_softplus: bool, initial_state: Optional[torch.Tensor], save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states)
+    out, last_state, chunk_states = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                                 save_states)
+    if last_state.storage_offset():  # one of scan_forward's two state slots; the fake (what Inductor plans with)
+        last_state = last_state.clone()  # has no storage offset
+    return out, last_state, chunk_states
 
 
 def _backward_chunk_len(u, delta, z, A, B, C):
@@ -31,13 +35,12 @@ def _backward_chunk_len(u, delta, z, A, B, C):
 
 @_selective_scan_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
-    batch, dim, L = u.shape
+    batch, dim, _ = u.shape
     N = A.shape[1]
     out = _empty_like_layout(u, is_block_layout(u, delta, z))
     last_state = u.new_empty((batch, dim, N), dtype=torch.float32)
     if save_states:
-        n_saved = _n_chunks(L, _backward_chunk_len(u, delta, z, A, B, C))
-        chunk_states = u.new_empty((batch, dim, n_saved, N), dtype=torch.float32)
+        chunk_states = u.new_empty(saved_states_shape(u, delta, z, A, B, C), dtype=torch.float32)
     else:
         chunk_states = u.new_empty((1,), dtype=torch.float32)
     return out, last_state, chunk_states

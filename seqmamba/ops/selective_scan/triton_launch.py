@@ -250,6 +250,20 @@ def _launch_config_cached(cfg_items, dim, L, channels_per_group, batch, sms, for
     return BLOCK_D, T, num_warps, options, prefetch
 
 
+def tail_launch_on() -> bool:
+    """BWD_CONFIG tail_launch, or FORCE_TAIL where a test or benchmark sets it (``tail_start`` decides where)."""
+    return bool(BWD_CONFIG.get("tail_launch", False) if FORCE_TAIL is None else FORCE_TAIL)
+
+
+def saved_states_shape(u, delta, z, A, B, C) -> tuple:
+    """The training forward's saved states, (batch, dim, chunks, N) fp32: the state entering each of the backward's
+    chunks (what ``scan_forward`` allocates, for the custom ops' fake implementations)."""
+    batch, dim, L = u.shape
+    T_bwd = _launch_config(dim, A.shape[1], L, _bc_layout(B, C, dim)[-1], backward=True,
+                           block_layout=is_block_layout(u, delta, z))[1]
+    return batch, dim, _n_chunks(L, T_bwd), A.shape[1]
+
+
 def _n_chunks(L: int, T: int) -> int:
     """Chunks of T steps covering L steps; at least one, so L = 0 still has a state slot."""
     return max(cdiv(L, T), 1)
@@ -517,9 +531,15 @@ def split_segments_train(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chun
     batch, dim, L = u.shape
     if B.dim() < 3 or C.dim() < 3:
         return 1
-    segments = FORCE_TRAIN_SEGMENTS if FORCE_TRAIN_SEGMENTS is not None else _split_rule(BWD_CONFIG, batch * dim,
-                                                                                         L, u.device)
+    segments = train_split_rule(batch, dim, L, u.device)
     return segments if segments > 1 and L // segments >= chunk_t else 1
+
+
+def train_split_rule(batch: int, dim: int, L: int, device: torch.device) -> int:
+    """The training split's segments by shape alone: FORCE_TRAIN_SEGMENTS, else BWD_CONFIG's ``_split_rule``."""
+    if FORCE_TRAIN_SEGMENTS is not None:
+        return FORCE_TRAIN_SEGMENTS
+    return _split_rule(BWD_CONFIG, batch * dim, L, device)
 
 
 def _segments_of(t, row: int, segments: int, seg_len: int):
@@ -820,7 +840,7 @@ def tail_start(u, delta, z, A, B, C) -> int:
     second launch's chunks are sized to the tail (``_launch_config`` clamps T to the length). That happens when
     the tail fills at most half of a forward chunk and the padding it saves is at least 1/32 of L (a longer
     sequence would not gain the second launch's cost)."""
-    if not (BWD_CONFIG.get("tail_launch", False) if FORCE_TAIL is None else FORCE_TAIL):
+    if not tail_launch_on():
         return 0
     batch, dim, L = u.shape
     N, cpg, block_layout = A.shape[1], _bc_layout(B, C, dim)[-1], is_block_layout(u, delta, z)
