@@ -109,8 +109,7 @@ def main():
                         help="seqmamba.models.mamba_lm.EMBEDDING_GEMM_MAX_ROWS for every case (the embedding's "
                              "weight gradient as one GEMM for tables of at most that many rows; 0: off)")
     add_switches(parser, "channels-first-linear", "project-channels-grad", "conv-taps", "conv-backward", "mamba-inner",
-                 "x-proj-layout",
-                 "graph-check")  # for every case
+                 "channel-linear", "x-proj-layout", "graph-check")  # for every case
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "graph"],
                         help="how each case's step runs (on a GPU): eager, CUDA-graphed, torch.compile'd, or "
                              "compiled and CUDA-graphed (trainer.compile=true trainer.cuda_graph=true)")

@@ -36,6 +36,10 @@ SWITCHES = {
         "seqmamba.ops.mamba_inner", "ENABLED", {"on": True, "off": False},
         "the Mamba block's training inner path (conv, x_proj, dt_proj, scan) as one autograd node (on, the default) "
         "or as the separate ops (off)"),
+    "channel-linear": (
+        "seqmamba.ops.channel_linear", "ENABLED", {"triton": True, "bmm": False},
+        "the Mamba inner node's x_proj / dt_proj backward as one pass per projection (triton, the default where the "
+        "weight fits one tile) or as two batched GEMMs and a batch sum each (bmm)"),
     "split-passes": (
         "seqmamba.ops.selective_scan.triton_launch", "SPLIT_REDUCTION_PASSES", {"reduction": True, "scan": False},
         "the L split's no-carry passes as reductions (the default) or as scans"),

@@ -688,3 +688,26 @@ def test_gpu_mamba_inner_node_matches_the_separate_ops(monkeypatch, L, dtype):
     for name, a, b in zip(["out", "h"] + [n for n, _ in layer.named_parameters()], *runs):
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b) < tol, (name, rel_err(a, b))
+
+
+@pytest.mark.parametrize("L", [1, 2, 63, 65, 4112])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,K,accumulate", [(128, 4, False), (36, 128, True)])
+def test_gpu_channel_linear_backward_matches_float64(L, dtype, M, K, accumulate):
+    """ops/channel_linear.py on the GPU (16-bit tl.dot, which the interpreter cannot run): the selective-copying
+    model's dt_proj (128 x 4) and x_proj (36 x 128, adding into dx) at lengths 1 and 2, about a 64-step block and
+    the paper's 4112 (several programs per batch row), dx into a strided half of a larger buffer."""
+    channel_linear = importlib.import_module("seqmamba.ops.channel_linear")
+    g = torch.Generator(device="cuda").manual_seed(L)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g).to(dtype)  # noqa: E731
+    batch = 8
+    w, dy, x = r(M, K), r(batch, M, L), r(batch, K, L)
+    buf = r(batch, 2 * K, L)
+    before = buf.clone()
+    dx, dw = channel_linear.linear_backward(w, dy, x, dx=buf[:, K:], accumulate=accumulate)
+    ref_dx = torch.einsum("mk,bml->bkl", w.double(), dy.double()) + (before[:, K:].double() if accumulate else 0)
+    ref_dw = torch.einsum("bml,bkl->mk", dy.double(), x.double())
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    assert torch.isfinite(dx).all() and torch.isfinite(dw).all()
+    assert rel_err(dx, ref_dx) < tol and rel_err(dw, ref_dw) < tol
+    assert torch.equal(buf[:, :K], before[:, :K])

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from . import buffers
 from .backend import records_autograd
 
 # The Triton modules are imported where used, as the rest of seqmamba.ops does: importing the Mamba block does not
@@ -68,14 +69,15 @@ def _backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_
               dt_rank: int, d_state: int):
     """(dxz, dconv_w, dconv_b, dx_proj_w, ddt_proj_w, dA, dD, ddt_bias): see the module docstring for where each
     gradient is written."""
+    from . import channel_linear
     from .causal_conv1d.triton_kernels import _conv_gradients
     from .selective_scan.triton_launch import _input_grads_like, backward_dout, scan_backward
     batch, width2, L = xz.shape
     d_inner = width2 // 2
     x, z = xz[:, :d_inner], xz[:, d_inner:]
     dt, B, C = _rows(x_dbl, dt_rank, d_state)
-    dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
-    dx_dbl = torch.empty_like(x_dbl, memory_format=torch.contiguous_format)
+    dxz = buffers.empty_like(xz, memory_format=torch.contiguous_format)
+    dx_dbl = buffers.empty_like(x_dbl, memory_format=torch.contiguous_format)
     d_dt, dB, dC = _rows(dx_dbl, dt_rank, d_state)
     du, ddelta, _ = _input_grads_like(x_conv, delta, None)
     dy = backward_dout(x_conv, delta, z, dy)
@@ -83,10 +85,17 @@ def _backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_
         x_conv, delta, A, B, C, D, z, dt_bias, True, chunk_states, dy, None,
         grads_out=(du, ddelta, dxz[:, d_inner:], dB, dC))
     dtype = x_conv.dtype
-    torch.bmm(dt_proj_w.to(dtype).t().expand(batch, -1, -1), ddelta, out=d_dt)
-    ddt_proj_w = _weight_grad(ddelta, dt, dt_proj_w)
-    du.baddbmm_(x_proj_w.to(dtype).t().expand(batch, -1, -1), dx_dbl)  # the conv output's whole gradient
-    dx_proj_w = _weight_grad(dx_dbl, x_conv, x_proj_w)
+    if channel_linear.applies(dt_proj_w, ddelta):
+        _, ddt_proj_w = channel_linear.linear_backward(dt_proj_w, ddelta, dt, dx=d_dt)
+    else:
+        torch.bmm(dt_proj_w.to(dtype).t().expand(batch, -1, -1), ddelta, out=d_dt)
+        ddt_proj_w = _weight_grad(ddelta, dt, dt_proj_w)
+    # the conv output's whole gradient: x_proj's input gradient added into the scan's du
+    if channel_linear.applies(x_proj_w, dx_dbl):
+        _, dx_proj_w = channel_linear.linear_backward(x_proj_w, dx_dbl, x_conv, dx=du, accumulate=True)
+    else:
+        du.baddbmm_(x_proj_w.to(dtype).t().expand(batch, -1, -1), dx_dbl)
+        dx_proj_w = _weight_grad(dx_dbl, x_conv, x_proj_w)
     _, dconv_w, dconv_b = _conv_gradients(x, conv_w, conv_b, True, du, dx_out=dxz[:, :d_inner])
     return dxz, dconv_w, dconv_b, dx_proj_w, ddt_proj_w, dA, dD, ddt_bias
 

@@ -1,0 +1,141 @@
+"""The backward of a channel-mixing linear map with few channels, in one pass over L (Triton).
+
+The Mamba block's x_proj and dt_proj map channels at every time step, channels-first: y[b] = W x[b] with W (M, K),
+x (batch, K, L), y (batch, M, L). Their backward is dx[b] = W^T dy[b] and dW = sum_b dy[b] x[b]^T. As batched GEMMs
+that is two launches that each read dy, a (batch, M, K) weight gradient per batch row and a sum over the batch; with
+M or K as small as dt_rank (4 in the paper's selective-copying model) the GEMMs are far from the memory floor, and
+the weight-gradient GEMM has one tile per batch row to spread over the GPU (twenty-ninth session, BENCHMARKS.md).
+
+``linear_backward`` does both in one kernel: each program takes one batch row's run of time steps, loads dy's and
+x's (all channels, BLOCK_L steps) tiles once, writes dx = W^T dy (optionally added to what dx holds: the Mamba
+block's conv-output gradient sums x_proj's input gradient into the scan's du) and accumulates dy x^T in fp32 over
+its steps. The per-program partial weight gradients are summed afterwards (deterministic: no atomics). Both
+products go through ``tl.dot`` (tensor cores; fp32 inputs in IEEE precision, not TF32). ``applies`` says which
+shapes it serves: both whole channel dimensions in one tile.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import buffers
+from .launch import CachedLaunch, cdiv, grid_dependency_wait, interpreting, sm_count
+
+# Set False to use the batched GEMMs (torch.bmm) everywhere (benchmarks time both: --channel-linear).
+ENABLED = True
+# The largest (padded) weight tile a program holds as its fp32 weight-gradient accumulator, M x K.
+MAX_TILE = 128 * 128
+# Programs per SM the launch aims for (each program a run of one batch row's steps).
+PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _linear_bwd_kernel(w_ptr, dy_ptr, x_ptr, dx_ptr, dw_ptr,
+                       M, K, L, steps_per_program, programs_per_row,
+                       s_w_m, s_w_k, s_dy_b, s_dy_m, s_dy_l, s_x_b, s_x_k, s_x_l, s_dx_b, s_dx_k, s_dx_l,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr,
+                       ACCUMULATE: tl.constexpr, F32: tl.constexpr, PDL: tl.constexpr = False):
+    """Program (s, b): steps [s * steps_per_program, (s + 1) * steps_per_program) of batch row b. Writes dx there and
+    its partial weight gradient, fp32 (M, K), at dw_ptr[b * programs_per_row + s]. F32: the products in fp32 (IEEE,
+    not TF32) whatever the inputs' dtype (16-bit values are exact in fp32)."""
+    grid_dependency_wait(PDL)
+    pid_s = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    m = tl.arange(0, BLOCK_M)
+    k = tl.arange(0, BLOCK_K)
+    t = tl.arange(0, BLOCK_L)
+    mask_m = m < M
+    mask_k = k < K
+    # W^T as a (BLOCK_K, BLOCK_M) tile, zero outside (M, K): the padded rows / columns of both products vanish
+    wt = tl.load(w_ptr + k[:, None] * s_w_k + m[None, :] * s_w_m, mask=mask_k[:, None] & mask_m[None, :], other=0.0)
+    dw = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    dy_row = dy_ptr + pid_b * s_dy_b + m[:, None].to(tl.int64) * s_dy_m
+    x_row = x_ptr + pid_b * s_x_b + k[:, None].to(tl.int64) * s_x_k
+    dx_row = dx_ptr + pid_b * s_dx_b + k[:, None].to(tl.int64) * s_dx_k
+    start = pid_s * steps_per_program
+    stop = tl.minimum(start + steps_per_program, L)
+    for l0 in range(start, stop, BLOCK_L):
+        steps = l0 + t
+        mask_t = steps < stop
+        t64 = steps.to(tl.int64)
+        g = tl.load(dy_row + t64[None, :] * s_dy_l, mask=mask_m[:, None] & mask_t[None, :], other=0.0)
+        xv = tl.load(x_row + t64[None, :] * s_x_l, mask=mask_k[:, None] & mask_t[None, :], other=0.0)
+        mask_dx = mask_k[:, None] & mask_t[None, :]
+        if F32:
+            g = g.to(tl.float32)
+            d = tl.dot(wt.to(tl.float32), g, input_precision="ieee")
+            dw = tl.dot(g, tl.trans(xv.to(tl.float32)), dw, input_precision="ieee")
+        else:
+            g = g.to(wt.dtype)
+            d = tl.dot(wt, g)
+            dw = tl.dot(g, tl.trans(xv.to(wt.dtype)), dw)
+        if ACCUMULATE:
+            d += tl.load(dx_row + t64[None, :] * s_dx_l, mask=mask_dx, other=0.0).to(tl.float32)
+        tl.store(dx_row + t64[None, :] * s_dx_l, d.to(dx_ptr.dtype.element_ty), mask=mask_dx)
+    out = dw_ptr + (pid_b * programs_per_row + pid_s) * M * K
+    tl.store(out + m[:, None] * K + k[None, :], dw, mask=mask_m[:, None] & mask_k[None, :])
+
+
+_launch = CachedLaunch(_linear_bwd_kernel, pdl=True)
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot's smallest dimension
+
+
+def applies(weight: torch.Tensor, dy: torch.Tensor) -> bool:
+    """Whether ``linear_backward`` serves this weight: ENABLED, a Triton device (CUDA, or the interpreter), and the
+    padded (M, K) tile within MAX_TILE."""
+    M, K = weight.shape
+    return (ENABLED and (dy.is_cuda or interpreting()) and _block(M) * _block(K) <= MAX_TILE
+            and dy.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _launch_shape(batch: int, L: int, block_l: int, device: torch.device) -> tuple:
+    """(steps per program, programs per batch row): about PROGRAMS_PER_SM programs per SM in all, each a whole
+    number of BLOCK_L steps."""
+    blocks = cdiv(L, block_l)
+    target = PROGRAMS_PER_SM * (sm_count(device.index if device.index is not None else torch.cuda.current_device())
+                                if device.type == "cuda" else 2)
+    per_row = max(1, min(blocks, cdiv(target, batch)))
+    steps = cdiv(blocks, per_row) * block_l
+    return steps, cdiv(L, steps)
+
+
+def _tiles(M: int, K: int) -> tuple:
+    """(BLOCK_L, num_warps) for a (BLOCK_M, BLOCK_K) weight tile."""
+    tile = _block(M) * _block(K)
+    return (64, 4) if tile <= 64 * 64 else (64, 8)
+
+
+def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx: Optional[torch.Tensor] = None,
+                    accumulate: bool = False) -> tuple:
+    """(dx, dW) of y[b] = weight x[b]: dx = weight^T dy, written into ``dx`` (any strides) if given, added to what it
+    holds with ``accumulate``; dW = sum_b dy[b] x[b]^T, summed in fp32, in weight's dtype.
+
+    weight (M, K) in dy's dtype; dy (batch, M, L); x (batch, K, L); any strides. The products take dy's dtype (16-bit
+    inputs exactly, fp32 in IEEE precision) and sum in fp32. (Under the interpreter 16-bit inputs are multiplied as
+    fp32: its tl.dot of bf16 tiles returns garbage; the values are the same, the GPU tests cover the 16-bit dot.)"""
+    batch, M, L = dy.shape
+    K = weight.shape[1]
+    if weight.shape[0] != M or x.shape != (batch, K, L):
+        raise ValueError(f"linear_backward: weight {tuple(weight.shape)}, dy {tuple(dy.shape)} and x "
+                         f"{tuple(x.shape)} do not fit y[b] = weight x[b]")
+    if accumulate and dx is None:
+        raise ValueError("linear_backward: accumulate=True needs the dx to add into")
+    if dx is None:
+        dx = buffers.empty((batch, K, L), x.device, x.dtype)
+    elif dx.shape != (batch, K, L):
+        raise ValueError(f"linear_backward: dx {tuple(dx.shape)}, expected {(batch, K, L)}")
+    w = weight.to(dy.dtype)
+    block_l, num_warps = _tiles(M, K)
+    steps, per_row = _launch_shape(batch, L, block_l, dy.device)
+    partial = buffers.empty((batch * per_row, M, K), dy.device, torch.float32)
+    _launch((per_row, batch), (w, dy, x, dx, partial),
+            (M, K, L, steps, per_row, *w.stride(), *dy.stride(), *x.stride(), *dx.stride()),
+            dict(BLOCK_M=_block(M), BLOCK_K=_block(K), BLOCK_L=block_l, ACCUMULATE=accumulate,
+                 F32=dy.dtype == torch.float32 or interpreting()), num_warps=num_warps)
+    return dx, partial.sum(0).to(weight.dtype)
