@@ -1,10 +1,11 @@
 """x_proj / dt_proj's backward in the Mamba inner node: one pass (ops/channel_linear.py) against the batched GEMMs it
 replaces (bmm for dx, or baddbmm_ into du; bmm + a batch sum for dW), same run, same GPU, bf16.
 
-Each row checks both against an fp32 einsum and prints ms (do_bench median), the ratio and the one-pass kernel's
-memory floor (dy and x read, dx written, and read too when accumulating, at the measured copy bandwidth). The forward
-GEMMs of the same projections (bmm, cuBLAS) are timed for context. ``--sweep`` also times the kernel's (BLOCK_L,
-warps) tiles and programs per SM.
+Each row checks every path against an fp32 einsum and prints its GPU ms (CUDA-graph replays: no host time, as the
+training step runs), its speedup over bmm and the one-pass memory floor (dy and x read, dx written, and read too when
+accumulating, at the measured copy bandwidth). The one pass runs as tl.dot ("dot") and, for x of at most 16 channels
+(dt_proj), on the FMA units ("narrow"). The forward GEMMs of the same projections (bmm, cuBLAS) are timed for
+context. ``--sweep`` also times each kernel's (BLOCK_L, warps) tiles and programs per SM.
 
     python benchmarks/bench_channel_linear.py            # GPU, ~30 s
     python benchmarks/bench_channel_linear.py --sweep
@@ -43,7 +44,25 @@ def _rel(a, b):
     return ((a.float() - b).norm() / b.norm()).item()
 
 
-def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep):
+def _one_pass(narrow_k):
+    def run(w, dy, x, dx, accumulate):
+        saved, channel_linear.NARROW_K = channel_linear.NARROW_K, narrow_k
+        try:
+            return channel_linear.linear_backward(w, dy, x, dx=dx, accumulate=accumulate)[1]
+        finally:
+            channel_linear.NARROW_K = saved
+    return run
+
+
+IMPLS = {"bmm": _bmm_path, "dot": _one_pass(0), "narrow": _one_pass(16)}
+
+
+def _time(fn):
+    """GPU ms of fn replayed from a CUDA graph (no host time in it: the step runs graphed), median."""
+    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+
+def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls):
     g = torch.Generator(device="cuda").manual_seed(0)
     bf = torch.bfloat16
     w = (torch.randn(M, K, device="cuda", generator=g) / K ** 0.5).to(bf)
@@ -52,45 +71,61 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep):
     dx0 = torch.randn(batch, K, L, device="cuda", generator=g).to(bf)
     ref_dx = torch.einsum("mk,bml->bkl", w.float(), dy.float()) + (dx0.float() if accumulate else 0)
     ref_dw = torch.einsum("bml,bkl->mk", dy.float(), x.float())
-    dx = dx0.clone()
-    _, dw = channel_linear.linear_backward(w, dy, x, dx=dx, accumulate=accumulate)
-    dx_b = dx0.clone()
-    dw_b = _bmm_path(w, dy, x, dx_b, accumulate)
-    errors = (_rel(dx, ref_dx), _rel(dw, ref_dw), _rel(dx_b, ref_dx), _rel(dw_b, ref_dw))
-    assert max(errors) < 1e-2, (name, errors)
-    buf = dx0.clone()
-    t_bmm = triton.testing.do_bench(lambda: _bmm_path(w, dy, x, buf, accumulate), return_mode="median")
-    t_one = triton.testing.do_bench(lambda: channel_linear.linear_backward(w, dy, x, dx=buf, accumulate=accumulate),
-                                    return_mode="median")
-    t_fwd = triton.testing.do_bench(lambda: torch.bmm(w.expand(batch, -1, -1), x), return_mode="median")
+    impls = [i for i in impls if i != "narrow" or K <= 16]
+    times, errors = {}, {}
+    for impl in impls:
+        dx = dx0.clone()
+        dw = IMPLS[impl](w, dy, x, dx, accumulate)
+        errors[impl] = (_rel(dx, ref_dx), _rel(dw, ref_dw))
+        assert max(errors[impl]) < 1e-2, (name, impl, errors[impl])
+        buf = dx0.clone()
+        times[impl] = _time(lambda: IMPLS[impl](w, dy, x, buf, accumulate))
+    t_fwd = _time(lambda: torch.bmm(w.expand(batch, -1, -1), x))
     nbytes = 2 * batch * L * (M + K + K * (2 if accumulate else 1))
     floor = nbytes / bandwidth * 1e3
-    print(f"{name:12s} {batch:3d}x{M:3d}x{K:3d}x{L:6d}  bmm {t_bmm:.4f}  one pass {t_one:.4f}  "
-          f"{t_bmm / t_one:.2f}x  floor {floor:.4f} ({t_one / floor:.2f}x)  fwd bmm {t_fwd:.4f}  "
-          f"err dx {errors[0]:.1e} dw {errors[1]:.1e} (bmm {errors[2]:.1e} {errors[3]:.1e})", flush=True)
-    if sweep:
+    base = times.get("bmm")
+    cells = "  ".join(f"{i} {t:.4f}" + (f" ({base / t:.2f}x)" if base and i != "bmm" else "")
+                      for i, t in times.items())
+    errs = " ".join(f"{i} {e[0]:.1e}/{e[1]:.1e}" for i, e in errors.items())
+    print(f"{name:12s} {batch:3d}x{M:3d}x{K:3d}x{L:6d}  {cells}  floor {floor:.4f}  fwd bmm {t_fwd:.4f}  "
+          f"err dx/dw {errs}", flush=True)
+    if not sweep:
+        return
+    buf = dx0.clone()
+    if K <= 16 and "narrow" in impls:
+        saved = channel_linear.NARROW_TILES
+        for tiles in itertools.product([64, 128, 256], [4, 8], [2, 4, 8]):
+            channel_linear.NARROW_TILES = tiles
+            t = _time(lambda: IMPLS["narrow"](w, dy, x, buf, accumulate))
+            print(f"  narrow BLOCK_L {tiles[0]:3d} warps {tiles[1]} programs/SM {tiles[2]:2d}: {t:.4f}", flush=True)
+        channel_linear.NARROW_TILES = saved
+    if "dot" in impls:
         tiles, per_sm = channel_linear._tiles, channel_linear.PROGRAMS_PER_SM
-        for block_l, warps, programs in itertools.product([32, 64, 128], [4, 8], [2, 4, 8, 16]):
+        for block_l, warps, programs in itertools.product([32, 64], [4, 8], [4, 8, 16]):
             channel_linear._tiles = lambda M, K, b=block_l, n=warps: (b, n)
             channel_linear.PROGRAMS_PER_SM = programs
             try:
-                t = triton.testing.do_bench(
-                    lambda: channel_linear.linear_backward(w, dy, x, dx=buf, accumulate=accumulate),
-                    return_mode="median")
-                print(f"  BLOCK_L {block_l:3d} warps {warps} programs/SM {programs:2d}: {t:.4f}", flush=True)
+                t = _time(lambda: IMPLS["dot"](w, dy, x, buf, accumulate))
+                print(f"  dot BLOCK_L {block_l:3d} warps {warps} programs/SM {programs:2d}: {t:.4f}", flush=True)
             except Exception as e:  # noqa: BLE001 (out of resources at a large tile)
-                print(f"  BLOCK_L {block_l:3d} warps {warps} programs/SM {programs:2d}: {type(e).__name__}")
+                print(f"  dot BLOCK_L {block_l:3d} warps {warps} programs/SM {programs:2d}: {type(e).__name__}")
         channel_linear._tiles, channel_linear.PROGRAMS_PER_SM = tiles, per_sm
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", action="store_true", help="also time the kernel's tiles and programs per SM")
+    parser.add_argument("--sweep", action="store_true", help="also time the kernels' tiles and programs per SM")
+    parser.add_argument("--cases", nargs="+", default=[c[0] for c in CASES], help="case names (default: all)")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS),
+                        help="bmm: the batched GEMMs; dot / narrow: the one-pass kernel with tl.dot / on the FMA "
+                             "units (narrow: x of at most 16 channels only)")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
-    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (do_bench median)")
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (CUDA-graph replays, "
+          "median)")
     for case in CASES:
-        run_case(*case, bandwidth, args.sweep)
+        if case[0] in args.cases:
+            run_case(*case, bandwidth, args.sweep, args.impls)
 
 
 if __name__ == "__main__":

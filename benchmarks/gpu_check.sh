@@ -84,8 +84,8 @@
 #          | inner (ops/mamba_inner.py: its GPU tests with the block's compile, layout and conv tests and the trainer's
 #            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
 #          | chanlin (ops/channel_linear.py, x_proj / dt_proj's one-pass backward: its GPU tests and the inner
-#            node's; bench_channel_linear.py against the batched GEMMs with its tile sweep; the selective-copying
-#            step bmm / one pass alternately, twice)
+#            node's; bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one
+#            launch of each kernel) | chanlinstep (the selective-copying step bmm / one pass alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -247,8 +247,13 @@ for step in $steps; do
            switch_steps inner mamba-inner off on ;;
     chanlin) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear or mamba_inner" 2>&1 \
                | tail -4 | tee "$OUT/chanlin.log"
-             timeout 100 python benchmarks/bench_channel_linear.py --sweep 2>&1 | tee -a "$OUT/chanlin.log"
-             switch_steps chanlin channel-linear bmm triton ;;
+             timeout 240 python benchmarks/bench_channel_linear.py --sweep 2>&1 | tee -a "$OUT/chanlin.log"
+             for impl in dot narrow; do  # one launch of each kernel at the selective-copying dt_proj
+               timeout 60 ncu --clock-control none $NCU_SECTIONS -k regex:_linear_bwd --launch-skip 0 --launch-count 1 \
+                 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls $impl > "$OUT/ncu_$impl.txt" 2>&1
+               grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
+                 "$OUT/ncu_$impl.txt" | head -14 | sed "s/^/ncu $impl: /" | tee -a "$OUT/chanlin.log"; done ;;
+    chanlinstep) switch_steps chanlin channel-linear bmm triton ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

@@ -20,16 +20,19 @@ def _rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("M,K,L", [(36, 20, 200), (20, 4, 1), (20, 4, 70), (5, 12, 129)])
-def test_linear_backward_matches_float64(M, K, L):
+@pytest.mark.parametrize("narrow_k", [16, 0], ids=["narrow-fma", "dot"])
+@pytest.mark.parametrize("M,K,L", [(36, 20, 200), (20, 4, 1), (20, 4, 70), (5, 12, 129), (40, 3, 200)])
+def test_linear_backward_matches_float64(monkeypatch, M, K, L, narrow_k):
     """M / K not powers of two (the tiles' padding), L = 1, one block plus some, and 200 steps over four programs per
-    row (the partial weight gradients' sum; the last program has 8 steps)."""
+    row (the partial weight gradients' sum; the last program has 8 steps); x of up to 16 channels through the FMA
+    kernel and through tl.dot."""
+    monkeypatch.setattr(channel_linear, "NARROW_K", narrow_k)
     torch.manual_seed(M * 1000 + L)
     batch = 2
     w = torch.randn(M, K)
     rows = torch.randn(batch, M + 3, L)  # dy as rows of a larger buffer, as d dt / dB / dC sit in x_proj's gradient
     dy, x = rows[:, 1:M + 1], torch.randn(batch, K, L)
-    steps, per_row = channel_linear._launch_shape(batch, L, 64, torch.device("cpu"))
+    steps, per_row = channel_linear._launch_shape(batch, L, 64, torch.device("cpu"), 4)
     assert per_row == min(4, -(-L // 64)) and steps * (per_row - 1) < L <= steps * per_row
     dx, dw = channel_linear.linear_backward(w, dy, x)
     ref_dx, ref_dw = _reference(w, dy, x)
@@ -37,11 +40,12 @@ def test_linear_backward_matches_float64(M, K, L):
     assert _rel(dx, ref_dx) < 1e-6 and _rel(dw, ref_dw) < 1e-6
 
 
-def test_linear_backward_accumulates_into_a_strided_dx():
+@pytest.mark.parametrize("K", [24, 5])
+def test_linear_backward_accumulates_into_a_strided_dx(K):
     """accumulate=True adds W^T dy to what dx holds, here the x half of a (batch, 2 K, L) buffer; the other half is
-    untouched."""
+    untouched (tl.dot and, with 5 channels, the FMA kernel)."""
     torch.manual_seed(1)
-    M, K, L = 12, 24, 90
+    M, L = 12, 90
     w, dy, x = torch.randn(M, K), torch.randn(2, M, L), torch.randn(2, K, L)
     buf = torch.randn(2, 2 * K, L)
     before = buf.clone()
