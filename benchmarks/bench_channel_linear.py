@@ -62,7 +62,7 @@ def _time(fn):
     return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
 
 
-def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls):
+def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls, check_only=False):
     g = torch.Generator(device="cuda").manual_seed(0)
     bf = torch.bfloat16
     w = (torch.randn(M, K, device="cuda", generator=g) / K ** 0.5).to(bf)
@@ -78,8 +78,13 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls):
         dw = IMPLS[impl](w, dy, x, dx, accumulate)
         errors[impl] = (_rel(dx, ref_dx), _rel(dw, ref_dw))
         assert max(errors[impl]) < 1e-2, (name, impl, errors[impl])
+        if check_only:
+            continue
         buf = dx0.clone()
         times[impl] = _time(lambda: IMPLS[impl](w, dy, x, buf, accumulate))
+    if check_only:
+        print(f"{name}: {errors}")
+        return
     t_fwd = _time(lambda: torch.bmm(w.expand(batch, -1, -1), x))
     nbytes = 2 * batch * L * (M + K + K * (2 if accumulate else 1))
     floor = nbytes / bandwidth * 1e3
@@ -119,13 +124,15 @@ def main():
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS),
                         help="bmm: the batched GEMMs; dot / narrow: the one-pass kernel with tl.dot / on the FMA "
                              "units (narrow: x of at most 16 channels only)")
+    parser.add_argument("--check-only", action="store_true", help="one call of each path, checked, no timing "
+                        "(for Nsight Compute)")
     args = parser.parse_args()
     bandwidth = copy_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s; ms (CUDA-graph replays, "
           "median)")
     for case in CASES:
         if case[0] in args.cases:
-            run_case(*case, bandwidth, args.sweep, args.impls)
+            run_case(*case, bandwidth, args.sweep, args.impls, args.check_only)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ for step in $steps; do
              timeout 240 python benchmarks/bench_channel_linear.py --sweep 2>&1 | tee -a "$OUT/chanlin.log"
              for impl in dot narrow; do  # one launch of each kernel at the selective-copying dt_proj
                timeout 60 ncu --clock-control none $NCU_SECTIONS -k regex:_linear_bwd --launch-skip 0 --launch-count 1 \
-                 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls $impl > "$OUT/ncu_$impl.txt" 2>&1
+                 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls $impl --check-only \
+                 > "$OUT/ncu_$impl.txt" 2>&1
                grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
                  "$OUT/ncu_$impl.txt" | head -14 | sed "s/^/ncu $impl: /" | tee -a "$OUT/chanlin.log"; done ;;
     chanlinstep) switch_steps chanlin channel-linear bmm triton ;;
