@@ -3,9 +3,10 @@ replaces (bmm for dx, or baddbmm_ into du; bmm + a batch sum for dW), same run, 
 
 Each row checks every path against an fp32 einsum and prints its GPU ms (CUDA-graph replays: no host time, as the
 training step runs), its speedup over bmm and the one-pass memory floor (dy and x read, dx written, and read too when
-accumulating, at the measured copy bandwidth). The one pass runs as tl.dot ("dot") and, for x of at most 16 channels
-(dt_proj), on the FMA units ("narrow"). The forward GEMMs of the same projections (bmm, cuBLAS) are timed for
-context. ``--sweep`` also times each kernel's (BLOCK_L, warps) tiles and programs per SM.
+accumulating, at the measured copy bandwidth). The forward GEMMs of the same projections (bmm, cuBLAS) are timed for
+context. ``--sweep`` also times the kernel's (BLOCK_L, warps) tiles and programs per SM.
+
+The one pass also runs where ``channel_linear.applies`` keeps the GEMMs (x_proj): that is how its rule was set.
 
     python benchmarks/bench_channel_linear.py            # GPU, ~30 s
     python benchmarks/bench_channel_linear.py --sweep
@@ -44,17 +45,11 @@ def _rel(a, b):
     return ((a.float() - b).norm() / b.norm()).item()
 
 
-def _one_pass(narrow_k):
-    def run(w, dy, x, dx, accumulate):
-        saved, channel_linear.NARROW_K = channel_linear.NARROW_K, narrow_k
-        try:
-            return channel_linear.linear_backward(w, dy, x, dx=dx, accumulate=accumulate)[1]
-        finally:
-            channel_linear.NARROW_K = saved
-    return run
+def _one_pass(w, dy, x, dx, accumulate):
+    return channel_linear.linear_backward(w, dy, x, dx=dx, accumulate=accumulate)[1]
 
 
-IMPLS = {"bmm": _bmm_path, "dot": _one_pass(0), "narrow": _one_pass(16)}
+IMPLS = {"bmm": _bmm_path, "dot": _one_pass}
 
 
 def _time(fn):
@@ -71,7 +66,6 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls, check_on
     dx0 = torch.randn(batch, K, L, device="cuda", generator=g).to(bf)
     ref_dx = torch.einsum("mk,bml->bkl", w.float(), dy.float()) + (dx0.float() if accumulate else 0)
     ref_dw = torch.einsum("bml,bkl->mk", dy.float(), x.float())
-    impls = [i for i in impls if i != "narrow" or K <= 16]
     times, errors = {}, {}
     for impl in impls:
         dx = dx0.clone()
@@ -97,13 +91,6 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls, check_on
     if not sweep:
         return
     buf = dx0.clone()
-    if K <= 16 and "narrow" in impls:
-        saved = channel_linear.NARROW_TILES
-        for tiles in itertools.product([64, 128, 256], [4, 8], [2, 4, 8]):
-            channel_linear.NARROW_TILES = tiles
-            t = _time(lambda: IMPLS["narrow"](w, dy, x, buf, accumulate))
-            print(f"  narrow BLOCK_L {tiles[0]:3d} warps {tiles[1]} programs/SM {tiles[2]:2d}: {t:.4f}", flush=True)
-        channel_linear.NARROW_TILES = saved
     if "dot" in impls:
         tiles, per_sm = channel_linear._tiles, channel_linear.PROGRAMS_PER_SM
         for block_l, warps, programs in itertools.product([32, 64], [4, 8], [4, 8, 16]):
@@ -122,8 +109,7 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' tiles and programs per SM")
     parser.add_argument("--cases", nargs="+", default=[c[0] for c in CASES], help="case names (default: all)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS),
-                        help="bmm: the batched GEMMs; dot / narrow: the one-pass kernel with tl.dot / on the FMA "
-                             "units (narrow: x of at most 16 channels only)")
+                        help="bmm: the batched GEMMs; dot: the one-pass kernel")
     parser.add_argument("--check-only", action="store_true", help="one call of each path, checked, no timing "
                         "(for Nsight Compute)")
     args = parser.parse_args()

@@ -248,13 +248,15 @@ for step in $steps; do
     chanlin) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear or mamba_inner" 2>&1 \
                | tail -4 | tee "$OUT/chanlin.log"
              timeout 240 python benchmarks/bench_channel_linear.py --sweep 2>&1 | tee -a "$OUT/chanlin.log"
-             for impl in dot narrow; do  # one launch of each kernel at the selective-copying dt_proj
+             for impl in dot; do  # one launch of the kernel at the selective-copying dt_proj
                timeout 60 ncu --clock-control none $NCU_SECTIONS -k regex:_linear_bwd --launch-skip 0 --launch-count 1 \
                  python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls $impl --check-only \
                  > "$OUT/ncu_$impl.txt" 2>&1
                grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
                  "$OUT/ncu_$impl.txt" | head -14 | sed "s/^/ncu $impl: /" | tee -a "$OUT/chanlin.log"; done ;;
-    chanlinstep) switch_steps chanlin channel-linear bmm triton ;;
+    chanlinstep) timeout 100 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear" 2>&1 | tail -2 \
+                   | tee "$OUT/chanlin.log"
+                 switch_steps chanlin channel-linear bmm triton ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
                 for case in selective_copying induction_heads; do for check in sync deferred sync deferred; do

@@ -20,13 +20,11 @@ def _rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("narrow_k", [16, 0], ids=["narrow-fma", "dot"])
 @pytest.mark.parametrize("M,K,L", [(36, 20, 200), (20, 4, 1), (20, 4, 70), (5, 12, 129), (40, 3, 200)])
-def test_linear_backward_matches_float64(monkeypatch, M, K, L, narrow_k):
+def test_linear_backward_matches_float64(monkeypatch, M, K, L):
     """M / K not powers of two (the tiles' padding), L = 1, one block plus some, and 200 steps over four programs per
-    row (the partial weight gradients' sum; the last program has 8 steps); x of up to 16 channels through the FMA
-    kernel and through tl.dot."""
-    monkeypatch.setattr(channel_linear, "NARROW_K", narrow_k)
+    row (the partial weight gradients' sum; the last program has 8 steps)."""
+    monkeypatch.setattr(channel_linear, "PROGRAMS_PER_SM", 4)
     torch.manual_seed(M * 1000 + L)
     batch = 2
     w = torch.randn(M, K)
@@ -43,7 +41,7 @@ def test_linear_backward_matches_float64(monkeypatch, M, K, L, narrow_k):
 @pytest.mark.parametrize("K", [24, 5])
 def test_linear_backward_accumulates_into_a_strided_dx(K):
     """accumulate=True adds W^T dy to what dx holds, here the x half of a (batch, 2 K, L) buffer; the other half is
-    untouched (tl.dot and, with 5 channels, the FMA kernel)."""
+    untouched."""
     torch.manual_seed(1)
     M, L = 12, 90
     w, dy, x = torch.randn(M, K), torch.randn(2, M, L), torch.randn(2, K, L)
@@ -75,6 +73,7 @@ def test_linear_backward_rejects_mismatched_shapes_and_knows_its_tiles():
     with pytest.raises(ValueError, match="accumulate"):
         channel_linear.linear_backward(w, torch.randn(2, 6, 10), torch.randn(2, 5, 10), accumulate=True)
     dy = torch.randn(1, 6, 10)
-    assert channel_linear.applies(torch.randn(36, 128), dy)  # the paper's x_proj at D 64: a 64 x 128 tile
-    assert channel_linear.applies(torch.randn(128, 4), dy)  # its dt_proj: 128 x 16
-    assert not channel_linear.applies(torch.randn(80, 1536), dy)  # 130M's x_proj: the batched GEMMs
+    assert channel_linear.applies(torch.randn(128, 4), dy)  # the paper's dt_proj at D 64: a 128 x 16 tile
+    assert channel_linear.applies(torch.randn(256, 8), dy)  # the D 128 DNA model's
+    assert not channel_linear.applies(torch.randn(36, 128), dy)  # x_proj (x = d_inner channels): the GEMMs won
+    assert not channel_linear.applies(torch.randn(1536, 48), dy)  # 130M's dt_proj: the batched GEMMs

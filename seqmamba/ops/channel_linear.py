@@ -28,13 +28,10 @@ from .launch import CachedLaunch, cdiv, grid_dependency_wait, interpreting, sm_c
 ENABLED = True
 # The largest (padded) weight tile a program holds as its fp32 weight-gradient accumulator, M x K.
 MAX_TILE = 128 * 128
+# x of at most this many channels (dt_proj's input, dt_rank wide): the shapes where the one pass beats the GEMMs.
+MAX_K = 16
 # Programs per SM the launch aims for (each program a run of one batch row's steps).
-PROGRAMS_PER_SM = 4
-# x of at most this many channels (dt_proj's dt_rank) goes to the FMA kernel (_linear_bwd_narrow_kernel), not tl.dot;
-# 0: tl.dot for every shape.
-NARROW_K = 16
-# (BLOCK_L, num_warps, programs per SM) of the narrow kernel.
-NARROW_TILES = (64, 4, 4)
+PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -84,47 +81,7 @@ def _linear_bwd_kernel(w_ptr, dy_ptr, x_ptr, dx_ptr, dw_ptr,
     tl.store(out + m[:, None] * K + k[None, :], dw, mask=mask_m[:, None] & mask_k[None, :])
 
 
-@triton.jit
-def _linear_bwd_narrow_kernel(w_ptr, dy_ptr, x_ptr, dx_ptr, dw_ptr,
-                              M, L, steps_per_program, programs_per_row,
-                              s_w_m, s_w_k, s_dy_b, s_dy_m, s_dy_l, s_x_b, s_x_k, s_x_l, s_dx_b, s_dx_k, s_dx_l,
-                              K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                              BLOCK_L: tl.constexpr, ACCUMULATE: tl.constexpr, PDL: tl.constexpr = False):
-    """_linear_bwd_kernel for a narrow x (K of a few channels: dt_proj's dt_rank) on the FMA units, no tl.dot: each
-    of dx's K rows is a sum over dy's M channels of W[:, k] dy, and dW's column k a sum over steps of dy x[k]."""
-    grid_dependency_wait(PDL)
-    pid_s = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    m = tl.arange(0, BLOCK_M)
-    kk = tl.arange(0, BLOCK_K)
-    t = tl.arange(0, BLOCK_L)
-    mask_m = m < M
-    dw = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-    dy_row = dy_ptr + pid_b * s_dy_b + m[:, None].to(tl.int64) * s_dy_m
-    x_base = x_ptr + pid_b * s_x_b
-    dx_base = dx_ptr + pid_b * s_dx_b
-    start = pid_s * steps_per_program
-    stop = tl.minimum(start + steps_per_program, L)
-    for l0 in range(start, stop, BLOCK_L):
-        steps = l0 + t
-        mask_t = steps < stop
-        t64 = steps.to(tl.int64)
-        g = tl.load(dy_row + t64[None, :] * s_dy_l, mask=mask_m[:, None] & mask_t, other=0.0).to(tl.float32)
-        for k in tl.static_range(K):
-            w_k = tl.load(w_ptr + m * s_w_m + k * s_w_k, mask=mask_m, other=0.0).to(tl.float32)
-            x_k = tl.load(x_base + k * s_x_k + t64 * s_x_l, mask=mask_t, other=0.0).to(tl.float32)
-            d = tl.sum(g * w_k[:, None], axis=0)
-            dx_k = dx_base + k * s_dx_k + t64 * s_dx_l
-            if ACCUMULATE:
-                d += tl.load(dx_k, mask=mask_t, other=0.0).to(tl.float32)
-            tl.store(dx_k, d.to(dx_ptr.dtype.element_ty), mask=mask_t)
-            dw += tl.where(kk[None, :] == k, tl.sum(g * x_k[None, :], axis=1)[:, None], 0.0)
-    out = dw_ptr + (pid_b * programs_per_row + pid_s) * M * K
-    tl.store(out + m[:, None] * K + kk[None, :], dw, mask=mask_m[:, None] & (kk < K)[None, :])
-
-
 _launch = CachedLaunch(_linear_bwd_kernel, pdl=True)
-_launch_narrow = CachedLaunch(_linear_bwd_narrow_kernel, pdl=True)
 
 
 def _block(n: int) -> int:
@@ -132,10 +89,12 @@ def _block(n: int) -> int:
 
 
 def applies(weight: torch.Tensor, dy: torch.Tensor) -> bool:
-    """Whether ``linear_backward`` serves this weight: ENABLED, a Triton device (CUDA, or the interpreter), and the
-    padded (M, K) tile within MAX_TILE."""
+    """Whether the Mamba inner node takes ``linear_backward`` for this weight: ENABLED, a Triton device (CUDA, or the
+    interpreter), x at most MAX_K channels and the padded (M, K) tile within MAX_TILE. The H200 (twenty-ninth session,
+    CUDA-graph replays): dt_proj's backward 1.83-2.2x the GEMMs at (64, 128, 4112, rank 4), 1.27-1.36x at
+    (16, 256, 16384, rank 8); x_proj's (K = d_inner) 0.67-0.80x, so the GEMMs keep it."""
     M, K = weight.shape
-    return (ENABLED and (dy.is_cuda or interpreting()) and _block(M) * _block(K) <= MAX_TILE
+    return (ENABLED and (dy.is_cuda or interpreting()) and K <= MAX_K and _block(M) * _block(K) <= MAX_TILE
             and dy.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
@@ -176,15 +135,6 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     elif dx.shape != (batch, K, L):
         raise ValueError(f"linear_backward: dx {tuple(dx.shape)}, expected {(batch, K, L)}")
     w = weight.to(dy.dtype)
-    if K <= NARROW_K:
-        block_l, num_warps, programs = NARROW_TILES
-        steps, per_row = _launch_shape(batch, L, block_l, dy.device, programs)
-        partial = buffers.empty((batch * per_row, M, K), dy.device, torch.float32)
-        _launch_narrow((per_row, batch), (w, dy, x, dx, partial),
-                       (M, L, steps, per_row, *w.stride(), *dy.stride(), *x.stride(), *dx.stride()),
-                       dict(K=K, BLOCK_M=triton.next_power_of_2(M), BLOCK_K=triton.next_power_of_2(K),
-                            BLOCK_L=block_l, ACCUMULATE=accumulate), num_warps=num_warps)
-        return dx, partial.sum(0).to(weight.dtype)
     block_l, num_warps = _tiles(M, K)
     steps, per_row = _launch_shape(batch, L, block_l, dy.device, PROGRAMS_PER_SM)
     partial = buffers.empty((batch * per_row, M, K), dy.device, torch.float32)

@@ -8,9 +8,12 @@ Why one node: as separate autograd nodes, the backward formed two sums and two c
 - The conv output's gradient was du (scan) + x_proj's input gradient, an elementwise pass. Here x_proj's backward
   GEMM adds into du (``baddbmm_``, beta 1).
 - x_proj's output gradient was ``cat(d dt, dB, dC)``. Here the scan casts dB / dC into its rows and dt_proj's
-  backward GEMM writes d dt into the rest.
-The arithmetic is that of the separate ops (the same kernels and GEMMs in the same dtypes; only the du sum is
-accumulated in fp32 inside the GEMM rather than after it in bf16).
+  backward writes d dt into the rest: for a dt_rank of at most 16 as one pass over ddelta that also sums dt_proj's
+  weight gradient (ops/channel_linear.py: 1.8-2.2x the two GEMMs and batch sum it replaces at the paper's
+  selective-copying shape), otherwise by the GEMMs.
+The arithmetic is that of the separate ops (the same kernels and GEMMs in the same dtypes) except for two sums kept
+in fp32 longer: du inside x_proj's backward GEMM rather than after it in bf16, and dt_proj's weight gradient over the
+batch without a 16-bit rounding per batch row.
 
 Eager mode runs a plain autograd.Function; under torch.compile the custom ops ``seqmamba::mamba_inner_fwd`` /
 ``_bwd`` (opaque to Inductor, no graph break). ``applies`` says when the block may use it.
@@ -90,12 +93,8 @@ def _backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, x_conv, x_
     else:
         torch.bmm(dt_proj_w.to(dtype).t().expand(batch, -1, -1), ddelta, out=d_dt)
         ddt_proj_w = _weight_grad(ddelta, dt, dt_proj_w)
-    # the conv output's whole gradient: x_proj's input gradient added into the scan's du
-    if channel_linear.applies(x_proj_w, dx_dbl):
-        _, dx_proj_w = channel_linear.linear_backward(x_proj_w, dx_dbl, x_conv, dx=du, accumulate=True)
-    else:
-        du.baddbmm_(x_proj_w.to(dtype).t().expand(batch, -1, -1), dx_dbl)
-        dx_proj_w = _weight_grad(dx_dbl, x_conv, x_proj_w)
+    du.baddbmm_(x_proj_w.to(dtype).t().expand(batch, -1, -1), dx_dbl)  # the conv output's whole gradient
+    dx_proj_w = _weight_grad(dx_dbl, x_conv, x_proj_w)
     _, dconv_w, dconv_b = _conv_gradients(x, conv_w, conv_b, True, du, dx_out=dxz[:, :d_inner])
     return dxz, dconv_w, dconv_b, dx_proj_w, ddt_proj_w, dA, dD, ddt_bias
 
