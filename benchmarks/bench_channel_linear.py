@@ -3,8 +3,8 @@ replaces (bmm for dx, or baddbmm_ into du; bmm + a batch sum for dW), same run, 
 
 Each row checks every path against an fp32 einsum and prints its GPU ms (CUDA-graph replays: no host time, as the
 training step runs), its speedup over bmm and the one-pass memory floor (dy and x read, dx written, and read too when
-accumulating, at the measured copy bandwidth). The forward GEMMs of the same projections (bmm, cuBLAS) are timed for
-context. ``--sweep`` also times the kernel's (BLOCK_L, warps) tiles and programs per SM.
+accumulating, at the measured copy bandwidth). The forward y = W x is timed as bmm (cuBLAS) and, where the inner node
+takes it (x of at most MAX_K channels: dt_proj), as ``linear_forward``. ``--sweep`` also times the kernel's (BLOCK_L, warps) tiles and programs per SM.
 
 The one pass also runs where ``channel_linear.applies`` keeps the GEMMs (x_proj): that is how its rule was set.
 
@@ -80,14 +80,22 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls, check_on
         print(f"{name}: {errors}")
         return
     t_fwd = _time(lambda: torch.bmm(w.expand(batch, -1, -1), x))
+    fwd_cell = ""
+    if K <= channel_linear.MAX_K:  # the forward the inner node takes for dt_proj: y = W x in one pass
+        y = channel_linear.linear_forward(w, x)
+        err = _rel(y, torch.einsum("mk,bkl->bml", w.float(), x.float()))
+        assert err < 1e-2, (name, "forward", err)
+        t = _time(lambda: channel_linear.linear_forward(w, x))
+        fwd_cell = f" one pass {t:.4f} ({t_fwd / t:.2f}x, err {err:.1e}, floor {2 * batch * L * (M + K) / bandwidth * 1e3:.4f})"
     nbytes = 2 * batch * L * (M + K + K * (2 if accumulate else 1))
     floor = nbytes / bandwidth * 1e3
     base = times.get("bmm")
     cells = "  ".join(f"{i} {t:.4f}" + (f" ({base / t:.2f}x)" if base and i != "bmm" else "")
                       for i, t in times.items())
     errs = " ".join(f"{i} {e[0]:.1e}/{e[1]:.1e}" for i, e in errors.items())
-    print(f"{name:12s} {batch:3d}x{M:3d}x{K:3d}x{L:6d}  {cells}  floor {floor:.4f}  fwd bmm {t_fwd:.4f}  "
-          f"err dx/dw {errs}", flush=True)
+    print(f"{name:12s} {batch:3d}x{M:3d}x{K:3d}x{L:6d}  backward: {cells}  floor {floor:.4f}  err dx/dw {errs}",
+          flush=True)
+    print(f"{'':12s} {'':20s}  forward: bmm {t_fwd:.4f}{fwd_cell}", flush=True)
     if not sweep:
         return
     buf = dx0.clone()

@@ -77,3 +77,21 @@ def test_linear_backward_rejects_mismatched_shapes_and_knows_its_tiles():
     assert channel_linear.applies(torch.randn(256, 8), dy)  # the D 128 DNA model's
     assert not channel_linear.applies(torch.randn(36, 128), dy)  # x_proj (x = d_inner channels): the GEMMs won
     assert not channel_linear.applies(torch.randn(1536, 48), dy)  # 130M's dt_proj: the batched GEMMs
+
+
+@pytest.mark.parametrize("M,K,L", [(20, 4, 1), (36, 12, 130), (128, 4, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_forward_matches_bmm(M, K, L, dtype):
+    """y = W x against float64 products of the weight in x's dtype, as torch.bmm ran it in the inner node (x as
+    strided rows of a larger buffer, as dt sits in x_proj's output): L = 1, two blocks plus some, one whole block."""
+    torch.manual_seed(M + L)
+    w = torch.randn(M, K)
+    rows = torch.randn(2, K + 5, L).to(dtype)
+    x = rows[:, 2:K + 2]
+    y = channel_linear.linear_forward(w, x)
+    ref = torch.einsum("mk,bkl->bml", w.to(dtype).double(), x.double())  # bmm's products, exact
+    assert y.shape == ref.shape and y.dtype == dtype and y.is_contiguous()
+    # bf16: one rounding of y (the interpreter converts fp32 to bf16 by truncation: rms ~3.3e-3 relative)
+    assert _rel(y, ref) < (1e-6 if dtype == torch.float32 else 6e-3)
+    with pytest.raises(ValueError, match="do not fit"):
+        channel_linear.linear_forward(torch.randn(M, K + 1), x)

@@ -711,3 +711,18 @@ def test_gpu_channel_linear_backward_matches_float64(L, dtype, M, K, accumulate)
     assert torch.isfinite(dx).all() and torch.isfinite(dw).all()
     assert rel_err(dx, ref_dx) < tol and rel_err(dw, ref_dw) < tol
     assert torch.equal(buf[:, :K], before[:, :K])
+
+
+@pytest.mark.parametrize("L", [1, 2, 63, 65, 4112])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_channel_linear_forward_matches_float64(L, dtype):
+    """ops/channel_linear.linear_forward (delta = dt_proj(dt) in the inner node) on the GPU at the selective-copying
+    model's 128 x 4, x as rows of a larger buffer (dt in x_proj's output): lengths 1, 2, about a 64-step tile, 4112."""
+    channel_linear = importlib.import_module("seqmamba.ops.channel_linear")
+    g = torch.Generator(device="cuda").manual_seed(L)
+    w = torch.randn(128, 4, device="cuda", generator=g)
+    rows = torch.randn(8, 36, L, device="cuda", generator=g).to(dtype)
+    y = channel_linear.linear_forward(w, rows[:, :4])
+    ref = torch.einsum("mk,bkl->bml", w.to(dtype).double(), rows[:, :4].double())
+    assert y.dtype == dtype and y.is_contiguous()
+    assert rel_err(y, ref) < (1e-6 if dtype == torch.float32 else 4e-3)

@@ -1,4 +1,4 @@
-"""The backward of a channel-mixing linear map with few channels, in one pass over L (Triton).
+"""A channel-mixing linear map with a narrow input (dt_proj), forward and backward, each in one pass over L (Triton).
 
 The Mamba block's x_proj and dt_proj map channels at every time step, channels-first: y[b] = W x[b] with W (M, K),
 x (batch, K, L), y (batch, M, L). Their backward is dx[b] = W^T dy[b] and dW = sum_b dy[b] x[b]^T. As batched GEMMs
@@ -7,11 +7,11 @@ M or K as small as dt_rank (4 in the paper's selective-copying model) the GEMMs 
 the weight-gradient GEMM has one tile per batch row to spread over the GPU (twenty-ninth session, BENCHMARKS.md).
 
 ``linear_backward`` does both in one kernel: each program takes one batch row's run of time steps, loads dy's and
-x's (all channels, BLOCK_L steps) tiles once, writes dx = W^T dy (optionally added to what dx holds: the Mamba
-block's conv-output gradient sums x_proj's input gradient into the scan's du) and accumulates dy x^T in fp32 over
-its steps. The per-program partial weight gradients are summed afterwards (deterministic: no atomics). Both
+x's (all channels, BLOCK_L steps) tiles once, writes dx = W^T dy (optionally added to what dx holds) and
+accumulates dy x^T in fp32 over its steps. The per-program partial weight gradients are summed afterwards (deterministic: no atomics). Both
 products go through ``tl.dot`` (tensor cores; fp32 inputs in IEEE precision, not TF32). ``applies`` says which
-shapes it serves: both whole channel dimensions in one tile.
+shapes it serves: both whole channel dimensions in one tile, x of at most MAX_K channels. ``linear_forward`` is the
+matching forward (y = W x, one tile of steps per program), which the inner node uses for delta = dt_proj(dt).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from .launch import CachedLaunch, cdiv, grid_dependency_wait, interpreting, sm_c
 
 # Set False to use the batched GEMMs (torch.bmm) everywhere (benchmarks time both: --channel-linear).
 ENABLED = True
+# Whether the inner node's forward (delta = dt_proj(dt)) takes linear_forward where applies() holds (else bmm).
+FORWARD = True
 # The largest (padded) weight tile a program holds as its fp32 weight-gradient accumulator, M x K.
 MAX_TILE = 128 * 128
 # x of at most this many channels (dt_proj's input, dt_rank wide): the shapes where the one pass beats the GEMMs.
@@ -81,7 +83,36 @@ def _linear_bwd_kernel(w_ptr, dy_ptr, x_ptr, dx_ptr, dw_ptr,
     tl.store(out + m[:, None] * K + k[None, :], dw, mask=mask_m[:, None] & mask_k[None, :])
 
 
+@triton.jit
+def _linear_fwd_kernel(w_ptr, x_ptr, y_ptr, M, K, L,
+                       s_w_m, s_w_k, s_x_b, s_x_k, s_x_l, s_y_b, s_y_m, s_y_l,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, F32: tl.constexpr,
+                       PDL: tl.constexpr = False):
+    """Program (l, b): y = W x for BLOCK_L steps of batch row b, all M channels (W, x zero-padded to the tiles)."""
+    grid_dependency_wait(PDL)
+    pid_l = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    m = tl.arange(0, BLOCK_M)
+    k = tl.arange(0, BLOCK_K)
+    steps = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    t64 = steps.to(tl.int64)
+    mask_m = m < M
+    mask_t = steps < L
+    w = tl.load(w_ptr + m[:, None] * s_w_m + k[None, :] * s_w_k, mask=mask_m[:, None] & (k < K)[None, :], other=0.0)
+    xv = tl.load(x_ptr + pid_b * s_x_b + k[:, None].to(tl.int64) * s_x_k + t64[None, :] * s_x_l,
+                 mask=(k < K)[:, None] & mask_t[None, :], other=0.0)
+    if F32:
+        y = tl.dot(w.to(tl.float32), xv.to(tl.float32), input_precision="ieee")
+    else:
+        y = tl.dot(w, xv.to(w.dtype))
+    tl.store(y_ptr + pid_b * s_y_b + m[:, None].to(tl.int64) * s_y_m + t64[None, :] * s_y_l,
+             y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_t[None, :])
+
+
 _launch = CachedLaunch(_linear_bwd_kernel, pdl=True)
+_launch_fwd = CachedLaunch(_linear_fwd_kernel, pdl=True)
+# (BLOCK_L, num_warps) of the forward (one tile of steps per program).
+FWD_TILES = (64, 4)
 
 
 def _block(n: int) -> int:
@@ -113,6 +144,24 @@ def _tiles(M: int, K: int) -> tuple:
     """(BLOCK_L, num_warps) for a (BLOCK_M, BLOCK_K) weight tile."""
     tile = _block(M) * _block(K)
     return (64, 4) if tile <= 64 * 64 else (64, 8)
+
+
+def linear_forward(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y[b] = weight x[b] as torch.bmm(weight.to(x.dtype).expand(batch, -1, -1), x) computes it (products in x's
+    dtype, fp32 sums, y in x's dtype, contiguous): weight (M, K), x (batch, K, L) any strides. For the shapes
+    ``applies`` admits (dt_proj: K of a few channels), where it is one memory-bound pass writing y."""
+    batch, K, L = x.shape
+    M = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"linear_forward: weight {tuple(weight.shape)} and x {tuple(x.shape)} do not fit "
+                         "y[b] = weight x[b]")
+    w = weight.to(x.dtype)
+    y = buffers.empty((batch, M, L), x.device, x.dtype)
+    block_l, num_warps = FWD_TILES
+    _launch_fwd((cdiv(L, block_l), batch), (w, x, y), (M, K, L, *w.stride(), *x.stride(), *y.stride()),
+                dict(BLOCK_M=_block(M), BLOCK_K=_block(K), BLOCK_L=block_l,
+                     F32=x.dtype == torch.float32 or interpreting()), num_warps=num_warps)
+    return y
 
 
 def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx: Optional[torch.Tensor] = None,

@@ -49,6 +49,7 @@ def _rows(x_dbl: torch.Tensor, dt_rank: int, d_state: int):
 
 def _forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank: int, d_state: int, save: bool):
     """(y, x_conv, x_dbl, delta, chunk_states); the GEMMs in xz's dtype (autocast's, as the separate ops ran)."""
+    from . import channel_linear
     from .causal_conv1d.triton_kernels import _conv_forward
     from .selective_scan.triton_launch import scan_forward
     batch, width2, L = xz.shape
@@ -58,7 +59,10 @@ def _forward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, A, D, dt_bias, dt_rank: in
     dtype = x_conv.dtype
     x_dbl = torch.bmm(x_proj_w.to(dtype).expand(batch, -1, -1), x_conv)
     dt, B, C = _rows(x_dbl, dt_rank, d_state)
-    delta = torch.bmm(dt_proj_w.to(dtype).expand(batch, -1, -1), dt)
+    if channel_linear.FORWARD and channel_linear.applies(dt_proj_w, dt):
+        delta = channel_linear.linear_forward(dt_proj_w, dt)
+    else:
+        delta = torch.bmm(dt_proj_w.to(dtype).expand(batch, -1, -1), dt)
     y, _, chunk_states = scan_forward(x_conv, delta, A, B, C, D, z, dt_bias, True, None, save)
     return y, x_conv, x_dbl, delta, chunk_states
 
