@@ -85,7 +85,8 @@
 #            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
 #          | chanlin (ops/channel_linear.py, x_proj / dt_proj's one-pass backward: its GPU tests and the inner
 #            node's; bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one
-#            launch of each kernel) | chanlinstep (the selective-copying step bmm / one pass alternately, twice)
+#            launch of each kernel) | chanlinstep (its and the inner node's GPU tests, the benchmark's dt_proj rows,
+#            the selective-copying step bmm / one pass alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 # A mamba_ssm build on PYTHONPATH is measured beside ours; the anchor step builds one in .anchor/build.
@@ -254,8 +255,10 @@ for step in $steps; do
                  > "$OUT/ncu_$impl.txt" 2>&1
                grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
                  "$OUT/ncu_$impl.txt" | head -14 | sed "s/^/ncu $impl: /" | tee -a "$OUT/chanlin.log"; done ;;
-    chanlinstep) timeout 100 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear" 2>&1 | tail -2 \
-                   | tee "$OUT/chanlin.log"
+    chanlinstep) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear or mamba_inner" \
+                   2>&1 | tail -2 | tee "$OUT/chanlin.log"
+                 timeout 60 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" "dna dt_proj" 2>&1 \
+                   | tee -a "$OUT/chanlin.log"
                  switch_steps chanlin channel-linear bmm triton ;;
     graphcheck) timeout 240 python -m pytest -q -rf -m gpu tests/test_trainer.py -k "cuda_graph or compiled" 2>&1 \
                   | tail -3 | tee "$OUT/graphcheck.log"
