@@ -83,6 +83,7 @@
 #            four shapes; every tile one-kernel at two; the selective-copying step two / one kernel alternately, twice)
 #          | inner (ops/mamba_inner.py: its GPU tests with the block's compile, layout and conv tests and the trainer's
 #            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
+#          | dnalinear (the 1.4M DNA step, gpu_dna.py's throughput rows, dt_proj by the GEMMs / the one pass)
 #          | chanlin (ops/channel_linear.py, x_proj / dt_proj's one-pass backward: its GPU tests and the inner
 #            node's; bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one
 #            launch of each kernel) | chanlinstep (its and the inner node's GPU tests, the benchmark's dt_proj rows,
@@ -170,6 +171,10 @@ for step in $steps; do
     dnastep) for fused in "" --fused-add-norm; do
                timeout 200 python benchmarks/gpu_dna.py --out "$OUT/dna$fused" --skip train,kmer,chunked \
                  --split-per-sm 32 64 128 $fused 2>&1 | tail -12 | tee -a "$OUT/dnastep.log"; done ;;
+    dnalinear) for impl in bmm triton; do  # the DNA step with dt_proj by the GEMMs / the one pass (ops/channel_linear.py)
+                 timeout 200 python benchmarks/gpu_dna.py --out "$OUT/dna_$impl" --skip train,kmer,chunked \
+                   --fused-add-norm --channel-linear $impl 2>&1 | tail -8 | sed "s/^/$impl: /" | tee -a "$OUT/dnalinear.log"
+               done ;;
     table1steps) timeout 120 python -m pytest -q -m gpu tests/test_mixers_table1.py 2>&1 | tail -4 | tee "$OUT/table1steps.log"
                  timeout 300 python benchmarks/bench_train_step.py --out "$OUT/table1" --cases selective_copying \
                    --table1 --steps 300 2>&1 | tail -16 | tee -a "$OUT/table1steps.log" ;;

@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--split-per-sm", type=int, nargs="+", default=None,
                         help="throughput: also time the 1 x 2^20 step (no checkpointing) with the training scan's "
                              "BWD_CONFIG split_programs_per_sm set to each of these")
-    add_switches(parser, "project-channels-grad", "split-passes", "x-proj-layout")
+    add_switches(parser, "project-channels-grad", "split-passes", "x-proj-layout", "mamba-inner", "channel-linear")
     parser.add_argument("--profile", action="store_true",
                         help="throughput: one more step of each row without checkpointing under torch.profiler")
     parser.add_argument("--cpu-smoke", action="store_true",
