@@ -66,17 +66,23 @@ def test_linear_backward_bf16_sums_in_fp32():
     assert _rel(dx, ref_dx) < 8e-3 and _rel(dw.float(), ref_dw) < 8e-3
 
 
-def test_linear_backward_rejects_mismatched_shapes_and_knows_its_tiles():
+def test_linear_backward_rejects_mismatched_shapes_and_tiles_too_large_and_knows_where_it_applies():
     w = torch.randn(6, 5)
     with pytest.raises(ValueError, match="do not fit"):
         channel_linear.linear_backward(w, torch.randn(2, 6, 10), torch.randn(2, 4, 10))
     with pytest.raises(ValueError, match="accumulate"):
         channel_linear.linear_backward(w, torch.randn(2, 6, 10), torch.randn(2, 5, 10), accumulate=True)
+    with pytest.raises(ValueError, match="MAX_TILE"):
+        channel_linear.linear_backward(torch.randn(300, 80), torch.randn(1, 300, 4), torch.randn(1, 80, 4))
+    with pytest.raises(ValueError, match="MAX_TILE"):
+        channel_linear.linear_forward(torch.randn(300, 80), torch.randn(1, 80, 4))
     dy = torch.randn(1, 6, 10)
     assert channel_linear.applies(torch.randn(128, 4), dy)  # the paper's dt_proj at D 64: a 128 x 16 tile
     assert channel_linear.applies(torch.randn(256, 8), dy)  # the D 128 DNA model's
+    assert not channel_linear.applies(torch.randn(512, 16), dy)  # D 256: not timed, the GEMMs
     assert not channel_linear.applies(torch.randn(36, 128), dy)  # x_proj (x = d_inner channels): the GEMMs won
     assert not channel_linear.applies(torch.randn(1536, 48), dy)  # 130M's dt_proj: the batched GEMMs
+    assert not channel_linear.applies(torch.randn(128, 4), dy.to(torch.float64))
 
 
 @pytest.mark.parametrize("M,K,L", [(20, 4, 1), (36, 12, 130), (128, 4, 64)])
@@ -95,3 +101,10 @@ def test_linear_forward_matches_bmm(M, K, L, dtype):
     assert _rel(y, ref) < (1e-6 if dtype == torch.float32 else 6e-3)
     with pytest.raises(ValueError, match="do not fit"):
         channel_linear.linear_forward(torch.randn(M, K + 1), x)
+
+
+def test_no_steps_give_zero_gradients_and_an_empty_output():
+    w = torch.randn(8, 3)
+    dx, dw = channel_linear.linear_backward(w, torch.randn(2, 8, 0), torch.randn(2, 3, 0))
+    assert dx.shape == (2, 3, 0) and torch.equal(dw, torch.zeros(8, 3))
+    assert channel_linear.linear_forward(w, torch.randn(2, 3, 0)).shape == (2, 8, 0)

@@ -8,10 +8,11 @@ the weight-gradient GEMM has one tile per batch row to spread over the GPU (twen
 
 ``linear_backward`` does both in one kernel: each program takes one batch row's run of time steps, loads dy's and
 x's (all channels, BLOCK_L steps) tiles once, writes dx = W^T dy (optionally added to what dx holds) and
-accumulates dy x^T in fp32 over its steps. The per-program partial weight gradients are summed afterwards (deterministic: no atomics). Both
-products go through ``tl.dot`` (tensor cores; fp32 inputs in IEEE precision, not TF32). ``applies`` says which
-shapes it serves: both whole channel dimensions in one tile, x of at most MAX_K channels. ``linear_forward`` is the
-matching forward (y = W x, one tile of steps per program), which the inner node uses for delta = dt_proj(dt).
+accumulates dy x^T in fp32 over its steps. The per-program partial weight gradients are summed afterwards
+(deterministic: no atomics). Both products go through ``tl.dot`` (tensor cores; fp32 inputs in IEEE precision, not
+TF32). ``linear_forward`` is the matching forward (y = W x, one tile of steps per program), which the inner node uses
+for delta = dt_proj(dt). Both take any (M, K) whose padded tile is within MAX_TILE; ``applies`` says where the Mamba
+inner node takes them: dt_proj (x of at most MAX_K channels, at most MAX_M outputs), where they beat the GEMMs.
 """
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from .launch import CachedLaunch, cdiv, grid_dependency_wait, interpreting, sm_c
 ENABLED = True
 # Whether the inner node's forward (delta = dt_proj(dt)) takes linear_forward where applies() holds (else bmm).
 FORWARD = True
-# The largest (padded) weight tile a program holds as its fp32 weight-gradient accumulator, M x K.
+# The largest (padded) weight tile a program holds as its fp32 weight-gradient accumulator, M x K: larger ones are
+# refused (they would not fit a program's registers and shared memory).
 MAX_TILE = 128 * 128
-# x of at most this many channels (dt_proj's input, dt_rank wide): the shapes where the one pass beats the GEMMs.
+# Where the inner node takes these kernels: x of at most MAX_K channels (dt_proj's input, dt_rank wide) and at most
+# MAX_M outputs (d_inner): the shapes timed against the GEMMs (d_inner 128 and 256, BENCHMARKS.md).
 MAX_K = 16
+MAX_M = 256
 # Programs per SM the launch aims for (each program a run of one batch row's steps).
 PROGRAMS_PER_SM = 8
 
@@ -119,14 +123,21 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot's smallest dimension
 
 
-def applies(weight: torch.Tensor, dy: torch.Tensor) -> bool:
-    """Whether the Mamba inner node takes ``linear_backward`` for this weight: ENABLED, a Triton device (CUDA, or the
-    interpreter), x at most MAX_K channels and the padded (M, K) tile within MAX_TILE. The H200 (twenty-ninth session,
-    CUDA-graph replays): dt_proj's backward 1.83-2.2x the GEMMs at (64, 128, 4112, rank 4), 1.27-1.36x at
-    (16, 256, 16384, rank 8); x_proj's (K = d_inner) 0.67-0.80x, so the GEMMs keep it."""
+def applies(weight: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether the Mamba inner node takes these kernels for this weight and a tensor of the call (``like``: its device
+    and dtype): ENABLED, a Triton device (CUDA, or the interpreter), x of at most MAX_K channels, at most MAX_M
+    outputs. The H200 (twenty-ninth session, CUDA-graph replays): dt_proj's backward 2.21x the GEMMs at
+    (64, 128, 4, 4112), 1.35x at (16, 256, 8, 16384); its forward 1.74x / 1.08x; x_proj's backward (K = d_inner)
+    0.67-0.90x, so the GEMMs keep it."""
     M, K = weight.shape
-    return (ENABLED and (dy.is_cuda or interpreting()) and K <= MAX_K and _block(M) * _block(K) <= MAX_TILE
-            and dy.dtype in (torch.float32, torch.float16, torch.bfloat16))
+    return (ENABLED and (like.is_cuda or interpreting()) and K <= MAX_K and M <= MAX_M
+            and like.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _check_tile(name: str, M: int, K: int) -> None:
+    if _block(M) * _block(K) > MAX_TILE:
+        raise ValueError(f"{name}: a {M} x {K} weight pads to a {_block(M)} x {_block(K)} tile, more than MAX_TILE "
+                         f"({MAX_TILE} elements) for one program; use torch.bmm for it")
 
 
 def _launch_shape(batch: int, L: int, block_l: int, device: torch.device, programs_per_sm: int) -> tuple:
@@ -155,8 +166,11 @@ def linear_forward(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if weight.shape[1] != K:
         raise ValueError(f"linear_forward: weight {tuple(weight.shape)} and x {tuple(x.shape)} do not fit "
                          "y[b] = weight x[b]")
+    _check_tile("linear_forward", M, K)
     w = weight.to(x.dtype)
     y = buffers.empty((batch, M, L), x.device, x.dtype)
+    if y.numel() == 0:
+        return y.zero_()
     block_l, num_warps = FWD_TILES
     _launch_fwd((cdiv(L, block_l), batch), (w, x, y), (M, K, L, *w.stride(), *x.stride(), *y.stride()),
                 dict(BLOCK_M=_block(M), BLOCK_K=_block(K), BLOCK_L=block_l,
@@ -169,7 +183,7 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     """(dx, dW) of y[b] = weight x[b]: dx = weight^T dy, written into ``dx`` (any strides) if given, added to what it
     holds with ``accumulate``; dW = sum_b dy[b] x[b]^T, summed in fp32, in weight's dtype.
 
-    weight (M, K) in dy's dtype; dy (batch, M, L); x (batch, K, L); any strides. The products take dy's dtype (16-bit
+    weight (M, K), cast to dy's dtype; dy (batch, M, L); x (batch, K, L); any strides. The products take dy's dtype (16-bit
     inputs exactly, fp32 in IEEE precision) and sum in fp32. (Under the interpreter 16-bit inputs are multiplied as
     fp32: its tl.dot of bf16 tiles returns garbage; the values are the same, the GPU tests cover the 16-bit dot.)"""
     batch, M, L = dy.shape
@@ -177,6 +191,7 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     if weight.shape[0] != M or x.shape != (batch, K, L):
         raise ValueError(f"linear_backward: weight {tuple(weight.shape)}, dy {tuple(dy.shape)} and x "
                          f"{tuple(x.shape)} do not fit y[b] = weight x[b]")
+    _check_tile("linear_backward", M, K)
     if accumulate and dx is None:
         raise ValueError("linear_backward: accumulate=True needs the dx to add into")
     if dx is None:
@@ -184,6 +199,8 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     elif dx.shape != (batch, K, L):
         raise ValueError(f"linear_backward: dx {tuple(dx.shape)}, expected {(batch, K, L)}")
     w = weight.to(dy.dtype)
+    if batch * L == 0:  # no steps: nothing to launch (a grid of 0 programs)
+        return dx, torch.zeros(M, K, device=dy.device, dtype=weight.dtype)
     block_l, num_warps = _tiles(M, K)
     steps, per_row = _launch_shape(batch, L, block_l, dy.device, PROGRAMS_PER_SM)
     partial = buffers.empty((batch * per_row, M, K), dy.device, torch.float32)
