@@ -270,6 +270,10 @@ PDL_KERNELS = {
                 dict(WIDTH=4, BLOCK_D=4, BLOCK_L=256, COLUMN_TAPS=True), {"dpre_ptr"}),
     "conv_bwd": ("seqmamba.ops.causal_conv1d.triton_kernels", "_causal_conv1d_bwd_kernel",
                  dict(WIDTH=4, HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256), {"dw_ptr", "dbias_ptr"}),
+    "linear_fwd": ("seqmamba.ops.channel_linear", "_linear_fwd_kernel",
+                   dict(BLOCK_M=128, BLOCK_K=16, BLOCK_L=64, F32=False), set()),
+    "linear_bwd": ("seqmamba.ops.channel_linear", "_linear_bwd_kernel",
+                   dict(BLOCK_M=128, BLOCK_K=16, BLOCK_L=64, ACCUMULATE=False, F32=False), {"dw_ptr"}),
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
 PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",
