@@ -1,12 +1,14 @@
-"""x_proj / dt_proj's backward in the Mamba inner node: one pass (ops/channel_linear.py) against the batched GEMMs it
-replaces (bmm for dx, or baddbmm_ into du; bmm + a batch sum for dW), same run, same GPU, bf16.
+"""dt_proj (and x_proj) in the Mamba inner node: one pass each way (ops/channel_linear.py) against the batched GEMMs
+(backward: bmm for dx, or baddbmm_ into du; bmm + a batch sum for dW), same run, same GPU, bf16.
 
 Each row checks every path against an fp32 einsum and prints its GPU ms (CUDA-graph replays: no host time, as the
 training step runs), its speedup over bmm and the one-pass memory floor (dy and x read, dx written, and read too when
 accumulating, at the measured copy bandwidth). The forward y = W x is timed as bmm (cuBLAS) and, where the inner node
-takes it (x of at most MAX_K channels: dt_proj), as ``linear_forward``. ``--sweep`` also times the kernel's (BLOCK_L, warps) tiles and programs per SM.
+takes it (x of at most MAX_K channels: dt_proj), as ``linear_forward``. ``--sweep`` also times the backward's
+(BLOCK_L, warps) tiles and programs per SM.
 
-The one pass also runs where ``channel_linear.applies`` keeps the GEMMs (x_proj): that is how its rule was set.
+The backward's one pass also runs at x_proj, where ``channel_linear.applies`` keeps the GEMMs: that is how its rule
+was set (H200, twenty-ninth session: 0.67-0.90x there).
 
     python benchmarks/bench_channel_linear.py            # GPU, ~30 s
     python benchmarks/bench_channel_linear.py --sweep
