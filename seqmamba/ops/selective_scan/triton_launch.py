@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import triton
 
-from ..buffers import empty
+from ..buffers import empty, empty_like
 from ..launch import CachedLaunch, cdiv, interpreting, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
 from .lane_kernels import _selective_scan_fwd_lanes_kernel
@@ -785,7 +785,7 @@ def scan_backward_split(u, delta, A, B, C, D, z, delta_bias, delta_softplus, sav
     batch, dim, L = u.shape
     segments, seg_len, main = saved["segments"], saved["seg_len"], saved["segments"] * saved["seg_len"]
     du, ddelta, dz = _input_grads_like(u, delta, z)
-    dB, dC = torch.empty_like(B), torch.empty_like(C)
+    dB, dC = empty_like(B), empty_like(C)  # every element written: the tail and the segments cover L
     dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
     dD = torch.zeros(D.shape, device=u.device, dtype=torch.float32) if D is not None else None
     ddbias = torch.zeros(delta_bias.shape, device=u.device, dtype=torch.float32) if delta_bias is not None else None
