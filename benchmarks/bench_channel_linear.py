@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_decode import copy_bandwidth  # noqa: E402
 
 from seqmamba.ops import channel_linear  # noqa: E402
+from seqmamba.ops.mamba_inner import _weight_grad  # noqa: E402
 
 # (name, batch, M, K, L, accumulate): y = W x with W (M, K); the paper's selective-copying model (D 64: d_inner 128,
 # dt_rank 4, N 16) and a D 128 DNA model (d_inner 256, dt_rank 8)
@@ -35,12 +36,14 @@ CASES = [("sc dt_proj", 64, 128, 4, 4112, False), ("sc x_proj", 64, 36, 128, 411
 
 
 def _bmm_path(w, dy, x, dx, accumulate):
+    """The inner node's GEMM path (ops/mamba_inner.py _backward): x_proj's baddbmm_ into du, dt_proj's bmm into d dt,
+    and its weight gradient (bmm, then the batch sum in fp32)."""
     batch = dy.shape[0]
     if accumulate:
         dx.baddbmm_(w.t().expand(batch, -1, -1), dy)
     else:
         torch.bmm(w.t().expand(batch, -1, -1), dy, out=dx)
-    return torch.bmm(dy, x.transpose(1, 2)).sum(0, dtype=torch.float32)
+    return _weight_grad(dy, x, w)
 
 
 def _rel(a, b):
@@ -88,7 +91,8 @@ def run_case(name, batch, M, K, L, accumulate, bandwidth, sweep, impls, check_on
         err = _rel(y, torch.einsum("mk,bkl->bml", w.float(), x.float()))
         assert err < 1e-2, (name, "forward", err)
         t = _time(lambda: channel_linear.linear_forward(w, x))
-        fwd_cell = f" one pass {t:.4f} ({t_fwd / t:.2f}x, err {err:.1e}, floor {2 * batch * L * (M + K) / bandwidth * 1e3:.4f})"
+        fwd_floor = 2 * batch * L * (M + K) / bandwidth * 1e3  # x read, y written
+        fwd_cell = f" one pass {t:.4f} ({t_fwd / t:.2f}x, err {err:.1e}, floor {fwd_floor:.4f})"
     nbytes = 2 * batch * L * (M + K + K * (2 if accumulate else 1))
     floor = nbytes / bandwidth * 1e3
     base = times.get("bmm")

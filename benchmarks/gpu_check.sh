@@ -84,9 +84,9 @@
 #          | inner (ops/mamba_inner.py: its GPU tests with the block's compile, layout and conv tests and the trainer's
 #            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
 #          | dnalinear (the 1.4M DNA step, gpu_dna.py's throughput rows, dt_proj by the GEMMs / the one pass)
-#          | chanlin (ops/channel_linear.py, x_proj / dt_proj's one-pass backward: its GPU tests and the inner
-#            node's; bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one
-#            launch of each kernel) | chanlinstep (its and the inner node's GPU tests, the benchmark's dt_proj rows,
+#          | chanlin (ops/channel_linear.py, dt_proj's one pass each way: its GPU tests and the inner node's;
+#            bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one launch of
+#            the backward) | chanlinstep (its and the inner node's GPU tests, the benchmark's dt_proj rows,
 #            the selective-copying step bmm / one pass alternately, twice)
 set -o pipefail
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
@@ -254,12 +254,12 @@ for step in $steps; do
     chanlin) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear or mamba_inner" 2>&1 \
                | tail -4 | tee "$OUT/chanlin.log"
              timeout 240 python benchmarks/bench_channel_linear.py --sweep 2>&1 | tee -a "$OUT/chanlin.log"
-             for impl in dot; do  # one launch of the kernel at the selective-copying dt_proj
-               timeout 60 ncu --clock-control none $NCU_SECTIONS -k regex:_linear_bwd --launch-skip 0 --launch-count 1 \
-                 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls $impl --check-only \
-                 > "$OUT/ncu_$impl.txt" 2>&1
-               grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
-                 "$OUT/ncu_$impl.txt" | head -14 | sed "s/^/ncu $impl: /" | tee -a "$OUT/chanlin.log"; done ;;
+             # Nsight Compute on one launch of the backward at the selective-copying dt_proj
+             timeout 60 ncu --clock-control none $NCU_SECTIONS -k regex:_linear_bwd --launch-skip 0 --launch-count 1 \
+               python benchmarks/bench_channel_linear.py --cases "sc dt_proj" --impls dot --check-only \
+               > "$OUT/ncu_dot.txt" 2>&1
+             grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occ|DRAM Throughput|Memory Throughput|No Eligible|Stall" \
+               "$OUT/ncu_dot.txt" | head -14 | sed "s/^/ncu dot: /" | tee -a "$OUT/chanlin.log" ;;
     chanlinstep) timeout 150 python -m pytest -q -rf -m gpu tests/test_gpu_ops.py -k "channel_linear or mamba_inner" \
                    2>&1 | tail -2 | tee "$OUT/chanlin.log"
                  timeout 60 python benchmarks/bench_channel_linear.py --cases "sc dt_proj" "dna dt_proj" 2>&1 \

@@ -157,6 +157,12 @@ def _tiles(M: int, K: int) -> tuple:
     return (64, 4) if tile <= 64 * 64 else (64, 8)
 
 
+def _products_in_fp32(t: torch.Tensor) -> bool:
+    """The kernels' F32: fp32 inputs, and every input under the interpreter, whose tl.dot of bf16 tiles returns
+    garbage (16-bit values are exact in fp32, so the results are the same; the GPU tests cover the 16-bit dot)."""
+    return t.dtype == torch.float32 or interpreting()
+
+
 def linear_forward(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y[b] = weight x[b] as torch.bmm(weight.to(x.dtype).expand(batch, -1, -1), x) computes it (products in x's
     dtype, fp32 sums, y in x's dtype, contiguous): weight (M, K), x (batch, K, L) any strides. For the shapes
@@ -174,7 +180,7 @@ def linear_forward(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     block_l, num_warps = FWD_TILES
     _launch_fwd((cdiv(L, block_l), batch), (w, x, y), (M, K, L, *w.stride(), *x.stride(), *y.stride()),
                 dict(BLOCK_M=_block(M), BLOCK_K=_block(K), BLOCK_L=block_l,
-                     F32=x.dtype == torch.float32 or interpreting()), num_warps=num_warps)
+                     F32=_products_in_fp32(x)), num_warps=num_warps)
     return y
 
 
@@ -183,9 +189,8 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     """(dx, dW) of y[b] = weight x[b]: dx = weight^T dy, written into ``dx`` (any strides) if given, added to what it
     holds with ``accumulate``; dW = sum_b dy[b] x[b]^T, summed in fp32, in weight's dtype.
 
-    weight (M, K), cast to dy's dtype; dy (batch, M, L); x (batch, K, L); any strides. The products take dy's dtype (16-bit
-    inputs exactly, fp32 in IEEE precision) and sum in fp32. (Under the interpreter 16-bit inputs are multiplied as
-    fp32: its tl.dot of bf16 tiles returns garbage; the values are the same, the GPU tests cover the 16-bit dot.)"""
+    weight (M, K), cast to dy's dtype; dy (batch, M, L); x (batch, K, L); any strides. The products take dy's dtype
+    (16-bit inputs exactly, fp32 in IEEE precision) and sum in fp32 (``_products_in_fp32``)."""
     batch, M, L = dy.shape
     K = weight.shape[1]
     if weight.shape[0] != M or x.shape != (batch, K, L):
@@ -207,5 +212,5 @@ def linear_backward(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, dx:
     _launch((per_row, batch), (w, dy, x, dx, partial),
             (M, K, L, steps, per_row, *w.stride(), *dy.stride(), *x.stride(), *dx.stride()),
             dict(BLOCK_M=_block(M), BLOCK_K=_block(K), BLOCK_L=block_l, ACCUMULATE=accumulate,
-                 F32=dy.dtype == torch.float32 or interpreting()), num_warps=num_warps)
+                 F32=_products_in_fp32(dy)), num_warps=num_warps)
     return dx, partial.sum(0).to(weight.dtype)

@@ -8,10 +8,10 @@ from typing import Optional
 import torch
 
 from ..backend import records_autograd
-from .triton_launch import (_bc_layout, _empty_like_layout, _input_grads_like, _launch_config,
-                            backward_dout, is_block_layout, saved_states_shape, scan_backward, scan_backward_split, scan_backward_tail,
-                            scan_forward, scan_forward_split, scan_forward_split_train, scan_forward_tail,
-                            split_segments, split_segments_train, tail_start)
+from .triton_launch import (_empty_like_layout, _input_grads_like, backward_chunk_len, backward_dout,
+                            is_block_layout, saved_states_shape, scan_backward, scan_backward_split,
+                            scan_backward_tail, scan_forward, scan_forward_split, scan_forward_split_train,
+                            scan_forward_tail, split_segments, split_segments_train, tail_start)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -26,11 +26,6 @@ def _selective_scan_fwd_op(
     if last_state.storage_offset():  # one of scan_forward's two state slots; the fake (what Inductor plans with)
         last_state = last_state.clone()  # has no storage offset
     return out, last_state, chunk_states
-
-
-def _backward_chunk_len(u, delta, z, A, B, C):
-    return _launch_config(u.shape[1], A.shape[1], u.shape[2], _bc_layout(B, C, u.shape[1])[-1], backward=True,
-                          block_layout=is_block_layout(u, delta, z))[1]
 
 
 @_selective_scan_fwd_op.register_fake
@@ -126,7 +121,7 @@ class _SelectiveScanEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states):
         # few programs for the GPU (small batch x channels, long L): L split across programs, forward and backward
-        segments = split_segments_train(u, B, C, _backward_chunk_len(u, delta, z, A, B, C)) if save_states else 1
+        segments = split_segments_train(u, B, C, backward_chunk_len(u, delta, z, A, B, C)) if save_states else 1
         start = tail_start(u, delta, z, A, B, C) if save_states and segments == 1 else 0
         # A forward of several launches keeps what its backward needs in ctx.launches: (backward, saved states)
         ctx.launches = None

@@ -255,13 +255,18 @@ def tail_launch_on() -> bool:
     return bool(BWD_CONFIG.get("tail_launch", False) if FORCE_TAIL is None else FORCE_TAIL)
 
 
+def backward_chunk_len(u, delta, z, A, B, C) -> int:
+    """T of the backward's chunks for these inputs (the training forward saves the state entering each)."""
+    dim = u.shape[1]
+    return _launch_config(dim, A.shape[1], u.shape[2], _bc_layout(B, C, dim)[-1], backward=True,
+                          block_layout=is_block_layout(u, delta, z))[1]
+
+
 def saved_states_shape(u, delta, z, A, B, C) -> tuple:
     """The training forward's saved states, (batch, dim, chunks, N) fp32: the state entering each of the backward's
     chunks (what ``scan_forward`` allocates, for the custom ops' fake implementations)."""
     batch, dim, L = u.shape
-    T_bwd = _launch_config(dim, A.shape[1], L, _bc_layout(B, C, dim)[-1], backward=True,
-                           block_layout=is_block_layout(u, delta, z))[1]
-    return batch, dim, _n_chunks(L, T_bwd), A.shape[1]
+    return batch, dim, _n_chunks(L, backward_chunk_len(u, delta, z, A, B, C)), A.shape[1]
 
 
 def _n_chunks(L: int, T: int) -> int:
