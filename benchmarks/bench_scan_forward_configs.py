@@ -58,6 +58,13 @@ CONFIGS = [
     ("lanes tc4", dict(lanes_chunk=4, lanes_seq_pairs=False)),
     ("lanes seq pairs tc4", dict(lanes_chunk=4, lanes_seq_pairs=True)),
     ("lanes tc8", dict(lanes_chunk=8, lanes_seq_pairs=False)),
+    # the lanes forward with L split where it has too few warps (lanes_split_warps_per_sm: the split's target warps
+    # per SM; segments of at least lanes_split_min_len steps); "pass 1 alone" skips the forward's launch, so it
+    # times the first pass (the segments' end states) and the wrapper (its output is not the scan's)
+    ("no lanes split", dict(lanes_split_warps_per_sm=0)),
+    *((f"lanes split {w}", dict(lanes_split_warps_per_sm=w)) for w in (8, 12, 16, 24, 32)),
+    ("lanes split 12, min 512", dict(lanes_split_warps_per_sm=12, lanes_split_min_len=512)),
+    ("lanes split 12, pass 1 alone", dict(lanes_split_warps_per_sm=12)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)
@@ -76,6 +83,14 @@ CONFIGS = [
 SHAPES = ["8x1536x1024", "8x1536x4096", "8x1536x16384", "16x2048x2048", "2x1536x65536", "1x1536x262144"]
 
 
+def _unless_split(launch):
+    """The lanes forward's launch, skipped where it is the split's second pass (SPLIT): times the first alone."""
+    def run(grid, tensors, scalars, constexprs, *rest, **kw):
+        if not constexprs.get("SPLIT"):
+            launch(grid, tensors, scalars, constexprs, *rest, **kw)
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=SHAPES)
@@ -89,6 +104,7 @@ def main():
     configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs]
     have_mamba = mamba_ssm_available()
     default = dict(triton_launch.FWD_CONFIG)
+    launch_fwd_lanes = triton_launch._launch_fwd_lanes
     rows = []
     print(f"GPU {torch.cuda.get_device_name()}; forward (no grad), bf16, N 16, D / z / delta_bias / softplus; "
           f"mamba_ssm {'measured' if have_mamba else 'not importable'}", flush=True)
@@ -106,6 +122,9 @@ def main():
             triton_launch.FWD_CONFIG.clear()
             triton_launch.FWD_CONFIG.update(default, **over)
             triton_launch._launch_config_cached.cache_clear()
+            triton_launch._launch_fwd_lanes = launch_fwd_lanes
+            if label.endswith("pass 1 alone"):
+                triton_launch._launch_fwd_lanes = _unless_split(launch_fwd_lanes)
             fwd, fwd_bwd = scan_fns(inputs, "triton")
             try:
                 out = fwd().float()
@@ -125,6 +144,7 @@ def main():
                      if args.train else ""), flush=True)
     triton_launch.FWD_CONFIG.clear()
     triton_launch.FWD_CONFIG.update(default)
+    triton_launch._launch_fwd_lanes = launch_fwd_lanes
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -84,6 +84,10 @@
 #          | inner (ops/mamba_inner.py: its GPU tests with the block's compile, layout and conv tests and the trainer's
 #            graphed / compiled ones; the selective-copying step separate ops / one node alternately, twice)
 #          | dnalinear (the 1.4M DNA step, gpu_dna.py's throughput rows, dt_proj by the GEMMs / the one pass)
+#          | lanessplit-tests (the lanes forward's L split: its GPU tests) | lanessplit-bench (the forward with the
+#            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
+#          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
+#          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
 #          | chanlin (ops/channel_linear.py, dt_proj's one pass each way: its GPU tests and the inner node's;
 #            bench_channel_linear.py against the batched GEMMs with its tile sweep; Nsight Compute on one launch of
 #            the backward) | chanlinstep (its and the inner node's GPU tests, the benchmark's dt_proj rows,
@@ -157,6 +161,22 @@ for step in $steps; do
               # the 2^20-step tests need 30-60 GB each: alone, after the shards (in the eleventh session's first
               # run, with them among 12 processes, 2 of the 163 failed and passed when rerun in 2 processes)
               timeout 180 python -m pytest -q -rf -m bigmem tests/ 2>&1 | tail -4 | tee -a "$OUT/alltests.log" ;;
+    lanestests) par_pytest 12 240 lanestests -m gpu tests/test_gpu_ops.py -k "gpu_lanes" 2>&1 \
+                  | tee "$OUT/lanestests.log" ;;
+    lanessplit-tests) par_pytest 8 300 lanessplit -m gpu tests/test_gpu_ops.py -k "lanes_split" 2>&1 \
+                        | tee "$OUT/lanessplit_tests.log" ;;
+    lanessplit-bench) timeout 400 python benchmarks/bench_scan_forward_configs.py --json "$OUT/lanessplit.json" \
+                        --configs default "lanes split 8" "lanes split 12" "lanes split 16" "lanes split 24" \
+                        "lanes split 32" "lanes split 12, min 512" "lanes split 12, pass 1 alone" \
+                        --shapes ${LANESSPLIT_SHAPES:-8x1536x2048 8x1536x4096 8x1536x16384 2x1536x65536 1x1536x262144 \
+                        1x1536x1048576 1x256x1048576 16x2048x2048} 2>&1 | tee "$OUT/lanessplit.log" ;;
+    lanessplit-rule) timeout 300 python benchmarks/bench_scan_forward_configs.py --json "$OUT/lanessplit_rule.json" \
+                       --configs default "no lanes split" "lanes split 8" "lanes split 16" "lanes split 24" \
+                       --shapes 1x1536x2048 1x1536x4096 1x1536x16384 4x1536x4096 4x1536x16384 1x256x65536 \
+                       1x256x1048576 2x768x65536 2>&1 | tee "$OUT/lanessplit_rule.log"
+                     for run in 1 2; do for split in 0 12; do  # the 130M prefill at batch 1: (1, 1536, 2048)
+                       SEQMAMBA_SCAN_FWD_CONFIG="lanes_split_warps_per_sm=$split" gen_row lanessplit_gen \
+                         "run${run}_split$split" 130m 1 --cg-prefill --repeats 2; done; done ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

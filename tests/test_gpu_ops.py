@@ -661,6 +661,39 @@ def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch,
     assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4
 
 
+# The lanes forward with L split (FWD_CONFIG lanes_split_warps_per_sm; triton_launch.lanes_split_segments): the first
+# pass's end states and the carry in the forward's prologue, on NaN-filled buffers. Lengths: one chunk per segment
+# (16 in 2), a last segment one step longer than the others (4113 in 4: 1024 x 3 + 1041, odd: plain loads), the
+# paper's 4112 in 3 (1368 x 2 + 1376, pairs), and many segments.
+@pytest.mark.parametrize("L,segments", [(16, 2), (4113, 4), (4112, 3), (2 ** 14, 64)])
+@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "bf16-const-64"])
+def test_gpu_lanes_split_forward_matches_float64_reference(monkeypatch, L, segments, case):
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    force_lanes_forward(monkeypatch)
+    monkeypatch.setattr(launch, "FORCE_LANES_SEGMENTS", segments)
+    split, rule = [], launch.lanes_split_segments
+    monkeypatch.setattr(launch, "lanes_split_segments", lambda *a: split.append(rule(*a)) or split[-1])
+    dim = int(case.split("-")[-2 if case.endswith("state") else -1])
+    dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
+    inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
+    if "groups" in case:  # 4 groups of 16 channels
+        scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
+        inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
+        inputs["C"] = (inputs["C"][:, None].repeat(1, 4, 1, 1) * scale.flip(0)).to(dtype)
+    if "const" in case:  # (dim, N) B / C, the same at every step
+        inputs["B"], inputs["C"] = (torch.randn(dim, 16, device="cuda") for _ in range(2))
+    h0 = torch.randn(2, dim, 16, device="cuda") if "state" in case else None
+    with torch.no_grad():
+        out, last = selective_scan(**inputs, delta_softplus=True, initial_state=h0, return_last_state=True,
+                                   backend="triton")
+        ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
+                                           initial_state=h0.double() if h0 is not None else None,
+                                           return_last_state=True)
+    assert split and split[-1] == segments
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
+
+
 @pytest.mark.parametrize("L", [2, 9, 257, 4112])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_mamba_inner_node_matches_the_separate_ops(monkeypatch, L, dtype):

@@ -1082,6 +1082,69 @@ def test_lanes_chunk_of_2_and_4_steps_match_float64_reference(monkeypatch, short
     assert lanes_forward and all(lanes_forward)
 
 
+@pytest.mark.parametrize("L,segments,bc_layout,dtype,use", [
+    (50, 3, "variable", torch.float32, ALL_OPTIONAL),   # 16-step segments, the last one 18
+    (64, 4, "grouped", torch.float32, ("D", "z")),       # whole segments, no initial state
+    (24, 2, "constant", torch.float32, ALL_OPTIONAL),   # (dim, N) B / C
+    (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL),  # B / C and u / delta / z as pairs (even L)
+    (41, 5, "variable", torch.bfloat16, ("delta_bias", "initial_state"))])  # odd L: plain loads, 8-step segments
+def test_lanes_split_forward_matches_float64_reference(monkeypatch, lanes_forward, L, segments, bc_layout, dtype,
+                                                      use):
+    """The lanes forward with L split (inference): each segment's end state from zero
+    (_segment_end_states_lanes_kernel), then the forward, each segment carrying its entering state through the
+    earlier ones; out and last state against float64, 40 channels (a program with 24 idle lanes)."""
+    for key in ("lanes_fast_math", "lanes_bc_pairs", "lanes_seq_pairs"):
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, True)
+    monkeypatch.setattr(scan_launch, "FORCE_LANES_SEGMENTS", segments)
+    split, rule = [], scan_launch.lanes_split_segments
+    monkeypatch.setattr(scan_launch, "lanes_split_segments", lambda *a: split.append(rule(*a)) or split[-1])
+    inputs = make_scan_inputs(2, 40, L, 4, bc_layout, dtype, seed=L)
+    args = {k: (v.to(DEVICE) if k in use or k in "uABC" or k == "delta" else None) for k, v in inputs.items()}
+    out, last = selective_scan(**args, delta_softplus=True, return_last_state=True, backend="triton")
+    ref, ref_last = selective_scan_ref(**{k: (v.double() if v is not None else None) for k, v in args.items()},
+                                       delta_softplus=True, return_last_state=True)
+    assert split == [segments] and lanes_forward == []  # split before the unsplit rule is asked
+    assert rel_err(out, ref) < TOL[dtype] and rel_err(last, ref_last) < 1e-5
+
+
+def test_lanes_split_rule(monkeypatch):
+    """lanes_split_segments: off without lanes_split_warps_per_sm, on the CPU, for time-major inputs or more than
+    lanes_max_n states; where the unsplit lanes forward has lanes_min_warps_per_sm warps per SM, 1; else the
+    smallest power of two of segments reaching lanes_split_warps_per_sm per SM (132 SMs faked), each at least
+    lanes_split_min_len steps; FORCE_LANES_SEGMENTS overrides the counts, not the layout; and the split forward
+    refuses saved states and segments without a whole chunk."""
+    rule = scan_launch.lanes_split_segments
+    cfg = dict(scan_launch.FWD_CONFIG, lanes=True, lanes_min_warps_per_sm=4, lanes_num_warps=1, lanes_chunk=8,
+               lanes_split_warps_per_sm=12, lanes_split_min_len=1024, lanes_split_below_programs_per_sm=32,
+               lanes_split_max_segments=256)
+    monkeypatch.setattr(scan_launch, "FWD_CONFIG", cfg)
+    monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
+    fake = type("FakeCuda", (), {"type": "cuda", "index": 0})()
+
+    class Seq:  # shape and device of a CUDA tensor, without a GPU
+        def __init__(self, batch, dim, L, device=fake):
+            self.shape, self.device = (batch, dim, L), device
+
+    assert rule(Seq(2, 1536, 2 ** 16), 16, False) == 32  # 96 warps (0.7 per SM) -> 3072 (23; 16 segments: 11.6)
+    assert rule(Seq(1, 1536, 2 ** 18), 16, False) == 64  # 48 warps -> 3072
+    assert rule(Seq(1, 256, 2 ** 20), 16, False) == 256  # 8 warps -> 2048: lanes_split_max_segments
+    assert rule(Seq(1, 1536, 2048), 16, False) == 2  # 1024-step segments at least
+    assert rule(Seq(1, 1536, 1024), 16, False) == 1
+    assert rule(Seq(8, 1536, 2 ** 14), 16, False) == 1  # 93 chunked programs per SM (the H200: split 0.97-1.01x)
+    assert rule(Seq(64, 1536, 4096), 16, False) == 1  # 23 warps per SM: the unsplit lanes forward
+    assert rule(Seq(1, 1536, 2 ** 18), 16, True) == 1 and rule(Seq(1, 1536, 2 ** 18), 17, False) == 1
+    assert rule(Seq(1, 1536, 2 ** 18, torch.device("cpu")), 16, False) == 1
+    cfg["lanes_split_warps_per_sm"] = 0
+    assert rule(Seq(1, 1536, 2 ** 18), 16, False) == 1
+    monkeypatch.setattr(scan_launch, "FORCE_LANES_SEGMENTS", 3)
+    assert rule(Seq(1, 4, 24), 16, False) == 3 and rule(Seq(1, 4, 23), 16, False) == 1  # 7 steps: no whole chunk
+    assert rule(Seq(1, 4, 24), 16, True) == 1
+    u = torch.zeros(1, 4, 24)
+    bc = (True, (0, 0, 24, 1), True, (0, 0, 24, 1), 4)
+    with pytest.raises(ValueError, match="splits L only without saved states"):
+        scan_launch._scan_forward_lanes(u, u, u[0], u, u, None, None, None, False, None, 8, None, bc, 2)
+
+
 def test_scan_config_environment_switch_parses_values_and_names_an_unknown_key(monkeypatch):
     """SEQMAMBA_SCAN_FWD_CONFIG (a benchmark switch read at import): int, true / false / none, else a string; an unknown
     key or an item without '=' is a ValueError naming the variable, the item and the keys."""

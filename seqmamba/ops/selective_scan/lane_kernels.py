@@ -256,8 +256,8 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
 @triton.jit
 def _selective_scan_fwd_lanes_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dbias_ptr, state_in_ptr,
-    out_ptr, last_ptr, chunk_states_ptr,
-    dim, L, channels_per_group, n_saved,
+    out_ptr, last_ptr, chunk_states_ptr, seg_h_ptr, seg_dsum_ptr,
+    dim, L, channels_per_group, n_saved, seg_len, n_segments,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -269,14 +269,28 @@ def _selective_scan_fwd_lanes_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, SAVE_STATES: tl.constexpr,
     FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """One program: batch row program_id(1), channels program_id(0) * BLOCK_D + lane. state_in / last:
     (batch, dim, N) fp32 (state_in read only with HAS_INIT). B / C: time-varying through (batch, group, n, l)
-    strides, the group of channel d being d // channels_per_group; else (dim, N) through (group = channel, n)."""
+    strides, the group of channel d being d // channels_per_group; else (dim, N) through (group = channel, n).
+
+    SPLIT (the inference forward with L split, no saved states): program_id(1) = row x n_segments + segment; segment
+    s takes steps [s seg_len, (s + 1) seg_len), the last one the rest of L. Its entering state is carried here from
+    the initial state through the earlier segments' end states from zero (seg_h, (batch, n_segments - 1, dim, N))
+    and delta sums (seg_dsum, (batch, n_segments - 1, dim); _segment_end_states_lanes_kernel writes both):
+    h <- exp2(A log2(e) sum delta) h + h_end, segment by segment. Only the last segment stores the last state."""
     grid_dependency_wait(PDL)
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    if SPLIT:
+        seg = tl.program_id(1) % n_segments
+        pid_b = (tl.program_id(1) // n_segments).to(tl.int64)
+        t_base = seg.to(tl.int64) * seg_len
+        L = tl.where(seg == n_segments - 1, L - seg * seg_len, seg_len)
+    else:
+        seg = 0
+        pid_b = tl.program_id(1).to(tl.int64)
+        t_base = 0
     d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     mask_d = d64 < dim
     # Lanes past dim read channel dim - 1 (in bounds, so the loads need no mask) and store nothing.
@@ -288,8 +302,8 @@ def _selective_scan_fwd_lanes_kernel(
     if HAS_DBIAS:
         dbias = tl.load(dbias_ptr + d_in)
     group = d_in // channels_per_group
-    B_rows = B_ptr + pid_b * s_B_b + group * s_B_g
-    C_rows = C_ptr + pid_b * s_C_b + group * s_C_g
+    B_rows = B_ptr + pid_b * s_B_b + group * s_B_g + t_base * s_B_l
+    C_rows = C_ptr + pid_b * s_C_b + group * s_C_g + t_base * s_C_l
     state_row = (pid_b * dim + d64) * N
     A2s = ()
     hs = ()
@@ -305,13 +319,23 @@ def _selective_scan_fwd_lanes_kernel(
             Bs = Bs + (tl.load(B_ptr + d64 * s_B_g + n * s_B_n, mask=mask_d, other=0.0).to(tl.float32),)
         if not C_VAR:
             Cs = Cs + (tl.load(C_ptr + d64 * s_C_g + n * s_C_n, mask=mask_d, other=0.0).to(tl.float32),)
+    if SPLIT:  # the state entering this segment, carried through the earlier ones
+        ends = n_segments - 1
+        for k in range(0, seg):
+            slot = (pid_b * ends + k) * dim + d64
+            dsum = tl.load(seg_dsum_ptr + slot, mask=mask_d, other=0.0)
+            carried = ()
+            for n in tl.static_range(N):
+                h_end = tl.load(seg_h_ptr + slot * N + n, mask=mask_d, other=0.0)
+                carried = carried + (tl.exp2(dsum * A2s[n]) * hs[n] + h_end,)
+            hs = carried
     chunk_row = chunk_states_ptr + (pid_b * dim + d64) * n_saved * N
     if SAVE_STATES:
         _save_states(chunk_row, 0, hs, mask_d, N)
-    u_row = u_ptr + pid_b * s_u_b + d_in * s_u_d
-    dt_row = delta_ptr + pid_b * s_dt_b + d_in * s_dt_d
-    z_row = z_ptr + pid_b * s_z_b + d_in * s_z_d
-    o_row = out_ptr + pid_b * s_o_b + d64 * s_o_d
+    u_row = u_ptr + pid_b * s_u_b + d_in * s_u_d + t_base * s_u_l
+    dt_row = delta_ptr + pid_b * s_dt_b + d_in * s_dt_d + t_base * s_dt_l
+    z_row = z_ptr + pid_b * s_z_b + d_in * s_z_d + t_base * s_z_l
+    o_row = out_ptr + pid_b * s_o_b + d64 * s_o_d + t_base * s_o_l
 
     # Software pipeline (one warp per SM sub-partition is common here, so latency must hide behind this warp's own
     # work): u / delta / z are loaded two chunks ahead (DRAM), B / C one chunk ahead (L2), component by component
@@ -346,5 +370,114 @@ def _selective_scan_fwd_lanes_kernel(
         hs, B_t, C_t = _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s_o_l, mask_d,
                               B_rows, s_B_n, s_B_l, C_rows, s_C_n, s_C_l, t0, N, BLOCK_D, TC, HAS_D, HAS_Z,
                               HAS_DBIAS, SOFTPLUS, B_VAR, C_VAR, True, False, FAST_MATH, BC_PAIRS, SEQ_PAIRS)
+    if SPLIT:
+        mask_d = mask_d & (seg == n_segments - 1)
     for n in tl.static_range(N):
         tl.store(last_ptr + state_row + n, hs[n], mask=mask_d)
+
+
+@triton.jit
+def _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l, t_next, L, N: tl.constexpr,
+               BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               B_VAR: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr):
+    """_chunk without C, D, z or an output, all TC steps in bounds: (the N states after them, the delta sum so
+    far, the next chunk's B tiles, loaded at step t_next as each component's are used up)."""
+    us = _bc_columns(u_t, BLOCK_D, TC, SEQ_PAIRS)
+    raw = _bc_columns(dt_t, BLOCK_D, TC, SEQ_PAIRS)
+    dls = ()
+    dus = ()
+    for j in tl.static_range(TC):
+        delta = raw[j]
+        if HAS_DBIAS:
+            delta = delta + dbias
+        if SOFTPLUS:
+            if FAST_MATH:
+                delta = _softplus_fast(delta)
+            else:
+                delta = _softplus(delta)
+        dsum = dsum + delta
+        dls = dls + (delta,)
+        dus = dus + (delta * us[j],)
+    new_hs = ()
+    B_next = ()
+    for n in tl.static_range(N):
+        if B_VAR:
+            bn = _bc_columns(B_t[n], BLOCK_D, TC, PAIRS)
+            B_next = B_next + (_bc_tile(B_rows, n, s_B_n, t_next, L, s_B_l, TC, False, PAIRS),)
+        h = hs[n]
+        a2 = A2s[n]
+        for j in tl.static_range(TC):
+            if B_VAR:
+                b = bn[j]
+            else:
+                b = Bs[n]
+            h = tl.exp2(dls[j] * a2) * h + b * dus[j]
+        new_hs = new_hs + (h,)
+    if not B_VAR:
+        B_next = B_t
+    return new_hs, dsum, B_next
+
+
+@triton.jit
+def _segment_end_states_lanes_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, dbias_ptr, seg_h_ptr, seg_dsum_ptr,
+    dim, seg_len, n_ends, channels_per_group,
+    s_u_b, s_u_d, s_u_l,
+    s_dt_b, s_dt_d, s_dt_l,
+    s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, TC: tl.constexpr,
+    HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
+    FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr = False,
+    PDL: tl.constexpr = False,
+):
+    """The L-split forward's first pass, one channel per lane like the forward: program_id(1) = row x n_ends +
+    segment, segment s being steps [s seg_len, (s + 1) seg_len) (seg_len a whole number of TC-step chunks), scanned
+    from a zero state. Writes its end state to seg_h (batch, n_ends, dim, N) and its sum of delta (after bias and
+    softplus) to seg_dsum (batch, n_ends, dim), fp32: the segment maps an entering state h to
+    exp2(A log2(e) sum delta) h + h_end. Per state element one exp2, two multiplies and an FMA: no C, y or z."""
+    grid_dependency_wait(PDL)
+    pid_d = tl.program_id(0)
+    seg = tl.program_id(1) % n_ends
+    pid_b = (tl.program_id(1) // n_ends).to(tl.int64)
+    t_base = seg.to(tl.int64) * seg_len
+    d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
+    mask_d = d64 < dim
+    d_in = tl.minimum(d64, dim - 1)
+    dbias = 0.0
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + d_in)
+    group = d_in // channels_per_group
+    B_rows = B_ptr + pid_b * s_B_b + group * s_B_g + t_base * s_B_l
+    A2s = ()
+    hs = ()
+    Bs = ()
+    for n in tl.static_range(N):
+        A2s = A2s + (tl.load(A_ptr + d_in * s_A_d + n * s_A_n) * 1.4426950408889634,)
+        hs = hs + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+        if not B_VAR:
+            Bs = Bs + (tl.load(B_ptr + d_in * s_B_g + n * s_B_n).to(tl.float32),)
+    u_row = u_ptr + pid_b * s_u_b + d_in * s_u_d + t_base * s_u_l
+    dt_row = delta_ptr + pid_b * s_dt_b + d_in * s_dt_d + t_base * s_dt_l
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # the forward's software pipeline: u / delta two chunks ahead, B one chunk ahead; every chunk is whole
+    last_full = seg_len // TC - 1
+    u_n, dt_n, _ = _sequence_tiles(u_row, dt_row, u_row, 0, seg_len, s_u_l, s_dt_l, s_u_l, TC, False, False,
+                                   SEQ_PAIRS)
+    u_nn, dt_nn, _ = _sequence_tiles(u_row, dt_row, u_row, tl.minimum(1, last_full) * TC, seg_len, s_u_l, s_dt_l,
+                                     s_u_l, TC, False, False, SEQ_PAIRS)
+    B_n = A2s
+    if B_VAR:
+        B_n = _component_tiles(B_rows, s_B_n, 0, seg_len, s_B_l, N, TC, False, BC_PAIRS)
+    for c in range(0, last_full + 1):
+        u_t, dt_t, B_t = u_n, dt_n, B_n
+        u_n, dt_n = u_nn, dt_nn
+        u_nn, dt_nn, _ = _sequence_tiles(u_row, dt_row, u_row, tl.minimum(c + 2, last_full) * TC, seg_len, s_u_l,
+                                         s_dt_l, s_u_l, TC, False, False, SEQ_PAIRS)
+        hs, dsum, B_n = _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l,
+                                   tl.minimum(c + 1, last_full) * TC, seg_len, N, BLOCK_D, TC, HAS_DBIAS, SOFTPLUS,
+                                   B_VAR, FAST_MATH, BC_PAIRS, SEQ_PAIRS)
+    slot = (pid_b * n_ends + seg) * dim + d64
+    tl.store(seg_dsum_ptr + slot, dsum, mask=mask_d)
+    for n in tl.static_range(N):
+        tl.store(seg_h_ptr + slot * N + n, hs[n], mask=mask_d)

@@ -14,7 +14,7 @@ import triton
 from ..buffers import empty, empty_like
 from ..launch import CachedLaunch, cdiv, interpreting, zeroed_views
 from ..launch import sm_count as _sm_count  # a module name the launch-rule tests replace
-from .lane_kernels import _selective_scan_fwd_lanes_kernel
+from .lane_kernels import _segment_end_states_lanes_kernel, _selective_scan_fwd_lanes_kernel
 from .triton_kernels import (_segment_delta_sum_kernel, _segment_end_state_kernel, _segment_start_grad_kernel,
                              _selective_scan_bwd_kernel, _selective_scan_dstate_kernel, _selective_scan_fwd_kernel)
 
@@ -26,6 +26,7 @@ _launch_fwd = CachedLaunch(_selective_scan_fwd_kernel, pdl=True)
 _launch_bwd = CachedLaunch(_selective_scan_bwd_kernel, pdl=True)
 _launch_dstate = CachedLaunch(_selective_scan_dstate_kernel, pdl=True)
 _launch_fwd_lanes = CachedLaunch(_selective_scan_fwd_lanes_kernel, pdl=True)
+_launch_segment_ends_lanes = CachedLaunch(_segment_end_states_lanes_kernel, pdl=True)
 _launch_segment_delta_sum = CachedLaunch(_segment_delta_sum_kernel)
 _launch_segment_end_state = CachedLaunch(_segment_end_state_kernel)
 _launch_segment_start_grad = CachedLaunch(_segment_start_grad_kernel)
@@ -137,7 +138,8 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=4, lanes_training=False,
                   lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
-                  lanes_maxnreg_min_warps_per_sm=10,
+                  lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
+                  lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -307,6 +309,11 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                                                               save_states=bool(save_states))
     saves_per_chunk, n_saved = 1, 1
     T_bwd = _launch_config(dim, N, L, cpg, backward=True, block_layout=block_layout)[1] if save_states else 0
+    if not save_states:
+        segments = lanes_split_segments(u, N, block_layout)
+        if segments > 1:
+            return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, 0, out,
+                                       (B_var, sB, C_var, sC, cpg), segments)
     if _lanes_forward_ok(u, N, block_layout, T_bwd):
         return _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_bwd, out,
                                    (B_var, sB, C_var, sC, cpg))
@@ -380,6 +387,48 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     return warps >= min_warps * _sms(u.device)
 
 
+# Tests and benchmarks set this to force the lanes forward's L split into that many segments (None: the rule in
+# lanes_split_segments; 1: never).
+FORCE_LANES_SEGMENTS: Optional[int] = None
+
+
+def lanes_split_segments(u: torch.Tensor, N: int, block_layout: bool) -> int:
+    """Segments for the lanes forward with L split across programs (inference only; 1 = don't split).
+
+    Where the lanes forward has too few warps to hide its loads (below lanes_min_warps_per_sm per SM) and the
+    chunked forward that runs there unsplit has too few programs too (below lanes_split_below_programs_per_sm
+    channels per SM), cut L into the smallest power of two of segments that gives the lanes forward
+    lanes_split_warps_per_sm warps per SM, each at least lanes_split_min_len steps, at most
+    lanes_split_max_segments (the forward carries each segment's entering state through the earlier segments one
+    by one, in its prologue: a serial chain as long as the segment's index). The split adds one pass (each
+    segment's end state from zero, lane_kernels._segment_end_states_lanes_kernel: one exp per state element, no
+    output), so it costs up to twice the forward's exps on segments times the warps. FORCE_LANES_SEGMENTS
+    overrides the rule (not the layout conditions: channels-first, N <= lanes_max_n, whole lanes chunks per
+    segment)."""
+    cfg = FWD_CONFIG
+    if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
+        return 1
+    batch, dim, L = u.shape
+    if FORCE_LANES_SEGMENTS is not None:
+        segments = FORCE_LANES_SEGMENTS
+    else:
+        target = cfg.get("lanes_split_warps_per_sm", 0)
+        if not target or u.device.type != "cuda":
+            return 1
+        sms = _sms(u.device)
+        warps = batch * cdiv(dim, 32 * cfg.get("lanes_num_warps", 1)) * cfg.get("lanes_num_warps", 1)
+        if warps >= cfg.get("lanes_min_warps_per_sm", 0) * sms:
+            return 1  # the unsplit lanes forward has warps enough
+        if batch * dim >= cfg.get("lanes_split_below_programs_per_sm", 32) * sms:
+            return 1  # the chunked forward (one channel per program) has programs enough
+        segments = 1
+        while (warps * segments < target * sms and L // (2 * segments) >= cfg.get("lanes_split_min_len", 1024)
+               and 2 * segments <= cfg.get("lanes_split_max_segments", 256)):
+            segments *= 2
+    # every segment but the last a whole number of the kernel's chunks (at least one)
+    return segments if segments > 1 and L // segments >= _lane_chunk() else 1
+
+
 def _lanes_options(warps: int, sms: int, on_cuda: bool) -> dict:
     """The lanes kernel's compiler options for a grid of ``warps`` warps on ``sms`` SMs: FWD_CONFIG lanes_maxnreg
     from lanes_maxnreg_min_warps_per_sm warps per SM (_register_cap); none off CUDA."""
@@ -389,10 +438,14 @@ def _lanes_options(warps: int, sms: int, on_cuda: bool) -> dict:
                          sms)
 
 
-def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc):
+def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc,
+                        segments: int = 1):
     """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
     every T_save steps is saved (batch, dim, n_saved, N) for the backward. ``bc``: (B_var, B strides, C_var,
-    C strides, channels per group) from scan_forward's _bc_layout."""
+    C strides, channels per group) from scan_forward's _bc_layout. ``segments`` > 1 (inference only): L split
+    across programs (lanes_split_segments), segments of L // segments steps rounded down to whole chunks, the last
+    one taking the rest; their end states from zero first (_segment_end_states_lanes_kernel), then the forward,
+    each segment carrying its entering state through them."""
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, sB, C_var, sC, cpg = bc
@@ -400,7 +453,16 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     BLOCK_D = 32 * num_warps
     on_cuda = u.device.type == "cuda"
     sms = _sms(u.device) if on_cuda else 1
-    options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps, sms, on_cuda)
+    TC = _lane_chunk()
+    if segments > 1 and T_save:
+        raise ValueError("the lanes forward splits L only without saved states (inference)")
+    seg_len = (L // segments) // TC * TC if segments > 1 else L
+    if segments > 1 and seg_len == 0:
+        raise ValueError(f"lanes forward split: {segments} segments of L = {L} leave none a whole {TC}-step chunk")
+    options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps * segments, sms, on_cuda)
+    fast_math = bool(FWD_CONFIG.get("lanes_fast_math", False))
+    bc_pairs = bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var and _bf16_pairs_ok(B, C, L))
+    seq_pairs = bool(FWD_CONFIG.get("lanes_seq_pairs", False) and L % 2 == 0 and _bf16_pair_rows(u, delta, z))
     if out is None:
         out = _empty_like_layout(u, False)
     last = empty((batch, dim, N), u.device, torch.float32)
@@ -409,19 +471,27 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     dummy = _dummy(u)
     init = initial_state.to(torch.float32).contiguous() if initial_state is not None else dummy
     zz = z if z is not None else u
+    seg_h = seg_dsum = dummy
+    if segments > 1:  # pass 1: the end state and delta sum of every segment but the last, from zero
+        seg_h = empty((batch, segments - 1, dim, N), u.device, torch.float32)
+        seg_dsum = empty((batch, segments - 1, dim), u.device, torch.float32)
+        _launch_segment_ends_lanes(
+            (cdiv(dim, BLOCK_D), batch * (segments - 1)),
+            (u, delta, A, B, delta_bias if delta_bias is not None else dummy, seg_h, seg_dsum),
+            (dim, seg_len, segments - 1, cpg, *u.stride(), *delta.stride(), *A.stride(), *sB),
+            dict(N=N, BLOCK_D=BLOCK_D, TC=TC, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                 B_VAR=B_var, FAST_MATH=fast_math, BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs),
+            num_warps, options)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
-               init, out, last, chunk_states)
-    ints = (dim, L, cpg, n_saved, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB, *sC, *out.stride())
+               init, out, last, chunk_states, seg_h, seg_dsum)
+    ints = (dim, L, cpg, n_saved, seg_len, segments, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB,
+            *sC, *out.stride())
     _launch_fwd_lanes(
-        (cdiv(dim, BLOCK_D), batch), tensors, ints,
-        dict(N=N, BLOCK_D=BLOCK_D, TC=_lane_chunk(), T_SAVE=max(T_save, 1), HAS_D=D is not None,
+        (cdiv(dim, BLOCK_D), batch * segments), tensors, ints,
+        dict(N=N, BLOCK_D=BLOCK_D, TC=TC, T_SAVE=max(T_save, 1), HAS_D=D is not None,
              HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), B_VAR=B_var,
-             C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0,
-             FAST_MATH=bool(FWD_CONFIG.get("lanes_fast_math", False)),
-             BC_PAIRS=bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var
-                           and _bf16_pairs_ok(B, C, L)),
-             SEQ_PAIRS=bool(FWD_CONFIG.get("lanes_seq_pairs", False) and L % 2 == 0
-                            and _bf16_pair_rows(u, delta, z))),
+             C_VAR=C_var, HAS_INIT=initial_state is not None, SAVE_STATES=T_save > 0, FAST_MATH=fast_math,
+             BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs, SPLIT=segments > 1),
         num_warps, options)
     return out, last, chunk_states
 
