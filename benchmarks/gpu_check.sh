@@ -86,6 +86,8 @@
 #          | dnalinear (the 1.4M DNA step, gpu_dna.py's throughput rows, dt_proj by the GEMMs / the one pass)
 #          | lanessplit-tests (the lanes forward's L split: its GPU tests) | lanessplit-bench (the forward with the
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
+#          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
+#            issue 9's rows and the DNA widths)
 #          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
 #          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
 #          | chanlin (ops/channel_linear.py, dt_proj's one pass each way: its GPU tests and the inner node's;
@@ -177,6 +179,11 @@ for step in $steps; do
                      for run in 1 2; do for split in 0 12; do  # the 130M prefill at batch 1: (1, 1536, 2048)
                        SEQMAMBA_SCAN_FWD_CONFIG="lanes_split_warps_per_sm=$split" gen_row lanessplit_gen \
                          "run${run}_split$split" 130m 1 --cg-prefill --repeats 2; done; done ;;
+    lanessplit-final) gen_row lanessplit_final "130m_b1" 130m 1 --cg-prefill --repeats 2 ;;
+    lanessplit-table) timeout 300 python benchmarks/bench_scan_forward_configs.py --json "$OUT/lanessplit_table.json" \
+                        --configs default "no lanes split" --shapes 1x1536x2048 1x1536x16384 8x1536x4096 \
+                        8x1536x16384 2x1536x65536 1x1536x262144 1x1536x1048576 2x768x65536 1x256x65536 \
+                        1x256x1048576 2>&1 | tee "$OUT/lanessplit_table.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

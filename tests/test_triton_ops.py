@@ -1116,7 +1116,7 @@ def test_lanes_split_rule(monkeypatch):
     rule = scan_launch.lanes_split_segments
     cfg = dict(scan_launch.FWD_CONFIG, lanes=True, lanes_min_warps_per_sm=4, lanes_num_warps=1, lanes_chunk=8,
                lanes_split_warps_per_sm=12, lanes_split_min_len=1024, lanes_split_below_programs_per_sm=32,
-               lanes_split_max_segments=256)
+               lanes_split_max_segments=256, lanes_split_min_total_len=32768)
     monkeypatch.setattr(scan_launch, "FWD_CONFIG", cfg)
     monkeypatch.setattr(scan_launch, "_sm_count", lambda index: 132)
     fake = type("FakeCuda", (), {"type": "cuda", "index": 0})()
@@ -1128,8 +1128,10 @@ def test_lanes_split_rule(monkeypatch):
     assert rule(Seq(2, 1536, 2 ** 16), 16, False) == 32  # 96 warps (0.7 per SM) -> 3072 (23; 16 segments: 11.6)
     assert rule(Seq(1, 1536, 2 ** 18), 16, False) == 64  # 48 warps -> 3072
     assert rule(Seq(1, 256, 2 ** 20), 16, False) == 256  # 8 warps -> 2048: lanes_split_max_segments
-    assert rule(Seq(1, 1536, 2048), 16, False) == 2  # 1024-step segments at least
-    assert rule(Seq(1, 1536, 1024), 16, False) == 1
+    assert rule(Seq(2, 768, 2 ** 16), 16, False) == 64  # 1024-step segments at least
+    assert rule(Seq(1, 256, 2 ** 15), 16, False) == 32
+    assert rule(Seq(1, 1536, 2 ** 14), 16, False) == 1  # lanes_split_min_total_len (H200: 0.86x at 16 segments)
+    assert rule(Seq(1, 1536, 2048), 16, False) == 1  # (the 130M prefill at batch 1: 0.17x at 2 segments)
     assert rule(Seq(8, 1536, 2 ** 14), 16, False) == 1  # 93 chunked programs per SM (the H200: split 0.97-1.01x)
     assert rule(Seq(64, 1536, 4096), 16, False) == 1  # 23 warps per SM: the unsplit lanes forward
     assert rule(Seq(1, 1536, 2 ** 18), 16, True) == 1 and rule(Seq(1, 1536, 2 ** 18), 17, False) == 1

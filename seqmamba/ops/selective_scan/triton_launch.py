@@ -139,7 +139,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
-                  lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256,
+                  lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -400,7 +400,9 @@ def lanes_split_segments(u: torch.Tensor, N: int, block_layout: bool) -> int:
     channels per SM), cut L into the smallest power of two of segments that gives the lanes forward
     lanes_split_warps_per_sm warps per SM, each at least lanes_split_min_len steps, at most
     lanes_split_max_segments (the forward carries each segment's entering state through the earlier segments one
-    by one, in its prologue: a serial chain as long as the segment's index). The split adds one pass (each
+    by one, in its prologue: a serial chain as long as the segment's index), and only from
+    lanes_split_min_total_len steps: a lone warp walks a segment at ~0.2 us per step (H200), so each pass takes at
+    least ~0.2 ms per 1024 steps of segment whatever the parallelism. The split adds one pass (each
     segment's end state from zero, lane_kernels._segment_end_states_lanes_kernel: one exp per state element, no
     output), so it costs up to twice the forward's exps on segments times the warps. FORCE_LANES_SEGMENTS
     overrides the rule (not the layout conditions: channels-first, N <= lanes_max_n, whole lanes chunks per
@@ -421,6 +423,8 @@ def lanes_split_segments(u: torch.Tensor, N: int, block_layout: bool) -> int:
             return 1  # the unsplit lanes forward has warps enough
         if batch * dim >= cfg.get("lanes_split_below_programs_per_sm", 32) * sms:
             return 1  # the chunked forward (one channel per program) has programs enough
+        if L < cfg.get("lanes_split_min_total_len", 32768):
+            return 1  # each pass is at least a segment's steps walked by one warp: short L is latency, not work
         segments = 1
         while (warps * segments < target * sms and L // (2 * segments) >= cfg.get("lanes_split_min_len", 1024)
                and 2 * segments <= cfg.get("lanes_split_max_segments", 256)):
