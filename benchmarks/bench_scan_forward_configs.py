@@ -64,6 +64,11 @@ CONFIGS = [
     ("no lanes split", dict(lanes_split_warps_per_sm=0)),
     *((f"lanes split {w}", dict(lanes_split_warps_per_sm=w)) for w in (8, 12, 16, 24, 32)),
     ("lanes split 12, min 512", dict(lanes_split_warps_per_sm=12, lanes_split_min_len=512)),
+    # the first pass at 4-step chunks (sm_90: 128 registers, 16 warps per SM, 7.34 instructions per state element;
+    # at 8 steps 168 registers, 12 warps, 6.98) and under a 152-register cap (72-byte spill)
+    ("split ends tc4", dict(lanes_split_ends_chunk=4)),
+    *((f"split ends reg{cap}", dict(lanes_split_ends_maxnreg=cap)) for cap in (None, 152, 144, 136, 128)),
+    ("split ends tc4, pass 1 alone", dict(lanes_split_ends_chunk=4)),
     ("lanes split 12, pass 1 alone", dict(lanes_split_warps_per_sm=12)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),

@@ -88,6 +88,7 @@
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
 #          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
 #            issue 9's rows and the DNA widths)
+#          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
 #          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
 #          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
 #          | chanlin (ops/channel_linear.py, dt_proj's one pass each way: its GPU tests and the inner node's;
@@ -184,6 +185,11 @@ for step in $steps; do
                         --configs default "no lanes split" --shapes 1x1536x2048 1x1536x16384 8x1536x4096 \
                         8x1536x16384 2x1536x65536 1x1536x262144 1x1536x1048576 2x768x65536 1x256x65536 \
                         1x256x1048576 2>&1 | tee "$OUT/lanessplit_table.log" ;;
+    lanessplit-ends) timeout 300 python benchmarks/bench_scan_forward_configs.py --json "$OUT/lanessplit_ends.json" \
+                       --configs ${LANESSPLIT_ENDS_CONFIGS:-default "split ends tc4" "split ends reg152" \
+                       "lanes split 12, pass 1 alone" "split ends tc4, pass 1 alone"} \
+                       --shapes ${LANESSPLIT_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 2x768x65536 \
+                       1x256x1048576} 2>&1 | tee "$OUT/lanessplit_ends.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

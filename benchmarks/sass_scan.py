@@ -38,12 +38,13 @@ from seqmamba.ops.selective_scan import triton_kernels as kernels  # noqa: E402
 from seqmamba.ops.selective_scan import triton_launch  # noqa: E402
 
 KERNELS = {"fwd": kernels._selective_scan_fwd_kernel, "bwd": kernels._selective_scan_bwd_kernel,
-           "dstate": kernels._selective_scan_dstate_kernel, "lanes_fwd": lane_kernels._selective_scan_fwd_lanes_kernel}
+           "dstate": kernels._selective_scan_dstate_kernel, "lanes_fwd": lane_kernels._selective_scan_fwd_lanes_kernel,
+           "lanes_ends": lane_kernels._segment_end_states_lanes_kernel}
 if gluon_kernels.AVAILABLE:  # the inference forward in Gluon (FWD_CONFIG gluon)
     KERNELS["gluon_fwd"] = gluon_kernels._selective_scan_fwd_gluon
 # fp32 pointers; every other pointer is a bf16 sequence tensor
 FP32_POINTERS = {"A_ptr", "D_ptr", "dbias_ptr", "state_ptr", "chunk_states_ptr", "dstate_ptr", "dA_ptr", "dB_ptr",
-                 "dC_ptr", "dD_ptr", "ddbias_ptr", "state_in_ptr", "last_ptr"}
+                 "dC_ptr", "dD_ptr", "ddbias_ptr", "state_in_ptr", "last_ptr", "seg_h_ptr", "seg_dsum_ptr"}
 ONE = {"s_u_l", "s_dt_l", "s_z_l", "s_B_l", "s_C_l", "s_o_l", "s_A_n", "s_do_l", "s_du_l", "s_ddt_l", "s_dz_l"}
 NOT_DIVISIBLE = {"n_chunks"}  # 8 at (8, 1536, 4096) with 512-step chunks; Triton specialises 16 | value only
 
@@ -277,7 +278,8 @@ PDL_KERNELS = {
 }
 # The selective scan's PDL kernels, compiled as compile_kernel specialises them (a launch at (8, 1536, 4096) bf16).
 PDL_SCAN_KERNELS = {"fwd": "_selective_scan_fwd_kernel", "bwd": "_selective_scan_bwd_kernel",
-                    "dstate": "_selective_scan_dstate_kernel", "lanes_fwd": "_selective_scan_fwd_lanes_kernel"}
+                    "dstate": "_selective_scan_dstate_kernel", "lanes_fwd": "_selective_scan_fwd_lanes_kernel",
+                    "lanes_ends": "_segment_end_states_lanes_kernel"}
 _POINTER_NAMES = {"X", "RES", "W", "B", "Y", "RES_OUT", "MEAN", "RSTD", "DY", "DX", "DRES_OUT", "DRES_IN", "DW_PART",
                   "DB_PART"}
 _GLOBAL_MEMORY = re.compile(r"^(LDG|STG|RED|ATOM|ATOMG|LDGSTS|LDGDEPBAR|UTMALDG|UBLKCP)")
@@ -306,7 +308,7 @@ def pdl_report(arch: int = 90):
                     first_global=first(lambda op: bool(_GLOBAL_MEMORY.match(op))), instructions=len(ops))
 
     for short, name in PDL_SCAN_KERNELS.items():
-        if short == "lanes_fwd":
+        if short in ("lanes_fwd", "lanes_ends"):
             warps = triton_launch.FWD_CONFIG["lanes_num_warps"]
             compiled = compile_kernel(short, 32 * warps, 4, warps, PDL=True)
         else:

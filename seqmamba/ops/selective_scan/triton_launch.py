@@ -140,6 +140,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -479,13 +480,19 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     if segments > 1:  # pass 1: the end state and delta sum of every segment but the last, from zero
         seg_h = empty((batch, segments - 1, dim, N), u.device, torch.float32)
         seg_dsum = empty((batch, segments - 1, dim), u.device, torch.float32)
+        ends_tc = FWD_CONFIG.get("lanes_split_ends_chunk") or TC
+        if TC % ends_tc:
+            raise ValueError(f"FWD_CONFIG lanes_split_ends_chunk={ends_tc!r} must divide lanes_chunk={TC}")
+        ends_options = dict(options)
+        if on_cuda and FWD_CONFIG.get("lanes_split_ends_maxnreg"):
+            ends_options["maxnreg"] = FWD_CONFIG["lanes_split_ends_maxnreg"]
         _launch_segment_ends_lanes(
             (cdiv(dim, BLOCK_D), batch * (segments - 1)),
             (u, delta, A, B, delta_bias if delta_bias is not None else dummy, seg_h, seg_dsum),
             (dim, seg_len, segments - 1, cpg, *u.stride(), *delta.stride(), *A.stride(), *sB),
-            dict(N=N, BLOCK_D=BLOCK_D, TC=TC, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            dict(N=N, BLOCK_D=BLOCK_D, TC=ends_tc, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
                  B_VAR=B_var, FAST_MATH=fast_math, BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs),
-            num_warps, options)
+            num_warps, ends_options)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                init, out, last, chunk_states, seg_h, seg_dsum)
     ints = (dim, L, cpg, n_saved, seg_len, segments, *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *sB,
