@@ -132,6 +132,20 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # the inference forward at (1, 256, 2^20) (1.9 programs per SM) 13.02 ms in one pass, 9.28 in 16 segments (1.40x),
 # 8.24 in 32 (1.58x), 7.85 in 64 (1.66x); at (1, 768, 2^18) (5.8 per SM) and (1, 1536, 2^18 / 2^20), (2, 1536,
 # 2^16) (11.6, 23 per SM) 2-8 segments were 0.37-0.66x: split only below 4 programs per SM, up to 64 per SM.
+# - lanes_split_* (inference; lanes_split_segments, the thirtieth session): the lanes forward with L split in
+#   segments, where neither it nor the chunked forward has work enough per SM. A first pass
+#   (lane_kernels._segment_end_states_lanes_kernel: one channel per lane, per state element one exp2, two
+#   multiplies and an FMA; sm_90 168 registers, 6.98 instructions per element; under lanes_split_ends_maxnreg 152
+#   a 72-byte spill and 1.03-1.07x faster) writes every segment's end state from zero and its delta sum; the lanes
+#   forward then carries each segment's entering state through them in its prologue. H200, forward ms against no
+#   split (bench_scan_forward_configs.py, BENCHMARKS.md thirtieth session): (2, 1536, 2^16) 3.00 vs 3.81, (1, 1536,
+#   2^18) 5.98 vs 7.52, (1, 1536, 2^20) 24.1 vs 30.3, (2, 768, 2^16) 1.60 vs 1.90, (1, 256, 2^16) 0.47 vs 0.65,
+#   (1, 256, 2^20) 4.43 vs 8.12 (the old split); the first pass is ~40% of the time. It loses where the chunked
+#   forward has 93 programs per SM ((8, 1536, 4096 / 16384): 0.83-1.01x), hence lanes_split_below_programs_per_sm
+#   32, and at short L, where a lone warp walking a 1024-step segment twice is the time ((1, 1536, 2048 / 4096 /
+#   16384): 0.389 / 0.428 / 0.562 ms against 0.066 / 0.127 / 0.483), hence lanes_split_min_total_len 32768. The warp
+#   target: 12 per SM was within 1-3% of the best of 8-32 everywhere; 1024 segments (512 steps each) took 8.0 ms at
+#   (1, 256, 2^20) against 4.7 at 256 (the prologue's serial carry), hence lanes_split_max_segments 256.
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
