@@ -58,7 +58,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, PDL=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -106,8 +106,9 @@ def sass_and_resources(compiled):
 _LINE = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)")
 
 
-def innermost_loop(sass: str):
-    """Opcodes (without modifiers) of the innermost loop: the shortest range closed by a backward branch."""
+def innermost_loop(sass: str, longest: bool = False):
+    """Opcodes (without modifiers) of the innermost loop: the shortest range closed by a backward branch (with
+    ``longest``, the longest: a kernel's main loop where a short loop precedes it, as the split forward's carry)."""
     lines = []
     for line in sass.splitlines():
         m = _LINE.match(line)
@@ -118,7 +119,7 @@ def innermost_loop(sass: str):
         m = re.search(r"BRA (0x[0-9a-f]+)", line)
         if m and int(m.group(1), 16) < addr:
             span = (int(m.group(1), 16), addr)
-            if best is None or span[1] - span[0] < best[1] - best[0]:
+            if best is None or (span[1] - span[0] > best[1] - best[0]) == longest:
                 best = span
     if best is None:
         return collections.Counter()
@@ -220,6 +221,26 @@ def lanes_report(variants=LANES_VARIANTS):
         rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
                          shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
                          per_element=lanes_per_element(loop, kw)))
+    return rows
+
+
+def lanes_split_report():
+    """The lanes forward's L split (FWD_CONFIG lanes_split_*), at the default launch's specialisation (fast math,
+    bf16 pairs, 8-step chunks): the first pass (lanes_ends) uncapped and under lanes_split_ends_maxnreg, and the
+    forward with and without SPLIT (its loop should not change: the split adds a prologue and offsets). Per row:
+    registers, stack, the loop's instructions and MUFU per state element, shuffles and shared-memory accesses."""
+    default = dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8)
+    rows = []
+    for name, extra, cap in (("lanes_ends", {}, None),
+                             ("lanes_ends", {}, triton_launch.FWD_CONFIG["lanes_split_ends_maxnreg"]),
+                             ("lanes_fwd", {}, None), ("lanes_fwd", dict(SPLIT=True), None)):
+        kw = dict(default, **extra)
+        sass, regs, stack = sass_and_resources(compile_kernel(name, 32, 4, 1, maxnreg=cap, **kw))
+        loop = innermost_loop(sass, longest=True)
+        rows.append(dict(kernel=name, variant=extra, maxnreg=cap, registers=regs, stack=stack,
+                         per_element=lanes_per_element(loop, kw), mufu_per_element=loop.get("MUFU", 0) / (8 * 16),
+                         shuffles=loop.get("SHFL", 0),
+                         shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR"))))
     return rows
 
 
@@ -355,6 +376,8 @@ def main():
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
     parser.add_argument("--lanes-report", action="store_true",
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
+    parser.add_argument("--lanes-split-report", action="store_true",
+                        help="JSON: the lanes split's first pass and the forward with SPLIT, registers and loop")
     parser.add_argument("--pdl-report", action="store_true",
                         help="JSON: where the PDL kernels wait, trigger and first touch global memory")
     args = parser.parse_args()
@@ -363,6 +386,9 @@ def main():
         return
     if args.lanes_report:
         print(json.dumps(lanes_report()))
+        return
+    if args.lanes_split_report:
+        print(json.dumps(lanes_split_report()))
         return
     if args.fast_flip_layouts:
         print(json.dumps(fast_flip_report()))

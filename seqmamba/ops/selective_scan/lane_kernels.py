@@ -19,6 +19,9 @@ FMAs (h and y). No shuffles, no shared memory, no barriers; a warp's 32 lanes ar
   without masks (lanes past dim read channel dim - 1 and store nothing); only the partial last chunk is masked.
 * With SAVE_STATES the state entering every T_SAVE steps (the backward's chunks) goes to chunk_states
   (batch, dim, n_saved, N), as the chunked forward saves it; the backward kernels are shared.
+* With SPLIT (inference at one or two long sequences, triton_launch.lanes_split_segments) L is cut into segments
+  for warps enough: _segment_end_states_lanes_kernel first scans each segment but the last from zero for its end
+  state and delta sum, then each program of the forward carries its segment's entering state through them.
 
 H200 (BENCHMARKS.md, tenth session), with fast math (_softplus_fast, _silu_fast) and bf16 B / C as int32 pairs,
 both on by default: 1.16x the chunked forward at 5.8 of its warps per SM, 1.39x at 7.8 (1.73x mamba_ssm's), level
