@@ -224,15 +224,17 @@ def lanes_report(variants=LANES_VARIANTS):
     return rows
 
 
-def lanes_split_report():
+def lanes_split_report(uncapped_ends: bool = False):
     """The lanes forward's L split (FWD_CONFIG lanes_split_*), at the default launch's specialisation (fast math,
-    bf16 pairs, 8-step chunks): the first pass (lanes_ends) uncapped and under lanes_split_ends_maxnreg, and the
+    bf16 pairs, 8-step chunks): the first pass (lanes_ends) under lanes_split_ends_maxnreg (and uncapped with
+    ``uncapped_ends``: 168 registers, no spill, 6.98 instructions per element), and the
     forward with and without SPLIT (its loop should not change: the split adds a prologue and offsets). Per row:
     registers, stack, the loop's instructions and MUFU per state element, shuffles and shared-memory accesses."""
     default = dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8)
     rows = []
-    for name, extra, cap in (("lanes_ends", {}, None),
-                             ("lanes_ends", {}, triton_launch.FWD_CONFIG["lanes_split_ends_maxnreg"]),
+    ends_cap = triton_launch.FWD_CONFIG["lanes_split_ends_maxnreg"]
+    for name, extra, cap in ((("lanes_ends", {}, None),) if uncapped_ends else ()) + (
+                             ("lanes_ends", {}, ends_cap),
                              ("lanes_fwd", {}, None), ("lanes_fwd", dict(SPLIT=True), None)):
         kw = dict(default, **extra)
         sass, regs, stack = sass_and_resources(compile_kernel(name, 32, 4, 1, maxnreg=cap, **kw))
