@@ -601,10 +601,10 @@ def test_gpu_fast_flip_backward_matches_the_reverse_scans(monkeypatch, L, mode):
 # The lanes forward (FWD_CONFIG lanes): one channel per lane; the GPU hands it uninitialised memory (NaN-filled
 # here), the interpreter zeros. Lengths around its 8-step bf16 / 4-step fp32 load chunk, the backward's 256-step
 # chunks and the old forward's 512; 640 channels = 20 programs of 32 lanes, 40 = a program with 24 idle lanes.
-@pytest.mark.parametrize("L", [1, 2, 7, 9, 257, 4100])
-@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
-def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
-    used = force_lanes_forward(monkeypatch)
+def _lanes_case(case: str, L: int):
+    """(inputs, dim, dtype, initial state or None) of a lanes GPU test case "<dtype>[-<kind>]-<dim>[-state]":
+    "groups" gives 4 B / C groups of 16 channels, "const" (dim, N) B / C, "plain" no D / z / delta_bias and delta
+    already through softplus; "state" an initial state."""
     dim = int(case.split("-")[-2 if case.endswith("state") else -1])
     dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
     inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
@@ -612,12 +612,22 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
         scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
         inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
         inputs["C"] = (inputs["C"][:, None].repeat(1, 4, 1, 1) * scale.flip(0)).to(dtype)
-    softplus = "plain" not in case
-    if not softplus:
+    if "const" in case:  # (dim, N) B / C, the same at every step
+        inputs["B"], inputs["C"] = (torch.randn(dim, 16, device="cuda") for _ in range(2))
+    if "plain" in case:
         for name in ("D", "z", "delta_bias"):
             inputs.pop(name)
         inputs["delta"] = torch.nn.functional.softplus(inputs["delta"].float()).to(dtype)
     h0 = torch.randn(2, dim, 16, device="cuda") if "state" in case else None
+    return inputs, dim, dtype, h0
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 9, 257, 4100])
+@pytest.mark.parametrize("case", ["bf16-640", "fp32-40-state", "bf16-groups-64", "fp32-plain-640"])
+def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, case):
+    used = force_lanes_forward(monkeypatch)
+    inputs, dim, dtype, h0 = _lanes_case(case, L)
+    softplus = "plain" not in case
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     with torch.no_grad():
         out, last = selective_scan(**inputs, delta_softplus=softplus, initial_state=h0, return_last_state=True,
@@ -673,16 +683,7 @@ def test_gpu_lanes_split_forward_matches_float64_reference(monkeypatch, L, segme
     monkeypatch.setattr(launch, "FORCE_LANES_SEGMENTS", segments)
     split, rule = [], launch.lanes_split_segments
     monkeypatch.setattr(launch, "lanes_split_segments", lambda *a: split.append(rule(*a)) or split[-1])
-    dim = int(case.split("-")[-2 if case.endswith("state") else -1])
-    dtype = torch.float32 if case.startswith("fp32") else torch.bfloat16
-    inputs = scan_inputs(2, dim, L, dtype=dtype, time_major=False, seed=L)
-    if "groups" in case:  # 4 groups of 16 channels
-        scale = torch.linspace(0.5, 1.5, 4, device="cuda")[:, None, None]
-        inputs["B"] = (inputs["B"][:, None].repeat(1, 4, 1, 1) * scale).to(dtype)
-        inputs["C"] = (inputs["C"][:, None].repeat(1, 4, 1, 1) * scale.flip(0)).to(dtype)
-    if "const" in case:  # (dim, N) B / C, the same at every step
-        inputs["B"], inputs["C"] = (torch.randn(dim, 16, device="cuda") for _ in range(2))
-    h0 = torch.randn(2, dim, 16, device="cuda") if "state" in case else None
+    inputs, dim, dtype, h0 = _lanes_case(case, L)
     with torch.no_grad():
         out, last = selective_scan(**inputs, delta_softplus=True, initial_state=h0, return_last_state=True,
                                    backend="triton")

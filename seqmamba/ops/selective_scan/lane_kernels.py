@@ -67,6 +67,20 @@ def _silu_fast(z):
 
 
 @triton.jit
+def _step_delta(raw, dbias, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """One step's delta from its loaded value: + delta_bias, then softplus (fast or libdevice's)."""
+    delta = raw
+    if HAS_DBIAS:
+        delta = delta + dbias
+    if SOFTPLUS:
+        if FAST_MATH:
+            delta = _softplus_fast(delta)
+        else:
+            delta = _softplus(delta)
+    return delta
+
+
+@triton.jit
 def _tile(rows, t0, L, s_l, TC: tl.constexpr, MASKED: tl.constexpr):
     """(ROWS, TC) raw tile of steps t0 .. t0 + TC - 1 (``rows``: (ROWS,) in-bounds pointers at step 0); MASKED:
     zeros past L."""
@@ -189,14 +203,7 @@ def _chunk(t0, L, hs, A2s, Bs, Cs, Dv, dbias, u_t, dt_t, z_t, B_t, C_t, o_row, s
     dus = ()
     ys = ()
     for j in tl.static_range(TC):
-        delta = raw[j]
-        if HAS_DBIAS:
-            delta = delta + dbias
-        if SOFTPLUS:
-            if FAST_MATH:
-                delta = _softplus_fast(delta)
-            else:
-                delta = _softplus(delta)
+        delta = _step_delta(raw[j], dbias, HAS_DBIAS, SOFTPLUS, FAST_MATH)
         if MASKED:
             delta = tl.where(t0 + j < L, delta, 0.0)  # padded steps: a = 1, b = 0
         dls = dls + (delta,)
@@ -390,14 +397,7 @@ def _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l, t
     dls = ()
     dus = ()
     for j in tl.static_range(TC):
-        delta = raw[j]
-        if HAS_DBIAS:
-            delta = delta + dbias
-        if SOFTPLUS:
-            if FAST_MATH:
-                delta = _softplus_fast(delta)
-            else:
-                delta = _softplus(delta)
+        delta = _step_delta(raw[j], dbias, HAS_DBIAS, SOFTPLUS, FAST_MATH)
         dsum = dsum + delta
         dls = dls + (delta,)
         dus = dus + (delta * us[j],)

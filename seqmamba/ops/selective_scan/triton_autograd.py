@@ -8,12 +8,10 @@ from typing import Optional
 import torch
 
 from ..backend import records_autograd
-from . import triton_launch
 from .triton_launch import (_empty_like_layout, _input_grads_like, backward_chunk_len, backward_dout,
-                            is_block_layout, lanes_split_segments, saved_states_shape, scan_backward,
+                            inference_split_segments, is_block_layout, saved_states_shape, scan_backward,
                             scan_backward_split, scan_backward_tail, scan_forward, scan_forward_split,
-                            scan_forward_split_train, scan_forward_tail, split_segments, split_segments_train,
-                            tail_start)
+                            scan_forward_split_train, scan_forward_tail, split_segments_train, tail_start)
 
 # torch.library custom ops, so torch.compile traces through the scan without graph breaks.
 
@@ -169,10 +167,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         out, last_state = _SelectiveScanEager.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                     initial_state, True)
     else:
-        segments = split_segments(u.shape[0], u.shape[1], u.shape[2], u.device, False)
-        if (segments > 1 and triton_launch.FORCE_SEGMENTS is None
-                and lanes_split_segments(u, A.shape[1], is_block_layout(u, delta, z)) > 1):
-            segments = 1  # scan_forward splits L for the lanes forward itself, where that applies
+        segments = inference_split_segments(u, delta, A, z)
         if segments > 1:  # few programs for the GPU: L split across programs
             out, last_state = scan_forward_split(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                  initial_state, segments)

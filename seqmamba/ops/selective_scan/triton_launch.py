@@ -387,7 +387,7 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
     lanes_min_warps_per_sm > 0 only on CUDA with at least that many of its warps per SM (its latency hides behind
     other warps only there: BENCHMARKS.md, ninth session)."""
     cfg = FWD_CONFIG
-    if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
+    if not _lanes_layout_ok(N, block_layout):
         return False
     if T_save and (not cfg.get("lanes_training") or T_save % _lane_chunk() != 0):
         return False
@@ -396,10 +396,19 @@ def _lanes_forward_ok(u: torch.Tensor, N: int, block_layout: bool, T_save: int) 
         return True
     if u.device.type != "cuda":
         return False
+    return _lanes_warps(u) >= min_warps * _sms(u.device)
+
+
+def _lanes_layout_ok(N: int, block_layout: bool) -> bool:
+    """FWD_CONFIG lanes on, channels-first inputs and N <= lanes_max_n (the N states are unrolled in registers)."""
+    return bool(FWD_CONFIG.get("lanes")) and not block_layout and N <= FWD_CONFIG.get("lanes_max_n", 16)
+
+
+def _lanes_warps(u: torch.Tensor) -> int:
+    """Warps in the unsplit lanes forward's grid: 32 channels each, lanes_num_warps per program."""
     batch, dim, _ = u.shape
-    warps_per_program = cfg.get("lanes_num_warps", 1)
-    warps = batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
-    return warps >= min_warps * _sms(u.device)
+    warps_per_program = FWD_CONFIG.get("lanes_num_warps", 1)
+    return batch * cdiv(dim, 32 * warps_per_program) * warps_per_program
 
 
 # Tests and benchmarks set this to force the lanes forward's L split into that many segments (None: the rule in
@@ -423,7 +432,7 @@ def lanes_split_segments(u: torch.Tensor, N: int, block_layout: bool) -> int:
     overrides the rule (not the layout conditions: channels-first, N <= lanes_max_n, whole lanes chunks per
     segment)."""
     cfg = FWD_CONFIG
-    if not cfg.get("lanes") or block_layout or N > cfg.get("lanes_max_n", 16):
+    if not _lanes_layout_ok(N, block_layout):
         return 1
     batch, dim, L = u.shape
     if FORCE_LANES_SEGMENTS is not None:
@@ -433,7 +442,7 @@ def lanes_split_segments(u: torch.Tensor, N: int, block_layout: bool) -> int:
         if not target or u.device.type != "cuda":
             return 1
         sms = _sms(u.device)
-        warps = batch * cdiv(dim, 32 * cfg.get("lanes_num_warps", 1)) * cfg.get("lanes_num_warps", 1)
+        warps = _lanes_warps(u)
         if warps >= cfg.get("lanes_min_warps_per_sm", 0) * sms:
             return 1  # the unsplit lanes forward has warps enough
         if batch * dim >= cfg.get("lanes_split_below_programs_per_sm", 32) * sms:
@@ -597,6 +606,17 @@ def split_segments(batch: int, dim: int, L: int, device: torch.device, save_stat
 
 # Tests and benchmarks set this to force a number of segments (None: the rule above).
 FORCE_SEGMENTS: Optional[int] = None
+
+
+def inference_split_segments(u, delta, A, z) -> int:
+    """Segments of ``scan_forward_split`` for an inference forward (1: don't use it): ``split_segments``, unless
+    the lanes forward's own split (``lanes_split_segments``, inside scan_forward) serves the shape; FORCE_SEGMENTS
+    keeps the older split."""
+    segments = split_segments(u.shape[0], u.shape[1], u.shape[2], u.device, False)
+    if (segments > 1 and FORCE_SEGMENTS is None
+            and lanes_split_segments(u, A.shape[1], is_block_layout(u, delta, z)) > 1):
+        return 1
+    return segments
 
 
 def _segment_view(t: torch.Tensor, row: int, segments: int, seg_len: int) -> torch.Tensor:
