@@ -70,6 +70,16 @@ CONFIGS = [
     *((f"split ends reg{cap}", dict(lanes_split_ends_maxnreg=cap)) for cap in (None, 152, 144, 136, 128)),
     ("split ends tc4, pass 1 alone", dict(lanes_split_ends_chunk=4)),
     ("lanes split 12, pass 1 alone", dict(lanes_split_warps_per_sm=12)),
+    # B / C widened to fp32 once, in memory, before the lanes kernels (no bit operations in the loop: sm_90 SASS
+    # 9.2 instructions per element at 4-step chunks against 10.5 for the default's pairs at 8)
+    ("lanes bc fp32 tc4", dict(lanes_bc_fp32=True, lanes_chunk=4)),
+    ("lanes bc fp32 tc8", dict(lanes_bc_fp32=True)),
+    # the lanes split wherever the lanes kernel has too few warps (no chunked-occupancy or total-length limit)
+    *((f"lanes split anywhere{tag}", dict(over, lanes_split_below_programs_per_sm=10 ** 6,
+                                          lanes_split_min_total_len=0))
+      for tag, over in (("", {}), (", bc fp32 tc4", dict(lanes_bc_fp32=True, lanes_chunk=4)))),
+    ("lanes bc fp32 tc4 unsplit", dict(lanes_bc_fp32=True, lanes_chunk=4, lanes_min_warps_per_sm=0,
+                                       lanes_split_warps_per_sm=0)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

@@ -88,6 +88,9 @@
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
 #          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
 #            issue 9's rows and the DNA widths)
+#          | bcfp32 (FWD_CONFIG lanes_bc_fp32: B / C widened to fp32 in memory before the lanes kernels, at 4- and
+#            8-step chunks, against the default at the split's rows) | bcfp32-cross (the lanes split and fp32 B / C
+#            at (8, 1536, 4096 / 16384), where the chunked forward runs)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
 #          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
 #          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
@@ -190,6 +193,14 @@ for step in $steps; do
                        "lanes split 12, pass 1 alone" "split ends tc4, pass 1 alone"} \
                        --shapes ${LANESSPLIT_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 2x768x65536 \
                        1x256x1048576} 2>&1 | tee "$OUT/lanessplit_ends.log" ;;
+    bcfp32) timeout ${BCFP32_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/bcfp32.json" \
+              --configs ${BCFP32_CONFIGS:-default "lanes bc fp32 tc4" "lanes bc fp32 tc8" "lanes seq pairs tc4"} \
+              --shapes ${BCFP32_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 16x2048x2048} \
+              2>&1 | tee -a "$OUT/bcfp32.log" ;;
+    bcfp32-cross) timeout ${BCFP32_TIMEOUT:-240} python benchmarks/bench_scan_forward_configs.py \
+              --json "$OUT/bcfp32_cross.json" --configs default "lanes split anywhere" \
+              "lanes split anywhere, bc fp32 tc4" "lanes bc fp32 tc4 unsplit" \
+              --shapes 8x1536x4096 8x1536x16384 2>&1 | tee -a "$OUT/bcfp32_cross.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

@@ -1082,19 +1082,22 @@ def test_lanes_chunk_of_2_and_4_steps_match_float64_reference(monkeypatch, short
     assert lanes_forward and all(lanes_forward)
 
 
-@pytest.mark.parametrize("L,segments,bc_layout,dtype,use", [
-    (50, 3, "variable", torch.float32, ALL_OPTIONAL),   # 16-step segments, the last one 18
-    (64, 4, "grouped", torch.float32, ("D", "z")),       # whole segments, no initial state
-    (24, 2, "constant", torch.float32, ALL_OPTIONAL),   # (dim, N) B / C
-    (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL),  # B / C and u / delta / z as pairs (even L)
-    (41, 5, "variable", torch.bfloat16, ("delta_bias", "initial_state"))])  # odd L: plain loads, 8-step segments
+@pytest.mark.parametrize("L,segments,bc_layout,dtype,use,over", [
+    (50, 3, "variable", torch.float32, ALL_OPTIONAL, None),   # 16-step segments, the last one 18
+    (64, 4, "grouped", torch.float32, ("D", "z"), None),  # whole segments, no initial state
+    (24, 2, "constant", torch.float32, ALL_OPTIONAL, None),   # (dim, N) B / C
+    (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL, None),  # B / C and u / delta / z as pairs (even L)
+    (41, 5, "variable", torch.bfloat16, ("delta_bias", "initial_state"), None),  # odd L: plain loads, 8-step segments
+    # lanes_bc_fp32: bf16 B / C widened in memory first, 4-step chunks (u / delta / z still pairs)
+    (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL, dict(lanes_bc_fp32=True, lanes_chunk=4)),
+    (41, 3, "grouped", torch.bfloat16, ("D", "initial_state"), dict(lanes_bc_fp32=True, lanes_chunk=4))])
 def test_lanes_split_forward_matches_float64_reference(monkeypatch, lanes_forward, L, segments, bc_layout, dtype,
-                                                      use):
+                                                      use, over):
     """The lanes forward with L split (inference): each segment's end state from zero
     (_segment_end_states_lanes_kernel), then the forward, each segment carrying its entering state through the
     earlier ones; out and last state against float64, 40 channels (a program with 24 idle lanes)."""
-    for key in ("lanes_fast_math", "lanes_bc_pairs", "lanes_seq_pairs"):
-        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, True)
+    for key, value in dict(lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, **(over or {})).items():
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, key, value)
     monkeypatch.setattr(scan_launch, "FORCE_LANES_SEGMENTS", segments)
     split, rule = [], scan_launch.lanes_split_segments
     monkeypatch.setattr(scan_launch, "lanes_split_segments", lambda *a: split.append(rule(*a)) or split[-1])

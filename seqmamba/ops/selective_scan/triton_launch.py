@@ -154,7 +154,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, lanes_bc_fp32=False,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -477,6 +477,9 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, sB, C_var, sC, cpg = bc
+    if FWD_CONFIG.get("lanes_bc_fp32") and B_var and C_var and torch.float32 not in (B.dtype, C.dtype):
+        B, C = B.to(torch.float32), C.to(torch.float32)
+        B_var, _, sB, C_var, _, sC, cpg = _bc_layout(B, C, dim)
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
     on_cuda = u.device.type == "cuda"
