@@ -80,6 +80,17 @@ CONFIGS = [
       for tag, over in (("", {}), (", bc fp32 tc4", dict(lanes_bc_fp32=True, lanes_chunk=4)))),
     ("lanes bc fp32 tc4 unsplit", dict(lanes_bc_fp32=True, lanes_chunk=4, lanes_min_warps_per_sm=0,
                                        lanes_split_warps_per_sm=0)),
+    # the first pass balanced between the SFU and the FMA pipe (it is SFU-bound: sm_90 SASS 9 SFU cycles per
+    # element-warp against 7 of issue): its softplus with one MUFU (lanes_split_ends_softplus, 8.5 / 6.5) and the
+    # exps of 1-3 of the N components as polynomials (lanes_split_ends_poly: 8.0 / 7.2, 7.5 / 7.8, 7.0 / 8.5);
+    # "one_mufu" alone: both passes' softplus with one MUFU (the forward's loop 10.5 -> 10.1 instructions)
+    ("ends one_mufu", dict(lanes_split_ends_softplus="one_mufu")),
+    *((f"ends poly{k} one_mufu", dict(lanes_split_ends_softplus="one_mufu", lanes_split_ends_poly=k))
+      for k in (1, 2, 3)),
+    ("ends poly2", dict(lanes_split_ends_poly=2)),
+    ("one_mufu", dict(lanes_fast_math="one_mufu")),
+    ("one_mufu, ends poly2", dict(lanes_fast_math="one_mufu", lanes_split_ends_poly=2)),
+    ("ends poly2 one_mufu, pass 1 alone", dict(lanes_split_ends_softplus="one_mufu", lanes_split_ends_poly=2)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

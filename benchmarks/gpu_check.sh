@@ -91,6 +91,8 @@
 #          | bcfp32 (FWD_CONFIG lanes_bc_fp32: B / C widened to fp32 in memory before the lanes kernels, at 4- and
 #            8-step chunks, against the default at the split's rows) | bcfp32-cross (the lanes split and fp32 B / C
 #            at (8, 1536, 4096 / 16384), where the chunked forward runs)
+#          | polywarm (compiles poly's configs in parallel processes) | poly (the split's first pass with a one-MUFU
+#            softplus and 1-3 components' exps as FMA-pipe polynomials; the one-MUFU softplus in both passes)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
 #          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
 #          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
@@ -157,11 +159,16 @@ for step in $steps; do
     block) timeout 150 python benchmarks/bench_selective_scan.py --layout block 2>&1 | tee "$OUT/block.log" ;;
     layer) timeout 120 python benchmarks/bench_mamba_layer_layout.py 2>&1 | tee "$OUT/layer.log" ;;
     generation) timeout 150 python benchmarks/bench_generation.py 2>&1 | tee "$OUT/generation.log" ;;
-    anchor) python benchmarks/build_mamba_ssm.py > "$OUT/anchor_build.log" 2>&1 &
+    anchor) if [ -f .anchor/prebuilt/selective_scan_cuda.so.xz ]; then  # an earlier call's build (anchor-wait's)
+              (mkdir -p .anchor/build && xz -dc .anchor/prebuilt/selective_scan_cuda.so.xz \
+                 > .anchor/build/selective_scan_cuda.cpython-$(python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')-x86_64-linux-gnu.so \
+                 && echo "prebuilt selective_scan_cuda from .anchor/prebuilt") > "$OUT/anchor_build.log" 2>&1 &
+            else python benchmarks/build_mamba_ssm.py > "$OUT/anchor_build.log" 2>&1 & fi
             anchor_pid=$! ;;
     anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid"; echo "anchor build exit $?"; tail -3 "$OUT/anchor_build.log"
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
-                   [ -n "$so" ] && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
+                   [ -n "$so" ] && [ ! -f .anchor/prebuilt/selective_scan_cuda.so.xz ] \
+                     && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
     gputests) par_pytest 4 420 gputests -m gpu tests/ -k "not lanes" 2>&1 | tee "$OUT/gputests.log" ;;
     alltests) par_pytest 12 420 alltests -m "gpu and not bigmem" tests/ 2>&1 | tee "$OUT/alltests.log"
               # the 2^20-step tests need 30-60 GB each: alone, after the shards (in the eleventh session's first
@@ -201,6 +208,17 @@ for step in $steps; do
               --json "$OUT/bcfp32_cross.json" --configs default "lanes split anywhere" \
               "lanes split anywhere, bc fp32 tc4" "lanes bc fp32 tc4 unsplit" \
               --shapes 8x1536x4096 8x1536x16384 2>&1 | tee -a "$OUT/bcfp32_cross.log" ;;
+    polywarm) for cfg in "ends one_mufu" "ends poly1 one_mufu" "ends poly2 one_mufu" "ends poly3 one_mufu" \
+                "ends poly2" "one_mufu" default "one_mufu, ends poly2"; do  # compiles only, in parallel
+                timeout 300 python benchmarks/bench_scan_forward_configs.py --configs "$cfg" \
+                  --shapes 1x1536x65536 16x2048x2048 > "/tmp/polywarm_${cfg//[ ,]/_}.log" 2>&1 &
+              done; wait; tail -n 3 /tmp/polywarm_*.log | grep -i "fail\|error" ;;
+    poly) timeout ${POLY_TIMEOUT:-330} python benchmarks/bench_scan_forward_configs.py --json "$OUT/poly.json" \
+            --configs ${POLY_CONFIGS:-default "ends one_mufu" "ends poly1 one_mufu" "ends poly2 one_mufu" \
+            "ends poly3 one_mufu" "ends poly2" "one_mufu" "one_mufu, ends poly2" "lanes split 12, pass 1 alone" \
+            "ends poly2 one_mufu, pass 1 alone"} \
+            --shapes ${POLY_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 2x768x65536 \
+            16x2048x2048 64x1536x2048} 2>&1 | tee -a "$OUT/poly.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

@@ -20,6 +20,10 @@ from seqmamba.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1
 from seqmamba.ops.selective_scan.reference import selective_scan_ref
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
 from helpers import force_lanes_forward, rel_err
+import triton
+import triton.language as tl
+
+from seqmamba.ops.selective_scan import lane_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -1021,11 +1025,56 @@ def test_lanes_forward_edge_lengths_match_float64_reference_with_nan_filled_buff
     assert lanes_forward and all(lanes_forward)
 
 
+@triton.jit
+def _fast_math_probe_kernel(x_ptr, exp2_ptr, softplus_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(exp2_ptr + offs, lane_kernels._exp2_poly(x), mask=mask)
+    tl.store(softplus_ptr + offs, lane_kernels._softplus_one_mufu(x), mask=mask)
+
+
+def test_fma_pipe_exp2_and_one_mufu_softplus_match_float64():
+    """lane_kernels._exp2_poly (2^x on the FMA pipe) within 4e-7 relative of float64 over [-126, 127] (integers,
+    halves and their neighbours, where the rounding to the nearest integer switches), below -127 at most 2^-127
+    (both below any fp32 state's precision) and ~2^127 above 127, and never NaN; _softplus_one_mufu within 4e-7
+    relative from x = -87 through x ~ 0 to x = 100, plus the rounding of exp2's argument |x| log2(e) (1e-7 |x|:
+    _softplus_fast has it too), and below -87, where exp(-|x|) is denormal, within 2^-140."""
+    g = torch.Generator().manual_seed(0)
+    grid = torch.arange(-126, 128, dtype=torch.float64)
+    exact = torch.cat([grid, grid + 0.5, grid - 0.5, grid + 0.5 - 1e-5, grid + 0.5 + 1e-5])
+    x = torch.cat([exact.clamp(-126, 127), 253 * torch.rand(20000, generator=g, dtype=torch.float64) - 126,
+                   torch.tensor([-300.0, -150.0, -127.5, -127.0, 127.2, 200.0, 1e30], dtype=torch.float64)])
+    sp_x = torch.cat([200 * torch.rand(20000, generator=g, dtype=torch.float64) - 100,
+                      torch.tensor([-100.0, -87.0, -30.0, -1e-6, 0.0, 1e-6, 20.0, 88.0, 100.0],
+                                   dtype=torch.float64)])
+    n = max(x.numel(), sp_x.numel())
+    for values, check in ((x, "exp2"), (sp_x, "softplus")):
+        xin = torch.zeros(n, dtype=torch.float32)
+        xin[:values.numel()] = values.float()
+        xin = xin.to(DEVICE)
+        e2, sp = torch.empty_like(xin), torch.empty_like(xin)
+        _fast_math_probe_kernel[(triton.cdiv(n, 1024),)](xin, e2, sp, n, BLOCK=1024)
+        xs = xin[:values.numel()].double().cpu()
+        got = (e2 if check == "exp2" else sp)[:values.numel()].double().cpu()
+        assert not got.isnan().any()
+        if check == "exp2":
+            inside = (xs >= -126) & (xs <= 127)
+            assert ((got[inside] / torch.exp2(xs[inside]) - 1).abs().max() < 4e-7)
+            assert (got[xs < -127] <= 2.0 ** -127).all() and ((got[xs > 127] / 2.0 ** 127 - 1).abs() < 4e-7).all()
+        else:
+            ref = torch.nn.functional.softplus(xs)
+            normal = xs > -87  # exp(-|x|) is a normal fp32 number
+            assert ((got / ref - 1).abs()[normal] < 4e-7 + 1e-7 * xs.abs()[normal]).all()
+            assert ((got - ref).abs()[~normal] < 2.0 ** -140).all()
+
+
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "libdevice"])
+@pytest.mark.parametrize("fast", [True, "one_mufu", False], ids=["fast", "one_mufu", "libdevice"])
 def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, lanes_forward, pre, fast):
     """FWD_CONFIG lanes_fast_math (the default): softplus as max(x, 0) + 2 atanh(e / (2 + e)) with e = exp(-|x|) and
-    SiLU through div.full, and without it libdevice's exp / log (Goldberg's log1p), against float64: 1e-5 relative
+    SiLU through div.full ("one_mufu": log1p(e) as e times a polynomial instead), and without it libdevice's exp /
+    log (Goldberg's log1p), against float64: 1e-5 relative
     from delta = 3.7e-44 (pre -100; a denormal) and 1.5e-8 (pre -18, where fp32's log(1 + exp(x)) is 0) through
     x ~ 0 to past the x > 20 cut."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_fast_math", fast)
@@ -1090,13 +1139,18 @@ def test_lanes_chunk_of_2_and_4_steps_match_float64_reference(monkeypatch, short
     (41, 5, "variable", torch.bfloat16, ("delta_bias", "initial_state"), None),  # odd L: plain loads, 8-step segments
     # lanes_bc_fp32: bf16 B / C widened in memory first, 4-step chunks (u / delta / z still pairs)
     (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL, dict(lanes_bc_fp32=True, lanes_chunk=4)),
-    (41, 3, "grouped", torch.bfloat16, ("D", "initial_state"), dict(lanes_bc_fp32=True, lanes_chunk=4))])
+    (41, 3, "grouped", torch.bfloat16, ("D", "initial_state"), dict(lanes_bc_fp32=True, lanes_chunk=4)),
+    # the first pass's exps of 2 components on the FMA pipe, its softplus with one MUFU; then every exp and both
+    # passes' softplus so (FWD_CONFIG lanes_split_ends_poly / lanes_split_ends_softplus, lanes_fast_math)
+    (66, 4, "variable", torch.bfloat16, ALL_OPTIONAL,
+     dict(lanes_split_ends_poly=2, lanes_split_ends_softplus="one_mufu")),
+    (50, 3, "variable", torch.float32, ALL_OPTIONAL, dict(lanes_split_ends_poly=16, lanes_fast_math="one_mufu"))])
 def test_lanes_split_forward_matches_float64_reference(monkeypatch, lanes_forward, L, segments, bc_layout, dtype,
                                                       use, over):
     """The lanes forward with L split (inference): each segment's end state from zero
     (_segment_end_states_lanes_kernel), then the forward, each segment carrying its entering state through the
     earlier ones; out and last state against float64, 40 channels (a program with 24 idle lanes)."""
-    for key, value in dict(lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, **(over or {})).items():
+    for key, value in {**dict(lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True), **(over or {})}.items():
         monkeypatch.setitem(scan_launch.FWD_CONFIG, key, value)
     monkeypatch.setattr(scan_launch, "FORCE_LANES_SEGMENTS", segments)
     split, rule = [], scan_launch.lanes_split_segments

@@ -155,6 +155,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
                   lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, lanes_bc_fp32=False,
+                  lanes_split_ends_poly=0, lanes_split_ends_softplus=None,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -466,6 +467,19 @@ def _lanes_options(warps: int, sms: int, on_cuda: bool) -> dict:
                          sms)
 
 
+def _lanes_fast_math() -> int:
+    """The lanes kernels' FAST_MATH from FWD_CONFIG lanes_fast_math: 0 (libdevice), 1 (True: _softplus_fast,
+    _silu_fast) or 2 ("one_mufu": the softplus as _softplus_one_mufu)."""
+    value = FWD_CONFIG.get("lanes_fast_math", False)
+    return 2 if value in (2, "one_mufu") else int(bool(value))
+
+
+def _ends_fast_math(fast_math: int) -> int:
+    """The split's first pass's FAST_MATH: the forward's, or 2 with FWD_CONFIG lanes_split_ends_softplus
+    "one_mufu" where fast math is on."""
+    return 2 if fast_math and FWD_CONFIG.get("lanes_split_ends_softplus") == "one_mufu" else fast_math
+
+
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc,
                         segments: int = 1):
     """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
@@ -491,7 +505,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     if segments > 1 and seg_len == 0:
         raise ValueError(f"lanes forward split: {segments} segments of L = {L} leave none a whole {TC}-step chunk")
     options = _lanes_options(batch * cdiv(dim, BLOCK_D) * num_warps * segments, sms, on_cuda)
-    fast_math = bool(FWD_CONFIG.get("lanes_fast_math", False))
+    fast_math = _lanes_fast_math()
     bc_pairs = bool(FWD_CONFIG.get("lanes_bc_pairs", False) and B_var and C_var and _bf16_pairs_ok(B, C, L))
     seq_pairs = bool(FWD_CONFIG.get("lanes_seq_pairs", False) and L % 2 == 0 and _bf16_pair_rows(u, delta, z))
     if out is None:
@@ -517,7 +531,8 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
             (u, delta, A, B, delta_bias if delta_bias is not None else dummy, seg_h, seg_dsum),
             (dim, seg_len, segments - 1, cpg, *u.stride(), *delta.stride(), *A.stride(), *sB),
             dict(N=N, BLOCK_D=BLOCK_D, TC=ends_tc, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                 B_VAR=B_var, FAST_MATH=fast_math, BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs),
+                 B_VAR=B_var, FAST_MATH=_ends_fast_math(fast_math), BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs,
+                 POLY_N=min(int(FWD_CONFIG.get("lanes_split_ends_poly") or 0), N)),
             num_warps, ends_options)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                init, out, last, chunk_states, seg_h, seg_dsum)
