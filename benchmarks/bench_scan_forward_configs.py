@@ -70,27 +70,11 @@ CONFIGS = [
     *((f"split ends reg{cap}", dict(lanes_split_ends_maxnreg=cap)) for cap in (None, 152, 144, 136, 128)),
     ("split ends tc4, pass 1 alone", dict(lanes_split_ends_chunk=4)),
     ("lanes split 12, pass 1 alone", dict(lanes_split_warps_per_sm=12)),
-    # B / C widened to fp32 once, in memory, before the lanes kernels (no bit operations in the loop: sm_90 SASS
-    # 9.2 instructions per element at 4-step chunks against 10.5 for the default's pairs at 8)
-    ("lanes bc fp32 tc4", dict(lanes_bc_fp32=True, lanes_chunk=4)),
-    ("lanes bc fp32 tc8", dict(lanes_bc_fp32=True)),
-    # the lanes split wherever the lanes kernel has too few warps (no chunked-occupancy or total-length limit)
-    *((f"lanes split anywhere{tag}", dict(over, lanes_split_below_programs_per_sm=10 ** 6,
-                                          lanes_split_min_total_len=0))
-      for tag, over in (("", {}), (", bc fp32 tc4", dict(lanes_bc_fp32=True, lanes_chunk=4)))),
-    ("lanes bc fp32 tc4 unsplit", dict(lanes_bc_fp32=True, lanes_chunk=4, lanes_min_warps_per_sm=0,
-                                       lanes_split_warps_per_sm=0)),
-    # the first pass balanced between the SFU and the FMA pipe (it is SFU-bound: sm_90 SASS 9 SFU cycles per
-    # element-warp against 7 of issue): its softplus with one MUFU (lanes_split_ends_softplus, 8.5 / 6.5) and the
-    # exps of 1-3 of the N components as polynomials (lanes_split_ends_poly: 8.0 / 7.2, 7.5 / 7.8, 7.0 / 8.5);
-    # "one_mufu" alone: both passes' softplus with one MUFU (the forward's loop 10.5 -> 10.1 instructions)
-    ("ends one_mufu", dict(lanes_split_ends_softplus="one_mufu")),
-    *((f"ends poly{k} one_mufu", dict(lanes_split_ends_softplus="one_mufu", lanes_split_ends_poly=k))
-      for k in (1, 2, 3)),
-    ("ends poly2", dict(lanes_split_ends_poly=2)),
-    ("one_mufu", dict(lanes_fast_math="one_mufu")),
-    ("one_mufu, ends poly2", dict(lanes_fast_math="one_mufu", lanes_split_ends_poly=2)),
-    ("ends poly2 one_mufu, pass 1 alone", dict(lanes_split_ends_softplus="one_mufu", lanes_split_ends_poly=2)),
+    # the softplus with two MUFU (exp2 and div.full's reciprocal), the default until the thirty-first session; the
+    # default's "one_mufu" takes log1p(exp(-|x|)) as a polynomial instead (sm_90 SASS: the forward's loop 10.18 ->
+    # 9.74 instructions per element, the split's first pass 6.98 -> 6.54 and 1.125 -> 1.0625 MUFU)
+    ("two-MUFU softplus", dict(lanes_fast_math=True)),
+    ("two-MUFU softplus, pass 1 alone", dict(lanes_fast_math=True)),
     ("gluon", dict(gluon=True)),
     ("gluon, no cap", dict(gluon=True, maxnreg=None)),
     # 32 steps per lane: 12.4 instructions per state element in SASS, but 216 registers (9 warps per SM)

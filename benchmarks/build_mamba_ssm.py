@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--src", default=".anchor/src", help="mamba_ssm source (csrc/ and mamba_ssm/)")
     parser.add_argument("--build", default=".anchor/build", help="where the extension is built and placed")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
+    parser.add_argument("--prebuilt", default=None,
+                        help="an earlier build's selective_scan_cuda.so, xz-compressed (gpu_check.sh anchor-wait "
+                             "returns one): unpacked into --build instead of compiling (same GPU and torch only)")
     args = parser.parse_args()
     import torch
     from torch.utils import cpp_extension
@@ -88,6 +91,16 @@ def main() -> None:
     init = src / "mamba_ssm" / "__init__.py"
     version = re.search(r'__version__ = "([^"]+)"', init.read_text())
     init.write_text(f'__version__ = "{version.group(1) if version else "unknown"}"\n')
+    if args.prebuilt:
+        import lzma
+
+        with lzma.open(args.prebuilt) as packed, open(build / "selective_scan_cuda.so", "wb") as out:
+            shutil.copyfileobj(packed, out)
+        sys.path.insert(0, str(build))
+        import selective_scan_cuda  # noqa: F401  (fails here, not in the benchmark, if it does not load)
+        print(f"build_mamba_ssm: selective_scan_cuda unpacked from {args.prebuilt} ({build}); mamba_ssm "
+              f"{version.group(1) if version else '?'}", flush=True)
+        return
     work = prepare(src, build / "csrc")
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"

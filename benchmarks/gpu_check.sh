@@ -88,11 +88,9 @@
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
 #          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
 #            issue 9's rows and the DNA widths)
-#          | bcfp32 (FWD_CONFIG lanes_bc_fp32: B / C widened to fp32 in memory before the lanes kernels, at 4- and
-#            8-step chunks, against the default at the split's rows) | bcfp32-cross (the lanes split and fp32 B / C
-#            at (8, 1536, 4096 / 16384), where the chunked forward runs)
-#          | polywarm (compiles poly's configs in parallel processes) | poly (the split's first pass with a one-MUFU
-#            softplus and 1-3 components' exps as FMA-pipe polynomials; the one-MUFU softplus in both passes)
+#          | onemufu-tests (the lanes kernels' GPU tests for the one-MUFU softplus, the split's, the edge lengths')
+#          | onemufu (the default's one-MUFU softplus against the two-MUFU one at issue 9's rows, the split's and the
+#            prefill's shapes, with mamba_ssm and flash attention)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
 #          | lanestests (every GPU test of the lanes forward, the split's too, in 12 processes)
 #          | lanessplit-rule (the split's rule at 1-4 sequences against no split; the 130M prefill at batch 1 both ways)
@@ -159,13 +157,11 @@ for step in $steps; do
     block) timeout 150 python benchmarks/bench_selective_scan.py --layout block 2>&1 | tee "$OUT/block.log" ;;
     layer) timeout 120 python benchmarks/bench_mamba_layer_layout.py 2>&1 | tee "$OUT/layer.log" ;;
     generation) timeout 150 python benchmarks/bench_generation.py 2>&1 | tee "$OUT/generation.log" ;;
-    anchor) if [ -f .anchor/prebuilt/selective_scan_cuda.so.xz ]; then  # an earlier call's build (anchor-wait's)
-              (mkdir -p .anchor/build && xz -dc .anchor/prebuilt/selective_scan_cuda.so.xz \
-                 > .anchor/build/selective_scan_cuda.cpython-$(python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')-x86_64-linux-gnu.so \
-                 && echo "prebuilt selective_scan_cuda from .anchor/prebuilt") > "$OUT/anchor_build.log" 2>&1 &
-            else python benchmarks/build_mamba_ssm.py > "$OUT/anchor_build.log" 2>&1 & fi
+    anchor) prebuilt=.anchor/prebuilt/selective_scan_cuda.so.xz  # an earlier call's build (anchor-wait's), if carried
+            python benchmarks/build_mamba_ssm.py $([ -f $prebuilt ] && echo --prebuilt $prebuilt) \
+              > "$OUT/anchor_build.log" 2>&1 &
             anchor_pid=$! ;;
-    anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid"; echo "anchor build exit $?"; tail -3 "$OUT/anchor_build.log"
+    anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid" 2>/dev/null; echo "anchor build exit $? (127: waited by an earlier step)"; tail -3 "$OUT/anchor_build.log"
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && [ ! -f .anchor/prebuilt/selective_scan_cuda.so.xz ] \
                      && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
@@ -200,25 +196,18 @@ for step in $steps; do
                        "lanes split 12, pass 1 alone" "split ends tc4, pass 1 alone"} \
                        --shapes ${LANESSPLIT_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 2x768x65536 \
                        1x256x1048576} 2>&1 | tee "$OUT/lanessplit_ends.log" ;;
-    bcfp32) timeout ${BCFP32_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/bcfp32.json" \
-              --configs ${BCFP32_CONFIGS:-default "lanes bc fp32 tc4" "lanes bc fp32 tc8" "lanes seq pairs tc4"} \
-              --shapes ${BCFP32_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 16x2048x2048} \
-              2>&1 | tee -a "$OUT/bcfp32.log" ;;
-    bcfp32-cross) timeout ${BCFP32_TIMEOUT:-240} python benchmarks/bench_scan_forward_configs.py \
-              --json "$OUT/bcfp32_cross.json" --configs default "lanes split anywhere" \
-              "lanes split anywhere, bc fp32 tc4" "lanes bc fp32 tc4 unsplit" \
-              --shapes 8x1536x4096 8x1536x16384 2>&1 | tee -a "$OUT/bcfp32_cross.log" ;;
-    polywarm) for cfg in "ends one_mufu" "ends poly1 one_mufu" "ends poly2 one_mufu" "ends poly3 one_mufu" \
-                "ends poly2" "one_mufu" default "one_mufu, ends poly2"; do  # compiles only, in parallel
-                timeout 300 python benchmarks/bench_scan_forward_configs.py --configs "$cfg" \
-                  --shapes 1x1536x65536 16x2048x2048 > "/tmp/polywarm_${cfg//[ ,]/_}.log" 2>&1 &
-              done; wait; tail -n 3 /tmp/polywarm_*.log | grep -i "fail\|error" ;;
-    poly) timeout ${POLY_TIMEOUT:-330} python benchmarks/bench_scan_forward_configs.py --json "$OUT/poly.json" \
-            --configs ${POLY_CONFIGS:-default "ends one_mufu" "ends poly1 one_mufu" "ends poly2 one_mufu" \
-            "ends poly3 one_mufu" "ends poly2" "one_mufu" "one_mufu, ends poly2" "lanes split 12, pass 1 alone" \
-            "ends poly2 one_mufu, pass 1 alone"} \
-            --shapes ${POLY_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 2x768x65536 \
-            16x2048x2048 64x1536x2048} 2>&1 | tee -a "$OUT/poly.log" ;;
+    onemufu-warm) for cfg in default "two-MUFU softplus"; do  # compiles only, in the background (onemufu-tests waits)
+                    timeout 300 python benchmarks/bench_scan_forward_configs.py --configs "$cfg" \
+                      --shapes 1x1536x65536 16x2048x2048 8x1536x4096 > "/tmp/warm_${cfg// /_}.log" 2>&1 &
+                  done ;;
+    onemufu-tests) par_pytest 6 ${ONEMUFU_TESTS_TIMEOUT:-240} onemufutests tests/test_gpu_ops.py tests/test_triton_ops.py \
+                     -k "one_mufu or gpu_lanes_split or (gpu_lanes_forward_and_backward and (bf16-640 or fp32-40-state) \
+                     and (-1] or -9] or -4100])) or lanes_split_forward_matches or fast_math_softplus" \
+                     2>&1 | tee "$OUT/onemufu_tests.log" ;;
+    onemufu) timeout ${ONEMUFU_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/onemufu.json" \
+               --configs default "two-MUFU softplus" "lanes split 12, pass 1 alone" "two-MUFU softplus, pass 1 alone" \
+               --shapes ${ONEMUFU_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 \
+               16x2048x2048 64x1536x2048 8x1536x4096 8x1536x16384} 2>&1 | tee -a "$OUT/onemufu.log" ;;
     gpusplit) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k split 2>&1 | tail -8 | tee "$OUT/gpusplit.log" ;;
     fastflip) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k fast_flip 2>&1 | tail -6 | tee "$OUT/fastflip.log"
               timeout 240 python benchmarks/bench_scan_backward_configs.py --block-d 1 --T 256 --maxnreg 168 \

@@ -200,7 +200,8 @@ LANES_VARIANTS = [
     dict(seq_dtype="fp32", B_VAR=False, C_VAR=False, HAS_INIT=True, N=8), dict(FAST_MATH=True),
     dict(FAST_MATH=True, BC_PAIRS=True), dict(FAST_MATH=True, BC_PAIRS=True, maxnreg=200),  # lanes_maxnreg
     dict(FAST_MATH=True, BC_PAIRS=True, TC=2),  # lanes_chunk 2
-    dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8),  # the default: lanes_seq_pairs, lanes_chunk 8
+    dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8),  # lanes_seq_pairs, lanes_chunk 8
+    dict(FAST_MATH=2, BC_PAIRS=True, SEQ_PAIRS=True, TC=8),  # the default: and lanes_fast_math "one_mufu"
 ]
 
 
@@ -219,18 +220,19 @@ def lanes_report(variants=LANES_VARIANTS):
         sass, regs, stack = sass_and_resources(compile_kernel("lanes_fwd", 32, 4, 1, **kw))
         loop = innermost_loop(sass)
         rows.append(dict(variant=variant, registers=regs, stack=stack, shuffles=loop.get("SHFL", 0),
+                         mufu_per_element=loop.get("MUFU", 0) / (kw.get("TC", 4) * kw.get("N", 16)),
                          shared=sum(k for op, k in loop.items() if op in ("LDS", "STS", "LDSM", "BAR")),
                          per_element=lanes_per_element(loop, kw)))
     return rows
 
 
 def lanes_split_report(uncapped_ends: bool = False):
-    """The lanes forward's L split (FWD_CONFIG lanes_split_*), at the default launch's specialisation (fast math,
-    bf16 pairs, 8-step chunks): the first pass (lanes_ends) under lanes_split_ends_maxnreg (and uncapped with
-    ``uncapped_ends``: 168 registers, no spill, 6.98 instructions per element), and the
+    """The lanes forward's L split (FWD_CONFIG lanes_split_*), at the default launch's specialisation (fast math with
+    the one-MUFU softplus, bf16 pairs, 8-step chunks): the first pass (lanes_ends) under lanes_split_ends_maxnreg
+    (and uncapped with ``uncapped_ends``: 168 registers, no spill, 6.54 instructions per element), and the
     forward with and without SPLIT (its loop should not change: the split adds a prologue and offsets). Per row:
     registers, stack, the loop's instructions and MUFU per state element, shuffles and shared-memory accesses."""
-    default = dict(FAST_MATH=True, BC_PAIRS=True, SEQ_PAIRS=True, TC=8)
+    default = dict(FAST_MATH=2, BC_PAIRS=True, SEQ_PAIRS=True, TC=8)
     rows = []
     ends_cap = triton_launch.FWD_CONFIG["lanes_split_ends_maxnreg"]
     for name, extra, cap in ((("lanes_ends", {}, None),) if uncapped_ends else ()) + (

@@ -645,18 +645,20 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
         assert used[-1] and max(errors.values()) < tol, errors
 
 
-@pytest.mark.parametrize("cap,chunk,seq", [(None, 4, False), (200, 4, False), (None, 2, False), (None, 4, True),
-                                           (None, 8, True)],
-                         ids=["default", "maxnreg200", "chunk2", "seqpairs", "seqpairs8"])
+@pytest.mark.parametrize("cap,chunk,seq,fast", [(None, 4, False, True), (200, 4, False, True), (None, 2, False, True),
+                                                (None, 4, True, True), (None, 8, True, True),
+                                                (None, 8, True, "one_mufu")],
+                         ids=["default", "maxnreg200", "chunk2", "seqpairs", "seqpairs8", "one_mufu"])
 @pytest.mark.parametrize("L", [2, 9, 4100])
-def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L, cap, chunk, seq):
+def test_gpu_lanes_fast_math_and_bf16_pairs_match_float64_reference(monkeypatch, L, cap, chunk, seq, fast):
     """FWD_CONFIG lanes_fast_math + lanes_bc_pairs (on by default since the tenth session): bf16 at 640 channels,
     B / C read as int32 pairs where L is even (at 9: the plain loads), softplus / SiLU through exp2 and div.full;
     out and last state against float64 (inference). With lanes_maxnreg (off until timed) the kernel compiled
     under a register cap of 200 (it spills 24 bytes per thread) gives the same, and so do lanes_chunk 2 and
-    lanes_seq_pairs (u / delta / z as int32 pairs too, where L is even), at 4- and 8-step chunks."""
+    lanes_seq_pairs (u / delta / z as int32 pairs too, where L is even), at 4- and 8-step chunks; "one_mufu" is the
+    default launch since the thirty-first session (the softplus's log1p as a polynomial: one MUFU, not two)."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    force_lanes_forward(monkeypatch, lanes_fast_math=True, lanes_bc_pairs=True, lanes_maxnreg=cap,
+    force_lanes_forward(monkeypatch, lanes_fast_math=fast, lanes_bc_pairs=True, lanes_maxnreg=cap,
                         lanes_maxnreg_min_warps_per_sm=0, lanes_chunk=chunk, lanes_seq_pairs=seq)
     asked, check = [], launch._bf16_pairs_ok
     monkeypatch.setattr(launch, "_bf16_pairs_ok", lambda *a: asked.append(check(*a)) or asked[-1])

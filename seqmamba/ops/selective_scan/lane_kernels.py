@@ -79,27 +79,6 @@ def _softplus_one_mufu(x):
 
 
 @triton.jit
-def _exp2_poly(x):
-    """2^x on the FMA pipe (FlashAttention-4's trick, to take load off the SFU where it is the limit): x clamped to
-    [-127, 127], j = x + 1.5 2^23 rounds it to the nearest integer k (held in j's low mantissa bits), f = x - k in
-    [-0.5, 0.5], 2^f by a degree-5 polynomial (least squares for relative error, fp32 coefficients: 2.4e-7 relative
-    at most in fp32, like ex2.approx's ~2 ulp), and k added to its exponent field: (bits(j) << 23) is k << 23
-    (the magic number's bits shift out). 2^-127 for x below -127 (ex2.approx.ftz gives 0 from -126: both are
-    below any state's precision); 2^127 for x above 127 (ex2 gives inf)."""
-    x = tl.minimum(tl.maximum(x, -127.0), 127.0)
-    j = x + 12582912.0
-    f = x - (j - 12582912.0)
-    p = 0.001327647129073739
-    p = p * f + 0.009675540961325169
-    p = p * f + 0.05550713092088699
-    p = p * f + 0.24022120237350464
-    p = p * f + 0.6931469440460205
-    p = p * f + 1.0000001192092896
-    bits = p.to(tl.int32, bitcast=True) + (j.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _silu_fast(z):
     """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math); the division by an
     infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
@@ -431,11 +410,9 @@ def _selective_scan_fwd_lanes_kernel(
 @triton.jit
 def _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l, t_next, L, N: tl.constexpr,
                BLOCK_D: tl.constexpr, TC: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               B_VAR: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr,
-               POLY_N: tl.constexpr = 0):
+               B_VAR: tl.constexpr, FAST_MATH: tl.constexpr, PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr):
     """_chunk without C, D, z or an output, all TC steps in bounds: (the N states after them, the delta sum so
-    far, the next chunk's B tiles, loaded at step t_next as each component's are used up). The first POLY_N
-    components take their exps on the FMA pipe (_exp2_poly), the rest on the SFU."""
+    far, the next chunk's B tiles, loaded at step t_next as each component's are used up)."""
     us = _bc_columns(u_t, BLOCK_D, TC, SEQ_PAIRS)
     raw = _bc_columns(dt_t, BLOCK_D, TC, SEQ_PAIRS)
     dls = ()
@@ -458,10 +435,7 @@ def _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l, t
                 b = bn[j]
             else:
                 b = Bs[n]
-            if n < POLY_N:
-                h = _exp2_poly(dls[j] * a2) * h + b * dus[j]
-            else:
-                h = tl.exp2(dls[j] * a2) * h + b * dus[j]
+            h = tl.exp2(dls[j] * a2) * h + b * dus[j]
         new_hs = new_hs + (h,)
     if not B_VAR:
         B_next = B_t
@@ -479,7 +453,7 @@ def _segment_end_states_lanes_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, TC: tl.constexpr,
     HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
     FAST_MATH: tl.constexpr, BC_PAIRS: tl.constexpr, SEQ_PAIRS: tl.constexpr = False,
-    PDL: tl.constexpr = False, POLY_N: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):
     """The L-split forward's first pass, one channel per lane like the forward: program_id(1) = row x n_ends +
     segment, segment s being steps [s seg_len, (s + 1) seg_len) (seg_len a whole number of TC-step chunks), scanned
@@ -526,7 +500,7 @@ def _segment_end_states_lanes_kernel(
                                          s_dt_l, s_u_l, TC, False, False, SEQ_PAIRS)
         hs, dsum, B_n = _end_chunk(hs, dsum, A2s, Bs, dbias, u_t, dt_t, B_t, B_rows, s_B_n, s_B_l,
                                    tl.minimum(c + 1, last_full) * TC, seg_len, N, BLOCK_D, TC, HAS_DBIAS, SOFTPLUS,
-                                   B_VAR, FAST_MATH, BC_PAIRS, SEQ_PAIRS, POLY_N)
+                                   B_VAR, FAST_MATH, BC_PAIRS, SEQ_PAIRS)
     slot = (pid_b * n_ends + seg) * dim + d64
     tl.store(seg_dsum_ptr + slot, dsum, mask=mask_d)
     for n in tl.static_range(N):

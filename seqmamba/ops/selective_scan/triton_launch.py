@@ -150,12 +150,11 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
                   lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=4, lanes_training=False,
-                  lanes_fast_math=True, lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
+                  lanes_fast_math="one_mufu", lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, lanes_bc_fp32=False,
-                  lanes_split_ends_poly=0, lanes_split_ends_softplus=None,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -474,12 +473,6 @@ def _lanes_fast_math() -> int:
     return 2 if value in (2, "one_mufu") else int(bool(value))
 
 
-def _ends_fast_math(fast_math: int) -> int:
-    """The split's first pass's FAST_MATH: the forward's, or 2 with FWD_CONFIG lanes_split_ends_softplus
-    "one_mufu" where fast math is on."""
-    return 2 if fast_math and FWD_CONFIG.get("lanes_split_ends_softplus") == "one_mufu" else fast_math
-
-
 def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, T_save, out, bc,
                         segments: int = 1):
     """scan_forward through lane_kernels: (out, last_state, chunk_states); with T_save > 0 the state entering
@@ -491,9 +484,6 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     batch, dim, L = u.shape
     N = A.shape[1]
     B_var, sB, C_var, sC, cpg = bc
-    if FWD_CONFIG.get("lanes_bc_fp32") and B_var and C_var and torch.float32 not in (B.dtype, C.dtype):
-        B, C = B.to(torch.float32), C.to(torch.float32)
-        B_var, _, sB, C_var, _, sC, cpg = _bc_layout(B, C, dim)
     num_warps = FWD_CONFIG.get("lanes_num_warps", 1)
     BLOCK_D = 32 * num_warps
     on_cuda = u.device.type == "cuda"
@@ -531,8 +521,7 @@ def _scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
             (u, delta, A, B, delta_bias if delta_bias is not None else dummy, seg_h, seg_dsum),
             (dim, seg_len, segments - 1, cpg, *u.stride(), *delta.stride(), *A.stride(), *sB),
             dict(N=N, BLOCK_D=BLOCK_D, TC=ends_tc, HAS_DBIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                 B_VAR=B_var, FAST_MATH=_ends_fast_math(fast_math), BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs,
-                 POLY_N=min(int(FWD_CONFIG.get("lanes_split_ends_poly") or 0), N)),
+                 B_VAR=B_var, FAST_MATH=fast_math, BC_PAIRS=bc_pairs, SEQ_PAIRS=seq_pairs),
             num_warps, ends_options)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                init, out, last, chunk_states, seg_h, seg_dsum)
