@@ -204,6 +204,11 @@ for step in $steps; do
                      -k "one_mufu or gpu_lanes_split or (gpu_lanes_forward_and_backward and (bf16-640 or fp32-40-state) \
                      and (-1] or -9] or -4100])) or lanes_split_forward_matches or fast_math_softplus" \
                      2>&1 | tee "$OUT/onemufu_tests.log" ;;
+    onemufu-rest) par_pytest 4 200 onemufurest tests/test_gpu_ops.py tests/test_triton_ops.py \
+                    -k "one_mufu_softplus_matches or (gpu_lanes_split and (fp32-40-state-16384-64 or bf16-const-64-4113-4)) \
+                    or (fast_math_softplus and (one_mufu--100 or one_mufu-19 or fast--18 or libdevice--0.3))" \
+                    2>&1 | tee "$OUT/onemufu_rest.log"
+                  gen_row onemufu_prefill 130m_b64 130m 64 --cg-prefill --repeats 2 ;;
     onemufu) timeout ${ONEMUFU_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/onemufu.json" \
                --configs default "two-MUFU softplus" "lanes split 12, pass 1 alone" "two-MUFU softplus, pass 1 alone" \
                --shapes ${ONEMUFU_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 \

@@ -1036,7 +1036,8 @@ def _softplus_probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 def test_one_mufu_softplus_matches_float64():
     """lane_kernels._softplus_one_mufu (the lanes kernels' default softplus) within 4e-7 relative of float64 from
     x = -87 through x ~ 0 to x = 100, plus the rounding of exp2's argument |x| log2(e) (1e-7 |x|: _softplus_fast
-    has it too), and below -87, where exp(-|x|) is denormal, within 2^-140; never NaN."""
+    has it too), and below -87, where exp(-|x|) is denormal, below the smallest normal number (the GPU's ex2.approx.ftz
+    flushes it to 0, the interpreter keeps it: both lanes softplus variants do the same); never NaN."""
     g = torch.Generator().manual_seed(0)
     xs = torch.cat([200 * torch.rand(20000, generator=g, dtype=torch.float64) - 100,
                     torch.tensor([-100.0, -87.0, -30.0, -1e-6, 0.0, 1e-6, 20.0, 88.0, 100.0], dtype=torch.float64)])
@@ -1048,7 +1049,7 @@ def test_one_mufu_softplus_matches_float64():
     normal = xs > -87  # exp(-|x|) is a normal fp32 number
     assert not got.isnan().any()
     assert ((got / ref - 1).abs()[normal] < 4e-7 + 1e-7 * xs.abs()[normal]).all()
-    assert ((got - ref).abs()[~normal] < 2.0 ** -140).all()
+    assert ((got - ref).abs()[~normal] < 2.0 ** -126).all()
 
 
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
