@@ -23,6 +23,8 @@ FMAs (h and y). No shuffles, no shared memory, no barriers; a warp's 32 lanes ar
   for warps enough: _segment_end_states_lanes_kernel first scans each segment but the last from zero for its end
   state and delta sum, then each program of the forward carries its segment's entering state through them.
 
+Fast math (FWD_CONFIG lanes_fast_math): the softplus as _softplus_one_mufu by default since the thirty-first session
+(one MUFU per step; 1.02-1.04x over _softplus_fast's two on the H200), SiLU as _silu_fast.
 H200 (BENCHMARKS.md, tenth session), with fast math (_softplus_fast, _silu_fast) and bf16 B / C as int32 pairs,
 both on by default: 1.16x the chunked forward at 5.8 of its warps per SM, 1.39x at 7.8 (1.73x mamba_ssm's), level
 at 4.8, 0.88x at 2.9, where one warp per sub-partition cannot hide its loads. Twenty-third session: its stalls are on

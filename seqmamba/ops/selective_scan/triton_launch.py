@@ -146,6 +146,17 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   16384): 0.389 / 0.428 / 0.562 ms against 0.066 / 0.127 / 0.483), hence lanes_split_min_total_len 32768. The warp
 #   target: 12 per SM was within 1-3% of the best of 8-32 everywhere; 1024 segments (512 steps each) took 8.0 ms at
 #   (1, 256, 2^20) against 4.7 at 256 (the prologue's serial carry), hence lanes_split_max_segments 256.
+# - lanes_fast_math "one_mufu" (the default since the thirty-first session; True is the two-MUFU softplus before it):
+#   log1p(exp(-|x|)) as exp(-|x|) times a degree-8 polynomial (lane_kernels._softplus_one_mufu) instead of
+#   2 atanh(e / (2 + e)), whose division costs a MUFU reciprocal. sm_90 SASS: the forward's loop 10.18 -> 9.74
+#   instructions per element (1.25 -> 1.1875 MUFU), the split's first pass 6.98 -> 6.54 (1.125 -> 1.0625). H200
+#   (BENCHMARKS.md, thirty-first session), forward ms one / two MUFU: (2, 1536, 2^16) 2.888 / 3.001, (1, 1536, 2^18)
+#   5.759 / 5.978, (1, 1536, 2^20) 23.40 / 24.21, (1, 256, 2^20) 4.276 / 4.417, (16, 2048, 2048) 0.569 / 0.585,
+#   (64, 1536, 2048) 1.666 / 1.705: 1.02-1.04x wherever a lanes kernel runs. Timed and taken out the same session:
+#   some of the first pass's exps as FMA-pipe polynomials (FlashAttention-4's trick; 1-3 of 16 components:
+#   0.92-0.98x: the pass is not SFU-bound, though its SASS has 9 SFU cycles per element-warp against 7 of issue) and
+#   B / C widened to fp32 in memory first (no bit operations in the loop, 9.2 instructions per element at 4-step
+#   chunks: 0.65-0.77x; at 8 steps the tiles spill 968 bytes: 0.18-0.23x).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
                   min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
