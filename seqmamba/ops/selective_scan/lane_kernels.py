@@ -37,7 +37,7 @@ import triton.language as tl
 
 from ..launch import grid_dependency_wait
 from ..tile_columns import _columns, _join_columns
-from .triton_kernels import _softplus
+from .triton_kernels import _softplus, _softplus_one_mufu
 
 
 @triton.jit
@@ -59,25 +59,6 @@ def _softplus_fast(x):
     p = p * s2 + 1.0 / 3.0
     p = p * s2 + 1.0
     return tl.maximum(x, 0.0) + 2.0 * s * p
-
-
-@triton.jit
-def _softplus_one_mufu(x):
-    """_softplus_fast with one MUFU instead of two (FAST_MATH 2): log1p(e) for e = exp(-|x|) in (0, 1] as e q(e),
-    q a degree-8 polynomial (least squares for relative error on [0, 1], fp32 coefficients: 1.8e-7 relative at
-    most, evaluated in fp32), so tiny e keeps its relative accuracy (log1p(e) = e (1 - e / 2 + ...)). No
-    reciprocal: ~11 FMA-pipe instructions and the exp2."""
-    e = tl.exp2(tl.abs(x) * -1.4426950408889634)
-    q = 0.0052326880395412445
-    q = q * e - 0.029505213722586632
-    q = q * e + 0.07822591066360474
-    q = q * e - 0.13663242757320404
-    q = q * e + 0.19106005132198334
-    q = q * e - 0.2484298199415207
-    q = q * e + 0.3331909775733948
-    q = q * e - 0.4999949336051941
-    q = q * e + 0.9999999403953552
-    return tl.maximum(x, 0.0) + e * q
 
 
 @triton.jit

@@ -165,7 +165,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=False,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -376,7 +376,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch),
+             PREFETCH=prefetch,
+             FAST_SOFTPLUS=bool(delta_softplus and not save_states and _config(False, block_layout).get("fast_softplus"))),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
