@@ -73,10 +73,11 @@ CONFIGS = [
     # the softplus with two MUFU (exp2 and div.full's reciprocal), the default until the thirty-first session; the
     # default's "one_mufu" takes log1p(exp(-|x|)) as a polynomial instead (sm_90 SASS: the forward's loop 10.18 ->
     # 9.74 instructions per element, the split's first pass 6.98 -> 6.54 and 1.125 -> 1.0625 MUFU)
-    # the chunked forward's softplus as _softplus_one_mufu (FWD_CONFIG fast_softplus, inference only) instead of
-    # libdevice's log and an IEEE division: sm_90 SASS at (8, 1536, 4096) 1752 -> 1192 instructions in the kernel
-    # (the loop over components unchanged, 305 -> 301), and its 72-byte spill under the cap of 96 gone
-    ("chunked fast softplus", dict(fast_softplus=True)),
+    # the chunked forward's softplus by libdevice's log and an IEEE division, the default until the thirty-first
+    # session; the default's FWD_CONFIG fast_softplus (inference only) is _softplus_one_mufu: sm_90 SASS at
+    # (8, 1536, 4096) 1752 -> 1192 instructions in the kernel (the loop over components 305 -> 301), and its
+    # 72-byte spill under the cap of 96 gone
+    ("chunked libdevice softplus", dict(fast_softplus=False)),
     ("two-MUFU softplus", dict(lanes_fast_math=True)),
     ("two-MUFU softplus, pass 1 alone", dict(lanes_fast_math=True)),
     ("gluon", dict(gluon=True)),

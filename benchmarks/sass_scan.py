@@ -58,7 +58,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False, FAST_SOFTPLUS=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -248,6 +248,22 @@ def lanes_split_report(uncapped_ends: bool = False):
     return rows
 
 
+def softplus_report():
+    """The chunked inference forward (FWD_CONFIG's T 512, one warp, the cap of 96; without and with the "latency"
+    prefetch) with libdevice's softplus and with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu): per
+    row registers, stack, the whole kernel's instructions and MUFU, and the loop over state components'."""
+    rows = []
+    for prefetch in (False, True):
+        for fast in (False, True):
+            sass, regs, stack = sass_and_resources(compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch,
+                                                                  FAST_SOFTPLUS=fast))
+            ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
+            rows.append(dict(prefetch=prefetch, fast_softplus=fast, registers=regs, stack=stack,
+                             instructions=len(ops), mufu=ops.count("MUFU"),
+                             loop_instructions=sum(innermost_loop(sass).values())))
+    return rows
+
+
 def gluon_report(variants=GLUON_VARIANTS):
     """Per variant: registers, stack and the loop's instructions per state element of the Gluon forward and of the
     Triton forward compiled with the same specialisation (what tests/test_triton_ops.py checks)."""
@@ -380,6 +396,8 @@ def main():
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
     parser.add_argument("--lanes-report", action="store_true",
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
+    parser.add_argument("--softplus-report", action="store_true",
+                        help="the chunked inference forward with libdevice's softplus and with fast_softplus (JSON)")
     parser.add_argument("--lanes-split-report", action="store_true",
                         help="JSON: the lanes split's first pass and the forward with SPLIT, registers and loop")
     parser.add_argument("--pdl-report", action="store_true",
@@ -390,6 +408,9 @@ def main():
         return
     if args.lanes_report:
         print(json.dumps(lanes_report()))
+        return
+    if args.softplus_report:
+        print(json.dumps(softplus_report()))
         return
     if args.lanes_split_report:
         print(json.dumps(lanes_split_report()))

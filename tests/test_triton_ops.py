@@ -1052,6 +1052,50 @@ def test_one_mufu_softplus_matches_float64():
     assert ((got - ref).abs()[~normal] < 2.0 ** -126).all()
 
 
+@pytest.mark.parametrize("pre", [-100.0, -18.0, -0.3, 25.0])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_softplus", "libdevice"])
+def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, pre, fast):
+    """FWD_CONFIG fast_softplus: the chunked forward's softplus as _softplus_one_mufu at inference (no states saved),
+    libdevice's (Goldberg's log1p) otherwise; out against float64 at 1e-5 from delta = 3.7e-44 (pre -100) through
+    x ~ 0 to past the x > 20 cut, and the flag reaching the kernel at inference only (the training forward keeps
+    libdevice's: the backward recomputes delta with it)."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus", fast)
+    seen, run = [], scan_launch._launch_fwd
+    monkeypatch.setattr(scan_launch, "_launch_fwd", lambda grid, t, i, c, *a, **k: seen.append(c["FAST_SOFTPLUS"])
+                        or run(grid, t, i, c, *a, **k))
+    g = torch.Generator().manual_seed(0)
+    batch, dim, L, N = 1, 4, 24, 4
+    u, z = torch.randn(batch, dim, L, generator=g), 4 * torch.randn(batch, dim, L, generator=g)
+    delta = 0.1 * torch.randn(batch, dim, L, generator=g)
+    A = -torch.rand(dim, N, generator=g) - 0.5
+    B, C = torch.randn(batch, N, L, generator=g), torch.randn(batch, N, L, generator=g)
+    args = [t.to(DEVICE) for t in (u, delta, A, B, C)]
+    bias = torch.full((dim,), pre, device=DEVICE)
+    out = selective_scan(*args, None, z.to(DEVICE), bias, delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(*[t.double() for t in args], None, z.double().to(DEVICE), bias.double(),
+                             delta_softplus=True)
+    assert seen == [fast] and rel_err(out, ref) < 1e-5
+    trained = [t.clone().requires_grad_(True) for t in args]
+    selective_scan(*trained, None, z.to(DEVICE), bias, delta_softplus=True, backend="triton").sum().backward()
+    assert seen[1:] == [False]
+
+
+def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90():
+    """FWD_CONFIG fast_softplus in the chunked inference forward's sm_90 SASS (T 512, one warp, the cap of 96; with
+    and without the latency prefetch): the kernel a quarter shorter or more (the IEEE division's slow path and
+    libdevice's log go: 1752 -> 1192 instructions with the prefetch), 16 fewer MUFU (one per step of a lane's 16),
+    no more spill than libdevice's (72 -> 0 bytes, 64 -> 24), the loop over state components within 2%."""
+    rows = sass_scan_report("--softplus-report", timeout=300)
+    for prefetch in (False, True):
+        slow, fast = (next(r for r in rows if r["prefetch"] == prefetch and r["fast_softplus"] == f)
+                      for f in (False, True))
+        assert fast["instructions"] < 0.75 * slow["instructions"], (fast, slow)
+        assert fast["mufu"] == slow["mufu"] - 16 and fast["stack"] <= slow["stack"], (fast, slow)
+        assert fast["loop_instructions"] <= 1.02 * slow["loop_instructions"], (fast, slow)
+        assert fast["registers"] <= 96, fast
+
+
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
 @pytest.mark.parametrize("fast", [True, "one_mufu", False], ids=["fast", "one_mufu", "libdevice"])
 def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, lanes_forward, pre, fast):

@@ -146,6 +146,13 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   16384): 0.389 / 0.428 / 0.562 ms against 0.066 / 0.127 / 0.483), hence lanes_split_min_total_len 32768. The warp
 #   target: 12 per SM was within 1-3% of the best of 8-32 everywhere; 1024 segments (512 steps each) took 8.0 ms at
 #   (1, 256, 2^20) against 4.7 at 256 (the prologue's serial carry), hence lanes_split_max_segments 256.
+# - fast_softplus (the chunked forward, inference only; on since the thirty-first session): the softplus as
+#   _softplus_one_mufu instead of libdevice's log and an IEEE division (triton_kernels._softplus). sm_90 SASS at
+#   (8, 1536, 4096): 1752 -> 1192 instructions in the kernel (the division's slow path and the log; the loop over
+#   state components 305 -> 301) and no spill under the cap of 96 (72 bytes before). H200, forward ms:
+#   (8, 1536, 4096) 0.746 -> 0.713 (SDPA flash 0.742 in the same run), (8, 1536, 16384) 2.980 -> 2.846: 1.05x.
+#   The tenth session's two-MUFU fast math lost here (0.88-0.98x, registers under the cap). The training forward
+#   keeps libdevice's (the backward recomputes delta with it); the time-major block layout's config is not timed.
 # - lanes_fast_math "one_mufu" (the default since the thirty-first session; True is the two-MUFU softplus before it):
 #   log1p(exp(-|x|)) as exp(-|x|) times a degree-8 polynomial (lane_kernels._softplus_one_mufu) instead of
 #   2 atanh(e / (2 + e)), whose division costs a MUFU reciprocal. sm_90 SASS: the forward's loop 10.18 -> 9.74
@@ -165,7 +172,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=False,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=True,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
