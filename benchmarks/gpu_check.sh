@@ -90,7 +90,7 @@
 #            issue 9's rows and the DNA widths)
 #          | onemufu-tests (the lanes kernels' GPU tests for the one-MUFU softplus, the split's, the edge lengths')
 #          | fastsp (the chunked forward's softplus as the one-MUFU polynomial, FWD_CONFIG fast_softplus, the default,
-#            against libdevice's at (8, 1536, 4096 / 16384), with flash attention)
+#            against libdevice's, and fast_silu, at (8, 1536, 4096 / 16384), with flash attention)
 #          | onemufu (the default's one-MUFU softplus against the two-MUFU one at issue 9's rows, the split's and the
 #            prefill's shapes, with mamba_ssm and flash attention)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
@@ -212,7 +212,7 @@ for step in $steps; do
                     2>&1 | tee "$OUT/onemufu_rest.log"
                   gen_row onemufu_prefill 130m_b64 130m 64 --cg-prefill --repeats 2 ;;
     fastsp) timeout ${FASTSP_TIMEOUT:-200} python benchmarks/bench_scan_forward_configs.py --json "$OUT/fastsp.json" \
-              --configs default "chunked libdevice softplus" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
+              --configs default "chunked libdevice softplus" "chunked fast silu" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
               2>&1 | tee -a "$OUT/fastsp.log" ;;
     onemufu) timeout ${ONEMUFU_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/onemufu.json" \
                --configs default "two-MUFU softplus" "lanes split 12, pass 1 alone" "two-MUFU softplus, pass 1 alone" \

@@ -58,7 +58,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False, FAST_SOFTPLUS=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False, FAST_SOFTPLUS=False, FAST_SILU=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -250,15 +250,16 @@ def lanes_split_report(uncapped_ends: bool = False):
 
 def softplus_report():
     """The chunked inference forward (FWD_CONFIG's T 512, one warp, the cap of 96; without and with the "latency"
-    prefetch) with libdevice's softplus and with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu): per
-    row registers, stack, the whole kernel's instructions and MUFU, and the loop over state components'."""
+    prefetch) with libdevice's softplus, with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu), and with
+    fast_silu too: per row registers, stack, the whole kernel's instructions and MUFU, and the loop over state
+    components'."""
     rows = []
     for prefetch in (False, True):
-        for fast in (False, True):
+        for fast, silu in ((False, False), (True, False), (True, True)):
             sass, regs, stack = sass_and_resources(compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch,
-                                                                  FAST_SOFTPLUS=fast))
+                                                                  FAST_SOFTPLUS=fast, FAST_SILU=silu))
             ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
-            rows.append(dict(prefetch=prefetch, fast_softplus=fast, registers=regs, stack=stack,
+            rows.append(dict(prefetch=prefetch, fast_softplus=fast, fast_silu=silu, registers=regs, stack=stack,
                              instructions=len(ops), mufu=ops.count("MUFU"),
                              loop_instructions=sum(innermost_loop(sass).values())))
     return rows

@@ -199,26 +199,29 @@ def test_gpu_scan_inference_forward_matches_reference(dtype, tol):
         assert rel_err(out, ref) < tol and rel_err(last, ref_last) < tol, batch
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast_softplus", "libdevice"])
+@pytest.mark.parametrize("fast,silu", [(True, False), (True, True), (False, False)],
+                         ids=["fast_softplus", "fast_silu", "libdevice"])
 @pytest.mark.parametrize("L,dtype", [(1, torch.float32), (2, torch.bfloat16), (513, torch.float32),
                                      (4097, torch.bfloat16)])
-def test_gpu_chunked_inference_forward_softplus_matches_float64(monkeypatch, L, dtype, fast):
-    """FWD_CONFIG fast_softplus: the chunked inference forward (lanes off) with the one-MUFU softplus, and with
-    libdevice's, at one step, two, a 512-step chunk plus one and 4097; out and last state against float64 (NaN-filled
-    buffers); the flag reached the kernel only where asked."""
+def test_gpu_chunked_inference_forward_softplus_matches_float64(monkeypatch, L, dtype, fast, silu):
+    """FWD_CONFIG fast_softplus: the chunked inference forward (lanes off) with the one-MUFU softplus (and with
+    fast_silu the output's SiLU through div.full), and with libdevice's, at one step, two, a 512-step chunk plus one
+    and 4097; out and last state against float64 (NaN-filled buffers); the flags reached the kernel as asked. The
+    thirty-first session ran the fast_softplus and libdevice cases on the H200 (8 passed), not fast_silu."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     monkeypatch.setitem(launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(launch.FWD_CONFIG, "fast_softplus", fast)
+    monkeypatch.setitem(launch.FWD_CONFIG, "fast_silu", silu)
     seen, run = [], launch._launch_fwd
-    monkeypatch.setattr(launch, "_launch_fwd", lambda grid, t, i, c, *a, **k: seen.append(c["FAST_SOFTPLUS"])
-                        or run(grid, t, i, c, *a, **k))
+    monkeypatch.setattr(launch, "_launch_fwd", lambda grid, t, i, c, *a, **k: seen.append(
+        (c["FAST_SOFTPLUS"], c["FAST_SILU"])) or run(grid, t, i, c, *a, **k))
     inputs = scan_inputs(2, 640, L, dtype=dtype, time_major=False, seed=L)
     with torch.no_grad():
         out, last = selective_scan(**inputs, delta_softplus=True, backend="triton", return_last_state=True)
     ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
                                        return_last_state=True)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert seen == [fast] and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
+    assert seen == [(fast, silu)] and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
 
 
 def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):

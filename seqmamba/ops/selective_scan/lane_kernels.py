@@ -37,7 +37,7 @@ import triton.language as tl
 
 from ..launch import grid_dependency_wait
 from ..tile_columns import _columns, _join_columns
-from .triton_kernels import _softplus, _softplus_one_mufu
+from .triton_kernels import _silu_fast, _softplus, _softplus_one_mufu
 
 
 @triton.jit
@@ -59,13 +59,6 @@ def _softplus_fast(x):
     p = p * s2 + 1.0 / 3.0
     p = p * s2 + 1.0
     return tl.maximum(x, 0.0) + 2.0 * s * p
-
-
-@triton.jit
-def _silu_fast(z):
-    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math); the division by an
-    infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
-    return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
 
 
 @triton.jit

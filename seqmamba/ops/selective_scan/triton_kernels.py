@@ -109,6 +109,14 @@ def _softplus_one_mufu(x):
 
 
 @triton.jit
+def _silu_fast(z):
+    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math, the chunked forward's
+    fast_silu); the division by an
+    infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
+    return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
+
+
+@triton.jit
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_SOFTPLUS: tl.constexpr = False):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value). FAST_SOFTPLUS:
@@ -260,7 +268,7 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
-    PDL: tl.constexpr = False, FAST_SOFTPLUS: tl.constexpr = False,
+    PDL: tl.constexpr = False, FAST_SOFTPLUS: tl.constexpr = False, FAST_SILU: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -311,7 +319,10 @@ def _selective_scan_fwd_kernel(
                 A2, Bn, Cn, h_prev = loaded
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            y *= zv * tl.sigmoid(zv)
+            if FAST_SILU:
+                y *= _silu_fast(zv)
+            else:
+                y *= zv * tl.sigmoid(zv)
         tl.store(o_row + t64[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
         # The state written above is read by other threads in the next chunk.
         tl.debug_barrier()

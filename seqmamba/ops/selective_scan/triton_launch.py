@@ -153,6 +153,10 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   (8, 1536, 4096) 0.746 -> 0.713 (SDPA flash 0.742 in the same run), (8, 1536, 16384) 2.980 -> 2.846: 1.05x.
 #   The tenth session's two-MUFU fast math lost here (0.88-0.98x, registers under the cap). The training forward
 #   keeps libdevice's (the backward recomputes delta with it); the time-major block layout's config is not timed.
+# - fast_silu (the chunked forward, inference only; off, not timed yet: gpu_check.sh fastsp): the output's SiLU as
+#   lane_kernels' _silu_fast (exp2 and div.full) instead of tl.sigmoid's IEEE division. sm_90 SASS at (8, 1536,
+#   4096) with fast_softplus: 1136 -> 1048 instructions and the last 24 bytes of spill gone without the prefetch
+#   (the launch there), 1192 -> 1112 with it; the loop unchanged.
 # - lanes_fast_math "one_mufu" (the default since the thirty-first session; True is the two-MUFU softplus before it):
 #   log1p(exp(-|x|)) as exp(-|x|) times a degree-8 polynomial (lane_kernels._softplus_one_mufu) instead of
 #   2 atanh(e / (2 + e)), whose division costs a MUFU reciprocal. sm_90 SASS: the forward's loop 10.18 -> 9.74
@@ -172,7 +176,7 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=True,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=True, fast_silu=False,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -384,7 +388,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
              PREFETCH=prefetch,
-             FAST_SOFTPLUS=bool(delta_softplus and not save_states and _config(False, block_layout).get("fast_softplus"))),
+             FAST_SOFTPLUS=bool(delta_softplus and not save_states and _config(False, block_layout).get("fast_softplus")),
+             FAST_SILU=bool(z is not None and not save_states and _config(False, block_layout).get("fast_silu"))),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
