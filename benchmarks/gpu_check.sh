@@ -91,6 +91,8 @@
 #          | onemufu-tests (the lanes kernels' GPU tests for the one-MUFU softplus, the split's, the edge lengths')
 #          | fastsp (the chunked forward's softplus as the one-MUFU polynomial, FWD_CONFIG fast_softplus, the default,
 #            against libdevice's, and fast_silu, at (8, 1536, 4096 / 16384), with flash attention)
+#          | bwdfast (BWD_CONFIG fast_math off / on, twice: the scan table's fwd+bwd at issue 9's shapes; run its GPU
+#            test first: -k "gpu and fast_math")
 #          | onemufu (the default's one-MUFU softplus against the two-MUFU one at issue 9's rows, the split's and the
 #            prefill's shapes, with mamba_ssm and flash attention)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
@@ -214,6 +216,11 @@ for step in $steps; do
     fastsp) timeout ${FASTSP_TIMEOUT:-200} python benchmarks/bench_scan_forward_configs.py --json "$OUT/fastsp.json" \
               --configs default "chunked libdevice softplus" "chunked fast silu" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
               2>&1 | tee -a "$OUT/fastsp.log" ;;
+    bwdfast) for run in 1 2; do for fm in 0 1; do  # BWD_CONFIG fast_math (with the training forward's) off / on
+               echo "== run $run fast_math=$fm" | tee -a "$OUT/bwdfast.log"
+               SEQMAMBA_SCAN_BWD_CONFIG="fast_math=$fm" timeout 200 python benchmarks/bench_selective_scan.py \
+                 --shapes ${BWDFAST_SHAPES:-0,1,2,6} --no-decode --no-reference 2>&1 | tail -14 | tee -a "$OUT/bwdfast.log"
+             done; done ;;
     onemufu) timeout ${ONEMUFU_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/onemufu.json" \
                --configs default "two-MUFU softplus" "lanes split 12, pass 1 alone" "two-MUFU softplus, pass 1 alone" \
                --shapes ${ONEMUFU_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 \

@@ -265,6 +265,20 @@ def softplus_report():
     return rows
 
 
+def bwd_fast_math_report():
+    """The backward at its default launch (T 256, one warp, the cap of 168, prefetch, fast flip) with libdevice's
+    softplus / sigmoids and with BWD_CONFIG fast_math: registers, stack, the kernel's instructions and MUFU, and
+    the loop over state components'."""
+    rows = []
+    for fast in (False, True):
+        sass, regs, stack = sass_and_resources(compile_kernel("bwd", 1, 256, 1, maxnreg=168, prefetch=True,
+                                                              FAST_FLIP=True, FAST_MATH=fast))
+        ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
+        rows.append(dict(fast_math=fast, registers=regs, stack=stack, instructions=len(ops), mufu=ops.count("MUFU"),
+                         loop_instructions=sum(innermost_loop(sass).values())))
+    return rows
+
+
 def gluon_report(variants=GLUON_VARIANTS):
     """Per variant: registers, stack and the loop's instructions per state element of the Gluon forward and of the
     Triton forward compiled with the same specialisation (what tests/test_triton_ops.py checks)."""
@@ -397,6 +411,8 @@ def main():
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
     parser.add_argument("--lanes-report", action="store_true",
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
+    parser.add_argument("--bwd-fast-math-report", action="store_true",
+                        help="the backward with libdevice's softplus / sigmoids and with BWD_CONFIG fast_math (JSON)")
     parser.add_argument("--softplus-report", action="store_true",
                         help="the chunked inference forward with libdevice's softplus and with fast_softplus (JSON)")
     parser.add_argument("--lanes-split-report", action="store_true",
@@ -409,6 +425,9 @@ def main():
         return
     if args.lanes_report:
         print(json.dumps(lanes_report()))
+        return
+    if args.bwd_fast_math_report:
+        print(json.dumps(bwd_fast_math_report()))
         return
     if args.softplus_report:
         print(json.dumps(softplus_report()))

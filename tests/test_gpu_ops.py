@@ -513,6 +513,22 @@ def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L):
     assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4
 
 
+@pytest.mark.parametrize("time_major", [False, True], ids=["contiguous", "block"])
+@pytest.mark.parametrize("L", [1, 2, 257, 4100])
+def test_gpu_backward_fast_math_matches_float64_reference(monkeypatch, L, time_major):
+    """BWD_CONFIG fast_math (off by default; the thirty-first session built it, not timed or GPU-run): the backward's
+    one-MUFU softplus and div.full sigmoids / SiLU with the chunked training forward's alike, bf16 at 1536 channels,
+    at one step, two, a 256-step chunk plus one and 4100, NaN-filled buffers: every output and gradient within 1e-2
+    of float64 (bf16 rounding), as the default's."""
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    monkeypatch.setitem(launch.BWD_CONFIG, "fast_math", True)
+    inputs = scan_inputs(2, 1536, L, time_major=time_major, seed=L)
+    dout = torch.randn(2, 1536, L, device="cuda").to(torch.bfloat16)
+    dlast = torch.randn(2, 1536, 16, device="cuda")
+    errors, _ = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
+    assert max(errors.values()) < 1e-2, errors
+
+
 @pytest.mark.parametrize("segments", [8, 64])
 def test_gpu_scan_forward_with_L_split_across_programs_matches_one_pass_and_reference(monkeypatch, segments):
     """Issue 9's split of L across programs (inference forward): at (1, 256, 2^20) the same out / last state as one

@@ -1084,6 +1084,37 @@ def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
     assert seen[1:] == [(False, False)]
 
 
+@pytest.mark.parametrize("L,pre", [(1, 0.0), (17, -18.0), (40, 0.5)])
+def test_backward_fast_math_matches_float64_reference(monkeypatch, short_chunks, L, pre):
+    """BWD_CONFIG fast_math (off by default): the backward's softplus (one MUFU) and its sigmoids / SiLU through div.full,
+    the chunked training forward's alike (the flags reach both kernels); out, last state and every gradient against
+    float64 at 1e-4, one step, a 16-step chunk plus one, several chunks, with delta_bias putting the softplus's input
+    at tiny deltas (pre -18: exp(x) ~ 1.5e-8)."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_math", True)
+    seen = []
+    for name, keys in (("_launch_fwd", ("FAST_SOFTPLUS", "FAST_SILU")), ("_launch_bwd", ("FAST_MATH",))):
+        run = getattr(scan_launch, name)
+        monkeypatch.setattr(scan_launch, name, lambda grid, t, i, c, *a, _run=run, _keys=keys, **k: seen.append(
+            tuple(c[key] for key in _keys)) or _run(grid, t, i, c, *a, **k))
+    inputs = make_scan_inputs(2, 4, L, 3, "variable", torch.float32, seed=L)
+    inputs["delta_bias"] = inputs["delta_bias"] + pre
+    dout, dlast = torch.randn(2, 4, L), torch.randn(2, 4, 3)
+    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+    assert seen == [(True, True), (True,)], seen
+
+
+def test_backward_fast_math_compiles_to_fewer_instructions_for_sm90():
+    """BWD_CONFIG fast_math in the backward's sm_90 SASS (T 256, the cap of 168, prefetch, fast flip): the kernel a
+    sixth shorter or more (1840 -> 1456: the IEEE divisions' slow paths and libdevice's log go), fewer MUFU, the loop
+    over state components unchanged, within the cap with at most 64 bytes of spill (40: it is why it is not on
+    before the H200 times it)."""
+    slow, fast = sass_scan_report("--bwd-fast-math-report", timeout=300)
+    assert fast["fast_math"] and fast["instructions"] < 0.84 * slow["instructions"], (fast, slow)
+    assert fast["mufu"] < slow["mufu"] and fast["loop_instructions"] == slow["loop_instructions"], (fast, slow)
+    assert fast["registers"] <= 168 and fast["stack"] <= 64, fast
+
+
 def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90():
     """FWD_CONFIG fast_softplus in the chunked inference forward's sm_90 SASS (T 512, one warp, the cap of 96; with
     and without the latency prefetch): the kernel a quarter shorter or more (the IEEE division's slow path and

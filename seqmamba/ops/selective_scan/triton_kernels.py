@@ -351,13 +351,27 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 
 
 @triton.jit
-def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
-    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
+def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr, FAST_MATH: tl.constexpr = False):
+    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u. FAST_MATH: SiLU as
+    _silu_fast."""
     dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-        dy = dy * zv * tl.sigmoid(zv)
+        if FAST_MATH:
+            dy = dy * _silu_fast(zv)
+        else:
+            dy = dy * zv * tl.sigmoid(zv)
     return dy
+
+
+@triton.jit
+def _sigmoid(x, FAST_MATH: tl.constexpr):
+    """1 / (1 + exp(-x)): tl.sigmoid (an IEEE division), or with FAST_MATH exp2 and div.full's approximate
+    reciprocal (~2 ulp; an infinite 1 + exp(-x) gives 0, the limit)."""
+    if FAST_MATH:
+        return tl.fdiv(1.0, 1.0 + tl.exp2(x * -1.4426950408889634), ieee_rounding=False)
+    else:
+        return tl.sigmoid(x)
 
 
 @triton.jit
@@ -443,10 +457,12 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, FAST_MATH: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state)."""
+    first step into the previous chunk and ends holding dL/d(initial state). FAST_MATH (BWD_CONFIG fast_math): the
+    softplus as _softplus_one_mufu, the sigmoids and SiLU through exp2 and div.full, as the training forward then
+    computes delta and y."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -473,8 +489,8 @@ def _selective_scan_bwd_kernel(
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
-        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
+        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS, FAST_MATH)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z, FAST_MATH)
         delta_u = delta * u
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
@@ -501,7 +517,7 @@ def _selective_scan_bwd_kernel(
         dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            sig_z = tl.sigmoid(zv)
+            sig_z = _sigmoid(zv, FAST_MATH)
         if SOFTPLUS:
             _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
@@ -514,7 +530,7 @@ def _selective_scan_bwd_kernel(
             dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
             tl.store(dz_row + t64[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
         if SOFTPLUS:
-            ddelta = ddelta * tl.sigmoid(delta_pre)
+            ddelta = ddelta * _sigmoid(delta_pre, FAST_MATH)
         ddelta = tl.where(mask_dt, ddelta, 0.0)
         if HAS_DBIAS:
             ddbias_acc += tl.sum(ddelta, axis=1)

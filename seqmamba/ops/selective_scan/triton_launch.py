@@ -184,7 +184,13 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False)
+                  dout_copy=True, tail_launch=False, fast_math=False)
+# fast_math (off; built the thirty-first session, not timed): the backward's softplus as _softplus_one_mufu and its
+# sigmoids / SiLU through exp2 and div.full (triton_kernels._sigmoid), and the chunked training forward's alike
+# (_fast_forward_math). sm_90 SASS at T 256 under the cap of 168: the kernel 1840 -> 1496 instructions, the loop over
+# state components unchanged (422), 157 -> 168 registers with a 40-byte spill. The L split's training kernels
+# (segment end states / start gradients, the dstate pass), the Gluon forward and the lanes training forward keep
+# libdevice's (their delta differs from the fast one by ~1e-7 relative).
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -388,10 +394,19 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
              PREFETCH=prefetch,
-             FAST_SOFTPLUS=bool(delta_softplus and not save_states and _config(False, block_layout).get("fast_softplus")),
-             FAST_SILU=bool(z is not None and not save_states and _config(False, block_layout).get("fast_silu"))),
+             FAST_SOFTPLUS=bool(delta_softplus and _fast_forward_math(save_states, block_layout, "fast_softplus")),
+             FAST_SILU=bool(z is not None and _fast_forward_math(save_states, block_layout, "fast_silu"))),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
+
+
+def _fast_forward_math(save_states: bool, block_layout: bool, key: str) -> bool:
+    """Whether the chunked forward's softplus / SiLU run fast (FAST_SOFTPLUS / FAST_SILU): at inference as FWD_CONFIG
+    ``key`` says; in training (states saved for the backward) as BWD_CONFIG fast_math says, so the backward
+    recomputes delta and y as the forward computed them."""
+    if save_states:
+        return bool(_config(True, block_layout).get("fast_math"))
+    return bool(_config(False, block_layout).get(key))
 
 
 def _lane_chunk() -> int:
@@ -1095,7 +1110,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
+             FAST_MATH=bool(_config(True, block_layout).get("fast_math"))),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
