@@ -23,7 +23,7 @@ from helpers import force_lanes_forward, rel_err
 import triton
 import triton.language as tl
 
-from seqmamba.ops.selective_scan import lane_kernels
+from seqmamba.ops.selective_scan import triton_kernels as scan_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -1030,14 +1030,15 @@ def _softplus_probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, lane_kernels._softplus_one_mufu(x), mask=mask)
+    tl.store(out_ptr + offs, scan_kernels._softplus_one_mufu(x), mask=mask)
 
 
 def test_one_mufu_softplus_matches_float64():
-    """lane_kernels._softplus_one_mufu (the lanes kernels' default softplus) within 4e-7 relative of float64 from
-    x = -87 through x ~ 0 to x = 100, plus the rounding of exp2's argument |x| log2(e) (1e-7 |x|: _softplus_fast
-    has it too), and below -87, where exp(-|x|) is denormal, below the smallest normal number (the GPU's ex2.approx.ftz
-    flushes it to 0, the interpreter keeps it: both lanes softplus variants do the same); never NaN."""
+    """triton_kernels._softplus_one_mufu (the lanes kernels' and the chunked inference forward's default softplus)
+    within 4e-7 relative of float64 from x = -87 through x ~ 0 to x = 100, plus the rounding of exp2's argument
+    |x| log2(e) (1e-7 |x|: _softplus_fast has it too), and below -87, where exp(-|x|) is denormal, below the
+    smallest normal number (the GPU's ex2.approx.ftz flushes it to 0, the interpreter keeps it: both fast softplus
+    variants do the same); never NaN."""
     g = torch.Generator().manual_seed(0)
     xs = torch.cat([200 * torch.rand(20000, generator=g, dtype=torch.float64) - 100,
                     torch.tensor([-100.0, -87.0, -30.0, -1e-6, 0.0, 1e-6, 20.0, 88.0, 100.0], dtype=torch.float64)])
@@ -1059,8 +1060,8 @@ def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
     """FWD_CONFIG fast_softplus: the chunked forward's softplus as _softplus_one_mufu at inference (no states saved),
     libdevice's (Goldberg's log1p) otherwise; with fast_silu its output's SiLU through exp2 and div.full too; out
     against float64 at 1e-5 from delta = 3.7e-44 (pre -100) through x ~ 0 to past the x > 20 cut, and the flags
-    reaching the kernel at inference only (the training forward keeps libdevice's: the backward recomputes delta
-    with it)."""
+    reaching the kernel at inference only (the training forward follows BWD_CONFIG fast_math, off here: the backward
+    recomputes delta as the forward computed it)."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus", fast)
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_silu", silu)
@@ -1086,10 +1087,10 @@ def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
 
 @pytest.mark.parametrize("L,pre", [(1, 0.0), (17, -18.0), (40, 0.5)])
 def test_backward_fast_math_matches_float64_reference(monkeypatch, short_chunks, L, pre):
-    """BWD_CONFIG fast_math (off by default): the backward's softplus (one MUFU) and its sigmoids / SiLU through div.full,
-    the chunked training forward's alike (the flags reach both kernels); out, last state and every gradient against
-    float64 at 1e-4, one step, a 16-step chunk plus one, several chunks, with delta_bias putting the softplus's input
-    at tiny deltas (pre -18: exp(x) ~ 1.5e-8)."""
+    """BWD_CONFIG fast_math (off by default): the backward's softplus (one MUFU) and its sigmoids / SiLU through
+    div.full, the chunked training forward's alike (the flags reach both kernels); out, last state and every gradient
+    against float64 at 1e-4, one step, a 16-step chunk plus one, several chunks, with delta_bias putting the
+    softplus's input at tiny deltas (pre -18: exp(x) ~ 1.5e-8)."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_math", True)
     seen = []

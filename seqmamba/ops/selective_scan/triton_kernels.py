@@ -90,11 +90,11 @@ def _softplus(x):
 
 @triton.jit
 def _softplus_one_mufu(x):
-    """lane_kernels._softplus_fast with one MUFU instead of two (the lanes kernels' FAST_MATH 2, the chunked
-    forward's FAST_SOFTPLUS): log1p(e) for e = exp(-|x|) in (0, 1] as e q(e),
-    q a degree-8 polynomial (least squares for relative error on [0, 1], fp32 coefficients: 1.8e-7 relative at
-    most, evaluated in fp32), so tiny e keeps its relative accuracy (log1p(e) = e (1 - e / 2 + ...)). No
-    reciprocal: ~11 FMA-pipe instructions and the exp2."""
+    """softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], with one MUFU (the exp2): log1p(e) as e q(e), q a
+    degree-8 polynomial (least squares for relative error on [0, 1], fp32 coefficients: 1.8e-7 relative at most,
+    evaluated in fp32), so tiny e keeps its relative accuracy (log1p(e) = e (1 - e / 2 + ...)). No reciprocal
+    (lane_kernels._softplus_fast has one) and no log: ~11 FMA-pipe instructions. The lanes kernels' FAST_MATH 2
+    (FWD_CONFIG lanes_fast_math "one_mufu"), the chunked forward's FAST_SOFTPLUS, the backward's FAST_MATH."""
     e = tl.exp2(tl.abs(x) * -1.4426950408889634)
     q = 0.0052326880395412445
     q = q * e - 0.029505213722586632
@@ -111,8 +111,7 @@ def _softplus_one_mufu(x):
 @triton.jit
 def _silu_fast(z):
     """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math, the chunked forward's
-    fast_silu); the division by an
-    infinite 1 + exp(-z) (z < -88) gives -0, as the limit."""
+    fast_silu, the backward's FAST_MATH); the division by an infinite 1 + exp(-z) (z < -88) gives -0, the limit."""
     return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
 
 
@@ -120,8 +119,8 @@ def _silu_fast(z):
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_SOFTPLUS: tl.constexpr = False):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value). FAST_SOFTPLUS:
-    _softplus_one_mufu instead of libdevice's log and an IEEE division (the inference forward, FWD_CONFIG
-    fast_softplus)."""
+    _softplus_one_mufu instead of libdevice's log and an IEEE division (triton_launch._fast_forward_math, the
+    backward's FAST_MATH)."""
     raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]

@@ -152,7 +152,8 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   state components 305 -> 301) and no spill under the cap of 96 (72 bytes before). H200, forward ms:
 #   (8, 1536, 4096) 0.746 -> 0.713 (SDPA flash 0.742 in the same run), (8, 1536, 16384) 2.980 -> 2.846: 1.05x.
 #   The tenth session's two-MUFU fast math lost here (0.88-0.98x, registers under the cap). The training forward
-#   keeps libdevice's (the backward recomputes delta with it); the time-major block layout's config is not timed.
+#   follows BWD_CONFIG fast_math instead (the backward recomputes delta as it did: _fast_forward_math); the time-major
+#   block layout's config (FWD_CONFIG_CHANNEL_LAST) has neither key and is not timed.
 # - fast_silu (the chunked forward, inference only; off, not timed yet: gpu_check.sh fastsp): the output's SiLU as
 #   lane_kernels' _silu_fast (exp2 and div.full) instead of tl.sigmoid's IEEE division. sm_90 SASS at (8, 1536,
 #   4096) with fast_softplus: 1136 -> 1048 instructions and the last 24 bytes of spill gone without the prefetch
@@ -187,10 +188,11 @@ BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per
                   dout_copy=True, tail_launch=False, fast_math=False)
 # fast_math (off; built the thirty-first session, not timed): the backward's softplus as _softplus_one_mufu and its
 # sigmoids / SiLU through exp2 and div.full (triton_kernels._sigmoid), and the chunked training forward's alike
-# (_fast_forward_math). sm_90 SASS at T 256 under the cap of 168: the kernel 1840 -> 1496 instructions, the loop over
-# state components unchanged (422), 157 -> 168 registers with a 40-byte spill. The L split's training kernels
-# (segment end states / start gradients, the dstate pass), the Gluon forward and the lanes training forward keep
-# libdevice's (their delta differs from the fast one by ~1e-7 relative).
+# (_fast_forward_math). sm_90 SASS at T 256 under the cap of 168 (sass_scan.py --bwd-fast-math-report): the kernel
+# 1840 -> 1456 instructions, the loop over state components unchanged (422), 157 -> 168 registers with a 40-byte
+# spill; time it with gpu_check.sh bwdfast. The L split's training kernels (segment end states / start gradients,
+# the dstate pass) and the Gluon forward keep libdevice's, and the lanes training forward (FWD_CONFIG lanes_training,
+# off) takes lanes_fast_math whatever this says: their delta differs from the backward's by ~1e-7 relative at most.
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
