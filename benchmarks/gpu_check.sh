@@ -165,7 +165,8 @@ for step in $steps; do
             python benchmarks/build_mamba_ssm.py $([ -f $prebuilt ] && echo --prebuilt $prebuilt) \
               > "$OUT/anchor_build.log" 2>&1 &
             anchor_pid=$! ;;
-    anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid" 2>/dev/null; echo "anchor build exit $? (127: waited by an earlier step)"; tail -3 "$OUT/anchor_build.log"
+    anchor-wait) [ -n "$anchor_pid" ] && { wait "$anchor_pid" 2>/dev/null; rc=$?  # 127: an earlier step's wait took it
+                   echo "anchor build exit $rc"; tail -3 "$OUT/anchor_build.log"
                    so=$(ls .anchor/build/selective_scan_cuda*.so 2>/dev/null | head -1)
                    [ -n "$so" ] && [ ! -f .anchor/prebuilt/selective_scan_cuda.so.xz ] \
                      && xz -T0 -c "$so" > "$OUT/selective_scan_cuda.so.xz"; } ;;
@@ -208,11 +209,6 @@ for step in $steps; do
                      -k "one_mufu or gpu_lanes_split or (gpu_lanes_forward_and_backward and (bf16-640 or fp32-40-state) \
                      and (-1] or -9] or -4100])) or lanes_split_forward_matches or fast_math_softplus" \
                      2>&1 | tee "$OUT/onemufu_tests.log" ;;
-    onemufu-rest) par_pytest 4 200 onemufurest tests/test_gpu_ops.py tests/test_triton_ops.py \
-                    -k "one_mufu_softplus_matches or (gpu_lanes_split and (fp32-40-state-16384-64 or bf16-const-64-4113-4)) \
-                    or (fast_math_softplus and (one_mufu--100 or one_mufu-19 or fast--18 or libdevice--0.3))" \
-                    2>&1 | tee "$OUT/onemufu_rest.log"
-                  gen_row onemufu_prefill 130m_b64 130m 64 --cg-prefill --repeats 2 ;;
     fastsp) timeout ${FASTSP_TIMEOUT:-200} python benchmarks/bench_scan_forward_configs.py --json "$OUT/fastsp.json" \
               --configs default "chunked libdevice softplus" "chunked fast silu" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
               2>&1 | tee -a "$OUT/fastsp.log" ;;

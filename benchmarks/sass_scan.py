@@ -249,6 +249,14 @@ def lanes_split_report(uncapped_ends: bool = False):
     return rows
 
 
+def _whole_kernel_counts(compiled) -> dict:
+    """Registers, stack, the whole kernel's instructions and MUFU, and its innermost loop's instructions."""
+    sass, regs, stack = sass_and_resources(compiled)
+    ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
+    return dict(registers=regs, stack=stack, instructions=len(ops), mufu=ops.count("MUFU"),
+                loop_instructions=sum(innermost_loop(sass).values()))
+
+
 def softplus_report():
     """The chunked inference forward (FWD_CONFIG's T 512, one warp, the cap of 96; without and with the "latency"
     prefetch) with libdevice's softplus, with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu), and with
@@ -257,12 +265,9 @@ def softplus_report():
     rows = []
     for prefetch in (False, True):
         for fast, silu in ((False, False), (True, False), (True, True)):
-            sass, regs, stack = sass_and_resources(compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch,
-                                                                  FAST_SOFTPLUS=fast, FAST_SILU=silu))
-            ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
-            rows.append(dict(prefetch=prefetch, fast_softplus=fast, fast_silu=silu, registers=regs, stack=stack,
-                             instructions=len(ops), mufu=ops.count("MUFU"),
-                             loop_instructions=sum(innermost_loop(sass).values())))
+            rows.append(dict(prefetch=prefetch, fast_softplus=fast, fast_silu=silu, **_whole_kernel_counts(
+                compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch, FAST_SOFTPLUS=fast,
+                               FAST_SILU=silu))))
     return rows
 
 
@@ -272,11 +277,8 @@ def bwd_fast_math_report():
     the loop over state components'."""
     rows = []
     for fast in (False, True):
-        sass, regs, stack = sass_and_resources(compile_kernel("bwd", 1, 256, 1, maxnreg=168, prefetch=True,
-                                                              FAST_FLIP=True, FAST_MATH=fast))
-        ops = [m.group(2).split(".")[0] for m in map(_LINE.match, sass.splitlines()) if m]
-        rows.append(dict(fast_math=fast, registers=regs, stack=stack, instructions=len(ops), mufu=ops.count("MUFU"),
-                         loop_instructions=sum(innermost_loop(sass).values())))
+        rows.append(dict(fast_math=fast, **_whole_kernel_counts(
+            compile_kernel("bwd", 1, 256, 1, maxnreg=168, prefetch=True, FAST_FLIP=True, FAST_MATH=fast))))
     return rows
 
 
@@ -421,27 +423,14 @@ def main():
     parser.add_argument("--pdl-report", action="store_true",
                         help="JSON: where the PDL kernels wait, trigger and first touch global memory")
     args = parser.parse_args()
-    if args.pdl_report:
-        print(json.dumps(pdl_report(args.arch)))
-        return
-    if args.lanes_report:
-        print(json.dumps(lanes_report()))
-        return
-    if args.bwd_fast_math_report:
-        print(json.dumps(bwd_fast_math_report()))
-        return
-    if args.softplus_report:
-        print(json.dumps(softplus_report()))
-        return
-    if args.lanes_split_report:
-        print(json.dumps(lanes_split_report()))
-        return
-    if args.fast_flip_layouts:
-        print(json.dumps(fast_flip_report()))
-        return
-    if args.gluon_report:
-        print(json.dumps(gluon_report()))
-        return
+    reports = dict(pdl_report=lambda: pdl_report(args.arch), lanes_report=lanes_report,
+                   bwd_fast_math_report=bwd_fast_math_report, softplus_report=softplus_report,
+                   lanes_split_report=lanes_split_report, fast_flip_layouts=fast_flip_report,
+                   gluon_report=gluon_report)
+    for flag, make in reports.items():  # the JSON reports the tests read: one per run, printed last
+        if getattr(args, flag):
+            print(json.dumps(make()))
+            return
     names = list(KERNELS) if args.kernel == "all" else [args.kernel]
     for name in names:
         if name == "lanes_fwd":  # one channel per lane: 32 per warp, chunks of 8 bf16 steps

@@ -33,3 +33,19 @@ def force_lanes_forward(monkeypatch, **options) -> list:
     used, check = [], launch._lanes_forward_ok
     monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
     return used
+
+
+def record_launch_flags(monkeypatch, launches) -> list:
+    """Wraps triton_launch's cached launches (``launches``: {attribute name, e.g. "_launch_fwd": constexpr keys}) so
+    each call appends the tuple of those keys' values to the returned list (one list for all of them, in call order),
+    then launches as before."""
+    import importlib
+
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    seen = []
+    for name, keys in launches.items():
+        def recording(grid, tensors, ints, constexprs, *rest, _run=getattr(launch, name), _keys=tuple(keys), **kw):
+            seen.append(tuple(constexprs[key] for key in _keys))
+            return _run(grid, tensors, ints, constexprs, *rest, **kw)
+        monkeypatch.setattr(launch, name, recording)
+    return seen

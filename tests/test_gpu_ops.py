@@ -9,7 +9,7 @@ import torch
 
 from seqmamba.ops import selective_scan, selective_scan_ref, selective_state_update
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
-from helpers import force_lanes_forward, rel_err
+from helpers import force_lanes_forward, record_launch_flags, rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -212,9 +212,7 @@ def test_gpu_chunked_inference_forward_softplus_matches_float64(monkeypatch, L, 
     monkeypatch.setitem(launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(launch.FWD_CONFIG, "fast_softplus", fast)
     monkeypatch.setitem(launch.FWD_CONFIG, "fast_silu", silu)
-    seen, run = [], launch._launch_fwd
-    monkeypatch.setattr(launch, "_launch_fwd", lambda grid, t, i, c, *a, **k: seen.append(
-        (c["FAST_SOFTPLUS"], c["FAST_SILU"])) or run(grid, t, i, c, *a, **k))
+    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU")})
     inputs = scan_inputs(2, 640, L, dtype=dtype, time_major=False, seed=L)
     with torch.no_grad():
         out, last = selective_scan(**inputs, delta_softplus=True, backend="triton", return_last_state=True)

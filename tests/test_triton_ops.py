@@ -19,7 +19,7 @@ from seqmamba.ops import causal_conv1d, causal_conv1d_update, selective_scan, se
 from seqmamba.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
 from seqmamba.ops.selective_scan.reference import selective_scan_ref
 from seqmamba.ops.selective_state_update.reference import selective_state_update_ref
-from helpers import force_lanes_forward, rel_err
+from helpers import force_lanes_forward, record_launch_flags, rel_err
 import triton
 import triton.language as tl
 
@@ -1053,6 +1053,24 @@ def test_one_mufu_softplus_matches_float64():
     assert ((got - ref).abs()[~normal] < 2.0 ** -126).all()
 
 
+def _tiny_delta_scans(pre: float, L: int):
+    """(Triton out, float64 reference out, the inputs u, delta, A, B, C, z, delta_bias on DEVICE) of an inference
+    scan at (1, 4, L), N 4, whose delta_bias ``pre`` puts the softplus's input where it is hard: tiny deltas (pre
+    -100: 3.7e-44, a denormal; -18: 1.5e-8, where fp32's log(1 + exp(x)) is 0) or past the x > 20 cut."""
+    g = torch.Generator().manual_seed(0)
+    batch, dim, N = 1, 4, 4
+    u, z = torch.randn(batch, dim, L, generator=g), 4 * torch.randn(batch, dim, L, generator=g)
+    delta = 0.1 * torch.randn(batch, dim, L, generator=g)
+    A = -torch.rand(dim, N, generator=g) - 0.5
+    B, C = torch.randn(batch, N, L, generator=g), torch.randn(batch, N, L, generator=g)
+    args = [t.to(DEVICE) for t in (u, delta, A, B, C, z, torch.full((dim,), pre))]
+    u, delta, A, B, C, z, bias = args
+    out = selective_scan(u, delta, A, B, C, None, z, bias, delta_softplus=True, backend="triton")
+    ref = selective_scan_ref(*[t.double() for t in (u, delta, A, B, C)], None, z.double(), bias.double(),
+                             delta_softplus=True)
+    return out, ref, args
+
+
 @pytest.mark.parametrize("pre", [-100.0, -18.0, -0.3, 25.0])
 @pytest.mark.parametrize("fast,silu", [(True, False), (True, True), (False, False)],
                          ids=["fast_softplus", "fast_silu", "libdevice"])
@@ -1065,23 +1083,11 @@ def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus", fast)
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_silu", silu)
-    seen, run = [], scan_launch._launch_fwd
-    monkeypatch.setattr(scan_launch, "_launch_fwd", lambda grid, t, i, c, *a, **k: seen.append(
-        (c["FAST_SOFTPLUS"], c["FAST_SILU"])) or run(grid, t, i, c, *a, **k))
-    g = torch.Generator().manual_seed(0)
-    batch, dim, L, N = 1, 4, 24, 4
-    u, z = torch.randn(batch, dim, L, generator=g), 4 * torch.randn(batch, dim, L, generator=g)
-    delta = 0.1 * torch.randn(batch, dim, L, generator=g)
-    A = -torch.rand(dim, N, generator=g) - 0.5
-    B, C = torch.randn(batch, N, L, generator=g), torch.randn(batch, N, L, generator=g)
-    args = [t.to(DEVICE) for t in (u, delta, A, B, C)]
-    bias = torch.full((dim,), pre, device=DEVICE)
-    out = selective_scan(*args, None, z.to(DEVICE), bias, delta_softplus=True, backend="triton")
-    ref = selective_scan_ref(*[t.double() for t in args], None, z.double().to(DEVICE), bias.double(),
-                             delta_softplus=True)
+    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU")})
+    out, ref, args = _tiny_delta_scans(pre, 24)
     assert seen == [(fast, silu)] and rel_err(out, ref) < 1e-5
-    trained = [t.clone().requires_grad_(True) for t in args]
-    selective_scan(*trained, None, z.to(DEVICE), bias, delta_softplus=True, backend="triton").sum().backward()
+    u, delta, A, B, C, z, bias = (t.clone().requires_grad_(True) for t in args)
+    selective_scan(u, delta, A, B, C, None, z, bias, delta_softplus=True, backend="triton").sum().backward()
     assert seen[1:] == [(False, False)]
 
 
@@ -1093,11 +1099,8 @@ def test_backward_fast_math_matches_float64_reference(monkeypatch, short_chunks,
     softplus's input at tiny deltas (pre -18: exp(x) ~ 1.5e-8)."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_math", True)
-    seen = []
-    for name, keys in (("_launch_fwd", ("FAST_SOFTPLUS", "FAST_SILU")), ("_launch_bwd", ("FAST_MATH",))):
-        run = getattr(scan_launch, name)
-        monkeypatch.setattr(scan_launch, name, lambda grid, t, i, c, *a, _run=run, _keys=keys, **k: seen.append(
-            tuple(c[key] for key in _keys)) or _run(grid, t, i, c, *a, **k))
+    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU"),
+                                             "_launch_bwd": ("FAST_MATH",)})
     inputs = make_scan_inputs(2, 4, L, 3, "variable", torch.float32, seed=L)
     inputs["delta_bias"] = inputs["delta_bias"] + pre
     dout, dlast = torch.randn(2, 4, L), torch.randn(2, 4, 3)
@@ -1145,17 +1148,7 @@ def test_lanes_fast_math_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
     from delta = 3.7e-44 (pre -100; a denormal) and 1.5e-8 (pre -18, where fp32's log(1 + exp(x)) is 0) through
     x ~ 0 to past the x > 20 cut."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes_fast_math", fast)
-    g = torch.Generator().manual_seed(0)
-    batch, dim, L, N = 1, 4, 8, 4
-    u, z = torch.randn(batch, dim, L, generator=g), 4 * torch.randn(batch, dim, L, generator=g)
-    delta = 0.1 * torch.randn(batch, dim, L, generator=g)
-    A = -torch.rand(dim, N, generator=g) - 0.5
-    B, C = torch.randn(batch, N, L, generator=g), torch.randn(batch, N, L, generator=g)
-    bias = torch.full((dim,), pre)
-    args = [t.to(DEVICE) for t in (u, delta, A, B, C)]
-    out = selective_scan(*args, None, z.to(DEVICE), bias.to(DEVICE), delta_softplus=True, backend="triton")
-    ref = selective_scan_ref(*[t.double() for t in args], None, z.double().to(DEVICE), bias.double().to(DEVICE),
-                             delta_softplus=True)
+    out, ref, _ = _tiny_delta_scans(pre, 8)
     assert lanes_forward == [True] and rel_err(out, ref) < 1e-5
 
 
