@@ -78,8 +78,6 @@ CONFIGS = [
     # (8, 1536, 4096) 1752 -> 1192 instructions in the kernel (the loop over components 305 -> 301), and its
     # 72-byte spill under the cap of 96 gone
     ("chunked libdevice softplus", dict(fast_softplus=False)),
-    # and its output's SiLU through exp2 and div.full (FWD_CONFIG fast_silu; sm_90 SASS 1136 -> 1048 and no spill)
-    ("chunked fast silu", dict(fast_silu=True)),
     ("two-MUFU softplus", dict(lanes_fast_math=True)),
     ("two-MUFU softplus, pass 1 alone", dict(lanes_fast_math=True)),
     ("gluon", dict(gluon=True)),

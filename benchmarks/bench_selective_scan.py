@@ -424,7 +424,7 @@ def main():
                         help="block: the Mamba block's layouts (correctness check, then block vs contiguous times)")
     parser.add_argument("--sweep", action="store_true", help="pick the launch configs first, then the table")
     parser.add_argument("--sweep-only", action="store_true")
-    parser.add_argument("--shapes", default="all", help="'all' or indices into SHAPES, e.g. 0,1,6")
+    parser.add_argument("--shapes", default="all", help="'all', or indices into SHAPES and / or BATCHxDIMxL, e.g. 0,1,6,32x1536x2048")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--attention", action="store_true",
                         help="also time SDPA flash attention at (8, 12 heads, L, 64) causal beside the scan")
@@ -459,7 +459,8 @@ def main():
     gpu = torch.cuda.get_device_name()
     copy_gbs = copy_bandwidth_gbs()
     have_mamba = mamba_ssm_available()
-    shapes = SHAPES if args.shapes == "all" else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    shapes = SHAPES if args.shapes == "all" else [
+        tuple(int(v) for v in item.split("x")) if "x" in item else SHAPES[int(item)] for item in args.shapes.split(",")]
     rows = []
     for batch, dim, L in shapes:
         inputs = make_inputs(batch, dim, L)
@@ -483,7 +484,9 @@ def main():
             m_queued = queued_ms(m_fb) if small else None
             del m_fwd, m_fb
         else:
-            base, source, m_peak, m_queued = ANCHOR_MS[(batch, dim, L)], "anchor", "-", None
+            # a shape with no anchor row (given as BATCHxDIMxL) has no baseline: its ratios print as nan
+            base = ANCHOR_MS.get((batch, dim, L), (float("nan"), float("nan")))
+            source, m_peak, m_queued = ("anchor" if (batch, dim, L) in ANCHOR_MS else "-"), "-", None
         rows.append((f"{batch},{dim},{L}", fwd_ms, fb_ms, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd_gbs,
                      100 * bwd_gbs / copy_gbs, peak, ref_ratio, base[0] / fwd_ms, base[1] / fb_ms, source, m_peak,
                      base[0], base[1], fb_queued, m_queued, 100 * exp_floor_ms(batch, dim, L) / fwd_ms))

@@ -88,11 +88,18 @@
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
 #          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
 #            issue 9's rows and the DNA widths)
+#          | stepprof (the scan's fwd+bwd kernel by kernel, ours and mamba_ssm's: profile_scan_step.py at STEPPROF_SHAPES)
+#          | trainfwd (the chunked training forward under the inference forward's register cap and / or with its fast
+#            softplus: kernel times (profile_scan_step.py) and the scan table's fwd+bwd at (8, 1536, 4096 / 16384),
+#            (2, 1536, 65536) for each)
+#          | lanestrain-tests (the default training forward's lanes / chunked choice, the lanes forward and backward, the
+#            model's and trainer's GPU tests) | lanestrain (FWD_CONFIG lanes_training off / on, twice: the scan table's rows at LANESTRAIN_SHAPES)
+#          | splitwarps (the lanes split's warp target 12 / 16 / 24 per SM at the long rows, against mamba_ssm)
 #          | onemufu-tests (the lanes kernels' GPU tests for the one-MUFU softplus, the split's, the edge lengths')
 #          | fastsp (the chunked forward's softplus as the one-MUFU polynomial, FWD_CONFIG fast_softplus, the default,
-#            against libdevice's, and fast_silu, at (8, 1536, 4096 / 16384), with flash attention)
-#          | bwdfast (BWD_CONFIG fast_math off / on, twice: the scan table's fwd+bwd at issue 9's shapes; run its GPU
-#            test first: -k "gpu and fast_math")
+#            against libdevice's, at (8, 1536, 4096 / 16384), with flash attention)
+#          | trainedge (the scan's GPU edge-length tests, real width both layouts, and the default training forward's
+#            lanes / chunked choice) | issue9table (the scan table, every row, with mamba_ssm and flash attention)
 #          | onemufu (the default's one-MUFU softplus against the two-MUFU one at issue 9's rows, the split's and the
 #            prefill's shapes, with mamba_ssm and flash attention)
 #          | lanessplit-ends (the split's first pass at 4-step chunks / a register cap against the default)
@@ -210,13 +217,36 @@ for step in $steps; do
                      and (-1] or -9] or -4100])) or lanes_split_forward_matches or fast_math_softplus" \
                      2>&1 | tee "$OUT/onemufu_tests.log" ;;
     fastsp) timeout ${FASTSP_TIMEOUT:-200} python benchmarks/bench_scan_forward_configs.py --json "$OUT/fastsp.json" \
-              --configs default "chunked libdevice softplus" "chunked fast silu" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
+              --configs default "chunked libdevice softplus" --shapes ${FASTSP_SHAPES:-8x1536x4096 8x1536x16384} \
               2>&1 | tee -a "$OUT/fastsp.log" ;;
-    bwdfast) for run in 1 2; do for fm in 0 1; do  # BWD_CONFIG fast_math (with the training forward's) off / on
-               echo "== run $run fast_math=$fm" | tee -a "$OUT/bwdfast.log"
-               SEQMAMBA_SCAN_BWD_CONFIG="fast_math=$fm" timeout 200 python benchmarks/bench_selective_scan.py \
-                 --shapes ${BWDFAST_SHAPES:-0,1,2,6} --no-decode --no-reference 2>&1 | tail -14 | tee -a "$OUT/bwdfast.log"
-             done; done ;;
+    trainedge) par_pytest 12 ${TRAINEDGE_TIMEOUT:-180} trainedge -m gpu tests/test_gpu_ops.py \
+                 -k "edge_lengths or default_training or real_chunking" 2>&1 | tee "$OUT/trainedge.log" ;;
+    issue9table) timeout ${ISSUE9TABLE_TIMEOUT:-300} python benchmarks/bench_selective_scan.py --attention --no-reference \
+                   2>&1 | tee "$OUT/issue9table.log" ;;
+    stepprof) timeout ${STEPPROF_TIMEOUT:-120} python benchmarks/profile_scan_step.py \
+                --shapes ${STEPPROF_SHAPES:-8x1536x4096 8x1536x16384} 2>&1 | tee "$OUT/stepprof.log" ;;
+    trainfwd) for cfg in "" ${TRAINFWD_CONFIGS:-maxnreg_inference_only=1,fast_softplus_training=0 \
+                fast_softplus_training=0}; do  # the chunked training forward: the default, then without the cap / fast
+                echo "== FWD_CONFIG ${cfg:-default}" | tee -a "$OUT/trainfwd.log"
+                SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 150 python benchmarks/profile_scan_step.py --impls triton \
+                  --shapes ${TRAINFWD_SHAPES:-8x1536x4096 8x1536x16384 2x1536x65536} 2>&1 | grep -E "ms" \
+                  | tee -a "$OUT/trainfwd.log"
+                SEQMAMBA_SCAN_FWD_CONFIG="$cfg" timeout 150 python benchmarks/bench_selective_scan.py --shapes 1,2,3 \
+                  --no-decode --no-reference 2>&1 | grep -E "^\| [0-9]" | tee -a "$OUT/trainfwd.log"
+              done ;;
+    lanestrain-tests) par_pytest 6 ${LANESTRAIN_TESTS_TIMEOUT:-240} lanestraintests -m gpu tests/test_gpu_ops.py \
+                        tests/test_mamba_lm.py tests/test_trainer.py -k "default_training or (gpu_lanes_forward_and_backward \
+                        and (bf16-640 or fp32-40-state)) or test_mamba_lm or test_trainer" 2>&1 | tee "$OUT/lanestrain_tests.log" ;;
+    lanestrain) for run in 1 2; do for lt in 0 1; do  # FWD_CONFIG lanes_training: the lanes forward saving the
+                  # backward's states where it has lanes_min_warps_per_sm warps per SM, off / on
+                  echo "== run $run lanes_training=$lt" | tee -a "$OUT/lanestrain.log"
+                  SEQMAMBA_SCAN_FWD_CONFIG="lanes_training=$lt" timeout 200 python benchmarks/bench_selective_scan.py \
+                    --shapes ${LANESTRAIN_SHAPES:-6,32x1536x2048,64x1536x2048} --no-decode --no-reference 2>&1 \
+                    | grep -E "^\| [0-9]" | tee -a "$OUT/lanestrain.log"
+                done; done ;;
+    splitwarps) timeout ${SPLITWARPS_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py \
+                  --json "$OUT/splitwarps.json" --configs default "lanes split 16" "lanes split 24" \
+                  --shapes ${SPLITWARPS_SHAPES:-1x1536x1048576 1x1536x262144 2x1536x65536} 2>&1 | tee "$OUT/splitwarps.log" ;;
     onemufu) timeout ${ONEMUFU_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py --json "$OUT/onemufu.json" \
                --configs default "two-MUFU softplus" "lanes split 12, pass 1 alone" "two-MUFU softplus, pass 1 alone" \
                --shapes ${ONEMUFU_SHAPES:-2x1536x65536 1x1536x262144 1x1536x1048576 1x256x1048576 \

@@ -58,8 +58,7 @@ def compile_kernel(name: str, block_d: int, T: int, num_warps: int, maxnreg=None
     values = dict(BLOCK_D=block_d, T=T, HAS_D=True, HAS_Z=True, HAS_DBIAS=True, SOFTPLUS=True, B_VAR=True,
                   C_VAR=True, SAVE_STATES=False, SAVES_PER_CHUNK=1, MASKED_LAST=True, PREFETCH=prefetch,
                   FAST_FLIP=False, WARPS=num_warps, BC_PAIRS=False, N=16, TC=4, T_SAVE=256,
-                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False, FAST_SOFTPLUS=False,
-                  FAST_SILU=False)
+                  HAS_INIT=False, FAST_MATH=False, SEQ_PAIRS=False, SPLIT=False, PDL=False, FAST_SOFTPLUS=False)
     values.update(constexprs)
     signature, constants, attrs = {}, {}, {}
     for i, (arg, param) in enumerate(zip(fn.arg_names, fn.params)):
@@ -259,26 +258,13 @@ def _whole_kernel_counts(compiled) -> dict:
 
 def softplus_report():
     """The chunked inference forward (FWD_CONFIG's T 512, one warp, the cap of 96; without and with the "latency"
-    prefetch) with libdevice's softplus, with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu), and with
-    fast_silu too: per row registers, stack, the whole kernel's instructions and MUFU, and the loop over state
-    components'."""
+    prefetch) with libdevice's softplus and with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu): per
+    row registers, stack, the whole kernel's instructions and MUFU, and the loop over state components'."""
     rows = []
     for prefetch in (False, True):
-        for fast, silu in ((False, False), (True, False), (True, True)):
-            rows.append(dict(prefetch=prefetch, fast_softplus=fast, fast_silu=silu, **_whole_kernel_counts(
-                compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch, FAST_SOFTPLUS=fast,
-                               FAST_SILU=silu))))
-    return rows
-
-
-def bwd_fast_math_report():
-    """The backward at its default launch (T 256, one warp, the cap of 168, prefetch, fast flip) with libdevice's
-    softplus / sigmoids and with BWD_CONFIG fast_math: registers, stack, the kernel's instructions and MUFU, and
-    the loop over state components'."""
-    rows = []
-    for fast in (False, True):
-        rows.append(dict(fast_math=fast, **_whole_kernel_counts(
-            compile_kernel("bwd", 1, 256, 1, maxnreg=168, prefetch=True, FAST_FLIP=True, FAST_MATH=fast))))
+        for fast in (False, True):
+            rows.append(dict(prefetch=prefetch, fast_softplus=fast, **_whole_kernel_counts(
+                compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch, FAST_SOFTPLUS=fast))))
     return rows
 
 
@@ -414,8 +400,6 @@ def main():
                         help="JSON: the Gluon forward against the Triton forward, per specialisation")
     parser.add_argument("--lanes-report", action="store_true",
                         help="JSON: the lanes forward's registers, loop and shuffles per specialisation")
-    parser.add_argument("--bwd-fast-math-report", action="store_true",
-                        help="the backward with libdevice's softplus / sigmoids and with BWD_CONFIG fast_math (JSON)")
     parser.add_argument("--softplus-report", action="store_true",
                         help="the chunked inference forward with libdevice's softplus and with fast_softplus (JSON)")
     parser.add_argument("--lanes-split-report", action="store_true",
@@ -423,10 +407,8 @@ def main():
     parser.add_argument("--pdl-report", action="store_true",
                         help="JSON: where the PDL kernels wait, trigger and first touch global memory")
     args = parser.parse_args()
-    reports = dict(pdl_report=lambda: pdl_report(args.arch), lanes_report=lanes_report,
-                   bwd_fast_math_report=bwd_fast_math_report, softplus_report=softplus_report,
-                   lanes_split_report=lanes_split_report, fast_flip_layouts=fast_flip_report,
-                   gluon_report=gluon_report)
+    reports = dict(pdl_report=lambda: pdl_report(args.arch), lanes_report=lanes_report, softplus_report=softplus_report,
+                   lanes_split_report=lanes_split_report, fast_flip_layouts=fast_flip_report, gluon_report=gluon_report)
     for flag, make in reports.items():  # the JSON reports the tests read: one per run, printed last
         if getattr(args, flag):
             print(json.dumps(make()))

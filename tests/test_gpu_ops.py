@@ -199,27 +199,24 @@ def test_gpu_scan_inference_forward_matches_reference(dtype, tol):
         assert rel_err(out, ref) < tol and rel_err(last, ref_last) < tol, batch
 
 
-@pytest.mark.parametrize("fast,silu", [(True, False), (True, True), (False, False)],
-                         ids=["fast_softplus", "fast_silu", "libdevice"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_softplus", "libdevice"])
 @pytest.mark.parametrize("L,dtype", [(1, torch.float32), (2, torch.bfloat16), (513, torch.float32),
                                      (4097, torch.bfloat16)])
-def test_gpu_chunked_inference_forward_softplus_matches_float64(monkeypatch, L, dtype, fast, silu):
-    """FWD_CONFIG fast_softplus: the chunked inference forward (lanes off) with the one-MUFU softplus (and with
-    fast_silu the output's SiLU through div.full), and with libdevice's, at one step, two, a 512-step chunk plus one
-    and 4097; out and last state against float64 (NaN-filled buffers); the flags reached the kernel as asked. The
-    thirty-first session ran the fast_softplus and libdevice cases on the H200 (8 passed), not fast_silu."""
+def test_gpu_chunked_inference_forward_softplus_matches_float64(monkeypatch, L, dtype, fast):
+    """FWD_CONFIG fast_softplus: the chunked inference forward (lanes off) with the one-MUFU softplus, and with
+    libdevice's, at one step, two, a 512-step chunk plus one and 4097; out and last state against float64 (NaN-filled
+    buffers); the flag reached the kernel only where asked."""
     launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
     monkeypatch.setitem(launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(launch.FWD_CONFIG, "fast_softplus", fast)
-    monkeypatch.setitem(launch.FWD_CONFIG, "fast_silu", silu)
-    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU")})
+    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS",)})
     inputs = scan_inputs(2, 640, L, dtype=dtype, time_major=False, seed=L)
     with torch.no_grad():
         out, last = selective_scan(**inputs, delta_softplus=True, backend="triton", return_last_state=True)
     ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
                                        return_last_state=True)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert seen == [(fast, silu)] and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
+    assert seen == [(fast,)] and rel_err(out, ref) < tol and rel_err(last, ref_last) < 1e-4
 
 
 def test_gpu_scan_cached_launches_match_launches_through_triton(monkeypatch):
@@ -492,12 +489,15 @@ def test_gpu_scan_edge_lengths_every_output_and_gradient_match_float64_reference
         assert torch.count_nonzero(grads["A"]) == 0
 
 
+@pytest.mark.parametrize("time_major", [True, False], ids=["time-major", "contiguous"])
 @pytest.mark.parametrize("batch,L", [(8, 1), (1, 1), (8, 2), (1, 1025), (8, 513)])
-def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L):
+def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L, time_major):
     """Real width (1536 channels; at batch 1 the forward takes its latency-bound launch when no states are saved),
-    bf16 time-major inputs as the Mamba block passes them: 1e-2 against float64 (bf16 rounding of out / du)."""
+    bf16 inputs time-major as the Mamba block passes them, or L-contiguous (at batch 8 the training forward runs
+    under the register cap of 96 with the one-MUFU softplus: maxnreg_inference_only off, fast_softplus_training on):
+    1e-2 against float64 (bf16 rounding of out / du)."""
     dim = 1536
-    inputs = scan_inputs(batch, dim, L, seed=L)
+    inputs = scan_inputs(batch, dim, L, seed=L, time_major=time_major)
     dout = torch.randn(batch, L, dim, device="cuda").to(torch.bfloat16).transpose(1, 2)
     dlast = torch.randn(batch, dim, 16, device="cuda")
     errors, grads = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
@@ -509,22 +509,6 @@ def test_gpu_scan_edge_lengths_at_real_width_match_float64_reference(batch, L):
         ref, ref_last = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True,
                                            return_last_state=True)
     assert rel_err(out, ref) < 1e-2 and rel_err(last, ref_last) < 1e-4
-
-
-@pytest.mark.parametrize("time_major", [False, True], ids=["contiguous", "block"])
-@pytest.mark.parametrize("L", [1, 2, 257, 4100])
-def test_gpu_backward_fast_math_matches_float64_reference(monkeypatch, L, time_major):
-    """BWD_CONFIG fast_math (off by default; the thirty-first session built it, not timed or GPU-run): the backward's
-    one-MUFU softplus and div.full sigmoids / SiLU with the chunked training forward's alike, bf16 at 1536 channels,
-    at one step, two, a 256-step chunk plus one and 4100, NaN-filled buffers: every output and gradient within 1e-2
-    of float64 (bf16 rounding), as the default's."""
-    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
-    monkeypatch.setitem(launch.BWD_CONFIG, "fast_math", True)
-    inputs = scan_inputs(2, 1536, L, time_major=time_major, seed=L)
-    dout = torch.randn(2, 1536, L, device="cuda").to(torch.bfloat16)
-    dlast = torch.randn(2, 1536, 16, device="cuda")
-    errors, _ = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
-    assert max(errors.values()) < 1e-2, errors
 
 
 @pytest.mark.parametrize("segments", [8, 64])
@@ -682,6 +666,26 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
         errors, _ = _float64_comparison(inputs, dout, dlast, h0 is not None,
                                         lambda **k: selective_scan(**k, backend="triton"))
         assert used[-1] and max(errors.values()) < tol, errors
+
+
+@pytest.mark.parametrize("L", [2, 257, 1030])
+def test_gpu_default_training_forward_runs_lanes_where_it_has_the_warps(monkeypatch, L):
+    """FWD_CONFIG lanes_training (on since the thirty-second session): with the default config, a training call with
+    lanes_min_warps_per_sm of the lanes kernel's warps per SM runs the lanes forward (it saves the backward's chunk
+    states), one with fewer the chunked forward; the gradients of both against float64, bf16 inputs."""
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    used, check = [], launch._lanes_forward_ok
+    monkeypatch.setattr(launch, "_lanes_forward_ok", lambda *a: used.append(check(*a)) or used[-1])
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    warps = launch.FWD_CONFIG["lanes_min_warps_per_sm"] * sms
+    dim = 1536
+    for batch, lanes in ((-(-warps * 32 // dim), True), (max(1, warps * 32 // dim - 1), False)):
+        inputs = scan_inputs(batch, dim, L, time_major=False, seed=L + batch)
+        dout, dlast = torch.randn(batch, dim, L, device="cuda"), torch.randn(batch, dim, 16, device="cuda")
+        used.clear()
+        errors, _ = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
+        assert used and all(answer == lanes for answer in used), (batch, used)
+        assert max(errors.values()) < 1e-2, (batch, errors)
 
 
 @pytest.mark.parametrize("cap,chunk,seq,fast", [(None, 4, False, True), (200, 4, False, True), (None, 2, False, True),

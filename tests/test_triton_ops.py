@@ -1072,59 +1072,37 @@ def _tiny_delta_scans(pre: float, L: int):
 
 
 @pytest.mark.parametrize("pre", [-100.0, -18.0, -0.3, 25.0])
-@pytest.mark.parametrize("fast,silu", [(True, False), (True, True), (False, False)],
-                         ids=["fast_softplus", "fast_silu", "libdevice"])
-def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, pre, fast, silu):
-    """FWD_CONFIG fast_softplus: the chunked forward's softplus as _softplus_one_mufu at inference (no states saved),
-    libdevice's (Goldberg's log1p) otherwise; with fast_silu its output's SiLU through exp2 and div.full too; out
-    against float64 at 1e-5 from delta = 3.7e-44 (pre -100) through x ~ 0 to past the x > 20 cut, and the flags
-    reaching the kernel at inference only (the training forward follows BWD_CONFIG fast_math, off here: the backward
-    recomputes delta as the forward computed it)."""
+@pytest.mark.parametrize("fast,training", [(True, True), (True, False), (False, True)],
+                         ids=["fast_softplus", "inference-only", "libdevice"])
+def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypatch, pre, fast, training):
+    """FWD_CONFIG fast_softplus: the chunked forward's softplus as _softplus_one_mufu, libdevice's (Goldberg's log1p)
+    otherwise; out against float64 at 1e-5 from delta = 3.7e-44 (pre -100) through x ~ 0 to past the x > 20 cut.
+    The training forward (states saved) takes it only with fast_softplus_training too; the backward recomputes delta
+    with libdevice's either way, and the gradients agree with the libdevice training forward's within 1e-5 (against
+    float64 they do not at pre 25, whatever the softplus: dA there is a sum of terms ~1e-9-1e-5 in fp32)."""
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
     monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus", fast)
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_silu", silu)
-    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU")})
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus_training", training)
+    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS",)})
     out, ref, args = _tiny_delta_scans(pre, 24)
-    assert seen == [(fast, silu)] and rel_err(out, ref) < 1e-5
-    u, delta, A, B, C, z, bias = (t.clone().requires_grad_(True) for t in args)
-    selective_scan(u, delta, A, B, C, None, z, bias, delta_softplus=True, backend="triton").sum().backward()
-    assert seen[1:] == [(False, False)]
-
-
-@pytest.mark.parametrize("L,pre", [(1, 0.0), (17, -18.0), (40, 0.5)])
-def test_backward_fast_math_matches_float64_reference(monkeypatch, short_chunks, L, pre):
-    """BWD_CONFIG fast_math (off by default): the backward's softplus (one MUFU) and its sigmoids / SiLU through
-    div.full, the chunked training forward's alike (the flags reach both kernels); out, last state and every gradient
-    against float64 at 1e-4, one step, a 16-step chunk plus one, several chunks, with delta_bias putting the
-    softplus's input at tiny deltas (pre -18: exp(x) ~ 1.5e-8)."""
-    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
-    monkeypatch.setitem(scan_launch.BWD_CONFIG, "fast_math", True)
-    seen = record_launch_flags(monkeypatch, {"_launch_fwd": ("FAST_SOFTPLUS", "FAST_SILU"),
-                                             "_launch_bwd": ("FAST_MATH",)})
-    inputs = make_scan_inputs(2, 4, L, 3, "variable", torch.float32, seed=L)
-    inputs["delta_bias"] = inputs["delta_bias"] + pre
-    dout, dlast = torch.randn(2, 4, L), torch.randn(2, 4, 3)
-    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
-    assert seen == [(True, True), (True,)], seen
-
-
-def test_backward_fast_math_compiles_to_fewer_instructions_for_sm90():
-    """BWD_CONFIG fast_math in the backward's sm_90 SASS (T 256, the cap of 168, prefetch, fast flip): the kernel a
-    sixth shorter or more (1840 -> 1456: the IEEE divisions' slow paths and libdevice's log go), fewer MUFU, the loop
-    over state components unchanged, within the cap with at most 64 bytes of spill (40: it is why it is not on
-    before the H200 times it)."""
-    slow, fast = sass_scan_report("--bwd-fast-math-report", timeout=300)
-    assert fast["fast_math"] and fast["instructions"] < 0.84 * slow["instructions"], (fast, slow)
-    assert fast["mufu"] < slow["mufu"] and fast["loop_instructions"] == slow["loop_instructions"], (fast, slow)
-    assert fast["registers"] <= 168 and fast["stack"] <= 64, fast
+    assert seen == [(fast,)] and rel_err(out, ref) < 1e-5
+    grads = []
+    for softplus in (fast, False):
+        monkeypatch.setitem(scan_launch.FWD_CONFIG, "fast_softplus", softplus)
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        u, delta, A, B, C, z, bias = leaves
+        selective_scan(u, delta, A, B, C, None, z, bias, delta_softplus=True, backend="triton").sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    assert seen[1:] == [(fast and training,), (False,)]
+    for name, got, want in zip(("u", "delta", "A", "B", "C", "z", "delta_bias"), *grads):
+        assert rel_err(got, want) < 1e-5, name
 
 
 def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90():
     """FWD_CONFIG fast_softplus in the chunked inference forward's sm_90 SASS (T 512, one warp, the cap of 96; with
     and without the latency prefetch): the kernel a quarter shorter or more (the IEEE division's slow path and
     libdevice's log go: 1752 -> 1192 instructions with the prefetch), 16 fewer MUFU (one per step of a lane's 16),
-    no more spill than libdevice's (72 -> 0 bytes, 64 -> 24), the loop over state components within 2%; with
-    fast_silu too, 5% shorter again and the last spill gone (1136 -> 1048, 24 -> 0 bytes without the prefetch)."""
+    no more spill than libdevice's (72 -> 0 bytes, 64 -> 24), the loop over state components within 2%."""
     rows = sass_scan_report("--softplus-report", timeout=300)
     for prefetch in (False, True):
         slow, fast = (next(r for r in rows if r["prefetch"] == prefetch and r["fast_softplus"] == f)
@@ -1133,10 +1111,6 @@ def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90()
         assert fast["mufu"] == slow["mufu"] - 16 and fast["stack"] <= slow["stack"], (fast, slow)
         assert fast["loop_instructions"] <= 1.02 * slow["loop_instructions"], (fast, slow)
         assert fast["registers"] <= 96, fast
-        # fast_silu on top: shorter again (tl.sigmoid's IEEE division goes), no more spill, the loop within 2%
-        silu = next(r for r in rows if r["prefetch"] == prefetch and r["fast_silu"])
-        assert silu["instructions"] < 0.95 * fast["instructions"] and silu["stack"] <= fast["stack"], (silu, fast)
-        assert silu["loop_instructions"] <= 1.02 * fast["loop_instructions"], (silu, fast)
 
 
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])

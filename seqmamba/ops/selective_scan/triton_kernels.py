@@ -94,7 +94,7 @@ def _softplus_one_mufu(x):
     degree-8 polynomial (least squares for relative error on [0, 1], fp32 coefficients: 1.8e-7 relative at most,
     evaluated in fp32), so tiny e keeps its relative accuracy (log1p(e) = e (1 - e / 2 + ...)). No reciprocal
     (lane_kernels._softplus_fast has one) and no log: ~11 FMA-pipe instructions. The lanes kernels' FAST_MATH 2
-    (FWD_CONFIG lanes_fast_math "one_mufu"), the chunked forward's FAST_SOFTPLUS, the backward's FAST_MATH."""
+    (FWD_CONFIG lanes_fast_math "one_mufu") and the chunked inference forward's FAST_SOFTPLUS."""
     e = tl.exp2(tl.abs(x) * -1.4426950408889634)
     q = 0.0052326880395412445
     q = q * e - 0.029505213722586632
@@ -110,8 +110,8 @@ def _softplus_one_mufu(x):
 
 @triton.jit
 def _silu_fast(z):
-    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math, the chunked forward's
-    fast_silu, the backward's FAST_MATH); the division by an infinite 1 + exp(-z) (z < -88) gives -0, the limit."""
+    """z sigmoid(z) = z / (1 + exp(-z)) with exp2 and div.full (FWD_CONFIG lanes_fast_math); the division by an
+    infinite 1 + exp(-z) (z < -88) gives -0, the limit."""
     return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634), ieee_rounding=False)
 
 
@@ -119,8 +119,7 @@ def _silu_fast(z):
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_SOFTPLUS: tl.constexpr = False):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value). FAST_SOFTPLUS:
-    _softplus_one_mufu instead of libdevice's log and an IEEE division (triton_launch._fast_forward_math, the
-    backward's FAST_MATH)."""
+    _softplus_one_mufu instead of libdevice's log and an IEEE division (FWD_CONFIG fast_softplus, inference only)."""
     raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]
@@ -267,7 +266,7 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, SAVE_STATES: tl.constexpr,
     SAVES_PER_CHUNK: tl.constexpr, MASKED_LAST: tl.constexpr, PREFETCH: tl.constexpr,
-    PDL: tl.constexpr = False, FAST_SOFTPLUS: tl.constexpr = False, FAST_SILU: tl.constexpr = False,
+    PDL: tl.constexpr = False, FAST_SOFTPLUS: tl.constexpr = False,
 ):
     """state_ptr: two (batch, dim, N) fp32 slots, state_slot elements apart; slot 0 holds the initial state.
     Chunk c reads the state from slot c % 2 and writes the one it leaves to the other (so no thread can
@@ -318,10 +317,7 @@ def _selective_scan_fwd_kernel(
                 A2, Bn, Cn, h_prev = loaded
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            if FAST_SILU:
-                y *= _silu_fast(zv)
-            else:
-                y *= zv * tl.sigmoid(zv)
+            y *= zv * tl.sigmoid(zv)
         tl.store(o_row + t64[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
         # The state written above is read by other threads in the next chunk.
         tl.debug_barrier()
@@ -350,27 +346,13 @@ def _bwd_component_loads(n, c, N, t64, mask_t, mask_d, d64, A_ptr, s_A_d, s_A_n,
 
 
 @triton.jit
-def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr, FAST_MATH: tl.constexpr = False):
-    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u. FAST_MATH: SiLU as
-    _silu_fast."""
+def _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z: tl.constexpr):
+    """dy = dout * silu(z) of one chunk (dout without z): the gradient reaching y = C h + D u."""
     dy = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-        if FAST_MATH:
-            dy = dy * _silu_fast(zv)
-        else:
-            dy = dy * zv * tl.sigmoid(zv)
+        dy = dy * zv * tl.sigmoid(zv)
     return dy
-
-
-@triton.jit
-def _sigmoid(x, FAST_MATH: tl.constexpr):
-    """1 / (1 + exp(-x)): tl.sigmoid (an IEEE division), or with FAST_MATH exp2 and div.full's approximate
-    reciprocal (~2 ulp; an infinite 1 + exp(-x) gives 0, the limit)."""
-    if FAST_MATH:
-        return tl.fdiv(1.0, 1.0 + tl.exp2(x * -1.4426950408889634), ieee_rounding=False)
-    else:
-        return tl.sigmoid(x)
 
 
 @triton.jit
@@ -456,12 +438,10 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    PDL: tl.constexpr = False, FAST_MATH: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state). FAST_MATH (BWD_CONFIG fast_math): the
-    softplus as _softplus_one_mufu, the sigmoids and SiLU through exp2 and div.full, as the training forward then
-    computes delta and y."""
+    first step into the previous chunk and ends holding dL/d(initial state)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
@@ -488,8 +468,8 @@ def _selective_scan_bwd_kernel(
         c = n_chunks - 1 - i
         t_idx, mask_t, mask_dt, t64 = _chunk_steps(c, T, t_loc, L, mask_d)
         u = tl.load(u_row + t64[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)
-        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS, FAST_MATH)
-        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z, FAST_MATH)
+        delta, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
+        dy = _load_dy(do_row, z_row, t64, s_do_l, s_z_l, mask_dt, HAS_Z)
         delta_u = delta * u
         sum_dh_B = tl.zeros([BLOCK_D, T], dtype=tl.float32)      # sum_n dh B
         sum_w_A = tl.zeros([BLOCK_D, T], dtype=tl.float32)       # sum_n dh a h_{t-1} A
@@ -516,7 +496,7 @@ def _selective_scan_bwd_kernel(
         dout = tl.load(do_row + t64[None, :] * s_do_l, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_Z:
             zv = tl.load(z_row + t64[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
-            sig_z = _sigmoid(zv, FAST_MATH)
+            sig_z = tl.sigmoid(zv)
         if SOFTPLUS:
             _, delta_pre = _load_delta(dt_row, dbias, t_idx, s_dt_l, mask_dt, HAS_DBIAS, SOFTPLUS)
         du = sum_dh_B * delta
@@ -529,7 +509,7 @@ def _selective_scan_bwd_kernel(
             dz = dout * y * sig_z * (1.0 + zv * (1.0 - sig_z))
             tl.store(dz_row + t64[None, :] * s_dz_l, dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
         if SOFTPLUS:
-            ddelta = ddelta * _sigmoid(delta_pre, FAST_MATH)
+            ddelta = ddelta * tl.sigmoid(delta_pre)
         ddelta = tl.where(mask_dt, ddelta, 0.0)
         if HAS_DBIAS:
             ddbias_acc += tl.sum(ddelta, axis=1)

@@ -60,7 +60,9 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # - min_programs_per_sm: fewer programs than this many per SM -> one channel per program;
 # - maxnreg: cap registers at this many when there are at least min_programs_per_sm programs per SM and
 #   L >= maxnreg_min_L (12 instead of 8 resident warps per SM for the backward); with maxnreg_inference_only,
-#   only when the forward saves no states (the training forward keeps its registers);
+#   only when the forward saves no states. Off since the thirty-second session: the training forward under the
+#   cap of 96 took 0.848 -> 0.794 ms at (8, 1536, 4096) and 3.388 -> 3.193 at 16384 (kernel times, H200), the
+#   scan's fwd+bwd 3.600 -> 3.551 / 13.762 -> 13.491 ms;
 # - split_programs_per_sm / split_min_len: cut L across programs while batch x channels is below that many
 #   programs per SM (segments of at least split_min_len steps; scan_forward_split / scan_forward_split_train),
 #   only below split_below_programs_per_sm to begin with (the split adds a pass with no carry: the forward's
@@ -90,10 +92,12 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 # - lanes (forward): the one-channel-per-lane kernel (lane_kernels.py: each lane walks its channel's steps with all
 #   N states in registers; no shuffles) for channels-first inputs with N <= lanes_max_n, lanes_num_warps warps
 #   (32 channels each) per program, where _lanes_forward_ok allows it: from lanes_min_warps_per_sm of its warps per
-#   SM, and in training only with lanes_training. H200 (ninth session, forward): 1.12x at (16, 2048, 2048), 1.03x
-#   at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at (8, 1536, 4096 / 16384) and
-#   (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
-#   0.96-1.01x at the large shapes, hence inference only. lanes_fast_math: softplus and SiLU without libdevice's
+#   SM, in training too with lanes_training (on since the thirty-second session: fwd+bwd 4.85 -> 4.45 ms at
+#   (16, 2048, 2048), 6.53 -> 6.13 at (32, 1536, 2048), 13.68 -> 12.32 at (64, 1536, 2048), H200, two runs
+#   each way: 1.19 / 1.31 / 1.24x mamba_ssm -> 1.29 / 1.39 / 1.38x). H200 (ninth session, forward): 1.12x at
+#   (16, 2048, 2048), 1.03x at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at
+#   (8, 1536, 4096 / 16384) and (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
+#   0.96-1.01x at the large shapes, hence inference only then. lanes_fast_math: softplus and SiLU without libdevice's
 #   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> 13.0 instructions per element),
 #   accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read as int32 pairs of steps and
 #   widened by one bit operation per value (lane_kernels._bc_columns; with fast math -> 10.9 per element, no spill).
@@ -146,18 +150,20 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   16384): 0.389 / 0.428 / 0.562 ms against 0.066 / 0.127 / 0.483), hence lanes_split_min_total_len 32768. The warp
 #   target: 12 per SM was within 1-3% of the best of 8-32 everywhere; 1024 segments (512 steps each) took 8.0 ms at
 #   (1, 256, 2^20) against 4.7 at 256 (the prologue's serial carry), hence lanes_split_max_segments 256.
-# - fast_softplus (the chunked forward, inference only; on since the thirty-first session): the softplus as
+# - fast_softplus (the chunked forward; on since the thirty-first session): the softplus as
 #   _softplus_one_mufu instead of libdevice's log and an IEEE division (triton_kernels._softplus). sm_90 SASS at
 #   (8, 1536, 4096): 1752 -> 1192 instructions in the kernel (the division's slow path and the log; the loop over
 #   state components 305 -> 301) and no spill under the cap of 96 (72 bytes before). H200, forward ms:
 #   (8, 1536, 4096) 0.746 -> 0.713 (SDPA flash 0.742 in the same run), (8, 1536, 16384) 2.980 -> 2.846: 1.05x.
-#   The tenth session's two-MUFU fast math lost here (0.88-0.98x, registers under the cap). The training forward
-#   follows BWD_CONFIG fast_math instead (the backward recomputes delta as it did: _fast_forward_math); the time-major
-#   block layout's config (FWD_CONFIG_CHANNEL_LAST) has neither key and is not timed.
-# - fast_silu (the chunked forward, inference only; off, not timed yet: gpu_check.sh fastsp): the output's SiLU as
-#   lane_kernels' _silu_fast (exp2 and div.full) instead of tl.sigmoid's IEEE division. sm_90 SASS at (8, 1536,
-#   4096) with fast_softplus: 1136 -> 1048 instructions and the last 24 bytes of spill gone without the prefetch
-#   (the launch there), 1192 -> 1112 with it; the loop unchanged.
+#   The tenth session's two-MUFU fast math lost here (0.88-0.98x, registers under the cap). fast_softplus_training
+#   (on since the thirty-second session): the training forward too; the backward recomputes delta with libdevice's
+#   (~1e-7 relative apart, as after the lanes training forward). H200, with the training forward's cap of 96: its
+#   kernel 0.794 -> 0.787 ms at (8, 1536, 4096), 3.193 -> 3.173 at 16384, 4.341 -> 4.215 at (2, 1536, 65536); the
+#   scan's fwd+bwd 3.551 -> 3.542, 13.491 -> 13.483, 14.893 -> 14.601 ms. The time-major block layout's config
+#   (FWD_CONFIG_CHANNEL_LAST) has neither key and is not timed. Timed and taken out (thirty-second session, H200):
+#   a switch for the output's SiLU as _silu_fast (exp2 and div.full; sm_90 SASS 1136 -> 1048 instructions): forward
+#   0.85x against fast_softplus alone, (8, 1536, 4096) 0.713 -> 0.840 ms, (8, 1536, 16384) 2.814 -> 3.331 ms; in
+#   git history at commit b931c28.
 # - lanes_fast_math "one_mufu" (the default since the thirty-first session; True is the two-MUFU softplus before it):
 #   log1p(exp(-|x|)) as exp(-|x|) times a degree-8 polynomial (lane_kernels._softplus_one_mufu) instead of
 #   2 atanh(e / (2 + e)), whose division costs a MUFU reciprocal. sm_90 SASS: the forward's loop 10.18 -> 9.74
@@ -171,13 +177,14 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   chunks: 0.65-0.77x; at 8 steps the tiles spill 968 bytes: 0.18-0.23x).
 FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="latency",
                   prefetch_max_programs_per_sm=32, latency_T=1024, latency_num_warps=2,
-                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=True, gluon=False,
-                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=4, lanes_training=False,
+                  min_programs_per_sm=32, maxnreg=96, maxnreg_inference_only=False, gluon=False,
+                  lanes=True, lanes_num_warps=1, lanes_max_n=16, lanes_min_warps_per_sm=4, lanes_training=True,
                   lanes_fast_math="one_mufu", lanes_bc_pairs=True, lanes_seq_pairs=True, lanes_chunk=8,
                   lanes_maxnreg=None,
                   lanes_maxnreg_min_warps_per_sm=10, lanes_split_warps_per_sm=12, lanes_split_min_len=1024,
                   lanes_split_below_programs_per_sm=32, lanes_split_max_segments=256, lanes_split_min_total_len=32768,
-                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=True, fast_silu=False,
+                  lanes_split_ends_chunk=None, lanes_split_ends_maxnreg=152, fast_softplus=True,
+                  fast_softplus_training=True,
                   split_below_programs_per_sm=4,
                   split_programs_per_sm=64, split_min_len=4096)
 # tail_launch (training, see tail_start): a length just past a whole number of forward chunks runs as two launches
@@ -185,14 +192,13 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False, fast_math=False)
-# fast_math (off; built the thirty-first session, not timed): the backward's softplus as _softplus_one_mufu and its
-# sigmoids / SiLU through exp2 and div.full (triton_kernels._sigmoid), and the chunked training forward's alike
-# (_fast_forward_math). sm_90 SASS at T 256 under the cap of 168 (sass_scan.py --bwd-fast-math-report): the kernel
-# 1840 -> 1456 instructions, the loop over state components unchanged (422), 157 -> 168 registers with a 40-byte
-# spill; time it with gpu_check.sh bwdfast. The L split's training kernels (segment end states / start gradients,
-# the dstate pass) and the Gluon forward keep libdevice's, and the lanes training forward (FWD_CONFIG lanes_training,
-# off) takes lanes_fast_math whatever this says: their delta differs from the backward's by ~1e-7 relative at most.
+                  dout_copy=True, tail_launch=False)
+# Timed and taken out (thirty-second session, H200): a fast-math switch, the backward's softplus as _softplus_one_mufu
+# and its sigmoids / SiLU through exp2 and div.full, with the chunked training forward's alike (sm_90 SASS at T 256:
+# 1840 -> 1456 instructions, the loop unchanged, 168 registers with a 40-byte spill). Level or lost, fwd+bwd ms off
+# (two runs) vs on (two runs): (8, 1536, 4096) 3.616 / 3.617 vs 3.613 / 3.610; (8, 1536, 16384) 13.443 / 13.425
+# vs 13.560 / 13.550 (0.99x); (16, 2048, 2048) 4.781 / 4.779 vs 4.792 / 4.790; (8, 1536, 1024) host-bound, noisy.
+# In git history at commit b931c28.
 # The Mamba block's layout: u / delta / z are transposed views of (batch, L, dim) tensors, so a one-channel
 # program would use 2 bytes of every 32-byte sector it loads. A program of 16-32 neighbouring channels reads
 # whole sectors; the chunk shrinks to keep the (BLOCK_D, T) tile affordable in registers. The backward's prefetch
@@ -396,19 +402,10 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
              SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
              PREFETCH=prefetch,
-             FAST_SOFTPLUS=bool(delta_softplus and _fast_forward_math(save_states, block_layout, "fast_softplus")),
-             FAST_SILU=bool(z is not None and _fast_forward_math(save_states, block_layout, "fast_silu"))),
+             FAST_SOFTPLUS=bool(delta_softplus and _config(False, block_layout).get("fast_softplus")
+                                and (not save_states or _config(False, block_layout).get("fast_softplus_training")))),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
-
-
-def _fast_forward_math(save_states: bool, block_layout: bool, key: str) -> bool:
-    """Whether the chunked forward's softplus / SiLU run fast (FAST_SOFTPLUS / FAST_SILU): at inference as FWD_CONFIG
-    ``key`` says; in training (states saved for the backward) as BWD_CONFIG fast_math says, so the backward
-    recomputes delta and y as the forward computed them."""
-    if save_states:
-        return bool(_config(True, block_layout).get("fast_math"))
-    return bool(_config(False, block_layout).get(key))
 
 
 def _lane_chunk() -> int:
@@ -1112,8 +1109,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
-             FAST_MATH=bool(_config(True, block_layout).get("fast_math"))),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)

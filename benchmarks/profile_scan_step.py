@@ -1,0 +1,64 @@
+"""Where the scan's forward + backward spends its GPU time, kernel by kernel, ours beside mamba_ssm's: torch.profiler
+over a few forward + backward calls at each shape (the inputs and gradients of bench_selective_scan.py), the CUDA
+time of every kernel per call, largest first, and each implementation's total.
+
+    PYTHONPATH=.:.anchor/src:.anchor/build python benchmarks/profile_scan_step.py --shapes 8x1536x4096 8x1536x16384
+
+Issue 9's fwd+bwd rows differ in how far they are from mamba_ssm (1.20x at (8, 1536, 4096), 1.36x at 16384, the
+same run): the per-kernel split says whether the gap is in the scan kernels or in what runs around them (the dout
+copy, the gradients' reductions and casts)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench_selective_scan import make_inputs, scan_fns
+
+
+def kernel_times(fn, calls: int) -> dict[str, float]:
+    """CUDA time per call (ms) of each kernel launched by ``fn``, over ``calls`` calls after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            times[event.name] += event.device_time / 1e3 / calls
+    return dict(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["8x1536x4096", "8x1536x16384"], help="BATCHxDIMxL")
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--width", type=int, default=70, help="kernel names are cut to this many characters")
+    parser.add_argument("--impls", nargs="+", default=["triton", "mamba_ssm"], choices=["triton", "mamba_ssm"],
+                        help="mamba_ssm only where its build is importable")
+    args = parser.parse_args()
+    have_mamba = importlib.util.find_spec("selective_scan_cuda") is not None
+    impls = [impl for impl in args.impls if impl != "mamba_ssm" or have_mamba]
+    for shape in args.shapes:
+        batch, dim, L = (int(v) for v in shape.split("x"))
+        inputs = make_inputs(batch, dim, L)
+        for impl in impls:
+            _, fwd_bwd = scan_fns(inputs, impl)
+            times = kernel_times(fwd_bwd, args.calls)
+            total = sum(times.values())
+            print(f"\n{impl} fwd+bwd at {shape}: {total:.3f} ms of kernels per call")
+            for name, ms in sorted(times.items(), key=lambda item: -item[1]):
+                if ms >= 0.002:
+                    print(f"  {ms:8.3f} ms {100 * ms / total:5.1f}%  {name[:args.width]}")
+            del fwd_bwd
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
