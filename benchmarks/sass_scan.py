@@ -257,14 +257,17 @@ def _whole_kernel_counts(compiled) -> dict:
 
 
 def softplus_report():
-    """The chunked inference forward (FWD_CONFIG's T 512, one warp, the cap of 96; without and with the "latency"
-    prefetch) with libdevice's softplus and with FWD_CONFIG fast_softplus (triton_kernels._softplus_one_mufu): per
-    row registers, stack, the whole kernel's instructions and MUFU, and the loop over state components'."""
+    """The chunked forward (FWD_CONFIG's T 512, one warp, the cap of 96) with libdevice's softplus and with FWD_CONFIG
+    fast_softplus (triton_kernels._softplus_one_mufu): at inference without and with the "latency" prefetch, and in
+    training (the backward's states saved every 256 steps, no prefetch; the cap and the fast softplus there since the
+    thirty-second session). Per row registers, stack, the whole kernel's instructions and MUFU, and the loop over
+    state components'."""
     rows = []
-    for prefetch in (False, True):
+    for save_states, prefetch in ((False, False), (False, True), (True, False)):
         for fast in (False, True):
-            rows.append(dict(prefetch=prefetch, fast_softplus=fast, **_whole_kernel_counts(
-                compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch, FAST_SOFTPLUS=fast))))
+            rows.append(dict(save_states=save_states, prefetch=prefetch, fast_softplus=fast, **_whole_kernel_counts(
+                compile_kernel("fwd", 1, 512, 1, maxnreg=96, prefetch=prefetch, FAST_SOFTPLUS=fast,
+                               SAVE_STATES=save_states, SAVES_PER_CHUNK=2 if save_states else 1))))
     return rows
 
 

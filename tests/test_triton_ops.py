@@ -1102,15 +1102,18 @@ def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90()
     """FWD_CONFIG fast_softplus in the chunked inference forward's sm_90 SASS (T 512, one warp, the cap of 96; with
     and without the latency prefetch): the kernel a quarter shorter or more (the IEEE division's slow path and
     libdevice's log go: 1752 -> 1192 instructions with the prefetch), 16 fewer MUFU (one per step of a lane's 16),
-    no more spill than libdevice's (72 -> 0 bytes, 64 -> 24), the loop over state components within 2%."""
+    no more spill than libdevice's (72 -> 0 bytes, 64 -> 24), the loop over state components within 2%. The training
+    forward (states saved every 256 steps) under the same cap: 1688 -> 1168 instructions, and its 40-byte spill gone
+    (the thirty-second session's defaults)."""
     rows = sass_scan_report("--softplus-report", timeout=300)
-    for prefetch in (False, True):
-        slow, fast = (next(r for r in rows if r["prefetch"] == prefetch and r["fast_softplus"] == f)
+    for save_states, prefetch in ((False, False), (False, True), (True, False)):
+        slow, fast = (next(r for r in rows if r["save_states"] == save_states and r["prefetch"] == prefetch
+                           and r["fast_softplus"] == f)
                       for f in (False, True))
         assert fast["instructions"] < 0.75 * slow["instructions"], (fast, slow)
         assert fast["mufu"] == slow["mufu"] - 16 and fast["stack"] <= slow["stack"], (fast, slow)
         assert fast["loop_instructions"] <= 1.02 * slow["loop_instructions"], (fast, slow)
-        assert fast["registers"] <= 96, fast
+        assert fast["registers"] <= 96 and (fast["stack"] == 0 or not save_states), fast
 
 
 @pytest.mark.parametrize("pre", [-100.0, -30.0, -18.0, -8.0, -0.3, 0.5, 19.0, 25.0])
@@ -1287,6 +1290,20 @@ def test_lanes_forward_rule(monkeypatch):
     # H200 (1.06x the chunked forward at (10, 2048, 2048)) and lost at 2.9 ((8, 1536, L): 0.93x)
     cfg.update(lanes_num_warps=1, lanes_min_warps_per_sm=default_min_warps)
     assert ok(Seq(10, 2048), 16, False, 0) and not ok(Seq(8, 1536), 16, False, 0)
+
+
+def test_chunked_forward_register_cap_rule_covers_training():
+    """The chunked forward's cap of 96 registers (FWD_CONFIG maxnreg, from min_programs_per_sm programs per SM): at
+    (8, 1536, 4096) on 132 SMs (93 programs per SM) for the inference and, since the thirty-second session
+    (maxnreg_inference_only off), the training forward; with maxnreg_inference_only the training forward uncapped;
+    at (2, 1536, 65536) (23 per SM) neither. The launch config as _launch_config computes it on a CUDA device."""
+    def options(save_states, batch=8, **changes):
+        cfg = tuple(sorted(dict(scan_launch.FWD_CONFIG, **changes).items()))
+        return scan_launch._launch_config_cached(cfg, 1536, 4096, 1536, batch, 132, None, save_states)[3]
+
+    assert options(False) == options(True) == {"maxnreg": 96}
+    assert options(True, maxnreg_inference_only=True) == {} and options(False, maxnreg_inference_only=True)
+    assert options(False, batch=2) == options(True, batch=2) == {}
 
 
 def test_lanes_register_cap_rule(monkeypatch):

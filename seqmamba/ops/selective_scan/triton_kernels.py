@@ -94,7 +94,7 @@ def _softplus_one_mufu(x):
     degree-8 polynomial (least squares for relative error on [0, 1], fp32 coefficients: 1.8e-7 relative at most,
     evaluated in fp32), so tiny e keeps its relative accuracy (log1p(e) = e (1 - e / 2 + ...)). No reciprocal
     (lane_kernels._softplus_fast has one) and no log: ~11 FMA-pipe instructions. The lanes kernels' FAST_MATH 2
-    (FWD_CONFIG lanes_fast_math "one_mufu") and the chunked inference forward's FAST_SOFTPLUS."""
+    (FWD_CONFIG lanes_fast_math "one_mufu") and the chunked forward's FAST_SOFTPLUS."""
     e = tl.exp2(tl.abs(x) * -1.4426950408889634)
     q = 0.0052326880395412445
     q = q * e - 0.029505213722586632
@@ -119,7 +119,8 @@ def _silu_fast(z):
 def _load_delta(delta_row_ptr, dbias, t_idx, s_dt_l, mask_dt,
                 HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_SOFTPLUS: tl.constexpr = False):
     """Returns (delta after bias + softplus, zeroed outside the mask; the pre-softplus value). FAST_SOFTPLUS:
-    _softplus_one_mufu instead of libdevice's log and an IEEE division (FWD_CONFIG fast_softplus, inference only)."""
+    _softplus_one_mufu instead of libdevice's log and an IEEE division (FWD_CONFIG fast_softplus; in training with
+    fast_softplus_training too: the backward recomputes delta with libdevice's, ~1e-7 relative apart)."""
     raw = tl.load(delta_row_ptr + t_idx[None, :].to(tl.int64) * s_dt_l, mask=mask_dt, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         raw = raw + dbias[:, None]
