@@ -424,7 +424,8 @@ def main():
                         help="block: the Mamba block's layouts (correctness check, then block vs contiguous times)")
     parser.add_argument("--sweep", action="store_true", help="pick the launch configs first, then the table")
     parser.add_argument("--sweep-only", action="store_true")
-    parser.add_argument("--shapes", default="all", help="'all', or indices into SHAPES and / or BATCHxDIMxL, e.g. 0,1,6,32x1536x2048")
+    parser.add_argument("--shapes", default="all",
+                        help="'all', or indices into SHAPES and / or BATCHxDIMxL, e.g. 0,1,6,32x1536x2048")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--attention", action="store_true",
                         help="also time SDPA flash attention at (8, 12 heads, L, 64) causal beside the scan")

@@ -96,11 +96,12 @@ def _bc_layout(B: torch.Tensor, C: torch.Tensor, dim: int):
 #   (16, 2048, 2048), 6.53 -> 6.13 at (32, 1536, 2048), 13.68 -> 12.32 at (64, 1536, 2048), H200, two runs
 #   each way: 1.19 / 1.31 / 1.24x mamba_ssm -> 1.29 / 1.39 / 1.38x). H200 (ninth session, forward): 1.12x at
 #   (16, 2048, 2048), 1.03x at (32, 1536, 2048), 1.12x at (64, 1536, 2048) (7.8-23 warps per SM); 0.55-0.65x at
-#   (8, 1536, 4096 / 16384) and (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its loads); forward + backward
-#   0.96-1.01x at the large shapes, hence inference only then. lanes_fast_math: softplus and SiLU without libdevice's
-#   exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> 13.0 instructions per element),
-#   accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read as int32 pairs of steps and
-#   widened by one bit operation per value (lane_kernels._bc_columns; with fast math -> 10.9 per element, no spill).
+#   (8, 1536, 4096 / 16384) and (64, 128, 4112) (1.9-2.9 per SM: one warp per sub-partition cannot hide its
+#   loads); forward + backward 0.96-1.01x at the large shapes, hence inference only then. lanes_fast_math: softplus
+#   and SiLU without libdevice's exp / log or IEEE divisions (lane_kernels._softplus_fast; sm_90 SASS 14.8 -> 13.0
+#   instructions per element), accurate to ~1e-7 relative, tiny deltas included; lanes_bc_pairs: bf16 B / C read
+#   as int32 pairs of steps and widened by one bit operation per value (lane_kernels._bc_columns; with fast math ->
+#   10.9 per element, no spill).
 #   H200, tenth session: both on, 1.39x the chunked forward at (16, 2048, 2048) (7.8 warps per SM; plain lanes
 #   1.10x), 1.16x at (12, 2048, 2048) (5.8), 0.99x at (10, 2048, 2048) (4.8), 0.88x at (8, 1536, 4096) (2.9),
 #   hence from 5 warps per SM; twenty-fourth session, with the 8-step pairs kernel (gpu_check.sh lanescross): 1.06x
