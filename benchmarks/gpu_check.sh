@@ -88,6 +88,7 @@
 #            split at several warp targets against the default, mamba_ssm and flash attention; the first pass alone)
 #          | lanessplit-final (the 130M prefill at batch 1) | lanessplit-table (the default against no lanes split at
 #            issue 9's rows and the DNA widths)
+#          | batchfast (BWD_CONFIG batch_fastest: its GPU test, then the table's fwd+bwd off / on, twice)
 #          | stepprof (the scan's fwd+bwd kernel by kernel, ours and mamba_ssm's: profile_scan_step.py at STEPPROF_SHAPES)
 #          | trainfwd (the chunked training forward under the inference forward's register cap and / or with its fast
 #            softplus: kernel times (profile_scan_step.py) and the scan table's fwd+bwd at (8, 1536, 4096 / 16384),
@@ -223,6 +224,14 @@ for step in $steps; do
                  -k "edge_lengths or default_training or real_chunking" 2>&1 | tee "$OUT/trainedge.log" ;;
     issue9table) timeout ${ISSUE9TABLE_TIMEOUT:-300} python benchmarks/bench_selective_scan.py --attention --no-reference \
                    2>&1 | tee "$OUT/issue9table.log" ;;
+    batchfast) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k batch_fastest 2>&1 | tail -3 \
+                 | tee "$OUT/batchfast.log"
+               for run in 1 2; do for bf in 0 1; do  # BWD_CONFIG batch_fastest off / on: the table's fwd+bwd
+                 echo "== run $run batch_fastest=$bf" | tee -a "$OUT/batchfast.log"
+                 SEQMAMBA_SCAN_BWD_CONFIG="batch_fastest=$bf" timeout 200 python benchmarks/bench_selective_scan.py \
+                   --shapes ${BATCHFAST_SHAPES:-0,1,2,3,6} --no-decode --no-reference 2>&1 | grep -E "^\| [0-9]" \
+                   | tee -a "$OUT/batchfast.log"
+               done; done ;;
     stepprof) timeout ${STEPPROF_TIMEOUT:-120} python benchmarks/profile_scan_step.py \
                 --shapes ${STEPPROF_SHAPES:-8x1536x4096 8x1536x16384} 2>&1 | tee "$OUT/stepprof.log" ;;
     trainfwd) for cfg in "" ${TRAINFWD_CONFIGS:-maxnreg_inference_only=1,fast_softplus_training=0 \

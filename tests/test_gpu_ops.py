@@ -668,6 +668,20 @@ def test_gpu_lanes_forward_and_backward_match_float64_reference(monkeypatch, L, 
         assert used[-1] and max(errors.values()) < tol, errors
 
 
+@pytest.mark.parametrize("L", [1, 257, 4100])
+def test_gpu_backward_batch_fastest_grid_matches_float64_reference(monkeypatch, L):
+    """BWD_CONFIG batch_fastest (off; built the thirty-second session, not GPU-run yet): the backward's grid as
+    (batch, channel blocks) at (8, 1536, L), bf16, L-contiguous, NaN-filled buffers: every output and gradient within
+    1e-2 of float64, and the flag reached the kernel."""
+    launch = importlib.import_module("seqmamba.ops.selective_scan.triton_launch")
+    monkeypatch.setitem(launch.BWD_CONFIG, "batch_fastest", True)
+    seen = record_launch_flags(monkeypatch, {"_launch_bwd": ("BATCH_FASTEST",)})
+    inputs = scan_inputs(8, 1536, L, time_major=False, seed=L)
+    dout, dlast = torch.randn(8, 1536, L, device="cuda"), torch.randn(8, 1536, 16, device="cuda")
+    errors, _ = _float64_comparison(inputs, dout, dlast, False, lambda **k: selective_scan(**k, backend="triton"))
+    assert seen == [(True,)] and max(errors.values()) < 1e-2, (seen, errors)
+
+
 @pytest.mark.parametrize("L", [2, 257, 1030])
 def test_gpu_default_training_forward_runs_lanes_where_it_has_the_warps(monkeypatch, L):
     """FWD_CONFIG lanes_training (on since the thirty-second session): with the default config, a training call with

@@ -1098,6 +1098,30 @@ def test_chunked_forward_softplus_keeps_tiny_deltas_like_the_reference(monkeypat
         assert rel_err(got, want) < 1e-5, name
 
 
+@pytest.mark.parametrize("bc_layout,batch,L", [("variable", 3, 17), ("grouped", 2, 40), ("constant", 3, 17),
+                                               ("variable", 1, 17)])
+def test_backward_batch_fastest_grid_matches_float64_reference(monkeypatch, short_chunks, bc_layout, batch, L):
+    """BWD_CONFIG batch_fastest (off by default; not timed yet): the backward's grid as (batch, channel blocks).
+    Out, last state and every gradient against float64 at 1e-4 (time-varying / grouped / constant B and C, several
+    16-step chunks), and the grid taken only where it applies: more than one batch row and a time-varying B or C."""
+    monkeypatch.setitem(scan_launch.FWD_CONFIG, "lanes", False)
+    monkeypatch.setitem(scan_launch.BWD_CONFIG, "batch_fastest", True)
+    grids = []
+    launch = scan_launch._launch_bwd
+
+    def spy(grid, tensors, ints, constexprs, *rest, **kw):
+        grids.append((tuple(grid), constexprs["BATCH_FASTEST"]))
+        return launch(grid, tensors, ints, constexprs, *rest, **kw)
+
+    monkeypatch.setattr(scan_launch, "_launch_bwd", spy)
+    inputs = make_scan_inputs(batch, 4, L, 3, bc_layout, torch.float32, seed=L)
+    dout, dlast = torch.randn(batch, 4, L), torch.randn(batch, 4, 3)
+    float64_and_triton_scans(inputs, ALL_OPTIONAL, dout, dlast, 1e-4)
+    on = batch > 1 and bc_layout != "constant"
+    blocks = grids[0][0][1] if on else grids[0][0][0]
+    assert grids == [((batch, blocks) if on else (blocks, batch), on)], grids
+
+
 def test_chunked_forward_fast_softplus_compiles_to_fewer_instructions_for_sm90():
     """FWD_CONFIG fast_softplus in the chunked inference forward's sm_90 SASS (T 512, one warp, the cap of 96; with
     and without the latency prefetch): the kernel a quarter shorter or more (the IEEE division's slow path and

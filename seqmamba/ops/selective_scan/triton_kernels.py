@@ -160,11 +160,18 @@ def _segment_delta_sum_kernel(delta_ptr, dbias_ptr, out_ptr, dim, seg_len, s_dt_
 
 @triton.jit
 def _program_channels(dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
-                      BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr):
+                      BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                      BATCH_FASTEST: tl.constexpr = False):
     """A program's batch row and block of channels, as both kernels start: (batch index, channels (int64),
-    channel mask, D, delta_bias (zeros when absent), the B / C group, B / C of that batch row and group)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    channel mask, D, delta_bias (zeros when absent), the B / C group, B / C of that batch row and group). The grid is
+    (channel blocks, batch), or with BATCH_FASTEST (batch, channel blocks): programs launched one after another then
+    belong to different batch rows, as mamba_ssm's backward grid orders its blocks."""
+    if BATCH_FASTEST:
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+    else:
+        pid_d = tl.program_id(0)
+        pid_b = tl.program_id(1).to(tl.int64)
     d64 = (pid_d * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     mask_d = d64 < dim
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -439,14 +446,16 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, PREFETCH: tl.constexpr, FAST_FLIP: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, BATCH_FASTEST: tl.constexpr = False,
 ):
     """dstate_ptr: (batch, dim, N) fp32 holding dL/d(last state); it carries a_t dh_t of each chunk's
-    first step into the previous chunk and ends holding dL/d(initial state)."""
+    first step into the previous chunk and ends holding dL/d(initial state). BATCH_FASTEST (BWD_CONFIG
+    batch_fastest): the grid is (batch, channel blocks), so the programs resident at once spread their dB / dC
+    atomics over every batch row's sums instead of piling them on one row's (see _program_channels)."""
     grid_dependency_wait(PDL)
     pid_b, d64, mask_d, Dv, dbias, group, B_base, C_base = _program_channels(
         dim, channels_per_group, D_ptr, dbias_ptr, B_ptr, s_B_b, s_B_g, C_ptr, s_C_b, s_C_g,
-        BLOCK_D, HAS_D, HAS_DBIAS)
+        BLOCK_D, HAS_D, HAS_DBIAS, BATCH_FASTEST)
     t_loc = tl.arange(0, T)
     dB_base = dB_ptr + (pid_b * G_B + group) * N * L
     dC_base = dC_ptr + (pid_b * G_C + group) * N * L

@@ -193,7 +193,13 @@ FWD_CONFIG = dict(block_d=1, T=512, num_warps=1, masked_last=True, prefetch="lat
 # session) it gave 1.01x on the scan's fwd+bwd at (64, 128, 4112), and the selective-copying step moved within noise.
 BWD_CONFIG = dict(block_d=1, T=256, num_warps=1, prefetch=True, min_programs_per_sm=8, maxnreg=168, maxnreg_min_L=0,
                   split_below_programs_per_sm=4, split_programs_per_sm=16, split_min_len=4096, fast_flip=True,
-                  dout_copy=True, tail_launch=False)
+                  dout_copy=True, tail_launch=False, batch_fastest=False)
+# batch_fastest (off; built the thirty-second session, not timed): the backward's grid as (batch, channel blocks)
+# instead of (channel blocks, batch), as mamba_ssm orders its backward blocks. With one channel per program, the
+# ~1584 programs resident at once on an H200 (12 per SM) are today one batch row's 1536 channels, all walking the
+# same chunk and adding into the same dB / dC sums of that row (~1536 atomic adds per address per chunk); ordered
+# batch first they spread over every row. Profile (8, 1536, 4096): backward 2.78 ms against mamba_ssm's 3.45, the
+# row that misses issue 9's fwd+bwd 1.3x; time it with gpu_check.sh batchfast.
 # Timed and taken out (thirty-second session, H200): a fast-math switch, the backward's softplus as _softplus_one_mufu
 # and its sigmoids / SiLU through exp2 and div.full, with the chunked training forward's alike (sm_90 SASS at T 256:
 # 1840 -> 1456 instructions, the loop unchanged, 168 registers with a 40-byte spill). Level or lost, fwd+bwd ms off
@@ -1100,7 +1106,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     if dlast is not None:
         dstate.copy_(dlast)
     zz = z if z is not None else u
-    grid = (cdiv(dim, BLOCK_D), batch)
+    batch_fastest = _batch_fastest(batch, cdiv(dim, BLOCK_D), B_var or C_var, block_layout)
+    grid = (batch, cdiv(dim, BLOCK_D)) if batch_fastest else (cdiv(dim, BLOCK_D), batch)
     tensors = (u, delta, A, B, C, D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
                chunk_states, dout, dstate, du, ddelta, dz, dA, dB, dC, dD, ddbias)
     ints = (dim, L, N, cpg, n_chunks, G_B, G_C,
@@ -1110,11 +1117,20 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_sta
     _launch_bwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
-             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip),
+             SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, PREFETCH=prefetch, FAST_FLIP=fast_flip,
+             BATCH_FASTEST=batch_fastest),
         num_warps, options)
     dB = _cast_into(dB, B, B_var, dB_out)
     dC = _cast_into(dC, C, C_var, dC_out)
     return du, ddelta, dA, dB, dC, dD, dz, ddbias, dstate
+
+
+def _batch_fastest(batch: int, channel_blocks: int, bc_var: bool, block_layout: bool) -> bool:
+    """BWD_CONFIG batch_fastest for one backward launch: only with more than one batch row and time-varying B or C
+    (their gradients are the atomics it spreads), channels-first (the block layout's config has no such key), and
+    with the channel blocks within a grid's second axis (65535)."""
+    return (bool(_config(True, block_layout).get("batch_fastest")) and batch > 1 and bc_var
+            and channel_blocks <= 65535)
 
 
 def _cast_into(grad32, like, time_varying, out):
