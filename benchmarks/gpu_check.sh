@@ -94,7 +94,8 @@
 #            softplus: kernel times (profile_scan_step.py) and the scan table's fwd+bwd at (8, 1536, 4096 / 16384),
 #            (2, 1536, 65536) for each)
 #          | lanestrain-tests (the default training forward's lanes / chunked choice, the lanes forward and backward, the
-#            model's and trainer's GPU tests) | lanestrain (FWD_CONFIG lanes_training off / on, twice: the scan table's rows at LANESTRAIN_SHAPES)
+#            model's and trainer's GPU tests) | lanestrain (FWD_CONFIG lanes_training off / on, twice: the scan table's
+#            rows at LANESTRAIN_SHAPES)
 #          | splitwarps (the lanes split's warp target 12 / 16 / 24 per SM at the long rows, against mamba_ssm)
 #          | onemufu-tests (the lanes kernels' GPU tests for the one-MUFU softplus, the split's, the edge lengths')
 #          | fastsp (the chunked forward's softplus as the one-MUFU polynomial, FWD_CONFIG fast_softplus, the default,
@@ -138,6 +139,16 @@ switch_steps() {  # switch_steps LOG SWITCH VALUE...: the selective-copying step
     timeout 150 python benchmarks/bench_train_step.py --out "$OUT/${log}_${value}_$run" --cases selective_copying \
       --modes compiled-graph --steps 300 --$switch $value 2>&1 | grep -E "^selective_copying  " \
       | sed "s/^/$switch $value run $run: /" | tee -a "$OUT/$log.log"
+  done; done
+}
+config_rows() {  # config_rows LOG VARIABLE KEY SHAPES VALUE...: the scan table's rows (bench_selective_scan.py at SHAPES,
+  # its --shapes) with VARIABLE (SEQMAMBA_SCAN_FWD_CONFIG / _BWD_CONFIG) = KEY=VALUE for each VALUE in turn, twice;
+  # appended to $OUT/LOG.log under a line naming the run and value
+  local log=$1 variable=$2 key=$3 shapes=$4; shift 4
+  for run in 1 2; do for value in "$@"; do
+    echo "== run $run $key=$value" | tee -a "$OUT/$log.log"
+    env "$variable=$key=$value" timeout 200 python benchmarks/bench_selective_scan.py --shapes "$shapes" --no-decode \
+      --no-reference 2>&1 | grep -E "^\| [0-9]" | tee -a "$OUT/$log.log"
   done; done
 }
 par_pytest() {  # par_pytest SHARDS SECONDS LOG PYTEST_ARGS...: the selected tests in SHARDS processes at once, round
@@ -226,12 +237,7 @@ for step in $steps; do
                    2>&1 | tee "$OUT/issue9table.log" ;;
     batchfast) timeout 150 python -m pytest -q -m gpu tests/test_gpu_ops.py -k batch_fastest 2>&1 | tail -3 \
                  | tee "$OUT/batchfast.log"
-               for run in 1 2; do for bf in 0 1; do  # BWD_CONFIG batch_fastest off / on: the table's fwd+bwd
-                 echo "== run $run batch_fastest=$bf" | tee -a "$OUT/batchfast.log"
-                 SEQMAMBA_SCAN_BWD_CONFIG="batch_fastest=$bf" timeout 200 python benchmarks/bench_selective_scan.py \
-                   --shapes ${BATCHFAST_SHAPES:-0,1,2,3,6} --no-decode --no-reference 2>&1 | grep -E "^\| [0-9]" \
-                   | tee -a "$OUT/batchfast.log"
-               done; done ;;
+               config_rows batchfast SEQMAMBA_SCAN_BWD_CONFIG batch_fastest "${BATCHFAST_SHAPES:-0,1,2,3,6}" 0 1 ;;
     stepprof) timeout ${STEPPROF_TIMEOUT:-120} python benchmarks/profile_scan_step.py \
                 --shapes ${STEPPROF_SHAPES:-8x1536x4096 8x1536x16384} 2>&1 | tee "$OUT/stepprof.log" ;;
     trainfwd) for cfg in "" ${TRAINFWD_CONFIGS:-maxnreg_inference_only=1,fast_softplus_training=0 \
@@ -246,13 +252,8 @@ for step in $steps; do
     lanestrain-tests) par_pytest 6 ${LANESTRAIN_TESTS_TIMEOUT:-240} lanestraintests -m gpu tests/test_gpu_ops.py \
                         tests/test_mamba_lm.py tests/test_trainer.py -k "default_training or (gpu_lanes_forward_and_backward \
                         and (bf16-640 or fp32-40-state)) or test_mamba_lm or test_trainer" 2>&1 | tee "$OUT/lanestrain_tests.log" ;;
-    lanestrain) for run in 1 2; do for lt in 0 1; do  # FWD_CONFIG lanes_training: the lanes forward saving the
-                  # backward's states where it has lanes_min_warps_per_sm warps per SM, off / on
-                  echo "== run $run lanes_training=$lt" | tee -a "$OUT/lanestrain.log"
-                  SEQMAMBA_SCAN_FWD_CONFIG="lanes_training=$lt" timeout 200 python benchmarks/bench_selective_scan.py \
-                    --shapes ${LANESTRAIN_SHAPES:-6,32x1536x2048,64x1536x2048} --no-decode --no-reference 2>&1 \
-                    | grep -E "^\| [0-9]" | tee -a "$OUT/lanestrain.log"
-                done; done ;;
+    lanestrain) config_rows lanestrain SEQMAMBA_SCAN_FWD_CONFIG lanes_training \
+                  "${LANESTRAIN_SHAPES:-6,32x1536x2048,64x1536x2048}" 0 1 ;;
     splitwarps) timeout ${SPLITWARPS_TIMEOUT:-300} python benchmarks/bench_scan_forward_configs.py \
                   --json "$OUT/splitwarps.json" --configs default "lanes split 16" "lanes split 24" \
                   --shapes ${SPLITWARPS_SHAPES:-1x1536x1048576 1x1536x262144 2x1536x65536} 2>&1 | tee "$OUT/splitwarps.log" ;;

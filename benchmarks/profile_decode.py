@@ -53,11 +53,12 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2 ** 30) -> float:
     return 2 * nbytes * 10 / (start.elapsed_time(end) / 1e3)
 
 
-def profile_step(step, repeats: int):
-    """(total GPU us per step, [(kernel name, us per step, calls per step)] sorted by time)."""
+def profile_step(step, repeats: int, grad: bool = False):
+    """(total GPU us per step, [(kernel name, us per step, calls per step)] sorted by time); the step runs under
+    no_grad unless ``grad`` (a forward + backward, as profile_scan_step.py profiles)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for _ in range(3):
             step()
         torch.cuda.synchronize()

@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from bench_selective_scan import make_inputs, scan_fns
-
-
-def kernel_times(fn, calls: int) -> dict[str, float]:
-    """CUDA time per call (ms) of each kernel launched by ``fn``, over ``calls`` calls after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    times: dict[str, float] = defaultdict(float)
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            times[event.name] += event.device_time / 1e3 / calls
-    return dict(times)
+from profile_decode import profile_step
 
 
 def main() -> None:
@@ -53,12 +36,11 @@ def main() -> None:
         inputs = make_inputs(batch, dim, L)
         for impl in impls:
             _, fwd_bwd = scan_fns(inputs, impl)
-            times = kernel_times(fwd_bwd, args.calls)
-            total = sum(times.values())
-            print(f"\n{impl} fwd+bwd at {shape}: {total:.3f} ms of kernels per call")
-            for name, ms in sorted(times.items(), key=lambda item: -item[1]):
-                if ms >= 0.002:
-                    print(f"  {ms:8.3f} ms {100 * ms / total:5.1f}%  {name[:args.width]}")
+            total_us, rows = profile_step(fwd_bwd, args.calls, grad=True)
+            print(f"\n{impl} fwd+bwd at {shape}: {total_us / 1e3:.3f} ms of kernels per call")
+            for name, us, _calls in rows:
+                if us >= 2:
+                    print(f"  {us / 1e3:8.3f} ms {100 * us / total_us:5.1f}%  {name[:args.width]}")
             del fwd_bwd
             torch.cuda.empty_cache()
 

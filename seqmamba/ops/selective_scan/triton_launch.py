@@ -403,14 +403,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
                                BC_PAIRS=_bf16_pairs_ok(B, C, L, T, num_warps)),
                           num_warps, options)
         return out, state[n_chunks % 2], chunk_states
+    cfg = _config(False, block_layout)
+    fast_softplus = cfg.get("fast_softplus") and (not save_states or cfg.get("fast_softplus_training"))
     _launch_fwd(
         grid, tensors, ints,
         dict(BLOCK_D=BLOCK_D, T=T, HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None,
              SOFTPLUS=bool(delta_softplus), B_VAR=B_var, C_VAR=C_var, SAVE_STATES=bool(save_states),
-             SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(_config(False, block_layout).get("masked_last", False)),
-             PREFETCH=prefetch,
-             FAST_SOFTPLUS=bool(delta_softplus and _config(False, block_layout).get("fast_softplus")
-                                and (not save_states or _config(False, block_layout).get("fast_softplus_training")))),
+             SAVES_PER_CHUNK=saves_per_chunk, MASKED_LAST=bool(cfg.get("masked_last", False)), PREFETCH=prefetch,
+             FAST_SOFTPLUS=bool(delta_softplus and fast_softplus)),
         num_warps, options)
     return out, state[n_chunks % 2], chunk_states
 
